@@ -1,0 +1,5 @@
+import sys
+
+from haloconv.cli import main
+
+sys.exit(main())

@@ -1,0 +1,129 @@
+"""The Python face: haloconv.conv, haloconv.plan, haloconv.execute."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from haloconv import kernels
+from haloconv.engines import ENGINES, Execution
+from haloconv.plan import Plan, make_plan
+from haloconv.spec import ConvSpec, IntOrTuple
+
+ArrayLike = torch.Tensor | np.ndarray
+
+
+def default_workers() -> int:
+    """The cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _as_tensor(name: str, value: object) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        t = value
+    elif isinstance(value, np.ndarray):
+        t = torch.from_numpy(value)
+    else:
+        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
+    if t.dtype not in kernels.SUPPORTED_DTYPES:
+        raise TypeError(
+            f"{name} must be float32 or float64, got dtype {t.dtype} "
+            "(convert integer images with .astype(np.float32))"
+        )
+    return t
+
+
+def _inputs(x: object, weight: object, bias: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
+    is_numpy = isinstance(x, np.ndarray)
+    xt = _as_tensor("x", x)
+    wt = _as_tensor("weight", weight)
+    bt = None if bias is None else _as_tensor("bias", bias)
+    for name, t in (("weight", wt), ("bias", bt)):
+        if t is not None and t.dtype != xt.dtype:
+            raise TypeError(f"{name} dtype {t.dtype} must match x dtype {xt.dtype}")
+        if t is not None and t.device != xt.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {xt.device}")
+    return xt, wt, bt, is_numpy
+
+
+def plan(
+    x_shape: Sequence[int],
+    weight_shape: Sequence[int],
+    bias_shape: Sequence[int] | None = None,
+    *,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple | str = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    partition: str | Sequence[int] = "auto",
+    workers: int | None = None,
+    worker_weights: Sequence[float] | None = None,
+) -> Plan:
+    """The Plan for a convolution of these shapes (no data, no communication)."""
+    spec = ConvSpec.from_args(
+        x_shape, weight_shape, bias_shape, stride=stride, padding=padding,
+        dilation=dilation, groups=groups, padding_mode=padding_mode,
+    )
+    if workers is None:
+        workers = len(worker_weights) if worker_weights is not None else default_workers()
+    return make_plan(spec, partition, workers, worker_weights)
+
+
+def execute(
+    plan: Plan,
+    x: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    *,
+    engine: str = "threads",
+) -> Execution:
+    """Run ``plan`` on data; returns the output tensor with per-worker statistics."""
+    xt, wt, bt, _ = _inputs(x, weight, bias)
+    if tuple(xt.shape) != plan.spec.input_shape or tuple(wt.shape) != plan.spec.weight_shape:
+        raise ValueError(
+            f"plan was made for x{list(plan.spec.input_shape)} and weight{list(plan.spec.weight_shape)}, "
+            f"got x{list(xt.shape)} and weight{list(wt.shape)}"
+        )
+    if (bt is not None) != plan.spec.has_bias:
+        raise ValueError(f"plan was made {'with' if plan.spec.has_bias else 'without'} a bias")
+    if not isinstance(engine, str) or engine not in ENGINES:
+        raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {engine!r}")
+    return ENGINES[engine](plan, xt, wt, bt)
+
+
+def conv(
+    x: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    *,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple | str = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    partition: str | Sequence[int] = "auto",
+    workers: int | None = None,
+    worker_weights: Sequence[float] | None = None,
+    engine: str = "threads",
+) -> ArrayLike:
+    """N-D convolution split across workers; exactly torch.nn.Conv{1,2,3}d's result.
+
+    ``x`` is (N, C_in, *spatial) with 1-3 spatial dims, ``weight`` (C_out, C_in/groups,
+    *kernel), ``bias`` (C_out,) or None.  Returns the type (tensor/ndarray) and dtype of x.
+    """
+    xt, wt, bt, is_numpy = _inputs(x, weight, bias)
+    p = plan(
+        tuple(xt.shape), tuple(wt.shape), None if bt is None else tuple(bt.shape),
+        stride=stride, padding=padding, dilation=dilation, groups=groups,
+        padding_mode=padding_mode, partition=partition, workers=workers,
+        worker_weights=worker_weights,
+    )
+    y = execute(p, xt, wt, bt, engine=engine).output
+    return y.numpy() if is_numpy else y

@@ -1,0 +1,79 @@
+"""What every engine shares: assembling a tile's window from pieces, and run statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from haloconv.plan import Piece, Plan, Tile
+
+
+@dataclass
+class WorkerStats:
+    """What one worker did: its tile, and wall time per phase in seconds."""
+
+    rank: int
+    tile_shape: tuple[int, ...]
+    halo_elements: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+
+@dataclass
+class Execution:
+    """The result of running a Plan, with what it cost."""
+
+    output: torch.Tensor
+    plan: Plan
+    engine: str
+    backend: str
+    wall_seconds: float
+    workers: list[WorkerStats]
+
+    def table(self) -> str:
+        phases = sorted({p for w in self.workers for p in w.seconds})
+        head = ["rank", "tile", "halo elems", *(f"{p} s" for p in phases), "total s"]
+        rows = [
+            [
+                str(w.rank),
+                "x".join(map(str, w.tile_shape)),
+                f"{w.halo_elements:,}",
+                *(f"{w.seconds.get(p, 0.0):.4f}" for p in phases),
+                f"{w.total_seconds:.4f}",
+            ]
+            for w in self.workers
+        ]
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+        fmt = "  ".join("{:>%d}" % w for w in widths)
+        return "\n".join(
+            [fmt.format(*head), *(fmt.format(*r) for r in rows),
+             f"engine={self.engine} backend={self.backend} wall={self.wall_seconds:.4f}s"]
+        )
+
+
+def piece_data(src: torch.Tensor, piece: Piece) -> torch.Tensor:
+    """Shape the owner's block ``src`` (= input[piece.src]) as it lands in the window."""
+    flip = [d for d, s in enumerate(piece.steps) if s == -1]
+    if flip:
+        src = torch.flip(src, flip)
+    if any(s == 0 for s in piece.steps):
+        src = src.expand(piece.dst.shape)
+    return src
+
+
+def assemble_window(x: torch.Tensor, tile: Tile) -> torch.Tensor:
+    """The tile's window, read from the whole input ``x`` held in this process.
+
+    A view when the window is a plain slice of ``x``; otherwise one buffer of the
+    window's size (zeros where the window is zero padding), filled piece by piece.
+    """
+    if tile.window_is_view:
+        return x[tile.window.slices()]
+    buf = x.new_zeros(tile.window.shape)
+    for piece in tile.pieces:
+        buf[piece.dst.slices()] = piece_data(x[piece.src.slices()], piece)
+    return buf

@@ -1,0 +1,182 @@
+"""Per-axis index math — the only place in haloconv where indices are computed.
+
+One spatial axis of length L, kernel k, stride s, dilation d, padding lo/hi.  Source
+coordinates are input indices; indices outside [0, L) are padding, read as zeros or mapped
+back into [0, L) by the padding mode.  All functions are pure and need no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+
+def effective_kernel(kernel: int, dilation: int) -> int:
+    """Span of a dilated kernel: d*(k-1)+1."""
+    return dilation * (kernel - 1) + 1
+
+
+def output_length(length: int, kernel: int, stride: int, dilation: int, pad_lo: int, pad_hi: int) -> int:
+    """O = floor((L + p_lo + p_hi - d*(k-1) - 1) / s) + 1, as torch."""
+    return (length + pad_lo + pad_hi - effective_kernel(kernel, dilation)) // stride + 1
+
+
+def split_extent(extent: int, parts: int, weights: Sequence[float] | None = None) -> list[tuple[int, int]]:
+    """Split [0, extent) into ``parts`` contiguous non-empty ranges.
+
+    Even split: sizes differ by at most one, larger ones first (like numpy.array_split).
+    Weighted: sizes proportional to ``weights`` (relative speeds), each at least 1.
+    """
+    if parts < 1 or parts > extent:
+        raise ValueError(f"cannot split an extent of {extent} into {parts} non-empty parts")
+    if weights is None:
+        base, extra = divmod(extent, parts)
+        bounds = [0]
+        for i in range(parts):
+            bounds.append(bounds[-1] + base + (1 if i < extra else 0))
+    else:
+        if len(weights) != parts:
+            raise ValueError(f"need {parts} weights, got {len(weights)}")
+        total = float(sum(weights))
+        # cumulative rounding, then push apart so every part keeps at least one index
+        bounds = [0]
+        acc = 0.0
+        for w in weights[:-1]:
+            acc += w
+            bounds.append(round(extent * acc / total))
+        bounds.append(extent)
+        for i in range(1, parts):
+            bounds[i] = max(bounds[i], bounds[i - 1] + 1)
+        for i in range(parts - 1, 0, -1):
+            bounds[i] = min(bounds[i], bounds[i + 1] - 1)
+    return [(bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run of window positions [dst, dst+length) read from the source.
+
+    step +1: source src, src+1, ...;  step -1: src, src-1, ... (reflect);
+    step 0: the single index src repeated (replicate);  src None: zeros.
+    """
+
+    dst: int
+    length: int
+    src: int | None
+    step: int
+
+    @property
+    def src_range(self) -> tuple[int, int]:
+        """The source indices read, as a half-open range."""
+        assert self.src is not None
+        if self.step == 1:
+            return self.src, self.src + self.length
+        if self.step == -1:
+            return self.src - self.length + 1, self.src + 1
+        return self.src, self.src + 1
+
+    def restrict(self, lo: int, hi: int) -> "Run | None":
+        """The part of this run whose source indices lie in [lo, hi), or None."""
+        assert self.src is not None
+        a, b = self.src_range
+        u, v = max(a, lo), min(b, hi)
+        if u >= v:
+            return None
+        if self.step == 1:
+            return Run(self.dst + (u - self.src), v - u, u, 1)
+        if self.step == -1:
+            return Run(self.dst + (self.src - (v - 1)), v - u, v - 1, -1)
+        return self
+
+
+@dataclass(frozen=True)
+class Axis:
+    """The geometry of one spatial axis of one convolution."""
+
+    length: int
+    kernel: int
+    stride: int
+    dilation: int
+    pad_lo: int
+    pad_hi: int
+    backend_pad: int  # the symmetric padding torch hands to the conv backend
+    mode: str
+
+    @property
+    def span(self) -> int:
+        return effective_kernel(self.kernel, self.dilation)
+
+    @property
+    def out_length(self) -> int:
+        return output_length(self.length, self.kernel, self.stride, self.dilation, self.pad_lo, self.pad_hi)
+
+    def needed(self, a: int, b: int) -> tuple[int, int]:
+        """Source window [lo, hi) read by outputs [a, b); may extend into the padding."""
+        return a * self.stride - self.pad_lo, (b - 1) * self.stride + self.span - self.pad_lo
+
+    def owned(self, a: int, b: int) -> tuple[int, int]:
+        """Input owned by the tile that computes outputs [a, b) (aligned ownership).
+
+        Owned ranges of consecutive tiles partition [0, L): the first tile starts at 0,
+        the last ends at L, and a border sits where the next tile's window starts.
+        """
+        lo = 0 if a == 0 else min(max(a * self.stride - self.pad_lo, 0), self.length)
+        hi = self.length if b == self.out_length else min(max(b * self.stride - self.pad_lo, 0), self.length)
+        return lo, hi
+
+    def halo(self, a: int, b: int) -> tuple[int, int]:
+        """(halo_lo, halo_hi): real data needed beyond the owned range; negative = unused."""
+        n_lo, n_hi = self.needed(a, b)
+        if self.mode == "zeros":
+            n_lo, n_hi = max(n_lo, 0), min(n_hi, self.length)
+        o_lo, o_hi = self.owned(a, b)
+        return o_lo - n_lo, n_hi - o_hi
+
+    def compute_window(self, a: int, b: int) -> tuple[int, int, int]:
+        """(lo, hi, first): the source window a tile hands to the conv backend, and the
+        index of its first kept output.
+
+        torch passes ``backend_pad`` to the backend instead of padding the input, and the
+        backend's algorithm (hence the rounding of the result) depends on that padding.  So
+        a tile keeps the same backend padding and starts its window on a stride multiple;
+        the leading ``first`` outputs it computes read only that padding or rows no kept
+        output needs, and are dropped.  Window positions outside [0, L) hold zeros.
+        """
+        if self.mode != "zeros" or self.backend_pad == 0:
+            lo, hi = self.needed(a, b)
+            return lo, hi, 0
+        q, s = self.backend_pad, self.stride
+        start = max(0, a * s - q) // s
+        first = a - start
+        lo = start * s
+        # the input the backend sees: L plus the odd extra zero of 'same' (pad_hi - q)
+        ext = self.length + self.pad_hi - q
+        hi = max(min(ext, (b - 1) * s - q + self.span), lo + 1)
+        return lo, hi, first
+
+    def runs(self, lo: int, hi: int) -> list[Run]:
+        """How window [lo, hi) reads the source: data runs and padding runs, in order."""
+        L = self.length
+        out: list[Run] = []
+
+        def zone(u: int, v: int) -> None:
+            if u >= v:
+                return
+            dst = u - lo
+            if 0 <= u and v <= L:
+                out.append(Run(dst, v - u, u, 1))
+            elif self.mode == "zeros":
+                out.append(Run(dst, v - u, None, 0))
+            elif self.mode == "replicate":
+                out.append(Run(dst, v - u, 0 if v <= 0 else L - 1, 0))
+            elif self.mode == "circular":
+                out.append(Run(dst, v - u, u + L if v <= 0 else u - L, 1))
+            elif self.mode == "reflect":
+                out.append(Run(dst, v - u, -u if v <= 0 else 2 * (L - 1) - u, -1))
+            else:  # pragma: no cover - ConvSpec validates modes
+                raise ValueError(f"unknown padding mode {self.mode!r}")
+
+        zone(lo, min(hi, 0))
+        zone(max(lo, 0), min(hi, L))
+        zone(max(lo, L), hi)
+        return out

@@ -1,0 +1,120 @@
+"""Reading and writing images and arrays for the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
+TIFF_SUFFIXES = {".tif", ".tiff"}
+SAMPLES = {"hopper": "grace_hopper.jpg"}
+
+
+def sample_path(name: str) -> Path:
+    """A sample image shipped with matplotlib (no download)."""
+    if name not in SAMPLES:
+        raise ValueError(f"unknown sample {name!r}; choose one of {sorted(SAMPLES)}")
+    from matplotlib import cbook
+
+    return Path(cbook.get_sample_data(SAMPLES[name], asfileobj=False))
+
+
+def _to_unit(a: np.ndarray) -> np.ndarray:
+    """Integers scaled to [0, 1] by their dtype's range; floats kept."""
+    if np.issubdtype(a.dtype, np.integer):
+        return a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)
+    if np.issubdtype(a.dtype, np.floating):
+        return a.astype(np.float32)
+    if a.dtype == bool:
+        return a.astype(np.float32)
+    raise ValueError(f"unsupported pixel dtype {a.dtype}")
+
+
+def _channels_first(a: np.ndarray, path: Path) -> np.ndarray:
+    if a.ndim == 2:
+        return a[None]
+    if a.ndim == 3 and a.shape[-1] in (3, 4) and a.shape[0] > 4:
+        return np.moveaxis(a[..., :3], -1, 0)  # H x W x RGB(A); alpha dropped
+    if a.ndim == 3:
+        return a
+    raise ValueError(f"input {str(path)!r} has shape {a.shape}; expected a 2-D or 3-D image")
+
+
+def read_input(path: str | Path) -> tuple[np.ndarray, bool]:
+    """(x, is_image): x as float32 (N, C, *spatial).
+
+    PNG/JPEG/BMP and TIFF images become (1, C, H, W) in [0, 1] for integer pixels
+    (grayscale C=1, RGB C=3).  A .npy array is taken as (H, W), (C, H, W), (N, C, H, W)
+    or (N, C, D, H, W).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"input file {str(p)!r} does not exist")
+    if not p.is_file():
+        raise ValueError(f"input {str(p)!r} is not a file")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npy":
+            a = np.load(p, allow_pickle=False)
+            if a.ndim == 2:
+                a = a[None, None]
+            elif a.ndim == 3:
+                a = a[None]
+            elif a.ndim not in (4, 5):
+                raise ValueError(f"input {str(p)!r} has shape {a.shape}; expected 2-D to 5-D")
+            return _to_unit(a) if a.dtype != np.float64 else a.astype(np.float32), False
+        if suffix in TIFF_SUFFIXES:
+            import tifffile
+
+            a = tifffile.imread(p)
+            return _channels_first(_to_unit(np.asarray(a)), p)[None], True
+        if suffix in IMAGE_SUFFIXES:
+            from PIL import Image
+
+            with Image.open(p) as im:
+                if im.mode not in ("L", "I;16", "I", "F", "RGB"):
+                    im = im.convert("RGB")
+                a = np.asarray(im)
+            return _channels_first(_to_unit(a), p)[None], True
+    except ValueError:
+        raise
+    except Exception as e:  # corrupt files raise library-specific errors
+        raise ValueError(f"cannot read input {str(p)!r}: {e}") from None
+    raise ValueError(
+        f"input {str(p)!r} has an unsupported type {suffix!r}; use .png, .jpg, .tif/.tiff or .npy"
+    )
+
+
+def to_uint8(y: np.ndarray) -> np.ndarray:
+    """Scale a float image to 0..255 by its min/max (edge maps are signed)."""
+    lo, hi = np.nanmin(y), np.nanmax(y)
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+        return np.zeros(y.shape, dtype=np.uint8)
+    return np.clip(np.round((y - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+
+
+def write_outputs(y: np.ndarray, prefix: str | Path, image: bool, image_format: str = "png") -> list[Path]:
+    """Write y as PREFIX.npy, and for 2-D images also PREFIX.png (8-bit, min/max scaled,
+    grayscale or RGB) or PREFIX.tif (float32, lossless).  Returns the paths written."""
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    written = [prefix.with_suffix(".npy")]
+    np.save(written[0], y)
+    if image and y.ndim == 4:
+        chw = y[0]
+        if image_format == "tif":
+            import tifffile
+
+            path = prefix.with_suffix(".tif")
+            tifffile.imwrite(path, chw.astype(np.float32))
+        else:
+            from PIL import Image
+
+            path = prefix.with_suffix(".png")
+            if chw.shape[0] == 3:
+                Image.fromarray(to_uint8(np.moveaxis(chw, 0, -1))).save(path)
+            else:
+                Image.fromarray(to_uint8(chw[0])).save(path)
+        written.append(path)
+    return written

@@ -1,0 +1,191 @@
+"""Local compute of one tile with torch's direct convolution, bit for bit like the
+single-node call.
+
+torch picks a conv backend (oneDNN, or im2col + MKL GEMM) from the *whole* problem's
+shapes, the thread count and the padding it passes down.  A tile convolved with a plain
+``F.conv2d`` may get another backend or another oneDNN algorithm and round differently.
+So a tile is computed with the backend the single-node call selects, with the same
+backend padding (see geometry.Axis.compute_window), and MKL runs in its strict
+reproducible mode, where a GEMM's rounding does not depend on matrix size or threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import warnings
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from haloconv.spec import ConvSpec
+
+_B = torch._C._ConvBackend
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+# -- MKL reproducibility ------------------------------------------------------------------
+_MKL_CBWR_AUTO = 2
+_MKL_CBWR_STRICT = 0x10000
+_MKL_CBWR_ALL = ~0
+
+
+def _mkl_lib() -> ctypes.CDLL | None:
+    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    try:
+        lib = ctypes.CDLL(path)
+        lib.mkl_serv_cbwr_get  # noqa: B018 - raises AttributeError without MKL
+        return lib
+    except (OSError, AttributeError):
+        return None
+
+
+def _enable_mkl_strict() -> str:
+    """Put MKL in strict CNR mode.  Returns 'strict', 'no-mkl' or 'unavailable'.
+
+    This must happen before MKL's first call in the process; afterwards MKL refuses.
+    Set HALOCONV_MKL_STRICT=0 to leave MKL alone.
+    """
+    lib = _mkl_lib()
+    if lib is None:
+        return "no-mkl"
+    if lib.mkl_serv_cbwr_get(_MKL_CBWR_ALL) & _MKL_CBWR_STRICT:
+        return "strict"
+    if os.environ.get("HALOCONV_MKL_STRICT", "1") == "0":
+        return "unavailable"
+    rc = lib.mkl_serv_cbwr_set(_MKL_CBWR_AUTO | _MKL_CBWR_STRICT)
+    return "strict" if rc == 0 else "unavailable"
+
+
+MKL_MODE = _enable_mkl_strict()
+_warned_mkl = False
+
+
+def _check_mkl(backend: object) -> None:
+    global _warned_mkl
+    if backend == _B.Mkldnn or MKL_MODE != "unavailable" or _warned_mkl:
+        return
+    _warned_mkl = True
+    warnings.warn(
+        "haloconv could not put MKL in strict reproducible mode (MKL was used before haloconv "
+        "was imported); this convolution uses MKL GEMM, whose rounding then depends on the "
+        "tile size, so results may differ from the single-node call in the last bits. Import "
+        "haloconv before using torch, or set MKL_CBWR=AUTO,STRICT.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+# -- the reference ------------------------------------------------------------------------
+def _explicit_pad(spec: ConvSpec) -> list[int] | None:
+    """F.pad argument torch applies before the backend (last axis first), or None."""
+    extra_lo = [lo - q for lo, q in zip(spec.pad_lo, spec.backend_pad)]
+    extra_hi = [hi - q for hi, q in zip(spec.pad_hi, spec.backend_pad)]
+    if not any(extra_lo) and not any(extra_hi):
+        return None
+    pad: list[int] = []
+    for lo, hi in zip(reversed(extra_lo), reversed(extra_hi)):
+        pad += [lo, hi]
+    return pad
+
+
+def single_node(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec) -> torch.Tensor:
+    """What torch.nn.Conv{1,2,3}d computes on the whole input — the reference."""
+    pad = _explicit_pad(spec)
+    if pad is not None:
+        mode = "constant" if spec.padding_mode == "zeros" else spec.padding_mode
+        x = F.pad(x, pad, mode=mode)
+    return _CONV[spec.ndim](x, weight, bias, spec.stride, spec.backend_pad, spec.dilation, spec.groups)
+
+
+def select_backend(spec: ConvSpec, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> object:
+    """The backend torch picks for the single-node call, in this thread's settings."""
+    shape = list(spec.input_shape)
+    pad = _explicit_pad(spec)
+    if pad is not None:
+        for i in range(spec.ndim):
+            shape[2 + i] += pad[2 * (spec.ndim - 1 - i)] + pad[2 * (spec.ndim - 1 - i) + 1]
+    # zero-stride stand-ins: the choice depends on shapes, dtype and device only
+    xs = x.new_empty(()).expand(shape)
+    ws = weight.new_empty(()).expand(weight.shape)
+    return torch._C._select_conv_backend(
+        xs, ws, bias, list(spec.stride), list(spec.backend_pad), list(spec.dilation),
+        False, [0] * spec.ndim, spec.groups, None,
+    )
+
+
+# -- one tile -----------------------------------------------------------------------------
+def conv_tile(
+    window: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    spec: ConvSpec,
+    groups: int,
+    backend: object,
+    first: Sequence[int],
+    out_shape: Sequence[int],
+) -> torch.Tensor:
+    """Convolve one tile's window with ``backend`` and crop its kept outputs.
+
+    ``window`` is the tile's input (source window of geometry.Axis.compute_window),
+    ``first``/``out_shape`` the kept output range per spatial axis.
+    """
+    _check_mkl(backend)
+    stride, dilation, pad = list(spec.stride), list(spec.dilation), list(spec.backend_pad)
+    x, w = window, weight
+    if spec.ndim == 1:  # torch runs 1-D convs as 2-D with a unit height
+        x, w = x.unsqueeze(2), w.unsqueeze(2)
+        stride, dilation, pad = [1, *stride], [1, *dilation], [0, *pad]
+    kernel = list(w.shape[2:])
+    cog = w.shape[0] // groups
+    padded_group = backend in (_B.Mkldnn, _B.Slow3d) and groups == 1 and spec.groups > 1
+    if padded_group:
+        # oneDNN runs grouped (e.g. depthwise) convs with other algorithms than plain
+        # ones; a tile holding a single group gets an all-zero second group to stay grouped
+        x = torch.cat([x, torch.zeros_like(x)], 1)
+        w = torch.cat([w, torch.zeros_like(w)], 0)
+        bias = None if bias is None else torch.cat([bias, torch.zeros_like(bias)])
+        groups = 2
+    if backend == _B.Mkldnn:
+        y = torch.ops.aten.mkldnn_convolution(
+            x.contiguous(), w.contiguous(), None if bias is None else bias.contiguous(),
+            pad, stride, dilation, groups,
+        )
+    elif backend == _B.Slow3d:  # handles groups itself (inferred from the weight)
+        y = torch.ops.aten.slow_conv3d_forward(x, w, kernel, bias, stride, pad)
+    elif backend in (_B.Slow2d, _B.SlowDilated2d, _B.SlowDilated3d):
+        x, w = x.contiguous(), w.contiguous()
+        if groups == 1:
+            y = _slow(backend, x, w, bias, kernel, stride, pad, dilation)
+        else:
+            cig, cog = x.shape[1] // groups, w.shape[0] // groups
+            y = torch.cat(
+                [
+                    _slow(
+                        backend,
+                        x.narrow(1, g * cig, cig).contiguous(),
+                        w.narrow(0, g * cog, cog).contiguous(),
+                        None if bias is None else bias.narrow(0, g * cog, cog).contiguous(),
+                        kernel, stride, pad, dilation,
+                    )
+                    for g in range(groups)
+                ],
+                1,
+            )
+    else:
+        # other backends (CUDA, NNPACK, ...): torch chooses for the tile; not bitwise-checked
+        y = torch.ops.aten.convolution(x, w, bias, stride, pad, dilation, False, [0] * len(pad), groups)
+    if padded_group:
+        y = y[:, :cog]
+    if spec.ndim == 1:
+        y = y.squeeze(2)
+    return y[(slice(None), slice(None), *(slice(f, f + n) for f, n in zip(first, out_shape)))]
+
+
+def _slow(backend, x, w, b, kernel, stride, pad, dilation) -> torch.Tensor:
+    if backend == _B.Slow2d:
+        return torch.ops.aten._slow_conv2d_forward(x, w, kernel, b, stride, pad)
+    if backend == _B.SlowDilated2d:
+        return torch.ops.aten.slow_conv_dilated2d(x, w, kernel, b, stride, pad, dilation)
+    return torch.ops.aten.slow_conv_dilated3d(x, w, kernel, b, stride, pad, dilation)

@@ -1,0 +1,401 @@
+"""Partition strategies -> Plan: who computes which output box, with which input.
+
+A Plan is a frozen value computed from shapes alone (no torch, no communication).  For
+each worker it lists its output box, the input box it owns, the input it needs (owned +
+halo, in source coordinates, possibly reaching into the padding), the window it hands to
+the conv backend, and every piece of that window with the worker that owns the data.
+Engines only move the boxes listed here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from haloconv import geometry
+from haloconv.spec import ConvSpec
+
+# name -> which of the (N, C_out, *spatial) dims it splits; resolved per spatial rank
+PARTITION_ALIASES = {"horizontal": "rows", "vertical": "cols"}
+PARTITIONS = ("auto", "batch", "channels", "rows", "horizontal", "cols", "vertical", "depth", "grid")
+
+
+@dataclass(frozen=True)
+class Box:
+    """A half-open N-D box [lo, hi)."""
+
+    lo: tuple[int, ...]
+    hi: tuple[int, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(h - l for l, h in zip(self.lo, self.hi))
+
+    @property
+    def volume(self) -> int:
+        return math.prod(self.shape)
+
+    def slices(self) -> tuple[slice, ...]:
+        return tuple(slice(l, h) for l, h in zip(self.lo, self.hi))
+
+    def contains(self, other: "Box") -> bool:
+        return all(a <= c and d <= b for a, b, c, d in zip(self.lo, self.hi, other.lo, other.hi))
+
+    def __str__(self) -> str:
+        return "[" + ", ".join(f"{l}:{h}" for l, h in zip(self.lo, self.hi)) + "]"
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A block of a tile's window filled from one owner's input.
+
+    ``src`` is in input coordinates and lies inside the owner's owned box; ``dst`` is in
+    window coordinates.  Per dim, step 1 copies, -1 copies reversed (reflect padding),
+    0 broadcasts the single source index over dst (replicate padding).
+    """
+
+    owner: int
+    src: Box
+    dst: Box
+    steps: tuple[int, ...]
+
+    @property
+    def elements(self) -> int:
+        """Elements that move from the owner: the source volume."""
+        return self.src.volume
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One worker's share: its output box and everything its input is made of."""
+
+    rank: int
+    out: Box  # (N, C_out, *spatial) in output coordinates
+    owned: Box  # (N, C_in, *spatial): input this worker holds
+    needed: Box  # input its outputs read, source coordinates (may extend into padding)
+    window: Box  # input handed to the conv backend (needed + alignment, see geometry)
+    first: tuple[int, ...]  # per spatial axis: first kept output of the computed window
+    groups: int  # conv groups within this tile
+    pieces: tuple[Piece, ...]
+
+    @property
+    def halo_pieces(self) -> tuple[Piece, ...]:
+        return tuple(p for p in self.pieces if p.owner != self.rank)
+
+    @property
+    def halo_elements(self) -> int:
+        return sum(p.elements for p in self.halo_pieces)
+
+    @property
+    def halo_sources(self) -> tuple[int, ...]:
+        return tuple(sorted({p.owner for p in self.halo_pieces}))
+
+    @property
+    def window_is_view(self) -> bool:
+        """True when the window is a plain slice of the owned input of the whole tensor:
+        no padding in it and no reversed/broadcast pieces (a shared-memory engine can
+        hand the backend a view instead of a copy)."""
+        spatial_ok = all(
+            0 <= lo and hi <= n
+            for lo, hi, n in zip(self.window.lo[2:], self.window.hi[2:], self._input_spatial)
+        )
+        return spatial_ok and all(all(s == 1 for s in p.steps) for p in self.pieces)
+
+    # the input's spatial shape, for window_is_view; kept out of repr/eq
+    _input_spatial: tuple[int, ...] = field(default=(), repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The complete, communication-free description of a partitioned convolution."""
+
+    spec: ConvSpec
+    partition: str
+    splits: tuple[int, ...]  # split counts over (N, C_out, *spatial)
+    workers: int
+    tiles: tuple[Tile, ...]
+    weights: tuple[float, ...] | None = None
+
+    @property
+    def idle_workers(self) -> int:
+        return self.workers - len(self.tiles)
+
+    @property
+    def halo_elements(self) -> int:
+        return sum(t.halo_elements for t in self.tiles)
+
+    def halo_elements_per_worker(self) -> list[int]:
+        per = [0] * self.workers
+        for t in self.tiles:
+            per[t.rank] = t.halo_elements
+        return per
+
+    @property
+    def halo_messages(self) -> int:
+        return sum(len(t.halo_pieces) for t in self.tiles)
+
+    def halo_bytes(self, itemsize: int = 4) -> int:
+        return self.halo_elements * itemsize
+
+    def halo_ratio(self) -> float:
+        """Halo elements / owned elements over all tiles (0 = no halo)."""
+        owned = sum(t.owned.volume for t in self.tiles)
+        return self.halo_elements / owned if owned else 0.0
+
+    def __str__(self) -> str:
+        s = self.spec
+        head = (
+            f"Plan: conv{s.ndim}d x{list(s.input_shape)} * w{list(s.weight_shape)} -> "
+            f"y{list(s.output_shape)}  stride={s.stride} dilation={s.dilation} "
+            f"padding={list(zip(s.pad_lo, s.pad_hi))} mode={s.padding_mode} groups={s.groups}\n"
+            f"partition={self.partition} splits(N,C_out,{','.join(_axis_names(s.ndim))})="
+            f"{self.splits} workers={self.workers} tiles={len(self.tiles)}"
+            + (f" (idle workers: {self.idle_workers})" if self.idle_workers else "")
+            + (f" weights={list(self.weights)}" if self.weights else "")
+        )
+        cols = ("rank", "output box", "tile shape", "owned input", "needed input (halo)", "halo elems", "from")
+        rows = [
+            (
+                str(t.rank),
+                str(t.out),
+                "x".join(map(str, t.out.shape)),
+                str(t.owned),
+                str(t.needed),
+                f"{t.halo_elements:,}",
+                ",".join(map(str, t.halo_sources)) or "-",
+            )
+            for t in self.tiles
+        ]
+        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+        fmt = "  ".join("{:>%d}" % w for w in widths)
+        lines = [head, fmt.format(*cols)] + [fmt.format(*r) for r in rows]
+        lines.append(
+            f"total halo: {self.halo_elements:,} elements in {self.halo_messages} pieces "
+            f"({100 * self.halo_ratio():.2f}% of the owned input)"
+        )
+        return "\n".join(lines)
+
+
+def _axis_names(ndim: int) -> tuple[str, ...]:
+    return {1: ("W",), 2: ("H", "W"), 3: ("D", "H", "W")}[ndim]
+
+
+def _channel_units(spec: ConvSpec) -> int:
+    """Output channels split in whole groups (a tile never cuts a group)."""
+    return spec.groups if spec.groups > 1 else spec.out_channels
+
+
+def _extents(spec: ConvSpec) -> tuple[int, ...]:
+    return (spec.batch, _channel_units(spec), *spec.out_spatial)
+
+
+def _named_axis(name: str, ndim: int) -> int:
+    """Index into (N, C, *spatial) of the spatial axis a partition name splits."""
+    table = {
+        1: {"cols": 2},
+        2: {"rows": 2, "cols": 3},
+        3: {"depth": 2, "rows": 3, "cols": 4},
+    }[ndim]
+    if name not in table:
+        valid = sorted(table) + ["batch", "channels", "grid", "auto"]
+        raise ValueError(
+            f"partition={name!r} is not available for {ndim}-D inputs; choose one of {valid}"
+        )
+    return table[name]
+
+
+def resolve_splits(spec: ConvSpec, partition: str | Sequence[int], workers: int) -> tuple[str, tuple[int, ...]]:
+    """Turn a partition name (or explicit counts) into split counts over (N, C, *spatial)."""
+    extents = _extents(spec)
+    dims = len(extents)
+    if not isinstance(partition, str):
+        counts = tuple(partition)
+        if len(counts) != dims or not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+            raise ValueError(
+                f"partition as a tuple needs {dims} ints (N, C_out, {', '.join(_axis_names(spec.ndim))}), "
+                f"got {partition!r}"
+            )
+        if any(c < 1 for c in counts):
+            raise ValueError(f"partition counts must be >= 1, got {partition!r}")
+        for c, e, name in zip(counts, extents, ("N", "C_out groups" if spec.groups > 1 else "C_out", *_axis_names(spec.ndim))):
+            if c > e:
+                raise ValueError(f"partition={partition!r} splits {name} into {c} parts but it has only {e}")
+        if math.prod(counts) > workers:
+            raise ValueError(
+                f"partition={partition!r} makes {math.prod(counts)} tiles but workers={workers}"
+            )
+        return "tuple", counts
+    name = PARTITION_ALIASES.get(partition, partition)
+    if name == "auto":
+        name = "batch" if spec.batch >= workers else "grid"
+    counts = [1] * dims
+    if name == "batch":
+        counts[0] = min(workers, extents[0])
+    elif name == "channels":
+        counts[1] = min(workers, extents[1])
+    elif name in ("rows", "cols", "depth"):
+        ax = _named_axis(name, spec.ndim)
+        counts[ax] = min(workers, extents[ax])
+    elif name == "grid":
+        return "grid", _best_grid(spec, workers)
+    else:
+        raise ValueError(f"partition must be one of {PARTITIONS} or a tuple of counts, got {partition!r}")
+    return name, tuple(counts)
+
+
+def _factorizations(n: int, k: int) -> list[tuple[int, ...]]:
+    if k == 1:
+        return [(n,)]
+    out = []
+    for d in range(1, n + 1):
+        if n % d == 0:
+            out.extend((d, *rest) for rest in _factorizations(n // d, k - 1))
+    return out
+
+
+def _best_grid(spec: ConvSpec, workers: int) -> tuple[int, ...]:
+    """Spatial factorisation with the least halo volume (then the most even tiles)."""
+    out_sp = spec.out_spatial
+    for w in range(workers, 0, -1):
+        cands = [f for f in _factorizations(w, spec.ndim) if all(c <= e for c, e in zip(f, out_sp))]
+        if not cands:
+            continue
+
+        def key(f: tuple[int, ...]) -> tuple:
+            counts = (1, 1, *f)
+            plan = build(spec, counts, "grid", w)
+            biggest = max(t.out.volume for t in plan.tiles)
+            # fewer splits of the inner (contiguous) axes on ties: row bands copy less
+            return (plan.halo_elements, biggest, tuple(-c for c in f))
+
+        return (1, 1, *min(cands, key=key))
+    raise AssertionError("unreachable: a 1x...x1 grid always fits")
+
+
+def _tile_ranges(
+    extents: Sequence[int], counts: Sequence[int], weights: Sequence[float] | None
+) -> list[tuple[tuple[int, int], ...]]:
+    """Output ranges per tile, row-major over the split dims.  With weights, each dim is
+    split by the summed weights of the workers in each slab, recursively, so unequal
+    workers get proportional tiles (then tiles need not form a strict grid)."""
+    result: list[tuple[tuple[int, int], ...]] = []
+
+    def rec(dim: int, prefix: list[tuple[int, int]], ws: Sequence[float] | None) -> None:
+        if dim == len(extents):
+            result.append(tuple(prefix))
+            return
+        c = counts[dim]
+        per = math.prod(counts[dim + 1 :])
+        slab_w = [sum(ws[i * per : (i + 1) * per]) for i in range(c)] if ws is not None else None
+        for i, rng in enumerate(geometry.split_extent(extents[dim], c, slab_w)):
+            rec(dim + 1, prefix + [rng], ws[i * per : (i + 1) * per] if ws is not None else None)
+
+    rec(0, [], weights)
+    return result
+
+
+def build(
+    spec: ConvSpec,
+    counts: Sequence[int],
+    partition: str,
+    workers: int,
+    weights: Sequence[float] | None = None,
+) -> Plan:
+    """Build the Plan for explicit split counts over (N, C_out units, *spatial)."""
+    ntiles = math.prod(counts)
+    tile_w = list(weights[:ntiles]) if weights is not None else None
+    ranges = _tile_ranges(_extents(spec), counts, tile_w)
+    axes = [spec.axis(i) for i in range(spec.ndim)]
+    cog = spec.out_channels // spec.groups
+    cig = spec.in_channels // spec.groups
+    split_c = counts[1] > 1
+
+    shells = []  # (out, owned, needed, window, first, groups, c_key)
+    for (n0, n1), (u0, u1), *sp in ranges:
+        if spec.groups > 1:
+            c_out = (u0 * cog, u1 * cog)
+            c_in = (u0 * cig, u1 * cig)
+            groups = u1 - u0
+        else:
+            c_out, c_in, groups = (u0, u1), (0, spec.in_channels), 1
+        owned_sp = [ax.owned(a, b) for ax, (a, b) in zip(axes, sp)]
+        needed_sp = [ax.needed(a, b) for ax, (a, b) in zip(axes, sp)]
+        comp = [ax.compute_window(a, b) for ax, (a, b) in zip(axes, sp)]
+        out = Box((n0, c_out[0], *(a for a, _ in sp)), (n1, c_out[1], *(b for _, b in sp)))
+        owned = Box((n0, c_in[0], *(l for l, _ in owned_sp)), (n1, c_in[1], *(h for _, h in owned_sp)))
+        needed = Box((n0, c_in[0], *(l for l, _ in needed_sp)), (n1, c_in[1], *(h for _, h in needed_sp)))
+        window = Box((n0, c_in[0], *(c[0] for c in comp)), (n1, c_in[1], *(c[1] for c in comp)))
+        # tiles with the same channel block partition the input among themselves
+        c_key = (u0, u1) if split_c else (0, 0)
+        shells.append((out, owned, needed, window, tuple(c[2] for c in comp), groups, c_key))
+
+    tiles = []
+    for rank, (out, owned, needed, window, first, groups, c_key) in enumerate(shells):
+        per_dim: list[list[geometry.Run]] = [
+            [geometry.Run(0, window.hi[0] - window.lo[0], window.lo[0], 1)],
+            [geometry.Run(0, window.hi[1] - window.lo[1], window.lo[1], 1)],
+        ]
+        for i, ax in enumerate(axes):
+            runs = ax.runs(window.lo[i + 2], window.hi[i + 2])
+            lo_n, hi_n = needed.lo[i + 2], needed.hi[i + 2]
+            kept = []
+            for r in runs:
+                if r.src is None:
+                    continue
+                # zeros mode: alignment rows outside the needed range are not fetched
+                r2 = r.restrict(lo_n, hi_n) if spec.padding_mode == "zeros" else r
+                if r2 is not None:
+                    kept.append(r2)
+            per_dim.append(kept)
+        pieces = []
+        owners = [
+            (rk, sh[1]) for rk, sh in enumerate(shells) if sh[6] == c_key
+        ]
+        # own data first, then neighbours by rank
+        owners.sort(key=lambda o: (o[0] != rank, o[0]))
+        for combo in itertools.product(*per_dim):
+            for rk, obox in owners:
+                parts = [r.restrict(lo, hi) for r, lo, hi in zip(combo, obox.lo, obox.hi)]
+                if any(p is None for p in parts):
+                    continue
+                src = Box(tuple(p.src_range[0] for p in parts), tuple(p.src_range[1] for p in parts))
+                dst = Box(tuple(p.dst for p in parts), tuple(p.dst + p.length for p in parts))
+                pieces.append(Piece(rk, src, dst, tuple(p.step for p in parts)))
+        tiles.append(
+            Tile(rank, out, owned, needed, window, first, groups, tuple(pieces), _input_spatial=spec.spatial)
+        )
+    return Plan(
+        spec=spec,
+        partition=partition,
+        splits=tuple(counts),
+        workers=workers,
+        tiles=tuple(tiles),
+        weights=tuple(float(w) for w in weights) if weights is not None else None,
+    )
+
+
+def make_plan(
+    spec: ConvSpec,
+    partition: str | Sequence[int] = "auto",
+    workers: int = 1,
+    worker_weights: Sequence[float] | None = None,
+) -> Plan:
+    """Resolve ``partition`` for ``workers`` workers and build the Plan."""
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        raise TypeError(f"workers must be an int, got {workers!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if worker_weights is not None:
+        worker_weights = list(worker_weights)
+        if len(worker_weights) != workers:
+            raise ValueError(
+                f"worker_weights must have one entry per worker ({workers}), got {len(worker_weights)}"
+            )
+        if not all(isinstance(w, (int, float)) and math.isfinite(w) and w > 0 for w in worker_weights):
+            raise ValueError(f"worker_weights must be finite positive numbers, got {worker_weights}")
+    if isinstance(partition, str) and PARTITION_ALIASES.get(partition, partition) not in PARTITIONS:
+        raise ValueError(f"partition must be one of {PARTITIONS} or a tuple of counts, got {partition!r}")
+    name, counts = resolve_splits(spec, partition, workers)
+    return build(spec, counts, name, workers, worker_weights)

@@ -1,0 +1,230 @@
+"""ConvSpec: the arguments of one convolution, validated and normalised.
+
+Semantics follow torch.nn.Conv{1,2,3}d exactly.  Nothing here needs torch, so a Plan can
+be made for shapes alone (e.g. on a laptop, for a cluster run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from haloconv import geometry
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+IntOrTuple = int | Sequence[int]
+
+
+def _tuple(name: str, value: IntOrTuple, ndim: int, minimum: int) -> tuple[int, ...]:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r}")
+    if isinstance(value, int):
+        out = (value,) * ndim
+    elif isinstance(value, (tuple, list)) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        if len(value) == 1:
+            out = (value[0],) * ndim
+        elif len(value) == ndim:
+            out = tuple(value)
+        else:
+            raise ValueError(f"{name} must have 1 or {ndim} entries, got {value!r}")
+    else:
+        raise TypeError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r}")
+    if any(v < minimum for v in out):
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """One convolution: shapes plus hyper-parameters, all per spatial axis.
+
+    ``pad_lo``/``pad_hi`` is the total padding on each side.  torch applies part of it
+    as an explicit pad of the input and passes the rest (symmetric) to the conv backend;
+    ``backend_pad`` records that symmetric part, because the exact-result kernels must
+    present the backend with the same padding the single-node call uses.
+    """
+
+    input_shape: tuple[int, ...]  # (N, C_in, *spatial)
+    weight_shape: tuple[int, ...]  # (C_out, C_in/groups, *kernel)
+    has_bias: bool
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    pad_lo: tuple[int, ...]
+    pad_hi: tuple[int, ...]
+    backend_pad: tuple[int, ...]
+    groups: int
+    padding_mode: str
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_args(
+        cls,
+        input_shape: Sequence[int],
+        weight_shape: Sequence[int],
+        bias_shape: Sequence[int] | None = None,
+        *,
+        stride: IntOrTuple = 1,
+        padding: IntOrTuple | str = 0,
+        dilation: IntOrTuple = 1,
+        groups: int = 1,
+        padding_mode: str = "zeros",
+    ) -> "ConvSpec":
+        input_shape = tuple(int(s) for s in input_shape)
+        weight_shape = tuple(int(s) for s in weight_shape)
+        if len(input_shape) not in (3, 4, 5):
+            raise ValueError(
+                "x must have shape (N, C_in, *spatial) with 1, 2 or 3 spatial dims, "
+                f"got shape {input_shape}"
+            )
+        ndim = len(input_shape) - 2
+        if len(weight_shape) != ndim + 2:
+            raise ValueError(
+                f"weight must have shape (C_out, C_in/groups, *kernel) with {ndim} kernel "
+                f"dims to match x of shape {input_shape}, got shape {weight_shape}"
+            )
+        if any(s < 1 for s in input_shape[1:]) or input_shape[0] < 1:
+            raise ValueError(f"x must have no empty dimension, got shape {input_shape}")
+        if any(s < 1 for s in weight_shape):
+            raise ValueError(f"weight must have no empty dimension, got shape {weight_shape}")
+        if isinstance(groups, bool) or not isinstance(groups, int):
+            raise TypeError(f"groups must be an int, got {groups!r}")
+        if groups < 1:
+            raise ValueError(f"groups must be >= 1, got {groups}")
+        c_in, c_out = input_shape[1], weight_shape[0]
+        if c_in % groups:
+            raise ValueError(f"groups={groups} must divide C_in={c_in} (x shape {input_shape})")
+        if c_out % groups:
+            raise ValueError(f"groups={groups} must divide C_out={c_out} (weight shape {weight_shape})")
+        if weight_shape[1] * groups != c_in:
+            raise ValueError(
+                f"weight shape {weight_shape} expects C_in/groups={weight_shape[1]}, but x has "
+                f"C_in={c_in} and groups={groups} (C_in/groups={c_in // groups})"
+            )
+        if bias_shape is not None and tuple(bias_shape) != (c_out,):
+            raise ValueError(f"bias must have shape ({c_out},), got {tuple(bias_shape)}")
+        if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        stride_t = _tuple("stride", stride, ndim, 1)
+        dilation_t = _tuple("dilation", dilation, ndim, 1)
+        kernel = weight_shape[2:]
+        spatial = input_shape[2:]
+        if isinstance(padding, str):
+            if padding == "valid":
+                lo = hi = (0,) * ndim
+            elif padding == "same":
+                if any(s != 1 for s in stride_t):
+                    raise ValueError(
+                        f"padding='same' is not supported for strided convolutions, got stride={stride!r}"
+                    )
+                total = [d * (k - 1) for d, k in zip(dilation_t, kernel)]
+                lo = tuple(t // 2 for t in total)
+                hi = tuple(t - t // 2 for t in total)
+            else:
+                raise ValueError(f"padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
+        else:
+            lo = hi = _tuple("padding", padding, ndim, 0)
+        if padding_mode == "zeros":
+            # torch pads the odd extra of 'same' explicitly and passes the rest to the backend
+            backend = lo
+        else:
+            backend = (0,) * ndim
+            for i, (l, h, n) in enumerate(zip(lo, hi, spatial)):
+                if padding_mode == "reflect" and max(l, h) >= n:
+                    raise ValueError(
+                        f"padding {max(l, h)} must be < input size {n} on spatial axis {i} "
+                        "for padding_mode='reflect'"
+                    )
+                if padding_mode == "circular" and max(l, h) > n:
+                    raise ValueError(
+                        f"padding {max(l, h)} must be <= input size {n} on spatial axis {i} "
+                        "for padding_mode='circular'"
+                    )
+        spec = cls(
+            input_shape=input_shape,
+            weight_shape=weight_shape,
+            has_bias=bias_shape is not None,
+            stride=stride_t,
+            dilation=dilation_t,
+            pad_lo=lo,
+            pad_hi=hi,
+            backend_pad=backend,
+            groups=groups,
+            padding_mode=padding_mode,
+        )
+        for i in range(ndim):
+            reach = geometry.effective_kernel(kernel[i], dilation_t[i])
+            padded = spatial[i] + lo[i] + hi[i]
+            if reach > padded:
+                raise ValueError(
+                    f"kernel reaches beyond the padded input on spatial axis {i}: kernel size "
+                    f"{kernel[i]} with dilation {dilation_t[i]} spans {reach}, but the padded "
+                    f"input is only {padded} long (size {spatial[i]} + padding {lo[i]}+{hi[i]})"
+                )
+        return spec
+
+    # -- derived ------------------------------------------------------------------------
+    @property
+    def ndim(self) -> int:
+        return len(self.input_shape) - 2
+
+    @property
+    def batch(self) -> int:
+        return self.input_shape[0]
+
+    @property
+    def in_channels(self) -> int:
+        return self.input_shape[1]
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight_shape[0]
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        return self.input_shape[2:]
+
+    @property
+    def kernel(self) -> tuple[int, ...]:
+        return self.weight_shape[2:]
+
+    @property
+    def out_spatial(self) -> tuple[int, ...]:
+        return tuple(
+            geometry.output_length(n, k, s, d, lo, hi)
+            for n, k, s, d, lo, hi in zip(
+                self.spatial, self.kernel, self.stride, self.dilation, self.pad_lo, self.pad_hi
+            )
+        )
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return (self.batch, self.out_channels, *self.out_spatial)
+
+    def axis(self, i: int) -> geometry.Axis:
+        """The 1-D geometry of spatial axis ``i``."""
+        return geometry.Axis(
+            length=self.spatial[i],
+            kernel=self.kernel[i],
+            stride=self.stride[i],
+            dilation=self.dilation[i],
+            pad_lo=self.pad_lo[i],
+            pad_hi=self.pad_hi[i],
+            backend_pad=self.backend_pad[i],
+            mode=self.padding_mode,
+        )
+
+    def flops(self, batch: int | None = None, out_channels: int | None = None,
+              out_spatial: Sequence[int] | None = None) -> int:
+        """Multiply-adds x2 of the whole conv, or of a sub-box of its output."""
+        n = self.batch if batch is None else batch
+        co = self.out_channels if out_channels is None else out_channels
+        sp = self.out_spatial if out_spatial is None else out_spatial
+        vol = 1
+        for v in sp:
+            vol *= v
+        k = 1
+        for v in self.kernel:
+            k *= v
+        return 2 * n * co * (self.in_channels // self.groups) * vol * k
