@@ -11,6 +11,12 @@ from dataclasses import dataclass
 from typing import Sequence
 
 
+# A tile computes at least this many outputs per axis (or all of them), the extra ones on
+# zeros and dropped: oneDNN's GEMM path rounds a single-output block (a GEMV) differently
+# from the same output inside a larger block of the single-node call.
+MIN_COMPUTE_OUTPUTS = 4
+
+
 def effective_kernel(kernel: int, dilation: int) -> int:
     """Span of a dilated kernel: d*(k-1)+1."""
     return dilation * (kernel - 1) + 1
@@ -75,6 +81,14 @@ class Run:
             return self.src - self.length + 1, self.src + 1
         return self.src, self.src + 1
 
+    def clip(self, lo: int, hi: int) -> "Run | None":
+        """The part of this run at window positions [lo, hi), or None."""
+        u, v = max(self.dst, lo), min(self.dst + self.length, hi)
+        if u >= v:
+            return None
+        src = None if self.src is None else self.src + self.step * (u - self.dst)
+        return Run(u, v - u, src, self.step)
+
     def restrict(self, lo: int, hi: int) -> "Run | None":
         """The part of this run whose source indices lie in [lo, hi), or None."""
         assert self.src is not None
@@ -136,18 +150,26 @@ class Axis:
         """(lo, hi, first): the source window a tile hands to the conv backend, and the
         index of its first kept output.
 
+        Thin tiles compute at least MIN_COMPUTE_OUTPUTS outputs; the extra ones read
+        window positions no kept output reads, which are left zero (nothing extra moves).
         torch passes ``backend_pad`` to the backend instead of padding the input, and the
         backend's algorithm (hence the rounding of the result) depends on that padding.  So
         a tile keeps the same backend padding and starts its window on a stride multiple;
         the leading ``first`` outputs it computes read only that padding or rows no kept
         output needs, and are dropped.  Window positions outside [0, L) hold zeros.
         """
+        n_out = self.out_length
+        grow = min(n_out, MIN_COMPUTE_OUTPUTS) - (b - a)
+        a0, b0 = a, b
+        if grow > 0:
+            b = min(n_out, b + grow)
+            a = max(0, b - max(MIN_COMPUTE_OUTPUTS, b0 - a0))
         if self.mode != "zeros" or self.backend_pad == 0:
             lo, hi = self.needed(a, b)
-            return lo, hi, 0
+            return lo, hi, a0 - a
         q, s = self.backend_pad, self.stride
         start = max(0, a * s - q) // s
-        first = a - start
+        first = a0 - start
         lo = start * s
         # the input the backend sees: L plus the odd extra zero of 'same' (pad_hi - q)
         ext = self.length + self.pad_hi - q

@@ -344,8 +344,9 @@ def build(
             for r in runs:
                 if r.src is None:
                     continue
-                # zeros mode: alignment rows outside the needed range are not fetched
-                r2 = r.restrict(lo_n, hi_n) if spec.padding_mode == "zeros" else r
+                # window positions outside the needed range (alignment, thin-tile growth)
+                # are read only by dropped outputs: left zero, never fetched
+                r2 = r.clip(lo_n - window.lo[i + 2], hi_n - window.lo[i + 2])
                 if r2 is not None:
                     kept.append(r2)
             per_dim.append(kept)

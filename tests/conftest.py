@@ -1,0 +1,49 @@
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import HealthCheck, settings
+
+# Fixed examples on every run: a failure seen once is seen again (no flaky CI).
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("explore", deadline=None, max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+_MODULES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def torch_reference(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
+    """The single-node call: a torch.nn.ConvNd with these weights on the whole input."""
+    nd = x.dim() - 2
+    m = _MODULES[nd](
+        x.shape[1], weight.shape[0], tuple(weight.shape[2:]), stride=stride, padding=padding,
+        dilation=dilation, groups=groups, bias=bias is not None, padding_mode=padding_mode, dtype=x.dtype,
+    )
+    with torch.no_grad():
+        m.weight.copy_(weight)
+        if bias is not None:
+            m.bias.copy_(bias)
+        return m(x)
+
+
+def assert_bitwise(y, ref):
+    assert y.shape == ref.shape, (y.shape, ref.shape)
+    assert y.dtype == ref.dtype
+    if not torch.equal(y, ref):
+        # NaN != NaN: compare NaN positions, then the rest
+        nan_y, nan_r = torch.isnan(y), torch.isnan(ref)
+        assert torch.equal(nan_y, nan_r), "NaN positions differ"
+        assert torch.equal(y[~nan_y], ref[~nan_r]), f"max |diff| {(y - ref).abs().nan_to_num().max().item()}"
+
+
+@pytest.fixture
+def ref():
+    return torch_reference

@@ -1,0 +1,151 @@
+"""The Plan: a frozen, printable value; owned boxes partition the input; pieces cover it."""
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+
+import haloconv
+from haloconv.plan import Plan
+
+
+def _coverage(plan: Plan):
+    """Per tile: count how often each window position is written by a piece."""
+    for t in plan.tiles:
+        cover = np.zeros(t.window.shape, dtype=np.int64)
+        for p in t.pieces:
+            assert any(o.rank == p.owner and o.owned.contains(p.src) for o in plan.tiles), p
+            cover[p.dst.slices()] += 1
+        yield t, cover
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(padding=1, partition="grid", workers=4),
+        dict(padding=2, dilation=3, partition="rows", workers=6),
+        dict(padding=2, padding_mode="circular", partition="rows", workers=2),
+        dict(padding=3, padding_mode="reflect", partition="grid", workers=6),
+        dict(padding=2, padding_mode="replicate", partition="cols", workers=3),
+        dict(stride=2, padding=1, partition="grid", workers=5),
+    ],
+)
+def test_owned_boxes_partition_and_pieces_cover_each_needed_element_once(kw):
+    p = haloconv.plan((2, 3, 13, 11), (4, 3, 5, 5), **kw)
+    # owned boxes: disjoint, and together exactly the input
+    count = np.zeros((2, 3, 13, 11), dtype=np.int64)
+    for t in p.tiles:
+        count[t.owned.slices()] += 1
+    assert (count == 1).all()
+    for t, cover in _coverage(p):
+        assert cover.max() <= 1
+        if kw.get("padding_mode", "zeros") != "zeros":
+            # every needed element comes from some owner (the rest of the window stays zero)
+            region = tuple(slice(n0 - w0, n1 - w0) for n0, n1, w0 in zip(t.needed.lo, t.needed.hi, t.window.lo))
+            assert (cover[region] == 1).all()
+            assert cover.sum() == cover[region].sum()
+
+
+def test_plan_is_frozen_and_counts_halo():
+    p = haloconv.plan((1, 1, 100, 100), (1, 1, 3, 3), padding=1, partition="rows", workers=4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.workers = 3
+    # row bands of 25 rows, halo rows = k - s = 2 per interior border, split 1 + 1? aligned: 0 above, 2 below
+    per = p.halo_elements_per_worker()
+    assert per == [200, 200, 200, 0]
+    assert p.halo_elements == 600
+    assert p.halo_messages == 3
+
+
+def test_thin_tiles_take_halo_from_several_owners():
+    p = haloconv.plan((1, 1, 12, 4), (1, 1, 7, 1), padding=(3, 0), partition="rows", workers=6)
+    middle = p.tiles[2]
+    assert len(middle.halo_sources) >= 2
+    assert set(middle.halo_sources) >= {3, 4}
+
+
+def test_circular_first_and_last_tiles_are_neighbours():
+    p = haloconv.plan((1, 1, 20, 5), (1, 1, 3, 3), padding=1, padding_mode="circular",
+                      partition="rows", workers=4)
+    assert 3 in p.tiles[0].halo_sources
+    assert 0 in p.tiles[3].halo_sources
+
+
+def test_channels_partition_has_no_halo_and_batch_caps_workers():
+    p = haloconv.plan((1, 3, 30, 30), (8, 3, 3, 3), padding=1, partition="channels", workers=4)
+    assert p.halo_elements == 0 and len(p.tiles) == 4
+    q = haloconv.plan((2, 3, 30, 30), (8, 3, 3, 3), padding=1, partition="batch", workers=5)
+    assert len(q.tiles) == 2 and q.idle_workers == 3
+
+
+def test_grid_picks_least_halo():
+    # a wide image: the cheapest split of 4 cuts columns more than rows
+    p = haloconv.plan((1, 1, 16, 1024), (1, 1, 3, 3), padding=1, partition="grid", workers=4)
+    assert p.splits == (1, 1, 1, 4)
+    q = haloconv.plan((1, 1, 512, 512), (1, 1, 3, 3), padding=1, partition="grid", workers=4)
+    assert q.splits == (1, 1, 2, 2)
+    best = min(
+        haloconv.plan((1, 1, 512, 512), (1, 1, 3, 3), padding=1, partition=(1, 1, a, 4 // a), workers=4).halo_elements
+        for a in (1, 2, 4)
+    )
+    assert q.halo_elements == best
+
+
+def test_weighted_rows_proportional():
+    p = haloconv.plan((1, 1, 400, 50), (1, 1, 3, 3), padding=1, partition="rows",
+                      workers=3, worker_weights=[1, 2, 1])
+    assert [t.out.shape[2] for t in p.tiles] == [100, 200, 100]
+
+
+def test_weighted_grid_gives_each_worker_its_share():
+    w = [1, 3, 2, 2]
+    p = haloconv.plan((1, 1, 64, 64), (1, 1, 3, 3), padding=1, partition=(1, 1, 2, 2), workers=4,
+                      worker_weights=w)
+    areas = [t.out.volume for t in p.tiles]
+    for a, wi in zip(areas, w):
+        assert abs(a / 4096 - wi / 8) < 0.03
+
+
+def test_str_is_a_table():
+    p = haloconv.plan((1, 3, 64, 48), (8, 3, 3, 3), padding=1, partition="grid", workers=4)
+    s = str(p)
+    assert "rank" in s and "halo" in s and "splits" in s
+    assert len(s.splitlines()) == 2 + 1 + 4 + 1
+
+
+def test_aliases():
+    a = haloconv.plan((1, 1, 20, 20), (1, 1, 3, 3), partition="horizontal", workers=2)
+    b = haloconv.plan((1, 1, 20, 20), (1, 1, 3, 3), partition="rows", workers=2)
+    assert a.tiles == b.tiles and a.splits == (1, 1, 2, 1)
+    c = haloconv.plan((1, 1, 20, 20), (1, 1, 3, 3), partition="vertical", workers=2)
+    assert c.splits == (1, 1, 1, 2)
+
+
+def test_all_partitions_3d():
+    for part in ("depth", "rows", "cols", "grid", "batch", "channels"):
+        p = haloconv.plan((2, 2, 8, 9, 10), (4, 2, 3, 3, 3), padding=1, partition=part, workers=2)
+        assert len(p.tiles) == 2
+        assert sum(t.out.volume for t in p.tiles) == 2 * 4 * 8 * 9 * 10
+
+
+def test_pieces_from_other_owners_are_the_halo():
+    p = haloconv.plan((1, 2, 30, 30), (2, 2, 5, 5), padding=2, partition="grid", workers=4)
+    for t in p.tiles:
+        assert t.halo_elements == sum(pc.src.volume for pc in t.pieces if pc.owner != t.rank)
+        needed_data = 1
+        for lo, hi, n in zip(t.needed.lo, t.needed.hi, (1, 2, 30, 30)):
+            needed_data *= min(hi, n) - max(lo, 0)
+        owned_in_needed = 1
+        for lo, hi, olo, ohi in zip(t.needed.lo, t.needed.hi, t.owned.lo, t.owned.hi):
+            owned_in_needed *= max(0, min(hi, ohi) - max(lo, olo))
+        assert t.halo_elements == needed_data - owned_in_needed
+
+
+def test_every_tuple_partition_covers_the_output_once():
+    for counts in itertools.product((1, 2), (1, 2), (1, 3), (1, 2)):
+        p = haloconv.plan((2, 3, 10, 9), (4, 3, 3, 3), padding=1, partition=counts, workers=24)
+        cover = np.zeros(p.spec.output_shape, dtype=np.int64)
+        for t in p.tiles:
+            cover[t.out.slices()] += 1
+        assert (cover == 1).all()
