@@ -44,6 +44,30 @@ def assert_bitwise(y, ref):
         assert torch.equal(y[~nan_y], ref[~nan_r]), f"max |diff| {(y - ref).abs().nan_to_num().max().item()}"
 
 
+def _equal(y, ref):
+    nan_y, nan_r = torch.isnan(y), torch.isnan(ref)
+    return torch.equal(nan_y, nan_r) and torch.equal(y[~nan_y], ref[~nan_r])
+
+
+def assert_single_node_exact(y, reference):
+    """y is bitwise the single-node result ``reference()`` (computed at this process's
+    thread count).  One documented exception: on tiny problems oneDNN's GEMM algorithm
+    makes the single-node result itself depend on the thread count; then y must be
+    bitwise the single-node result at one thread, the count each worker thread uses."""
+    ref = reference()
+    assert y.shape == ref.shape and y.dtype == ref.dtype
+    if _equal(y, ref):
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref1 = reference()
+    finally:
+        torch.set_num_threads(threads)
+    assert not _equal(ref1, ref), f"max |diff| {(y - ref).abs().nan_to_num().max().item()}"
+    assert _equal(y, ref1), "single-node result depends on threads, and y matches neither"
+
+
 @pytest.fixture
 def ref():
     return torch_reference

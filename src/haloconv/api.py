@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -72,7 +73,12 @@ def plan(
         dilation=dilation, groups=groups, padding_mode=padding_mode,
     )
     if workers is None:
-        workers = len(worker_weights) if worker_weights is not None else default_workers()
+        if worker_weights is not None:
+            workers = len(worker_weights)
+        elif not isinstance(partition, str) and all(isinstance(c, int) for c in partition):
+            workers = max(1, math.prod(partition))  # an explicit split: one worker per tile
+        else:
+            workers = default_workers()
     return make_plan(spec, partition, workers, worker_weights)
 
 

@@ -7,9 +7,8 @@ back into [0, L) by the padding mode.  All functions are pure and need no torch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
-
 
 # A tile computes at least this many outputs per axis (or all of them), the extra ones on
 # zeros and dropped: oneDNN's GEMM path rounds a single-output block (a GEMV) differently
@@ -81,7 +80,7 @@ class Run:
             return self.src - self.length + 1, self.src + 1
         return self.src, self.src + 1
 
-    def clip(self, lo: int, hi: int) -> "Run | None":
+    def clip(self, lo: int, hi: int) -> Run | None:
         """The part of this run at window positions [lo, hi), or None."""
         u, v = max(self.dst, lo), min(self.dst + self.length, hi)
         if u >= v:
@@ -89,7 +88,7 @@ class Run:
         src = None if self.src is None else self.src + self.step * (u - self.dst)
         return Run(u, v - u, src, self.step)
 
-    def restrict(self, lo: int, hi: int) -> "Run | None":
+    def restrict(self, lo: int, hi: int) -> Run | None:
         """The part of this run whose source indices lie in [lo, hi), or None."""
         assert self.src is not None
         a, b = self.src_range
@@ -150,8 +149,9 @@ class Axis:
         """(lo, hi, first): the source window a tile hands to the conv backend, and the
         index of its first kept output.
 
-        Thin tiles compute at least MIN_COMPUTE_OUTPUTS outputs; the extra ones read
-        window positions no kept output reads, which are left zero (nothing extra moves).
+        Thin tiles compute at least MIN_COMPUTE_OUTPUTS outputs, and the window length
+        matches the single-node input's modulo the stride; the extra outputs read window
+        positions no kept output reads, which are left zero (nothing extra moves).
         torch passes ``backend_pad`` to the backend instead of padding the input, and the
         backend's algorithm (hence the rounding of the result) depends on that padding.  So
         a tile keeps the same backend padding and starts its window on a stride multiple;
@@ -164,16 +164,20 @@ class Axis:
         if grow > 0:
             b = min(n_out, b + grow)
             a = max(0, b - max(MIN_COMPUTE_OUTPUTS, b0 - a0))
-        if self.mode != "zeros" or self.backend_pad == 0:
-            lo, hi = self.needed(a, b)
-            return lo, hi, a0 - a
         q, s = self.backend_pad, self.stride
-        start = max(0, a * s - q) // s
-        first = a0 - start
-        lo = start * s
-        # the input the backend sees: L plus the odd extra zero of 'same' (pad_hi - q)
-        ext = self.length + self.pad_hi - q
-        hi = max(min(ext, (b - 1) * s - q + self.span), lo + 1)
+        # the input the single-node backend sees: L plus the explicit part of the padding
+        ref_len = self.length + self.pad_lo + self.pad_hi - 2 * q
+        if q == 0:
+            lo, hi = self.needed(a, b)
+            first = a0 - a
+        else:  # zeros mode; pad_lo == q, so the explicit part is only at the high end
+            start = max(0, a * s - q) // s
+            first = a0 - start
+            lo = start * s
+            hi = max(min(self.length + self.pad_hi - q, (b - 1) * s - q + self.span), lo + 1)
+        # same length modulo the stride as the single-node input, so the backend sees the
+        # same trailing padding (or the same unused trailing input) and picks alike
+        hi += (ref_len - (hi - lo)) % s
         return lo, hi, first
 
     def runs(self, lo: int, hi: int) -> list[Run]:

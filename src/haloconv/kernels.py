@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 import os
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

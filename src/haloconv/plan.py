@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from haloconv import geometry
 from haloconv.spec import ConvSpec
@@ -40,7 +40,7 @@ class Box:
     def slices(self) -> tuple[slice, ...]:
         return tuple(slice(l, h) for l, h in zip(self.lo, self.hi))
 
-    def contains(self, other: "Box") -> bool:
+    def contains(self, other: Box) -> bool:
         return all(a <= c and d <= b for a, b, c, d in zip(self.lo, self.hi, other.lo, other.hi))
 
     def __str__(self) -> str:
@@ -169,7 +169,7 @@ class Plan:
             for t in self.tiles
         ]
         widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-        fmt = "  ".join("{:>%d}" % w for w in widths)
+        fmt = "  ".join(f"{{:>{w}}}" for w in widths)
         lines = [head, fmt.format(*cols)] + [fmt.format(*r) for r in rows]
         lines.append(
             f"total halo: {self.halo_elements:,} elements in {self.halo_messages} pieces "
@@ -219,7 +219,8 @@ def resolve_splits(spec: ConvSpec, partition: str | Sequence[int], workers: int)
             )
         if any(c < 1 for c in counts):
             raise ValueError(f"partition counts must be >= 1, got {partition!r}")
-        for c, e, name in zip(counts, extents, ("N", "C_out groups" if spec.groups > 1 else "C_out", *_axis_names(spec.ndim))):
+        names = ("N", "C_out groups" if spec.groups > 1 else "C_out", *_axis_names(spec.ndim))
+        for c, e, name in zip(counts, extents, names):
             if c > e:
                 raise ValueError(f"partition={partition!r} splits {name} into {c} parts but it has only {e}")
         if math.prod(counts) > workers:
@@ -263,7 +264,7 @@ def _best_grid(spec: ConvSpec, workers: int) -> tuple[int, ...]:
         if not cands:
             continue
 
-        def key(f: tuple[int, ...]) -> tuple:
+        def key(f: tuple[int, ...], w: int = w) -> tuple:
             counts = (1, 1, *f)
             plan = build(spec, counts, "grid", w)
             biggest = max(t.out.volume for t in plan.tiles)

@@ -6,8 +6,8 @@ be made for shapes alone (e.g. on a laptop, for a cluster run).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from haloconv import geometry
 
@@ -70,7 +70,7 @@ class ConvSpec:
         dilation: IntOrTuple = 1,
         groups: int = 1,
         padding_mode: str = "zeros",
-    ) -> "ConvSpec":
+    ) -> ConvSpec:
         input_shape = tuple(int(s) for s in input_shape)
         weight_shape = tuple(int(s) for s in weight_shape)
         if len(input_shape) not in (3, 4, 5):

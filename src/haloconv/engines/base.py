@@ -48,7 +48,7 @@ class Execution:
             for w in self.workers
         ]
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-        fmt = "  ".join("{:>%d}" % w for w in widths)
+        fmt = "  ".join(f"{{:>{w}}}" for w in widths)
         return "\n".join(
             [fmt.format(*head), *(fmt.format(*r) for r in rows),
              f"engine={self.engine} backend={self.backend} wall={self.wall_seconds:.4f}s"]

@@ -1,0 +1,78 @@
+"""Bad input: a clear ValueError/TypeError naming the parameter and value, never a hang."""
+
+import numpy as np
+import pytest
+import torch
+
+import haloconv
+
+X = torch.randn(1, 4, 16, 16)
+W = torch.randn(6, 4, 3, 3)
+
+
+@pytest.mark.parametrize(
+    "x,w,kw,exc,words",
+    [
+        (torch.randn(16, 16), W, {}, ValueError, ["x", "(16, 16)"]),
+        (torch.randn(1, 1, 1, 2, 2, 2), W, {}, ValueError, ["x", "spatial"]),
+        (X, torch.randn(6, 4, 3), {}, ValueError, ["weight", "(6, 4, 3)"]),
+        (X, torch.randn(6, 3, 3, 3), {}, ValueError, ["C_in", "weight"]),
+        (X, torch.randn(6, 4, 3, 3), dict(groups=3), ValueError, ["groups=3"]),
+        (X, torch.randn(5, 2, 3, 3), dict(groups=2), ValueError, ["groups=2", "C_out=5"]),
+        (X, torch.randn(6, 4, 20, 3), {}, ValueError, ["kernel", "axis 0"]),
+        (X, torch.randn(6, 4, 3, 3), dict(dilation=9), ValueError, ["kernel", "dilation 9"]),
+        (X, W, dict(stride=0), ValueError, ["stride", "0"]),
+        (X, W, dict(stride=(1, -1)), ValueError, ["stride"]),
+        (X, W, dict(dilation=0), ValueError, ["dilation", "0"]),
+        (X, W, dict(padding=-1), ValueError, ["padding", "-1"]),
+        (X, W, dict(padding="full"), ValueError, ["padding", "full"]),
+        (X, W, dict(padding="same", stride=2), ValueError, ["same", "stride"]),
+        (X, W, dict(stride=(1, 2, 3)), ValueError, ["stride", "(1, 2, 3)"]),
+        (X, W, dict(stride=1.5), TypeError, ["stride", "1.5"]),
+        (X, W, dict(workers=0), ValueError, ["workers", "0"]),
+        (X, W, dict(workers=2.0), TypeError, ["workers"]),
+        (X, W, dict(partition="diagonal"), ValueError, ["partition", "diagonal"]),
+        (X, W, dict(partition="depth"), ValueError, ["depth", "2-D"]),
+        (X, W, dict(partition=(1, 1, 2)), ValueError, ["partition"]),
+        (X, W, dict(partition=(1, 1, 2, 2), workers=3), ValueError, ["4 tiles", "workers=3"]),
+        (X, W, dict(partition=(1, 1, 20, 1), workers=20), ValueError, ["H", "20"]),
+        (X, W, dict(padding_mode="mirror"), ValueError, ["padding_mode", "mirror"]),
+        (X, W, dict(padding=16, padding_mode="reflect"), ValueError, ["reflect", "16"]),
+        (X, W, dict(workers=2, worker_weights=[1]), ValueError, ["worker_weights"]),
+        (X, W, dict(workers=2, worker_weights=[1, -1]), ValueError, ["worker_weights"]),
+        (X, W, dict(engine="mpi"), ValueError, ["engine", "mpi"]),
+        (X.to(torch.int32), W.to(torch.int32), {}, TypeError, ["x", "int32"]),
+        (X.to(torch.complex64), W.to(torch.complex64), {}, TypeError, ["x", "complex64"]),
+        (X, W.double(), {}, TypeError, ["weight", "float64"]),
+        ([[1.0]], W, {}, TypeError, ["x", "list"]),
+        (np.zeros((1, 4, 8, 8), dtype=np.uint8), W, {}, TypeError, ["x", "uint8"]),
+    ],
+)
+def test_bad_input_names_the_parameter(x, w, kw, exc, words):
+    with pytest.raises(exc) as info:
+        haloconv.conv(x, w, **kw)
+    msg = str(info.value)
+    for word in words:
+        assert word in msg, (word, msg)
+
+
+def test_bad_bias():
+    with pytest.raises(ValueError, match=r"bias must have shape \(6,\)"):
+        haloconv.conv(X, W, torch.randn(5))
+    with pytest.raises(TypeError, match="bias"):
+        haloconv.conv(X, W, torch.randn(6, dtype=torch.float64))
+
+
+def test_execute_checks_plan_against_data():
+    p = haloconv.plan((1, 4, 16, 16), (6, 4, 3, 3), workers=2)
+    with pytest.raises(ValueError, match="plan was made for"):
+        haloconv.execute(p, torch.randn(1, 4, 17, 16), W)
+    with pytest.raises(ValueError, match="without a bias"):
+        haloconv.execute(p, X, W, torch.randn(6))
+
+
+def test_bool_is_not_an_int():
+    with pytest.raises(TypeError, match="groups"):
+        haloconv.conv(X, W, groups=True)
+    with pytest.raises(TypeError, match="stride"):
+        haloconv.conv(X, W, stride=True)

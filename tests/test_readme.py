@@ -1,0 +1,45 @@
+"""Every example in the README runs."""
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _blocks(lang):
+    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_python_examples_run():
+    blocks = _blocks("python")
+    assert blocks
+    for code in blocks:
+        exec(compile(code, str(README), "exec"), {})
+
+
+def test_cli_examples_run(tmp_path):
+    # the files the examples name
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(tmp_path / "slide.tif", (rng.random((256, 256)) * 65535).astype(np.uint16))
+    np.save(tmp_path / "image.npy", rng.standard_normal((1, 3, 64, 64)).astype(np.float32))
+    np.save(tmp_path / "weights.npy", rng.standard_normal((8, 3, 3, 3)))
+    lines = [
+        line.split("#")[0].strip()
+        for block in _blocks("console")
+        for line in block.splitlines()
+        if line.startswith("haloconv ")
+    ]
+    assert len(lines) >= 4
+    for line in lines:
+        args = shlex.split(line)[1:]
+        r = subprocess.run([sys.executable, "-m", "haloconv", *args], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, (line, r.stdout[-2000:], r.stderr[-2000:])
+        if "--verify" in args:
+            assert "bitwise equal: True" in r.stdout
