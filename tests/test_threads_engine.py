@@ -1,0 +1,64 @@
+"""The threads engine: views where possible, thread budget restored, per-worker stats."""
+
+import torch
+
+import haloconv
+from haloconv.engines import assemble_window
+
+
+def test_interior_row_tiles_are_views_of_the_input():
+    x = torch.randn(1, 2, 64, 32)
+    p = haloconv.plan(x.shape, (3, 2, 3, 3), padding=1, partition="rows", workers=4)
+    views = [t for t in p.tiles if t.window_is_view]
+    assert views  # zero padding handed to the backend: no tile needs a padded copy
+    for t in views:
+        win = assemble_window(x, t)
+        assert win.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+
+
+def test_padded_modes_assemble_a_buffer_with_mirrored_halo():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    p = haloconv.plan(x.shape, (1, 1, 3, 3), padding=1, padding_mode="reflect", partition="rows", workers=2)
+    win = assemble_window(x, p.tiles[0])
+    # rows -1..2 of the reflect-padded input: row -1 mirrors row 1
+    expected = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")[0, 0, 0:4]
+    assert torch.equal(win[0, 0, :4], expected)
+
+
+def test_thread_budget_is_restored_and_stats_reported():
+    before = torch.get_num_threads()
+    x = torch.randn(2, 3, 40, 40)
+    w = torch.randn(4, 3, 3, 3)
+    p = haloconv.plan(x.shape, w.shape, padding=1, partition="grid", workers=4)
+    ex = haloconv.execute(p, x, w)
+    assert torch.get_num_threads() == before
+    assert [s.rank for s in ex.workers] == [0, 1, 2, 3]
+    assert all(s.seconds["compute"] > 0 for s in ex.workers)
+    assert [s.halo_elements for s in ex.workers] == p.halo_elements_per_worker()
+    table = ex.table()
+    assert "compute s" in table and "engine=threads" in table and "backend=" in table
+
+
+def test_an_error_in_one_worker_reaches_the_caller(monkeypatch):
+    from haloconv import kernels
+
+    real = kernels.conv_tile
+    calls = []
+
+    def failing(window, *args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("worker exploded")
+        return real(window, *args, **kw)
+
+    monkeypatch.setattr(kernels, "conv_tile", failing)
+    before = torch.get_num_threads()
+    x = torch.randn(1, 1, 10, 10)
+    p = haloconv.plan(x.shape, (1, 1, 3, 3), padding=1, partition="rows", workers=3)
+    try:
+        haloconv.execute(p, x, torch.randn(1, 1, 3, 3))
+    except RuntimeError as e:
+        assert "worker exploded" in str(e)
+    else:
+        raise AssertionError("the worker's error was swallowed")
+    assert torch.get_num_threads() == before
