@@ -2,10 +2,13 @@
 
 from haloconv import kernels as _kernels  # first: puts MKL in reproducible mode early
 from haloconv.api import conv, default_workers, execute, plan
-from haloconv.engines import Execution
+from haloconv.engines import Execution, LocalCluster, WorkerError
 from haloconv.plan import Box, Piece, Plan, Tile
 from haloconv.spec import ConvSpec
 
 __version__ = "0.1.0"
-__all__ = ["Box", "ConvSpec", "Execution", "Piece", "Plan", "Tile", "conv", "default_workers", "execute", "plan"]
+__all__ = [
+    "Box", "ConvSpec", "Execution", "LocalCluster", "Piece", "Plan", "Tile", "WorkerError",
+    "conv", "default_workers", "execute", "plan",
+]
 del _kernels

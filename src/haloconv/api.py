@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from haloconv import kernels
-from haloconv.engines import ENGINES, Execution
+from haloconv.engines import ENGINES, Execution, LocalCluster
 from haloconv.plan import Plan, make_plan
 from haloconv.spec import ConvSpec, IntOrTuple
 
@@ -66,6 +66,8 @@ def plan(
     partition: str | Sequence[int] = "auto",
     workers: int | None = None,
     worker_weights: Sequence[float] | None = None,
+    ownership: str = "aligned",
+    exchange: str = "neighbours",
 ) -> Plan:
     """The Plan for a convolution of these shapes (no data, no communication)."""
     spec = ConvSpec.from_args(
@@ -79,7 +81,7 @@ def plan(
             workers = max(1, math.prod(partition))  # an explicit split: one worker per tile
         else:
             workers = default_workers()
-    return make_plan(spec, partition, workers, worker_weights)
+    return make_plan(spec, partition, workers, worker_weights, ownership, exchange)
 
 
 def execute(
@@ -88,9 +90,12 @@ def execute(
     weight: ArrayLike,
     bias: ArrayLike | None = None,
     *,
-    engine: str = "threads",
+    engine: str | LocalCluster = "threads",
 ) -> Execution:
-    """Run ``plan`` on data; returns the output tensor with per-worker statistics."""
+    """Run ``plan`` on data; returns the output tensor with per-worker statistics.
+
+    ``engine``: 'threads' (in this process), 'processes' (a LocalCluster started and
+    stopped for this call), or a running LocalCluster."""
     xt, wt, bt, _ = _inputs(x, weight, bias)
     if tuple(xt.shape) != plan.spec.input_shape or tuple(wt.shape) != plan.spec.weight_shape:
         raise ValueError(
@@ -99,8 +104,10 @@ def execute(
         )
     if (bt is not None) != plan.spec.has_bias:
         raise ValueError(f"plan was made {'with' if plan.spec.has_bias else 'without'} a bias")
+    if isinstance(engine, LocalCluster):
+        return engine.run(plan, xt, wt, bt)
     if not isinstance(engine, str) or engine not in ENGINES:
-        raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {engine!r}")
+        raise ValueError(f"engine must be one of {sorted(ENGINES)} or a LocalCluster, got {engine!r}")
     return ENGINES[engine](plan, xt, wt, bt)
 
 
@@ -117,7 +124,9 @@ def conv(
     partition: str | Sequence[int] = "auto",
     workers: int | None = None,
     worker_weights: Sequence[float] | None = None,
-    engine: str = "threads",
+    engine: str | LocalCluster = "threads",
+    ownership: str = "aligned",
+    exchange: str = "neighbours",
 ) -> ArrayLike:
     """N-D convolution split across workers; exactly torch.nn.Conv{1,2,3}d's result.
 
@@ -125,11 +134,13 @@ def conv(
     *kernel), ``bias`` (C_out,) or None.  Returns the type (tensor/ndarray) and dtype of x.
     """
     xt, wt, bt, is_numpy = _inputs(x, weight, bias)
+    if workers is None and isinstance(engine, LocalCluster) and worker_weights is None:
+        workers = engine.workers
     p = plan(
         tuple(xt.shape), tuple(wt.shape), None if bt is None else tuple(bt.shape),
         stride=stride, padding=padding, dilation=dilation, groups=groups,
         padding_mode=padding_mode, partition=partition, workers=workers,
-        worker_weights=worker_weights,
+        worker_weights=worker_weights, ownership=ownership, exchange=exchange,
     )
     y = execute(p, xt, wt, bt, engine=engine).output
     return y.numpy() if is_numpy else y

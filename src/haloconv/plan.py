@@ -20,6 +20,9 @@ from haloconv.spec import ConvSpec
 # name -> which of the (N, C_out, *spatial) dims it splits; resolved per spatial rank
 PARTITION_ALIASES = {"horizontal": "rows", "vertical": "cols"}
 PARTITIONS = ("auto", "batch", "channels", "rows", "horizontal", "cols", "vertical", "depth", "grid")
+OWNERSHIPS = ("aligned", "even")
+EXCHANGES = ("neighbours", "master")
+PHASES = ("weights", "scatter", "halo", "compute", "gather")
 
 
 @dataclass(frozen=True)
@@ -107,9 +110,33 @@ class Tile:
     _input_spatial: tuple[int, ...] = field(default=(), repr=False, compare=False)
 
 
+@dataclass
+class Traffic:
+    """Bytes and messages one worker sends and receives in one phase."""
+
+    bytes_sent: int = 0
+    bytes_recv: int = 0
+    messages_sent: int = 0
+    messages_recv: int = 0
+
+    def add_send(self, nbytes: int) -> None:
+        self.bytes_sent += nbytes
+        self.messages_sent += 1
+
+    def add_recv(self, nbytes: int) -> None:
+        self.bytes_recv += nbytes
+        self.messages_recv += 1
+
+
 @dataclass(frozen=True)
 class Plan:
-    """The complete, communication-free description of a partitioned convolution."""
+    """The complete, communication-free description of a partitioned convolution.
+
+    ``ownership``: 'aligned' (a tile owns the input its first outputs start on: the halo
+    is one-sided) or 'even' (the input split like the output: consecutive layers chain
+    their shards).  ``exchange``: 'neighbours' (the master scatters owned boxes, workers
+    swap halos) or 'master' (the master sends each worker its whole window; no exchange).
+    """
 
     spec: ConvSpec
     partition: str
@@ -117,6 +144,54 @@ class Plan:
     workers: int
     tiles: tuple[Tile, ...]
     weights: tuple[float, ...] | None = None
+    ownership: str = "aligned"
+    exchange: str = "neighbours"
+
+    def tile_of(self, rank: int) -> Tile | None:
+        """The tile worker ``rank`` computes, or None when it is idle."""
+        return self.tiles[rank] if 0 <= rank < len(self.tiles) else None
+
+    def weight_box(self, tile: Tile) -> tuple[int, int]:
+        """Output channels [c0, c1) of the weight (and bias) a tile uses."""
+        return tile.out.lo[1], tile.out.hi[1]
+
+    def traffic(self, itemsize: int, master: int = 0, send_weights: bool = True) -> dict[int, dict[str, Traffic]]:
+        """Predicted bytes and messages per worker and phase (exactly what engines move).
+
+        weights: the master sends each worker its filters (+ bias); scatter: its owned box
+        (or, with exchange='master', every piece of its window); halo: owners send the
+        pieces their neighbours need; gather: each worker returns its output box.  The
+        master's own tile moves nothing.
+        """
+        s = self.spec
+        per_filter = s.in_channels // s.groups * math.prod(s.kernel)
+        out = {r: {p: Traffic() for p in PHASES} for r in range(self.workers)}
+
+        def move(phase: str, src: int, dst: int, elements: int) -> None:
+            if src != dst:
+                out[src][phase].add_send(elements * itemsize)
+                out[dst][phase].add_recv(elements * itemsize)
+
+        for t in self.tiles:
+            if send_weights:
+                c0, c1 = self.weight_box(t)
+                move("weights", master, t.rank, (c1 - c0) * per_filter)
+                if s.has_bias:
+                    move("weights", master, t.rank, c1 - c0)
+            if self.exchange == "master":
+                for p in t.pieces:
+                    move("scatter", master, t.rank, p.elements)
+            else:
+                move("scatter", master, t.rank, t.owned.volume)
+                for p in t.halo_pieces:
+                    move("halo", p.owner, t.rank, p.elements)
+            move("gather", t.rank, master, t.out.volume)
+        return out
+
+    def predicted_bytes(self, itemsize: int, master: int = 0, send_weights: bool = True) -> dict[str, int]:
+        """Total bytes sent per phase."""
+        tr = self.traffic(itemsize, master, send_weights)
+        return {p: sum(tr[r][p].bytes_sent for r in tr) for p in PHASES}
 
     @property
     def idle_workers(self) -> int:
@@ -151,7 +226,8 @@ class Plan:
             f"y{list(s.output_shape)}  stride={s.stride} dilation={s.dilation} "
             f"padding={list(zip(s.pad_lo, s.pad_hi))} mode={s.padding_mode} groups={s.groups}\n"
             f"partition={self.partition} splits(N,C_out,{','.join(_axis_names(s.ndim))})="
-            f"{self.splits} workers={self.workers} tiles={len(self.tiles)}"
+            f"{self.splits} workers={self.workers} tiles={len(self.tiles)} ownership={self.ownership} "
+            f"exchange={self.exchange}"
             + (f" (idle workers: {self.idle_workers})" if self.idle_workers else "")
             + (f" weights={list(self.weights)}" if self.weights else "")
         )
@@ -206,7 +282,9 @@ def _named_axis(name: str, ndim: int) -> int:
     return table[name]
 
 
-def resolve_splits(spec: ConvSpec, partition: str | Sequence[int], workers: int) -> tuple[str, tuple[int, ...]]:
+def resolve_splits(
+    spec: ConvSpec, partition: str | Sequence[int], workers: int, ownership: str = "aligned"
+) -> tuple[str, tuple[int, ...]]:
     """Turn a partition name (or explicit counts) into split counts over (N, C, *spatial)."""
     extents = _extents(spec)
     dims = len(extents)
@@ -240,7 +318,7 @@ def resolve_splits(spec: ConvSpec, partition: str | Sequence[int], workers: int)
         ax = _named_axis(name, spec.ndim)
         counts[ax] = min(workers, extents[ax])
     elif name == "grid":
-        return "grid", _best_grid(spec, workers)
+        return "grid", _best_grid(spec, workers, ownership)
     else:
         raise ValueError(f"partition must be one of {PARTITIONS} or a tuple of counts, got {partition!r}")
     return name, tuple(counts)
@@ -256,17 +334,18 @@ def _factorizations(n: int, k: int) -> list[tuple[int, ...]]:
     return out
 
 
-def _best_grid(spec: ConvSpec, workers: int) -> tuple[int, ...]:
+def _best_grid(spec: ConvSpec, workers: int, ownership: str = "aligned") -> tuple[int, ...]:
     """Spatial factorisation with the least halo volume (then the most even tiles)."""
     out_sp = spec.out_spatial
     for w in range(workers, 0, -1):
-        cands = [f for f in _factorizations(w, spec.ndim) if all(c <= e for c, e in zip(f, out_sp))]
+        limit = [min(o, n) if ownership == "even" else o for o, n in zip(out_sp, spec.spatial)]
+        cands = [f for f in _factorizations(w, spec.ndim) if all(c <= e for c, e in zip(f, limit))]
         if not cands:
             continue
 
         def key(f: tuple[int, ...], w: int = w) -> tuple:
             counts = (1, 1, *f)
-            plan = build(spec, counts, "grid", w)
+            plan = build(spec, counts, "grid", w, ownership=ownership)
             biggest = max(t.out.volume for t in plan.tiles)
             # fewer splits of the inner (contiguous) axes on ties: row bands copy less
             return (plan.halo_elements, biggest, tuple(-c for c in f))
@@ -276,24 +355,31 @@ def _best_grid(spec: ConvSpec, workers: int) -> tuple[int, ...]:
 
 
 def _tile_ranges(
-    extents: Sequence[int], counts: Sequence[int], weights: Sequence[float] | None
-) -> list[tuple[tuple[int, int], ...]]:
-    """Output ranges per tile, row-major over the split dims.  With weights, each dim is
-    split by the summed weights of the workers in each slab, recursively, so unequal
-    workers get proportional tiles (then tiles need not form a strict grid)."""
-    result: list[tuple[tuple[int, int], ...]] = []
+    extents: Sequence[Sequence[int]], counts: Sequence[int], weights: Sequence[float] | None
+) -> list[list[tuple[tuple[int, int], ...]]]:
+    """Ranges per tile, row-major over the split dims, for each of several extent sets
+    (output extents, and input extents for even ownership) split alike.  With weights,
+    each dim is split by the summed weights of the workers in each slab, recursively, so
+    unequal workers get proportional tiles (then tiles need not form a strict grid)."""
+    result: list[list[tuple[tuple[int, int], ...]]] = []
+    dims = len(counts)
 
-    def rec(dim: int, prefix: list[tuple[int, int]], ws: Sequence[float] | None) -> None:
-        if dim == len(extents):
-            result.append(tuple(prefix))
+    def rec(dim: int, prefix: list[list[tuple[int, int]]], ws: Sequence[float] | None) -> None:
+        if dim == dims:
+            result.append([tuple(p) for p in prefix])
             return
         c = counts[dim]
         per = math.prod(counts[dim + 1 :])
         slab_w = [sum(ws[i * per : (i + 1) * per]) for i in range(c)] if ws is not None else None
-        for i, rng in enumerate(geometry.split_extent(extents[dim], c, slab_w)):
-            rec(dim + 1, prefix + [rng], ws[i * per : (i + 1) * per] if ws is not None else None)
+        splits = [geometry.split_extent(ext[dim], c, slab_w) for ext in extents]
+        for i in range(c):
+            rec(
+                dim + 1,
+                [p + [sp[i]] for p, sp in zip(prefix, splits)],
+                ws[i * per : (i + 1) * per] if ws is not None else None,
+            )
 
-    rec(0, [], weights)
+    rec(0, [[] for _ in extents], weights)
     return result
 
 
@@ -303,25 +389,41 @@ def build(
     partition: str,
     workers: int,
     weights: Sequence[float] | None = None,
+    ownership: str = "aligned",
+    exchange: str = "neighbours",
 ) -> Plan:
     """Build the Plan for explicit split counts over (N, C_out units, *spatial)."""
     ntiles = math.prod(counts)
     tile_w = list(weights[:ntiles]) if weights is not None else None
-    ranges = _tile_ranges(_extents(spec), counts, tile_w)
+    out_ext = _extents(spec)
+    if ownership == "even":
+        in_ext = (*out_ext[:2], *spec.spatial)
+        for c, n, i in zip(counts[2:], spec.spatial, range(spec.ndim)):
+            if c > n:
+                raise ValueError(
+                    f"ownership='even' cannot split spatial axis {i} of the input (size {n}) into {c} parts"
+                )
+        ranges = _tile_ranges([out_ext, in_ext], counts, tile_w)
+    else:
+        ranges = [[r, None] for (r,) in _tile_ranges([out_ext], counts, tile_w)]
     axes = [spec.axis(i) for i in range(spec.ndim)]
     cog = spec.out_channels // spec.groups
     cig = spec.in_channels // spec.groups
     split_c = counts[1] > 1
 
     shells = []  # (out, owned, needed, window, first, groups, c_key)
-    for (n0, n1), (u0, u1), *sp in ranges:
+    for out_r, in_r in ranges:
+        (n0, n1), (u0, u1), *sp = out_r
         if spec.groups > 1:
             c_out = (u0 * cog, u1 * cog)
             c_in = (u0 * cig, u1 * cig)
             groups = u1 - u0
         else:
             c_out, c_in, groups = (u0, u1), (0, spec.in_channels), 1
-        owned_sp = [ax.owned(a, b) for ax, (a, b) in zip(axes, sp)]
+        if in_r is None:  # aligned: a border sits where the next tile's window starts
+            owned_sp = [ax.owned(a, b) for ax, (a, b) in zip(axes, sp)]
+        else:  # even: the input split like the output, so layers chain without moving data
+            owned_sp = list(in_r[2:])
         needed_sp = [ax.needed(a, b) for ax, (a, b) in zip(axes, sp)]
         comp = [ax.compute_window(a, b) for ax, (a, b) in zip(axes, sp)]
         out = Box((n0, c_out[0], *(a for a, _ in sp)), (n1, c_out[1], *(b for _, b in sp)))
@@ -375,6 +477,8 @@ def build(
         workers=workers,
         tiles=tuple(tiles),
         weights=tuple(float(w) for w in weights) if weights is not None else None,
+        ownership=ownership,
+        exchange=exchange,
     )
 
 
@@ -383,8 +487,14 @@ def make_plan(
     partition: str | Sequence[int] = "auto",
     workers: int = 1,
     worker_weights: Sequence[float] | None = None,
+    ownership: str = "aligned",
+    exchange: str = "neighbours",
 ) -> Plan:
     """Resolve ``partition`` for ``workers`` workers and build the Plan."""
+    if ownership not in OWNERSHIPS:
+        raise ValueError(f"ownership must be one of {OWNERSHIPS}, got {ownership!r}")
+    if exchange not in EXCHANGES:
+        raise ValueError(f"exchange must be one of {EXCHANGES}, got {exchange!r}")
     if isinstance(workers, bool) or not isinstance(workers, int):
         raise TypeError(f"workers must be an int, got {workers!r}")
     if workers < 1:
@@ -399,5 +509,5 @@ def make_plan(
             raise ValueError(f"worker_weights must be finite positive numbers, got {worker_weights}")
     if isinstance(partition, str) and PARTITION_ALIASES.get(partition, partition) not in PARTITIONS:
         raise ValueError(f"partition must be one of {PARTITIONS} or a tuple of counts, got {partition!r}")
-    name, counts = resolve_splits(spec, partition, workers)
-    return build(spec, counts, name, workers, worker_weights)
+    name, counts = resolve_splits(spec, partition, workers, ownership)
+    return build(spec, counts, name, workers, worker_weights, ownership, exchange)

@@ -17,6 +17,8 @@ class WorkerStats:
     tile_shape: tuple[int, ...]
     halo_elements: int
     seconds: dict[str, float] = field(default_factory=dict)
+    # per phase: bytes_sent, bytes_recv, messages_sent, messages_recv, seconds (processes engine)
+    traffic: dict[str, dict[str, float]] | None = None
 
     @property
     def total_seconds(self) -> float:

@@ -1,0 +1,76 @@
+"""Point-to-point messages over a torch.distributed process group, every byte counted.
+
+Works on any ProcessGroup object (a standalone gloo group of a LocalCluster, or the
+default group under torchrun; NCCL too, which ignores tags: every pair of ranks posts its
+messages in the same order, so matching by order is enough).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from haloconv.plan import PHASES, Traffic
+
+TAGS = {"control": 1, "weights": 2, "scatter": 3, "halo": 4, "gather": 5, "compute": 6}
+
+
+@dataclass
+class PhaseStats(Traffic):
+    seconds: float = 0.0
+
+
+@dataclass
+class Comm:
+    """One rank's end of a process group, with per-phase accounting."""
+
+    pg: object  # torch.distributed.ProcessGroup
+    rank: int
+    world: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    stats: dict[str, PhaseStats] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.stats = {p: PhaseStats() for p in (*PHASES, "control")}
+
+    @contextmanager
+    def phase(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stats[name].seconds += time.perf_counter() - t0
+
+    # -- tensors ----------------------------------------------------------------------------
+    def isend(self, t: torch.Tensor, dst: int, phase: str):
+        assert t.is_contiguous()
+        self.stats[phase].add_send(t.numel() * t.element_size())
+        return self.pg.send([t], dst, TAGS[phase])
+
+    def irecv(self, t: torch.Tensor, src: int, phase: str):
+        assert t.is_contiguous()
+        self.stats[phase].add_recv(t.numel() * t.element_size())
+        return self.pg.recv([t], src, TAGS[phase])
+
+    @staticmethod
+    def wait(works) -> None:
+        for w in works:
+            w.wait()
+
+    def report(self) -> dict[str, dict[str, float]]:
+        return {
+            p: {
+                "bytes_sent": s.bytes_sent,
+                "bytes_recv": s.bytes_recv,
+                "messages_sent": s.messages_sent,
+                "messages_recv": s.messages_recv,
+                "seconds": s.seconds,
+            }
+            for p, s in self.stats.items()
+        }

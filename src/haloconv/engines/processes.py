@@ -1,0 +1,260 @@
+"""Engine 'processes': worker processes in a torch.distributed gloo group on 127.0.0.1.
+
+The calling process is rank 0, the master: it holds the input, computes tile 0, sends the
+other workers their filters and owned boxes, and gathers their outputs.  Workers swap
+halos with their neighbours point to point (or get whole windows from the master, when
+the Plan says exchange='master').  A LocalCluster keeps its workers between calls, so
+the start-up (mostly importing torch) is paid once.
+"""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from haloconv import kernels
+from haloconv.engines import spmd
+from haloconv.engines.base import Execution, WorkerStats
+from haloconv.engines.comm import Comm
+from haloconv.engines.worker import HOST, WorkerError
+from haloconv.plan import Plan
+
+
+class LocalCluster:
+    """A pool of worker processes on this machine, in one gloo process group.
+
+    >>> with LocalCluster(workers=2) as cluster:          # doctest: +SKIP
+    ...     y = haloconv.conv(x, w, padding=1, engine=cluster)
+
+    ``timeout`` (seconds) bounds every wait on a worker: a worker that dies or hangs makes
+    the call raise WorkerError within it, and the pool shuts down.
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        timeout: float = 60.0,
+        threads_per_worker: int = 1,
+        start_timeout: float = 120.0,
+    ):
+        if workers is None:
+            from haloconv.api import default_workers
+
+            workers = default_workers()
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+        if not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if isinstance(threads_per_worker, bool) or not isinstance(threads_per_worker, int) or threads_per_worker < 1:
+            raise ValueError(f"threads_per_worker must be an int >= 1, got {threads_per_worker!r}")
+        self.workers = workers
+        self.timeout = float(timeout)
+        self.start_timeout = float(start_timeout)
+        self.threads_per_worker = threads_per_worker
+        self._procs: list[subprocess.Popen] = []
+        self._comm: Comm | None = None
+        self._store = None
+        self._start()
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def _start(self) -> None:
+        t0 = time.perf_counter()
+        self._store = dist.TCPStore(HOST, 0, self.workers, True, timedelta(seconds=self.start_timeout),
+                                    wait_for_workers=False)
+        # plain interpreters running haloconv.engines.worker: nothing of the caller's
+        # __main__ is re-imported, so scripts and notebooks need no main guard
+        for rank in range(1, self.workers):
+            args = (rank, self.workers, self._store.port, self.timeout, self.threads_per_worker, self.start_timeout)
+            cmd = [sys.executable, "-c", f"from haloconv.engines.worker import worker_main; worker_main{args!r}"]
+            self._procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
+        deadline = time.monotonic() + self.start_timeout
+        waiting = set(range(1, self.workers))
+        while waiting:
+            waiting = {r for r in waiting if not self._store.check([f"haloconv/ready/{r}"])}
+            dead = [i + 1 for i, p in enumerate(self._procs) if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                self._kill()
+                why = (f"worker(s) {dead} exited during start-up" if dead
+                       else f"not ready within {self.start_timeout:g} s")
+                raise WorkerError(f"LocalCluster could not start: {why}")
+            if waiting:
+                time.sleep(0.02)
+        pg = dist.ProcessGroupGloo(self._store, 0, self.workers, timedelta(seconds=self.timeout))
+        self._comm = Comm(pg, 0, self.workers)
+        self._seq = 0
+        self.startup_seconds = time.perf_counter() - t0
+
+    @property
+    def alive(self) -> bool:
+        return self._comm is not None
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    def close(self) -> None:
+        """Stop the workers (politely, then by force); idempotent."""
+        if self._comm is not None:
+            comm, self._comm = self._comm, None
+            try:
+                self._command({"op": "stop"})
+            except Exception:
+                pass
+            del comm
+            deadline = time.monotonic() + 5
+            for p in self._procs:
+                try:
+                    p.wait(max(0.01, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+        self._kill()
+
+    def _kill(self) -> None:
+        for p in self._procs:
+            if p.poll() is None:
+                p.kill()
+        for p in self._procs:
+            p.wait()
+        self._procs = []
+        self._comm = None
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self._kill()
+        except Exception:
+            pass
+
+    # -- faults, for tests ---------------------------------------------------------------------
+    def inject_fault(self, rank: int, kind: str = "exit", seconds: float = 3600) -> None:
+        """Make worker ``rank`` exit or hang (sleep) before its next command."""
+        self._require_alive()
+        noop = {"op": "fault", "kind": "sleep", "seconds": 0}
+        self._command({r: ({"op": "fault", "kind": kind, "seconds": seconds} if r == rank else noop)
+                       for r in range(1, self.workers)})
+
+    def _command(self, cmd: dict) -> int:
+        """Post a command to every worker (or {rank: command}); returns its sequence number."""
+        seq = self._seq
+        self._seq += 1
+        for rank in range(1, self.workers):
+            c = cmd[rank] if rank in cmd else cmd
+            self._store.set(f"haloconv/cmd/{rank}/{seq}", pickle.dumps(c))
+        return seq
+
+    def _require_alive(self) -> None:
+        if self._comm is None:
+            raise WorkerError("the cluster is closed (a worker failed, or close() was called)")
+
+    def _failure(self, exc: BaseException) -> WorkerError:
+        time.sleep(0.05)  # let a dying worker finish dying, so it is named
+        dead = [i + 1 for i, p in enumerate(self._procs) if p.poll() is not None]
+        running = [i + 1 for i, p in enumerate(self._procs) if p.poll() is None]
+        errors = []
+        for rank in range(1, self.workers):
+            try:
+                if self._store.check([f"haloconv/error/{rank}"]):
+                    errors.append(f"worker {rank}: {self._store.get(f'haloconv/error/{rank}').decode()}")
+            except Exception:
+                pass
+        self._kill()  # no polite stop: a hung worker would not answer it
+        what = []
+        if dead:
+            what.append(f"worker(s) {dead} exited")
+        if running:
+            what.append(f"worker(s) {running} were still running (a hang, or waiting on the others)")
+        return WorkerError(
+            f"the call failed within the timeout of {self.timeout:g} s: {'; '.join(what)} "
+            f"({type(exc).__name__}: {exc}); the cluster was shut down"
+            + ("\n" + "\n".join(errors) if errors else "")
+        )
+
+    # -- running a plan --------------------------------------------------------------------------
+    def run(self, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Execution:
+        self._require_alive()
+        if plan.workers > self.workers:
+            raise ValueError(f"plan needs {plan.workers} workers but the cluster has {self.workers}")
+        if x.device.type != "cpu":
+            raise ValueError(f"the processes engine takes CPU tensors, got x on {x.device}")
+        comm = self._comm
+        comm.reset()
+        t_start = time.perf_counter()
+        backend = kernels.select_backend(plan.spec, x, weight, bias)
+        x = x.contiguous()
+        caller_threads = torch.get_num_threads()
+        try:
+            seq = self._command(
+                {"op": "conv", "plan": plan, "dtype": x.dtype, "backend": str(backend).rsplit(".", 1)[-1]}
+            )
+            with comm.phase("weights"):
+                works, keep = [], []
+                for t in plan.tiles:
+                    if t.rank == 0:
+                        continue
+                    c0, c1 = plan.weight_box(t)
+                    parts = [weight[c0:c1].contiguous()] + ([bias[c0:c1].contiguous()] if bias is not None else [])
+                    keep += parts
+                    works += [comm.isend(p, t.rank, "weights") for p in parts]
+                comm.wait(works)
+            if plan.exchange == "master":
+                window = spmd.scatter_windows(comm, plan, x)
+            else:
+                window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, x))
+            torch.set_num_threads(self.threads_per_worker)
+            try:
+                y0 = spmd.compute(comm, plan, window, weight, bias, backend)
+            finally:
+                torch.set_num_threads(caller_threads)
+            out = spmd.gather(comm, plan, y0, out=torch.empty(plan.spec.output_shape, dtype=x.dtype))
+            reports = {0: {"traffic": comm.report(), "seconds": time.perf_counter() - t_start}}
+            for rank in range(1, self.workers):
+                key = f"haloconv/report/{rank}/{seq}"
+                self._store.wait([key], timedelta(seconds=self.timeout))
+                reports[rank] = pickle.loads(self._store.get(key))
+                self._store.delete_key(key)
+        except WorkerError:
+            raise
+        except (RuntimeError, ConnectionError, OSError) as e:
+            raise self._failure(e) from None
+        except KeyboardInterrupt:
+            self.close()
+            raise
+        stats = []
+        for rank in range(plan.workers):
+            tile = plan.tile_of(rank)
+            tr = reports[rank]["traffic"]
+            stats.append(
+                WorkerStats(
+                    rank,
+                    tile.out.shape if tile is not None else (),
+                    tile.halo_elements if tile is not None else 0,
+                    {p: v["seconds"] for p, v in tr.items() if p != "control"},
+                    traffic=tr,
+                )
+            )
+        return Execution(
+            output=out,
+            plan=plan,
+            engine="processes",
+            backend=str(backend).rsplit(".", 1)[-1],
+            wall_seconds=time.perf_counter() - t_start,
+            workers=stats,
+        )
+
+
+def run(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
+        timeout: float = 60.0) -> Execution:
+    """engine='processes': start a LocalCluster for this one call, then stop it."""
+    with LocalCluster(plan.workers, timeout=timeout) as cluster:
+        return cluster.run(plan, x, weight, bias)

@@ -1,0 +1,155 @@
+"""Engine 'processes': real worker processes in a gloo group; exact, counted, fault-safe."""
+
+import os
+import time
+
+import pytest
+import torch
+from hypothesis import given, settings
+
+import haloconv
+from conftest import assert_bitwise, assert_single_node_exact, torch_reference
+from haloconv.plan import PHASES
+from test_conv_exact import CASES, _reference_or_none, _tensors, conv_case
+
+
+def _gone(pids, wait=5.0):
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if not any(os.path.exists(f"/proc/{p}") and _not_zombie(p) for p in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _not_zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2proc", "3proc"])
+def cluster(request):
+    c = haloconv.LocalCluster(workers=request.param, timeout=30)
+    pids = c.pids()
+    yield c
+    c.close()
+    assert _gone(pids), "a worker outlived its cluster"
+
+
+@pytest.mark.parametrize("exchange", ["neighbours", "master"])
+@pytest.mark.parametrize("name,xs,ws,kw,partition,workers", CASES, ids=[c[0] for c in CASES])
+def test_named_cases_exact(cluster, name, xs, ws, kw, partition, workers, exchange):
+    if isinstance(partition, tuple):
+        return  # tuples need as many workers as tiles; see test_tuple_partitions
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(*xs, generator=g)
+    w = torch.randn(*ws, generator=g)
+    b = torch.randn(ws[0], generator=g)
+    ref = torch_reference(x, w, b, **kw)
+    p = haloconv.plan(x.shape, w.shape, b.shape, partition=partition, workers=cluster.workers,
+                      exchange=exchange, **kw)
+    ex = haloconv.execute(p, x, w, b, engine=cluster)
+    assert_bitwise(ex.output, ref)
+    _assert_traffic_matches_plan(ex, p, x.element_size())
+
+
+def _assert_traffic_matches_plan(ex, plan, itemsize):
+    predicted = plan.traffic(itemsize)
+    for s in ex.workers:
+        for phase in PHASES:
+            got = s.traffic[phase]
+            want = predicted[s.rank][phase]
+            assert (got["bytes_sent"], got["bytes_recv"], got["messages_sent"], got["messages_recv"]) == (
+                want.bytes_sent, want.bytes_recv, want.messages_sent, want.messages_recv,
+            ), (s.rank, phase)
+
+
+@pytest.mark.parametrize("ownership", ["aligned", "even"])
+@pytest.mark.parametrize("mode", ["zeros", "circular", "reflect"])
+def test_uneven_thin_tiles_and_modes(cluster, mode, ownership):
+    x = torch.randn(1, 2, 7, 25, dtype=torch.float64)
+    w = torch.randn(3, 2, 5, 5, dtype=torch.float64)
+    ref = torch_reference(x, w, None, padding=2, padding_mode=mode, dilation=(1, 1))
+    for part in ("rows", "cols", "grid"):
+        p = haloconv.plan(x.shape, w.shape, padding=2, padding_mode=mode, partition=part,
+                          workers=cluster.workers, ownership=ownership)
+        ex = haloconv.execute(p, x, w, engine=cluster)
+        assert_bitwise(ex.output, ref)
+        _assert_traffic_matches_plan(ex, p, 8)
+
+
+def test_tuple_partitions():
+    x = torch.randn(2, 3, 20, 18)
+    w = torch.randn(4, 3, 3, 3)
+    ref = torch_reference(x, w, None, padding=1, padding_mode="circular")
+    with haloconv.LocalCluster(workers=4, timeout=30) as c:
+        for counts in [(2, 1, 2, 1), (1, 2, 1, 2), (2, 2, 1, 1), (1, 1, 2, 2)]:
+            y = haloconv.conv(x, w, padding=1, padding_mode="circular", partition=counts, engine=c)
+            assert_bitwise(y, ref)
+
+
+@settings(max_examples=25)
+@given(conv_case(ndim=2))
+def test_property_processes_engine(cluster, case):
+    x, w, b = _tensors(case, seed=5)
+    ref = _reference_or_none(x, w, b, case)
+    if ref is None or isinstance(case["partition"], tuple):
+        return
+    y = haloconv.conv(
+        x, w, b, stride=case["stride"], padding=case["padding"], dilation=case["dilation"], groups=case["groups"],
+        padding_mode=case["mode"], partition=case["partition"], engine=cluster,
+    )
+    assert_single_node_exact(y, lambda: _reference_or_none(x, w, b, case))
+
+
+def test_one_shot_engine_leaves_no_process(monkeypatch):
+    import subprocess
+
+    started = []
+    real = subprocess.Popen
+
+    def spy(*a, **kw):
+        p = real(*a, **kw)
+        started.append(p.pid)
+        return p
+
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    x = torch.randn(1, 1, 30, 30)
+    w = torch.randn(1, 1, 3, 3)
+    y = haloconv.conv(x, w, padding=1, partition="rows", workers=2, engine="processes")
+    assert_bitwise(y, torch_reference(x, w, None, padding=1))
+    assert len(started) == 1 and _gone(started)
+
+
+@pytest.mark.parametrize("kind", ["exit", "hang"])
+def test_worker_fault_raises_within_timeout_and_cleans_up(kind):
+    c = haloconv.LocalCluster(workers=3, timeout=2)
+    pids = c.pids()
+    c.inject_fault(2, kind)
+    x = torch.randn(1, 1, 30, 30)
+    w = torch.randn(1, 1, 3, 3)
+    t0 = time.monotonic()
+    with pytest.raises(haloconv.WorkerError, match="cluster was shut down"):
+        haloconv.conv(x, w, padding=1, partition="rows", engine=c)
+    assert time.monotonic() - t0 < 2 * 2 + 3
+    assert _gone(pids)
+    assert not c.alive
+    with pytest.raises(haloconv.WorkerError, match="closed"):
+        haloconv.conv(x, w, padding=1, partition="rows", engine=c)
+
+
+def test_cluster_validation():
+    with pytest.raises(ValueError, match="workers"):
+        haloconv.LocalCluster(workers=0)
+    with pytest.raises(ValueError, match="timeout"):
+        haloconv.LocalCluster(workers=1, timeout=-1)
+    with haloconv.LocalCluster(workers=1) as c:  # a cluster of one: the master alone
+        x = torch.randn(1, 1, 9, 9)
+        w = torch.randn(1, 1, 3, 3)
+        assert_bitwise(haloconv.conv(x, w, padding=1, engine=c), torch_reference(x, w, None, padding=1))
+        p = haloconv.plan(x.shape, w.shape, workers=2)
+        with pytest.raises(ValueError, match="2 workers but the cluster has 1"):
+            haloconv.execute(p, x, w, engine=c)
