@@ -1,0 +1,76 @@
+"""SPMD face for code already running in a torch.distributed process group (torchrun).
+
+Every rank calls each function with the same Plan; rank ``r`` holds tile ``r``::
+
+    x_local = haloconv.distributed.scatter(x, plan)           # x on rank 0, None elsewhere
+    y_local = haloconv.distributed.conv(x_local, w, b, plan=plan)   # halo exchange inside
+    y = haloconv.distributed.gather(y_local, plan)            # full result on rank 0
+
+Shards stay on their ranks between layers: with ``ownership='even'`` plans of the same
+split, layer k's output shard is layer k+1's input shard, with no trip through rank 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from haloconv.engines import spmd
+from haloconv.engines.comm import Comm
+from haloconv.plan import Plan
+
+_COMMS: dict[int, Comm] = {}
+
+
+def _comm(plan: Plan, group: object | None) -> Comm:
+    if not dist.is_initialized():
+        raise RuntimeError("haloconv.distributed needs torch.distributed.init_process_group() first")
+    pg = group if group is not None else dist.distributed_c10d._get_default_group()
+    key = id(pg)
+    if key not in _COMMS:
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        device = torch.device("cpu")
+        if dist.get_backend(group) == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        _COMMS[key] = Comm(pg, rank, world, device)
+    comm = _COMMS[key]
+    if plan.workers > comm.world:
+        raise ValueError(f"plan has {plan.workers} workers but the process group has {comm.world} ranks")
+    return comm
+
+
+def scatter(x: torch.Tensor | None, plan: Plan, src: int = 0, group: object | None = None) -> torch.Tensor | None:
+    """This rank's owned input box, sent from the full ``x`` on ``src``."""
+    return spmd.scatter(_comm(plan, group), plan, x, src)
+
+
+def conv(
+    x_local: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    plan: Plan,
+    group: object | None = None,
+) -> torch.Tensor | None:
+    """This rank's output box: halo exchange with the neighbours, then the local conv.
+    ``weight``/``bias`` are the full tensors, the same on every rank."""
+    comm = _comm(plan, group)
+    window = spmd.halo_exchange(comm, plan, x_local)
+    return spmd.compute(comm, plan, window, weight, bias)
+
+
+def gather(y_local: torch.Tensor | None, plan: Plan, dst: int = 0, group: object | None = None) -> torch.Tensor | None:
+    """The full output on ``dst`` (None on the other ranks)."""
+    return spmd.gather(_comm(plan, group), plan, y_local, dst)
+
+
+def traffic(group: object | None = None, reset: bool = True) -> dict[str, dict[str, float]]:
+    """This rank's bytes, messages and seconds per phase since the last reset."""
+    pg = group if group is not None else dist.distributed_c10d._get_default_group()
+    comm = _COMMS.get(id(pg))
+    if comm is None:
+        return {}
+    report = comm.report()
+    if reset:
+        comm.reset()
+    return report

@@ -1,0 +1,93 @@
+"""Run reports: the plan and what each worker moved and spent, as a table or JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from haloconv.engines.base import Execution
+from haloconv.plan import PHASES, Plan
+
+
+def plan_dict(plan: Plan) -> dict:
+    """A JSON-able description of a Plan."""
+    spec = asdict(plan.spec)
+    return {
+        "spec": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()},
+        "output_shape": list(plan.spec.output_shape),
+        "partition": plan.partition,
+        "splits": list(plan.splits),
+        "workers": plan.workers,
+        "weights": list(plan.weights) if plan.weights else None,
+        "ownership": plan.ownership,
+        "exchange": plan.exchange,
+        "halo_elements": plan.halo_elements,
+        "tiles": [
+            {
+                "rank": t.rank,
+                "output_box": [list(t.out.lo), list(t.out.hi)],
+                "owned_input": [list(t.owned.lo), list(t.owned.hi)],
+                "needed_input": [list(t.needed.lo), list(t.needed.hi)],
+                "halo_elements": t.halo_elements,
+                "halo_from": list(t.halo_sources),
+            }
+            for t in plan.tiles
+        ],
+    }
+
+
+def run_report(ex: Execution, itemsize: int) -> dict:
+    """Per worker and phase: bytes_sent, bytes_recv, messages, seconds, beside the Plan's
+    predicted bytes; with the plan and the machine's load average."""
+    predicted = ex.plan.traffic(itemsize)
+    workers = []
+    for s in ex.workers:
+        phases = {}
+        for p in PHASES:
+            got = (s.traffic or {}).get(p, {})
+            want = predicted[s.rank][p]
+            phases[p] = {
+                "bytes_sent": int(got.get("bytes_sent", 0)),
+                "bytes_recv": int(got.get("bytes_recv", 0)),
+                "messages": int(got.get("messages_sent", 0) + got.get("messages_recv", 0)),
+                "seconds": float(got.get("seconds", s.seconds.get(p, 0.0))),
+                "predicted_bytes_sent": want.bytes_sent,
+                "predicted_bytes_recv": want.bytes_recv,
+            }
+        workers.append({"rank": s.rank, "tile": list(s.tile_shape), "phases": phases})
+    return {
+        "engine": ex.engine,
+        "backend": ex.backend,
+        "wall_seconds": ex.wall_seconds,
+        "load_average": list(os.getloadavg()),
+        "plan": plan_dict(ex.plan),
+        "workers": workers,
+    }
+
+
+def traffic_table(report: dict) -> str:
+    """Bytes sent/received per worker and phase, measured vs predicted, and seconds."""
+    head = ["rank", "phase", "sent B", "recv B", "predicted sent/recv", "msgs", "seconds"]
+    rows = []
+    for w in report["workers"]:
+        for p, v in w["phases"].items():
+            if not (v["bytes_sent"] or v["bytes_recv"] or v["predicted_bytes_sent"] or v["predicted_bytes_recv"]
+                    or v["seconds"] > 0):
+                continue
+            rows.append([
+                str(w["rank"]), p, f"{v['bytes_sent']:,}", f"{v['bytes_recv']:,}",
+                f"{v['predicted_bytes_sent']:,}/{v['predicted_bytes_recv']:,}", str(v["messages"]),
+                f"{v['seconds']:.4f}",
+            ])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    return "\n".join([fmt.format(*head), *(fmt.format(*r) for r in rows)])
+
+
+def write_report(report: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    return path
