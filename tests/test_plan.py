@@ -5,6 +5,7 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 
 import haloconv
 from haloconv.plan import Plan
@@ -149,3 +150,33 @@ def test_every_tuple_partition_covers_the_output_once():
         for t in p.tiles:
             cover[t.out.slices()] += 1
         assert (cover == 1).all()
+
+
+def test_transfer_chunks_are_contiguous_runs_or_one_packed_box():
+    from haloconv.plan import MIN_RUN_BYTES, Box, transfer_chunks
+
+    shape = (2, 8, 512, 512)
+    rows = Box((0, 0, 100, 0), (2, 8, 300, 512))  # full width: one run per (n, c)
+    chunks = transfer_chunks(rows, shape, 4)
+    assert len(chunks) == 16 and sum(c.volume for c in chunks) == rows.volume
+    t = torch.zeros(shape)
+    for c in chunks:
+        assert t[c.slices()].is_contiguous()
+    cols = Box((0, 0, 0, 0), (2, 8, 512, 100))  # runs of 100 floats: packed into one message
+    assert transfer_chunks(cols, shape, 4) == [cols]
+    whole = Box((0, 0, 0, 0), shape)
+    assert transfer_chunks(whole, shape, 4) == [whole]
+    assert 200 * 512 * 4 >= MIN_RUN_BYTES
+
+
+def test_traffic_prediction_counts_every_phase():
+    p = haloconv.plan((1, 2, 40, 40), (3, 2, 3, 3), (3,), padding=1, partition="rows", workers=2)
+    tr = p.traffic(4)
+    assert tr[0]["weights"].bytes_sent == (3 * 2 * 9 + 3) * 4  # tile 1: all 3 filters + bias
+    assert tr[1]["scatter"].bytes_recv == p.tiles[1].owned.volume * 4
+    assert tr[0]["halo"].bytes_recv == p.tiles[0].halo_elements * 4
+    assert tr[1]["gather"].bytes_sent == p.tiles[1].out.volume * 4
+    q = haloconv.plan((1, 2, 40, 40), (3, 2, 3, 3), padding=1, partition="rows", workers=2, exchange="master")
+    trq = q.traffic(4)
+    assert trq[0]["halo"].bytes_recv == 0
+    assert trq[1]["scatter"].bytes_recv == sum(pc.src.volume for pc in q.tiles[1].pieces) * 4

@@ -153,3 +153,43 @@ def test_cluster_validation():
         p = haloconv.plan(x.shape, w.shape, workers=2)
         with pytest.raises(ValueError, match="2 workers but the cluster has 1"):
             haloconv.execute(p, x, w, engine=c)
+
+
+def test_resident_shards_chain_layers_without_the_master():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 3, 96, 40, generator=g, dtype=torch.float64)
+    w1 = torch.randn(6, 3, 3, 3, generator=g, dtype=torch.float64)
+    w2 = torch.randn(2, 6, 5, 5, generator=g, dtype=torch.float64)
+    b2 = torch.randn(2, generator=g, dtype=torch.float64)
+    with haloconv.LocalCluster(workers=3, timeout=30) as c:
+        p1 = haloconv.plan(x.shape, w1.shape, padding=1, partition="rows", workers=3, ownership="even")
+        p2 = haloconv.plan(p1.spec.output_shape, w2.shape, b2.shape, padding=2, padding_mode="reflect",
+                           partition="rows", workers=3, ownership="even")
+        s = c.scatter(x, p1)
+        h = c.conv(s, w1, plan=p1)
+        y = c.conv(h, w2, b2, plan=p2)
+        ref = torch_reference(torch_reference(x, w1, None, padding=1), w2, b2, padding=2, padding_mode="reflect")
+        assert_bitwise(c.gather(y), ref)
+        # a layer call moves filters and halos only: no scatter, no gather
+        for st in y.execution.workers:
+            assert st.traffic["scatter"]["bytes_recv"] == 0 and st.traffic["gather"]["bytes_sent"] == 0
+            assert st.traffic["halo"]["bytes_recv"] == p2.traffic(8)[st.rank]["halo"].bytes_recv
+        with pytest.raises(ValueError, match="owned input boxes differ"):
+            c.conv(h, w2, b2, plan=haloconv.plan(p1.spec.output_shape, w2.shape, b2.shape, padding=2,
+                                                 partition="cols", workers=3, ownership="even"))
+        c.free(s, h, y)
+        with pytest.raises(ValueError, match="not a live shard"):
+            c.gather(y)
+
+
+def test_large_boxes_travel_as_contiguous_runs_exactly_as_predicted():
+    # 256 KiB row bands x 4 channels: owned bands go as one message per channel (no packing copy)
+    x = torch.randn(1, 4, 512, 256)
+    w = torch.randn(4, 4, 3, 3)
+    with haloconv.LocalCluster(workers=2, timeout=30) as c:
+        for exchange in ("neighbours", "master"):
+            p = haloconv.plan(x.shape, w.shape, padding=1, partition="rows", workers=2, exchange=exchange)
+            ex = haloconv.execute(p, x, w, engine=c)
+            assert_bitwise(ex.output, torch_reference(x, w, None, padding=1))
+            _assert_traffic_matches_plan(ex, p, 4)
+            assert ex.workers[1].traffic["scatter"]["messages_recv"] >= 4

@@ -172,6 +172,10 @@ class Plan:
                 out[src][phase].add_send(elements * itemsize)
                 out[dst][phase].add_recv(elements * itemsize)
 
+        def move_box(phase: str, src: int, dst: int, box: Box, shape: Sequence[int]) -> None:
+            for chunk in transfer_chunks(box, shape, itemsize):
+                move(phase, src, dst, chunk.volume)
+
         for t in self.tiles:
             if send_weights:
                 c0, c1 = self.weight_box(t)
@@ -180,12 +184,12 @@ class Plan:
                     move("weights", master, t.rank, c1 - c0)
             if self.exchange == "master":
                 for p in t.pieces:
-                    move("scatter", master, t.rank, p.elements)
+                    move_box("scatter", master, t.rank, p.src, s.input_shape)
             else:
-                move("scatter", master, t.rank, t.owned.volume)
+                move_box("scatter", master, t.rank, t.owned, s.input_shape)
                 for p in t.halo_pieces:
                     move("halo", p.owner, t.rank, p.elements)
-            move("gather", t.rank, master, t.out.volume)
+            move_box("gather", t.rank, master, t.out, s.output_shape)
         return out
 
     def predicted_bytes(self, itemsize: int, master: int = 0, send_weights: bool = True) -> dict[str, int]:
@@ -252,6 +256,30 @@ class Plan:
             f"({100 * self.halo_ratio():.2f}% of the owned input)"
         )
         return "\n".join(lines)
+
+
+# A box is sent as its contiguous runs (no packing copy) when each run is at least this big;
+# smaller runs are packed into one message instead of many tiny ones.
+MIN_RUN_BYTES = 256 * 1024
+
+
+def transfer_chunks(box: Box, shape: Sequence[int], itemsize: int) -> list[Box]:
+    """How a box of a C-contiguous tensor of ``shape`` travels: its contiguous runs (each a
+    sub-box, also contiguous in a box-shaped buffer), or the whole box packed in one message.
+    """
+    dims = len(shape)
+    # the innermost dims the box covers fully, plus the next one, make one contiguous run
+    k = dims - 1
+    while k > 0 and box.lo[k] == 0 and box.hi[k] == shape[k]:
+        k -= 1
+    run = math.prod(box.shape[k:])
+    count = math.prod(box.shape[:k])
+    if count <= 1 or run * itemsize < MIN_RUN_BYTES:
+        return [box]
+    chunks = []
+    for idx in itertools.product(*(range(l, h) for l, h in zip(box.lo[:k], box.hi[:k]))):
+        chunks.append(Box((*idx, *box.lo[k:]), (*(i + 1 for i in idx), *box.hi[k:])))
+    return chunks
 
 
 def _axis_names(ndim: int) -> tuple[str, ...]:

@@ -89,6 +89,8 @@ class LocalCluster:
         pg = dist.ProcessGroupGloo(self._store, 0, self.workers, timedelta(seconds=self.timeout))
         self._comm = Comm(pg, 0, self.workers)
         self._seq = 0
+        self._next_id = 0
+        self._shards: dict[int, torch.Tensor | None] = {}
         self.startup_seconds = time.perf_counter() - t0
 
     @property
@@ -180,44 +182,17 @@ class LocalCluster:
             + ("\n" + "\n".join(errors) if errors else "")
         )
 
-    # -- running a plan --------------------------------------------------------------------------
-    def run(self, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Execution:
+    # -- collective steps: the master's half of worker._run -----------------------------------
+    def _step(self, cmd: dict, master_side) -> tuple[object, dict[int, dict]]:
+        """Post ``cmd`` to the workers, run the master's side, collect every report."""
         self._require_alive()
-        if plan.workers > self.workers:
-            raise ValueError(f"plan needs {plan.workers} workers but the cluster has {self.workers}")
-        if x.device.type != "cpu":
-            raise ValueError(f"the processes engine takes CPU tensors, got x on {x.device}")
         comm = self._comm
         comm.reset()
-        t_start = time.perf_counter()
-        backend = kernels.select_backend(plan.spec, x, weight, bias)
-        x = x.contiguous()
-        caller_threads = torch.get_num_threads()
+        t0 = time.perf_counter()
         try:
-            seq = self._command(
-                {"op": "conv", "plan": plan, "dtype": x.dtype, "backend": str(backend).rsplit(".", 1)[-1]}
-            )
-            with comm.phase("weights"):
-                works, keep = [], []
-                for t in plan.tiles:
-                    if t.rank == 0:
-                        continue
-                    c0, c1 = plan.weight_box(t)
-                    parts = [weight[c0:c1].contiguous()] + ([bias[c0:c1].contiguous()] if bias is not None else [])
-                    keep += parts
-                    works += [comm.isend(p, t.rank, "weights") for p in parts]
-                comm.wait(works)
-            if plan.exchange == "master":
-                window = spmd.scatter_windows(comm, plan, x)
-            else:
-                window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, x))
-            torch.set_num_threads(self.threads_per_worker)
-            try:
-                y0 = spmd.compute(comm, plan, window, weight, bias, backend)
-            finally:
-                torch.set_num_threads(caller_threads)
-            out = spmd.gather(comm, plan, y0, out=torch.empty(plan.spec.output_shape, dtype=x.dtype))
-            reports = {0: {"traffic": comm.report(), "seconds": time.perf_counter() - t_start}}
+            seq = self._command(cmd)
+            result = master_side(comm)
+            reports = {0: {"rank": 0, "traffic": comm.report(), "seconds": time.perf_counter() - t0}}
             for rank in range(1, self.workers):
                 key = f"haloconv/report/{rank}/{seq}"
                 self._store.wait([key], timedelta(seconds=self.timeout))
@@ -227,30 +202,160 @@ class LocalCluster:
             raise
         except (RuntimeError, ConnectionError, OSError) as e:
             raise self._failure(e) from None
-        except KeyboardInterrupt:
-            self.close()
+        except BaseException:
+            # the master failed (or Ctrl-C) mid-step: the workers are out of step, stop them
+            self._kill()
             raise
-        stats = []
-        for rank in range(plan.workers):
-            tile = plan.tile_of(rank)
-            tr = reports[rank]["traffic"]
-            stats.append(
-                WorkerStats(
-                    rank,
-                    tile.out.shape if tile is not None else (),
-                    tile.halo_elements if tile is not None else 0,
-                    {p: v["seconds"] for p, v in tr.items() if p != "control"},
-                    traffic=tr,
-                )
+        return result, reports
+
+    def _compute(self, comm: Comm, plan: Plan, window, w, b, backend):
+        caller_threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads_per_worker)
+        try:
+            return spmd.compute(comm, plan, window, w, b, backend)
+        finally:
+            torch.set_num_threads(caller_threads)
+
+    def _check(self, plan: Plan) -> None:
+        if plan.workers > self.workers:
+            raise ValueError(f"plan needs {plan.workers} workers but the cluster has {self.workers}")
+
+    def run(self, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Execution:
+        """End to end: the master scatters, workers exchange halos and compute, the master gathers."""
+        self._check(plan)
+        if x.device.type != "cpu":
+            raise ValueError(f"the processes engine takes CPU tensors, got x on {x.device}")
+        t_start = time.perf_counter()
+        backend = kernels.select_backend(plan.spec, x, weight, bias)
+        x = x.contiguous()
+
+        def master(comm: Comm) -> torch.Tensor:
+            w, b = spmd.distribute_weights(comm, plan, weight, bias, x.dtype)
+            in_flight: list = []
+            if plan.exchange == "master":  # the master computes while the windows travel
+                window = spmd.scatter_windows(comm, plan, x, pending=in_flight)
+            else:
+                window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, x))
+            out = torch.empty(plan.spec.output_shape, dtype=x.dtype)
+            posted = spmd.post_gather(comm, plan, out)  # outputs land in `out` as workers finish
+            y0 = self._compute(comm, plan, window, w, b, backend)
+            with comm.phase("gather"):
+                tile = plan.tile_of(0)
+                if tile is not None:
+                    out[tile.out.slices()] = y0
+            spmd.finish_gather(comm, posted, out)
+            with comm.phase("scatter"):
+                for works, _ in in_flight:
+                    comm.wait(works)
+            return out
+
+        cmd = {"op": "conv", "plan": plan, "dtype": x.dtype, "backend": _name(backend)}
+        out, reports = self._step(cmd, master)
+        return _execution(out, plan, _name(backend), time.perf_counter() - t_start, reports)
+
+    # -- resident shards ------------------------------------------------------------------------
+    def scatter(self, x: torch.Tensor, plan: Plan) -> Sharded:
+        """Send every worker its owned box of ``x``; the shards stay in the workers."""
+        self._check(plan)
+        if not isinstance(x, torch.Tensor) or tuple(x.shape) != plan.spec.input_shape or x.device.type != "cpu":
+            raise ValueError(f"x must be a CPU tensor of shape {plan.spec.input_shape}")
+        sid = self._new_id()
+        shard, reports = self._step({"op": "scatter", "plan": plan, "id": sid},
+                                    lambda comm: spmd.scatter(comm, plan, x.contiguous()))
+        self._shards[sid] = shard
+        boxes = tuple(t.owned for t in plan.tiles)
+        return Sharded(self, sid, plan.spec.input_shape, boxes, x.dtype, _execution(None, plan, "", 0.0, reports))
+
+    def conv(self, x: Sharded, weight: torch.Tensor, bias: torch.Tensor | None = None, *, plan: Plan) -> Sharded:
+        """One layer on resident shards: halo exchange and compute only; the output stays too.
+
+        ``plan`` must own exactly the boxes ``x`` holds (ownership='even' plans of one split
+        chain layer to layer)."""
+        self._check(plan)
+        self._live(x)
+        owned = tuple(t.owned for t in plan.tiles)
+        if owned != x.boxes:
+            raise ValueError(
+                "plan's owned input boxes differ from the boxes the shards hold; make both layers' plans "
+                "with the same partition and ownership='even'"
             )
-        return Execution(
-            output=out,
-            plan=plan,
-            engine="processes",
-            backend=str(backend).rsplit(".", 1)[-1],
-            wall_seconds=time.perf_counter() - t_start,
-            workers=stats,
+        backend = kernels.select_backend(plan.spec, torch.empty(0, dtype=x.dtype), weight, bias)
+        sid = self._new_id()
+
+        def master(comm: Comm):
+            w, b = spmd.distribute_weights(comm, plan, weight, bias, x.dtype)
+            window = spmd.halo_exchange(comm, plan, self._shards[x.id])
+            return self._compute(comm, plan, window, w, b, backend)
+
+        cmd = {"op": "layer", "plan": plan, "dtype": x.dtype, "backend": _name(backend), "src": x.id, "dst": sid}
+        t0 = time.perf_counter()
+        shard, reports = self._step(cmd, master)
+        self._shards[sid] = shard
+        boxes = tuple(t.out for t in plan.tiles)
+        return Sharded(self, sid, plan.spec.output_shape, boxes, x.dtype,
+                       _execution(None, plan, _name(backend), time.perf_counter() - t0, reports), plan)
+
+    def gather(self, x: Sharded) -> torch.Tensor:
+        """The full tensor the shards make up, on the master."""
+        self._live(x)
+        if x.plan is None:
+            raise ValueError("gather a layer's output (shards made by cluster.conv)")
+        plan = x.plan
+        out, _ = self._step({"op": "gather", "plan": plan, "id": x.id},
+                            lambda comm: spmd.gather(comm, plan, self._shards[x.id],
+                                                     out=torch.empty(x.shape, dtype=x.dtype)))
+        return out
+
+    def free(self, *shards: Sharded) -> None:
+        for s in shards:
+            if s.cluster is not self:
+                raise ValueError("free() takes shards of this cluster")
+        ids = [s.id for s in shards]
+        for i in ids:
+            self._shards.pop(i, None)
+        self._step({"op": "free", "ids": ids}, lambda comm: None)
+
+    def _live(self, x: Sharded) -> None:
+        # checked before any command is posted: a refused call leaves the workers in step
+        if not isinstance(x, Sharded) or x.cluster is not self or x.id not in self._shards:
+            raise ValueError("x is not a live shard set of this cluster (freed, or from another cluster)")
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+
+class Sharded:
+    """A tensor held as shards in a LocalCluster's processes (boxes: one per rank)."""
+
+    def __init__(self, cluster, sid, shape, boxes, dtype, execution, plan=None):
+        self.cluster, self.id, self.shape, self.boxes, self.dtype = cluster, sid, tuple(shape), boxes, dtype
+        self.execution = execution  # traffic and time of the step that made it
+        self.plan = plan
+
+    def __repr__(self) -> str:
+        return f"Sharded(shape={list(self.shape)}, shards={len(self.boxes)}, dtype={self.dtype})"
+
+
+def _name(backend: object) -> str:
+    return str(backend).rsplit(".", 1)[-1]
+
+
+def _execution(out, plan: Plan, backend: str, wall: float, reports: dict[int, dict]) -> Execution:
+    stats = []
+    for rank in range(plan.workers):
+        tile = plan.tile_of(rank)
+        tr = reports[rank]["traffic"]
+        stats.append(
+            WorkerStats(
+                rank,
+                tile.out.shape if tile is not None else (),
+                tile.halo_elements if tile is not None else 0,
+                {p: v["seconds"] for p, v in tr.items() if p != "control"},
+                traffic=tr,
+            )
         )
+    return Execution(output=out, plan=plan, engine="processes", backend=backend, wall_seconds=wall, workers=stats)
 
 
 def run(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 
 from haloconv import kernels
-from haloconv.engines.base import piece_data
+from haloconv.engines.base import assemble_window, piece_data
 from haloconv.engines.comm import Comm
-from haloconv.plan import Box, Plan, Tile
+from haloconv.plan import Box, Plan, Tile, transfer_chunks
 
 _DTYPES = [torch.float32, torch.float64]
 
@@ -20,6 +20,22 @@ _DTYPES = [torch.float32, torch.float64]
 def _rel(box: Box, origin: Box) -> tuple[slice, ...]:
     """Slices of ``box`` inside a tensor that holds ``origin``."""
     return tuple(slice(l - o, h - o) for l, h, o in zip(box.lo, box.hi, origin.lo))
+
+
+def send_box(comm: Comm, full: torch.Tensor, box: Box, dst: int, phase: str, keep: list) -> list:
+    """Post the sends of ``full[box]``, run by contiguous run (see plan.transfer_chunks)."""
+    works = []
+    for chunk in transfer_chunks(box, full.shape, full.element_size()):
+        data = full[chunk.slices()].contiguous()  # a view when chunked: no copy
+        keep.append(data)
+        works.append(comm.isend(data, dst, phase))
+    return works
+
+
+def recv_box(comm: Comm, buf: torch.Tensor, box: Box, shape, src: int, phase: str) -> list:
+    """Post the receives of a box of a tensor of ``shape`` into the box-shaped ``buf``."""
+    return [comm.irecv(buf[_rel(chunk, box)], src, phase)
+            for chunk in transfer_chunks(box, shape, buf.element_size())]
 
 
 def _check_shard(x_local: torch.Tensor | None, tile: Tile | None, name: str) -> None:
@@ -30,6 +46,39 @@ def _check_shard(x_local: torch.Tensor | None, tile: Tile | None, name: str) -> 
         raise ValueError(f"{name} on rank {tile.rank} must have the owned shape {tile.owned.shape}, got {got}")
 
 
+def distribute_weights(
+    comm: Comm, plan: Plan, weight: torch.Tensor | None, bias: torch.Tensor | None, dtype: torch.dtype, src: int = 0
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """From the full weight/bias on ``src``: this rank's filters (None if idle)."""
+    tile = plan.tile_of(comm.rank)
+    with comm.phase("weights"):
+        works, keep = [], []
+        if comm.rank == src:
+            for t in plan.tiles:
+                if t.rank == src:
+                    continue
+                c0, c1 = plan.weight_box(t)
+                parts = [weight[c0:c1].contiguous()] + ([bias[c0:c1].contiguous()] if bias is not None else [])
+                keep += parts
+                works += [comm.isend(p, t.rank, "weights") for p in parts]
+            comm.wait(works)
+            if tile is None:
+                return None, None
+            c0, c1 = plan.weight_box(tile)
+            return weight[c0:c1], None if bias is None else bias[c0:c1]
+        if tile is None:
+            return None, None
+        c0, c1 = plan.weight_box(tile)
+        w = torch.empty((c1 - c0, *plan.spec.weight_shape[1:]), dtype=dtype, device=comm.device)
+        works.append(comm.irecv(w, src, "weights"))
+        b = None
+        if plan.spec.has_bias:
+            b = torch.empty(c1 - c0, dtype=dtype, device=comm.device)
+            works.append(comm.irecv(b, src, "weights"))
+        comm.wait(works)
+        return w, b
+
+
 def scatter(comm: Comm, plan: Plan, x: torch.Tensor | None, src: int = 0) -> torch.Tensor | None:
     """From the full ``x`` on ``src``: every rank's owned input box (None if idle)."""
     tile = plan.tile_of(comm.rank)
@@ -37,23 +86,24 @@ def scatter(comm: Comm, plan: Plan, x: torch.Tensor | None, src: int = 0) -> tor
         if comm.rank == src:
             if x is None or tuple(x.shape) != plan.spec.input_shape:
                 raise ValueError(f"x on the source rank must have shape {plan.spec.input_shape}")
+            x = x.contiguous()
             works, keep = [], []
             for t in plan.tiles:
                 if t.rank == src:
                     continue
-                code = torch.tensor([_DTYPES.index(x.dtype)], dtype=torch.int64)
-                part = x[t.owned.slices()].contiguous()
-                keep += [code, part]
-                works += [comm.isend(code, t.rank, "control"), comm.isend(part, t.rank, "scatter")]
+                code = torch.tensor([_DTYPES.index(x.dtype)], dtype=torch.int64, device=x.device)
+                keep.append(code)
+                works.append(comm.isend(code, t.rank, "control"))
+                works += send_box(comm, x, t.owned, t.rank, "scatter", keep)
             mine = x[tile.owned.slices()] if tile is not None else None
             comm.wait(works)
             return mine
         if tile is None:
             return None
-        code = torch.empty(1, dtype=torch.int64)
+        code = torch.empty(1, dtype=torch.int64, device=comm.device)
         comm.irecv(code, src, "control").wait()
         part = torch.empty(tile.owned.shape, dtype=_DTYPES[int(code.item())], device=comm.device)
-        comm.irecv(part, src, "scatter").wait()
+        comm.wait(recv_box(comm, part, tile.owned, plan.spec.input_shape, src, "scatter"))
         return part
 
 
@@ -94,37 +144,51 @@ def halo_exchange(comm: Comm, plan: Plan, x_local: torch.Tensor | None) -> torch
         return window
 
 
-def scatter_windows(comm: Comm, plan: Plan, x: torch.Tensor | None, src: int = 0) -> torch.Tensor | None:
-    """exchange='master': the source sends every rank each piece of its window."""
+def scatter_windows(comm: Comm, plan: Plan, x: torch.Tensor | None, src: int = 0,
+                    pending: list | None = None) -> torch.Tensor | None:
+    """exchange='master': the source sends every rank each piece of its window.
+
+    On the source, with ``pending`` given, the sends are left in flight (appended to it)
+    so the source can compute meanwhile."""
     tile = plan.tile_of(comm.rank)
     with comm.phase("scatter"):
         if comm.rank == src:
+            x = x.contiguous()
             works, keep = [], []
             for t in plan.tiles:
                 if t.rank == src:
                     continue
-                code = torch.tensor([_DTYPES.index(x.dtype)], dtype=torch.int64)
+                code = torch.tensor([_DTYPES.index(x.dtype)], dtype=torch.int64, device=x.device)
                 keep.append(code)
                 works.append(comm.isend(code, t.rank, "control"))
                 for p in t.pieces:
-                    data = x[p.src.slices()].contiguous()
-                    keep.append(data)
-                    works.append(comm.isend(data, t.rank, "scatter"))
-            window = None
-            if tile is not None:
-                window = x.new_zeros(tile.window.shape)
-                for p in tile.pieces:
-                    window[p.dst.slices()] = piece_data(x[p.src.slices()], p)
-            comm.wait(works)
+                    works += send_box(comm, x, p.src, t.rank, "scatter", keep)
+            window = assemble_window(x, tile) if tile is not None else None  # a view when it can be
+            if pending is None:
+                comm.wait(works)
+            else:
+                pending.append((works, keep))
             return window
         if tile is None:
             return None
-        code = torch.empty(1, dtype=torch.int64)
+        code = torch.empty(1, dtype=torch.int64, device=comm.device)
         comm.irecv(code, src, "control").wait()
         dtype = _DTYPES[int(code.item())]
-        window = torch.zeros(tile.window.shape, dtype=dtype, device=comm.device)
-        bufs = [(p, torch.empty(p.src.shape, dtype=dtype, device=comm.device)) for p in tile.pieces]
-        comm.wait([comm.irecv(b, src, "scatter") for _, b in bufs])
+        covered = sum(p.dst.volume for p in tile.pieces) == tile.window.volume
+        window = (torch.empty if covered else torch.zeros)(tile.window.shape, dtype=dtype, device=comm.device)
+        works, bufs = [], []
+        for p in tile.pieces:
+            target = window[p.dst.slices()]
+            if all(st == 1 for st in p.steps) and all(
+                target[_rel(c, p.src)].is_contiguous()
+                for c in transfer_chunks(p.src, plan.spec.input_shape, window.element_size())
+            ):
+                works += recv_box(comm, target, p.src, plan.spec.input_shape, src, "scatter")  # in place
+            else:
+                b = torch.empty(p.src.shape, dtype=dtype, device=comm.device)
+                bufs.append((p, b))
+                works += recv_box(comm, b, p.src, plan.spec.input_shape, src, "scatter")
+        comm.wait(works)
         for p, b in bufs:
             window[p.dst.slices()] = piece_data(b, p)
         return window
@@ -151,6 +215,31 @@ def compute(
         )
 
 
+def post_gather(comm: Comm, plan: Plan, out: torch.Tensor, dst: int = 0) -> list:
+    """On ``dst``: post the receives of every other rank's output box, straight into
+    ``out`` where its runs are contiguous.  Returns what finish_gather needs."""
+    posted = []
+    for t in plan.tiles:
+        if t.rank == dst:
+            continue
+        chunks = transfer_chunks(t.out, out.shape, out.element_size())
+        if len(chunks) == 1 and not out[t.out.slices()].is_contiguous():
+            buf = torch.empty(t.out.shape, dtype=out.dtype, device=out.device)
+            posted.append((t, buf, [comm.irecv(buf, t.rank, "gather")]))
+        else:
+            posted.append((t, None, [comm.irecv(out[c.slices()], t.rank, "gather") for c in chunks]))
+    return posted
+
+
+def finish_gather(comm: Comm, posted: list, out: torch.Tensor) -> torch.Tensor:
+    with comm.phase("gather"):
+        for t, buf, works in posted:
+            comm.wait(works)
+            if buf is not None:
+                out[t.out.slices()] = buf
+    return out
+
+
 def gather(
     comm: Comm, plan: Plan, y_local: torch.Tensor | None, dst: int = 0, out: torch.Tensor | None = None
 ) -> torch.Tensor | None:
@@ -159,20 +248,13 @@ def gather(
     with comm.phase("gather"):
         if comm.rank != dst:
             if tile is not None:
-                comm.isend(y_local.contiguous(), dst, "gather").wait()
+                y_local = y_local.contiguous()
+                chunks = transfer_chunks(tile.out, plan.spec.output_shape, y_local.element_size())
+                comm.wait([comm.isend(y_local[_rel(c, tile.out)], dst, "gather") for c in chunks])
             return None
-        ref = y_local
-        dtype = ref.dtype if ref is not None else (out.dtype if out is not None else torch.float32)
         if out is None:
-            out = torch.empty(plan.spec.output_shape, dtype=dtype, device=comm.device)
-        bufs = []
-        for t in plan.tiles:
-            if t.rank == dst:
-                out[t.out.slices()] = y_local
-                continue
-            buf = torch.empty(t.out.shape, dtype=out.dtype, device=out.device)
-            bufs.append((t, buf, comm.irecv(buf, t.rank, "gather")))
-        for t, buf, work in bufs:
-            work.wait()
-            out[t.out.slices()] = buf
-        return out
+            out = torch.empty(plan.spec.output_shape, dtype=y_local.dtype, device=y_local.device)
+        posted = post_gather(comm, plan, out, dst)
+        if tile is not None:
+            out[tile.out.slices()] = y_local
+    return finish_gather(comm, posted, out)

@@ -15,7 +15,6 @@ import torch.distributed as dist
 
 from haloconv.engines import spmd
 from haloconv.engines.comm import Comm
-from haloconv.plan import Plan
 
 HOST = "127.0.0.1"
 IDLE = timedelta(days=3650)  # how long an idle worker waits for its next command
@@ -43,6 +42,7 @@ def worker_main(rank: int, world: int, port: int, timeout: float, threads: int, 
     store.set(f"haloconv/ready/{rank}", "1")
     pg = dist.ProcessGroupGloo(store, rank, world, timedelta(seconds=timeout))
     comm = Comm(pg, rank, world)
+    shards: dict[int, torch.Tensor | None] = {}  # resident shards, by id
     try:
         seq = 0
         while True:
@@ -61,37 +61,37 @@ def worker_main(rank: int, world: int, port: int, timeout: float, threads: int, 
                     os._exit(3)
                 time.sleep(cmd.get("seconds", 3600))
                 continue
-            if op == "conv":
-                report = _worker_conv(comm, cmd)
-                store.set(f"haloconv/report/{rank}/{seq - 1}", pickle.dumps(report))
+            report = _run(comm, cmd, shards)
+            store.set(f"haloconv/report/{rank}/{seq - 1}", pickle.dumps(report))
     except Exception:
         store.set(f"haloconv/error/{rank}", traceback.format_exc())
         os._exit(1)
 
 
-def _worker_conv(comm: Comm, cmd: dict) -> dict:
-    plan: Plan = cmd["plan"]
+def _run(comm: Comm, cmd: dict, shards: dict) -> dict:
+    """One collective step, mirrored by the master (see LocalCluster)."""
+    op, plan = cmd["op"], cmd.get("plan")
     comm.reset()
     t0 = time.perf_counter()
-    tile = plan.tile_of(comm.rank)
-    weight = bias = None
-    if tile is not None:
-        c0, c1 = plan.weight_box(tile)
-        dtype = cmd["dtype"]
-        with comm.phase("weights"):
-            weight = torch.empty((c1 - c0, *plan.spec.weight_shape[1:]), dtype=dtype)
-            works = [comm.irecv(weight, 0, "weights")]
-            if plan.spec.has_bias:
-                bias = torch.empty(c1 - c0, dtype=dtype)
-                works.append(comm.irecv(bias, 0, "weights"))
-            comm.wait(works)
-    backend = getattr(_BACKENDS, cmd["backend"])
-    if plan.exchange == "master":
-        window = spmd.scatter_windows(comm, plan, None)
+    if op in ("conv", "layer"):
+        w, b = spmd.distribute_weights(comm, plan, None, None, cmd["dtype"])
+        backend = getattr(_BACKENDS, cmd["backend"])
+    if op == "conv":
+        if plan.exchange == "master":
+            window = spmd.scatter_windows(comm, plan, None)
+        else:
+            window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, None))
+        spmd.gather(comm, plan, spmd.compute(comm, plan, window, w, b, backend))
+    elif op == "scatter":
+        shards[cmd["id"]] = spmd.scatter(comm, plan, None)
+    elif op == "layer":
+        window = spmd.halo_exchange(comm, plan, shards[cmd["src"]])
+        shards[cmd["dst"]] = spmd.compute(comm, plan, window, w, b, backend)
+    elif op == "gather":
+        spmd.gather(comm, plan, shards[cmd["id"]])
+    elif op == "free":
+        for i in cmd["ids"]:
+            shards.pop(i, None)
     else:
-        window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, None))
-    y = spmd.compute(comm, plan, window, weight, bias, backend) if tile is not None else None
-    spmd.gather(comm, plan, y)
+        raise ValueError(f"unknown command {op!r}")
     return {"rank": comm.rank, "traffic": comm.report(), "seconds": time.perf_counter() - t0}
-
-
