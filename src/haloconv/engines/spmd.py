@@ -7,6 +7,8 @@ exactly what ``Plan.traffic`` predicts.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from haloconv import kernels
@@ -36,6 +38,14 @@ def recv_box(comm: Comm, buf: torch.Tensor, box: Box, shape, src: int, phase: st
     """Post the receives of a box of a tensor of ``shape`` into the box-shaped ``buf``."""
     return [comm.irecv(buf[_rel(chunk, box)], src, phase)
             for chunk in transfer_chunks(box, shape, buf.element_size())]
+
+
+def _room(tile: Tile, shape) -> Box:
+    """The owned box grown to the tile's window, inside the tensor: a shard's buffer."""
+    return Box(
+        tuple(max(0, min(o, w)) for o, w in zip(tile.owned.lo, tile.window.lo)),
+        tuple(min(n, max(o, w)) for o, w, n in zip(tile.owned.hi, tile.window.hi, shape)),
+    )
 
 
 def _check_shard(x_local: torch.Tensor | None, tile: Tile | None, name: str) -> None:
@@ -102,13 +112,76 @@ def scatter(comm: Comm, plan: Plan, x: torch.Tensor | None, src: int = 0) -> tor
             return None
         code = torch.empty(1, dtype=torch.int64, device=comm.device)
         comm.irecv(code, src, "control").wait()
-        part = torch.empty(tile.owned.shape, dtype=_DTYPES[int(code.item())], device=comm.device)
+        dtype = _DTYPES[int(code.item())]
+        room = _room(tile, plan.spec.input_shape)
+        buffer = torch.empty(room.shape, dtype=dtype, device=comm.device)
+        part = buffer[_rel(tile.owned, room)]
+        chunks = transfer_chunks(tile.owned, plan.spec.input_shape, buffer.element_size())
+        if all(part[_rel(c, tile.owned)].is_contiguous() for c in chunks):
+            _mark_room(buffer)  # halos can later land around the shard
+            comm.wait([comm.irecv(part[_rel(c, tile.owned)], src, "scatter") for c in chunks])
+            return part
+        part = torch.empty(tile.owned.shape, dtype=dtype, device=comm.device)
         comm.wait(recv_box(comm, part, tile.owned, plan.spec.input_shape, src, "scatter"))
         return part
 
 
+# Buffers haloconv allocated around a shard (received input, conv outputs): the margins
+# beyond the shard are free, so a halo can be written there and the window used in place.
+_HALO_READY: dict[int, weakref.ref] = {}
+
+
+def _mark_room(t: torch.Tensor) -> None:
+    key = id(t)
+    _HALO_READY[key] = weakref.ref(t, lambda _: _HALO_READY.pop(key, None))
+
+
+def _has_room(t: torch.Tensor) -> bool:
+    ref = _HALO_READY.get(id(t))
+    return ref is not None and ref() is t
+
+
+def _backing(x_local: torch.Tensor, owned: Box) -> tuple[torch.Tensor, Box] | None:
+    """The contiguous tensor ``x_local`` is a box-slice of, and the box it covers."""
+    base = x_local._base
+    if base is None or base.dim() != x_local.dim() or not base.is_contiguous() or x_local.stride() != base.stride():
+        return None
+    off = x_local.storage_offset() - base.storage_offset()
+    idx = []
+    for n in reversed(base.shape):
+        idx.append(off % n)
+        off //= n
+    idx.reverse()
+    lo = tuple(o - i for o, i in zip(owned.lo, idx))
+    return base, Box(lo, tuple(l + n for l, n in zip(lo, base.shape)))
+
+
+def _in_place_window(tile: Tile, x_local: torch.Tensor, input_shape) -> tuple[torch.Tensor, bool] | None:
+    """(window view, writable) when the window can be a view of the shard's buffer."""
+    back = _backing(x_local, tile.owned)
+    if back is None:
+        return None
+    base, box = back
+    if not box.contains(tile.window):
+        return None
+    for p in tile.pieces:  # own data must already sit where the window wants it
+        if p.owner == tile.rank and (
+            any(st != 1 for st in p.steps)
+            or tuple(l - w for l, w in zip(p.src.lo, tile.window.lo)) != p.dst.lo
+        ):
+            return None
+    writable = _has_room(base)
+    full_input = box == Box((0,) * len(input_shape), tuple(input_shape))  # e.g. the master's x
+    if not (writable or full_input):
+        return None
+    return base[_rel(tile.window, box)], writable
+
+
 def halo_exchange(comm: Comm, plan: Plan, x_local: torch.Tensor | None) -> torch.Tensor | None:
-    """This rank's conv window: its own input plus the halo pieces from their owners."""
+    """This rank's conv window: its own input plus the halo pieces from their owners.
+
+    When the shard sits in a buffer with room around it (as haloconv allocates them), the
+    halos are written into that room and the window is a view: no copy of the shard."""
     tile = plan.tile_of(comm.rank)
     _check_shard(x_local, tile, "x_local")
     with comm.phase("halo"):
@@ -134,6 +207,14 @@ def halo_exchange(comm: Comm, plan: Plan, x_local: torch.Tensor | None) -> torch
         if not incoming and tile.window == tile.owned and all(all(s == 1 for s in p.steps) for p in tile.pieces):
             comm.wait(works)
             return x_local  # no halo, no padding copies: the shard is the window
+        in_place = _in_place_window(tile, x_local, plan.spec.input_shape)
+        if in_place is not None:
+            window, writable = in_place
+            comm.wait(works)
+            if writable:  # (a full input already holds its halo: nothing to write)
+                for p, buf in incoming:
+                    window[p.dst.slices()] = piece_data(buf, p)
+            return window
         window = x_local.new_zeros(tile.window.shape)
         for p in tile.pieces:
             if p.owner == comm.rank:
@@ -210,9 +291,10 @@ def compute(
             bias = None if bias is None else bias[c0:c1]
         if backend is None:
             backend = kernels.select_backend(plan.spec, window, weight, bias)
-        return kernels.conv_tile(
-            window, weight, bias, plan.spec, tile.groups, backend, tile.first, tile.out.shape[2:]
-        )
+        y = kernels.conv_tile(window, weight, bias, plan.spec, tile.groups, backend, tile.first, tile.out.shape[2:])
+        if y._base is not None:  # the rows computed beyond the tile are room for the next halo
+            _mark_room(y._base)
+        return y
 
 
 def post_gather(comm: Comm, plan: Plan, out: torch.Tensor, dst: int = 0) -> list:
