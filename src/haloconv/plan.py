@@ -411,6 +411,60 @@ def _tile_ranges(
     return result
 
 
+def _shell(spec: ConvSpec, axes, out_r, owned_sp, split_c: bool) -> tuple:
+    """(out, owned, needed, window, first, groups, c_key) of the tile computing ``out_r``
+    (ranges over N, C_out units, *spatial) and owning ``owned_sp`` of the input."""
+    (n0, n1), (u0, u1), *sp = out_r
+    cog = spec.out_channels // spec.groups
+    cig = spec.in_channels // spec.groups
+    if spec.groups > 1:
+        c_out, c_in, groups = (u0 * cog, u1 * cog), (u0 * cig, u1 * cig), u1 - u0
+    else:
+        c_out, c_in, groups = (u0, u1), (0, spec.in_channels), 1
+    needed_sp = [ax.needed(a, b) for ax, (a, b) in zip(axes, sp)]
+    comp = [ax.compute_window(a, b) for ax, (a, b) in zip(axes, sp)]
+    out = Box((n0, c_out[0], *(a for a, _ in sp)), (n1, c_out[1], *(b for _, b in sp)))
+    owned = Box((n0, c_in[0], *(l for l, _ in owned_sp)), (n1, c_in[1], *(h for _, h in owned_sp)))
+    needed = Box((n0, c_in[0], *(l for l, _ in needed_sp)), (n1, c_in[1], *(h for _, h in needed_sp)))
+    window = Box((n0, c_in[0], *(c[0] for c in comp)), (n1, c_in[1], *(c[1] for c in comp)))
+    # tiles with the same channel block partition the input among themselves
+    c_key = (u0, u1) if split_c else (0, 0)
+    return out, owned, needed, window, tuple(c[2] for c in comp), groups, c_key
+
+
+def _tile(spec: ConvSpec, axes, rank: int, shell: tuple, shells: Sequence[tuple]) -> Tile:
+    """A Tile from its shell, with the pieces of its window and their owners."""
+    out, owned, needed, window, first, groups, c_key = shell
+    per_dim: list[list[geometry.Run]] = [
+        [geometry.Run(0, window.hi[0] - window.lo[0], window.lo[0], 1)],
+        [geometry.Run(0, window.hi[1] - window.lo[1], window.lo[1], 1)],
+    ]
+    for i, ax in enumerate(axes):
+        lo_n, hi_n = needed.lo[i + 2], needed.hi[i + 2]
+        kept = []
+        for r in ax.runs(window.lo[i + 2], window.hi[i + 2]):
+            if r.src is None:
+                continue
+            # window positions outside the needed range (alignment, thin-tile growth)
+            # are read only by dropped outputs: left zero, never fetched
+            r2 = r.clip(lo_n - window.lo[i + 2], hi_n - window.lo[i + 2])
+            if r2 is not None:
+                kept.append(r2)
+        per_dim.append(kept)
+    owners = [(rk, sh[1]) for rk, sh in enumerate(shells) if sh[6] == c_key]
+    owners.sort(key=lambda o: (o[0] != rank, o[0]))  # own data first, then neighbours by rank
+    pieces = []
+    for combo in itertools.product(*per_dim):
+        for rk, obox in owners:
+            parts = [r.restrict(lo, hi) for r, lo, hi in zip(combo, obox.lo, obox.hi)]
+            if any(p is None for p in parts):
+                continue
+            src = Box(tuple(p.src_range[0] for p in parts), tuple(p.src_range[1] for p in parts))
+            dst = Box(tuple(p.dst for p in parts), tuple(p.dst + p.length for p in parts))
+            pieces.append(Piece(rk, src, dst, tuple(p.step for p in parts)))
+    return Tile(rank, out, owned, needed, window, first, groups, tuple(pieces), _input_spatial=spec.spatial)
+
+
 def build(
     spec: ConvSpec,
     counts: Sequence[int],
@@ -435,75 +489,22 @@ def build(
     else:
         ranges = [[r, None] for (r,) in _tile_ranges([out_ext], counts, tile_w)]
     axes = [spec.axis(i) for i in range(spec.ndim)]
-    cog = spec.out_channels // spec.groups
-    cig = spec.in_channels // spec.groups
     split_c = counts[1] > 1
-
-    shells = []  # (out, owned, needed, window, first, groups, c_key)
+    shells = []
     for out_r, in_r in ranges:
-        (n0, n1), (u0, u1), *sp = out_r
-        if spec.groups > 1:
-            c_out = (u0 * cog, u1 * cog)
-            c_in = (u0 * cig, u1 * cig)
-            groups = u1 - u0
-        else:
-            c_out, c_in, groups = (u0, u1), (0, spec.in_channels), 1
+        sp = out_r[2:]
         if in_r is None:  # aligned: a border sits where the next tile's window starts
             owned_sp = [ax.owned(a, b) for ax, (a, b) in zip(axes, sp)]
         else:  # even: the input split like the output, so layers chain without moving data
             owned_sp = list(in_r[2:])
-        needed_sp = [ax.needed(a, b) for ax, (a, b) in zip(axes, sp)]
-        comp = [ax.compute_window(a, b) for ax, (a, b) in zip(axes, sp)]
-        out = Box((n0, c_out[0], *(a for a, _ in sp)), (n1, c_out[1], *(b for _, b in sp)))
-        owned = Box((n0, c_in[0], *(l for l, _ in owned_sp)), (n1, c_in[1], *(h for _, h in owned_sp)))
-        needed = Box((n0, c_in[0], *(l for l, _ in needed_sp)), (n1, c_in[1], *(h for _, h in needed_sp)))
-        window = Box((n0, c_in[0], *(c[0] for c in comp)), (n1, c_in[1], *(c[1] for c in comp)))
-        # tiles with the same channel block partition the input among themselves
-        c_key = (u0, u1) if split_c else (0, 0)
-        shells.append((out, owned, needed, window, tuple(c[2] for c in comp), groups, c_key))
-
-    tiles = []
-    for rank, (out, owned, needed, window, first, groups, c_key) in enumerate(shells):
-        per_dim: list[list[geometry.Run]] = [
-            [geometry.Run(0, window.hi[0] - window.lo[0], window.lo[0], 1)],
-            [geometry.Run(0, window.hi[1] - window.lo[1], window.lo[1], 1)],
-        ]
-        for i, ax in enumerate(axes):
-            runs = ax.runs(window.lo[i + 2], window.hi[i + 2])
-            lo_n, hi_n = needed.lo[i + 2], needed.hi[i + 2]
-            kept = []
-            for r in runs:
-                if r.src is None:
-                    continue
-                # window positions outside the needed range (alignment, thin-tile growth)
-                # are read only by dropped outputs: left zero, never fetched
-                r2 = r.clip(lo_n - window.lo[i + 2], hi_n - window.lo[i + 2])
-                if r2 is not None:
-                    kept.append(r2)
-            per_dim.append(kept)
-        pieces = []
-        owners = [
-            (rk, sh[1]) for rk, sh in enumerate(shells) if sh[6] == c_key
-        ]
-        # own data first, then neighbours by rank
-        owners.sort(key=lambda o: (o[0] != rank, o[0]))
-        for combo in itertools.product(*per_dim):
-            for rk, obox in owners:
-                parts = [r.restrict(lo, hi) for r, lo, hi in zip(combo, obox.lo, obox.hi)]
-                if any(p is None for p in parts):
-                    continue
-                src = Box(tuple(p.src_range[0] for p in parts), tuple(p.src_range[1] for p in parts))
-                dst = Box(tuple(p.dst for p in parts), tuple(p.dst + p.length for p in parts))
-                pieces.append(Piece(rk, src, dst, tuple(p.step for p in parts)))
-        tiles.append(
-            Tile(rank, out, owned, needed, window, first, groups, tuple(pieces), _input_spatial=spec.spatial)
-        )
+        shells.append(_shell(spec, axes, out_r, owned_sp, split_c))
+    tiles = tuple(_tile(spec, axes, rank, shell, shells) for rank, shell in enumerate(shells))
     return Plan(
         spec=spec,
         partition=partition,
         splits=tuple(counts),
         workers=workers,
-        tiles=tuple(tiles),
+        tiles=tiles,
         weights=tuple(float(w) for w in weights) if weights is not None else None,
         ownership=ownership,
         exchange=exchange,
