@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--exchange", default="master", choices=("neighbours", "master"),
                     help="end to end: master sends whole windows (default) or neighbours swap halos")
+    ap.add_argument("--pipeline", type=int, default=1,
+                    help="exchange=master: each worker's window travels and computes in this many parts")
     ap.add_argument("--weights", default=None, help="relative worker speeds, e.g. 1.2,1 (the master starts first)")
     args = ap.parse_args()
     c, n = args.channels, args.size
@@ -47,12 +49,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     weights = None if args.weights is None else [float(v) for v in args.weights.split(",")]
     plan = haloconv.plan(x.shape, w.shape, b.shape, padding=1, partition="rows", workers=args.workers,
-                         worker_weights=weights, exchange=args.exchange)
+                         worker_weights=weights, exchange=args.exchange, pipeline=args.pipeline)
     # resident shards: layers chain with ownership='even' (the sharded call uses halos between neighbours)
     layer = haloconv.plan(x.shape, w.shape, b.shape, padding=1, partition="rows", workers=args.workers,
                           ownership="even")
     print(f"x={list(x.shape)} w={list(w.shape)} rows over {args.workers} workers x 1 thread "
-          f"vs single process x {args.threads} threads; end to end: exchange={args.exchange} weights={weights}")
+          f"vs single process x {args.threads} threads; end to end: exchange={args.exchange} "
+          f"pipeline={args.pipeline} weights={weights}")
     with haloconv.LocalCluster(workers=args.workers, threads_per_worker=1) as cluster:
         shards = cluster.scatter(x, layer)
 

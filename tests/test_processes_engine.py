@@ -39,9 +39,9 @@ def cluster(request):
     assert _gone(pids), "a worker outlived its cluster"
 
 
-@pytest.mark.parametrize("exchange", ["neighbours", "master"])
+@pytest.mark.parametrize("exchange,pipeline", [("neighbours", 1), ("master", 1), ("master", 3)])
 @pytest.mark.parametrize("name,xs,ws,kw,partition,workers", CASES, ids=[c[0] for c in CASES])
-def test_named_cases_exact(cluster, name, xs, ws, kw, partition, workers, exchange):
+def test_named_cases_exact(cluster, name, xs, ws, kw, partition, workers, exchange, pipeline):
     if isinstance(partition, tuple):
         return  # tuples need as many workers as tiles; see test_tuple_partitions
     g = torch.Generator().manual_seed(11)
@@ -50,7 +50,7 @@ def test_named_cases_exact(cluster, name, xs, ws, kw, partition, workers, exchan
     b = torch.randn(ws[0], generator=g)
     ref = torch_reference(x, w, b, **kw)
     p = haloconv.plan(x.shape, w.shape, b.shape, partition=partition, workers=cluster.workers,
-                      exchange=exchange, **kw)
+                      exchange=exchange, pipeline=pipeline, **kw)
     ex = haloconv.execute(p, x, w, b, engine=cluster)
     assert_bitwise(ex.output, ref)
     _assert_traffic_matches_plan(ex, p, x.element_size())
@@ -187,8 +187,9 @@ def test_large_boxes_travel_as_contiguous_runs_exactly_as_predicted():
     x = torch.randn(1, 4, 512, 256)
     w = torch.randn(4, 4, 3, 3)
     with haloconv.LocalCluster(workers=2, timeout=30) as c:
-        for exchange in ("neighbours", "master"):
-            p = haloconv.plan(x.shape, w.shape, padding=1, partition="rows", workers=2, exchange=exchange)
+        for exchange, pipeline in (("neighbours", 1), ("master", 1), ("master", 4)):
+            p = haloconv.plan(x.shape, w.shape, padding=1, partition="rows", workers=2, exchange=exchange,
+                              pipeline=pipeline)
             ex = haloconv.execute(p, x, w, engine=c)
             assert_bitwise(ex.output, torch_reference(x, w, None, padding=1))
             _assert_traffic_matches_plan(ex, p, 4)

@@ -68,6 +68,7 @@ def plan(
     worker_weights: Sequence[float] | None = None,
     ownership: str = "aligned",
     exchange: str = "neighbours",
+    pipeline: int = 1,
 ) -> Plan:
     """The Plan for a convolution of these shapes (no data, no communication)."""
     spec = ConvSpec.from_args(
@@ -81,7 +82,7 @@ def plan(
             workers = max(1, math.prod(partition))  # an explicit split: one worker per tile
         else:
             workers = default_workers()
-    return make_plan(spec, partition, workers, worker_weights, ownership, exchange)
+    return make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline)
 
 
 def execute(

@@ -146,6 +146,18 @@ class Plan:
     weights: tuple[float, ...] | None = None
     ownership: str = "aligned"
     exchange: str = "neighbours"
+    pipeline: int = 1  # exchange='master': a worker's window travels and computes in this many parts
+
+    def subtiles(self, tile: Tile, master: int = 0) -> tuple[Tile, ...]:
+        """The parts a worker's tile is sent and computed in (exchange='master', pipeline>1):
+        the worker starts on the first part while the rest are in flight.  Each part is a
+        tile of its own (exact like any tile); the master's own tile is never split."""
+        if self.pipeline <= 1 or self.exchange != "master" or tile.rank == master:
+            return (tile,)
+        cache = self.__dict__.setdefault("_subtiles", {})
+        if tile.rank not in cache:
+            cache[tile.rank] = _subtiles(self, tile)
+        return cache[tile.rank]
 
     def tile_of(self, rank: int) -> Tile | None:
         """The tile worker ``rank`` computes, or None when it is idle."""
@@ -177,19 +189,22 @@ class Plan:
                 move(phase, src, dst, chunk.volume)
 
         for t in self.tiles:
+            parts = self.subtiles(t, master)
             if send_weights:
                 c0, c1 = self.weight_box(t)
                 move("weights", master, t.rank, (c1 - c0) * per_filter)
                 if s.has_bias:
                     move("weights", master, t.rank, c1 - c0)
             if self.exchange == "master":
-                for p in t.pieces:
-                    move_box("scatter", master, t.rank, p.src, s.input_shape)
+                for st in parts:
+                    for p in st.pieces:
+                        move_box("scatter", master, t.rank, p.src, s.input_shape)
             else:
                 move_box("scatter", master, t.rank, t.owned, s.input_shape)
                 for p in t.halo_pieces:
                     move("halo", p.owner, t.rank, p.elements)
-            move_box("gather", t.rank, master, t.out, s.output_shape)
+            for st in parts:
+                move_box("gather", t.rank, master, st.out, s.output_shape)
         return out
 
     def predicted_bytes(self, itemsize: int, master: int = 0, send_weights: bool = True) -> dict[str, int]:
@@ -411,6 +426,37 @@ def _tile_ranges(
     return result
 
 
+def _subtiles(plan: Plan, tile: Tile) -> tuple[Tile, ...]:
+    """Split ``tile`` into plan.pipeline parts along its outermost splittable spatial axis."""
+    spec = plan.spec
+    axes = [spec.axis(i) for i in range(spec.ndim)]
+    split_c = plan.splits[1] > 1
+    cog = spec.out_channels // spec.groups
+
+    def units(c0: int, c1: int) -> tuple[int, int]:
+        return (c0 // cog, c1 // cog) if spec.groups > 1 else (c0, c1)
+
+    shells = [
+        (t.out, t.owned, t.needed, t.window, t.first, t.groups,
+         units(t.out.lo[1], t.out.hi[1]) if split_c else (0, 0))
+        for t in plan.tiles
+    ]
+    ranges = [(l, h) for l, h in zip(tile.out.lo, tile.out.hi)]
+    ranges[1] = units(*ranges[1])
+    ax = next((d for d in range(2, len(ranges)) if ranges[d][1] - ranges[d][0] >= 2), None)
+    if ax is None:
+        return (tile,)
+    a, b = ranges[ax]
+    owned_sp = list(zip(tile.owned.lo[2:], tile.owned.hi[2:]))
+    parts = []
+    for u, v in geometry.split_extent(b - a, min(plan.pipeline, b - a)):
+        out_r = list(ranges)
+        out_r[ax] = (a + u, a + v)
+        shell = _shell(spec, axes, out_r, owned_sp, split_c)
+        parts.append(_tile(spec, axes, tile.rank, shell, shells))
+    return tuple(parts)
+
+
 def _shell(spec: ConvSpec, axes, out_r, owned_sp, split_c: bool) -> tuple:
     """(out, owned, needed, window, first, groups, c_key) of the tile computing ``out_r``
     (ranges over N, C_out units, *spatial) and owning ``owned_sp`` of the input."""
@@ -473,6 +519,7 @@ def build(
     weights: Sequence[float] | None = None,
     ownership: str = "aligned",
     exchange: str = "neighbours",
+    pipeline: int = 1,
 ) -> Plan:
     """Build the Plan for explicit split counts over (N, C_out units, *spatial)."""
     ntiles = math.prod(counts)
@@ -508,6 +555,7 @@ def build(
         weights=tuple(float(w) for w in weights) if weights is not None else None,
         ownership=ownership,
         exchange=exchange,
+        pipeline=pipeline,
     )
 
 
@@ -518,8 +566,11 @@ def make_plan(
     worker_weights: Sequence[float] | None = None,
     ownership: str = "aligned",
     exchange: str = "neighbours",
+    pipeline: int = 1,
 ) -> Plan:
     """Resolve ``partition`` for ``workers`` workers and build the Plan."""
+    if isinstance(pipeline, bool) or not isinstance(pipeline, int) or pipeline < 1:
+        raise ValueError(f"pipeline must be an int >= 1, got {pipeline!r}")
     if ownership not in OWNERSHIPS:
         raise ValueError(f"ownership must be one of {OWNERSHIPS}, got {ownership!r}")
     if exchange not in EXCHANGES:
@@ -539,4 +590,4 @@ def make_plan(
     if isinstance(partition, str) and PARTITION_ALIASES.get(partition, partition) not in PARTITIONS:
         raise ValueError(f"partition must be one of {PARTITIONS} or a tuple of counts, got {partition!r}")
     name, counts = resolve_splits(spec, partition, workers, ownership)
-    return build(spec, counts, name, workers, worker_weights, ownership, exchange)
+    return build(spec, counts, name, workers, worker_weights, ownership, exchange, pipeline)

@@ -242,8 +242,9 @@ def scatter_windows(comm: Comm, plan: Plan, x: torch.Tensor | None, src: int = 0
                 code = torch.tensor([_DTYPES.index(x.dtype)], dtype=torch.int64, device=x.device)
                 keep.append(code)
                 works.append(comm.isend(code, t.rank, "control"))
-                for p in t.pieces:
-                    works += send_box(comm, x, p.src, t.rank, "scatter", keep)
+                for st in plan.subtiles(t, src):
+                    for p in st.pieces:
+                        works += send_box(comm, x, p.src, t.rank, "scatter", keep)
             window = assemble_window(x, tile) if tile is not None else None  # a view when it can be
             if pending is None:
                 comm.wait(works)
@@ -252,36 +253,75 @@ def scatter_windows(comm: Comm, plan: Plan, x: torch.Tensor | None, src: int = 0
             return window
         if tile is None:
             return None
-        code = torch.empty(1, dtype=torch.int64, device=comm.device)
-        comm.irecv(code, src, "control").wait()
-        dtype = _DTYPES[int(code.item())]
-        covered = sum(p.dst.volume for p in tile.pieces) == tile.window.volume
-        window = (torch.empty if covered else torch.zeros)(tile.window.shape, dtype=dtype, device=comm.device)
+        (st, window, works, bufs), = _post_window_receives(comm, plan, tile, src)
+        comm.wait(works)
+        _fill(window, bufs)
+        return window
+
+
+def _post_window_receives(comm: Comm, plan: Plan, tile: Tile, src: int) -> list:
+    """Post the receives of every part of this rank's window (exchange='master')."""
+    code = torch.empty(1, dtype=torch.int64, device=comm.device)
+    comm.irecv(code, src, "control").wait()
+    dtype = _DTYPES[int(code.item())]
+    shape = plan.spec.input_shape
+    entries = []
+    for st in plan.subtiles(tile, src):
+        covered = sum(p.dst.volume for p in st.pieces) == st.window.volume
+        window = (torch.empty if covered else torch.zeros)(st.window.shape, dtype=dtype, device=comm.device)
         works, bufs = [], []
-        for p in tile.pieces:
+        for p in st.pieces:
             target = window[p.dst.slices()]
-            if all(st == 1 for st in p.steps) and all(
-                target[_rel(c, p.src)].is_contiguous()
-                for c in transfer_chunks(p.src, plan.spec.input_shape, window.element_size())
+            if all(x == 1 for x in p.steps) and all(
+                target[_rel(c, p.src)].is_contiguous() for c in transfer_chunks(p.src, shape, window.element_size())
             ):
-                works += recv_box(comm, target, p.src, plan.spec.input_shape, src, "scatter")  # in place
+                works += recv_box(comm, target, p.src, shape, src, "scatter")  # in place
             else:
                 b = torch.empty(p.src.shape, dtype=dtype, device=comm.device)
                 bufs.append((p, b))
-                works += recv_box(comm, b, p.src, plan.spec.input_shape, src, "scatter")
-        comm.wait(works)
-        for p, b in bufs:
-            window[p.dst.slices()] = piece_data(b, p)
-        return window
+                works += recv_box(comm, b, p.src, shape, src, "scatter")
+        entries.append((st, window, works, bufs))
+    return entries
+
+
+def _fill(window: torch.Tensor, bufs: list) -> None:
+    for p, b in bufs:
+        window[p.dst.slices()] = piece_data(b, p)
+
+
+def windows_compute_gather(
+    comm: Comm, plan: Plan, weight, bias, backend, src: int = 0
+) -> None:
+    """A worker's whole share with exchange='master': receive its window part by part,
+    compute each part as soon as it is in, send each output back as soon as it is done."""
+    tile = plan.tile_of(comm.rank)
+    if tile is None:
+        return
+    with comm.phase("scatter"):
+        entries = _post_window_receives(comm, plan, tile, src)
+    sends, keep = [], []
+    for st, window, works, bufs in entries:
+        with comm.phase("scatter"):
+            comm.wait(works)
+            _fill(window, bufs)
+        y = compute(comm, plan, window, weight, bias, backend, tile=st)
+        with comm.phase("gather"):
+            y = y.contiguous()
+            keep.append(y)
+            for c in transfer_chunks(st.out, plan.spec.output_shape, y.element_size()):
+                sends.append(comm.isend(y[_rel(c, st.out)], src, "gather"))
+    with comm.phase("gather"):
+        comm.wait(sends)
 
 
 def compute(
     comm: Comm, plan: Plan, window: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None,
     backend: object | None = None,
+    tile: Tile | None = None,
 ) -> torch.Tensor | None:
-    """Convolve this rank's window with its filters (weight/bias: the full tensors, or
-    already this tile's slice)."""
-    tile = plan.tile_of(comm.rank)
+    """Convolve this rank's window (or that of ``tile``, a part of it) with its filters
+    (weight/bias: the full tensors, or already this tile's slice)."""
+    tile = tile or plan.tile_of(comm.rank)
     if tile is None:
         return None
     with comm.phase("compute"):
@@ -301,15 +341,16 @@ def post_gather(comm: Comm, plan: Plan, out: torch.Tensor, dst: int = 0) -> list
     """On ``dst``: post the receives of every other rank's output box, straight into
     ``out`` where its runs are contiguous.  Returns what finish_gather needs."""
     posted = []
-    for t in plan.tiles:
-        if t.rank == dst:
+    for tile in plan.tiles:
+        if tile.rank == dst:
             continue
-        chunks = transfer_chunks(t.out, out.shape, out.element_size())
-        if len(chunks) == 1 and not out[t.out.slices()].is_contiguous():
-            buf = torch.empty(t.out.shape, dtype=out.dtype, device=out.device)
-            posted.append((t, buf, [comm.irecv(buf, t.rank, "gather")]))
-        else:
-            posted.append((t, None, [comm.irecv(out[c.slices()], t.rank, "gather") for c in chunks]))
+        for t in plan.subtiles(tile, dst):
+            chunks = transfer_chunks(t.out, out.shape, out.element_size())
+            if len(chunks) == 1 and not out[t.out.slices()].is_contiguous():
+                buf = torch.empty(t.out.shape, dtype=out.dtype, device=out.device)
+                posted.append((t, buf, [comm.irecv(buf, t.rank, "gather")]))
+            else:
+                posted.append((t, None, [comm.irecv(out[c.slices()], t.rank, "gather") for c in chunks]))
     return posted
 
 

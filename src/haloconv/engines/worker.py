@@ -77,11 +77,11 @@ def _run(comm: Comm, cmd: dict, shards: dict) -> dict:
         w, b = spmd.distribute_weights(comm, plan, None, None, cmd["dtype"])
         backend = getattr(_BACKENDS, cmd["backend"])
     if op == "conv":
-        if plan.exchange == "master":
-            window = spmd.scatter_windows(comm, plan, None)
+        if plan.exchange == "master":  # part by part: compute while the rest arrives
+            spmd.windows_compute_gather(comm, plan, w, b, backend)
         else:
             window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, None))
-        spmd.gather(comm, plan, spmd.compute(comm, plan, window, w, b, backend))
+            spmd.gather(comm, plan, spmd.compute(comm, plan, window, w, b, backend))
     elif op == "scatter":
         shards[cmd["id"]] = spmd.scatter(comm, plan, None)
     elif op == "layer":
