@@ -37,13 +37,21 @@ def test_spmd_layers_stay_sharded_and_exact(partition):
 def test_cli_on_two_torchrun_nodes(tmp_path):
     port = _port()
     cmd = [*TORCHRUN, "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
-           f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=haloconv-test", "-m", "haloconv", "run",
+           f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=haloconv-{port}", "--rdzv-conf=join_timeout=60",
+           "-m", "haloconv", "run", "--timeout", "60",
            "--random", "120x90", "--kernel", "sobel-y", "--partition", "rows", "--padding-mode", "circular",
            "--verify", "--report", str(tmp_path / "run.json"), "-o", str(tmp_path / "y")]
-    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                              start_new_session=True)
              for _ in range(2)]
-    outs = [n.communicate(timeout=180) for n in nodes]
-    assert [n.returncode for n in nodes] == [0, 0], [o[1][-2000:] for o in outs]
+    try:
+        outs = [n.communicate(timeout=150) for n in nodes]
+    finally:
+        for n in nodes:  # never leave a torchrun agent or its worker behind
+            if n.poll() is None:
+                os.killpg(n.pid, signal.SIGKILL)
+                n.wait()
+    assert [n.returncode for n in nodes] == [0, 0], "\n=====\n".join(o[1][-8000:] for o in outs)
     printed = "".join(o[0] for o in outs)
     assert "bitwise equal: True" in printed and "torchrun: 2 ranks" in printed
     assert np.load(tmp_path / "y.npy").shape == (1, 1, 120, 90)

@@ -19,21 +19,21 @@ from haloconv.engines import spmd
 from haloconv.engines.comm import Comm
 from haloconv.plan import Plan
 
-_COMMS: dict[int, Comm] = {}
+# per process group: the accounting of this rank (a Comm is made per call, so haloconv never
+# keeps a process group alive past destroy_process_group)
+_STATS: dict[int, dict] = {}
 
 
 def _comm(plan: Plan, group: object | None) -> Comm:
     if not dist.is_initialized():
         raise RuntimeError("haloconv.distributed needs torch.distributed.init_process_group() first")
     pg = group if group is not None else dist.distributed_c10d._get_default_group()
-    key = id(pg)
-    if key not in _COMMS:
-        rank, world = dist.get_rank(group), dist.get_world_size(group)
-        device = torch.device("cpu")
-        if dist.get_backend(group) == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
-        _COMMS[key] = Comm(pg, rank, world, device)
-    comm = _COMMS[key]
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    device = torch.device("cpu")
+    if dist.get_backend(group) == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    comm = Comm(pg, rank, world, device, stats=_STATS.get(id(pg)) or {})
+    _STATS[id(pg)] = comm.stats
     if plan.workers > comm.world:
         raise ValueError(f"plan has {plan.workers} workers but the process group has {comm.world} ranks")
     return comm
@@ -67,10 +67,12 @@ def gather(y_local: torch.Tensor | None, plan: Plan, dst: int = 0, group: object
 def traffic(group: object | None = None, reset: bool = True) -> dict[str, dict[str, float]]:
     """This rank's bytes, messages and seconds per phase since the last reset."""
     pg = group if group is not None else dist.distributed_c10d._get_default_group()
-    comm = _COMMS.get(id(pg))
-    if comm is None:
+    stats = _STATS.get(id(pg))
+    if not stats:
         return {}
+    comm = Comm(pg, dist.get_rank(group), dist.get_world_size(group), stats=stats)
     report = comm.report()
     if reset:
         comm.reset()
+        _STATS[id(pg)] = comm.stats
     return report

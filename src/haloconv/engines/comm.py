@@ -34,7 +34,8 @@ class Comm:
     stats: dict[str, PhaseStats] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.reset()
+        if not self.stats:
+            self.reset()
 
     def reset(self) -> None:
         self.stats = {p: PhaseStats() for p in (*PHASES, "control")}

@@ -24,6 +24,19 @@ def _rel(box: Box, origin: Box) -> tuple[slice, ...]:
     return tuple(slice(l - o, h - o) for l, h, o in zip(box.lo, box.hi, origin.lo))
 
 
+def _send_dtype(comm: Comm, x: torch.Tensor, dst: int, keep: list):
+    """Receivers allocate their buffers before data arrives: tell them the dtype."""
+    code = torch.tensor([_DTYPES.index(x.dtype)], dtype=torch.int64, device=x.device)
+    keep.append(code)
+    return comm.isend(code, dst, "control")
+
+
+def _recv_dtype(comm: Comm, src: int) -> torch.dtype:
+    code = torch.empty(1, dtype=torch.int64, device=comm.device)
+    comm.irecv(code, src, "control").wait()
+    return _DTYPES[int(code.item())]
+
+
 def send_box(comm: Comm, full: torch.Tensor, box: Box, dst: int, phase: str, keep: list) -> list:
     """Post the sends of ``full[box]``, run by contiguous run (see plan.transfer_chunks)."""
     works = []
@@ -101,18 +114,14 @@ def scatter(comm: Comm, plan: Plan, x: torch.Tensor | None, src: int = 0) -> tor
             for t in plan.tiles:
                 if t.rank == src:
                     continue
-                code = torch.tensor([_DTYPES.index(x.dtype)], dtype=torch.int64, device=x.device)
-                keep.append(code)
-                works.append(comm.isend(code, t.rank, "control"))
+                works.append(_send_dtype(comm, x, t.rank, keep))
                 works += send_box(comm, x, t.owned, t.rank, "scatter", keep)
             mine = x[tile.owned.slices()] if tile is not None else None
             comm.wait(works)
             return mine
         if tile is None:
             return None
-        code = torch.empty(1, dtype=torch.int64, device=comm.device)
-        comm.irecv(code, src, "control").wait()
-        dtype = _DTYPES[int(code.item())]
+        dtype = _recv_dtype(comm, src)
         room = _room(tile, plan.spec.input_shape)
         buffer = torch.empty(room.shape, dtype=dtype, device=comm.device)
         part = buffer[_rel(tile.owned, room)]
@@ -239,9 +248,7 @@ def scatter_windows(comm: Comm, plan: Plan, x: torch.Tensor | None, src: int = 0
             for t in plan.tiles:
                 if t.rank == src:
                     continue
-                code = torch.tensor([_DTYPES.index(x.dtype)], dtype=torch.int64, device=x.device)
-                keep.append(code)
-                works.append(comm.isend(code, t.rank, "control"))
+                works.append(_send_dtype(comm, x, t.rank, keep))
                 for st in plan.subtiles(t, src):
                     for p in st.pieces:
                         works += send_box(comm, x, p.src, t.rank, "scatter", keep)
@@ -261,9 +268,7 @@ def scatter_windows(comm: Comm, plan: Plan, x: torch.Tensor | None, src: int = 0
 
 def _post_window_receives(comm: Comm, plan: Plan, tile: Tile, src: int) -> list:
     """Post the receives of every part of this rank's window (exchange='master')."""
-    code = torch.empty(1, dtype=torch.int64, device=comm.device)
-    comm.irecv(code, src, "control").wait()
-    dtype = _DTYPES[int(code.item())]
+    dtype = _recv_dtype(comm, src)
     shape = plan.spec.input_shape
     entries = []
     for st in plan.subtiles(tile, src):
