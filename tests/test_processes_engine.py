@@ -134,7 +134,7 @@ def test_worker_fault_raises_within_timeout_and_cleans_up(kind):
     t0 = time.monotonic()
     with pytest.raises(haloconv.WorkerError, match="cluster was shut down"):
         haloconv.conv(x, w, padding=1, partition="rows", engine=c)
-    assert time.monotonic() - t0 < 2 * 2 + 3
+    assert time.monotonic() - t0 < 15  # the 2 s timeout, not the 60 s default or a hang
     assert _gone(pids)
     assert not c.alive
     with pytest.raises(haloconv.WorkerError, match="closed"):
