@@ -128,6 +128,7 @@ def conv(
     engine: str | LocalCluster = "threads",
     ownership: str = "aligned",
     exchange: str = "neighbours",
+    pipeline: int = 1,
 ) -> ArrayLike:
     """N-D convolution split across workers; exactly torch.nn.Conv{1,2,3}d's result.
 
@@ -141,7 +142,7 @@ def conv(
         tuple(xt.shape), tuple(wt.shape), None if bt is None else tuple(bt.shape),
         stride=stride, padding=padding, dilation=dilation, groups=groups,
         padding_mode=padding_mode, partition=partition, workers=workers,
-        worker_weights=worker_weights, ownership=ownership, exchange=exchange,
+        worker_weights=worker_weights, ownership=ownership, exchange=exchange, pipeline=pipeline,
     )
     y = execute(p, xt, wt, bt, engine=engine).output
     return y.numpy() if is_numpy else y
