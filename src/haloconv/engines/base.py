@@ -37,7 +37,9 @@ class Execution:
     workers: list[WorkerStats]
 
     def table(self) -> str:
-        phases = sorted({p for w in self.workers for p in w.seconds})
+        seen = {p for w in self.workers for p in w.seconds}
+        order = ("weights", "scatter", "halo", "compute", "write", "gather")  # the order they happen in
+        phases = [p for p in order if p in seen] + sorted(seen.difference(order))
         head = ["rank", "tile", "halo elems", *(f"{p} s" for p in phases), "total s"]
         rows = [
             [
