@@ -6,6 +6,8 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import haloconv
 from haloconv.plan import Plan
@@ -180,3 +182,55 @@ def test_traffic_prediction_counts_every_phase():
     trq = q.traffic(4)
     assert trq[0]["halo"].bytes_recv == 0
     assert trq[1]["scatter"].bytes_recv == sum(pc.src.volume for pc in q.tiles[1].pieces) * 4
+
+
+@settings(max_examples=150)
+@given(st.data())
+def test_property_plan_invariants(data):
+    """Owned boxes partition the input (per channel block); every needed input element of a
+    tile comes from exactly one piece; outputs are covered once; halo = pieces from others."""
+    nd = data.draw(st.sampled_from((1, 2, 3)))
+    spatial = tuple(data.draw(st.integers(1, 14 if nd < 3 else 7)) for _ in range(nd))
+    kernel = tuple(data.draw(st.integers(1, 4)) for _ in range(nd))
+    mode = data.draw(st.sampled_from(("zeros", "reflect", "replicate", "circular")))
+    pad = tuple(data.draw(st.integers(0, 3)) for _ in range(nd))
+    stride = tuple(data.draw(st.integers(1, 3)) for _ in range(nd))
+    dil = tuple(data.draw(st.integers(1, 2)) for _ in range(nd))
+    workers = data.draw(st.integers(1, 6))
+    ownership = data.draw(st.sampled_from(("aligned", "even")))
+    weights = data.draw(st.one_of(st.none(), st.lists(st.floats(0.3, 3), min_size=workers, max_size=workers)))
+    part = data.draw(st.sampled_from(("grid", "batch", "channels", "cols")))
+    x_shape, w_shape = (2, 2, *spatial), (4, 2, *kernel)
+    try:
+        p = haloconv.plan(x_shape, w_shape, padding=pad, stride=stride, dilation=dil, padding_mode=mode,
+                          partition=part, workers=workers, worker_weights=weights, ownership=ownership)
+    except ValueError:
+        return  # torch would reject it too (kernel beyond the padded input, reflect pad >= size, ...)
+    out = np.zeros(p.spec.output_shape, dtype=np.int64)
+    for t in p.tiles:
+        out[t.out.slices()] += 1
+    assert (out == 1).all()
+    blocks = {}
+    for t in p.tiles:
+        # each block of output channels holds its own copy of the input it needs
+        blocks.setdefault((t.out.lo[1], t.out.hi[1]) if p.splits[1] > 1 else 0, []).append(t)
+    for ts in blocks.values():
+        own = np.zeros(x_shape, dtype=np.int64)
+        for t in ts:
+            own[t.owned.slices()] += 1
+        c0, c1 = ts[0].owned.lo[1], ts[0].owned.hi[1]
+        assert (own[:, c0:c1] == 1).all()
+    for t in p.tiles:
+        cover = np.zeros(t.window.shape, dtype=np.int64)
+        for pc in t.pieces:
+            cover[pc.dst.slices()] += 1
+        region = []
+        for d, (n0, n1, w0) in enumerate(zip(t.needed.lo, t.needed.hi, t.window.lo)):
+            if mode == "zeros" and d >= 2:  # zero padding is not data: only the in-range part
+                n0, n1 = max(n0, 0), min(n1, x_shape[d])
+                n1 = max(n0, n1)
+            region.append(slice(n0 - w0, n1 - w0))
+        region = tuple(region)
+        assert (cover[region] == 1).all()
+        assert cover.sum() == cover[region].sum()
+        assert t.halo_elements == sum(pc.src.volume for pc in t.pieces if pc.owner != t.rank)
