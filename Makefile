@@ -22,7 +22,7 @@ demo: $(VENV)/.installed
 	$(BIN)/haloconv run --sample hopper --kernel sobel-x --workers 4 --partition grid --verify -o out/hopper-sobel-x
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -1,7 +1,9 @@
 """Every example in the README runs."""
 
+import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,25 @@ def test_python_examples_run():
     assert blocks
     for code in blocks:
         exec(compile(code, str(README), "exec"), {})
+
+
+def test_torchrun_example_runs():
+    lines = [line.split("#")[0].strip() for block in _blocks("console") for line in block.splitlines()
+             if line.startswith("torchrun --nproc-per-node")]
+    assert lines
+    for line in lines:
+        args = shlex.split(line)[1:]
+        p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", *args],
+                             cwd=README.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+        try:
+            out, err = p.communicate(timeout=300)
+        finally:
+            if p.poll() is None:  # never leave the launcher's workers behind
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        assert p.returncode == 0, (line, err[-3000:])
+        assert "bitwise equal to single-process torch: True" in out
 
 
 def test_cli_examples_run(tmp_path):
