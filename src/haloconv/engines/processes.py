@@ -104,12 +104,11 @@ class LocalCluster:
     def close(self) -> None:
         """Stop the workers (politely, then by force); idempotent."""
         if self._comm is not None:
-            comm, self._comm = self._comm, None
+            self._comm = None
             try:
                 self._command({"op": "stop"})
             except Exception:
                 pass
-            del comm
             deadline = time.monotonic() + 5
             for p in self._procs:
                 try:
@@ -228,7 +227,6 @@ class LocalCluster:
             raise ValueError(f"the processes engine takes CPU tensors, got x on {x.device}")
         t_start = time.perf_counter()
         backend = kernels.select_backend(plan.spec, x, weight, bias)
-        x = x.contiguous()
 
         def master(comm: Comm) -> torch.Tensor:
             w, b = spmd.distribute_weights(comm, plan, weight, bias, x.dtype)
@@ -240,11 +238,7 @@ class LocalCluster:
             out = torch.empty(plan.spec.output_shape, dtype=x.dtype)
             posted = spmd.post_gather(comm, plan, out)  # outputs land in `out` as workers finish
             y0 = self._compute(comm, plan, window, w, b, backend)
-            with comm.phase("gather"):
-                tile = plan.tile_of(0)
-                if tile is not None:
-                    out[tile.out.slices()] = y0
-            spmd.finish_gather(comm, posted, out)
+            spmd.finish_gather(comm, plan, posted, out, y0)
             with comm.phase("scatter"):
                 for works, _ in in_flight:
                     comm.wait(works)
@@ -262,7 +256,7 @@ class LocalCluster:
             raise ValueError(f"x must be a CPU tensor of shape {plan.spec.input_shape}")
         sid = self._new_id()
         shard, reports = self._step({"op": "scatter", "plan": plan, "id": sid},
-                                    lambda comm: spmd.scatter(comm, plan, x.contiguous()))
+                                    lambda comm: spmd.scatter(comm, plan, x))
         self._shards[sid] = shard
         boxes = tuple(t.owned for t in plan.tiles)
         return Sharded(self, sid, plan.spec.input_shape, boxes, x.dtype, _execution(None, plan, "", 0.0, reports))

@@ -37,14 +37,39 @@ def _recv_dtype(comm: Comm, src: int) -> torch.dtype:
     return _DTYPES[int(code.item())]
 
 
-def send_box(comm: Comm, full: torch.Tensor, box: Box, dst: int, phase: str, keep: list) -> list:
-    """Post the sends of ``full[box]``, run by contiguous run (see plan.transfer_chunks)."""
+def send_box(comm: Comm, t: torch.Tensor, box: Box, dst: int, phase: str, keep: list,
+             held: Box | None = None, shape=None) -> list:
+    """Post the sends of ``box`` of a tensor of ``shape``, run by contiguous run (see
+    plan.transfer_chunks), from ``t``, which holds the box ``held`` (default: all of it)."""
+    shape = tuple(t.shape) if shape is None else shape
+    held = Box((0,) * len(shape), tuple(shape)) if held is None else held
     works = []
-    for chunk in transfer_chunks(box, full.shape, full.element_size()):
-        data = full[chunk.slices()].contiguous()  # a view when chunked: no copy
+    for chunk in transfer_chunks(box, shape, t.element_size()):
+        data = t[_rel(chunk, held)].contiguous()  # a view when the run is contiguous: no copy
         keep.append(data)
         works.append(comm.isend(data, dst, phase))
     return works
+
+
+def _send_to_workers(comm: Comm, plan: Plan, x: torch.Tensor, src: int, boxes) -> tuple[list, list]:
+    """From ``src``: the dtype, then ``boxes(tile)`` of ``x``, to every other worker."""
+    works, keep = [], []
+    for t in plan.tiles:
+        if t.rank != src:
+            works.append(_send_dtype(comm, x, t.rank, keep))
+            for box in boxes(t):
+                works += send_box(comm, x, box, t.rank, "scatter", keep)
+    return works, keep
+
+
+def _recv_in_place(comm: Comm, target: torch.Tensor, box: Box, shape, src: int, phase: str) -> list | None:
+    """Post the receives of ``box`` straight into the box-shaped view ``target`` when each
+    run lands contiguously there; None when it would not."""
+    chunks = transfer_chunks(box, shape, target.element_size())
+    views = [target[_rel(c, box)] for c in chunks]
+    if not all(v.is_contiguous() for v in views):
+        return None
+    return [comm.irecv(v, src, phase) for v in views]
 
 
 def recv_box(comm: Comm, buf: torch.Tensor, box: Box, shape, src: int, phase: str) -> list:
@@ -110,12 +135,7 @@ def scatter(comm: Comm, plan: Plan, x: torch.Tensor | None, src: int = 0) -> tor
             if x is None or tuple(x.shape) != plan.spec.input_shape:
                 raise ValueError(f"x on the source rank must have shape {plan.spec.input_shape}")
             x = x.contiguous()
-            works, keep = [], []
-            for t in plan.tiles:
-                if t.rank == src:
-                    continue
-                works.append(_send_dtype(comm, x, t.rank, keep))
-                works += send_box(comm, x, t.owned, t.rank, "scatter", keep)
+            works, keep = _send_to_workers(comm, plan, x, src, lambda t: [t.owned])
             mine = x[tile.owned.slices()] if tile is not None else None
             comm.wait(works)
             return mine
@@ -125,10 +145,10 @@ def scatter(comm: Comm, plan: Plan, x: torch.Tensor | None, src: int = 0) -> tor
         room = _room(tile, plan.spec.input_shape)
         buffer = torch.empty(room.shape, dtype=dtype, device=comm.device)
         part = buffer[_rel(tile.owned, room)]
-        chunks = transfer_chunks(tile.owned, plan.spec.input_shape, buffer.element_size())
-        if all(part[_rel(c, tile.owned)].is_contiguous() for c in chunks):
+        works = _recv_in_place(comm, part, tile.owned, plan.spec.input_shape, src, "scatter")
+        if works is not None:
             _mark_room(buffer)  # halos can later land around the shard
-            comm.wait([comm.irecv(part[_rel(c, tile.owned)], src, "scatter") for c in chunks])
+            comm.wait(works)
             return part
         part = torch.empty(tile.owned.shape, dtype=dtype, device=comm.device)
         comm.wait(recv_box(comm, part, tile.owned, plan.spec.input_shape, src, "scatter"))
@@ -244,14 +264,9 @@ def scatter_windows(comm: Comm, plan: Plan, x: torch.Tensor | None, src: int = 0
     with comm.phase("scatter"):
         if comm.rank == src:
             x = x.contiguous()
-            works, keep = [], []
-            for t in plan.tiles:
-                if t.rank == src:
-                    continue
-                works.append(_send_dtype(comm, x, t.rank, keep))
-                for st in plan.subtiles(t, src):
-                    for p in st.pieces:
-                        works += send_box(comm, x, p.src, t.rank, "scatter", keep)
+            works, keep = _send_to_workers(
+                comm, plan, x, src, lambda t: [p.src for st in plan.subtiles(t, src) for p in st.pieces]
+            )
             window = assemble_window(x, tile) if tile is not None else None  # a view when it can be
             if pending is None:
                 comm.wait(works)
@@ -276,11 +291,11 @@ def _post_window_receives(comm: Comm, plan: Plan, tile: Tile, src: int) -> list:
         window = (torch.empty if covered else torch.zeros)(st.window.shape, dtype=dtype, device=comm.device)
         works, bufs = [], []
         for p in st.pieces:
-            target = window[p.dst.slices()]
-            if all(x == 1 for x in p.steps) and all(
-                target[_rel(c, p.src)].is_contiguous() for c in transfer_chunks(p.src, shape, window.element_size())
-            ):
-                works += recv_box(comm, target, p.src, shape, src, "scatter")  # in place
+            direct = None
+            if all(x == 1 for x in p.steps):
+                direct = _recv_in_place(comm, window[p.dst.slices()], p.src, shape, src, "scatter")
+            if direct is not None:
+                works += direct
             else:
                 b = torch.empty(p.src.shape, dtype=dtype, device=comm.device)
                 bufs.append((p, b))
@@ -311,10 +326,7 @@ def windows_compute_gather(
             _fill(window, bufs)
         y = compute(comm, plan, window, weight, bias, backend, tile=st)
         with comm.phase("gather"):
-            y = y.contiguous()
-            keep.append(y)
-            for c in transfer_chunks(st.out, plan.spec.output_shape, y.element_size()):
-                sends.append(comm.isend(y[_rel(c, st.out)], src, "gather"))
+            sends += send_box(comm, y, st.out, src, "gather", keep, held=st.out, shape=plan.spec.output_shape)
     with comm.phase("gather"):
         comm.wait(sends)
 
@@ -359,8 +371,13 @@ def post_gather(comm: Comm, plan: Plan, out: torch.Tensor, dst: int = 0) -> list
     return posted
 
 
-def finish_gather(comm: Comm, posted: list, out: torch.Tensor) -> torch.Tensor:
+def finish_gather(comm: Comm, plan: Plan, posted: list, out: torch.Tensor, y_local: torch.Tensor | None,
+                  dst: int = 0) -> torch.Tensor:
+    """On ``dst``: write its own output box, then wait for the others posted by post_gather."""
     with comm.phase("gather"):
+        tile = plan.tile_of(dst)
+        if tile is not None:
+            out[tile.out.slices()] = y_local
         for t, buf, works in posted:
             comm.wait(works)
             if buf is not None:
@@ -376,13 +393,11 @@ def gather(
     with comm.phase("gather"):
         if comm.rank != dst:
             if tile is not None:
-                y_local = y_local.contiguous()
-                chunks = transfer_chunks(tile.out, plan.spec.output_shape, y_local.element_size())
-                comm.wait([comm.isend(y_local[_rel(c, tile.out)], dst, "gather") for c in chunks])
+                keep: list = []
+                comm.wait(send_box(comm, y_local, tile.out, dst, "gather", keep, held=tile.out,
+                                   shape=plan.spec.output_shape))
             return None
         if out is None:
             out = torch.empty(plan.spec.output_shape, dtype=y_local.dtype, device=y_local.device)
         posted = post_gather(comm, plan, out, dst)
-        if tile is not None:
-            out[tile.out.slices()] = y_local
-    return finish_gather(comm, posted, out)
+    return finish_gather(comm, plan, posted, out, y_local, dst)
