@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from haloconv import api, filters, io, kernels, report
-from haloconv.engines import Execution, LocalCluster, WorkerStats
+from haloconv.engines import LocalCluster
+from haloconv.engines.base import execution_from_reports
 
 
 def _int_list(text: str, name: str) -> int | tuple[int, ...]:
@@ -191,17 +192,11 @@ def run_spmd(args: argparse.Namespace) -> int:
         y = hd.gather(hd.conv(hd.scatter(xt, plan), wt, None, plan=plan), plan)
         wall = time.perf_counter() - t0
         stats = [None] * world
-        dist.gather_object((hd.traffic(), plan.tile_of(rank)), stats if rank == 0 else None, dst=0)
+        dist.gather_object(hd.traffic(), stats if rank == 0 else None, dst=0)
         status = 0
         if rank == 0:
-            workers = [
-                WorkerStats(r, t.out.shape if t else (), t.halo_elements if t else 0,
-                            {p: v["seconds"] for p, v in tr.items() if p != "control"}, traffic=tr)
-                for r, (tr, t) in enumerate(stats)
-                if r < plan.workers
-            ]
-            ex = Execution(y, plan, "torchrun", str(kernels.select_backend(plan.spec, xt, wt, None)).rsplit(".")[-1],
-                           wall, workers)
+            backend = kernels.backend_name(kernels.select_backend(plan.spec, xt, wt, None))
+            ex = execution_from_reports(y, plan, "torchrun", backend, wall, dict(enumerate(stats)))
             status = _finish(args, ex, xt, wt, name, is_image)
         flag = [status]
         dist.broadcast_object_list(flag, src=0)

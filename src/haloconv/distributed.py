@@ -67,12 +67,7 @@ def gather(y_local: torch.Tensor | None, plan: Plan, dst: int = 0, group: object
 def traffic(group: object | None = None, reset: bool = True) -> dict[str, dict[str, float]]:
     """This rank's bytes, messages and seconds per phase since the last reset."""
     pg = group if group is not None else dist.distributed_c10d._get_default_group()
-    stats = _STATS.get(id(pg))
+    stats = _STATS.pop(id(pg), None) if reset else _STATS.get(id(pg))
     if not stats:
         return {}
-    comm = Comm(pg, dist.get_rank(group), dist.get_world_size(group), stats=stats)
-    report = comm.report()
-    if reset:
-        comm.reset()
-        _STATS[id(pg)] = comm.stats
-    return report
+    return Comm(pg, dist.get_rank(group), dist.get_world_size(group), stats=stats).report()

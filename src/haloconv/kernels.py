@@ -115,6 +115,11 @@ def select_backend(spec: ConvSpec, x: torch.Tensor, weight: torch.Tensor, bias: 
     )
 
 
+def backend_name(backend: object) -> str:
+    """'Mkldnn', 'Slow2d', ...: the name of a torch._C._ConvBackend."""
+    return str(backend).rsplit(".", 1)[-1]
+
+
 # -- one tile -----------------------------------------------------------------------------
 def conv_tile(
     window: torch.Tensor,

@@ -59,6 +59,23 @@ class Execution:
         )
 
 
+def execution_from_reports(out, plan: Plan, engine: str, backend: str, wall: float,
+                           traffic: dict[int, dict]) -> Execution:
+    """An Execution from each rank's traffic report (Comm.report())."""
+    stats = []
+    for rank in range(plan.workers):
+        tile = plan.tile_of(rank)
+        tr = traffic[rank]
+        stats.append(WorkerStats(
+            rank,
+            tile.out.shape if tile is not None else (),
+            tile.halo_elements if tile is not None else 0,
+            {p: v["seconds"] for p, v in tr.items() if p != "control"},
+            traffic=tr,
+        ))
+    return Execution(output=out, plan=plan, engine=engine, backend=backend, wall_seconds=wall, workers=stats)
+
+
 def piece_data(src: torch.Tensor, piece: Piece) -> torch.Tensor:
     """Shape the owner's block ``src`` (= input[piece.src]) as it lands in the window."""
     flip = [d for d, s in enumerate(piece.steps) if s == -1]

@@ -15,7 +15,7 @@ import torch
 
 from haloconv.plan import PHASES, Traffic
 
-TAGS = {"control": 1, "weights": 2, "scatter": 3, "halo": 4, "gather": 5, "compute": 6}
+TAGS = {"control": 1, "weights": 2, "scatter": 3, "halo": 4, "gather": 5}
 
 
 @dataclass

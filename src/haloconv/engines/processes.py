@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from haloconv import kernels
 from haloconv.engines import spmd
-from haloconv.engines.base import Execution, WorkerStats
+from haloconv.engines.base import Execution, execution_from_reports
 from haloconv.engines.comm import Comm
 from haloconv.engines.worker import HOST, WorkerError
 from haloconv.plan import Plan
@@ -244,9 +244,9 @@ class LocalCluster:
                     comm.wait(works)
             return out
 
-        cmd = {"op": "conv", "plan": plan, "dtype": x.dtype, "backend": _name(backend)}
+        cmd = {"op": "conv", "plan": plan, "dtype": x.dtype, "backend": kernels.backend_name(backend)}
         out, reports = self._step(cmd, master)
-        return _execution(out, plan, _name(backend), time.perf_counter() - t_start, reports)
+        return _exec(out, plan, kernels.backend_name(backend), time.perf_counter() - t_start, reports)
 
     # -- resident shards ------------------------------------------------------------------------
     def scatter(self, x: torch.Tensor, plan: Plan) -> Sharded:
@@ -259,7 +259,7 @@ class LocalCluster:
                                     lambda comm: spmd.scatter(comm, plan, x))
         self._shards[sid] = shard
         boxes = tuple(t.owned for t in plan.tiles)
-        return Sharded(self, sid, plan.spec.input_shape, boxes, x.dtype, _execution(None, plan, "", 0.0, reports))
+        return Sharded(self, sid, plan.spec.input_shape, boxes, x.dtype, _exec(None, plan, "", 0.0, reports))
 
     def conv(self, x: Sharded, weight: torch.Tensor, bias: torch.Tensor | None = None, *, plan: Plan) -> Sharded:
         """One layer on resident shards: halo exchange and compute only; the output stays too.
@@ -282,13 +282,14 @@ class LocalCluster:
             window = spmd.halo_exchange(comm, plan, self._shards[x.id])
             return self._compute(comm, plan, window, w, b, backend)
 
-        cmd = {"op": "layer", "plan": plan, "dtype": x.dtype, "backend": _name(backend), "src": x.id, "dst": sid}
+        cmd = {"op": "layer", "plan": plan, "dtype": x.dtype, "backend": kernels.backend_name(backend),
+               "src": x.id, "dst": sid}
         t0 = time.perf_counter()
         shard, reports = self._step(cmd, master)
         self._shards[sid] = shard
         boxes = tuple(t.out for t in plan.tiles)
         return Sharded(self, sid, plan.spec.output_shape, boxes, x.dtype,
-                       _execution(None, plan, _name(backend), time.perf_counter() - t0, reports), plan)
+                       _exec(None, plan, kernels.backend_name(backend), time.perf_counter() - t0, reports), plan)
 
     def gather(self, x: Sharded) -> torch.Tensor:
         """The full tensor the shards make up, on the master."""
@@ -341,25 +342,8 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def _name(backend: object) -> str:
-    return str(backend).rsplit(".", 1)[-1]
-
-
-def _execution(out, plan: Plan, backend: str, wall: float, reports: dict[int, dict]) -> Execution:
-    stats = []
-    for rank in range(plan.workers):
-        tile = plan.tile_of(rank)
-        tr = reports[rank]["traffic"]
-        stats.append(
-            WorkerStats(
-                rank,
-                tile.out.shape if tile is not None else (),
-                tile.halo_elements if tile is not None else 0,
-                {p: v["seconds"] for p, v in tr.items() if p != "control"},
-                traffic=tr,
-            )
-        )
-    return Execution(output=out, plan=plan, engine="processes", backend=backend, wall_seconds=wall, workers=stats)
+def _exec(out, plan: Plan, backend: str, wall: float, reports: dict[int, dict]) -> Execution:
+    return execution_from_reports(out, plan, "processes", backend, wall, {r: v["traffic"] for r, v in reports.items()})
 
 
 def run(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,

@@ -61,7 +61,7 @@ def run(
         output=out,
         plan=plan,
         engine="threads",
-        backend=str(backend).rsplit(".", 1)[-1],
+        backend=kernels.backend_name(backend),
         wall_seconds=time.perf_counter() - t_start,
         workers=stats,
     )
