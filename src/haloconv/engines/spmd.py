@@ -185,25 +185,26 @@ def _backing(x_local: torch.Tensor, owned: Box) -> tuple[torch.Tensor, Box] | No
     return base, Box(lo, tuple(l + n for l, n in zip(lo, base.shape)))
 
 
-def _in_place_window(tile: Tile, x_local: torch.Tensor, input_shape) -> tuple[torch.Tensor, bool] | None:
-    """(window view, writable) when the window can be a view of the shard's buffer."""
-    back = _backing(x_local, tile.owned)
-    if back is None:
-        return None
-    base, box = back
-    if not box.contains(tile.window):
-        return None
+def _in_place_window(tile: Tile, x_local: torch.Tensor, input_shape, halo: bool = True
+                     ) -> tuple[torch.Tensor, bool] | None:
+    """(window view, writable) when the window can be a view of the shard itself or of the
+    buffer it sits in; with ``halo``, only where the halo can be written (or is there)."""
     for p in tile.pieces:  # own data must already sit where the window wants it
         if p.owner == tile.rank and (
             any(st != 1 for st in p.steps)
             or tuple(l - w for l, w in zip(p.src.lo, tile.window.lo)) != p.dst.lo
         ):
             return None
-    writable = _has_room(base)
-    full_input = box == Box((0,) * len(input_shape), tuple(input_shape))  # e.g. the master's x
-    if not (writable or full_input):
-        return None
-    return base[_rel(tile.window, box)], writable
+    full = Box((0,) * len(input_shape), tuple(input_shape))
+    holders = [(x_local, tile.owned, False)]
+    back = _backing(x_local, tile.owned)
+    if back is not None:
+        holders.append((back[0], back[1], _has_room(back[0])))
+    for t, box, writable in holders:
+        # a full input (e.g. the master's x) already holds every halo: nothing to write
+        if box.contains(tile.window) and (not halo or writable or box == full):
+            return t[_rel(tile.window, box)], writable
+    return None
 
 
 def halo_exchange(comm: Comm, plan: Plan, x_local: torch.Tensor | None) -> torch.Tensor | None:
@@ -233,14 +234,11 @@ def halo_exchange(comm: Comm, plan: Plan, x_local: torch.Tensor | None) -> torch
             buf = torch.empty(p.src.shape, dtype=x_local.dtype, device=x_local.device)
             incoming.append((p, buf))
             works.append(comm.irecv(buf, p.owner, "halo"))
-        if not incoming and tile.window == tile.owned and all(all(s == 1 for s in p.steps) for p in tile.pieces):
-            comm.wait(works)
-            return x_local  # no halo, no padding copies: the shard is the window
-        in_place = _in_place_window(tile, x_local, plan.spec.input_shape)
+        in_place = _in_place_window(tile, x_local, plan.spec.input_shape, halo=bool(incoming))
         if in_place is not None:
             window, writable = in_place
             comm.wait(works)
-            if writable:  # (a full input already holds its halo: nothing to write)
+            if writable:
                 for p, buf in incoming:
                     window[p.dst.slices()] = piece_data(buf, p)
             return window
