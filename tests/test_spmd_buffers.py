@@ -16,7 +16,7 @@ def test_shard_in_a_roomy_buffer_is_its_own_window():
     room = spmd._room(tile, p.spec.input_shape)
     buffer = torch.zeros(room.shape)
     spmd._mark_room(buffer)
-    x_local = buffer[spmd._rel(tile.owned, room)]
+    x_local = buffer[tile.owned.within(room)]
     window, writable = spmd._in_place_window(tile, x_local, p.spec.input_shape)
     assert writable and window.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
     assert tuple(window.shape) == tile.window.shape
@@ -30,5 +30,5 @@ def test_the_full_input_gives_a_read_only_view_and_plain_shards_a_copy():
     plain = torch.randn(p.tiles[1].owned.shape)
     assert spmd._in_place_window(p.tiles[1], plain, p.spec.input_shape) is None
     unmarked = torch.zeros(spmd._room(p.tiles[1], p.spec.input_shape).shape)  # not haloconv's: never written
-    view = unmarked[spmd._rel(p.tiles[1].owned, spmd._room(p.tiles[1], p.spec.input_shape))]
+    view = unmarked[p.tiles[1].owned.within(spmd._room(p.tiles[1], p.spec.input_shape))]
     assert spmd._in_place_window(p.tiles[1], view, p.spec.input_shape) is None

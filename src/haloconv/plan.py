@@ -43,6 +43,10 @@ class Box:
     def slices(self) -> tuple[slice, ...]:
         return tuple(slice(l, h) for l, h in zip(self.lo, self.hi))
 
+    def within(self, origin: Box) -> tuple[slice, ...]:
+        """Slices of this box inside a tensor that holds ``origin``."""
+        return tuple(slice(l - o, h - o) for l, h, o in zip(self.lo, self.hi, origin.lo))
+
     def contains(self, other: Box) -> bool:
         return all(a <= c and d <= b for a, b, c, d in zip(self.lo, self.hi, other.lo, other.hi))
 
@@ -380,8 +384,8 @@ def _factorizations(n: int, k: int) -> list[tuple[int, ...]]:
 def _best_grid(spec: ConvSpec, workers: int, ownership: str = "aligned") -> tuple[int, ...]:
     """Spatial factorisation with the least halo volume (then the most even tiles)."""
     out_sp = spec.out_spatial
+    limit = [min(o, n) if ownership == "even" else o for o, n in zip(out_sp, spec.spatial)]
     for w in range(workers, 0, -1):
-        limit = [min(o, n) if ownership == "even" else o for o, n in zip(out_sp, spec.spatial)]
         cands = [f for f in _factorizations(w, spec.ndim) if all(c <= e for c, e in zip(f, limit))]
         if not cands:
             continue

@@ -19,11 +19,6 @@ from haloconv.plan import Box, Plan, Tile, transfer_chunks
 _DTYPES = [torch.float32, torch.float64]
 
 
-def _rel(box: Box, origin: Box) -> tuple[slice, ...]:
-    """Slices of ``box`` inside a tensor that holds ``origin``."""
-    return tuple(slice(l - o, h - o) for l, h, o in zip(box.lo, box.hi, origin.lo))
-
-
 def _send_dtype(comm: Comm, x: torch.Tensor, dst: int, keep: list):
     """Receivers allocate their buffers before data arrives: tell them the dtype."""
     code = torch.tensor([_DTYPES.index(x.dtype)], dtype=torch.int64, device=x.device)
@@ -45,7 +40,7 @@ def send_box(comm: Comm, t: torch.Tensor, box: Box, dst: int, phase: str, keep: 
     held = Box((0,) * len(shape), tuple(shape)) if held is None else held
     works = []
     for chunk in transfer_chunks(box, shape, t.element_size()):
-        data = t[_rel(chunk, held)].contiguous()  # a view when the run is contiguous: no copy
+        data = t[chunk.within(held)].contiguous()  # a view when the run is contiguous: no copy
         keep.append(data)
         works.append(comm.isend(data, dst, phase))
     return works
@@ -66,7 +61,7 @@ def _recv_in_place(comm: Comm, target: torch.Tensor, box: Box, shape, src: int, 
     """Post the receives of ``box`` straight into the box-shaped view ``target`` when each
     run lands contiguously there; None when it would not."""
     chunks = transfer_chunks(box, shape, target.element_size())
-    views = [target[_rel(c, box)] for c in chunks]
+    views = [target[c.within(box)] for c in chunks]
     if not all(v.is_contiguous() for v in views):
         return None
     return [comm.irecv(v, src, phase) for v in views]
@@ -74,7 +69,7 @@ def _recv_in_place(comm: Comm, target: torch.Tensor, box: Box, shape, src: int, 
 
 def recv_box(comm: Comm, buf: torch.Tensor, box: Box, shape, src: int, phase: str) -> list:
     """Post the receives of a box of a tensor of ``shape`` into the box-shaped ``buf``."""
-    return [comm.irecv(buf[_rel(chunk, box)], src, phase)
+    return [comm.irecv(buf[chunk.within(box)], src, phase)
             for chunk in transfer_chunks(box, shape, buf.element_size())]
 
 
@@ -144,7 +139,7 @@ def scatter(comm: Comm, plan: Plan, x: torch.Tensor | None, src: int = 0) -> tor
         dtype = _recv_dtype(comm, src)
         room = _room(tile, plan.spec.input_shape)
         buffer = torch.empty(room.shape, dtype=dtype, device=comm.device)
-        part = buffer[_rel(tile.owned, room)]
+        part = buffer[tile.owned.within(room)]
         works = _recv_in_place(comm, part, tile.owned, plan.spec.input_shape, src, "scatter")
         if works is not None:
             _mark_room(buffer)  # halos can later land around the shard
@@ -203,7 +198,7 @@ def _in_place_window(tile: Tile, x_local: torch.Tensor, input_shape, halo: bool 
     for t, box, writable in holders:
         # a full input (e.g. the master's x) already holds every halo: nothing to write
         if box.contains(tile.window) and (not halo or writable or box == full):
-            return t[_rel(tile.window, box)], writable
+            return t[tile.window.within(box)], writable
     return None
 
 
@@ -223,7 +218,7 @@ def halo_exchange(comm: Comm, plan: Plan, x_local: torch.Tensor | None) -> torch
                     continue
                 for p in t.pieces:
                     if p.owner == comm.rank:
-                        data = x_local[_rel(p.src, tile.owned)].contiguous()
+                        data = x_local[p.src.within(tile.owned)].contiguous()
                         keep.append(data)
                         works.append(comm.isend(data, t.rank, "halo"))
         if tile is None:
@@ -245,7 +240,7 @@ def halo_exchange(comm: Comm, plan: Plan, x_local: torch.Tensor | None) -> torch
         window = x_local.new_zeros(tile.window.shape)
         for p in tile.pieces:
             if p.owner == comm.rank:
-                window[p.dst.slices()] = piece_data(x_local[_rel(p.src, tile.owned)], p)
+                window[p.dst.slices()] = piece_data(x_local[p.src.within(tile.owned)], p)
         comm.wait(works)
         for p, buf in incoming:
             window[p.dst.slices()] = piece_data(buf, p)
