@@ -24,7 +24,9 @@ from haloconv.plan import Plan
 _STATS: dict[int, dict] = {}
 
 
-def _comm(plan: Plan, group: object | None) -> Comm:
+def comm_for(group: object | None = None) -> Comm:
+    """This rank's Comm on ``group`` (default: the default group), its accounting kept
+    per process group."""
     if not dist.is_initialized():
         raise RuntimeError("haloconv.distributed needs torch.distributed.init_process_group() first")
     pg = group if group is not None else dist.distributed_c10d._get_default_group()
@@ -34,6 +36,11 @@ def _comm(plan: Plan, group: object | None) -> Comm:
         device = torch.device("cuda", torch.cuda.current_device())
     comm = Comm(pg, rank, world, device, stats=_STATS.get(id(pg)) or {})
     _STATS[id(pg)] = comm.stats
+    return comm
+
+
+def _comm(plan: Plan, group: object | None) -> Comm:
+    comm = comm_for(group)
     if plan.workers > comm.world:
         raise ValueError(f"plan has {plan.workers} workers but the process group has {comm.world} ranks")
     return comm

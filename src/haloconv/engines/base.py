@@ -86,6 +86,16 @@ def piece_data(src: torch.Tensor, piece: Piece) -> torch.Tensor:
     return src
 
 
+def piece_grad(g: torch.Tensor, piece: Piece) -> torch.Tensor:
+    """Adjoint of piece_data: the gradient of the owner's block from that of its place in
+    the window (broadcast dims summed back, reversed dims flipped back)."""
+    bcast = [d for d, s in enumerate(piece.steps) if s == 0]
+    if bcast:
+        g = g.sum(dim=bcast, keepdim=True)
+    flip = [d for d, s in enumerate(piece.steps) if s == -1]
+    return torch.flip(g, flip) if flip else g
+
+
 def assemble_window(x: torch.Tensor, tile: Tile) -> torch.Tensor:
     """The tile's window, read from the whole input ``x`` held in this process.
 

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 
 from haloconv.plan import PHASES, Traffic
 
@@ -58,6 +59,20 @@ class Comm:
         assert t.is_contiguous()
         self.stats[phase].add_recv(t.numel() * t.element_size())
         return self.pg.recv([t], src, TAGS[phase])
+
+    def allreduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """Reduce ``t`` over all ranks in place (accounted as phase 'reduce': one message of
+        its bytes each way per rank)."""
+        s = self.stats.setdefault("reduce", PhaseStats())
+        nbytes = t.numel() * t.element_size()
+        s.add_send(nbytes)
+        s.add_recv(nbytes)
+        t0 = time.perf_counter()
+        opts = dist.AllreduceOptions()
+        opts.reduceOp = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
+        self.pg.allreduce([t], opts).wait()
+        s.seconds += time.perf_counter() - t0
+        return t
 
     @staticmethod
     def wait(works) -> None:

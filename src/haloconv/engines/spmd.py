@@ -12,7 +12,7 @@ import weakref
 import torch
 
 from haloconv import kernels
-from haloconv.engines.base import assemble_window, piece_data
+from haloconv.engines.base import assemble_window, piece_data, piece_grad
 from haloconv.engines.comm import Comm
 from haloconv.plan import Box, Plan, Tile, transfer_chunks
 
@@ -202,11 +202,12 @@ def _in_place_window(tile: Tile, x_local: torch.Tensor, input_shape, halo: bool 
     return None
 
 
-def halo_exchange(comm: Comm, plan: Plan, x_local: torch.Tensor | None) -> torch.Tensor | None:
+def halo_exchange(comm: Comm, plan: Plan, x_local: torch.Tensor | None, copy: bool = False) -> torch.Tensor | None:
     """This rank's conv window: its own input plus the halo pieces from their owners.
 
     When the shard sits in a buffer with room around it (as haloconv allocates them), the
-    halos are written into that room and the window is a view: no copy of the shard."""
+    halos are written into that room and the window is a view: no copy of the shard.
+    ``copy=True`` always makes a new window (autograd saves it: nothing may write into it)."""
     tile = plan.tile_of(comm.rank)
     _check_shard(x_local, tile, "x_local")
     with comm.phase("halo"):
@@ -229,7 +230,7 @@ def halo_exchange(comm: Comm, plan: Plan, x_local: torch.Tensor | None) -> torch
             buf = torch.empty(p.src.shape, dtype=x_local.dtype, device=x_local.device)
             incoming.append((p, buf))
             works.append(comm.irecv(buf, p.owner, "halo"))
-        in_place = _in_place_window(tile, x_local, plan.spec.input_shape, halo=bool(incoming))
+        in_place = None if copy else _in_place_window(tile, x_local, plan.spec.input_shape, halo=bool(incoming))
         if in_place is not None:
             window, writable = in_place
             comm.wait(works)
@@ -245,6 +246,37 @@ def halo_exchange(comm: Comm, plan: Plan, x_local: torch.Tensor | None) -> torch
         for p, buf in incoming:
             window[p.dst.slices()] = piece_data(buf, p)
         return window
+
+
+def halo_reduce(comm: Comm, plan: Plan, g_window: torch.Tensor | None) -> torch.Tensor | None:
+    """Backward of halo_exchange: the gradient of every piece of this rank's window goes
+    back to the piece's owner, who adds it into the gradient of its shard."""
+    tile = plan.tile_of(comm.rank)
+    with comm.phase("halo"):
+        works, keep = [], []
+        if tile is None:
+            return None
+        for p in tile.halo_pieces:  # in the order the owner posts its receives
+            data = piece_grad(g_window[p.dst.slices()], p).contiguous()
+            keep.append(data)
+            works.append(comm.isend(data, p.owner, "halo"))
+        incoming = []
+        for t in plan.tiles:
+            if t.rank == comm.rank:
+                continue
+            for p in t.pieces:
+                if p.owner == comm.rank:
+                    buf = torch.empty(p.src.shape, dtype=g_window.dtype, device=g_window.device)
+                    incoming.append((p, buf))
+                    works.append(comm.irecv(buf, t.rank, "halo"))
+        g = g_window.new_zeros(tile.owned.shape)
+        for p in tile.pieces:
+            if p.owner == comm.rank:
+                g[p.src.within(tile.owned)] += piece_grad(g_window[p.dst.slices()], p)
+        comm.wait(works)
+        for p, buf in incoming:
+            g[p.src.within(tile.owned)] += buf
+        return g
 
 
 def scatter_windows(comm: Comm, plan: Plan, x: torch.Tensor | None, src: int = 0,

@@ -1,0 +1,228 @@
+"""The autograd pieces of sharded layers.
+
+Convention (as in tensor-parallel training): a tensor is either *sharded* (each rank
+holds its box) or *replicated* (every rank holds the same values, e.g. after a global
+reduction, and computes the same loss from it).  The gradient a rank receives for a
+sharded tensor is the gradient of the one loss with respect to its shard, so the
+contributions of the shards to a shared parameter add up to the single-node gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd import Function
+from torch.autograd.function import once_differentiable
+
+from haloconv import geometry, kernels
+from haloconv.engines import spmd
+from haloconv.engines.comm import Comm
+from haloconv.plan import Box, Plan
+
+
+class _HaloWindow(Function):
+    """Shard -> this rank's window (shard + halos from the neighbours).  Backward: each
+    halo's gradient goes back to its owner and is added into the owner's shard gradient."""
+
+    @staticmethod
+    def forward(ctx, x, comm: Comm, plan: Plan):
+        ctx.comm, ctx.plan = comm, plan
+        return spmd.halo_exchange(comm, plan, x, copy=True)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        return spmd.halo_reduce(ctx.comm, ctx.plan, g), None, None
+
+
+def halo_window(x: torch.Tensor, comm: Comm, plan: Plan) -> torch.Tensor:
+    return _HaloWindow.apply(x, comm, plan)
+
+
+class _TileConv(Function):
+    """This rank's conv tile, bit for bit like the single-node forward; backward by
+    torch's convolution_backward on the same window and padding.  With ``reduce``, weight
+    and bias gradients are summed over the ranks (every rank holds the full gradient)."""
+
+    @staticmethod
+    def forward(ctx, window, weight, bias, comm: Comm, plan: Plan, reduce: bool):
+        tile = plan.tile_of(comm.rank)
+        backend = kernels.select_backend(plan.spec, window, weight, bias)
+        y = kernels.conv_tile(window, weight, bias, plan.spec, tile.groups, backend, tile.first, tile.out.shape[2:])
+        ctx.save_for_backward(window, weight)
+        ctx.comm, ctx.plan, ctx.reduce, ctx.has_bias = comm, plan, reduce, bias is not None
+        return y.clone() if y._base is not None else y  # never hand out a view of the computed window
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        window, weight = ctx.saved_tensors
+        spec, tile = ctx.plan.spec, ctx.plan.tile_of(ctx.comm.rank)
+        pad = list(spec.backend_pad)
+        full = [
+            geometry.output_length(n, k, s, d, p, p)
+            for n, k, s, d, p in zip(window.shape[2:], spec.kernel, spec.stride, spec.dilation, pad)
+        ]
+        if list(g.shape[2:]) != full:  # the kept outputs sit inside the computed ones
+            g_full = g.new_zeros((*g.shape[:2], *full))
+            g_full[(slice(None), slice(None), *(slice(f, f + n) for f, n in zip(tile.first, g.shape[2:])))] = g
+            g = g_full
+        need = ctx.needs_input_grad
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            g.contiguous(), window, weight, [weight.shape[0]] if ctx.has_bias else None,
+            list(spec.stride), pad, list(spec.dilation), False, [0] * spec.ndim, tile.groups,
+            [need[0], need[1], ctx.has_bias and need[2]],
+        )
+        if ctx.reduce and (gw is not None or gb is not None):
+            flat = torch.cat([t.reshape(-1) for t in (gw, gb) if t is not None])
+            ctx.comm.allreduce(flat)  # one message for weight and bias
+            if gw is not None:
+                gw = flat[: gw.numel()].view_as(gw)
+            if gb is not None:
+                gb = flat[-gb.numel():]
+        return gx, gw, gb, None, None, None
+
+
+def tile_conv(window, weight, bias, comm: Comm, plan: Plan, reduce: bool) -> torch.Tensor:
+    return _TileConv.apply(window, weight, bias, comm, plan, reduce)
+
+
+class _SumShards(Function):
+    """Sharded partial sums -> their replicated total.  Backward: every rank already holds
+    the gradient of the replicated result, which is its partial's gradient."""
+
+    @staticmethod
+    def forward(ctx, x, comm: Comm):
+        return comm.allreduce(x.clone())
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
+def sum_shards(x: torch.Tensor, comm: Comm) -> torch.Tensor:
+    return _SumShards.apply(x, comm)
+
+
+class _ReplicateGrad(Function):
+    """Identity on a replicated tensor used by every rank for a different part of the
+    work (filter partition): its gradient is the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx, x, comm: Comm):
+        ctx.comm = comm
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.comm.allreduce(g.clone()), None
+
+
+def replicate_grad(x: torch.Tensor, comm: Comm) -> torch.Tensor:
+    return _ReplicateGrad.apply(x, comm)
+
+
+class _Shard(Function):
+    """Replicated whole tensor -> this rank's box of it."""
+
+    @staticmethod
+    def forward(ctx, x, comm: Comm, box: Box):
+        ctx.comm, ctx.box, ctx.shape = comm, box, x.shape
+        return x[box.slices()].clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        full = g.new_zeros(ctx.shape)
+        full[ctx.box.slices()] = g
+        return ctx.comm.allreduce(full), None, None
+
+
+class _Unshard(Function):
+    """Shards -> the replicated whole tensor (boxes disjoint: the sum is a concatenation)."""
+
+    @staticmethod
+    def forward(ctx, x, comm: Comm, box: Box, shape):
+        ctx.box = box
+        full = x.new_zeros(shape)
+        full[box.slices()] = x
+        return comm.allreduce(full)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g[ctx.box.slices()], None, None, None
+
+
+class _SyncBatchNorm(Function):
+    """Batch normalisation with the statistics of the whole activation (all shards):
+    forward two all-reduces (sums, then centred squares), backward one."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps: float, comm: Comm):
+        dims = [0, *range(2, x.dim())]
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        s = torch.cat([x.sum(dims), x.new_tensor([x.numel() // x.shape[1]])])
+        comm.allreduce(s)
+        n = s[-1]
+        mean = s[:-1] / n
+        xc = x - mean.view(view)
+        var = comm.allreduce((xc * xc).sum(dims)) / n
+        invstd = torch.rsqrt(var + eps)
+        xhat = xc * invstd.view(view)
+        y = xhat if weight is None else xhat * weight.view(view) + bias.view(view)
+        ctx.save_for_backward(xhat, invstd, weight)
+        ctx.comm, ctx.n = comm, n
+        ctx.mark_non_differentiable(mean, var, n)
+        return y, mean, var, n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy, _gm, _gv, _gn):
+        xhat, invstd, weight = ctx.saved_tensors
+        dims = [0, *range(2, gy.dim())]
+        view = (1, -1) + (1,) * (gy.dim() - 2)
+        sums = ctx.comm.allreduce(torch.cat([gy.sum(dims), (gy * xhat).sum(dims)]))
+        sum_dy, sum_dy_xhat = sums.chunk(2)
+        scale = invstd if weight is None else invstd * weight
+        gx = (gy - (sum_dy / ctx.n).view(view) - xhat * (sum_dy_xhat / ctx.n).view(view)) * scale.view(view)
+        # the sums are over every shard already: each rank holds the full parameter gradient
+        gw = sum_dy_xhat if weight is not None else None
+        gb = sum_dy if weight is not None else None
+        return gx, gw, gb, None, None
+
+
+def sync_batch_norm(x, weight, bias, eps: float, comm: Comm):
+    """(y, batch mean, biased batch variance, count) over every shard."""
+    return _SyncBatchNorm.apply(x, weight, bias, eps, comm)
+
+
+def pool_tile(window: torch.Tensor, plan: Plan, rank: int, kind: str, kernel, stride, dilation,
+              count_include_pad: bool = True, divisor_override: int | None = None) -> torch.Tensor:
+    """Max or average pooling of this rank's tile from its window: the part of the needed
+    input that lies in the tensor, padded where it reaches beyond the tensor's border
+    (-inf for max, zeros for average), pooled without further padding."""
+    tile = plan.tile_of(rank)
+    spatial = plan.spec.spatial
+    need, win = tile.needed, tile.window
+    lo = [max(a, 0) for a in need.lo[2:]]
+    hi = [min(b, n) for b, n in zip(need.hi[2:], spatial)]
+    x = window[(slice(None), slice(None), *(slice(a - w, b - w) for a, b, w in zip(lo, hi, win.lo[2:])))]
+    pad: list[int] = []
+    for a, b, na, nb in zip(reversed(lo), reversed(hi), reversed(need.lo[2:]), reversed(need.hi[2:])):
+        pad += [a - na, nb - b]
+    squeeze = x.dim() == 3  # 1-D pools run as 2-D with a unit height (avg_pool1d lacks divisor_override)
+    if squeeze:
+        x, kernel, stride, dilation = x.unsqueeze(2), (1, *kernel), (1, *stride), (1, *dilation)
+        pad += [0, 0]
+    nd = x.dim() - 2
+    if kind == "max":
+        x = F.pad(x, pad, value=float("-inf")) if any(pad) else x
+        y = (F.max_pool2d if nd == 2 else F.max_pool3d)(x, kernel, stride, 0, dilation)
+    else:
+        avg = F.avg_pool2d if nd == 2 else F.avg_pool3d
+        xp = F.pad(x, pad) if any(pad) else x
+        if divisor_override is not None or count_include_pad or not any(pad):
+            y = avg(xp, kernel, stride, 0, divisor_override=divisor_override)
+        else:  # divide by the elements inside the tensor only, as torch does
+            ones = F.pad(torch.ones_like(x[:1, :1]), pad)
+            y = avg(xp, kernel, stride, 0, divisor_override=1) / avg(ones, kernel, stride, 0, divisor_override=1)
+    return y.squeeze(2) if squeeze else y

@@ -1,0 +1,137 @@
+"""Where each rank's shard of an activation lies, layer after layer.
+
+A partition (a name or split counts) resolves to counts over (N, C, *spatial) that do
+not depend on the layer's shapes, so every layer of a model splits alike and, with
+``ownership='even'`` plans, layer k's output shard is layer k+1's input shard.  The
+global shape of an activation is recovered from the shards' shapes (one small
+all-reduce), so a rank only ever holds its shard.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from haloconv.engines.comm import Comm
+from haloconv.plan import Box, Plan, _extents, _factorizations, _named_axis, _tile_ranges, build
+from haloconv.spec import ConvSpec
+
+NAMES = ("grid", "rows", "horizontal", "cols", "vertical", "depth", "batch", "channels")
+_ALIASES = {"horizontal": "rows", "vertical": "cols"}
+
+
+def grid_counts(ranks: int, ndim: int) -> tuple[int, ...]:
+    """The most even factorisation of ``ranks`` over the spatial axes (outer axes get the
+    larger factors: row bands copy less than column bands)."""
+    return min(_factorizations(ranks, ndim), key=lambda f: (max(f), tuple(-c for c in f)))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A partition of activations over the ``ranks`` ranks of a process group."""
+
+    partition: str | tuple[int, ...]
+    ranks: int
+    worker_weights: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        p = self.partition
+        if isinstance(p, str):
+            if p not in NAMES:
+                raise ValueError(f"partition must be one of {NAMES} or a tuple of split counts, got {p!r}")
+        elif not (isinstance(p, tuple) and all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in p)):
+            raise ValueError(f"partition as a tuple needs positive ints over (N, C, *spatial), got {p!r}")
+        if self.worker_weights is not None:
+            w = self.worker_weights
+            if len(w) != self.ranks or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in w):
+                raise ValueError(f"worker_weights must be {self.ranks} finite positive numbers, got {w!r}")
+
+    @property
+    def name(self) -> str:
+        return "tuple" if isinstance(self.partition, tuple) else _ALIASES.get(self.partition, self.partition)
+
+    @property
+    def replicated_input(self) -> bool:
+        """Filter partition: every rank holds the whole input and computes its filters."""
+        return self.name == "channels" or (isinstance(self.partition, tuple) and self.partition[1] > 1)
+
+    def counts(self, ndim: int) -> tuple[int, ...]:
+        """Split counts over (N, C, *spatial) for ``ndim`` spatial dims."""
+        counts = [1] * (2 + ndim)
+        name = self.name
+        if name == "tuple":
+            counts = list(self.partition)
+            if len(counts) != 2 + ndim:
+                raise ValueError(f"partition={self.partition!r} needs {2 + ndim} counts (N, C, *spatial)")
+            if counts[1] > 1 and math.prod(counts) != counts[1]:
+                raise ValueError(f"partition={self.partition!r}: filters split with other axes is not supported")
+        elif name == "batch":
+            counts[0] = self.ranks
+        elif name == "channels":
+            counts[1] = self.ranks
+        elif name == "grid":
+            counts[2:] = grid_counts(self.ranks, ndim)
+        else:
+            counts[_named_axis(name, ndim)] = self.ranks
+        if math.prod(counts) != self.ranks:
+            raise ValueError(f"partition={self.partition!r} makes {math.prod(counts)} shards for {self.ranks} ranks")
+        return tuple(counts)
+
+    # -- shapes ------------------------------------------------------------------------
+    def gather_shapes(self, comm: Comm, local_shape: Sequence[int]) -> list[tuple[int, ...]]:
+        """Every rank's shard shape (a rank-by-dims all-reduce of small ints)."""
+        table = torch.zeros(comm.world, len(local_shape), dtype=torch.int64, device=comm.device)
+        table[comm.rank] = torch.tensor(list(local_shape), dtype=torch.int64)
+        comm.allreduce(table)
+        return [tuple(int(v) for v in row) for row in table.tolist()]
+
+    def global_shape(self, shapes: Sequence[Sequence[int]]) -> tuple[int, ...]:
+        """The whole activation's shape from its shards' shapes (row-major rank order)."""
+        if self.replicated_input:
+            return tuple(shapes[0])
+        counts = self.counts(len(shapes[0]) - 2)
+        coords = list(itertools.product(*(range(c) for c in counts)))
+        shape = list(shapes[0])
+        for d, c in enumerate(counts):
+            if c > 1:
+                line = [r for r, co in enumerate(coords) if all(v == 0 for e, v in enumerate(co) if e != d)]
+                shape[d] = sum(shapes[r][d] for r in line)
+        return tuple(shape)
+
+    def boxes(self, shape: Sequence[int]) -> list[Box]:
+        """Each rank's shard of an activation of ``shape`` (the input of a layer, split
+        like the output of the one before)."""
+        if self.replicated_input:
+            return [Box((0,) * len(shape), tuple(shape))] * self.ranks
+        counts = self.counts(len(shape) - 2)
+        for c, n, d in zip(counts, shape, range(len(shape))):
+            if c > n:
+                raise ValueError(f"cannot split dim {d} of an activation of shape {tuple(shape)} into {c} parts")
+        ranges = _tile_ranges([shape], counts, self.worker_weights)
+        return [Box(tuple(a for a, _ in r), tuple(b for _, b in r)) for (r,) in ranges]
+
+    def plan(self, spec: ConvSpec) -> Plan:
+        return _plan(spec, self.counts(spec.ndim), self.ranks, self.worker_weights)
+
+    def check(self, shapes: Sequence[Sequence[int]], plan: Plan, layer: str) -> None:
+        """Every rank's shard must be where the plan expects it (the same error on every rank)."""
+        for r, s in enumerate(shapes):
+            want = plan.spec.input_shape if self.replicated_input else plan.tiles[r].owned.shape
+            if tuple(s) != tuple(want):
+                raise ValueError(
+                    f"{layer}: rank {r} holds a shard of shape {tuple(s)} but partition={self.partition!r} puts "
+                    f"{tuple(want)} there (whole input {plan.spec.input_shape}); use haloconv.nn.shard or local_box"
+                )
+
+
+@functools.lru_cache(maxsize=512)
+def _plan(spec: ConvSpec, counts: tuple[int, ...], ranks: int, weights: tuple[float, ...] | None) -> Plan:
+    for c, e, d in zip(counts, _extents(spec), range(len(counts))):
+        if c > e:
+            raise ValueError(f"cannot split dim {d} of the output {spec.output_shape} into {c} parts")
+    return build(spec, counts, "tuple", ranks, weights, ownership="even")

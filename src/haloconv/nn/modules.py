@@ -1,0 +1,281 @@
+"""Sharded layers: torch's own layer classes with a forward on this rank's shard.
+
+Each subclasses the torch layer it replaces (same arguments, parameters, state_dict keys)
+and adds ``partition``, ``group`` and ``worker_weights``.  One N-D implementation per
+kind; the 1/2/3-D classes only name the torch class they extend.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from haloconv import distributed
+from haloconv.nn import functional as hf
+from haloconv.nn.layout import Layout
+from haloconv.nn.sharding import layout_for
+from haloconv.spec import ConvSpec
+
+
+def _torch_base(cls: type) -> type:
+    """The torch layer class a sharded layer extends."""
+    return next(c for c in cls.__mro__ if c.__module__.startswith("torch.nn"))
+
+
+class _Sharded:
+    """What every sharded layer shares: its layout, and the plan for the shard it is given."""
+
+    layout: Layout
+    group: object | None
+
+    def _set_layout(self, partition, group, worker_weights) -> None:
+        self.layout, self.group = layout_for(partition, group, worker_weights)[0], group
+
+    def _plan(self, x: torch.Tensor, spec_of):
+        """(comm, plan) for shard ``x``: the whole shape from every rank's shard shape."""
+        if x.dim() != self._ndim + 2:
+            raise ValueError(f"{type(self).__name__} expects a {self._ndim + 2}-D shard, got shape {tuple(x.shape)}")
+        comm = distributed.comm_for(self.group)
+        shapes = self.layout.gather_shapes(comm, x.shape)
+        plan = self.layout.plan(spec_of(self.layout.global_shape(shapes)))
+        self.layout.check(shapes, plan, type(self).__name__)
+        return comm, plan
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", partition={self.layout.partition!r}"
+
+
+# -- convolution --------------------------------------------------------------------------
+class _DistributedConvNd(_Sharded):
+    _ndim: int
+
+    def __init__(self, *args, partition="grid", group=None, worker_weights=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._set_layout(partition, group, worker_weights)
+        self._keep_filters()
+
+    def _keep_filters(self) -> None:
+        """Filter partition: keep only this rank's filters (and bias)."""
+        if not self.layout.replicated_input:
+            return
+        comm = distributed.comm_for(self.group)
+        units = self.groups if self.groups > 1 else self.out_channels
+        if units < comm.world:
+            raise ValueError(f"partition='channels' needs >= {comm.world} filter groups, the layer has {units}")
+        from haloconv.geometry import split_extent
+
+        u0, u1 = split_extent(units, comm.world, self.layout.worker_weights)[comm.rank]
+        per = self.out_channels // units
+        self.filters = (u0 * per, u1 * per)
+        self.weight = nn.Parameter(self.weight.detach()[u0 * per:u1 * per].clone())
+        if self.bias is not None:
+            self.bias = nn.Parameter(self.bias.detach()[u0 * per:u1 * per].clone())
+
+    @classmethod
+    def from_module(cls, conv: nn.Module, partition="grid", group=None, worker_weights=None):
+        """Wrap an existing torch conv layer; it shares the layer's parameters (or, with
+        the filter partition, copies its own filters)."""
+        base = _torch_base(cls)
+        if type(conv) is not base:
+            raise TypeError(f"{cls.__name__}.from_module needs a {base.__name__}, got {type(conv).__name__}")
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                  dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                  padding_mode=conv.padding_mode, device="meta", dtype=conv.weight.dtype,
+                  partition=partition, group=group, worker_weights=worker_weights)
+        new.weight, new.bias = conv.weight, conv.bias
+        new._keep_filters()
+        new.train(conv.training)
+        return new
+
+    def _spec(self, shape: Sequence[int]) -> ConvSpec:
+        return ConvSpec.from_args(
+            shape, (self.out_channels, self.in_channels // self.groups, *self.kernel_size),
+            (self.out_channels,) if self.bias is not None else None, stride=self.stride, padding=self.padding,
+            dilation=self.dilation, groups=self.groups, padding_mode=self.padding_mode,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        comm, plan = self._plan(x, self._spec)
+        weight, bias = self.weight, self.bias
+        if self.layout.replicated_input:  # every rank's filters read the whole input
+            x = hf.replicate_grad(x, comm)[plan.tile_of(comm.rank).owned.slices()]
+        window = hf.halo_window(x, comm, plan)
+        # spatial/batch shards share the filters: their gradients are summed over the ranks
+        return hf.tile_conv(window, weight, bias, comm, plan, reduce=not self.layout.replicated_input)
+
+
+class DistributedConv1d(_DistributedConvNd, nn.Conv1d):
+    """torch.nn.Conv1d on a shard (partition over (N, C, W)); see haloconv.nn."""
+
+    _ndim = 1
+
+
+class DistributedConv2d(_DistributedConvNd, nn.Conv2d):
+    """torch.nn.Conv2d on a shard: halo exchange with the neighbours (forward and
+    backward), the tile bit for bit like single node, weight gradients summed over the
+    ranks.  ``partition``: 'grid' (default), 'rows', 'cols', 'batch', 'channels' (each
+    rank its filters; the whole input on every rank), or counts over (N, C, H, W)."""
+
+    _ndim = 2
+
+
+class DistributedConv3d(_DistributedConvNd, nn.Conv3d):
+    """torch.nn.Conv3d on a shard (partition over (N, C, D, H, W)); see DistributedConv2d."""
+
+    _ndim = 3
+
+
+# -- batch norm ---------------------------------------------------------------------------
+class _DistributedBatchNormNd:
+    """Batch statistics over every shard of the batch: equal to single-node BatchNorm."""
+
+    def __init__(self, *args, group=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.group = group
+
+    @classmethod
+    def from_module(cls, bn: nn.Module, group=None):
+        new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, device="meta",
+                  group=group)
+        new.weight, new.bias = bn.weight, bn.bias
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            setattr(new, name, getattr(bn, name))
+        new.train(bn.training)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        if not (self.training or self.running_mean is None):
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        y, mean, var, n = hf.sync_batch_norm(x, self.weight, self.bias, self.eps, distributed.comm_for(self.group))
+        if self.training and self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean, alpha=m)
+                self.running_var.mul_(1 - m).add_(var * (n / (n - 1)), alpha=m)
+        return y
+
+
+
+class DistributedBatchNorm1d(_DistributedBatchNormNd, nn.BatchNorm1d):
+    """torch.nn.BatchNorm1d with statistics synchronized over the shards."""
+
+
+class DistributedBatchNorm2d(_DistributedBatchNormNd, nn.BatchNorm2d):
+    """torch.nn.BatchNorm2d with statistics synchronized over the shards."""
+
+
+class DistributedBatchNorm3d(_DistributedBatchNormNd, nn.BatchNorm3d):
+    """torch.nn.BatchNorm3d with statistics synchronized over the shards."""
+
+
+# -- pooling ------------------------------------------------------------------------------
+def _ntuple(v, n: int) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+class _DistributedPoolNd(_Sharded):
+    """Windowed like a conv: a depthwise 'kernel' of ones gives the plan, the halo comes
+    from the neighbours, and the pooling op runs on the window."""
+
+    _kind: str
+
+    def __init__(self, *args, partition="grid", group=None, worker_weights=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._set_layout(partition, group, worker_weights)
+        if getattr(self, "ceil_mode", False):
+            raise ValueError(f"{type(self).__name__}: ceil_mode=True is not supported on shards")
+        if getattr(self, "return_indices", False):
+            raise ValueError(f"{type(self).__name__}: return_indices=True is not supported on shards")
+        if self.layout.replicated_input:
+            raise ValueError(f"{type(self).__name__}: partition='channels' is for convolutions only")
+        k, p = _ntuple(self.kernel_size, self._ndim), _ntuple(self.padding, self._ndim)
+        d = _ntuple(getattr(self, "dilation", 1), self._ndim)
+        for ki, pi, di in zip(k, p, d):
+            if pi > ((ki - 1) * di + 1) // 2:
+                raise ValueError(f"{type(self).__name__}: padding={self.padding!r} must be at most half the "
+                                 f"kernel size {self.kernel_size!r}")
+
+    @classmethod
+    def from_module(cls, pool: nn.Module, partition="grid", group=None, worker_weights=None):
+        args = {k: getattr(pool, k) for k in cls._args}
+        return cls(**args, partition=partition, group=group, worker_weights=worker_weights)
+
+    def _spec(self, shape: Sequence[int]) -> ConvSpec:
+        n = self._ndim
+        stride = self.stride if self.stride is not None else self.kernel_size
+        return ConvSpec.from_args(shape, (shape[1], 1, *_ntuple(self.kernel_size, n)), None,
+                                  stride=_ntuple(stride, n), padding=_ntuple(self.padding, n),
+                                  dilation=_ntuple(getattr(self, "dilation", 1), n), groups=shape[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        comm, plan = self._plan(x, self._spec)
+        window = hf.halo_window(x, comm, plan)
+        s = plan.spec
+        return hf.pool_tile(window, plan, comm.rank, self._kind, s.kernel, s.stride, s.dilation,
+                            getattr(self, "count_include_pad", True), getattr(self, "divisor_override", None))
+
+
+_MAX_ARGS = ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode")
+_AVG_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
+
+
+class DistributedMaxPool1d(_DistributedPoolNd, nn.MaxPool1d):
+    _ndim, _kind, _args = 1, "max", _MAX_ARGS
+
+
+class DistributedMaxPool2d(_DistributedPoolNd, nn.MaxPool2d):
+    """torch.nn.MaxPool2d on a shard, with the halo its windows need."""
+
+    _ndim, _kind, _args = 2, "max", _MAX_ARGS
+
+
+class DistributedMaxPool3d(_DistributedPoolNd, nn.MaxPool3d):
+    _ndim, _kind, _args = 3, "max", _MAX_ARGS
+
+
+class DistributedAvgPool1d(_DistributedPoolNd, nn.AvgPool1d):
+    _ndim, _kind, _args = 1, "avg", _AVG_ARGS
+
+
+class DistributedAvgPool2d(_DistributedPoolNd, nn.AvgPool2d):
+    """torch.nn.AvgPool2d on a shard, with the halo its windows need."""
+
+    _ndim, _kind, _args = 2, "avg", (*_AVG_ARGS, "divisor_override")
+
+
+class DistributedAvgPool3d(_DistributedPoolNd, nn.AvgPool3d):
+    _ndim, _kind, _args = 3, "avg", (*_AVG_ARGS, "divisor_override")
+
+
+# -- global reductions --------------------------------------------------------------------
+class GlobalAvgPool(nn.Module):
+    """Sharded (N, C, *spatial) -> replicated (N, C, 1, ...): the mean over every shard,
+    as AdaptiveAvgPool{1,2,3}d(1).  The only place a sharded model's activations meet."""
+
+    def __init__(self, ndim: int = 2, group=None) -> None:
+        super().__init__()
+        self.ndim, self.group = ndim, group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != self.ndim + 2:
+            raise ValueError(f"GlobalAvgPool expects a {self.ndim + 2}-D shard, got shape {tuple(x.shape)}")
+        comm = distributed.comm_for(self.group)
+        sums = x.sum(dim=tuple(range(2, x.dim())))
+        count = x.new_tensor([math.prod(x.shape[2:])])
+        total = hf.sum_shards(torch.cat([sums.reshape(-1), count]), comm)
+        return (total[:-1] / total[-1]).view(*x.shape[:2], *([1] * self.ndim))
+
+    def extra_repr(self) -> str:
+        return f"ndim={self.ndim}"
+
+
+def sum_shards(x: torch.Tensor, group=None) -> torch.Tensor:
+    """The sum over every rank of a per-shard partial (e.g. a per-shard loss sum): the
+    replicated total, whose gradient flows back to every shard."""
+    return hf.sum_shards(x, distributed.comm_for(group))

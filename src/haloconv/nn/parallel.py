@@ -1,0 +1,82 @@
+"""parallelize(model): a CNN whose activations stay sharded across the ranks of a group.
+
+Layers that look at neighbours (conv, pooling) become their sharded versions, BatchNorm
+synchronizes its statistics over the shards, elementwise layers run on the shard as they
+are, and a global average pool is where the shards meet (its output is replicated, so a
+Linear head after it runs unchanged on every rank).
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from haloconv.nn import modules as m
+
+ELEMENTWISE = (
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.Sigmoid, nn.Tanh,
+    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.Softplus, nn.Identity, nn.Dropout,
+    nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+)
+# run on replicated values only (after the global pool)
+HEAD = (nn.Flatten, nn.Linear)
+
+_CONV = {nn.Conv1d: m.DistributedConv1d, nn.Conv2d: m.DistributedConv2d, nn.Conv3d: m.DistributedConv3d}
+_BN = {nn.BatchNorm1d: m.DistributedBatchNorm1d, nn.BatchNorm2d: m.DistributedBatchNorm2d,
+       nn.BatchNorm3d: m.DistributedBatchNorm3d}
+_POOL = {nn.MaxPool1d: m.DistributedMaxPool1d, nn.MaxPool2d: m.DistributedMaxPool2d,
+         nn.MaxPool3d: m.DistributedMaxPool3d, nn.AvgPool1d: m.DistributedAvgPool1d,
+         nn.AvgPool2d: m.DistributedAvgPool2d, nn.AvgPool3d: m.DistributedAvgPool3d}
+_GLOBAL = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3}
+SUPPORTED = (*_CONV, *_BN, *_POOL, *_GLOBAL, *ELEMENTWISE, *HEAD)
+
+
+def parallelize(model: nn.Module, partition="grid", group=None, worker_weights=None) -> nn.Module:
+    """Convert ``model`` (in place; returned) to run on activation shards.
+
+    Every rank calls it on the same model; the converted layers share the original
+    parameters.  ``partition``: 'grid' (default), 'rows', 'cols', 'depth', or split counts
+    over (N, C, *spatial) with N and C unsplit — the ranks hold parts of the same samples
+    (for batch parallelism, wrap the model in DistributedDataParallel instead).
+    Feed it ``haloconv.nn.shard(x)`` (or each rank's box of the input, ``local_box``).
+    """
+    if partition in ("batch", "channels") or (isinstance(partition, tuple) and len(partition) > 1
+                                             and (partition[0] > 1 or partition[1] > 1)):
+        raise ValueError(
+            f"parallelize: partition={partition!r} splits samples or filters; the model's shards must be parts of "
+            "the same samples (use 'grid', 'rows', 'cols', 'depth' or spatial counts)"
+        )
+    return _convert(model, "", partition, group, worker_weights)
+
+
+def _convert(mod: nn.Module, path: str, partition, group, weights) -> nn.Module:
+    t = type(mod)
+    where = path or "model"
+    if t in _CONV:
+        return _CONV[t].from_module(mod, partition=partition, group=group, worker_weights=weights)
+    if t in _BN:
+        return _BN[t].from_module(mod, group=group)
+    if t in _POOL:
+        return _POOL[t].from_module(mod, partition=partition, group=group, worker_weights=weights)
+    if t in _GLOBAL:
+        size = mod.output_size if isinstance(mod.output_size, tuple) else (mod.output_size,)
+        if any(s != 1 for s in size):
+            raise ValueError(f"parallelize: {where} ({t.__name__}) has output_size={mod.output_size}; "
+                             "only a global pool (output_size=1) is supported on shards")
+        return m.GlobalAvgPool(_GLOBAL[t], group=group)
+    if isinstance(mod, (*ELEMENTWISE, *HEAD, m.GlobalAvgPool, m._Sharded, m._DistributedBatchNormNd)):
+        return mod
+    children = list(mod.named_children())
+    if not children or any(True for _ in mod.parameters(recurse=False)):
+        names = ", ".join(sorted(c.__name__ for c in SUPPORTED))
+        raise ValueError(f"parallelize: layer {where} ({t.__name__}) is not supported on sharded activations; "
+                         f"supported: {names}, and containers of them")
+    reduced = False  # in a Sequential, the head (Linear) must come after the global pool
+    for name, child in children:
+        sub = f"{path}.{name}" if path else name
+        if isinstance(mod, nn.Sequential):
+            if isinstance(child, nn.Linear) and not reduced:
+                raise ValueError(f"parallelize: layer {sub} (Linear) would see sharded activations; put a global "
+                                 "average pool (AdaptiveAvgPool(1)) before it")
+            reduced = reduced or type(child) in _GLOBAL or isinstance(child, m.GlobalAvgPool)
+        setattr(mod, name, _convert(child, sub, partition, group, weights))
+    return mod

@@ -1,0 +1,39 @@
+"""Between whole tensors and shards: which box a rank holds, and differentiable
+shard/unshard of a replicated tensor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from haloconv import distributed
+from haloconv.nn import functional as hf
+from haloconv.nn.layout import Layout
+
+
+def layout_for(partition, group=None, worker_weights=None) -> tuple[Layout, object]:
+    """The Layout of ``partition`` over ``group``, and this rank's Comm on it."""
+    comm = distributed.comm_for(group)
+    part = tuple(partition) if isinstance(partition, (list, tuple)) else partition
+    return Layout(part, comm.world, tuple(worker_weights) if worker_weights is not None else None), comm
+
+
+def local_box(shape: Sequence[int], partition="grid", group=None, worker_weights=None) -> tuple[slice, ...]:
+    """The slices of a tensor of ``shape`` this rank holds (read just those from a file)."""
+    layout, comm = layout_for(partition, group, worker_weights)
+    return layout.boxes(tuple(shape))[comm.rank].slices()
+
+
+def shard(x: torch.Tensor, partition="grid", group=None, worker_weights=None) -> torch.Tensor:
+    """This rank's shard of ``x`` (the same whole tensor on every rank).  Differentiable:
+    the gradient of ``x`` is assembled from every rank's shard gradient."""
+    layout, comm = layout_for(partition, group, worker_weights)
+    return hf._Shard.apply(x, comm, layout.boxes(tuple(x.shape))[comm.rank])
+
+
+def unshard(x: torch.Tensor, partition="grid", group=None, worker_weights=None) -> torch.Tensor:
+    """The whole tensor, on every rank, from each rank's shard ``x``.  Differentiable."""
+    layout, comm = layout_for(partition, group, worker_weights)
+    shape = layout.global_shape(layout.gather_shapes(comm, x.shape))
+    return hf._Unshard.apply(x, comm, layout.boxes(shape)[comm.rank], shape)
