@@ -108,9 +108,10 @@ def select_backend(spec: ConvSpec, x: torch.Tensor, weight: torch.Tensor, bias: 
             shape[2 + i] += pad[2 * (spec.ndim - 1 - i)] + pad[2 * (spec.ndim - 1 - i) + 1]
     # zero-stride stand-ins: the choice depends on shapes, dtype and device only
     xs = x.new_empty(()).expand(shape)
-    ws = weight.new_empty(()).expand(weight.shape)
+    ws = weight.new_empty(()).expand(spec.weight_shape)  # the whole weight, also when given a tile's filters
+    bs = None if bias is None else bias.new_empty(()).expand(spec.out_channels)
     return torch._C._select_conv_backend(
-        xs, ws, bias, list(spec.stride), list(spec.backend_pad), list(spec.dilation),
+        xs, ws, bs, list(spec.stride), list(spec.backend_pad), list(spec.dilation),
         False, [0] * spec.ndim, spec.groups, None,
     )
 

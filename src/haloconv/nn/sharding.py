@@ -10,6 +10,7 @@ import torch
 from haloconv import distributed
 from haloconv.nn import functional as hf
 from haloconv.nn.layout import Layout
+from haloconv.plan import Box
 
 
 def layout_for(partition, group=None, worker_weights=None) -> tuple[Layout, object]:
@@ -27,13 +28,25 @@ def local_box(shape: Sequence[int], partition="grid", group=None, worker_weights
 
 def shard(x: torch.Tensor, partition="grid", group=None, worker_weights=None) -> torch.Tensor:
     """This rank's shard of ``x`` (the same whole tensor on every rank).  Differentiable:
-    the gradient of ``x`` is assembled from every rank's shard gradient."""
+    the gradient of ``x`` is assembled from every rank's shard gradient.  With
+    partition='channels' every rank keeps all of ``x`` (the filters are split)."""
     layout, comm = layout_for(partition, group, worker_weights)
+    if layout.replicated_input:  # the layer sums its input's gradient over the ranks itself
+        return x
     return hf._Shard.apply(x, comm, layout.boxes(tuple(x.shape))[comm.rank])
 
 
 def unshard(x: torch.Tensor, partition="grid", group=None, worker_weights=None) -> torch.Tensor:
-    """The whole tensor, on every rank, from each rank's shard ``x``.  Differentiable."""
+    """The whole tensor, on every rank, from each rank's shard ``x``.  Differentiable.
+    With partition='channels', ``x`` is each rank's block of output channels."""
     layout, comm = layout_for(partition, group, worker_weights)
-    shape = layout.global_shape(layout.gather_shapes(comm, x.shape))
-    return hf._Unshard.apply(x, comm, layout.boxes(shape)[comm.rank], shape)
+    shapes = layout.gather_shapes(comm, x.shape)
+    if layout.replicated_input:  # the filter blocks follow each other in rank order
+        c0 = sum(s[1] for s in shapes[: comm.rank])
+        shape = (shapes[0][0], sum(s[1] for s in shapes), *shapes[0][2:])
+        lo = (0, c0, *(0,) * (x.dim() - 2))
+        box = Box(lo, (shape[0], c0 + x.shape[1], *shape[2:]))
+    else:
+        shape = layout.global_shape(shapes)
+        box = layout.boxes(shape)[comm.rank]
+    return hf._Unshard.apply(x, comm, box, shape)

@@ -1,0 +1,119 @@
+"""haloconv.nn: sharded layers and models on real torchrun ranks, and their layout math."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+import haloconv.nn as hnn
+from haloconv.nn.layout import Layout, grid_counts
+
+HERE = Path(__file__).parent
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+
+def _torchrun(ranks: int, *args: str, timeout: int = 240) -> str:
+    r = subprocess.run([*TORCHRUN, f"--nproc-per-node={ranks}", *args], capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-6000:]
+    return r.stdout
+
+
+@pytest.mark.parametrize("ranks,partition", [(2, "rows"), (4, "rows"), (4, "grid"), (3, "1,1,1,3")])
+def test_training_parity(ranks, partition):
+    out = _torchrun(ranks, str(HERE / "nn_train_parity.py"), partition)
+    assert "TRAINING PARITY OK" in out
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_layers_equal_torch_layers(ranks):
+    assert "LAYERS OK" in _torchrun(ranks, str(HERE / "nn_layers.py"))
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_gradcheck(ranks):
+    assert "GRADCHECK OK" in _torchrun(ranks, str(HERE / "nn_layers.py"), "gradcheck")
+
+
+# -- layout math, no processes --------------------------------------------------------------
+def test_grid_counts_most_even():
+    assert grid_counts(4, 2) == (2, 2)
+    assert grid_counts(8, 2) == (4, 2)
+    assert grid_counts(8, 3) == (2, 2, 2)
+    assert grid_counts(6, 2) == (3, 2)
+    assert grid_counts(5, 2) == (5, 1)
+
+
+@pytest.mark.parametrize("partition,ranks", [("rows", 3), ("cols", 2), ("grid", 4), ("grid", 6), ((1, 1, 2, 3), 6),
+                                             ("batch", 2)])
+@pytest.mark.parametrize("weights", [False, True])
+def test_boxes_tile_the_tensor_and_give_back_its_shape(partition, ranks, weights):
+    w = tuple(float(i + 1) for i in range(ranks)) if weights else None
+    layout = Layout(partition, ranks, w)
+    shape = (3, 2, 23, 17)
+    boxes = layout.boxes(shape)
+    cover = torch.zeros(shape, dtype=torch.int64)
+    for b in boxes:
+        cover[b.slices()] += 1
+    assert torch.all(cover == 1)
+    assert layout.global_shape([b.shape for b in boxes]) == shape
+
+
+def test_layout_refuses_bad_partitions():
+    with pytest.raises(ValueError, match="partition must be one of"):
+        Layout("diagonal", 2)
+    with pytest.raises(ValueError, match="makes 2 shards for 4 ranks"):
+        Layout((1, 1, 2, 1), 4).counts(2)
+    with pytest.raises(ValueError, match="worker_weights"):
+        Layout("rows", 2, (1.0, -1.0))
+    with pytest.raises(ValueError, match="not available for 1-D"):
+        Layout("rows", 2).counts(1)
+    with pytest.raises(ValueError, match="cannot split dim 2"):
+        Layout("rows", 4).boxes((1, 1, 3, 10))
+
+
+# -- one rank in this process: the faces' checks ----------------------------------------------
+@pytest.fixture
+def one_rank():
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_parallelize_refuses_unsupported_layers(one_rank):
+    with pytest.raises(ValueError, match=r"layer 1 \(Upsample\) is not supported"):
+        hnn.parallelize(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Upsample(scale_factor=2)))
+    with pytest.raises(ValueError, match=r"layer 0.1 \(Linear\) would see sharded activations"):
+        hnn.parallelize(nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Linear(4, 4))))
+    with pytest.raises(ValueError, match="output_size=2"):
+        hnn.parallelize(nn.Sequential(nn.AdaptiveAvgPool2d(2)))
+    with pytest.raises(ValueError, match="splits samples or filters"):
+        hnn.parallelize(nn.Sequential(nn.Conv2d(1, 2, 3)), partition="batch")
+    with pytest.raises(ValueError, match="ceil_mode"):
+        hnn.parallelize(nn.Sequential(nn.MaxPool2d(2, ceil_mode=True)))
+    with pytest.raises(TypeError, match="needs a Conv2d"):
+        hnn.DistributedConv2d.from_module(nn.Conv1d(1, 1, 3))
+
+
+def test_single_rank_model_equals_torch(one_rank):
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).double()
+    x = torch.randn(2, 2, 10, 9, dtype=torch.float64)
+    want = ref(x)
+    par = hnn.parallelize(ref)  # in place: the same parameters
+    assert isinstance(par[0], hnn.DistributedConv2d) and isinstance(par[4], hnn.GlobalAvgPool)
+    assert par[0].weight is ref[0].weight
+    torch.testing.assert_close(par(hnn.shard(x)), want, rtol=1e-12, atol=1e-12)
+
+
+def test_shard_shape_mismatch_is_a_clear_error(one_rank):
+    conv = hnn.DistributedConv2d(1, 1, 3, partition="rows")
+    with pytest.raises(ValueError, match="expects a 4-D shard"):
+        conv(torch.zeros(1, 10, 10))
