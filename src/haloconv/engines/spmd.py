@@ -202,6 +202,39 @@ def _in_place_window(tile: Tile, x_local: torch.Tensor, input_shape, halo: bool 
     return None
 
 
+def post_halos(comm: Comm, plan: Plan, x_local: torch.Tensor | None) -> tuple[list, list, list]:
+    """Post the sends of what our neighbours need from our shard (in their pieces' order)
+    and the receives of our halo pieces.  Returns (works, kept send buffers, [(piece, buffer)])."""
+    tile = plan.tile_of(comm.rank)
+    works, keep, incoming = [], [], []
+    if tile is None:
+        return works, keep, incoming
+    for t in plan.tiles:
+        if t.rank == comm.rank:
+            continue
+        for p in t.pieces:
+            if p.owner == comm.rank:
+                data = x_local[p.src.within(tile.owned)].contiguous()
+                keep.append(data)
+                works.append(comm.isend(data, t.rank, "halo"))
+    for p in tile.halo_pieces:
+        buf = torch.empty(p.src.shape, dtype=x_local.dtype, device=x_local.device)
+        incoming.append((p, buf))
+        works.append(comm.irecv(buf, p.owner, "halo"))
+    return works, keep, incoming
+
+
+def build_window(tile: Tile, x_local: torch.Tensor, incoming: list, works: list = ()) -> torch.Tensor:
+    """A new window: zeros, our own pieces, then (once ``works`` are done) the halo pieces."""
+    window = x_local.new_zeros(tile.window.shape)
+    for p in tile.pieces:
+        if p.owner == tile.rank:
+            window[p.dst.slices()] = piece_data(x_local[p.src.within(tile.owned)], p)
+    Comm.wait(works)
+    _fill(window, incoming)
+    return window
+
+
 def halo_exchange(comm: Comm, plan: Plan, x_local: torch.Tensor | None, copy: bool = False) -> torch.Tensor | None:
     """This rank's conv window: its own input plus the halo pieces from their owners.
 
@@ -211,40 +244,17 @@ def halo_exchange(comm: Comm, plan: Plan, x_local: torch.Tensor | None, copy: bo
     tile = plan.tile_of(comm.rank)
     _check_shard(x_local, tile, "x_local")
     with comm.phase("halo"):
-        works, keep = [], []
-        # send what our neighbours need from us, in their pieces' order
-        if tile is not None:
-            for t in plan.tiles:
-                if t.rank == comm.rank:
-                    continue
-                for p in t.pieces:
-                    if p.owner == comm.rank:
-                        data = x_local[p.src.within(tile.owned)].contiguous()
-                        keep.append(data)
-                        works.append(comm.isend(data, t.rank, "halo"))
+        works, keep, incoming = post_halos(comm, plan, x_local)
         if tile is None:
             comm.wait(works)
             return None
-        incoming = []
-        for p in tile.halo_pieces:
-            buf = torch.empty(p.src.shape, dtype=x_local.dtype, device=x_local.device)
-            incoming.append((p, buf))
-            works.append(comm.irecv(buf, p.owner, "halo"))
         in_place = None if copy else _in_place_window(tile, x_local, plan.spec.input_shape, halo=bool(incoming))
-        if in_place is not None:
-            window, writable = in_place
-            comm.wait(works)
-            if writable:
-                for p, buf in incoming:
-                    window[p.dst.slices()] = piece_data(buf, p)
-            return window
-        window = x_local.new_zeros(tile.window.shape)
-        for p in tile.pieces:
-            if p.owner == comm.rank:
-                window[p.dst.slices()] = piece_data(x_local[p.src.within(tile.owned)], p)
+        if in_place is None:
+            return build_window(tile, x_local, incoming, works)
+        window, writable = in_place
         comm.wait(works)
-        for p, buf in incoming:
-            window[p.dst.slices()] = piece_data(buf, p)
+        if writable:
+            _fill(window, incoming)
         return window
 
 

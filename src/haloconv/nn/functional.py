@@ -35,29 +35,48 @@ class _HaloWindow(Function):
         return spmd.halo_reduce(ctx.comm, ctx.plan, g), None, None
 
 
+def _window_is_shard(plan: Plan) -> bool:
+    """No rank needs anything but its own shard, as it lies (the same answer on every rank)."""
+    return all(
+        t.window == t.owned and all(p.owner == t.rank and p.dst.lo == tuple(
+            a - b for a, b in zip(p.src.lo, t.window.lo)) and set(p.steps) == {1} for p in t.pieces)
+        for t in plan.tiles
+    )
+
+
 def halo_window(x: torch.Tensor, comm: Comm, plan: Plan) -> torch.Tensor:
+    if _window_is_shard(plan):  # nothing to exchange: the shard is the window
+        return x
     return _HaloWindow.apply(x, comm, plan)
 
 
-class _TileConv(Function):
-    """This rank's conv tile, bit for bit like the single-node forward; backward by
-    torch's convolution_backward on the same window and padding.  With ``reduce``, weight
-    and bias gradients are summed over the ranks (every rank holds the full gradient)."""
+class _HaloConv(Function):
+    """This rank's conv tile from its shard: halo exchange, then the tile bit for bit like
+    the single-node forward.  Only the shard and the received halos are kept for backward
+    (the window is rebuilt there), so a rank holds its 1/P of the activations plus halos.
+    Backward: torch's convolution_backward on the window, the halos' gradients sent back
+    to their owners; with ``reduce``, weight and bias gradients summed over the ranks."""
 
     @staticmethod
-    def forward(ctx, window, weight, bias, comm: Comm, plan: Plan, reduce: bool):
+    def forward(ctx, x, weight, bias, comm: Comm, plan: Plan, reduce: bool):
         tile = plan.tile_of(comm.rank)
+        spmd._check_shard(x, tile, "x")
+        with comm.phase("halo"):
+            works, keep, incoming = spmd.post_halos(comm, plan, x)
+            window = spmd.build_window(tile, x, incoming, works)
         backend = kernels.select_backend(plan.spec, window, weight, bias)
         y = kernels.conv_tile(window, weight, bias, plan.spec, tile.groups, backend, tile.first, tile.out.shape[2:])
-        ctx.save_for_backward(window, weight)
+        ctx.save_for_backward(x, weight, *(b for _, b in incoming))
+        ctx.pieces = [p for p, _ in incoming]
         ctx.comm, ctx.plan, ctx.reduce, ctx.has_bias = comm, plan, reduce, bias is not None
         return y.clone() if y._base is not None else y  # never hand out a view of the computed window
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
-        window, weight = ctx.saved_tensors
+        x, weight, *halos = ctx.saved_tensors
         spec, tile = ctx.plan.spec, ctx.plan.tile_of(ctx.comm.rank)
+        window = spmd.build_window(tile, x, list(zip(ctx.pieces, halos)))
         pad = list(spec.backend_pad)
         full = [
             geometry.output_length(n, k, s, d, p, p)
@@ -68,11 +87,13 @@ class _TileConv(Function):
             g_full[(slice(None), slice(None), *(slice(f, f + n) for f, n in zip(tile.first, g.shape[2:])))] = g
             g = g_full
         need = ctx.needs_input_grad
-        gx, gw, gb = torch.ops.aten.convolution_backward(
+        g_window, gw, gb = torch.ops.aten.convolution_backward(
             g.contiguous(), window, weight, [weight.shape[0]] if ctx.has_bias else None,
             list(spec.stride), pad, list(spec.dilation), False, [0] * spec.ndim, tile.groups,
             [need[0], need[1], ctx.has_bias and need[2]],
         )
+        del window
+        gx = spmd.halo_reduce(ctx.comm, ctx.plan, g_window) if need[0] else None
         if ctx.reduce and (gw is not None or gb is not None):
             flat = torch.cat([t.reshape(-1) for t in (gw, gb) if t is not None])
             ctx.comm.allreduce(flat)  # one message for weight and bias
@@ -83,8 +104,8 @@ class _TileConv(Function):
         return gx, gw, gb, None, None, None
 
 
-def tile_conv(window, weight, bias, comm: Comm, plan: Plan, reduce: bool) -> torch.Tensor:
-    return _TileConv.apply(window, weight, bias, comm, plan, reduce)
+def halo_conv(x, weight, bias, comm: Comm, plan: Plan, reduce: bool) -> torch.Tensor:
+    return _HaloConv.apply(x, weight, bias, comm, plan, reduce)
 
 
 class _SumShards(Function):

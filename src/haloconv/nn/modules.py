@@ -103,9 +103,8 @@ class _DistributedConvNd(_Sharded):
         weight, bias = self.weight, self.bias
         if self.layout.replicated_input:  # every rank's filters read the whole input
             x = hf.replicate_grad(x, comm)[plan.tile_of(comm.rank).owned.slices()]
-        window = hf.halo_window(x, comm, plan)
         # spatial/batch shards share the filters: their gradients are summed over the ranks
-        return hf.tile_conv(window, weight, bias, comm, plan, reduce=not self.layout.replicated_input)
+        return hf.halo_conv(x, weight, bias, comm, plan, reduce=not self.layout.replicated_input)
 
 
 class DistributedConv1d(_DistributedConvNd, nn.Conv1d):
