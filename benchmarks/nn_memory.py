@@ -93,7 +93,8 @@ def main() -> None:
     plain = measure(_model(args.channels, args.layers), torch.randn(shape), lambda y: y.sum())
     print(f"1 x {args.channels} x {args.size} x {args.size} float32, {args.layers} x (conv 3x3 + ReLU), rows, "
           f"load average {os.getloadavg()}")
-    print(f"plain torch, 1 process: activation {plain['activation_mb']:.1f} MB, RSS peak +{plain['rss_peak_mb']:.0f} MB")
+    print(f"plain torch, 1 process: activation {plain['activation_mb']:.1f} MB, "
+          f"RSS peak +{plain['rss_peak_mb']:.0f} MB")
     head = f"{'ranks':>5}  {'activation MB/rank (max)':>24}  {'x P / single':>12}  {'target MB':>9}  " \
            f"{'ratio to target':>15}  {'RSS peak MB/rank (max)':>22}  {'s':>5}  load"
     print(head)

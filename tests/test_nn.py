@@ -39,6 +39,14 @@ def test_gradcheck(ranks):
     assert "GRADCHECK OK" in _torchrun(ranks, str(HERE / "nn_layers.py"), "gradcheck")
 
 
+def test_train_large_images_example_equals_one_process_training():
+    out = _torchrun(2, str(HERE.parent / "examples" / "train_large_images.py"), "--size", "96", "--steps", "2",
+                    "--partition", "grid", "--double", "--verify")
+    assert "step   1  loss" in out and "activations MB/rank" in out
+    diff = float(out.split("one-process training: ")[1].split()[0])
+    assert diff < 1e-10, out
+
+
 # -- layout math, no processes --------------------------------------------------------------
 def test_grid_counts_most_even():
     assert grid_counts(4, 2) == (2, 2)

@@ -41,7 +41,12 @@ def test_torchrun_example_runs():
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         assert p.returncode == 0, (line, err[-3000:])
-        assert "bitwise equal to single-process torch: True" in out
+        if "train_large_images" in line:  # trained on shards vs on whole images in one process
+            assert "step   1  loss" in out, out
+            diff = float(re.search(r"one-process training: (\S+)", out).group(1))
+            assert diff < 1e-3, out  # float32 sums over every pixel, in another order
+        else:
+            assert "bitwise equal to single-process torch: True" in out
 
 
 def test_cli_examples_run(tmp_path):
