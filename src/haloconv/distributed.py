@@ -34,7 +34,7 @@ def comm_for(group: object | None = None) -> Comm:
     device = torch.device("cpu")
     if dist.get_backend(group) == "nccl":
         device = torch.device("cuda", torch.cuda.current_device())
-    comm = Comm(pg, rank, world, device, stats=_STATS.get(id(pg)) or {})
+    comm = Comm(pg, rank, world, device, stats=_STATS.get(id(pg)) or {}, group=group)
     _STATS[id(pg)] = comm.stats
     return comm
 

@@ -33,6 +33,9 @@ class Comm:
     world: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     stats: dict[str, PhaseStats] = field(default_factory=dict)
+    # how to get this Comm again (torch.distributed group handle; None: the default group),
+    # so autograd graphs keep the handle rather than the process group itself
+    group: object | None = None
 
     def __post_init__(self) -> None:
         if not self.stats:

@@ -1,5 +1,8 @@
 """The autograd pieces of sharded layers.
 
+Autograd nodes keep the group handle, never a process group object (one kept alive past
+destroy_process_group aborts the interpreter at exit).
+
 Convention (as in tensor-parallel training): a tensor is either *sharded* (each rank
 holds its box) or *replicated* (every rank holds the same values, e.g. after a global
 reduction, and computes the same loss from it).  The gradient a rank receives for a
@@ -15,6 +18,7 @@ from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
 from haloconv import geometry, kernels
+from haloconv.distributed import comm_for
 from haloconv.engines import spmd
 from haloconv.engines.comm import Comm
 from haloconv.plan import Box, Plan
@@ -26,13 +30,13 @@ class _HaloWindow(Function):
 
     @staticmethod
     def forward(ctx, x, comm: Comm, plan: Plan):
-        ctx.comm, ctx.plan = comm, plan
+        ctx.group, ctx.plan = comm.group, plan
         return spmd.halo_exchange(comm, plan, x, copy=True)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
-        return spmd.halo_reduce(ctx.comm, ctx.plan, g), None, None
+        return spmd.halo_reduce(comm_for(ctx.group), ctx.plan, g), None, None
 
 
 def _window_is_shard(plan: Plan) -> bool:
@@ -68,14 +72,15 @@ class _HaloConv(Function):
         y = kernels.conv_tile(window, weight, bias, plan.spec, tile.groups, backend, tile.first, tile.out.shape[2:])
         ctx.save_for_backward(x, weight, *(b for _, b in incoming))
         ctx.pieces = [p for p, _ in incoming]
-        ctx.comm, ctx.plan, ctx.reduce, ctx.has_bias = comm, plan, reduce, bias is not None
+        ctx.group, ctx.plan, ctx.reduce, ctx.has_bias = comm.group, plan, reduce, bias is not None
         return y.clone() if y._base is not None else y  # never hand out a view of the computed window
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
         x, weight, *halos = ctx.saved_tensors
-        spec, tile = ctx.plan.spec, ctx.plan.tile_of(ctx.comm.rank)
+        comm = comm_for(ctx.group)
+        spec, tile = ctx.plan.spec, ctx.plan.tile_of(comm.rank)
         window = spmd.build_window(tile, x, list(zip(ctx.pieces, halos)))
         pad = list(spec.backend_pad)
         full = [
@@ -93,10 +98,10 @@ class _HaloConv(Function):
             [need[0], need[1], ctx.has_bias and need[2]],
         )
         del window
-        gx = spmd.halo_reduce(ctx.comm, ctx.plan, g_window) if need[0] else None
+        gx = spmd.halo_reduce(comm, ctx.plan, g_window) if need[0] else None
         if ctx.reduce and (gw is not None or gb is not None):
             flat = torch.cat([t.reshape(-1) for t in (gw, gb) if t is not None])
-            ctx.comm.allreduce(flat)  # one message for weight and bias
+            comm.allreduce(flat)  # one message for weight and bias
             if gw is not None:
                 gw = flat[: gw.numel()].view_as(gw)
             if gb is not None:
@@ -131,12 +136,12 @@ class _ReplicateGrad(Function):
 
     @staticmethod
     def forward(ctx, x, comm: Comm):
-        ctx.comm = comm
+        ctx.group = comm.group
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, g):
-        return ctx.comm.allreduce(g.clone()), None
+        return comm_for(ctx.group).allreduce(g.clone()), None
 
 
 def replicate_grad(x: torch.Tensor, comm: Comm) -> torch.Tensor:
@@ -148,14 +153,14 @@ class _Shard(Function):
 
     @staticmethod
     def forward(ctx, x, comm: Comm, box: Box):
-        ctx.comm, ctx.box, ctx.shape = comm, box, x.shape
+        ctx.group, ctx.box, ctx.shape = comm.group, box, x.shape
         return x[box.slices()].clone()
 
     @staticmethod
     def backward(ctx, g):
         full = g.new_zeros(ctx.shape)
         full[ctx.box.slices()] = g
-        return ctx.comm.allreduce(full), None, None
+        return comm_for(ctx.group).allreduce(full), None, None
 
 
 class _Unshard(Function):
@@ -191,7 +196,7 @@ class _SyncBatchNorm(Function):
         xhat = xc * invstd.view(view)
         y = xhat if weight is None else xhat * weight.view(view) + bias.view(view)
         ctx.save_for_backward(xhat, invstd, weight)
-        ctx.comm, ctx.n = comm, n
+        ctx.group, ctx.n = comm.group, n
         ctx.mark_non_differentiable(mean, var, n)
         return y, mean, var, n
 
@@ -201,7 +206,7 @@ class _SyncBatchNorm(Function):
         xhat, invstd, weight = ctx.saved_tensors
         dims = [0, *range(2, gy.dim())]
         view = (1, -1) + (1,) * (gy.dim() - 2)
-        sums = ctx.comm.allreduce(torch.cat([gy.sum(dims), (gy * xhat).sum(dims)]))
+        sums = comm_for(ctx.group).allreduce(torch.cat([gy.sum(dims), (gy * xhat).sum(dims)]))
         sum_dy, sum_dy_xhat = sums.chunk(2)
         scale = invstd if weight is None else invstd * weight
         gx = (gy - (sum_dy / ctx.n).view(view) - xhat * (sum_dy_xhat / ctx.n).view(view)) * scale.view(view)
