@@ -10,7 +10,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 import haloconv.nn as hnn
-from haloconv.distributed import comm_for
+from haloconv.distributed import comm_for, traffic
 from haloconv.nn.functional import replicate_grad
 
 dist.init_process_group("gloo")
@@ -73,8 +73,14 @@ for layer, shape, part in CASES:
     g = torch.randn(yr.shape, dtype=D, generator=torch.Generator().manual_seed(3))
     (yr * g).sum().backward()
     xd = x.clone().requires_grad_()
+    traffic(reset=True)
     y = hnn.unshard(dlayer(hnn.shard(xd, part)), part)
     (y * g).sum().backward()
+    if hasattr(dlayer, "layout"):  # halo bytes moved = the plan's: forward sends, backward returns what came in
+        moved = traffic().get("halo", {"bytes_sent": 0, "bytes_recv": 0})
+        plan = dlayer.layout.plan(dlayer._spec(shape)).traffic(8, send_weights=False)[rank]["halo"]
+        total = plan.bytes_sent + plan.bytes_recv
+        assert (moved["bytes_sent"], moved["bytes_recv"]) == (total, total), (layer, part, moved, plan)
     exact = not isinstance(layer, nn.BatchNorm2d)
     assert (torch.equal(y, yr) if exact else torch.allclose(y, yr, rtol=1e-12, atol=1e-12)), (layer, part)
     assert torch.allclose(xd.grad, xr.grad, rtol=1e-10, atol=1e-12), (layer, part)

@@ -34,6 +34,10 @@ def test_layers_equal_torch_layers(ranks):
     assert "LAYERS OK" in _torchrun(ranks, str(HERE / "nn_layers.py"))
 
 
+def test_property_sharded_layers_equal_torch_layers():
+    assert "PROPERTY OK" in _torchrun(3, str(HERE / "nn_property.py"), "40")
+
+
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_gradcheck(ranks):
     assert "GRADCHECK OK" in _torchrun(ranks, str(HERE / "nn_layers.py"), "gradcheck")
