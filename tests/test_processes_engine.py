@@ -150,7 +150,7 @@ def test_cluster_validation():
         x = torch.randn(1, 1, 9, 9)
         w = torch.randn(1, 1, 3, 3)
         assert_bitwise(haloconv.conv(x, w, padding=1, engine=c), torch_reference(x, w, None, padding=1))
-        p = haloconv.plan(x.shape, w.shape, workers=2)
+        p = haloconv.plan(x.shape, w.shape, workers=2, partition="rows")
         with pytest.raises(ValueError, match="2 workers but the cluster has 1"):
             haloconv.execute(p, x, w, engine=c)
 

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from haloconv import kernels
+from haloconv import cost, kernels
 from haloconv.engines import ENGINES, Execution, LocalCluster
-from haloconv.plan import Plan, make_plan
+from haloconv.plan import Plan, check_args, make_plan
 from haloconv.spec import ConvSpec, IntOrTuple
 
 ArrayLike = torch.Tensor | np.ndarray
@@ -69,8 +69,17 @@ def plan(
     ownership: str = "aligned",
     exchange: str = "neighbours",
     pipeline: int = 1,
+    backend: str = "torch",
+    memory_budget: int | None = None,
+    profile: cost.Profile | str | None = None,
+    engine: str = "processes",
 ) -> Plan:
-    """The Plan for a convolution of these shapes (no data, no communication)."""
+    """The Plan for a convolution of these shapes (no data, no communication).
+
+    ``partition='auto'`` (or ``backend='auto'``) lets the cost model choose: the candidate
+    (partitions, hybrids, a single worker; backends) with the least predicted time on
+    ``engine`` under ``profile`` (default: the calibrated one, see `haloconv calibrate`),
+    within ``memory_budget`` bytes per worker."""
     spec = ConvSpec.from_args(
         x_shape, weight_shape, bias_shape, stride=stride, padding=padding,
         dilation=dilation, groups=groups, padding_mode=padding_mode,
@@ -82,7 +91,23 @@ def plan(
             workers = max(1, math.prod(partition))  # an explicit split: one worker per tile
         else:
             workers = default_workers()
-    return make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline)
+    check_args(spec, partition, workers, worker_weights, ownership, exchange, pipeline,
+               "torch" if backend == "auto" else backend)
+    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
+                                      or memory_budget <= 0):
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    if partition == "auto" or backend == "auto" or memory_budget is not None:
+        prof = profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
+        if isinstance(partition, str) and partition != "auto":  # a named partition, the backend to choose
+            base = make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline)
+            choices = cost.rank_backends(base, prof, backend, engine, memory_budget)
+            return choices[0].plan
+        if partition == "auto":
+            return cost.choose(spec, workers, prof, backend=backend, engine=engine, memory_budget=memory_budget,
+                               ownership=ownership, exchange=exchange, weights=worker_weights)
+        base = make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline)
+        return cost.rank_backends(base, prof, backend, engine, memory_budget)[0].plan
+    return make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline, backend)
 
 
 def execute(
@@ -129,11 +154,15 @@ def conv(
     ownership: str = "aligned",
     exchange: str = "neighbours",
     pipeline: int = 1,
+    backend: str = "torch",
+    memory_budget: int | None = None,
+    profile: cost.Profile | str | None = None,
 ) -> ArrayLike:
     """N-D convolution split across workers; exactly torch.nn.Conv{1,2,3}d's result.
 
     ``x`` is (N, C_in, *spatial) with 1-3 spatial dims, ``weight`` (C_out, C_in/groups,
     *kernel), ``bias`` (C_out,) or None.  Returns the type (tensor/ndarray) and dtype of x.
+    ``backend``: 'torch' (bitwise torch), 'ndimage', 'fft' or 'auto' (see haloconv.methods).
     """
     xt, wt, bt, is_numpy = _inputs(x, weight, bias)
     if workers is None and isinstance(engine, LocalCluster) and worker_weights is None:
@@ -143,6 +172,8 @@ def conv(
         stride=stride, padding=padding, dilation=dilation, groups=groups,
         padding_mode=padding_mode, partition=partition, workers=workers,
         worker_weights=worker_weights, ownership=ownership, exchange=exchange, pipeline=pipeline,
+        backend=backend, memory_budget=memory_budget, profile=profile,
+        engine=engine if isinstance(engine, str) else "processes",
     )
     y = execute(p, xt, wt, bt, engine=engine).output
     return y.numpy() if is_numpy else y

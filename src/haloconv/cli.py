@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -12,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from haloconv import api, filters, io, kernels, report
+from haloconv import api, cost, filters, io, kernels, methods, plots, report, scaling
 from haloconv.engines import LocalCluster
 from haloconv.engines.base import execution_from_reports
+from haloconv.spec import ConvSpec
 
 
 def _int_list(text: str, name: str) -> int | tuple[int, ...]:
@@ -49,10 +51,8 @@ def _random_shape(text: str) -> tuple[int, ...]:
     raise ValueError(f"--random must look like HxW, CxHxW or NxCxHxW, got {text!r}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="haloconv", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="convolve an image/array across workers and report the plan")
+def _add_problem_args(r: argparse.ArgumentParser) -> None:
+    """The input, the kernel, the conv arguments and the partition (run and plan)."""
     src = r.add_mutually_exclusive_group(required=True)
     src.add_argument("input", nargs="?", help="PNG/JPEG/TIFF image or .npy array")
     src.add_argument("--random", metavar="HxW", help="random input instead of a file (HxW, CxHxW, NxCxHxW)")
@@ -61,13 +61,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"filter name ({', '.join(filters.NAMES)}) or a .npy weight (default sobel-x)")
     r.add_argument("--workers", type=int, default=None, help="number of workers (default: cores)")
     r.add_argument("--partition", default="auto",
-                   help="auto, batch, rows|horizontal, cols|vertical, depth, grid, channels, "
-                        "or split counts over N,C_out,*spatial e.g. 1,1,2,2")
+                   help="auto (the cost model chooses), batch, rows|horizontal, cols|vertical, depth, grid, "
+                        "channels, or split counts over N,C_out,*spatial e.g. 1,1,2,2")
+    r.add_argument("--backend", default="torch", choices=("torch", "ndimage", "fft", "auto"),
+                   help="tile compute: torch (bitwise torch, default), ndimage, fft, auto (the cost model)")
+    r.add_argument("--profile", default=None, metavar="PROFILE.json",
+                   help="cost-model profile (default: the one `haloconv calibrate` wrote, else built-in defaults)")
+    r.add_argument("--memory-budget", default=None, metavar="BYTES",
+                   help="per-worker memory limit for partition=auto, e.g. 2GB or 500MB")
     r.add_argument("--weights", default=None, help="relative worker speeds, comma-separated")
     r.add_argument("--stride", default="1")
     r.add_argument("--padding", default="same", help="int, ints, 'same' or 'valid' (default same)")
     r.add_argument("--dilation", default="1")
     r.add_argument("--padding-mode", default="zeros", help="zeros, reflect, replicate, circular")
+    r.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    r.add_argument("--seed", type=int, default=0, help="seed for --random")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="haloconv", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="convolve an image/array across workers and report the plan")
+    _add_problem_args(r)
     r.add_argument("--engine", default="processes", choices=("processes", "threads"),
                    help="processes (default): worker processes in a gloo group; threads: in this process. "
                         "Under torchrun every rank runs its own share (SPMD)")
@@ -76,13 +91,47 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=float, default=60.0, help="seconds before a silent worker is an error")
     r.add_argument("--report", default=None, metavar="RUN.json",
                    help="write per worker and phase: bytes, messages, seconds, predicted bytes, the plan, load")
-    r.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    r.add_argument("--seed", type=int, default=0, help="seed for --random")
     r.add_argument("-o", "--output", default=None,
                    help="output prefix: writes PREFIX.npy (+ PREFIX.png/.tif for images); default out/<input>-<kernel>")
     r.add_argument("--image-format", choices=("png", "tif"), default="png")
-    r.add_argument("--verify", action="store_true", help="also run the single-node torch call and compare")
+    r.add_argument("--verify", action="store_true",
+                   help="also run the single-node call of the backend and compare (fft: within its tolerance)")
+    pl = sub.add_parser("plan", help="rank the candidate partitions by predicted cost; draw the chosen one")
+    _add_problem_args(pl)
+    pl.add_argument("--weight-shape", default=None, metavar="COxCIxKHxKW",
+                    help="a layer's weight shape instead of --kernel (e.g. 64x64x3x3)")
+    pl.add_argument("--engine", default="processes", choices=("processes", "threads"))
+    pl.add_argument("--top", type=int, default=12, help="candidates to print")
+    pl.add_argument("--png", default="out/plan.png", help="picture of the chosen partition")
+    pl.add_argument("--simulate-workers", default=None, metavar="1,2,4,...",
+                    help="project strong/weak scaling over these worker counts (a cluster of such workers)")
+    pl.add_argument("--bandwidth", default=None, help="link bandwidth for the projection, e.g. 25GB/s")
+    pl.add_argument("--latency", default=None, help="message latency for the projection, e.g. 5us")
+    pl.add_argument("--scaling-png", default="out/scaling.png", help="the projection's plot")
+    c = sub.add_parser("calibrate", help="measure this machine into a cost-model profile (JSON)")
+    c.add_argument("--profile", default=None, metavar="PATH",
+                   help="where to write it (default: the user's cache dir, which the cost model reads)")
+    c.add_argument("--quick", action="store_true", help="fewer, smaller measurements (seconds)")
     return p
+
+
+_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+_TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
+def _quantity(text: str, units: dict, name: str) -> float:
+    t = text.strip().lower().removesuffix("/s")
+    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = t[len(num):]
+    try:
+        value = float(num)
+    except ValueError:
+        raise ValueError(f"{name} must be a number with a unit ({', '.join(k for k in units if k)}), "
+                         f"got {text!r}") from None
+    if unit not in units or value <= 0:
+        raise ValueError(f"{name} must be a positive number with a unit ({', '.join(k for k in units if k)}), "
+                         f"got {text!r}")
+    return value * units[unit]
 
 
 def _load(args: argparse.Namespace) -> tuple[np.ndarray, bool, str, np.ndarray, int]:
@@ -101,6 +150,16 @@ def _load(args: argparse.Namespace) -> tuple[np.ndarray, bool, str, np.ndarray, 
     return x, is_image, name, weight.astype(x.dtype), groups
 
 
+def _spec(args: argparse.Namespace, x_shape, w_shape, groups: int) -> ConvSpec:
+    return ConvSpec.from_args(x_shape, w_shape, None, stride=_int_list(args.stride, "--stride"),
+                              padding=_padding(args.padding), dilation=_int_list(args.dilation, "--dilation"),
+                              groups=groups, padding_mode=args.padding_mode)
+
+
+def _budget(args: argparse.Namespace) -> int | None:
+    return None if args.memory_budget is None else int(_quantity(args.memory_budget, _UNITS, "--memory-budget"))
+
+
 def _plan(args: argparse.Namespace, x_shape, w_shape, groups: int, workers: int | None):
     weights = None if args.weights is None else [float(v) for v in args.weights.split(",")]
     return api.plan(
@@ -108,7 +167,9 @@ def _plan(args: argparse.Namespace, x_shape, w_shape, groups: int, workers: int 
         stride=_int_list(args.stride, "--stride"), padding=_padding(args.padding),
         dilation=_int_list(args.dilation, "--dilation"), groups=groups,
         padding_mode=args.padding_mode, partition=_partition(args.partition),
-        workers=workers, worker_weights=weights, exchange=args.exchange,
+        workers=workers, worker_weights=weights, exchange=getattr(args, "exchange", "neighbours"),
+        backend=args.backend, memory_budget=_budget(args), profile=args.profile,
+        engine=getattr(args, "engine", "processes"),
     )
 
 
@@ -125,15 +186,22 @@ def _finish(args, ex, x, w, name, is_image) -> int:
         print(f"wrote {path}")
     status = 0
     if args.verify:
+        method = ex.plan.backend
         t1 = time.perf_counter()
-        ref = kernels.single_node(x, w, None, ex.plan.spec)
+        ref = methods.single_node(method, x, w, None, ex.plan.spec)
         t_ref = time.perf_counter() - t1
         equal = torch.equal(ex.output, ref)
         diff = (ex.output - ref).abs().nan_to_num(nan=float("inf")).max().item() if not equal else 0.0
-        print(f"verify: single-node torch {t_ref:.4f}s vs haloconv {ex.wall_seconds:.4f}s; "
+        print(f"verify: single-node {method} {t_ref:.4f}s vs haloconv {ex.wall_seconds:.4f}s; "
               f"max |diff| = {diff:.3g}; bitwise equal: {equal}")
-        rep["verify"] = {"bitwise_equal": bool(equal), "max_abs_diff": diff, "single_node_seconds": t_ref}
-        status = 0 if equal else 1
+        ok = equal
+        if method == "fft":  # FFT sizes differ per tile: compared within its stated tolerance
+            tol = methods.FFT_TOLERANCE[ex.output.dtype] * ref.abs().max().item()
+            ok = diff <= tol
+            print(f"verify: fft within {methods.FFT_TOLERANCE[ex.output.dtype]:g} x max|y|: {ok}")
+        rep["verify"] = {"bitwise_equal": bool(equal), "max_abs_diff": diff, "single_node_seconds": t_ref,
+                         "backend": method, "ok": bool(ok)}
+        status = 0 if ok else 1
     if args.report:
         print(f"wrote {report.write_report(rep, args.report)}")
     return status
@@ -195,7 +263,7 @@ def run_spmd(args: argparse.Namespace) -> int:
         dist.gather_object(hd.traffic(), stats if rank == 0 else None, dst=0)
         status = 0
         if rank == 0:
-            backend = kernels.backend_name(kernels.select_backend(plan.spec, xt, wt, None))
+            backend = methods.label(plan.backend, kernels.select_backend(plan.spec, xt, wt, None))
             ex = execution_from_reports(y, plan, "torchrun", backend, wall, dict(enumerate(stats)))
             status = _finish(args, ex, xt, wt, name, is_image)
         flag = [status]
@@ -205,12 +273,83 @@ def run_spmd(args: argparse.Namespace) -> int:
         dist.destroy_process_group()
 
 
+def _problem_shapes(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[int, ...], int, str]:
+    """(x shape, weight shape, groups, name) without making data for --random."""
+    if args.random:
+        x_shape = _random_shape(args.random)
+        name = f"random{'x'.join(map(str, x_shape))}"
+    else:
+        path = io.sample_path(args.sample) if args.sample else Path(args.input)
+        x, _ = io.read_input(path)
+        x_shape, name = x.shape, path.stem
+    if args.weight_shape:
+        w_shape = _random_shape(args.weight_shape) if args.weight_shape.count("x") >= 3 else None
+        if w_shape is None or len(w_shape) != len(x_shape):
+            raise ValueError(f"--weight-shape must be C_out x C_in/groups x kernel... matching the input, "
+                             f"got {args.weight_shape!r}")
+        return tuple(x_shape), tuple(w_shape), x_shape[1] // w_shape[1], name
+    weight, groups = filters.load_kernel(args.kernel, x_shape[1], len(x_shape) - 2)
+    return tuple(x_shape), tuple(weight.shape), groups, name
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    x_shape, w_shape, groups, name = _problem_shapes(args)
+    spec = _spec(args, x_shape, w_shape, groups)
+    prof = cost.load_profile(args.profile)
+    workers = args.workers or api.default_workers()
+    itemsize = 8 if args.dtype == "float64" else 4
+    print(f"input {name} {list(x_shape)}, weight {list(w_shape)}, groups {groups}, {workers} workers, "
+          f"engine {args.engine}; profile: {prof.source}")
+    ranked = cost.candidates(spec, workers, prof, itemsize, backend=args.backend, engine=args.engine,
+                             memory_budget=_budget(args))
+    if args.partition != "auto":
+        chosen = _plan(args, x_shape, w_shape, groups, workers)
+        ranked = [cost.predict(chosen, prof, itemsize, args.engine)] + [
+            q for q in ranked if q.plan.splits != chosen.splits or q.plan.backend != chosen.backend]
+    if not ranked:
+        raise ValueError(f"no candidate fits --memory-budget {args.memory_budget}")
+    print(report.candidates_table(ranked[: args.top]))
+    best = ranked[0]
+    print(f"\nchosen: {best.label}")
+    print(best.plan)
+    print(f"wrote {plots.plan_png(best.plan, args.png)}")
+    if args.simulate_workers:
+        counts = _int_list(args.simulate_workers, "--simulate-workers")
+        counts = (counts,) if isinstance(counts, int) else counts
+        if any(c < 1 for c in counts):
+            raise ValueError(f"--simulate-workers must be positive ints, got {args.simulate_workers!r}")
+        sim = dataclasses.replace(prof, cores=max(counts))
+        if args.bandwidth:
+            sim.bandwidth_Bps = _quantity(args.bandwidth, _UNITS, "--bandwidth")
+        if args.latency:
+            sim.latency_s = _quantity(args.latency, _TIME, "--latency")
+        proj = scaling.project(spec, counts, sim, itemsize)
+        print(scaling.table(counts, proj))
+        title = (f"{list(x_shape)} * {list(w_shape)}: predicted, {sim.bandwidth_Bps / 1e9:g} GB/s, "
+                 f"{sim.latency_s * 1e6:g} us, one core per worker")
+        print(f"wrote {plots.scaling_png(counts, proj, args.scaling_png, title)}")
+    return 0
+
+
+def calibrate_command(args: argparse.Namespace) -> int:
+    from haloconv.calibrate import calibrate
+
+    prof = calibrate(quick=args.quick)
+    path = prof.save(args.profile or cost.default_profile_path())
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             return run(args)
+        if args.command == "plan":
+            return plan_command(args)
+        if args.command == "calibrate":
+            return calibrate_command(args)
     except (ValueError, TypeError) as e:
         print(f"haloconv: error: {e}", file=sys.stderr)
         return 2

@@ -14,6 +14,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from haloconv import geometry
 from haloconv.spec import ConvSpec
 
@@ -23,6 +25,20 @@ PARTITIONS = ("auto", "batch", "channels", "rows", "horizontal", "cols", "vertic
 OWNERSHIPS = ("aligned", "even")
 EXCHANGES = ("neighbours", "master")
 PHASES = ("weights", "scatter", "halo", "compute", "gather")
+BACKENDS = ("torch", "ndimage", "fft")  # how a tile is computed (see methods.py)
+
+
+def backend_unsupported(backend: str, spec: ConvSpec) -> str | None:
+    """Why compute backend ``backend`` cannot run ``spec`` (None when it can)."""
+    if backend not in BACKENDS:
+        return f"backend must be one of {BACKENDS} or 'auto', got {backend!r}"
+    if backend == "ndimage":
+        if not (spec.groups == spec.in_channels == spec.out_channels or spec.in_channels == spec.out_channels == 1):
+            return ("backend='ndimage' computes single-channel filters only (C_in = C_out = groups, or one channel), "
+                    f"got C_in={spec.in_channels} C_out={spec.out_channels} groups={spec.groups}")
+        if any(s != 1 for s in spec.stride):
+            return f"backend='ndimage' needs stride 1, got stride={spec.stride}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -151,6 +167,7 @@ class Plan:
     ownership: str = "aligned"
     exchange: str = "neighbours"
     pipeline: int = 1  # exchange='master': a worker's window travels and computes in this many parts
+    backend: str = "torch"  # how every tile is computed: 'torch', 'ndimage' or 'fft'
 
     def subtiles(self, tile: Tile, master: int = 0) -> tuple[Tile, ...]:
         """The parts a worker's tile is sent and computed in (exchange='master', pipeline>1):
@@ -250,7 +267,7 @@ class Plan:
             f"padding={list(zip(s.pad_lo, s.pad_hi))} mode={s.padding_mode} groups={s.groups}\n"
             f"partition={self.partition} splits(N,C_out,{','.join(_axis_names(s.ndim))})="
             f"{self.splits} workers={self.workers} tiles={len(self.tiles)} ownership={self.ownership} "
-            f"exchange={self.exchange}"
+            f"exchange={self.exchange} backend={self.backend}"
             + (f" (idle workers: {self.idle_workers})" if self.idle_workers else "")
             + (f" weights={list(self.weights)}" if self.weights else "")
         )
@@ -482,7 +499,19 @@ def _shell(spec: ConvSpec, axes, out_r, owned_sp, split_c: bool) -> tuple:
     return out, owned, needed, window, tuple(c[2] for c in comp), groups, c_key
 
 
-def _tile(spec: ConvSpec, axes, rank: int, shell: tuple, shells: Sequence[tuple]) -> Tile:
+def _owner_index(shells: Sequence[tuple]) -> dict:
+    """Per channel-block key: (ranks, lo, hi) arrays of the owned boxes, for a vectorised
+    search of the owners a window reads from (plans of thousands of tiles)."""
+    index: dict = {}
+    for rk, sh in enumerate(shells):
+        index.setdefault(sh[6], []).append((rk, sh[1]))
+    return {
+        key: (np.array([rk for rk, _ in v]), np.array([b.lo for _, b in v]), np.array([b.hi for _, b in v]))
+        for key, v in index.items()
+    }
+
+
+def _tile(spec: ConvSpec, axes, rank: int, shell: tuple, shells: Sequence[tuple], index: dict | None = None) -> Tile:
     """A Tile from its shell, with the pieces of its window and their owners."""
     out, owned, needed, window, first, groups, c_key = shell
     per_dim: list[list[geometry.Run]] = [
@@ -501,11 +530,16 @@ def _tile(spec: ConvSpec, axes, rank: int, shell: tuple, shells: Sequence[tuple]
             if r2 is not None:
                 kept.append(r2)
         per_dim.append(kept)
-    owners = [(rk, sh[1]) for rk, sh in enumerate(shells) if sh[6] == c_key]
-    owners.sort(key=lambda o: (o[0] != rank, o[0]))  # own data first, then neighbours by rank
+    index = index if index is not None else _owner_index(shells)
+    ranks, lo_arr, hi_arr = index[c_key]
     pieces = []
     for combo in itertools.product(*per_dim):
-        for rk, obox in owners:
+        src_lo = np.array([r.src_range[0] for r in combo])
+        src_hi = np.array([r.src_range[1] for r in combo])
+        hit = np.all((lo_arr < src_hi) & (hi_arr > src_lo), axis=1)
+        # own data first, then neighbours by rank
+        for rk in sorted((int(r) for r in ranks[hit]), key=lambda r: (r != rank, r)):
+            obox = shells[rk][1]
             parts = [r.restrict(lo, hi) for r, lo, hi in zip(combo, obox.lo, obox.hi)]
             if any(p is None for p in parts):
                 continue
@@ -524,6 +558,7 @@ def build(
     ownership: str = "aligned",
     exchange: str = "neighbours",
     pipeline: int = 1,
+    backend: str = "torch",
 ) -> Plan:
     """Build the Plan for explicit split counts over (N, C_out units, *spatial)."""
     ntiles = math.prod(counts)
@@ -549,7 +584,8 @@ def build(
         else:  # even: the input split like the output, so layers chain without moving data
             owned_sp = list(in_r[2:])
         shells.append(_shell(spec, axes, out_r, owned_sp, split_c))
-    tiles = tuple(_tile(spec, axes, rank, shell, shells) for rank, shell in enumerate(shells))
+    index = _owner_index(shells)
+    tiles = tuple(_tile(spec, axes, rank, shell, shells, index) for rank, shell in enumerate(shells))
     return Plan(
         spec=spec,
         partition=partition,
@@ -560,19 +596,17 @@ def build(
         ownership=ownership,
         exchange=exchange,
         pipeline=pipeline,
+        backend=backend,
     )
 
 
-def make_plan(
-    spec: ConvSpec,
-    partition: str | Sequence[int] = "auto",
-    workers: int = 1,
-    worker_weights: Sequence[float] | None = None,
-    ownership: str = "aligned",
-    exchange: str = "neighbours",
-    pipeline: int = 1,
-) -> Plan:
-    """Resolve ``partition`` for ``workers`` workers and build the Plan."""
+def check_args(spec: ConvSpec, partition, workers, worker_weights, ownership: str, exchange: str, pipeline,
+               backend: str) -> list[float] | None:
+    """Validate the arguments of a plan (ValueError/TypeError naming the bad one); returns
+    the worker weights as a list."""
+    why = backend_unsupported(backend, spec)
+    if why is not None:
+        raise ValueError(why)
     if isinstance(pipeline, bool) or not isinstance(pipeline, int) or pipeline < 1:
         raise ValueError(f"pipeline must be an int >= 1, got {pipeline!r}")
     if ownership not in OWNERSHIPS:
@@ -593,5 +627,20 @@ def make_plan(
             raise ValueError(f"worker_weights must be finite positive numbers, got {worker_weights}")
     if isinstance(partition, str) and PARTITION_ALIASES.get(partition, partition) not in PARTITIONS:
         raise ValueError(f"partition must be one of {PARTITIONS} or a tuple of counts, got {partition!r}")
+    return worker_weights
+
+
+def make_plan(
+    spec: ConvSpec,
+    partition: str | Sequence[int] = "auto",
+    workers: int = 1,
+    worker_weights: Sequence[float] | None = None,
+    ownership: str = "aligned",
+    exchange: str = "neighbours",
+    pipeline: int = 1,
+    backend: str = "torch",
+) -> Plan:
+    """Resolve ``partition`` for ``workers`` workers and build the Plan."""
+    worker_weights = check_args(spec, partition, workers, worker_weights, ownership, exchange, pipeline, backend)
     name, counts = resolve_splits(spec, partition, workers, ownership)
-    return build(spec, counts, name, workers, worker_weights, ownership, exchange, pipeline)
+    return build(spec, counts, name, workers, worker_weights, ownership, exchange, pipeline, backend)

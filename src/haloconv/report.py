@@ -91,3 +91,17 @@ def write_report(report: dict, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))
     return path
+
+
+def candidates_table(preds) -> str:
+    """The cost model's ranking: one line per candidate (see cost.candidates)."""
+    head = ("rank", "candidate", "predicted s", "compute s", "comm s", "halo MB", "moved MB", "peak MB/worker")
+    rows = []
+    for i, q in enumerate(preds, 1):
+        moved = sum(sum(v.values()) for v in q.bytes_moved.values()) / 2 / 2**20  # each byte is sent and received
+        halo = sum(v["halo"] for v in q.bytes_moved.values()) / 2 / 2**20
+        rows.append((str(i), q.label, f"{q.total_s:.4f}", f"{q.compute_s:.4f}", f"{q.comm_s:.4f}", f"{halo:.2f}",
+                     f"{moved:.1f}", f"{q.peak_memory / 2**20:.1f}"))
+    widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(head)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    return "\n".join([fmt.format(*head), *(fmt.format(*r) for r in rows)])

@@ -19,7 +19,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from haloconv import kernels
+from haloconv import kernels, methods
 from haloconv.engines import spmd
 from haloconv.engines.base import Execution, execution_from_reports
 from haloconv.engines.comm import Comm
@@ -246,7 +246,7 @@ class LocalCluster:
 
         cmd = {"op": "conv", "plan": plan, "dtype": x.dtype, "backend": kernels.backend_name(backend)}
         out, reports = self._step(cmd, master)
-        return _exec(out, plan, kernels.backend_name(backend), time.perf_counter() - t_start, reports)
+        return _exec(out, plan, methods.label(plan.backend, backend), time.perf_counter() - t_start, reports)
 
     # -- resident shards ------------------------------------------------------------------------
     def scatter(self, x: torch.Tensor, plan: Plan) -> Sharded:
@@ -289,7 +289,7 @@ class LocalCluster:
         self._shards[sid] = shard
         boxes = tuple(t.out for t in plan.tiles)
         return Sharded(self, sid, plan.spec.output_shape, boxes, x.dtype,
-                       _exec(None, plan, kernels.backend_name(backend), time.perf_counter() - t0, reports), plan)
+                       _exec(None, plan, methods.label(plan.backend, backend), time.perf_counter() - t0, reports), plan)
 
     def gather(self, x: Sharded) -> torch.Tensor:
         """The full tensor the shards make up, on the master."""

@@ -11,7 +11,7 @@ import weakref
 
 import torch
 
-from haloconv import kernels
+from haloconv import kernels, methods
 from haloconv.engines.base import assemble_window, piece_data, piece_grad
 from haloconv.engines.comm import Comm
 from haloconv.plan import Box, Plan, Tile, transfer_chunks
@@ -383,7 +383,8 @@ def compute(
             bias = None if bias is None else bias[c0:c1]
         if backend is None:
             backend = kernels.select_backend(plan.spec, window, weight, bias)
-        y = kernels.conv_tile(window, weight, bias, plan.spec, tile.groups, backend, tile.first, tile.out.shape[2:])
+        y = methods.compute(plan.backend, window, weight, bias, plan.spec, tile.groups, backend, tile.first,
+                            tile.out.shape[2:])
         if y._base is not None:  # the rows computed beyond the tile are room for the next halo
             _mark_room(y._base)
         return y

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from haloconv import kernels
+from haloconv import kernels, methods
 from haloconv.engines.base import Execution, WorkerStats, assemble_window
 from haloconv.plan import Plan, Tile
 
@@ -40,7 +40,7 @@ def run(
         w = weight[c0:c1]
         b = None if bias is None else bias[c0:c1]
         t1 = time.perf_counter()
-        y = kernels.conv_tile(window, w, b, spec, tile.groups, backend, tile.first, tile.out.shape[2:])
+        y = methods.compute(plan.backend, window, w, b, spec, tile.groups, backend, tile.first, tile.out.shape[2:])
         t2 = time.perf_counter()
         out[tile.out.slices()] = y
         t3 = time.perf_counter()
@@ -61,7 +61,7 @@ def run(
         output=out,
         plan=plan,
         engine="threads",
-        backend=kernels.backend_name(backend),
+        backend=methods.label(plan.backend, backend),
         wall_seconds=time.perf_counter() - t_start,
         workers=stats,
     )

@@ -1,0 +1,111 @@
+"""Scaling projections from the cost model: one layer on 1..P workers (strong scaling) and
+P x the work on P workers (weak scaling), per partition, with the halo's share of the time.
+
+Shards are resident (a layer of a model, or a chain of filters): each worker pays its halo
+exchange and its compute, on its own core and link.  Batch splitting stops at N samples;
+spatial splits go on until tiles are all halo.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from haloconv.cost import Profile, resident_seconds
+from haloconv.plan import _factorizations, build
+from haloconv.spec import ConvSpec
+
+
+def _even_grid(p: int, extents: Sequence[int]) -> tuple[int, ...] | None:
+    fits = [f for f in _factorizations(p, len(extents)) if all(c <= e for c, e in zip(f, extents))]
+    return min(fits, key=lambda f: (max(f), tuple(-c for c in f))) if fits else None
+
+
+def _counts(name: str, spec: ConvSpec, p: int) -> tuple[int, ...] | None:
+    """Split counts over (N, C_out, *spatial) for ``p`` workers, or None when it cannot use them."""
+    dims = 2 + spec.ndim
+    c = [1] * dims
+    out_sp = spec.out_spatial
+    if name == "batch":
+        c[0] = min(p, spec.batch)  # more workers than samples: the rest idle
+    elif name == "channels":
+        if p > spec.out_channels:
+            return None
+        c[1] = p
+    elif name == "rows":
+        ax = 2 if spec.ndim == 1 else dims - 2
+        if p > out_sp[ax - 2]:
+            return None
+        c[ax] = p
+    elif name == "grid":
+        g = _even_grid(p, out_sp)
+        if g is None:
+            return None
+        c[2:] = g
+    elif name == "batch+grid":  # samples first, then tiles within each sample
+        nb = math.gcd(p, spec.batch)
+        g = _even_grid(p // nb, out_sp)
+        if g is None:
+            return None
+        c[0], c[2:] = nb, g
+    return tuple(c)
+
+
+def _grown(name: str, spec: ConvSpec, p: int) -> ConvSpec:
+    """Weak scaling: the problem made p times bigger along what ``name`` splits."""
+    n, cin, *sp = spec.input_shape
+    cout = spec.out_channels
+    if name == "batch":
+        n *= p
+    elif name == "channels":
+        cout *= p
+    elif name == "rows":
+        sp[0 if spec.ndim == 1 else -2] *= p
+    else:
+        g = _even_grid(p, [1 << 30] * spec.ndim)
+        sp = [s * f for s, f in zip(sp, g)]
+    return ConvSpec.from_args((n, cin, *sp), (cout, *spec.weight_shape[1:]), None, stride=spec.stride,
+                              padding=[lo for lo in spec.pad_lo], dilation=spec.dilation, groups=spec.groups,
+                              padding_mode=spec.padding_mode)
+
+
+def project(spec: ConvSpec, workers: Sequence[int], profile: Profile, itemsize: int = 4) -> dict:
+    """name -> {'strong': [s], 'weak': [s], 'halo_share': [0..1]} over ``workers`` (NaN where
+    the partition cannot use that many workers)."""
+    names = ["batch", "rows", "grid", "channels"] + (["batch+grid"] if spec.batch > 1 else [])
+    if spec.ndim == 1:
+        names.remove("grid")
+    out: dict = {}
+    for name in names:
+        s = {"strong": [], "weak": [], "halo_share": []}
+        for p in workers:
+            counts = _counts(name, spec, p)
+            if counts is None:
+                s["strong"].append(float("nan"))
+                s["halo_share"].append(float("nan"))
+            else:
+                t, h = resident_seconds(build(spec, counts, name, p, ownership="even"), profile, itemsize)
+                s["strong"].append(t)
+                s["halo_share"].append(h / t if t else 0.0)
+            big = _grown(name if name != "batch+grid" else "grid", spec, p)
+            wc = _counts(name if name != "batch+grid" else "grid", big, p)
+            s["weak"].append(float("nan") if wc is None else
+                             resident_seconds(build(big, wc, name, p, ownership="even"), profile, itemsize)[0])
+        out[name] = s
+    return out
+
+
+def table(workers: Sequence[int], proj: dict) -> str:
+    names = list(proj)
+    head = f"{'P':>6}  " + "  ".join(f"{n + ' s (halo%)':>22}" for n in names)
+    lines = ["strong scaling, predicted seconds per layer (halo share):", head]
+    for i, p in enumerate(workers):
+        cells = []
+        for n in names:
+            t, h = proj[n]["strong"][i], proj[n]["halo_share"][i]
+            cells.append(f"{'-':>22}" if math.isnan(t) else f"{t:>13.5f} ({100 * h:4.1f}%)")
+        lines.append(f"{p:>6}  " + "  ".join(cells))
+    best = [min(names, key=lambda n: (math.inf if math.isnan(proj[n]["strong"][i]) else proj[n]["strong"][i]))
+            for i in range(len(workers))]
+    lines.append("fastest: " + ", ".join(f"P={p}: {b}" for p, b in zip(workers, best)))
+    return "\n".join(lines)
