@@ -53,14 +53,28 @@ def measure_compute(prof: Profile, quick: bool = False, log=print) -> None:
     torch.set_num_threads(1)
     try:
         rates = []
-        for cin, k in ((1, 1), (1, 3), (3, 3), (16, 3), (64, 3), (256, 3)):
-            cout = max(cin, 8) if cin > 1 else 8
-            s = max(32, int(side * math.sqrt(16 / max(cin, 16))))
-            spec = ConvSpec.from_args((1, cin, s, s), (cout, cin, k, k), None, padding=k // 2)
-            t = _conv_seconds("torch", spec, repeat)
-            rates.append([cin * k * k, spec.flops() / t])
-            log(f"  torch  C_in/groups x kernel = {cin * k * k:5d}: {spec.flops() / t / 1e9:6.2f} GFLOP/s")
+        for cout in (1, 8, 64):
+            for cin, k in ((1, 3), (1, 7), (1, 15), (8, 3), (64, 3)):
+                # ~equal work per shape; small-channel convs on big images (memory-bound, as in use)
+                s = min(8 * side, max(96, int(4 * side / math.sqrt(max(1.0, cin * cout * k * k / 9)))))
+                spec = ConvSpec.from_args((1, cin, s, s), (cout, cin, k, k), None, padding=k // 2)
+                t = _conv_seconds("torch", spec, repeat)
+                rates.append([cin * k * k, cout, spec.flops() / t])
+            log(f"  torch  C_out {cout:3d}: " + "  ".join(f"inner {r[0]}: {r[2] / 1e9:.1f}" for r in rates[-5:])
+                + " GFLOP/s")
         prof.torch_rates = rates
+        prof.depthwise_rates = []
+        for k in (3, 5, 7):
+            spec = ConvSpec.from_args((1, 32, side * 2, side * 2), (32, 1, k, k), None, padding=k // 2, groups=32)
+            prof.depthwise_rates.append([k * k, spec.flops() / _conv_seconds("torch", spec, repeat)])
+        log("  torch  depthwise 32 channels: " + "  ".join(f"{k}: {r / 1e9:.1f}" for k, r in prof.depthwise_rates)
+            + " GFLOP/s")
+        prof.pointwise_rates = []
+        for cout in (8, 64):
+            for cin in (8, 64):
+                spec = ConvSpec.from_args((1, cin, side * 2, side * 2), (cout, cin, 1, 1), None)
+                prof.pointwise_rates.append([cin, cout, spec.flops() / _conv_seconds("torch", spec, repeat)])
+        log("  torch  1x1: " + "  ".join(f"{a}->{b}: {r / 1e9:.1f}" for a, b, r in prof.pointwise_rates) + " GFLOP/s")
         taps = []
         for k in (3, 7):
             spec = ConvSpec.from_args((1, 1, 4 * side, 4 * side), (1, 1, k, k), None, padding=k // 2)
@@ -90,31 +104,46 @@ def measure_compute(prof: Profile, quick: bool = False, log=print) -> None:
 
 
 def measure_transport(prof: Profile, quick: bool = False, log=print) -> None:
-    """Scatter through a 2-process cluster: the master's link carries half of each tensor."""
-    sizes = [2**14, 2**18, 2**22] if quick else [2**14, 2**18, 2**21, 2**23, 2**24]  # float32 elements
-    xs, ys = [], []
+    """Scatters through a 2-process cluster (the master sends worker 1 its half), varying the
+    bytes and, at equal bytes, the number of messages (one per channel's run of rows)."""
+    shapes = [(1, 1, 2, 2**16), (1, 16, 2, 2**16), (1, 64, 2, 2**16), (1, 1, 2, 2**22), (1, 4, 2, 2**20),
+              (1, 32, 2, 2**17)]
+    if quick:
+        shapes = shapes[::2]
+    rows, ys = [], []
     with LocalCluster(2) as cluster:
-        for n in sizes:
-            spec = ConvSpec.from_args((1, 1, 2, n // 2), (1, 1, 1, 1), None)
-            plan = make_plan(spec, "rows", 2)
-            x = torch.zeros(spec.input_shape)
-            for _ in range(2 if quick else 3):
-                sh = cluster.scatter(x, plan)
-                tr = sh.execution.workers[0].traffic["scatter"]
-                xs.append([tr["messages_sent"], tr["bytes_sent"]])
-                ys.append(tr["seconds"])
-                cluster.free(sh)
         # the fixed cost of a call: a conv so small that nothing else counts
         spec = ConvSpec.from_args((1, 1, 4, 4), (1, 1, 1, 1), None)
         plan = make_plan(spec, "rows", 2)
         x, w = torch.zeros(spec.input_shape), torch.zeros(spec.weight_shape)
         prof.step_s = _best(lambda: cluster.run(plan, x, w, None), 10)
-    sol, *_ = np.linalg.lstsq(np.array(xs, dtype=float), np.array(ys), rcond=None)
-    alpha, beta = sol
-    prof.latency_s = float(max(alpha, 1e-6))
+        for shape in shapes:
+            spec = ConvSpec.from_args(shape, (1, shape[1], 1, 1), None)
+            plan = make_plan(spec, "rows", 2)
+            x = torch.zeros(spec.input_shape)
+            best = None
+            for _ in range(2 if quick else 4):
+                sh = cluster.scatter(x, plan)
+                tr = sh.execution.workers[0].traffic["scatter"]
+                best = tr if best is None or tr["seconds"] < best["seconds"] else best
+                cluster.free(sh)
+            rows.append([1.0, best["messages_sent"], best["bytes_sent"]])
+            ys.append(best["seconds"])
+        # how many cores the workers really get (other load, hyper-threads): two workers on
+        # halves of a compute-bound conv against one worker on all of it
+        spec = ConvSpec.from_args((1, 16, 512, 512), (16, 16, 3, 3), None, padding=1)
+        x, w = torch.randn(spec.input_shape), torch.randn(spec.weight_shape)
+        one, two = make_plan(spec, "rows", 1), make_plan(spec, "rows", 2)
+        t1 = min(cluster.run(one, x, w, None).workers[0].seconds["compute"] for _ in range(3))
+        t2 = min(max(s.seconds["compute"] for s in cluster.run(two, x, w, None).workers) for _ in range(3))
+        prof.cores = float(min(prof.cores, max(1.0, t1 / t2)))
+    # seconds = wake-up + messages x latency + bytes / bandwidth
+    sol, *_ = np.linalg.lstsq(np.array(rows), np.array(ys), rcond=None)
+    _, alpha, beta = sol
+    prof.latency_s = float(max(alpha, 5e-6))
     prof.bandwidth_Bps = float(1.0 / max(beta, 1e-12))
     log(f"  transport: latency {prof.latency_s * 1e6:.0f} us, bandwidth {prof.bandwidth_Bps / 1e9:.2f} GB/s, "
-        f"fixed cost per call {prof.step_s * 1e3:.2f} ms")
+        f"fixed cost per call {prof.step_s * 1e3:.2f} ms, effective cores for 2 workers {prof.cores:.2f}")
 
 
 def calibrate(quick: bool = False, log=print) -> Profile:

@@ -21,24 +21,33 @@ from haloconv.spec import ConvSpec
 
 # Uncalibrated defaults: measured on the 2-core development machine (1 thread per worker,
 # float32, processes engine over loopback gloo).  `haloconv calibrate` measures yours.
-DEFAULT_TORCH_RATES = [[1, 0.6e9], [9, 3.0e9], [27, 6.0e9], [144, 12e9], [576, 20e9], [2304, 25e9]]
+# torch: [inner = C_in/groups x kernel volume, C_out/groups, FLOP/s]
+DEFAULT_TORCH_RATES = [
+    [9, 1, 1.7e9], [49, 1, 5.7e9], [72, 1, 5.2e9], [225, 1, 8.1e9], [576, 1, 2.1e9],
+    [9, 8, 6.5e9], [49, 8, 15e9], [72, 8, 30e9], [225, 8, 42e9], [576, 8, 46e9],
+    [9, 64, 5.0e9], [49, 64, 78e9], [72, 64, 90e9], [225, 64, 146e9], [576, 64, 124e9],
+]
 
 
 @dataclass
 class Profile:
-    """What this machine does per second.  ``torch_rates``: [inner, FLOP/s] pairs, inner =
-    C_in/groups x kernel volume (the GEMM depth), interpolated in log-log."""
+    """What this machine does per second.  ``torch_rates``: [inner, C_out/groups, FLOP/s]
+    points, inner = C_in/groups x kernel volume (the GEMM depth), C_out/groups its width;
+    interpolated in log space over both."""
 
     latency_s: float = 150e-6
     step_s: float = 3e-3  # fixed cost of one processes-engine call (commands, reports, wake-ups)
     bandwidth_Bps: float = 1.2e9
-    copy_Bps: float = 3e9
-    cores: int = field(default_factory=lambda: len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+    copy_Bps: float = 2.4e9
+    cores: float = field(default_factory=lambda: len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                        else (os.cpu_count() or 1))
     torch_rates: list = field(default_factory=lambda: [list(p) for p in DEFAULT_TORCH_RATES])
-    ndimage_taps_per_s: float = 0.9e9  # outputs x kernel taps per second, float64 accumulation
-    fft_s_per_nlogn: float = 2.5e-9  # per real element x log2(size), each of the forward/inverse transforms
-    fft_s_per_mac: float = 1.0e-9  # per complex multiply-add of the channel mixing
+    # depthwise (C_in = C_out = groups): [kernel volume, FLOP/s]; pointwise (1x1): [C_in/groups, C_out/groups, FLOP/s]
+    depthwise_rates: list = field(default_factory=lambda: [[9, 6e9], [25, 10e9], [49, 12e9]])
+    pointwise_rates: list = field(default_factory=lambda: [[8, 8, 3e9], [64, 8, 8e9], [8, 64, 6e9], [64, 64, 15e9]])
+    ndimage_taps_per_s: float = 0.92e9  # outputs x kernel taps per second, float64 accumulation
+    fft_s_per_nlogn: float = 0.26e-9  # per real element x log2(size), each of the forward/inverse transforms
+    fft_s_per_mac: float = 4.4e-9  # per complex multiply-add of the channel mixing
     source: str = "defaults"
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -59,17 +68,14 @@ class Profile:
         return cls(**data)
 
     # -- compute ------------------------------------------------------------------------
-    def torch_rate(self, inner: int) -> float:
-        pts = sorted(self.torch_rates)
-        if inner <= pts[0][0]:
-            return pts[0][1]
-        if inner >= pts[-1][0]:
-            return pts[-1][1]
-        for (a, ra), (b, rb) in zip(pts, pts[1:]):
-            if a <= inner <= b:
-                t = (math.log(inner) - math.log(a)) / (math.log(b) - math.log(a))
-                return math.exp(math.log(ra) + t * (math.log(rb) - math.log(ra)))
-        raise AssertionError("unreachable")
+    def torch_rate(self, inner: int, cout_g: int) -> float:
+        levels = sorted({p[1] for p in self.torch_rates})
+
+        def along_inner(level: int) -> float:
+            pts = sorted((p[0], p[2]) for p in self.torch_rates if p[1] == level)
+            return _interp(pts, inner)
+
+        return _interp([(lv, along_inner(lv)) for lv in levels], cout_g)
 
     def compute_seconds(self, backend: str, spec: ConvSpec, window: Sequence[int], out: Sequence[int],
                         groups: int) -> float:
@@ -80,7 +86,15 @@ class Profile:
         outputs = math.prod(out[2:])
         if backend == "torch":
             flops = 2 * n * cout * cin_g * outputs * kvol
-            return flops / self.torch_rate(cin_g * kvol)
+            cout_g = max(1, cout // groups)
+            if spec.groups > 1 and cin_g == 1 and cout_g == 1:
+                return flops / _interp(sorted((p[0], p[1]) for p in self.depthwise_rates), kvol)
+            if kvol == 1:
+                levels = sorted({p[1] for p in self.pointwise_rates})
+                rate = _interp([(lv, _interp(sorted((p[0], p[2]) for p in self.pointwise_rates if p[1] == lv), cin_g))
+                                for lv in levels], cout_g)
+                return flops / rate
+            return flops / self.torch_rate(cin_g * kvol, cout_g)
         eff = [(k - 1) * d + 1 for k, d in zip(spec.kernel, spec.dilation)]
         if backend == "ndimage":
             full = math.prod(w + 2 * p for w, p in zip(window[2:], spec.backend_pad))
@@ -90,6 +104,19 @@ class Profile:
         transforms = n * (cin + cout) * size * math.log2(max(size, 2)) + cout * cin_g * size * math.log2(max(size, 2))
         macs = n * cout * cin_g * size / 2
         return transforms * self.fft_s_per_nlogn + macs * self.fft_s_per_mac
+
+
+def _interp(pts: Sequence[tuple[float, float]], x: float) -> float:
+    """Piecewise-linear interpolation in log-log of (x, y) points, clamped at the ends."""
+    if x <= pts[0][0]:
+        return pts[0][1]
+    if x >= pts[-1][0]:
+        return pts[-1][1]
+    for (a, ra), (b, rb) in zip(pts, pts[1:]):
+        if a <= x <= b:
+            t = (math.log(x) - math.log(a)) / (math.log(b) - math.log(a)) if b > a else 0.0
+            return math.exp(math.log(ra) + t * (math.log(rb) - math.log(ra)))
+    raise AssertionError("unreachable")
 
 
 def default_profile_path() -> Path:
@@ -152,8 +179,12 @@ def predict(plan: Plan, profile: Profile | None = None, itemsize: int = 4, engin
         ph = tr[r]
         seconds[r] = {p: ph[p].messages_recv * prof.latency_s + ph[p].bytes_recv / prof.bandwidth_Bps
                       for p in PHASES}
-        window_copy = t.window.volume * itemsize / prof.copy_Bps  # a tile's window is assembled by a copy
-        seconds[r]["compute"] = comp + (window_copy if engine == "threads" or t.halo_pieces else 0.0)
+        # a window is copied together unless it can be a view (a band of whole rows: halos
+        # land in the room around it); outputs are written into the result by a copy
+        band = all(a == 0 and b == n for a, b, n in zip(t.out.lo[3:], t.out.hi[3:], spec.output_shape[3:]))
+        window_copy = 0.0 if band and engine != "threads" else t.window.volume * itemsize / prof.copy_Bps
+        out_copy = t.out.volume * itemsize / prof.copy_Bps if (engine == "threads" or r == 0) else 0.0
+        seconds[r]["compute"] = comp + window_copy + out_copy
         moved[r] = {p: ph[p].bytes_sent + ph[p].bytes_recv for p in PHASES}
         memory[r] = (t.window.volume + t.owned.volume + t.out.volume) * itemsize + weight_bytes
     if engine == "threads":

@@ -1,0 +1,98 @@
+"""Compute backends: ndimage split runs are bitwise ndimage on the whole input, FFT runs are
+within FFT_TOLERANCE of torch; both close to torch; refused where they do not apply."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import haloconv
+from haloconv import methods
+from haloconv.spec import ConvSpec
+
+
+@st.composite
+def filter_case(draw):
+    nd = draw(st.sampled_from((1, 2, 2, 3)))
+    max_len = {1: 60, 2: 30, 3: 10}[nd]
+    c = draw(st.sampled_from((1, 1, 2, 3)))
+    kernel = tuple(draw(st.integers(1, 6)) for _ in range(nd))
+    dilation = tuple(draw(st.sampled_from((1, 1, 2))) for _ in range(nd))
+    mode = draw(st.sampled_from(("zeros", "zeros", "reflect", "replicate", "circular")))
+    padding = draw(st.one_of(st.just("same"), st.integers(0, 3)))
+    spatial = tuple(draw(st.integers(8, max_len)) for _ in range(nd))
+    return dict(x=(draw(st.integers(1, 2)), c, *spatial), w=(c, 1, *kernel), groups=c, dilation=dilation,
+                padding=padding, padding_mode=mode, dtype=draw(st.sampled_from((torch.float32, torch.float64))),
+                workers=draw(st.integers(1, 5)), partition=draw(st.sampled_from(("rows", "cols", "grid", "batch"))))
+
+
+def _run(case, backend, **extra):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(case["x"], generator=g, dtype=case["dtype"])
+    w = torch.randn(case["w"], generator=g, dtype=case["dtype"])
+    kw = dict(padding=case["padding"], dilation=case["dilation"], groups=case["groups"],
+              padding_mode=case["padding_mode"])
+    try:
+        spec = ConvSpec.from_args(x.shape, w.shape, None, **kw)
+        ref_torch = methods.single_node("torch", x, w, None, spec)
+    except (ValueError, RuntimeError):
+        return None
+    part = case["partition"]
+    if len(case["x"]) == 3 and part in ("rows", "grid"):
+        part = "cols"
+    y = haloconv.conv(x, w, partition=part, workers=case["workers"], backend=backend, **kw, **extra)
+    return x, w, spec, y, ref_torch
+
+
+@given(filter_case())
+def test_property_ndimage_split_is_bitwise_whole_ndimage(case):
+    out = _run(case, "ndimage")
+    if out is None:
+        return
+    x, w, spec, y, ref_torch = out
+    assert torch.equal(y, methods.single_node("ndimage", x, w, None, spec))
+    torch.testing.assert_close(y, ref_torch, rtol=1e-5 if x.dtype == torch.float32 else 1e-12, atol=1e-5)
+
+
+@given(filter_case(), st.booleans())
+def test_property_fft_within_tolerance_of_torch(case, dense):
+    if dense:  # FFT also takes dense layers, groups and strides
+        case = dict(case, w=(4, case["x"][1], *case["w"][2:]), groups=1)
+    out = _run(case, "fft")
+    if out is None:
+        return
+    x, w, spec, y, ref_torch = out
+    tol = methods.FFT_TOLERANCE[x.dtype] * ref_torch.abs().max().item()
+    assert (y - ref_torch).abs().max().item() <= tol
+
+
+def test_fft_strided_grouped_and_processes_engine():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 41, 37, generator=g)
+    w = torch.randn(6, 2, 5, 5, generator=g)
+    b = torch.randn(6, generator=g)
+    ref = torch.nn.functional.conv2d(x, w, b, stride=2, padding=2, groups=2)
+    y = haloconv.conv(x, w, b, stride=2, padding=2, groups=2, partition="grid", workers=3, backend="fft",
+                      engine="processes")
+    assert (y - ref).abs().max() <= methods.FFT_TOLERANCE[torch.float32] * ref.abs().max()
+
+
+def test_backends_refused_where_they_do_not_apply():
+    x, w = torch.randn(1, 3, 20, 20), torch.randn(4, 3, 3, 3)
+    with pytest.raises(ValueError, match="backend='ndimage' computes single-channel filters only"):
+        haloconv.conv(x, w, backend="ndimage", workers=2, partition="rows")
+    with pytest.raises(ValueError, match="backend='ndimage' needs stride 1"):
+        haloconv.conv(torch.randn(1, 1, 20, 20), torch.randn(1, 1, 3, 3), stride=2, backend="ndimage")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        haloconv.conv(x, w, backend="winograd")
+
+
+def test_auto_backend_picks_fft_for_large_kernels_and_torch_for_small():
+    from haloconv.cost import Profile
+
+    prof = Profile()  # the documented defaults: no calibration needed
+    big = haloconv.plan((1, 1, 1024, 1024), (1, 1, 31, 31), padding=15, workers=2, partition="rows",
+                        backend="auto", profile=prof)
+    small = haloconv.plan((1, 16, 256, 256), (16, 16, 3, 3), padding=1, workers=2, partition="rows",
+                          backend="auto", profile=prof)
+    assert big.backend == "fft" and small.backend == "torch"
