@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 
 from haloconv.cost import Profile, resident_seconds
-from haloconv.plan import _factorizations, build
+from haloconv.plan import _extents, _factorizations, build
 from haloconv.spec import ConvSpec
 
 
@@ -29,7 +29,7 @@ def _counts(name: str, spec: ConvSpec, p: int) -> tuple[int, ...] | None:
     if name == "batch":
         c[0] = min(p, spec.batch)  # more workers than samples: the rest idle
     elif name == "channels":
-        if p > spec.out_channels:
+        if p > _extents(spec)[1]:  # whole groups per worker
             return None
         c[1] = p
     elif name == "rows":
@@ -59,13 +59,16 @@ def _grown(name: str, spec: ConvSpec, p: int) -> ConvSpec:
         n *= p
     elif name == "channels":
         cout *= p
+        if spec.groups > 1:  # grouped: more groups, each of the same width
+            cin *= p
     elif name == "rows":
         sp[0 if spec.ndim == 1 else -2] *= p
     else:
         g = _even_grid(p, [1 << 30] * spec.ndim)
         sp = [s * f for s, f in zip(sp, g)]
+    groups = spec.groups * (p if name == "channels" and spec.groups > 1 else 1)
     return ConvSpec.from_args((n, cin, *sp), (cout, *spec.weight_shape[1:]), None, stride=spec.stride,
-                              padding=[lo for lo in spec.pad_lo], dilation=spec.dilation, groups=spec.groups,
+                              padding=list(spec.pad_lo), dilation=spec.dilation, groups=groups,
                               padding_mode=spec.padding_mode)
 
 
