@@ -96,3 +96,14 @@ def test_auto_backend_picks_fft_for_large_kernels_and_torch_for_small():
     small = haloconv.plan((1, 16, 256, 256), (16, 16, 3, 3), padding=1, workers=2, partition="rows",
                           backend="auto", profile=prof)
     assert big.backend == "fft" and small.backend == "torch"
+
+
+def test_fft_in_blocks_of_rows(monkeypatch):
+    """Tiles larger than a block go through the overlap-add loop (several blocks, a last short one)."""
+    monkeypatch.setattr(methods, "FFT_BLOCK_ELEMENTS", 200)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 2, 97, 23, generator=g, dtype=torch.float64)
+    w = torch.randn(3, 2, 5, 4, generator=g, dtype=torch.float64)
+    ref = torch.nn.functional.conv2d(x, w, padding=(2, 1), dilation=(2, 1))
+    y = haloconv.conv(x, w, padding=(2, 1), dilation=(2, 1), partition="cols", workers=2, backend="fft")
+    assert (y - ref).abs().max() <= methods.FFT_TOLERANCE[torch.float64] * ref.abs().max()

@@ -101,7 +101,13 @@ class Profile:
             return n * cout * full * math.prod(eff) / self.ndimage_taps_per_s
         size = math.prod(w + 2 * p for w, p in zip(window[2:], spec.backend_pad))
         cin = window[1]
-        transforms = n * (cin + cout) * size * math.log2(max(size, 2)) + cout * cin_g * size * math.log2(max(size, 2))
+        # blocks of output rows (methods.FFT_BLOCK_ELEMENTS): transforms of a block's size
+        row = size / max(1, window[2] + 2 * spec.backend_pad[0])
+        block_rows = max(4 * eff[0], (1 << 18) // max(1, int(row * n * max(cin, cout))))
+        block = min(size, (block_rows + eff[0]) * row)
+        blocks = max(1.0, size / block)
+        log_b = math.log2(max(block, 2))
+        transforms = (n * (cin + cout) * size + cout * cin_g * block * blocks) * log_b
         macs = n * cout * cin_g * size / 2
         return transforms * self.fft_s_per_nlogn + macs * self.fft_s_per_mac
 

@@ -16,6 +16,7 @@ padding as kernels.conv_tile, and keeps the same outputs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -80,19 +81,51 @@ def _ndimage(x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec) -> torch.Ten
     return torch.from_numpy(out).to(x.device)
 
 
+# FFT blocks: output rows per block, so that a block's transform stays cache- and memory-friendly
+# (overlap-add over the tile: each block reads its rows plus the kernel's reach)
+FFT_BLOCK_ELEMENTS = 1 << 18
+
+
 def _fft(x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, groups: int) -> torch.Tensor:
-    """Valid cross-correlation (all channels, ``groups`` groups) by real FFTs."""
+    """Valid cross-correlation (all channels, ``groups`` groups) by real FFTs, in blocks of
+    output rows along the first spatial axis."""
     k = _dilated(weight, spec.dilation)
-    nd = spec.ndim
+    reach = k.shape[2]
+    valid = x.shape[2] - reach + 1
+    per_row = math.prod(x.shape[3:]) * x.shape[0] * max(x.shape[1], k.shape[0])
+    rows = max(4 * reach, FFT_BLOCK_ELEMENTS // max(1, per_row))
+    if rows >= valid:
+        return _fft_block(x, k, spec.ndim, groups)
+    out = x.new_empty((x.shape[0], k.shape[0], valid, *(a - b + 1 for a, b in zip(x.shape[3:], k.shape[3:]))))
+    kf = None
+    for r0 in range(0, valid, rows):
+        r1 = min(valid, r0 + rows)
+        block = x[:, :, r0:r1 + reach - 1]
+        if kf is None or block.shape[2] != kf[0]:
+            kf = (block.shape[2], _kernel_fft(k, block.shape[2:], spec.ndim))
+        out[:, :, r0:r1] = _fft_block(block, k, spec.ndim, groups, kf[1])
+    return out
+
+
+def _sizes(shape) -> list[int]:
+    return [scipy.fft.next_fast_len(n, real=True) for n in shape]
+
+
+def _kernel_fft(k: torch.Tensor, shape, nd: int) -> torch.Tensor:
+    return torch.fft.rfftn(k, s=_sizes(shape), dim=tuple(range(-nd, 0))).conj()  # correlation: X * conj(K)
+
+
+def _fft_block(x: torch.Tensor, k: torch.Tensor, nd: int, groups: int, kf: torch.Tensor | None = None) -> torch.Tensor:
     dims = tuple(range(-nd, 0))
-    size = [scipy.fft.next_fast_len(n, real=True) for n in x.shape[2:]]
+    size = _sizes(x.shape[2:])
     xf = torch.fft.rfftn(x, s=size, dim=dims)
-    kf = torch.fft.rfftn(k, s=size, dim=dims).conj()  # correlation: X * conj(K)
+    kf = _kernel_fft(k, x.shape[2:], nd) if kf is None else kf
     n, cin = x.shape[:2]
     cout = k.shape[0]
     xf = xf.reshape(n, groups, cin // groups, *xf.shape[2:])
     kf = kf.reshape(groups, cout // groups, cin // groups, *kf.shape[2:])
     yf = torch.einsum("ngc...,goc...->ngo...", xf, kf).reshape(n, cout, *xf.shape[3:])
+    del xf
     y = torch.fft.irfftn(yf, s=size, dim=dims)
     return y[(slice(None), slice(None), *(slice(0, a - b + 1) for a, b in zip(x.shape[2:], k.shape[2:])))]
 
