@@ -121,3 +121,15 @@ def test_run_with_other_backends_verifies(backend, marker, tmp_path, capsys):
                "--backend", backend, "--engine", "threads", "--verify", "-o", str(tmp_path / "y")])
     out = capsys.readouterr().out
     assert rc == 0 and marker in out and f"single-node {backend}" in out
+
+
+def test_bench_command_writes_tables_and_plots(tmp_path, capsys):
+    rc = main(["bench", "--only", "peers,scaling", "--quick", "--peers-size", "64", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "strong scaling" in out
+    peers = (tmp_path / "peers.md").read_text()
+    assert "| haloconv" in peers and "| scipy" in peers and "kernel 15x15" in peers
+    for name in ("peers.png", "scaling.png"):
+        with Image.open(tmp_path / name) as im:
+            assert np.asarray(im).std() > 0
+    assert main(["bench", "--only", "everything"]) == 2

@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--bandwidth", default=None, help="link bandwidth for the projection, e.g. 25GB/s")
     pl.add_argument("--latency", default=None, help="message latency for the projection, e.g. 5us")
     pl.add_argument("--scaling-png", default="out/scaling.png", help="the projection's plot")
+    b = sub.add_parser("bench", help="run the benchmarks; write markdown tables and PNG plots into a folder")
+    b.add_argument("--out", default="bench", help="folder (default: bench/)")
+    b.add_argument("--only", default="accuracy,peers,scaling",
+                   help="which: accuracy (cost model vs measured), peers (vs scipy/dask-image/torch), scaling")
+    b.add_argument("--quick", action="store_true", help="8 model configurations, 2 runs each; peers once")
+    b.add_argument("--peers-size", type=int, default=8192, help="image side for the peer benchmark")
+    b.add_argument("--profile", default=None, metavar="PROFILE.json")
     c = sub.add_parser("calibrate", help="measure this machine into a cost-model profile (JSON)")
     c.add_argument("--profile", default=None, metavar="PATH",
                    help="where to write it (default: the user's cache dir, which the cost model reads)")
@@ -331,6 +338,37 @@ def plan_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_command(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from haloconv import bench
+
+    parts = set(args.only.split(","))
+    if not parts or parts - {"accuracy", "peers", "scaling"}:
+        raise ValueError(f"--only takes accuracy, peers, scaling (comma-separated), got {args.only!r}")
+    if args.peers_size < 16:
+        raise ValueError(f"--peers-size must be >= 16, got {args.peers_size}")
+    accuracy = peer = scaled = None
+    if "accuracy" in parts:
+        accuracy = bench.model_accuracy(args.profile, repeat=2 if args.quick else 5, quick=args.quick)
+    if "peers" in parts:
+        methods = [m for m in bench.PEERS if m != "dask-image" or importlib.util.find_spec("dask_image")]
+        if "dask-image" not in methods:
+            print("dask-image is not installed (pip install 'haloconv[bench]'): compared without it")
+        peer = bench.peers(args.peers_size, (3, 15), 1 if args.quick else 3, methods)
+    if "scaling" in parts:
+        spec = ConvSpec.from_args((1, 64, 2048, 2048), (64, 64, 3, 3), None, padding=1)
+        counts = [2**i for i in range(11)]
+        sim = dataclasses.replace(cost.load_profile(args.profile), bandwidth_Bps=25e9, latency_s=5e-6, cores=1024)
+        proj = scaling.project(spec, counts, sim)
+        title = "1x64x2048x2048 * 64x64x3x3: predicted, 25 GB/s, 5 us, one core per worker"
+        scaled = (counts, proj, title, scaling.table(counts, proj))
+        print(scaled[3])
+    for path in bench.write_folder(args.out, accuracy, peer, scaled):
+        print(f"wrote {path}")
+    return 0
+
+
 def calibrate_command(args: argparse.Namespace) -> int:
     from haloconv.calibrate import calibrate
 
@@ -350,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
             return plan_command(args)
         if args.command == "calibrate":
             return calibrate_command(args)
+        if args.command == "bench":
+            return bench_command(args)
     except (ValueError, TypeError) as e:
         print(f"haloconv: error: {e}", file=sys.stderr)
         return 2
