@@ -67,5 +67,5 @@ def test_cli_examples_run(tmp_path):
         r = subprocess.run([sys.executable, "-m", "haloconv", *args], cwd=tmp_path,
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, (line, r.stdout[-2000:], r.stderr[-2000:])
-        if "--verify" in args:
-            assert "bitwise equal: True" in r.stdout
+        if "--verify" in args:  # exit 0 already says it; the FFT backend is checked within its tolerance
+            assert "bitwise equal: True" in r.stdout or re.search(r"fft within \S+ x max\|y\|: True", r.stdout)

@@ -66,19 +66,38 @@ def _keep(y: torch.Tensor, stride, first, out_shape) -> torch.Tensor:
     return y[(slice(None), slice(None), *(slice(f, f + n) for f, n in zip(first, out_shape)))]
 
 
-def _ndimage(x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
-    """Valid cross-correlation of each channel of ``x`` with its own filter."""
+def _ndimage(window: torch.Tensor, weight: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
+    """Each channel of the window correlated with its own filter, as the conv backend would
+    on the window padded by spec.backend_pad: outputs of that padded valid correlation.
+
+    ndimage's 'constant' mode reads zeros beyond the window, which is the backend padding,
+    so the window is not copied into a padded one when the padding fits inside the kernel's
+    reach; the outputs are written straight into one array."""
     k = _dilated(weight, spec.dilation)
-    xs, ks = x.detach().cpu().numpy(), k.detach().cpu().numpy()
-    kshape = ks.shape[2:]
-    valid = tuple(n - m + 1 for n, m in zip(xs.shape[2:], kshape))
-    # correlate centres the kernel at K//2: valid output i sits at i + K//2
-    crop = tuple(slice(m // 2, m // 2 + v) for m, v in zip(kshape, valid))
-    out = np.empty((*xs.shape[:2], *valid), dtype=xs.dtype)
+    xs, ks = window.detach().cpu().numpy(), k.detach().cpu().numpy()
+    kshape, pad = ks.shape[2:], spec.backend_pad
+
+    def layout(pad):
+        # output o of the padded valid correlation is ndimage's output at o + K//2 - pad
+        n_out = tuple(n + 2 * p - m + 1 for n, p, m in zip(xs.shape[2:], pad, kshape))
+        return n_out, tuple(m // 2 - p for m, p in zip(kshape, pad))
+
+    n_out, lo = layout(pad)
+    if not all(a >= 0 and a + v <= n for a, v, n in zip(lo, n_out, xs.shape[2:])):
+        # some outputs sit beyond ndimage's same-size output (even kernels, wide padding): pad for real
+        xs = _backend_padded(window, spec).detach().cpu().numpy()
+        n_out, lo = layout((0,) * len(pad))
+    same = all(v == 0 for v in lo) and n_out == xs.shape[2:]
+    out = np.empty((*xs.shape[:2], *(n_out if not same else xs.shape[2:])), dtype=xs.dtype)
+    full = None if same else np.empty(xs.shape[2:], dtype=xs.dtype)
     for n in range(xs.shape[0]):
         for c in range(xs.shape[1]):
-            out[n, c] = scipy.ndimage.correlate(xs[n, c], ks[c, 0], mode="constant")[crop]
-    return torch.from_numpy(out).to(x.device)
+            if same:
+                scipy.ndimage.correlate(xs[n, c], ks[c, 0], output=out[n, c], mode="constant")
+            else:
+                scipy.ndimage.correlate(xs[n, c], ks[c, 0], output=full, mode="constant")
+                out[n, c] = full[tuple(slice(a, a + v) for a, v in zip(lo, n_out))]
+    return torch.from_numpy(out).to(window.device)
 
 
 # FFT blocks: output rows per block, so that a block's transform stays cache- and memory-friendly
@@ -135,12 +154,14 @@ def compute(method: str, window: torch.Tensor, weight: torch.Tensor, bias: torch
     """One tile's output box from its window with ``method``."""
     if method == "torch":
         return kernels.conv_tile(window, weight, bias, spec, groups, torch_backend, first, out_shape)
-    x = _backend_padded(window, spec)
-    y = _ndimage(x, weight, spec) if method == "ndimage" else _fft(x, weight, spec, groups)
+    if method == "ndimage":
+        y = _ndimage(window, weight, spec)
+    else:
+        y = _fft(_backend_padded(window, spec), weight, spec, groups)
     y = _keep(y, spec.stride, first, out_shape)
     if bias is not None:
         y = y + bias.view(1, -1, *([1] * spec.ndim))
-    return y.contiguous()
+    return y if y.is_contiguous() else y.contiguous()
 
 
 def single_node(method: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
