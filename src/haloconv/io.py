@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ def _to_unit(a: np.ndarray) -> np.ndarray:
         return a.astype(np.float32)
     if a.dtype == bool:
         return a.astype(np.float32)
-    raise ValueError(f"unsupported pixel dtype {a.dtype}")
+    raise ValueError(f"unsupported pixel dtype {a.dtype} (use integer, bool or floating pixels)")
 
 
 def _channels_first(a: np.ndarray, path: Path) -> np.ndarray:
@@ -63,6 +64,8 @@ def read_input(path: str | Path) -> tuple[np.ndarray, bool]:
                 a = a[None]
             elif a.ndim not in (4, 5):
                 raise ValueError(f"input {str(p)!r} has shape {a.shape}; expected 2-D to 5-D")
+            if a.size == 0:
+                raise ValueError(f"input {str(p)!r} is empty: shape {a.shape}")
             return _to_unit(a) if a.dtype != np.float64 else a.astype(np.float32), False
         if suffix in TIFF_SUFFIXES:
             import tifffile
@@ -77,8 +80,10 @@ def read_input(path: str | Path) -> tuple[np.ndarray, bool]:
                     im = im.convert("RGB")
                 a = np.asarray(im)
             return _channels_first(_to_unit(a), p)[None], True
-    except ValueError:
-        raise
+    except ValueError as e:
+        if str(p) in str(e):
+            raise
+        raise ValueError(f"cannot read input {str(p)!r}: {e}") from None
     except Exception as e:  # corrupt files raise library-specific errors
         raise ValueError(f"cannot read input {str(p)!r}: {e}") from None
     raise ValueError(
@@ -94,27 +99,40 @@ def to_uint8(y: np.ndarray) -> np.ndarray:
     return np.clip(np.round((y - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
 
 
+def _atomic(path: Path, write) -> Path:
+    """Write through a temporary file in the same folder, renamed into place at the end:
+    a reader (or a crash) never sees a partial file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def write_outputs(y: np.ndarray, prefix: str | Path, image: bool, image_format: str = "png") -> list[Path]:
     """Write y as PREFIX.npy, and for 2-D images also PREFIX.png (8-bit, min/max scaled,
-    grayscale or RGB) or PREFIX.tif (float32, lossless).  Returns the paths written."""
+    grayscale or RGB) or PREFIX.tif (float32, lossless).  Each file appears whole or not at
+    all.  Returns the paths written."""
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    written = [prefix.with_suffix(".npy")]
-    np.save(written[0], y)
+
+    def npy(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, y)
+
+    written = [_atomic(Path(f"{prefix}.npy"), npy)]
     if image and y.ndim == 4:
         chw = y[0]
         if image_format == "tif":
             import tifffile
 
-            path = prefix.with_suffix(".tif")
-            tifffile.imwrite(path, chw.astype(np.float32))
+            written.append(_atomic(Path(f"{prefix}.tif"), lambda tmp: tifffile.imwrite(tmp, chw.astype(np.float32))))
         else:
             from PIL import Image
 
-            path = prefix.with_suffix(".png")
-            if chw.shape[0] == 3:
-                Image.fromarray(to_uint8(np.moveaxis(chw, 0, -1))).save(path)
-            else:
-                Image.fromarray(to_uint8(chw[0])).save(path)
-        written.append(path)
+            img = Image.fromarray(to_uint8(np.moveaxis(chw, 0, -1)) if chw.shape[0] == 3 else to_uint8(chw[0]))
+            written.append(_atomic(Path(f"{prefix}.png"), lambda tmp: img.save(tmp, format="PNG")))
     return written

@@ -625,6 +625,8 @@ def check_args(spec: ConvSpec, partition, workers, worker_weights, ownership: st
             )
         if not all(isinstance(w, (int, float)) and math.isfinite(w) and w > 0 for w in worker_weights):
             raise ValueError(f"worker_weights must be finite positive numbers, got {worker_weights}")
+    if not isinstance(partition, (str, tuple, list)):
+        raise TypeError(f"partition must be one of {PARTITIONS} or a tuple of counts, got {partition!r}")
     if isinstance(partition, str) and PARTITION_ALIASES.get(partition, partition) not in PARTITIONS:
         raise ValueError(f"partition must be one of {PARTITIONS} or a tuple of counts, got {partition!r}")
     return worker_weights
