@@ -117,11 +117,14 @@ def execute(
     bias: ArrayLike | None = None,
     *,
     engine: str | LocalCluster = "threads",
+    on_failure: str = "retry",
 ) -> Execution:
     """Run ``plan`` on data; returns the output tensor with per-worker statistics.
 
     ``engine``: 'threads' (in this process), 'processes' (a LocalCluster started and
-    stopped for this call), or a running LocalCluster."""
+    stopped for this call; with ``on_failure='retry'`` a worker lost mid-run makes the job
+    re-planned on the workers left and run again, exact either way; 'fail' raises
+    WorkerError), or a running LocalCluster (a lost worker raises WorkerError)."""
     xt, wt, bt, _ = _inputs(x, weight, bias)
     if tuple(xt.shape) != plan.spec.input_shape or tuple(wt.shape) != plan.spec.weight_shape:
         raise ValueError(
@@ -134,6 +137,8 @@ def execute(
         return engine.run(plan, xt, wt, bt)
     if not isinstance(engine, str) or engine not in ENGINES:
         raise ValueError(f"engine must be one of {sorted(ENGINES)} or a LocalCluster, got {engine!r}")
+    if engine == "processes":
+        return ENGINES[engine](plan, xt, wt, bt, on_failure=on_failure)
     return ENGINES[engine](plan, xt, wt, bt)
 
 
@@ -157,6 +162,7 @@ def conv(
     backend: str = "torch",
     memory_budget: int | None = None,
     profile: cost.Profile | str | None = None,
+    on_failure: str = "retry",
 ) -> ArrayLike:
     """N-D convolution split across workers; exactly torch.nn.Conv{1,2,3}d's result.
 
@@ -175,5 +181,5 @@ def conv(
         backend=backend, memory_budget=memory_budget, profile=profile,
         engine=engine if isinstance(engine, str) else "processes",
     )
-    y = execute(p, xt, wt, bt, engine=engine).output
+    y = execute(p, xt, wt, bt, engine=engine, on_failure=on_failure).output
     return y.numpy() if is_numpy else y

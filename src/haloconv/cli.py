@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from haloconv import api, cost, filters, io, kernels, methods, plots, report, scaling
-from haloconv.engines import LocalCluster
+from haloconv.engines import WorkerError, processes
 from haloconv.engines.base import execution_from_reports
 from haloconv.spec import ConvSpec
 
@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--exchange", default="neighbours", choices=("neighbours", "master"),
                    help="halos swapped between neighbours (default), or whole windows sent by the master")
     r.add_argument("--timeout", type=float, default=60.0, help="seconds before a silent worker is an error")
+    r.add_argument("--on-failure", default="retry", choices=("retry", "fail"),
+                   help="a worker dies mid-run: re-plan on the workers left and run again (default), or stop")
     r.add_argument("--report", default=None, metavar="RUN.json",
                    help="write per worker and phase: bytes, messages, seconds, predicted bytes, the plan, load")
     r.add_argument("-o", "--output", default=None,
@@ -225,9 +227,10 @@ def run(args: argparse.Namespace) -> int:
     print(plan)
     xt, wt = torch.from_numpy(x), torch.from_numpy(weight)
     if args.engine == "processes":
-        with LocalCluster(plan.workers, timeout=args.timeout) as cluster:
-            print(f"started {plan.workers} worker processes in {cluster.startup_seconds:.2f}s")
-            ex = api.execute(plan, xt, wt, None, engine=cluster)
+        ex = processes.run(plan, xt, wt, None, timeout=args.timeout, on_failure=args.on_failure,
+                           log=lambda m: print(m, flush=True))
+        if ex.failures:
+            print(f"survived {len(ex.failures)} worker fault(s); the result is from {ex.plan.workers} workers")
     else:
         ex = api.execute(plan, xt, wt, None, engine=args.engine)
     return _finish(args, ex, xt, wt, name, is_image)
@@ -393,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as e:
         print(f"haloconv: error: {e}", file=sys.stderr)
         return 2
+    except WorkerError as e:
+        print(f"haloconv: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("haloconv: interrupted", file=sys.stderr)
         return 130

@@ -35,6 +35,7 @@ class Execution:
     backend: str
     wall_seconds: float
     workers: list[WorkerStats]
+    failures: list[str] = field(default_factory=list)  # worker faults survived on the way (processes engine)
 
     def table(self) -> str:
         seen = {p for w in self.workers for p in w.seconds}

@@ -24,7 +24,7 @@ from haloconv.engines import spmd
 from haloconv.engines.base import Execution, execution_from_reports
 from haloconv.engines.comm import Comm
 from haloconv.engines.worker import HOST, WorkerError
-from haloconv.plan import Plan
+from haloconv.plan import PARTITIONS, Plan, make_plan
 
 
 class LocalCluster:
@@ -179,7 +179,8 @@ class LocalCluster:
         return WorkerError(
             f"the call failed within the timeout of {self.timeout:g} s: {'; '.join(what)} "
             f"({type(exc).__name__}: {exc}); the cluster was shut down"
-            + ("\n" + "\n".join(errors) if errors else "")
+            + ("\n" + "\n".join(errors) if errors else ""),
+            dead=tuple(dead),
         )
 
     # -- collective steps: the master's half of worker._run -----------------------------------
@@ -347,7 +348,35 @@ def _exec(out, plan: Plan, backend: str, wall: float, reports: dict[int, dict]) 
 
 
 def run(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
-        timeout: float = 60.0) -> Execution:
-    """engine='processes': start a LocalCluster for this one call, then stop it."""
-    with LocalCluster(plan.workers, timeout=timeout) as cluster:
-        return cluster.run(plan, x, weight, bias)
+        timeout: float = 60.0, on_failure: str = "retry", log=None) -> Execution:
+    """engine='processes': start a LocalCluster for this one call, then stop it.
+
+    ``on_failure='retry'``: when a worker dies or hangs mid-run, the plan is re-made with
+    the same partition for the workers left (one fewer per lost worker) and run again on a
+    fresh cluster — the result is exact either way; ``'fail'``: raise WorkerError at once."""
+    if on_failure not in ("retry", "fail"):
+        raise ValueError(f"on_failure must be 'retry' or 'fail', got {on_failure!r}")
+    failures: list[str] = []
+    while True:
+        try:
+            with LocalCluster(plan.workers, timeout=timeout) as cluster:
+                if log is not None:
+                    log(f"started {plan.workers} worker processes in {cluster.startup_seconds:.2f}s")
+                ex = cluster.run(plan, x, weight, bias)
+                ex.failures = failures
+                return ex
+        except WorkerError as e:
+            survivors = plan.workers - max(1, len(e.dead))
+            if on_failure == "fail" or survivors < 1:
+                raise
+            failures.append(str(e))
+            if log is not None:
+                log(f"haloconv: {e}\nre-planning the whole job on {survivors} worker(s) and running it again")
+            plan = _replan(plan, survivors)
+
+
+def _replan(plan: Plan, workers: int) -> Plan:
+    """The same job with the same kind of partition on fewer workers."""
+    name = plan.partition if plan.partition in PARTITIONS and plan.partition != "auto" else "grid"
+    weights = None if plan.weights is None else list(plan.weights[:workers])
+    return make_plan(plan.spec, name, workers, weights, plan.ownership, plan.exchange, plan.pipeline, plan.backend)

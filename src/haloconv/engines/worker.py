@@ -22,7 +22,11 @@ _BACKENDS = torch._C._ConvBackend
 
 
 class WorkerError(RuntimeError):
-    """A worker process died, hung past the timeout, or raised."""
+    """A worker process died, hung past the timeout, or raised.  ``dead``: the ranks that exited."""
+
+    def __init__(self, message: str, dead: tuple[int, ...] = ()):
+        super().__init__(message)
+        self.dead = tuple(dead)
 
 
 def _die_with_parent() -> None:
