@@ -17,6 +17,7 @@ import torch
 from haloconv import kernels, methods
 from haloconv.cost import Profile
 from haloconv.engines import LocalCluster
+from haloconv.engines.base import assemble_window
 from haloconv.plan import make_plan
 from haloconv.spec import ConvSpec
 
@@ -37,10 +38,7 @@ def _conv_seconds(method: str, spec: ConvSpec, repeat: int) -> float:
     w = torch.randn(spec.weight_shape, generator=g)
     plan = make_plan(spec, "batch", 1, backend=method)
     tile = plan.tiles[0]
-    window = x if tile.window_is_view else None
-    if window is None:
-        from haloconv.engines.base import assemble_window
-        window = assemble_window(x, tile)
+    window = assemble_window(x, tile)  # a view when it can be
     tb = kernels.select_backend(spec, x, w, None)
     return _best(lambda: methods.compute(method, window, w, None, spec, tile.groups, tb, tile.first,
                                          tile.out.shape[2:]), repeat)

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from haloconv import distributed
+from haloconv.geometry import split_extent
 from haloconv.nn import functional as hf
 from haloconv.nn.layout import Layout
 from haloconv.nn.sharding import layout_for
@@ -66,8 +67,6 @@ class _DistributedConvNd(_Sharded):
         units = self.groups if self.groups > 1 else self.out_channels
         if units < comm.world:
             raise ValueError(f"partition='channels' needs >= {comm.world} filter groups, the layer has {units}")
-        from haloconv.geometry import split_extent
-
         u0, u1 = split_extent(units, comm.world, self.layout.worker_weights)[comm.rank]
         per = self.out_channels // units
         self.filters = (u0 * per, u1 * per)
