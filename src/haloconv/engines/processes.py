@@ -13,6 +13,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 
@@ -21,7 +22,7 @@ import torch.distributed as dist
 
 from haloconv import kernels, methods
 from haloconv.engines import spmd
-from haloconv.engines.base import Execution, execution_from_reports
+from haloconv.engines.base import Execution, WorkerStats, assemble_window, execution_from_reports
 from haloconv.engines.comm import Comm
 from haloconv.engines.worker import HOST, WorkerError
 from haloconv.plan import PARTITIONS, Plan, make_plan
@@ -209,11 +210,11 @@ class LocalCluster:
             raise
         return result, reports
 
-    def _compute(self, comm: Comm, plan: Plan, window, w, b, backend):
+    def _compute(self, comm: Comm, plan: Plan, window, w, b, backend, tile=None):
         caller_threads = torch.get_num_threads()
         torch.set_num_threads(self.threads_per_worker)
         try:
-            return spmd.compute(comm, plan, window, w, b, backend)
+            return spmd.compute(comm, plan, window, w, b, backend, tile=tile)
         finally:
             torch.set_num_threads(caller_threads)
 
@@ -248,6 +249,82 @@ class LocalCluster:
         cmd = {"op": "conv", "plan": plan, "dtype": x.dtype, "backend": kernels.backend_name(backend)}
         out, reports = self._step(cmd, master)
         return _exec(out, plan, methods.label(plan.backend, backend), time.perf_counter() - t_start, reports)
+
+    def run_dynamic(self, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
+                    throttle: dict[int, float] | None = None) -> Execution:
+        """Master/worker with dynamic scheduling, for unequal workers: the plan's tiles (make
+        many more than workers) are handed out one at a time to whichever worker is free; the
+        master computes tiles too while no worker is waiting.  Exact like any plan.
+
+        ``throttle``: {rank: factor} makes those workers (or the master, rank 0) that many
+        times slower — a stand-in for unequal machines in benchmarks and tests."""
+        if plan.splits[1] != 1:
+            raise ValueError("dynamic scheduling hands out tiles of the whole filter bank; use a partition "
+                             "without a channels split")
+        if x.device.type != "cpu":
+            raise ValueError(f"the processes engine takes CPU tensors, got x on {x.device}")
+        throttle = dict(throttle or {})
+        if any(not (isinstance(f, (int, float)) and f >= 1) for f in throttle.values()):
+            raise ValueError(f"throttle factors must be numbers >= 1, got {throttle}")
+        t_start = time.perf_counter()
+        backend = kernels.select_backend(plan.spec, x, weight, bias)
+        done: dict[int, int] = {}
+
+        def master(comm: Comm) -> torch.Tensor:
+            w, b = spmd.broadcast_weights(comm, plan, weight, bias, x.dtype)
+            xc = x.contiguous()
+            out = torch.empty(plan.spec.output_shape, dtype=x.dtype)
+            queue = list(range(len(plan.tiles)))
+            lock = threading.Lock()
+            errors: list[BaseException] = []
+
+            def next_index() -> int:
+                with lock:
+                    return queue.pop(0) if queue and not errors else -1
+
+            def feed(rank: int) -> None:
+                """One thread per worker: hand it a tile, wait for the output, repeat."""
+                try:
+                    keep: list = []
+                    while True:
+                        index = next_index()
+                        works, buf = spmd.hand_out(comm, plan, xc, index, rank, out, keep)
+                        if index < 0:
+                            return
+                        comm.wait(works)
+                        if buf is not None:
+                            out[plan.tiles[index].out.slices()] = buf
+                        done[rank] = done.get(rank, 0) + 1
+                        keep.clear()
+                except BaseException as e:  # noqa: BLE001 - re-raised by the master below
+                    errors.append(e)
+
+            feeders = [threading.Thread(target=feed, args=(r,), daemon=True) for r in range(1, self.workers)]
+            for t in feeders:
+                t.start()
+            while (index := next_index()) >= 0:  # the master computes tiles while the workers do
+                tile = plan.tiles[index]
+                t0 = time.perf_counter()
+                y = self._compute(comm, plan, assemble_window(xc, tile), w, b, backend, tile)
+                if throttle.get(0, 1.0) > 1:
+                    time.sleep((throttle[0] - 1) * (time.perf_counter() - t0))
+                out[tile.out.slices()] = y
+                done[0] = done.get(0, 0) + 1
+            for t in feeders:
+                t.join()
+            if errors:
+                raise errors[0]
+            return out
+
+        cmd = {"op": "dynamic", "plan": plan, "dtype": x.dtype, "backend": kernels.backend_name(backend),
+               "throttle": throttle}
+        out, reports = self._step(cmd, master)
+        stats = [WorkerStats(r, (), 0, {p: v["seconds"] for p, v in rep["traffic"].items() if p != "control"},
+                             traffic=rep["traffic"]) for r, rep in sorted(reports.items())]
+        ex = Execution(out, plan, "processes-dynamic", methods.label(plan.backend, backend),
+                       time.perf_counter() - t_start, stats)
+        ex.tiles_done = done  # rank -> tiles it computed
+        return ex
 
     # -- resident shards ------------------------------------------------------------------------
     def scatter(self, x: torch.Tensor, plan: Plan) -> Sharded:

@@ -7,6 +7,7 @@ exactly what ``Plan.traffic`` predicts.
 
 from __future__ import annotations
 
+import time
 import weakref
 
 import torch
@@ -319,24 +320,86 @@ def scatter_windows(comm: Comm, plan: Plan, x: torch.Tensor | None, src: int = 0
 def _post_window_receives(comm: Comm, plan: Plan, tile: Tile, src: int) -> list:
     """Post the receives of every part of this rank's window (exchange='master')."""
     dtype = _recv_dtype(comm, src)
+    return [_post_piece_receives(comm, plan, st, dtype, src) for st in plan.subtiles(tile, src)]
+
+
+def _post_piece_receives(comm: Comm, plan: Plan, st: Tile, dtype: torch.dtype, src: int) -> tuple:
+    """(tile, window, works, buffers): the receives of every piece of ``st``'s window from ``src``."""
     shape = plan.spec.input_shape
-    entries = []
-    for st in plan.subtiles(tile, src):
-        covered = sum(p.dst.volume for p in st.pieces) == st.window.volume
-        window = (torch.empty if covered else torch.zeros)(st.window.shape, dtype=dtype, device=comm.device)
-        works, bufs = [], []
-        for p in st.pieces:
-            direct = None
-            if all(x == 1 for x in p.steps):
-                direct = _recv_in_place(comm, window[p.dst.slices()], p.src, shape, src, "scatter")
-            if direct is not None:
-                works += direct
-            else:
-                b = torch.empty(p.src.shape, dtype=dtype, device=comm.device)
-                bufs.append((p, b))
-                works += recv_box(comm, b, p.src, shape, src, "scatter")
-        entries.append((st, window, works, bufs))
-    return entries
+    covered = sum(p.dst.volume for p in st.pieces) == st.window.volume
+    window = (torch.empty if covered else torch.zeros)(st.window.shape, dtype=dtype, device=comm.device)
+    works, bufs = [], []
+    for p in st.pieces:
+        direct = None
+        if all(x == 1 for x in p.steps):
+            direct = _recv_in_place(comm, window[p.dst.slices()], p.src, shape, src, "scatter")
+        if direct is not None:
+            works += direct
+        else:
+            b = torch.empty(p.src.shape, dtype=dtype, device=comm.device)
+            bufs.append((p, b))
+            works += recv_box(comm, b, p.src, shape, src, "scatter")
+    return st, window, works, bufs
+
+
+# -- dynamic scheduling: tiles handed out one by one to whichever worker is free ----------------
+def broadcast_weights(comm: Comm, plan: Plan, weight, bias, dtype: torch.dtype, src: int = 0):
+    """The whole weight (and bias) from ``src`` to every rank (each may compute any tile)."""
+    with comm.phase("weights"):
+        if comm.rank == src:
+            parts = [weight.contiguous()] + ([bias.contiguous()] if bias is not None else [])
+            comm.wait([comm.isend(t, r, "weights") for r in range(comm.world) if r != src for t in parts])
+            return weight, bias
+        w = torch.empty(plan.spec.weight_shape, dtype=dtype, device=comm.device)
+        b = torch.empty(plan.spec.out_channels, dtype=dtype, device=comm.device) if plan.spec.has_bias else None
+        comm.wait([comm.irecv(t, src, "weights") for t in (w, b) if t is not None])
+        return w, b
+
+
+def hand_out(comm: Comm, plan: Plan, x: torch.Tensor | None, index: int, dst: int, out: torch.Tensor, keep: list):
+    """Master: tell ``dst`` to compute tile ``index`` (-1: stop), send its window's pieces and
+    post the receive of its output; returns the receive works and the buffer (or None)."""
+    code = torch.tensor([index], dtype=torch.int64, device=comm.device)
+    keep.append(code)
+    comm.wait([comm.isend(code, dst, "control")])
+    if index < 0:
+        return [], None
+    tile = plan.tiles[index]
+    works = []
+    for p in tile.pieces:
+        works += send_box(comm, x, p.src, dst, "scatter", keep)
+    comm.wait(works)
+    chunks = transfer_chunks(tile.out, out.shape, out.element_size())
+    if len(chunks) == 1 and not out[tile.out.slices()].is_contiguous():
+        buf = torch.empty(tile.out.shape, dtype=out.dtype, device=out.device)
+        return [comm.irecv(buf, dst, "gather")], buf
+    return [comm.irecv(out[c.slices()], dst, "gather") for c in chunks], None
+
+
+def dynamic_worker(comm: Comm, plan: Plan, weight, bias, backend, dtype: torch.dtype, throttle: float = 1.0,
+                   src: int = 0) -> int:
+    """A worker's side: tile after tile as the master hands them out, until told to stop.
+    ``throttle`` > 1 makes this worker that many times slower (it sleeps after each tile:
+    a stand-in for an unequal machine, for benchmarks and tests).  Returns the tiles done."""
+    done = 0
+    while True:
+        code = torch.empty(1, dtype=torch.int64, device=comm.device)
+        comm.irecv(code, src, "control").wait()
+        index = int(code.item())
+        if index < 0:
+            return done
+        with comm.phase("scatter"):
+            st, window, works, bufs = _post_piece_receives(comm, plan, plan.tiles[index], dtype, src)
+            comm.wait(works)
+            _fill(window, bufs)
+        t0 = time.perf_counter()
+        y = compute(comm, plan, window, weight, bias, backend, tile=st)
+        if throttle > 1:
+            time.sleep((throttle - 1) * (time.perf_counter() - t0))
+        with comm.phase("gather"):
+            keep: list = []
+            comm.wait(send_box(comm, y, st.out, src, "gather", keep, held=st.out, shape=plan.spec.output_shape))
+        done += 1
 
 
 def _fill(window: torch.Tensor, bufs: list) -> None:

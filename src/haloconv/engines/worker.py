@@ -86,6 +86,10 @@ def _run(comm: Comm, cmd: dict, shards: dict) -> dict:
         else:
             window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, None))
             spmd.gather(comm, plan, spmd.compute(comm, plan, window, w, b, backend))
+    elif op == "dynamic":
+        w, b = spmd.broadcast_weights(comm, plan, None, None, cmd["dtype"])
+        spmd.dynamic_worker(comm, plan, w, b, getattr(_BACKENDS, cmd["backend"]), cmd["dtype"],
+                            cmd["throttle"].get(comm.rank, 1.0))
     elif op == "scatter":
         shards[cmd["id"]] = spmd.scatter(comm, plan, None)
     elif op == "layer":
