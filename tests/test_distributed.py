@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from haloconv.soak import children
+
 HERE = Path(__file__).parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
@@ -83,20 +85,6 @@ def test_cli_report_bytes_equal_prediction(tmp_path):
     assert moved > 0
 
 
-def _children(pid):
-    kids = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pid and fields[0] != "Z":
-                    kids.append(int(d))
-            except OSError:
-                pass
-    return kids
-
-
 def test_ctrl_c_stops_all_workers(tmp_path):
     p = subprocess.Popen(
         [sys.executable, "-m", "haloconv", "run", "--random", "4x32x1024x1024", "--kernel", "box:9",
@@ -106,7 +94,7 @@ def test_ctrl_c_stops_all_workers(tmp_path):
     for line in p.stdout:  # wait until the workers run
         if line.startswith("started 3 worker processes"):
             break
-    kids = _children(p.pid)
+    kids = children(p.pid)
     assert len(kids) == 2
     p.send_signal(signal.SIGINT)
     p.wait(timeout=30)

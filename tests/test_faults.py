@@ -11,18 +11,7 @@ from pathlib import Path
 
 import pytest
 
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = dict(ln.split(":", 1) for ln in (d / "status").read_text().splitlines() if ":" in ln)
-            except OSError:
-                continue
-            if int(fields.get("PPid", "0")) == pid and not fields.get("State", "").strip().startswith("Z"):
-                kids.append(int(d.name))
-    return kids
+from haloconv.soak import children
 
 
 def _run_and_kill_a_worker(tmp_path, on_failure: str):
@@ -37,7 +26,7 @@ def _run_and_kill_a_worker(tmp_path, on_failure: str):
             if line.startswith("started 3 worker processes"):
                 break
         time.sleep(0.4)
-        victims = _children(p.pid)
+        victims = children(p.pid)
         assert len(victims) == 2, victims
         os.kill(victims[0], signal.SIGKILL)
         out, err = p.communicate(timeout=180)
@@ -54,7 +43,7 @@ def test_worker_killed_mid_run_is_survived_exactly(tmp_path):
     assert "re-planning the whole job on 2 worker(s)" in out and "survived 1 worker fault" in out
     assert "started 2 worker processes" in out and "bitwise equal: True" in out
     assert (tmp_path / "out" / "y.npy").exists()
-    assert not any(Path(f"/proc/{v}").exists() and _children(v) for v in victims)
+    assert not any(Path(f"/proc/{v}").exists() and children(v) for v in victims)
 
 
 def test_worker_killed_mid_run_fails_fast_without_output(tmp_path):

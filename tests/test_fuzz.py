@@ -3,7 +3,6 @@ clean CLI error, exit 2) naming the problem, within seconds, with no worker proc
 and no output file written."""
 
 import math
-import os
 import time
 from pathlib import Path
 
@@ -16,22 +15,7 @@ from hypothesis import strategies as st
 
 import haloconv
 from haloconv.cli import main
-
-
-def _children() -> set[int]:
-    """Live (non-zombie) processes whose parent is this one."""
-    me, kids = os.getpid(), set()
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                status = (d / "status").read_text()
-            except OSError:
-                continue
-            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-            if int(fields.get("PPid", "0")) == me and not fields.get("State", "").strip().startswith("Z"):
-                kids.add(int(d.name))
-    return kids
-
+from haloconv.soak import children
 
 BAD_ARGS = st.sampled_from([
     ("stride", 0), ("stride", -2), ("stride", 1.5), ("stride", (1, 2, 3)), ("stride", True),
@@ -124,13 +108,13 @@ def test_fuzz_malformed_files_exit_2_cleanly(tmp_path_factory, make, seed, engin
     tmp = tmp_path_factory.mktemp("fuzz")
     path = make(tmp, np.random.default_rng(seed))
     out = tmp / "out" / "y"
-    before = _children()
+    before = set(children())
     t0 = time.perf_counter()
     rc = main(["run", str(path), "--workers", "2", "--engine", engine, "--kernel", "box:3", "-o", str(out)])
     assert time.perf_counter() - t0 < 20
     assert rc == 2
     assert not (tmp / "out").exists() or not any((tmp / "out").iterdir()), "no output for a refused input"
-    assert _children() <= before, "no worker left behind"
+    assert set(children()) <= before, "no worker left behind"
 
 
 def test_malformed_file_messages_name_the_file(tmp_path, capsys):

@@ -107,14 +107,6 @@ def model_accuracy(profile=None, repeat: int = 5, quick: bool = False, log=print
 
 
 # -- haloconv against its peers ---------------------------------------------------------------------
-def _rss(pid: str = "self", field: str = "VmRSS") -> float:
-    """MB of /proc/PID/status ``field`` (VmRSS now, VmHWM the high-water mark)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
 def _reset_hwm() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # the high-water mark restarts from now
 
@@ -122,6 +114,8 @@ def _reset_hwm() -> None:
 def peer_once(method: str, size: int, k: int, out_path: str) -> dict:
     """One method on one S x S image, in this (fresh) process: seconds and peak extra MB."""
     import torch
+
+    from haloconv.soak import proc_mb
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((size, size), dtype=np.float32)
@@ -132,19 +126,19 @@ def peer_once(method: str, size: int, k: int, out_path: str) -> dict:
         import haloconv
 
         with haloconv.LocalCluster(2) as cl:
-            idle = {pid: _rss(str(pid)) for pid in cl.pids()}
+            idle = {pid: proc_mb(pid) for pid in cl.pids()}
             xt, wt = torch.from_numpy(x)[None, None], torch.from_numpy(w)[None, None]
             plan = haloconv.plan(xt.shape, wt.shape, padding=k // 2, partition="rows", workers=2, backend="auto")
             info["backend"] = plan.backend
             _reset_hwm()
-            base = _rss()
+            base = proc_mb("self")
             t0 = time.perf_counter()
             y = haloconv.execute(plan, xt, wt, engine=cl).output[0, 0].numpy()
             info["seconds"] = time.perf_counter() - t0
-            extra_workers = sum(_rss(str(pid), "VmHWM") - idle[pid] for pid in cl.pids())
+            extra_workers = sum(proc_mb(pid, "VmHWM") - idle[pid] for pid in cl.pids())
     else:
         _reset_hwm()
-        base = _rss()
+        base = proc_mb("self")
         t0 = time.perf_counter()
         if method == "scipy":
             import scipy.ndimage
@@ -161,7 +155,7 @@ def peer_once(method: str, size: int, k: int, out_path: str) -> dict:
             y = torch.nn.functional.conv2d(torch.from_numpy(x)[None, None], torch.from_numpy(w)[None, None],
                                            padding=k // 2)[0, 0].numpy()
         info["seconds"] = time.perf_counter() - t0
-    info["extra_mb"] = _rss("self", "VmHWM") - base + extra_workers
+    info["extra_mb"] = proc_mb("self", "VmHWM") - base + extra_workers
     np.save(out_path, y)
     return info
 

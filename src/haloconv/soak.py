@@ -17,27 +17,46 @@ from haloconv.spec import ConvSpec
 PARTITIONS = ("rows", "cols", "grid", "batch", "channels")
 
 
-def _status(pid: int | str, field: str) -> float:
+def proc_status(pid: int | str, field: str) -> str:
+    """The value of ``field`` in /proc/PID/status (KeyError when absent)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
-            return float(line.split()[1])
+            return line.split(":", 1)[1].strip()
     raise KeyError(field)
+
+
+def proc_mb(pid: int | str, field: str = "VmRSS") -> float:
+    """A memory field of /proc/PID/status in MB (VmRSS now, VmHWM the high-water mark)."""
+    return float(proc_status(pid, field).split()[0]) / 1024
 
 
 def _alive(pid: int) -> bool:
     """A process that exists and is not a zombie."""
     try:
-        state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
-    except (FileNotFoundError, IndexError):
+        return not proc_status(pid, "State").startswith("Z")
+    except (OSError, KeyError):
         return False
-    return state != "Z"
+
+
+def children(pid: int | None = None) -> list[int]:
+    """Live (non-zombie) processes whose parent is ``pid`` (default: this process)."""
+    pid = os.getpid() if pid is None else pid
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int(proc_status(d.name, "PPid")) == pid and _alive(int(d.name)):
+                    kids.append(int(d.name))
+            except (OSError, KeyError, ValueError):
+                continue
+    return kids
 
 
 def snapshot(cluster: LocalCluster) -> dict:
     """Resident MB of the master and each worker, and their open file descriptors."""
     pids = ["self", *cluster.pids()]
     return {
-        "rss_mb": {str(p): _status(p, "VmRSS") / 1024 for p in pids},
+        "rss_mb": {str(p): proc_mb(p) for p in pids},
         "fds": {str(p): len(os.listdir(f"/proc/{p}/fd")) for p in pids},
     }
 
