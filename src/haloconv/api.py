@@ -98,13 +98,10 @@ def plan(
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
     if partition == "auto" or backend == "auto" or memory_budget is not None:
         prof = profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
-        if isinstance(partition, str) and partition != "auto":  # a named partition, the backend to choose
-            base = make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline)
-            choices = cost.rank_backends(base, prof, backend, engine, memory_budget)
-            return choices[0].plan
         if partition == "auto":
             return cost.choose(spec, workers, prof, backend=backend, engine=engine, memory_budget=memory_budget,
                                ownership=ownership, exchange=exchange, weights=worker_weights)
+        # a given partition: the model picks the backend (and checks the budget)
         base = make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline)
         return cost.rank_backends(base, prof, backend, engine, memory_budget)[0].plan
     return make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline, backend)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from haloconv.plan import BACKENDS, PHASES, Plan, _extents, backend_unsupported, build, resolve_splits
+from haloconv.plan import BACKENDS, PHASES, Plan, _extents, backend_unsupported, build, fft_block_rows, resolve_splits
 from haloconv.spec import ConvSpec
 
 # Uncalibrated defaults: measured on the 2-core development machine (1 thread per worker,
@@ -101,9 +101,9 @@ class Profile:
             return n * cout * full * math.prod(eff) / self.ndimage_taps_per_s
         size = math.prod(w + 2 * p for w, p in zip(window[2:], spec.backend_pad))
         cin = window[1]
-        # blocks of output rows (methods.FFT_BLOCK_ELEMENTS): transforms of a block's size
+        # blocks of output rows (plan.fft_block_rows): transforms of a block's size
         row = size / max(1, window[2] + 2 * spec.backend_pad[0])
-        block_rows = max(4 * eff[0], (1 << 18) // max(1, int(row * n * max(cin, cout))))
+        block_rows = fft_block_rows(eff[0], int(row * n * max(cin, cout)))
         block = min(size, (block_rows + eff[0]) * row)
         blocks = max(1.0, size / block)
         log_b = math.log2(max(block, 2))
@@ -165,8 +165,7 @@ class Prediction:
     @property
     def label(self) -> str:
         p = self.plan
-        name = p.partition if p.partition != "tuple" else "x".join(map(str, p.splits))
-        return f"{name} {'x'.join(map(str, p.splits))} {p.workers}w {p.backend}"
+        return f"{p.partition} {'x'.join(map(str, p.splits))} {p.workers}w {p.backend}"
 
 
 def predict(plan: Plan, profile: Profile | None = None, itemsize: int = 4, engine: str = "processes") -> Prediction:
@@ -243,7 +242,7 @@ def candidate_splits(spec: ConvSpec, workers: int) -> list[tuple[str, tuple[int,
                 counts = tuple(counts)
                 if counts not in seen and all(c <= e for c, e in zip(counts, ext)):
                     seen.add(counts)
-                    out.append(("x".join(map(str, counts)), counts))
+                    out.append(("hybrid", counts))
     return out
 
 

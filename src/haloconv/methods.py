@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from haloconv import kernels
-from haloconv.plan import BACKENDS, backend_unsupported
+from haloconv.plan import BACKENDS, backend_unsupported, fft_block_rows
+from haloconv.plan import FFT_BLOCK_ELEMENTS as _BLOCK
 from haloconv.spec import ConvSpec
 
 __all__ = ["BACKENDS", "FFT_TOLERANCE", "check", "compute", "label", "single_node"]
@@ -100,9 +101,8 @@ def _ndimage(window: torch.Tensor, weight: torch.Tensor, spec: ConvSpec) -> torc
     return torch.from_numpy(out).to(window.device)
 
 
-# FFT blocks: output rows per block, so that a block's transform stays cache- and memory-friendly
-# (overlap-add over the tile: each block reads its rows plus the kernel's reach)
-FFT_BLOCK_ELEMENTS = 1 << 18
+# FFT blocks of output rows (plan.fft_block_rows), so a block's transform stays cache-friendly
+FFT_BLOCK_ELEMENTS = _BLOCK  # a module global, so tests can make blocks small
 
 
 def _fft(x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, groups: int) -> torch.Tensor:
@@ -112,7 +112,7 @@ def _fft(x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, groups: int) -> 
     reach = k.shape[2]
     valid = x.shape[2] - reach + 1
     per_row = math.prod(x.shape[3:]) * x.shape[0] * max(x.shape[1], k.shape[0])
-    rows = max(4 * reach, FFT_BLOCK_ELEMENTS // max(1, per_row))
+    rows = fft_block_rows(reach, per_row, FFT_BLOCK_ELEMENTS)
     if rows >= valid:
         return _fft_block(x, k, spec.ndim, groups)
     out = x.new_empty((x.shape[0], k.shape[0], valid, *(a - b + 1 for a, b in zip(x.shape[3:], k.shape[3:]))))
@@ -161,7 +161,7 @@ def compute(method: str, window: torch.Tensor, weight: torch.Tensor, bias: torch
     y = _keep(y, spec.stride, first, out_shape)
     if bias is not None:
         y = y + bias.view(1, -1, *([1] * spec.ndim))
-    return y if y.is_contiguous() else y.contiguous()
+    return y  # like conv_tile: a view of the computed outputs when it can be (no copy)
 
 
 def single_node(method: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -28,6 +28,16 @@ PHASES = ("weights", "scatter", "halo", "compute", "gather")
 BACKENDS = ("torch", "ndimage", "fft")  # how a tile is computed (see methods.py)
 
 
+# backend 'fft' transforms a tile in blocks of output rows of about this many elements
+# (overlap-add: each block reads its rows plus the kernel's reach)
+FFT_BLOCK_ELEMENTS = 1 << 18
+
+
+def fft_block_rows(reach: int, per_row: int, block_elements: int | None = None) -> int:
+    """Output rows per FFT block: ``per_row`` elements a row (all samples and channels)."""
+    return max(4 * reach, (block_elements or FFT_BLOCK_ELEMENTS) // max(1, per_row))
+
+
 def backend_unsupported(backend: str, spec: ConvSpec) -> str | None:
     """Why compute backend ``backend`` cannot run ``spec`` (None when it can)."""
     if backend not in BACKENDS:
@@ -396,6 +406,13 @@ def _factorizations(n: int, k: int) -> list[tuple[int, ...]]:
         if n % d == 0:
             out.extend((d, *rest) for rest in _factorizations(n // d, k - 1))
     return out
+
+
+def even_grid(workers: int, extents: Sequence[int]) -> tuple[int, ...] | None:
+    """The most even factorisation of ``workers`` over len(extents) axes with no axis split
+    beyond its extent (outer axes take the larger factors: row bands copy less), or None."""
+    fits = [f for f in _factorizations(workers, len(extents)) if all(c <= e for c, e in zip(f, extents))]
+    return min(fits, key=lambda f: (max(f), tuple(-c for c in f))) if fits else None
 
 
 def _best_grid(spec: ConvSpec, workers: int, ownership: str = "aligned") -> tuple[int, ...]:

@@ -8,17 +8,13 @@ spatial splits go on until tiles are all halo.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
 from haloconv.cost import Profile, resident_seconds
-from haloconv.plan import _extents, _factorizations, build
+from haloconv.plan import _extents, build, even_grid
 from haloconv.spec import ConvSpec
-
-
-def _even_grid(p: int, extents: Sequence[int]) -> tuple[int, ...] | None:
-    fits = [f for f in _factorizations(p, len(extents)) if all(c <= e for c, e in zip(f, extents))]
-    return min(fits, key=lambda f: (max(f), tuple(-c for c in f))) if fits else None
 
 
 def _counts(name: str, spec: ConvSpec, p: int) -> tuple[int, ...] | None:
@@ -38,13 +34,13 @@ def _counts(name: str, spec: ConvSpec, p: int) -> tuple[int, ...] | None:
             return None
         c[ax] = p
     elif name == "grid":
-        g = _even_grid(p, out_sp)
+        g = even_grid(p, out_sp)
         if g is None:
             return None
         c[2:] = g
     elif name == "batch+grid":  # samples first, then tiles within each sample
         nb = math.gcd(p, spec.batch)
-        g = _even_grid(p // nb, out_sp)
+        g = even_grid(p // nb, out_sp)
         if g is None:
             return None
         c[0], c[2:] = nb, g
@@ -64,12 +60,11 @@ def _grown(name: str, spec: ConvSpec, p: int) -> ConvSpec:
     elif name == "rows":
         sp[0 if spec.ndim == 1 else -2] *= p
     else:
-        g = _even_grid(p, [1 << 30] * spec.ndim)
+        g = even_grid(p, [p] * spec.ndim)
         sp = [s * f for s, f in zip(sp, g)]
     groups = spec.groups * (p if name == "channels" and spec.groups > 1 else 1)
-    return ConvSpec.from_args((n, cin, *sp), (cout, *spec.weight_shape[1:]), None, stride=spec.stride,
-                              padding=list(spec.pad_lo), dilation=spec.dilation, groups=groups,
-                              padding_mode=spec.padding_mode)
+    return dataclasses.replace(spec, input_shape=(n, cin, *sp), weight_shape=(cout, *spec.weight_shape[1:]),
+                               groups=groups)
 
 
 def project(spec: ConvSpec, workers: Sequence[int], profile: Profile, itemsize: int = 4) -> dict:

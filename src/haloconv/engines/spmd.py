@@ -369,11 +369,8 @@ def hand_out(comm: Comm, plan: Plan, x: torch.Tensor | None, index: int, dst: in
     for p in tile.pieces:
         works += send_box(comm, x, p.src, dst, "scatter", keep)
     comm.wait(works)
-    chunks = transfer_chunks(tile.out, out.shape, out.element_size())
-    if len(chunks) == 1 and not out[tile.out.slices()].is_contiguous():
-        buf = torch.empty(tile.out.shape, dtype=out.dtype, device=out.device)
-        return [comm.irecv(buf, dst, "gather")], buf
-    return [comm.irecv(out[c.slices()], dst, "gather") for c in chunks], None
+    buf, works = _post_output_receive(comm, out, tile.out, dst)
+    return works, buf
 
 
 def dynamic_worker(comm: Comm, plan: Plan, weight, bias, backend, dtype: torch.dtype, throttle: float = 1.0,
@@ -461,13 +458,18 @@ def post_gather(comm: Comm, plan: Plan, out: torch.Tensor, dst: int = 0) -> list
         if tile.rank == dst:
             continue
         for t in plan.subtiles(tile, dst):
-            chunks = transfer_chunks(t.out, out.shape, out.element_size())
-            if len(chunks) == 1 and not out[t.out.slices()].is_contiguous():
-                buf = torch.empty(t.out.shape, dtype=out.dtype, device=out.device)
-                posted.append((t, buf, [comm.irecv(buf, t.rank, "gather")]))
-            else:
-                posted.append((t, None, [comm.irecv(out[c.slices()], t.rank, "gather") for c in chunks]))
+            posted.append((t, *_post_output_receive(comm, out, t.out, t.rank)))
     return posted
+
+
+def _post_output_receive(comm: Comm, out: torch.Tensor, box: Box, src: int) -> tuple:
+    """(buffer or None, works): the receive of ``box`` of ``out`` from ``src``, straight into
+    ``out`` by contiguous run, or into a buffer when the box travels packed."""
+    chunks = transfer_chunks(box, out.shape, out.element_size())
+    if len(chunks) == 1 and not out[box.slices()].is_contiguous():
+        buf = torch.empty(box.shape, dtype=out.dtype, device=out.device)
+        return buf, [comm.irecv(buf, src, "gather")]
+    return None, [comm.irecv(out[c.slices()], src, "gather") for c in chunks]
 
 
 def finish_gather(comm: Comm, plan: Plan, posted: list, out: torch.Tensor, y_local: torch.Tensor | None,

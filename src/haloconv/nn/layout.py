@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from haloconv.engines.comm import Comm
-from haloconv.plan import Box, Plan, _extents, _factorizations, _named_axis, _tile_ranges, build
+from haloconv.plan import Box, Plan, _extents, _named_axis, _tile_ranges, build, even_grid
 from haloconv.spec import ConvSpec
 
 NAMES = ("grid", "rows", "horizontal", "cols", "vertical", "depth", "batch", "channels")
@@ -26,9 +26,9 @@ _ALIASES = {"horizontal": "rows", "vertical": "cols"}
 
 
 def grid_counts(ranks: int, ndim: int) -> tuple[int, ...]:
-    """The most even factorisation of ``ranks`` over the spatial axes (outer axes get the
-    larger factors: row bands copy less than column bands)."""
-    return min(_factorizations(ranks, ndim), key=lambda f: (max(f), tuple(-c for c in f)))
+    """The most even factorisation of ``ranks`` over the spatial axes, whatever the shapes
+    (every layer of a model splits alike)."""
+    return even_grid(ranks, [ranks] * ndim)
 
 
 @dataclass(frozen=True)
