@@ -312,3 +312,73 @@ def resident_seconds(plan: Plan, profile: Profile, itemsize: int = 4) -> tuple[f
         if halo + comp > worst:
             worst, halo_part = halo + comp, halo
     return worst, halo_part
+
+
+# -- streaming (out of core): tiles sized by memory -------------------------------------------
+def tile_peak_bytes(spec: ConvSpec, window_shape: Sequence[int], out_shape: Sequence[int], backend: str,
+                    itemsize: int = 4, file_itemsize: int = 4) -> int:
+    """Bytes a process holds at once computing one streamed tile: the window, the blocks
+    read from the file (file dtype, then float), the output twice (the tile's result and
+    its contiguous copy for the write) and the backend's workspace.  torch (oneDNN) works
+    in a channel-blocked layout, channels padded to 16: measured here, a single-channel
+    3x3 or 15x15 conv peaked at 16 floats per output pixel beyond its input and output;
+    this counts it for the window and the output both, to stay on the safe side."""
+    n, c_in, *win = window_shape
+    _, c_out, *out = out_shape
+    window = math.prod(window_shape) * itemsize
+    output = math.prod(out_shape) * itemsize
+    read = math.prod(window_shape) * (file_itemsize + 4 + itemsize)
+    if backend == "torch":
+        pad16 = lambda c: -(-c // 16) * 16  # noqa: E731
+        work = n * (pad16(c_in) * math.prod(win) + pad16(c_out) * math.prod(out)) * itemsize
+    else:  # ndimage: an output per channel; fft: blocks of the output rows in complex
+        work = 2 * output
+    return window + max(read, work) + 2 * output
+
+
+def stream_block(spec: ConvSpec, allowance: int, backend: str = "torch", itemsize: int = 4,
+                 file_itemsize: int = 4, min_tiles: int = 1) -> tuple[int | None, ...]:
+    """The block (per dim over N, C_out, *spatial; None = whole) of the largest output
+    tiles whose peak memory (tile_peak_bytes) fits ``allowance`` bytes: samples first,
+    then the outer spatial axes (row bands read contiguous runs of the file).  Then cut
+    finer along the first spatial axis until there are ``min_tiles`` (load balance)."""
+    out = spec.output_shape
+    axes = [spec.axis(i) for i in range(spec.ndim)]
+    block = list(out)
+
+    def peak(blk) -> int:
+        win = []
+        for ax, b, o in zip(axes, blk[2:], out[2:]):
+            a = (o - b) // 2  # an inner block: halos on both sides
+            lo, hi, _ = ax.compute_window(a, a + b)
+            win.append(hi - lo)
+        return tile_peak_bytes(spec, (blk[0], spec.in_channels, *win), (blk[0], out[1], *blk[2:]), backend,
+                               itemsize, file_itemsize)
+
+    for d in (0, *range(2, len(out))):
+        if peak(block) <= allowance:
+            break
+        lo, hi = 1, block[d]  # the largest size along d that fits (peak grows with it)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if peak([*block[:d], mid, *block[d + 1:]]) <= allowance:
+                lo = mid
+            else:
+                hi = mid - 1
+        block[d] = lo
+    if peak(block) > allowance:
+        raise ValueError(f"memory_budget leaves {allowance / 2**20:.0f} MiB for data, less than the smallest tile "
+                         f"needs ({peak(block) / 2**20:.0f} MiB); raise the budget")
+    tiles = math.prod(-(-o // b) for o, b in zip(out, block))
+    if tiles < min_tiles and len(out) > 2:
+        along = -(-min_tiles // (tiles // -(-out[2] // block[2])))
+        block[2] = max(1, min(block[2], -(-out[2] // along)))
+    return tuple(None if b == o else b for b, o in zip(block, out))
+
+
+def stream_plan(spec: ConvSpec, allowance: int, backend: str = "torch", itemsize: int = 4,
+                file_itemsize: int = 4, min_tiles: int = 1) -> Plan:
+    """The Plan of a streamed run: output blocks sized by ``stream_block``, one tile each."""
+    block = stream_block(spec, allowance, backend, itemsize, file_itemsize, min_tiles)
+    tiles = math.prod(-(-o // (b or o)) for o, b in zip(spec.output_shape, block))
+    return build(spec, [1] * len(block), "stream", tiles, backend=backend, block=block)

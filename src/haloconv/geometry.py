@@ -57,6 +57,14 @@ def split_extent(extent: int, parts: int, weights: Sequence[float] | None = None
     return [(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 
+def block_extent(extent: int, size: int) -> list[tuple[int, int]]:
+    """Split [0, extent) into blocks of ``size`` (the last may be shorter): boundaries at
+    multiples of ``size``, so blocks line up with the chunks of a chunked file."""
+    if size < 1:
+        raise ValueError(f"block size must be >= 1, got {size}")
+    return [(a, min(a + size, extent)) for a in range(0, extent, size)]
+
+
 @dataclass(frozen=True)
 class Run:
     """A run of window positions [dst, dst+length) read from the source.

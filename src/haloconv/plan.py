@@ -436,12 +436,14 @@ def _best_grid(spec: ConvSpec, workers: int, ownership: str = "aligned") -> tupl
 
 
 def _tile_ranges(
-    extents: Sequence[Sequence[int]], counts: Sequence[int], weights: Sequence[float] | None
+    extents: Sequence[Sequence[int]], counts: Sequence[int], weights: Sequence[float] | None,
+    block: Sequence[int | None] | None = None,
 ) -> list[list[tuple[tuple[int, int], ...]]]:
     """Ranges per tile, row-major over the split dims, for each of several extent sets
     (output extents, and input extents for even ownership) split alike.  With weights,
     each dim is split by the summed weights of the workers in each slab, recursively, so
-    unequal workers get proportional tiles (then tiles need not form a strict grid)."""
+    unequal workers get proportional tiles (then tiles need not form a strict grid).
+    ``block``: per dim, a fixed tile size (boundaries at its multiples) instead of counts."""
     result: list[list[tuple[tuple[int, int], ...]]] = []
     dims = len(counts)
 
@@ -452,7 +454,10 @@ def _tile_ranges(
         c = counts[dim]
         per = math.prod(counts[dim + 1 :])
         slab_w = [sum(ws[i * per : (i + 1) * per]) for i in range(c)] if ws is not None else None
-        splits = [geometry.split_extent(ext[dim], c, slab_w) for ext in extents]
+        if block is not None and block[dim] is not None:
+            splits = [geometry.block_extent(ext[dim], block[dim]) for ext in extents]
+        else:
+            splits = [geometry.split_extent(ext[dim], c, slab_w) for ext in extents]
         for i in range(c):
             rec(
                 dim + 1,
@@ -576,11 +581,20 @@ def build(
     exchange: str = "neighbours",
     pipeline: int = 1,
     backend: str = "torch",
+    block: Sequence[int | None] | None = None,
 ) -> Plan:
-    """Build the Plan for explicit split counts over (N, C_out units, *spatial)."""
+    """Build the Plan for explicit split counts over (N, C_out units, *spatial).
+
+    ``block`` (aligned ownership, no weights): per dim over (N, C_out units, *spatial), a
+    fixed tile size in place of a count (None: split by the count), e.g. output row bands
+    of 256 rows whose borders fall on the chunks of a chunked output file."""
+    out_ext = _extents(spec)
+    if block is not None:
+        if len(block) != len(out_ext) or weights is not None or ownership != "aligned":
+            raise ValueError("block needs one entry per dim, no weights and aligned ownership")
+        counts = [c if b is None else -(-e // b) for c, b, e in zip(counts, block, out_ext)]
     ntiles = math.prod(counts)
     tile_w = list(weights[:ntiles]) if weights is not None else None
-    out_ext = _extents(spec)
     if ownership == "even":
         in_ext = (*out_ext[:2], *spec.spatial)
         for c, n, i in zip(counts[2:], spec.spatial, range(spec.ndim)):
@@ -590,7 +604,7 @@ def build(
                 )
         ranges = _tile_ranges([out_ext, in_ext], counts, tile_w)
     else:
-        ranges = [[r, None] for (r,) in _tile_ranges([out_ext], counts, tile_w)]
+        ranges = [[r, None] for (r,) in _tile_ranges([out_ext], counts, tile_w, block)]
     axes = [spec.axis(i) for i in range(spec.ndim)]
     split_c = counts[1] > 1
     shells = []

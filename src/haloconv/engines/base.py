@@ -105,7 +105,12 @@ def assemble_window(x: torch.Tensor, tile: Tile) -> torch.Tensor:
     """
     if tile.window_is_view:
         return x[tile.window.slices()]
-    buf = x.new_zeros(tile.window.shape)
+    return fill_window(tile, lambda box: x[box.slices()], x.new_zeros(tile.window.shape))
+
+
+def fill_window(tile: Tile, read, buf: torch.Tensor) -> torch.Tensor:
+    """Fill the zeroed window ``buf`` piece by piece; ``read(box)`` returns input[box]
+    (a slice of a tensor in memory, or a block read from a file)."""
     for piece in tile.pieces:
-        buf[piece.dst.slices()] = piece_data(x[piece.src.slices()], piece)
+        buf[piece.dst.slices()] = piece_data(read(piece.src), piece)
     return buf

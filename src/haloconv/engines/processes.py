@@ -250,6 +250,50 @@ class LocalCluster:
         out, reports = self._step(cmd, master)
         return _exec(out, plan, methods.label(plan.backend, backend), time.perf_counter() - t_start, reports)
 
+    def pull(self, todo: list[int], feed, local) -> dict[int, int]:
+        """Hand out the tiles ``todo`` to whichever process is free: a feeder thread per
+        worker calls ``feed(rank, index, keep)`` (returns once the worker finished the tile;
+        index -1 tells it to stop), the master calls ``local(index)`` for the tiles it takes
+        itself.  Returns tiles done per rank; the first error stops the hand-out and is raised."""
+        lock = threading.Lock()
+        errors: list[BaseException] = []
+        done: dict[int, int] = {}
+
+        def next_index() -> int:
+            with lock:
+                return todo.pop(0) if todo and not errors else -1
+
+        def count(rank: int) -> None:
+            with lock:
+                done[rank] = done.get(rank, 0) + 1
+
+        def feeder(rank: int) -> None:
+            try:
+                while True:
+                    keep: list = []  # buffers in flight, alive until the sends complete
+                    index = next_index()
+                    feed(rank, index, keep)
+                    if index < 0:
+                        return
+                    count(rank)
+            except BaseException as e:  # noqa: BLE001 - re-raised by the master below
+                errors.append(e)
+
+        feeders = [threading.Thread(target=feeder, args=(r,), daemon=True) for r in range(1, self.workers)]
+        for t in feeders:
+            t.start()
+        try:
+            while (index := next_index()) >= 0:  # the master computes tiles while the workers do
+                local(index)
+                count(0)
+        except BaseException as e:
+            errors.append(e)
+        for t in feeders:
+            t.join()
+        if errors:
+            raise errors[0]
+        return done
+
     def run_dynamic(self, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
                     throttle: dict[int, float] | None = None) -> Execution:
         """Master/worker with dynamic scheduling, for unequal workers: the plan's tiles (make
@@ -263,9 +307,7 @@ class LocalCluster:
                              "without a channels split")
         if x.device.type != "cpu":
             raise ValueError(f"the processes engine takes CPU tensors, got x on {x.device}")
-        throttle = dict(throttle or {})
-        if any(not (isinstance(f, (int, float)) and f >= 1) for f in throttle.values()):
-            raise ValueError(f"throttle factors must be numbers >= 1, got {throttle}")
+        throttle = check_throttle(throttle)
         t_start = time.perf_counter()
         backend = kernels.select_backend(plan.spec, x, weight, bias)
         done: dict[int, int] = {}
@@ -274,46 +316,22 @@ class LocalCluster:
             w, b = spmd.broadcast_weights(comm, plan, weight, bias, x.dtype)
             xc = x.contiguous()
             out = torch.empty(plan.spec.output_shape, dtype=x.dtype)
-            queue = list(range(len(plan.tiles)))
-            lock = threading.Lock()
-            errors: list[BaseException] = []
 
-            def next_index() -> int:
-                with lock:
-                    return queue.pop(0) if queue and not errors else -1
+            def feed(rank: int, index: int, keep: list) -> None:
+                works, buf = spmd.hand_out(comm, plan, xc, index, rank, out, keep)
+                comm.wait(works)
+                if buf is not None:
+                    out[plan.tiles[index].out.slices()] = buf
 
-            def feed(rank: int) -> None:
-                """One thread per worker: hand it a tile, wait for the output, repeat."""
-                try:
-                    keep: list = []
-                    while True:
-                        index = next_index()
-                        works, buf = spmd.hand_out(comm, plan, xc, index, rank, out, keep)
-                        if index < 0:
-                            return
-                        comm.wait(works)
-                        if buf is not None:
-                            out[plan.tiles[index].out.slices()] = buf
-                        done[rank] = done.get(rank, 0) + 1
-                        keep.clear()
-                except BaseException as e:  # noqa: BLE001 - re-raised by the master below
-                    errors.append(e)
-
-            feeders = [threading.Thread(target=feed, args=(r,), daemon=True) for r in range(1, self.workers)]
-            for t in feeders:
-                t.start()
-            while (index := next_index()) >= 0:  # the master computes tiles while the workers do
+            def local(index: int) -> None:
                 tile = plan.tiles[index]
                 t0 = time.perf_counter()
                 y = self._compute(comm, plan, assemble_window(xc, tile), w, b, backend, tile)
                 if throttle.get(0, 1.0) > 1:
                     time.sleep((throttle[0] - 1) * (time.perf_counter() - t0))
                 out[tile.out.slices()] = y
-                done[0] = done.get(0, 0) + 1
-            for t in feeders:
-                t.join()
-            if errors:
-                raise errors[0]
+
+            done.update(self.pull(list(range(len(plan.tiles))), feed, local))
             return out
 
         cmd = {"op": "dynamic", "plan": plan, "dtype": x.dtype, "backend": kernels.backend_name(backend),
@@ -409,6 +427,13 @@ class Sharded:
 
     def __repr__(self) -> str:
         return f"Sharded(shape={list(self.shape)}, shards={len(self.boxes)}, dtype={self.dtype})"
+
+
+def check_throttle(throttle: dict[int, float] | None) -> dict[int, float]:
+    throttle = dict(throttle or {})
+    if any(not (isinstance(f, (int, float)) and f >= 1) for f in throttle.values()):
+        raise ValueError(f"throttle factors must be numbers >= 1, got {throttle}")
+    return throttle
 
 
 def _worker_env() -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import pickle
+import resource
 import signal
 import time
 import traceback
@@ -75,6 +76,7 @@ def worker_main(rank: int, world: int, port: int, timeout: float, threads: int, 
 def _run(comm: Comm, cmd: dict, shards: dict) -> dict:
     """One collective step, mirrored by the master (see LocalCluster)."""
     op, plan = cmd["op"], cmd.get("plan")
+    extra: dict = {}
     comm.reset()
     t0 = time.perf_counter()
     if op in ("conv", "layer"):
@@ -90,6 +92,11 @@ def _run(comm: Comm, cmd: dict, shards: dict) -> dict:
         w, b = spmd.broadcast_weights(comm, plan, None, None, cmd["dtype"])
         spmd.dynamic_worker(comm, plan, w, b, getattr(_BACKENDS, cmd["backend"]), cmd["dtype"],
                             cmd["throttle"].get(comm.rank, 1.0))
+    elif op == "stream":
+        from haloconv.engines import stream  # imports processes, which imports this module
+
+        extra = stream.worker_loop(comm, cmd["job"], getattr(_BACKENDS, cmd["backend"]),
+                                   cmd["throttle"].get(comm.rank, 1.0))
     elif op == "scatter":
         shards[cmd["id"]] = spmd.scatter(comm, plan, None)
     elif op == "layer":
@@ -102,4 +109,18 @@ def _run(comm: Comm, cmd: dict, shards: dict) -> dict:
             shards.pop(i, None)
     else:
         raise ValueError(f"unknown command {op!r}")
-    return {"rank": comm.rank, "traffic": comm.report(), "seconds": time.perf_counter() - t0}
+    return {"rank": comm.rank, "traffic": comm.report(), "seconds": time.perf_counter() - t0,
+            "peak_rss": peak_rss(), **extra}
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory so far, bytes: VmHWM (getrusage's ru_maxrss
+    would carry the parent's peak across fork + exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,0 +1,342 @@
+"""Arrays on disk, read and written box by box: the out-of-core inputs and outputs.
+
+A DiskArray is a small picklable description of a file (path, layout, where its data
+starts); every process of a streamed run opens the file itself and touches only the
+boxes it computes.  Boxes are in the logical (N, C, *spatial) layout of haloconv; the
+axis map says where each logical axis lives in the file (an RGB TIFF is H x W x 3).
+
+- raw: C-ordered data at a byte offset (.npy, and uncompressed contiguous TIFF) —
+  read with pread and written with pwrite run by run: no memory map, so nothing of the
+  file counts towards the process's resident memory.
+- zarr: a zarr array (a .zarr folder), or a tiled/striped/compressed TIFF seen through
+  tifffile's zarr store (read only).  Only the chunks a box touches are decoded.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from haloconv.io import TIFF_SUFFIXES, _to_unit
+from haloconv.plan import Box
+
+FORMATS = ("npy", "tif", "zarr")  # streamed output formats
+
+
+@dataclass(frozen=True)
+class DiskArray:
+    path: str
+    kind: str  # 'raw' | 'zarr' | 'tiff-zarr'
+    shape: tuple[int, ...]  # of the array in the file
+    dtype: str  # numpy dtype string, byte order included
+    axes: tuple[int, ...]  # logical dim -> file axis, -1 for a dim of size 1 not in the file
+    offset: int = 0  # raw: byte offset of element 0
+    channels: int | None = None  # logical channels (an RGBA file keeps its first 3)
+
+    @property
+    def logical_shape(self) -> tuple[int, ...]:
+        shape = [1 if a < 0 else self.shape[a] for a in self.axes]
+        if self.channels is not None:
+            shape[1] = self.channels
+        return tuple(shape)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+
+    def _file_box(self, box: Box) -> tuple[tuple[int, int], ...]:
+        ranges = [(0, n) for n in self.shape]
+        for dim, a in enumerate(self.axes):
+            if a >= 0:
+                ranges[a] = (box.lo[dim], box.hi[dim])
+        return tuple(ranges)
+
+    def _to_logical(self, a: np.ndarray) -> np.ndarray:
+        """File-ordered block -> logical (N, C, *spatial) block."""
+        present = [d for d, ax in enumerate(self.axes) if ax >= 0]
+        order = sorted(present, key=lambda d: self.axes[d])  # logical dims in file order
+        a = np.transpose(a, [order.index(d) for d in present])  # now in logical order
+        return a.reshape([a.shape[present.index(d)] if d in present else 1 for d in range(len(self.axes))])
+
+    def _from_logical(self, a: np.ndarray) -> np.ndarray:
+        present = [d for d, ax in enumerate(self.axes) if ax >= 0]
+        a = a.reshape([a.shape[d] for d in present])
+        order = sorted(present, key=lambda d: self.axes[d])
+        return np.transpose(a, [present.index(d) for d in order])
+
+    def read(self, box: Box, dtype: np.dtype | str = np.float32) -> np.ndarray:
+        """The logical ``box`` as ``dtype``, integers scaled to [0, 1] like io.read_input."""
+        ranges = self._file_box(box)
+        if self.kind == "raw":
+            a = _raw_io(self, ranges, None)
+        else:
+            a = np.asarray(_zarr(self, "r")[tuple(slice(lo, hi) for lo, hi in ranges)])
+        # float32 first, then the run's dtype: the same values as io.read_input gives
+        return _to_unit(self._to_logical(a)).astype(dtype, copy=False)
+
+    def write(self, box: Box, block: np.ndarray) -> None:
+        """Write the logical ``box`` (block in (N, C, *spatial), this array's dtype)."""
+        ranges = self._file_box(box)
+        data = np.ascontiguousarray(self._from_logical(np.asarray(block, dtype=self.dtype)))
+        if self.kind == "raw":
+            _raw_io(self, ranges, data)
+        elif self.kind == "zarr":
+            _zarr(self, "r+")[tuple(slice(lo, hi) for lo, hi in ranges)] = data
+        else:
+            raise ValueError(f"{self.path!r}: this TIFF layout is read only")
+
+    def flush(self) -> None:
+        """Make what this process wrote durable (raw files: fdatasync) before a tile is
+        journaled as done."""
+        if self.kind == "raw":
+            fd = _fds.get((self.path, True))
+            if fd is not None:
+                os.fdatasync(fd)
+
+
+# -- raw files: pread/pwrite, run by run ------------------------------------------------------
+_fds: dict[tuple[str, bool], int] = {}  # per process: (path, writable) -> fd, opened once
+
+
+def _fd(path: str, write: bool) -> int:
+    key = (path, write)
+    if key not in _fds:
+        _fds[key] = os.open(path, os.O_RDWR if write else os.O_RDONLY)
+    return _fds[key]
+
+
+def close_all() -> None:
+    """Close this process's open files (end of a streamed run)."""
+    for fd in _fds.values():
+        os.close(fd)
+    _fds.clear()
+    for store in _zarrs.values():
+        close = getattr(store[1], "close", None)
+        if close is not None:
+            close()
+    _zarrs.clear()
+
+
+def _raw_io(arr: DiskArray, ranges, data: np.ndarray | None) -> np.ndarray:
+    """Read (data None) or write the file box ``ranges`` of a C-ordered raw array: one
+    pread/pwrite per contiguous run (the trailing dims a box spans whole merge into one)."""
+    shape, item = arr.shape, np.dtype(arr.dtype).itemsize
+    ext = [hi - lo for lo, hi in ranges]
+    j = len(shape) - 1  # the run axis: the innermost one the box does not span whole
+    while j > 0 and ranges[j] == (0, shape[j]):
+        j -= 1
+    run = math.prod(ext[j:])
+    strides = [math.prod(shape[a + 1:]) for a in range(len(shape))]
+    out = np.empty(ext, dtype=arr.dtype) if data is None else data
+    flat = out.reshape(-1, run) if run else out.reshape(0, 0)
+    fd = _fd(arr.path, data is not None)
+    base = sum(lo * s for (lo, _), s in zip(ranges, strides))
+    for r, idx in enumerate(np.ndindex(*ext[:j])):
+        pos = arr.offset + (base + sum(i * s for i, s in zip(idx, strides))) * item
+        view = memoryview(flat[r]).cast("B")
+        done = 0
+        while done < len(view):  # a pread/pwrite may move fewer bytes than asked
+            if data is None:
+                n = os.preadv(fd, [view[done:]], pos + done)
+            else:
+                n = os.pwrite(fd, view[done:], pos + done)
+            if n <= 0:
+                raise ValueError(f"{arr.path!r} is shorter than its header says (truncated?)")
+            done += n
+    return out
+
+
+# -- zarr (and TIFF through tifffile's zarr store) ------------------------------------------
+_zarrs: dict[tuple[str, str], tuple] = {}
+
+
+def _zarr(arr: DiskArray, mode: str):
+    key = (arr.path, mode)
+    if key not in _zarrs:
+        import zarr
+
+        if arr.kind == "tiff-zarr":
+            import tifffile
+
+            store = tifffile.imread(arr.path, aszarr=True)
+            _zarrs[key] = (zarr.open_array(store, mode="r"), store)
+        else:
+            _zarrs[key] = (zarr.open_array(arr.path, mode=mode), None)
+    return _zarrs[key][0]
+
+
+# -- opening inputs ----------------------------------------------------------------------------
+def _logical_axes(ndim: int, path: str) -> tuple[int, ...]:
+    """(H, W) -> (1, 1, H, W); (C, H, W) -> (1, C, H, W); 4-D and 5-D as they are."""
+    if ndim == 2:
+        return (-1, -1, 0, 1)
+    if ndim == 3:
+        return (-1, 0, 1, 2)
+    if ndim in (4, 5):
+        return tuple(range(ndim))
+    raise ValueError(f"input {path!r} has {ndim} dims; expected 2-D to 5-D")
+
+
+def _check_dtype(dtype: np.dtype, path: str) -> None:
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype.kind == "b"):
+        raise ValueError(f"input {path!r} has an unsupported dtype {dtype} (use integer, bool or floating)")
+
+
+def open_input(path: str | os.PathLike) -> DiskArray:
+    """Describe an input file for streaming: .npy, TIFF (contiguous, striped or tiled,
+    compressed or not), or a .zarr array.  ValueError naming the file when it cannot."""
+    p = Path(path)
+    name = str(p)
+    if not p.exists():
+        raise ValueError(f"input file {name!r} does not exist")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npy":
+            arr = _open_npy(name)
+        elif suffix in TIFF_SUFFIXES:
+            arr = _open_tiff(name)
+        elif suffix == ".zarr":
+            import zarr
+
+            z = zarr.open_array(name, mode="r")
+            _check_dtype(np.dtype(z.dtype), name)
+            arr = DiskArray(name, "zarr", tuple(z.shape), np.dtype(z.dtype).str, _logical_axes(z.ndim, name))
+        else:
+            raise ValueError(f"input {name!r}: streaming reads .npy, .tif/.tiff or .zarr, not {suffix!r}")
+    except ValueError as e:
+        if name in str(e):
+            raise
+        raise ValueError(f"cannot read input {name!r}: {e}") from None
+    except Exception as e:  # corrupt files raise library-specific errors
+        raise ValueError(f"cannot read input {name!r}: {e}") from None
+    if 0 in arr.shape:
+        raise ValueError(f"input {name!r} is empty: shape {arr.shape}")
+    return arr
+
+
+def _open_npy(name: str) -> DiskArray:
+    with open(name, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    if fortran:
+        raise ValueError(f"input {name!r} is Fortran-ordered; streaming needs a C-ordered .npy")
+    _check_dtype(dtype, name)
+    arr = DiskArray(name, "raw", tuple(shape), dtype.str, _logical_axes(len(shape), name), offset)
+    if os.path.getsize(name) < offset + arr.nbytes:
+        raise ValueError(f"input {name!r} is truncated: {os.path.getsize(name)} bytes, "
+                         f"its header needs {offset + arr.nbytes}")
+    return arr
+
+
+def _open_tiff(name: str) -> DiskArray:
+    import tifffile
+
+    with tifffile.TiffFile(name) as tf:
+        series = tf.series[0]
+        shape, dtype = tuple(series.shape), np.dtype(series.dtype)
+        offset = series.dataoffset
+        if dtype.itemsize > 1:
+            dtype = dtype.newbyteorder(tf.byteorder)
+    _check_dtype(dtype, name)
+    channels = None
+    if len(shape) == 2:
+        axes = (-1, -1, 0, 1)
+    elif len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4:
+        axes, channels = (-1, 2, 0, 1), 3  # H x W x RGB(A): alpha dropped, like io.read_input
+    elif len(shape) == 3:
+        axes = (-1, 0, 1, 2)
+    else:
+        raise ValueError(f"input {name!r} has shape {shape}; expected a 2-D or 3-D image")
+    if offset is not None:  # uncompressed and contiguous: read it like a .npy
+        return DiskArray(name, "raw", shape, dtype.str, axes, int(offset), channels)
+    return DiskArray(name, "tiff-zarr", shape, dtype.str, axes, 0, channels)
+
+
+# -- creating outputs --------------------------------------------------------------------------
+def output_path(prefix: str | os.PathLike, fmt: str) -> Path:
+    if fmt not in FORMATS:
+        raise ValueError(f"output format must be one of {FORMATS}, got {fmt!r}")
+    return Path(f"{prefix}.{fmt}")
+
+
+def partial_path(path: Path) -> Path:
+    """Where a streamed output grows until it is whole (then renamed to ``path``)."""
+    return path.with_name(path.name + ".partial")
+
+
+def create_output(path: Path, fmt: str, shape: tuple[int, ...], dtype, chunks: tuple[int, ...]) -> DiskArray:
+    """A preallocated output in the logical layout (N, C, *spatial), sparse where the file
+    system allows (nothing is written until the tiles are); zarr chunks = ``chunks``."""
+    dtype = np.dtype(dtype)
+    name = str(path)
+    remove(path)
+    if fmt == "npy":
+        m = np.lib.format.open_memmap(name, mode="w+", dtype=dtype, shape=shape)
+        del m
+    elif fmt == "tif":
+        import tifffile
+
+        if shape[0] != 1:
+            raise ValueError(f"a TIFF output holds one sample; the output has N={shape[0]} (use npy or zarr)")
+        m = tifffile.memmap(name, shape=_tiff_shape(shape), dtype=dtype)
+        del m
+    else:
+        import zarr
+
+        zarr.create_array(store=name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+    return open_output(path, fmt, shape, dtype)
+
+
+def _tiff_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return shape[2:] if shape[1] == 1 else shape[1:]  # (H, W) or (C, H, W)
+
+
+def open_output(path: Path, fmt: str, shape: tuple[int, ...], dtype) -> DiskArray:
+    """Describe an output create_output made (to resume it); ValueError if it does not match."""
+    dtype, name = np.dtype(dtype), str(path)
+    try:
+        if fmt == "npy":
+            arr = _open_npy(name)
+            arr = DiskArray(name, "raw", arr.shape, arr.dtype, tuple(range(len(arr.shape))), arr.offset)
+        elif fmt == "tif":
+            import tifffile
+
+            with tifffile.TiffFile(name) as tf:
+                s = tf.series[0]
+                file_shape, offset, order = tuple(s.shape), s.dataoffset, tf.byteorder
+                fdtype = np.dtype(s.dtype).newbyteorder(order)
+            axes = (-1, -1, 0, 1) if len(file_shape) == 2 else (-1, 0, 1, 2)
+            arr = DiskArray(name, "raw", file_shape, fdtype.str, axes, int(offset))
+        else:
+            import zarr
+
+            z = zarr.open_array(name, mode="r+")
+            arr = DiskArray(name, "zarr", tuple(z.shape), np.dtype(z.dtype).str, tuple(range(z.ndim)))
+    except ValueError:
+        raise
+    except Exception as e:
+        raise ValueError(f"cannot open the output {name!r}: {e}") from None
+    if arr.logical_shape != tuple(shape) or np.dtype(arr.dtype) != dtype:
+        raise ValueError(f"the output {name!r} holds {arr.logical_shape} {np.dtype(arr.dtype)}, "
+                         f"this run writes {tuple(shape)} {dtype}")
+    return arr
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def promote(partial: Path, final: Path) -> None:
+    """Rename a finished output into place (a folder for zarr)."""
+    remove(final)
+    os.replace(partial, final)

@@ -1,0 +1,263 @@
+"""Engine 'stream': out-of-core runs, for inputs bigger than memory.
+
+Every process of a LocalCluster reads the windows of the tiles it computes straight from
+the input file and writes their output boxes straight into a preallocated output file;
+nothing but tile numbers (8 bytes) passes through the master.  Tiles are sized by the
+memory budget (cost.stream_plan) and handed out to whichever process is free (the master
+computes too).  Each finished tile is journaled once its output is durable, so a run that
+loses a worker goes on with the others, and an interrupted run resumes (``resume=True``),
+without computing a finished tile again.  The output appears under its name only whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from haloconv import arrays, cost, kernels, methods
+from haloconv.arrays import DiskArray
+from haloconv.engines.base import fill_window
+from haloconv.engines.comm import Comm
+from haloconv.engines.worker import WorkerError, peak_rss
+from haloconv.journal import Journal, journal_path
+from haloconv.plan import Plan
+from haloconv.spec import ConvSpec
+
+# what a process holds beyond its tiles' data: heap slack, thread stacks, gloo buffers
+MARGIN_BYTES = 48 << 20
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every process needs to compute any tile (pickled into the command)."""
+
+    plan: Plan
+    source: DiskArray
+    sink: DiskArray
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    dtype: torch.dtype
+
+
+@dataclass
+class StreamResult:
+    plan: Plan
+    output: Path
+    wall_seconds: float
+    budget: int
+    baseline: int  # resident bytes of a process before any data (the most of them)
+    tiles_done: dict[int, int] = field(default_factory=dict)  # rank -> tiles it computed
+    peak_rss: dict[int, int] = field(default_factory=dict)  # rank -> peak resident bytes
+    bytes_read: dict[int, int] = field(default_factory=dict)
+    skipped: int = 0  # tiles a resumed run found finished
+    failures: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        lines = [f"{'rank':>4} {'tiles':>6} {'read MB':>9} {'peak RSS MB':>12}"]
+        for r in sorted(self.peak_rss):
+            lines.append(f"{r:>4} {self.tiles_done.get(r, 0):>6} {self.bytes_read.get(r, 0) / 1e6:>9.1f} "
+                         f"{self.peak_rss[r] / 2**20:>12.1f}")
+        peak = max(self.peak_rss.values(), default=0)
+        lines.append(f"memory budget {self.budget / 2**20:.0f} MiB per process; peak {peak / 2**20:.0f} MiB; "
+                     f"{self.baseline / 2**20:.0f} MiB of it before any data (Python, torch, gloo)")
+        return "\n".join(lines)
+
+
+def compute_tile(job: Job, index: int, backend) -> int:
+    """Read tile ``index``'s window from the input file, compute it, write its output box;
+    returns the bytes read."""
+    tile = job.plan.tiles[index]
+    np_dtype = torch.empty(0, dtype=job.dtype).numpy().dtype
+    nread = 0
+
+    def read(box):
+        nonlocal nread
+        block = job.source.read(box, np_dtype)
+        nread += block.nbytes
+        return torch.from_numpy(block)
+
+    window = fill_window(tile, read, torch.zeros(tile.window.shape, dtype=job.dtype))
+    spec = job.plan.spec
+    y = methods.compute(job.plan.backend, window, job.weight, job.bias, spec, tile.groups, backend, tile.first,
+                        tile.out.shape[2:])
+    del window
+    job.sink.write(tile.out, y.numpy())
+    return nread
+
+
+def _done(comm: Comm, code: torch.Tensor, dst: int) -> None:
+    comm.wait([comm.isend(code, dst, "control")])
+
+
+def worker_loop(comm: Comm, job: Job, backend, throttle: float = 1.0) -> dict:
+    """A worker's side: tile numbers in, 'done' back once the output is durable; -1 stops."""
+    tiles = nread = 0
+    try:
+        while True:
+            code = torch.empty(1, dtype=torch.int64)
+            comm.irecv(code, 0, "control").wait()
+            index = int(code.item())
+            if index < 0:
+                break
+            t0 = time.perf_counter()
+            with comm.phase("compute"):
+                nread += compute_tile(job, index, backend)
+                job.sink.flush()
+            if throttle > 1:
+                time.sleep((throttle - 1) * (time.perf_counter() - t0))
+            _done(comm, code, 0)
+            tiles += 1
+    finally:
+        arrays.close_all()
+    return {"tiles": tiles, "bytes_read": nread}
+
+
+def run_on(cluster, job: Job, todo: list[int], journal: Journal, throttle: dict[int, float], log=None) -> dict:
+    """The master's side on a started cluster: hand out ``todo``, journal what finishes.
+    Returns the reports per rank (tiles, bytes read, peak RSS)."""
+    backend = kernels.select_backend(job.plan.spec, torch.empty(0, dtype=job.dtype), job.weight, job.bias)
+    total, start = len(todo), time.perf_counter()
+    step = max(1, total // 10)
+    stats = {"bytes_read": 0}
+
+    def finished(index: int) -> None:
+        journal.record(index)
+        n = len(journal.done)
+        if log is not None and (n % step == 0 or n == len(job.plan.tiles)):
+            log(f"  {n}/{len(job.plan.tiles)} tiles done ({time.perf_counter() - start:.1f}s)")
+
+    def master(comm: Comm) -> None:
+        def feed(rank: int, index: int, keep: list) -> None:
+            code = torch.tensor([index], dtype=torch.int64)
+            comm.wait([comm.isend(code, rank, "control")])
+            if index < 0:
+                return
+            ack = torch.empty(1, dtype=torch.int64)
+            comm.irecv(ack, rank, "control").wait()
+            if int(ack.item()) != index:
+                raise WorkerError(f"worker {rank} answered tile {int(ack.item())} for tile {index}")
+            finished(index)
+
+        def local(index: int) -> None:
+            t0 = time.perf_counter()
+            caller = torch.get_num_threads()
+            torch.set_num_threads(cluster.threads_per_worker)
+            try:
+                stats["bytes_read"] += compute_tile(job, index, backend)
+                job.sink.flush()
+            finally:
+                torch.set_num_threads(caller)
+            if throttle.get(0, 1.0) > 1:
+                time.sleep((throttle[0] - 1) * (time.perf_counter() - t0))
+            finished(index)
+
+        try:
+            return cluster.pull(list(todo), feed, local)
+        finally:
+            arrays.close_all()
+
+    cmd = {"op": "stream", "job": job, "backend": kernels.backend_name(backend), "throttle": throttle}
+    done, reports = cluster._step(cmd, master)
+    reports[0].update(tiles=done.get(0, 0), bytes_read=stats["bytes_read"], peak_rss=peak_rss())
+    return reports
+
+
+def _header(job: Job, out: Path, fmt: str) -> dict:
+    """What makes a journal this job's: resuming with another input, kernel or tiling is refused."""
+    st = os.stat(job.source.path)
+    digest = hashlib.sha256(job.weight.numpy().tobytes())
+    if job.bias is not None:
+        digest.update(job.bias.numpy().tobytes())
+    plan = job.plan
+    return {
+        "input": os.path.abspath(job.source.path), "input_bytes": st.st_size, "input_mtime_ns": st.st_mtime_ns,
+        "spec": str(asdict(plan.spec)), "weights_sha256": digest.hexdigest(), "backend": plan.backend,
+        "dtype": str(job.dtype), "tiles": len(plan.tiles), "block": [t.out.shape for t in plan.tiles[:1]][0],
+        "output": os.path.abspath(out), "format": fmt,
+    }
+
+
+def _resident(pid: int) -> int:
+    from haloconv.soak import proc_mb
+
+    return int(proc_mb(pid) * 2**20)
+
+
+def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Tensor | None, out: Path,
+        fmt: str, *, memory_budget: int, workers: int, backend: str = "torch", dtype: torch.dtype = torch.float32,
+        resume: bool = False, on_failure: str = "retry", timeout: float = 60.0,
+        throttle: dict[int, float] | None = None, log=None) -> StreamResult:
+    """Stream ``spec`` over the input file ``source`` into ``out`` (format ``fmt``) with
+    ``workers`` processes, each within ``memory_budget`` bytes of resident memory."""
+    from haloconv.engines.processes import LocalCluster, check_throttle
+
+    if on_failure not in ("retry", "fail"):
+        raise ValueError(f"on_failure must be 'retry' or 'fail', got {on_failure!r}")
+    throttle = check_throttle(throttle)
+    t_start = time.perf_counter()
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    partial = arrays.partial_path(out)
+    result: StreamResult | None = None
+    job: Job | None = None
+    journal: Journal | None = None
+    try:
+        while True:
+            try:
+                with LocalCluster(workers, timeout=timeout) as cluster:
+                    if job is None:  # the first start: size the tiles by what the processes hold now
+                        baseline = max(_resident(os.getpid()), *(_resident(p) for p in cluster.pids()))
+                        allowance = memory_budget - baseline - MARGIN_BYTES
+                        if allowance <= 0:
+                            raise ValueError(
+                                f"memory_budget={memory_budget / 2**20:.0f} MiB is below what a process holds "
+                                f"before any data ({baseline / 2**20:.0f} MiB: Python, torch, gloo) plus "
+                                f"{MARGIN_BYTES >> 20} MiB of slack; raise it")
+                        plan = cost.stream_plan(spec, allowance, backend, itemsize, np.dtype(source.dtype).itemsize,
+                                                min_tiles=4 * workers)
+                        block = plan.tiles[0].out.shape  # the zarr chunks: no two tiles share one
+                        np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+                        w, b = weight.to(dtype), None if bias is None else bias.to(dtype)
+                        header = _header(Job(plan, source, None, w, b, dtype), out, fmt)
+                        if resume and partial.exists() and journal_path(out).exists():
+                            journal = Journal(journal_path(out), header, resume=True)
+                            sink = arrays.open_output(partial, fmt, spec.output_shape, np_dtype)
+                        else:
+                            sink = arrays.create_output(partial, fmt, spec.output_shape, np_dtype, block)
+                            journal = Journal(journal_path(out), header, resume=False)
+                        job = Job(plan, source, sink, w, b, dtype)
+                        result = StreamResult(plan, out, 0.0, memory_budget, baseline, skipped=len(journal.done))
+                        if log is not None:
+                            log(f"streaming: {len(plan.tiles)} tiles of {'x'.join(map(str, block))} outputs, "
+                                f"{workers} processes, budget {memory_budget / 2**20:.0f} MiB each "
+                                f"({baseline / 2**20:.0f} MiB held before any data)"
+                                + (f"; resuming: {len(journal.done)} tiles already done" if journal.resumed else ""))
+                    todo = [i for i in range(len(job.plan.tiles)) if i not in journal.done]
+                    reports = run_on(cluster, job, todo, journal, throttle, log)
+                    for r, rep in reports.items():
+                        result.tiles_done[r] = result.tiles_done.get(r, 0) + rep.get("tiles", 0)
+                        result.bytes_read[r] = result.bytes_read.get(r, 0) + rep.get("bytes_read", 0)
+                        result.peak_rss[r] = max(result.peak_rss.get(r, 0), rep["peak_rss"])
+                break
+            except WorkerError as e:
+                survivors = workers - max(1, len(e.dead))
+                if on_failure == "fail" or survivors < 1 or job is None:
+                    raise
+                result.failures.append(str(e))
+                if log is not None:
+                    log(f"haloconv: {e}\ngoing on with {survivors} process(es): "
+                        f"{len(job.plan.tiles) - len(journal.done)} tiles left, finished ones kept")
+                workers = survivors
+        journal.close()
+        arrays.promote(partial, out)
+        journal.remove()
+    finally:
+        if journal is not None:
+            journal.close()
+    result.wall_seconds = time.perf_counter() - t_start
+    return result
