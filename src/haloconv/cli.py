@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -13,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from haloconv import api, cost, filters, io, kernels, methods, plots, report, scaling
-from haloconv.engines import WorkerError, processes
+from haloconv import api, arrays, cost, filters, io, kernels, methods, plots, report, scaling
+from haloconv.engines import WorkerError, processes, stream
 from haloconv.engines.base import execution_from_reports
 from haloconv.spec import ConvSpec
 
@@ -68,7 +69,8 @@ def _add_problem_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--profile", default=None, metavar="PROFILE.json",
                    help="cost-model profile (default: the one `haloconv calibrate` wrote, else built-in defaults)")
     r.add_argument("--memory-budget", default=None, metavar="BYTES",
-                   help="per-worker memory limit for partition=auto, e.g. 2GB or 500MB")
+                   help="per-process memory limit, e.g. 2GB or 500MB: partition=auto keeps each worker's data "
+                        "under it; an input that does not fit is streamed, each process's peak RSS under it")
     r.add_argument("--weights", default=None, help="relative worker speeds, comma-separated")
     r.add_argument("--stride", default="1")
     r.add_argument("--padding", default="same", help="int, ints, 'same' or 'valid' (default same)")
@@ -96,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", default=None,
                    help="output prefix: writes PREFIX.npy (+ PREFIX.png/.tif for images); default out/<input>-<kernel>")
     r.add_argument("--image-format", choices=("png", "tif"), default="png")
+    r.add_argument("--stream", action="store_true",
+                   help="out of core: every process reads its tiles from the input file and writes them into the "
+                        "output file (automatic when the input and output do not fit --memory-budget)")
+    r.add_argument("--out-format", choices=arrays.FORMATS, default="npy",
+                   help="streamed output: PREFIX.npy (default), PREFIX.tif or PREFIX.zarr")
+    r.add_argument("--resume", action="store_true",
+                   help="streamed runs: go on from the journal of an interrupted run (finished tiles are kept)")
     r.add_argument("--verify", action="store_true",
                    help="also run the single-node call of the backend and compare (fft: within its tolerance)")
     pl = sub.add_parser("plan", help="rank the candidate partitions by predicted cost; draw the chosen one")
@@ -219,6 +228,12 @@ def _finish(args, ex, x, w, name, is_image) -> int:
 def run(args: argparse.Namespace) -> int:
     if _under_torchrun():
         return run_spmd(args)
+    source = _stream_source(args)
+    if source is not None:
+        return run_stream(args, source)
+    for flag, bad in (("--resume", args.resume), ("--out-format", args.out_format != "npy")):
+        if bad:
+            raise ValueError(f"{flag} applies to streamed runs (--stream, or an input over --memory-budget)")
     t0 = time.perf_counter()
     x, is_image, name, weight, groups = _load(args)
     plan = _plan(args, x.shape, weight.shape, groups, args.workers)
@@ -234,6 +249,68 @@ def run(args: argparse.Namespace) -> int:
     else:
         ex = api.execute(plan, xt, wt, None, engine=args.engine)
     return _finish(args, ex, xt, wt, name, is_image)
+
+
+def _stream_source(args: argparse.Namespace) -> arrays.DiskArray | None:
+    """The input file to stream, when --stream is given or the input and output would not
+    fit --memory-budget in memory; None for an in-memory run."""
+    budget = _budget(args)
+    streamable = args.input is not None and Path(args.input).suffix.lower() in (".npy", ".tif", ".tiff", ".zarr")
+    if not args.stream and (budget is None or not streamable):
+        return None
+    if not streamable:
+        raise ValueError("--stream reads its input from a .npy, .tif/.tiff or .zarr file (not --random/--sample "
+                         f"or {args.input!r})")
+    source = arrays.open_input(args.input)
+    itemsize = 8 if args.dtype == "float64" else 4
+    in_memory = 2 * math.prod(source.logical_shape) * itemsize  # the input as floats, and an output as big
+    return source if args.stream or in_memory > budget else None
+
+
+def run_stream(args: argparse.Namespace, source: arrays.DiskArray) -> int:
+    """Out of core: tiles sized by --memory-budget, read from and written to files."""
+    for flag, bad in (("--verify", args.verify), ("--engine threads", args.engine == "threads"),
+                      ("--partition", args.partition != "auto"), ("--weights", args.weights is not None),
+                      ("--exchange master", args.exchange == "master")):
+        if bad:
+            raise ValueError(f"{flag} does not apply to a streamed run (tiles are sized by --memory-budget and "
+                             "pulled by whichever process is free; nothing is held whole in memory to verify)")
+    budget = _budget(args)
+    if budget is None:
+        raise ValueError("--stream needs --memory-budget: the peak resident memory allowed to each process")
+    shape = source.logical_shape
+    weight, groups = filters.load_kernel(args.kernel, shape[1], len(shape) - 2)
+    dtype = getattr(torch, args.dtype)
+    spec = _spec(args, shape, weight.shape, groups)
+    backend = args.backend
+    if backend == "auto":
+        backend = cost.stream_backend(spec, cost.load_profile(args.profile))
+    else:
+        methods.check(backend, spec)
+    name = Path(args.input).name.split(".")[0]
+    safe = Path(args.kernel.replace(":", "").replace("/", "_").replace(".npy", "")).name
+    out = arrays.output_path(args.output or os.path.join("out", f"{name}-{safe}"), args.out_format)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    workers = args.workers or api.default_workers()
+    print(f"input: {args.input} {list(shape)} {np.dtype(source.dtype)} ({source.kind}, "
+          f"{source.nbytes / 2**20:.0f} MiB)  kernel: {args.kernel} {list(weight.shape)} groups={groups}  "
+          f"backend: {backend}")
+    res = stream.run(source, spec, torch.from_numpy(weight), None, out, args.out_format, memory_budget=budget,
+                     workers=workers, backend=backend, dtype=dtype, resume=args.resume, on_failure=args.on_failure,
+                     timeout=args.timeout, log=lambda m: print(m, flush=True))
+    if res.failures:
+        print(f"survived {len(res.failures)} worker fault(s); finished with {len(res.peak_rss)} processes")
+    print(res.table())
+    print(f"wrote {out} ({res.wall_seconds:.2f}s)")
+    if args.report:
+        rep = {"stream": True, "output": str(out), "wall_seconds": res.wall_seconds, "budget": res.budget,
+               "baseline": res.baseline, "tiles": len(res.plan.tiles), "skipped": res.skipped,
+               "block": list(res.plan.tiles[0].out.shape), "failures": res.failures,
+               "ranks": {str(r): {"tiles": res.tiles_done.get(r, 0), "bytes_read": res.bytes_read.get(r, 0),
+                                  "peak_rss": res.peak_rss[r]} for r in res.peak_rss},
+               "load": os.getloadavg()}
+        print(f"wrote {report.write_report(rep, args.report)}")
+    return 0
 
 
 def _under_torchrun() -> bool:

@@ -382,3 +382,12 @@ def stream_plan(spec: ConvSpec, allowance: int, backend: str = "torch", itemsize
     block = stream_block(spec, allowance, backend, itemsize, file_itemsize, min_tiles)
     tiles = math.prod(-(-o // (b or o)) for o, b in zip(spec.output_shape, block))
     return build(spec, [1] * len(block), "stream", tiles, backend=backend, block=block)
+
+
+def stream_backend(spec: ConvSpec, profile: Profile | None = None) -> str:
+    """backend='auto' for a streamed run: the one computing the whole output fastest
+    (the profile's rates on the whole problem; tiles only add their halos)."""
+    prof = profile or load_profile()
+    whole = (spec.batch, spec.in_channels, *spec.spatial)
+    return min(_backends(spec, "auto"),
+               key=lambda b: prof.compute_seconds(b, spec, whole, spec.output_shape, spec.groups))
