@@ -155,10 +155,19 @@ def _raw_io(arr: DiskArray, ranges, data: np.ndarray | None) -> np.ndarray:
 _zarrs: dict[tuple[str, str], tuple] = {}
 
 
+def _import_zarr():
+    try:
+        import zarr
+    except ImportError:
+        raise ValueError("zarr files and tiled or compressed TIFFs are streamed through zarr: "
+                         "pip install 'haloconv[zarr]'") from None
+    return zarr
+
+
 def _zarr(arr: DiskArray, mode: str):
     key = (arr.path, mode)
     if key not in _zarrs:
-        import zarr
+        zarr = _import_zarr()
 
         if arr.kind == "tiff-zarr":
             import tifffile
@@ -201,9 +210,7 @@ def open_input(path: str | os.PathLike) -> DiskArray:
         elif suffix in TIFF_SUFFIXES:
             arr = _open_tiff(name)
         elif suffix == ".zarr":
-            import zarr
-
-            z = zarr.open_array(name, mode="r")
+            z = _import_zarr().open_array(name, mode="r")
             _check_dtype(np.dtype(z.dtype), name)
             arr = DiskArray(name, "zarr", tuple(z.shape), np.dtype(z.dtype).str, _logical_axes(z.ndim, name))
         else:
@@ -288,9 +295,7 @@ def create_output(path: Path, fmt: str, shape: tuple[int, ...], dtype, chunks: t
         m = tifffile.memmap(name, shape=_tiff_shape(shape), dtype=dtype)
         del m
     else:
-        import zarr
-
-        zarr.create_array(store=name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+        _import_zarr().create_array(store=name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
     return open_output(path, fmt, shape, dtype)
 
 
@@ -315,9 +320,7 @@ def open_output(path: Path, fmt: str, shape: tuple[int, ...], dtype) -> DiskArra
             axes = (-1, -1, 0, 1) if len(file_shape) == 2 else (-1, 0, 1, 2)
             arr = DiskArray(name, "raw", file_shape, fdtype.str, axes, int(offset))
         else:
-            import zarr
-
-            z = zarr.open_array(name, mode="r+")
+            z = _import_zarr().open_array(name, mode="r+")
             arr = DiskArray(name, "zarr", tuple(z.shape), np.dtype(z.dtype).str, tuple(range(z.ndim)))
     except ValueError:
         raise

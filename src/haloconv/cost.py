@@ -377,9 +377,13 @@ def stream_block(spec: ConvSpec, allowance: int, backend: str = "torch", itemsiz
 
 
 def stream_plan(spec: ConvSpec, allowance: int, backend: str = "torch", itemsize: int = 4,
-                file_itemsize: int = 4, min_tiles: int = 1) -> Plan:
-    """The Plan of a streamed run: output blocks sized by ``stream_block``, one tile each."""
-    block = stream_block(spec, allowance, backend, itemsize, file_itemsize, min_tiles)
+                file_itemsize: int = 4, min_tiles: int = 1, block: Sequence[int | None] | None = None) -> Plan:
+    """The Plan of a streamed run: output blocks sized by ``stream_block`` (or the given
+    ``block``), one tile each."""
+    if block is None:
+        block = stream_block(spec, allowance, backend, itemsize, file_itemsize, min_tiles)
+    elif len(block) != spec.ndim + 2 or any(b is not None and (not isinstance(b, int) or b < 1) for b in block):
+        raise ValueError(f"block must give a size >= 1 or None per dim over (N, C_out, *spatial), got {block!r}")
     tiles = math.prod(-(-o // (b or o)) for o, b in zip(spec.output_shape, block))
     return build(spec, [1] * len(block), "stream", tiles, backend=backend, block=block)
 

@@ -52,6 +52,12 @@ def read_input(path: str | Path) -> tuple[np.ndarray, bool]:
     p = Path(path)
     if not p.exists():
         raise ValueError(f"input file {str(p)!r} does not exist")
+    if p.suffix.lower() == ".zarr":  # a folder
+        from haloconv import arrays
+        from haloconv.plan import Box
+
+        src = arrays.open_input(p)
+        return src.read(Box((0,) * len(src.logical_shape), src.logical_shape)), False
     if not p.is_file():
         raise ValueError(f"input {str(p)!r} is not a file")
     suffix = p.suffix.lower()
@@ -87,7 +93,7 @@ def read_input(path: str | Path) -> tuple[np.ndarray, bool]:
     except Exception as e:  # corrupt files raise library-specific errors
         raise ValueError(f"cannot read input {str(p)!r}: {e}") from None
     raise ValueError(
-        f"input {str(p)!r} has an unsupported type {suffix!r}; use .png, .jpg, .tif/.tiff or .npy"
+        f"input {str(p)!r} has an unsupported type {suffix!r}; use .png, .jpg, .tif/.tiff, .npy or .zarr"
     )
 
 

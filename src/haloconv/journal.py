@@ -20,6 +20,7 @@ def journal_path(output: Path) -> Path:
 class Journal:
     def __init__(self, path: Path, header: dict, resume: bool):
         self.path = Path(path)
+        header = json.loads(json.dumps(header))  # as it reads back (tuples become lists)
         self.done: set[int] = set()
         self._lock = threading.Lock()
         if resume and self.path.exists():

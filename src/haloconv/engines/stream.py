@@ -57,6 +57,7 @@ class StreamResult:
     bytes_read: dict[int, int] = field(default_factory=dict)
     skipped: int = 0  # tiles a resumed run found finished
     failures: list[str] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)  # per failure: finished tiles the run went on from
 
     def table(self) -> str:
         lines = [f"{'rank':>4} {'tiles':>6} {'read MB':>9} {'peak RSS MB':>12}"]
@@ -83,9 +84,10 @@ def compute_tile(job: Job, index: int, backend) -> int:
         return torch.from_numpy(block)
 
     window = fill_window(tile, read, torch.zeros(tile.window.shape, dtype=job.dtype))
-    spec = job.plan.spec
-    y = methods.compute(job.plan.backend, window, job.weight, job.bias, spec, tile.groups, backend, tile.first,
-                        tile.out.shape[2:])
+    c0, c1 = job.plan.weight_box(tile)  # a block of output channels uses its filters
+    bias = None if job.bias is None else job.bias[c0:c1]
+    y = methods.compute(job.plan.backend, window, job.weight[c0:c1], bias, job.plan.spec, tile.groups, backend,
+                        tile.first, tile.out.shape[2:])
     del window
     job.sink.write(tile.out, y.numpy())
     return nread
@@ -192,9 +194,13 @@ def _resident(pid: int) -> int:
 def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Tensor | None, out: Path,
         fmt: str, *, memory_budget: int, workers: int, backend: str = "torch", dtype: torch.dtype = torch.float32,
         resume: bool = False, on_failure: str = "retry", timeout: float = 60.0,
-        throttle: dict[int, float] | None = None, log=None) -> StreamResult:
+        throttle: dict[int, float] | None = None, block: tuple[int | None, ...] | None = None,
+        log=None) -> StreamResult:
     """Stream ``spec`` over the input file ``source`` into ``out`` (format ``fmt``) with
-    ``workers`` processes, each within ``memory_budget`` bytes of resident memory."""
+    ``workers`` processes, each within ``memory_budget`` bytes of resident memory.
+
+    ``block``: the output tile per dim over (N, C_out, *spatial) (None: whole), instead of
+    the largest tiles the budget allows (e.g. to match the chunks of another file)."""
     from haloconv.engines.processes import LocalCluster, check_throttle
 
     if on_failure not in ("retry", "fail"):
@@ -219,7 +225,7 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
                                 f"before any data ({baseline / 2**20:.0f} MiB: Python, torch, gloo) plus "
                                 f"{MARGIN_BYTES >> 20} MiB of slack; raise it")
                         plan = cost.stream_plan(spec, allowance, backend, itemsize, np.dtype(source.dtype).itemsize,
-                                                min_tiles=4 * workers)
+                                                min_tiles=4 * workers, block=block)
                         block = plan.tiles[0].out.shape  # the zarr chunks: no two tiles share one
                         np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
                         w, b = weight.to(dtype), None if bias is None else bias.to(dtype)
@@ -249,6 +255,7 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
                 if on_failure == "fail" or survivors < 1 or job is None:
                     raise
                 result.failures.append(str(e))
+                result.kept.append(len(journal.done))
                 if log is not None:
                     log(f"haloconv: {e}\ngoing on with {survivors} process(es): "
                         f"{len(job.plan.tiles) - len(journal.done)} tiles left, finished ones kept")

@@ -1,0 +1,265 @@
+"""Streaming (out of core): files read and written box by box, tiles sized by memory,
+finished tiles journaled, faults and interruptions survived — always torch.equal to the
+single-node call on the whole input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from haloconv import arrays, cost, io, kernels, methods
+from haloconv.engines import WorkerError, stream
+from haloconv.journal import Journal, journal_path
+from haloconv.plan import Box
+from haloconv.soak import children
+from haloconv.spec import ConvSpec
+
+
+def _read_back(path, fmt, shape):
+    if fmt == "npy":
+        y = np.load(path)
+    elif fmt == "tif":
+        y = tifffile.imread(path)
+    else:
+        y = zarr.open_array(str(path), mode="r")[:]
+    return torch.from_numpy(np.asarray(y)).reshape(shape)
+
+
+def _inputs(tmp_path):
+    """The same picture in every layout streaming reads."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 65535, (61, 47), dtype=np.uint16)
+    files = {"npy": tmp_path / "a.npy", "plain.tif": tmp_path / "plain.tif", "striped.tif": tmp_path / "striped.tif",
+             "tiled.tif": tmp_path / "tiled.tif", "bigendian.tif": tmp_path / "be.tif", "zarr": tmp_path / "a.zarr"}
+    np.save(files["npy"], a)
+    tifffile.imwrite(files["plain.tif"], a)
+    tifffile.imwrite(files["striped.tif"], a, compression="zlib", rowsperstrip=7)
+    tifffile.imwrite(files["tiled.tif"], a, tile=(16, 16), compression="zlib")
+    tifffile.imwrite(files["bigendian.tif"], a, byteorder=">")
+    z = zarr.create_array(store=str(files["zarr"]), shape=a.shape, chunks=(10, 12), dtype=a.dtype)
+    z[:] = a
+    return a, files
+
+
+def test_boxes_read_from_every_layout_equal_the_whole_file_read(tmp_path):
+    a, files = _inputs(tmp_path)
+    whole, _ = io.read_input(files["npy"])
+    rng = np.random.default_rng(1)
+    kinds = {}
+    for name, path in files.items():
+        src = arrays.open_input(path)
+        kinds[name] = src.kind
+        assert src.logical_shape == whole.shape
+        for _ in range(25):
+            lo = [int(rng.integers(0, n)) for n in whole.shape]
+            hi = [int(rng.integers(l + 1, n + 1)) for l, n in zip(lo, whole.shape)]
+            box = Box(tuple(lo), tuple(hi))
+            np.testing.assert_array_equal(src.read(box), whole[box.slices()], err_msg=name)
+        arrays.close_all()
+    assert kinds == {"npy": "raw", "plain.tif": "raw", "striped.tif": "tiff-zarr", "tiled.tif": "tiff-zarr",
+                     "bigendian.tif": "raw", "zarr": "zarr"}
+
+
+def test_rgba_tiff_and_nd_npy_read_like_io(tmp_path):
+    rng = np.random.default_rng(2)
+    tifffile.imwrite(tmp_path / "rgba.tif", rng.integers(0, 255, (30, 20, 4), dtype=np.uint8))
+    np.save(tmp_path / "x5.npy", rng.standard_normal((2, 3, 5, 6, 7)))
+    for p in (tmp_path / "rgba.tif", tmp_path / "x5.npy"):
+        whole, _ = io.read_input(p)
+        src = arrays.open_input(p)
+        box = Box((0,) * whole.ndim, whole.shape)
+        np.testing.assert_array_equal(src.read(box), whole)
+        np.testing.assert_array_equal(src.read(box, np.float64), whole.astype(np.float64))
+    arrays.close_all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 9), min_size=2, max_size=5), st.data())
+def test_raw_box_write_then_read_round_trips(tmp_path_factory, shape, data):
+    """pread/pwrite run by run: any box of any C-ordered array, written then read back."""
+    shape = tuple(shape)
+    path = tmp_path_factory.mktemp("raw") / "o.npy"
+    logical = shape if len(shape) >= 4 else (1,) * (4 - len(shape)) + shape
+    out = arrays.create_output(path, "npy", logical, np.float32, logical)
+    lo = tuple(data.draw(st.integers(0, n - 1)) for n in logical)
+    hi = tuple(data.draw(st.integers(l + 1, n)) for l, n in zip(lo, logical))
+    box = Box(lo, hi)
+    block = np.arange(box.volume, dtype=np.float32).reshape(box.shape) + 1
+    out.write(box, block)
+    np.testing.assert_array_equal(out.read(box), block)
+    arrays.close_all()
+    whole = np.load(path)
+    expect = np.zeros(logical, np.float32)
+    expect[box.slices()] = block
+    np.testing.assert_array_equal(whole, expect)
+
+
+def test_bad_stream_inputs_are_refused_naming_the_file(tmp_path):
+    np.save(tmp_path / "f.npy", np.asfortranarray(np.ones((4, 5), np.float32)))
+    with pytest.raises(ValueError, match="Fortran"):
+        arrays.open_input(tmp_path / "f.npy")
+    np.save(tmp_path / "t.npy", np.ones((40, 50), np.float32))
+    with open(tmp_path / "t.npy", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(ValueError, match="truncated"):
+        arrays.open_input(tmp_path / "t.npy")
+    (tmp_path / "g.tif").write_bytes(b"II*\x00garbage")
+    with pytest.raises(ValueError, match="g.tif"):
+        arrays.open_input(tmp_path / "g.tif")
+    with pytest.raises(ValueError, match="does not exist"):
+        arrays.open_input(tmp_path / "missing.zarr")
+    np.save(tmp_path / "e.npy", np.ones((0, 5), np.float32))
+    with pytest.raises(ValueError, match="empty"):
+        arrays.open_input(tmp_path / "e.npy")
+
+
+def test_stream_blocks_fit_the_allowance_and_cover_the_output():
+    spec = ConvSpec.from_args((3, 2, 300, 200), (4, 2, 5, 5), None, padding=2)
+    for allowance in (20e6, 5e6, 1e6, 2e5):
+        plan = cost.stream_plan(spec, int(allowance), "torch", min_tiles=8)
+        seen = np.zeros(spec.output_shape, dtype=np.int32)
+        for t in plan.tiles:
+            seen[t.out.slices()] += 1
+            assert cost.tile_peak_bytes(spec, t.window.shape, t.out.shape, "torch") <= allowance
+        assert (seen == 1).all()
+        assert len(plan.tiles) >= 8
+    with pytest.raises(ValueError, match="memory_budget"):
+        cost.stream_plan(spec, 1000, "torch")
+
+
+CASES = [
+    # (input shape, weight shape, conv kwargs, block over (N, C_out, *spatial))
+    ((1, 1, 50, 40), (1, 1, 3, 3), dict(padding=1, padding_mode="reflect"), (None, None, 7, None)),
+    ((1, 1, 50, 40), (1, 1, 4, 3), dict(padding="same", padding_mode="circular"), (None, None, 6, 9)),
+    ((2, 3, 33, 29), (4, 3, 3, 3), dict(padding=2, stride=2, dilation=2, padding_mode="replicate"), (1, 2, 5, 6)),
+    ((1, 4, 31, 27), (4, 2, 3, 3), dict(padding=1, groups=2), (None, 2, 4, None)),
+    ((1, 2, 12, 11, 10), (2, 2, 3, 3, 3), dict(padding=1, padding_mode="reflect"), (None, None, 3, 4, None)),
+    ((1, 1, 45, 38), (1, 1, 3, 3), dict(padding=0, stride=3), (None, None, 2, None)),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_streamed_run_is_bitwise_the_single_node_result(tmp_path, case):
+    shape, wshape, kw, block = CASES[case]
+    x = torch.randn(shape)
+    np.save(tmp_path / "x.npy", x.numpy())
+    w = torch.randn(wshape)
+    b = torch.randn(wshape[0])
+    source = arrays.open_input(tmp_path / "x.npy")
+    spec = ConvSpec.from_args(source.logical_shape, wshape, b.shape, **kw)
+    ref = kernels.single_node(x, w, b, spec)
+    fmt = ("npy", "zarr", "npy", "zarr", "npy", "tif")[case]
+    res = stream.run(source, spec, w, b, tmp_path / f"y.{fmt}", fmt, memory_budget=2 << 30, workers=2, block=block)
+    assert torch.equal(_read_back(tmp_path / f"y.{fmt}", fmt, ref.shape), ref)
+    assert sum(res.tiles_done.values()) == len(res.plan.tiles) > 2
+    assert not arrays.partial_path(tmp_path / f"y.{fmt}").exists() and not journal_path(tmp_path / f"y.{fmt}").exists()
+
+
+@pytest.mark.parametrize("backend", ["ndimage", "fft"])
+def test_streamed_ndimage_and_fft_match_their_single_node_call(tmp_path, backend):
+    x = torch.rand(1, 1, 70, 64)
+    np.save(tmp_path / "x.npy", x.numpy())
+    w = torch.randn(1, 1, 9, 9)
+    source = arrays.open_input(tmp_path / "x.npy")
+    spec = ConvSpec.from_args(source.logical_shape, w.shape, None, padding=4, padding_mode="reflect")
+    ref = methods.single_node(backend, x, w, None, spec)
+    stream.run(source, spec, w, None, tmp_path / "y.npy", "npy", memory_budget=2 << 30, workers=2,
+               backend=backend, block=(None, None, 9, None))
+    y = _read_back(tmp_path / "y.npy", "npy", ref.shape)
+    if backend == "ndimage":
+        assert torch.equal(y, ref)
+    else:
+        assert (y - ref).abs().max() <= methods.FFT_TOLERANCE[torch.float32] * ref.abs().max()
+
+
+def _kill_a_worker_when(journal, finished: int):
+    """SIGKILL the first worker process of the run in progress once ``finished`` tiles are
+    in its journal (a kill mid-run, whatever the start-up time)."""
+    def kill():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                done = len(journal.read_text().split("\n")) - 2
+            except FileNotFoundError:
+                done = 0
+            kids = children()
+            if done >= finished and kids:
+                os.kill(kids[0], signal.SIGKILL)
+                return
+            time.sleep(0.01)
+    t = threading.Thread(target=kill, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_worker_killed_mid_stream_the_others_finish_keeping_finished_tiles(tmp_path):
+    x = torch.randn(1, 1, 120, 64)
+    np.save(tmp_path / "x.npy", x.numpy())
+    w = torch.randn(1, 1, 3, 3)
+    source = arrays.open_input(tmp_path / "x.npy")
+    spec = ConvSpec.from_args(source.logical_shape, w.shape, None, padding=1)
+    killer = _kill_a_worker_when(journal_path(tmp_path / "y.npy"), 3)
+    # every process 40x slower: tiles take long enough for the kill to land mid-run
+    res = stream.run(source, spec, w, None, tmp_path / "y.npy", "npy", memory_budget=2 << 30, workers=3,
+                     block=(None, None, 4, None), throttle={0: 40, 1: 40, 2: 40}, timeout=20)
+    killer.join()
+    assert len(res.failures) == 1 and "exited" in res.failures[0]
+    kept = res.kept[0]
+    assert 0 < kept < len(res.plan.tiles)
+    # after the fault only the unfinished tiles were computed, by the 2 processes left
+    assert sum(res.tiles_done.values()) == len(res.plan.tiles) - kept
+    assert len(res.peak_rss) == 2
+    assert torch.equal(_read_back(tmp_path / "y.npy", "npy", spec.output_shape), kernels.single_node(x, w, None, spec))
+    assert not children()
+
+
+def test_interrupted_stream_resumes_from_its_journal(tmp_path):
+    x = torch.randn(1, 2, 96, 50)
+    np.save(tmp_path / "x.npy", x.numpy())
+    w = torch.randn(3, 2, 3, 3)
+    source = arrays.open_input(tmp_path / "x.npy")
+    spec = ConvSpec.from_args(source.logical_shape, w.shape, None, padding=1, padding_mode="reflect")
+    out = tmp_path / "y.zarr"
+    kw = dict(memory_budget=2 << 30, block=(None, None, 4, None), timeout=20)
+    killer = _kill_a_worker_when(journal_path(out), 3)
+    with pytest.raises(WorkerError):
+        stream.run(source, spec, w, None, out, "zarr", workers=2, on_failure="fail",
+                   throttle={0: 30, 1: 30}, **kw)
+    killer.join()
+    assert not out.exists() and arrays.partial_path(out).exists()  # never a partial file under the name
+    journal = journal_path(out)
+    finished = len(journal.read_text().splitlines()) - 1
+    assert 0 < finished < 24
+    with open(journal, "a") as f:
+        f.write("2")  # a torn last line (no newline): ignored
+    with pytest.raises(ValueError, match="another job"):
+        stream.run(source, spec, w * 2, None, out, "zarr", workers=2, resume=True, **kw)
+    res = stream.run(source, spec, w, None, out, "zarr", workers=2, resume=True, **kw)
+    assert res.skipped == finished
+    assert sum(res.tiles_done.values()) == 24 - finished
+    assert torch.equal(_read_back(out, "zarr", spec.output_shape), kernels.single_node(x, w, None, spec))
+    assert not journal.exists() and not arrays.partial_path(out).exists()
+    assert not children()
+
+
+def test_journal_refuses_another_job_and_skips_torn_lines(tmp_path):
+    p = tmp_path / "j"
+    j = Journal(p, {"a": 1}, resume=False)
+    j.record(3)
+    j.record(12)
+    j.close()
+    with open(p, "a") as f:
+        f.write("4")
+    assert Journal(p, {"a": 1}, resume=True).done == {3, 12}
+    with pytest.raises(ValueError, match="another job"):
+        Journal(p, {"a": 2}, resume=True)

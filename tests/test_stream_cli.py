@@ -1,0 +1,104 @@
+"""`haloconv run` out of core: the same output as an in-memory run, each process's peak
+resident memory within --memory-budget on an input several times the budget."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+import tifffile
+import torch
+import zarr
+
+from haloconv import methods
+from haloconv.soak import children
+from haloconv.spec import ConvSpec
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "haloconv", "run", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_streamed_cli_outputs_equal_the_in_memory_run(tmp_path):
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (3, 160, 120), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", a)
+    common = ["x.npy", "--kernel", "gaussian:1.5", "--padding-mode", "reflect", "--workers", "2"]
+    r = _cli(*common, "-o", "mem", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ref = np.load(tmp_path / "mem.npy")
+    for fmt in ("npy", "tif", "zarr"):
+        r = _cli(*common, "--stream", "--memory-budget", "2GB", "--out-format", fmt, "-o", "s",
+                 "--report", "s.json", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert "streaming:" in r.stdout and "peak RSS" in r.stdout
+        path = tmp_path / f"s.{fmt}"
+        y = (np.load(path) if fmt == "npy" else tifffile.imread(path) if fmt == "tif"
+             else zarr.open_array(str(path), mode="r")[:])
+        np.testing.assert_array_equal(np.asarray(y).reshape(ref.shape), ref)
+        rep = json.loads((tmp_path / "s.json").read_text())
+        assert rep["stream"] and sum(v["tiles"] for v in rep["ranks"].values()) == rep["tiles"] >= 8
+    assert not children()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--random", "64x64", "--stream", "--memory-budget", "1GB"], "--stream reads its input"),
+    (["x.npy", "--stream"], "needs --memory-budget"),
+    (["x.npy", "--stream", "--memory-budget", "1GB", "--verify"], "--verify does not apply"),
+    (["x.npy", "--stream", "--memory-budget", "1GB", "--partition", "cols"], "--partition does not apply"),
+    (["x.npy", "--stream", "--memory-budget", "100MB"], "below what a process holds"),
+    (["x.npy", "--resume"], "--resume applies to streamed runs"),
+    (["x.npy", "--out-format", "zarr"], "--out-format applies to streamed runs"),
+])
+def test_streamed_cli_refuses_what_does_not_apply(tmp_path, args, message):
+    np.save(tmp_path / "x.npy", np.ones((40, 30), np.float32))
+    r = _cli(*args, cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr
+    assert not list(tmp_path.glob("out/*")) and not children()
+
+
+def test_peak_resident_memory_of_every_process_stays_within_the_budget(tmp_path):
+    """An input three times the budget (a job that could not run in memory): measured by
+    psutil from outside while it runs, and by each process's own peak (VmHWM)."""
+    budget = 400 * 2**20
+    rows, cols = 38400, 8192  # float32: 1.2 GiB in, 1.2 GiB out, each 3x the budget
+    x = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.float32, shape=(rows, cols))
+    rng = np.random.default_rng(0)
+    for r0 in range(0, rows, 2048):
+        x[r0:r0 + 2048] = rng.random((min(2048, rows - r0), cols), dtype=np.float32)
+    x.flush()
+    del x
+    assert (tmp_path / "big.npy").stat().st_size >= 3 * budget
+    cmd = [sys.executable, "-m", "haloconv", "run", "big.npy", "--memory-budget", f"{budget}B", "--kernel", "box:3",
+           "--backend", "ndimage", "--workers", "2", "-o", "y", "--report", "r.json"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: dict[int, int] = {}
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            for p in [root, *root.children(recursive=True)]:
+                seen[p.pid] = max(seen.get(p.pid, 0), p.memory_info().rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.005)
+    out = proc.stdout.read()
+    assert proc.returncode == 0, out
+    assert "streaming:" in out  # chosen because the input does not fit, no --stream needed
+    rep = json.loads((tmp_path / "r.json").read_text())
+    peaks = [v["peak_rss"] for v in rep["ranks"].values()]
+    assert len(peaks) == 2 and len(seen) >= 2
+    assert max(peaks) <= budget, (peaks, out)
+    assert max(seen.values()) <= budget, (seen, out)
+    # and the result is the single-node one (ndimage on the whole input: bitwise)
+    xin = torch.from_numpy(np.load(tmp_path / "big.npy"))[None, None]
+    w = torch.ones(1, 1, 3, 3) / 9
+    spec = ConvSpec.from_args(tuple(xin.shape), tuple(w.shape), None, padding="same")
+    ref = methods.single_node("ndimage", xin, w, None, spec)
+    assert torch.equal(torch.from_numpy(np.load(tmp_path / "y.npy")), ref)
