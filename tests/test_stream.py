@@ -263,3 +263,20 @@ def test_journal_refuses_another_job_and_skips_torn_lines(tmp_path):
     assert Journal(p, {"a": 1}, resume=True).done == {3, 12}
     with pytest.raises(ValueError, match="another job"):
         Journal(p, {"a": 2}, resume=True)
+
+
+def test_conv_file_refuses_bad_arguments_naming_them(tmp_path):
+    import haloconv
+
+    np.save(tmp_path / "x.npy", np.ones((20, 20), np.float32))
+    w = np.ones((1, 1, 3, 3), np.float32)
+    for kw, match in ((dict(memory_budget=0), "memory_budget"), (dict(memory_budget=2.5e9), "memory_budget"),
+                      (dict(memory_budget=2**30, workers=0), "workers"),
+                      (dict(memory_budget=2**30, dtype=torch.int32), "dtype"),
+                      (dict(memory_budget=2**30, backend="cuda"), "backend"),
+                      (dict(memory_budget=2**30, block=(1, 1, 0, None)), "block")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            haloconv.conv_file(tmp_path / "x.npy", w, tmp_path / "y.npy", **kw)
+    with pytest.raises(ValueError, match="output must end"):
+        haloconv.conv_file(tmp_path / "x.npy", w, tmp_path / "y.png", memory_budget=2**30)
+    assert not children() and not (tmp_path / "y.npy").exists()

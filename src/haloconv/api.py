@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -180,3 +181,73 @@ def conv(
     )
     y = execute(p, xt, wt, bt, engine=engine, on_failure=on_failure).output
     return y.numpy() if is_numpy else y
+
+
+def _budget_bytes(memory_budget: object) -> int:
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget <= 0:
+        raise ValueError(f"memory_budget must be a positive int of bytes, got {memory_budget!r}")
+    return memory_budget
+
+
+def conv_file(
+    input: str | os.PathLike,
+    weight: ArrayLike,
+    output: str | os.PathLike,
+    bias: ArrayLike | None = None,
+    *,
+    memory_budget: int,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple | str = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    workers: int | None = None,
+    backend: str = "torch",
+    dtype: torch.dtype = torch.float32,
+    resume: bool = False,
+    on_failure: str = "retry",
+    timeout: float = 60.0,
+    block: Sequence[int | None] | None = None,
+    profile: cost.Profile | str | None = None,
+):
+    """Convolve a file bigger than memory into a file, out of core (see engines/stream.py).
+
+    ``input``: .npy, TIFF (contiguous, striped or tiled) or .zarr, read as io.read_input
+    does ((H, W) -> (1, 1, H, W), integers scaled to [0, 1]).  ``output``: a path ending in
+    .npy, .tif or .zarr; it appears whole when the run ends (meanwhile OUTPUT.partial and
+    OUTPUT.journal).  ``memory_budget``: bytes of resident memory each of the ``workers``
+    processes may hold at its peak, Python and torch included.  ``resume``: go on from an
+    interrupted run's journal.  Returns a StreamResult (tiles, peak RSS per process, ...).
+    """
+    from haloconv import arrays
+    from haloconv.engines import stream
+
+    budget = _budget_bytes(memory_budget)
+    out = Path(output)
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt not in arrays.FORMATS:
+        raise ValueError(f"output must end in one of {['.' + f for f in arrays.FORMATS]}, got {str(out)!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    source = arrays.open_input(input)
+    wt = _as_tensor("weight", weight)
+    bt = None if bias is None else _as_tensor("bias", bias)
+    spec = ConvSpec.from_args(source.logical_shape, tuple(wt.shape), None if bt is None else tuple(bt.shape),
+                              stride=stride, padding=padding, dilation=dilation, groups=groups,
+                              padding_mode=padding_mode)
+    if backend == "auto":
+        prof = profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
+        backend = cost.stream_backend(spec, prof)
+    else:
+        check_args(spec, "rows", 1, None, "aligned", "neighbours", 1, backend)
+    workers = default_workers() if workers is None else workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return stream.run(source, spec, wt, bt, out, fmt, memory_budget=budget, workers=workers, backend=backend,
+                      dtype=dtype, resume=resume, on_failure=on_failure, timeout=timeout,
+                      block=None if block is None else tuple(block), log=log_to_stdout)
+
+
+def log_to_stdout(message: str) -> None:
+    print(message, flush=True)

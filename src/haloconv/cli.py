@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from haloconv import api, arrays, cost, filters, io, kernels, methods, plots, report, scaling
-from haloconv.engines import WorkerError, processes, stream
+from haloconv.engines import WorkerError, processes
 from haloconv.engines.base import execution_from_reports
 from haloconv.spec import ConvSpec
 
@@ -280,24 +280,18 @@ def run_stream(args: argparse.Namespace, source: arrays.DiskArray) -> int:
         raise ValueError("--stream needs --memory-budget: the peak resident memory allowed to each process")
     shape = source.logical_shape
     weight, groups = filters.load_kernel(args.kernel, shape[1], len(shape) - 2)
-    dtype = getattr(torch, args.dtype)
-    spec = _spec(args, shape, weight.shape, groups)
-    backend = args.backend
-    if backend == "auto":
-        backend = cost.stream_backend(spec, cost.load_profile(args.profile))
-    else:
-        methods.check(backend, spec)
     name = Path(args.input).name.split(".")[0]
     safe = Path(args.kernel.replace(":", "").replace("/", "_").replace(".npy", "")).name
     out = arrays.output_path(args.output or os.path.join("out", f"{name}-{safe}"), args.out_format)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    workers = args.workers or api.default_workers()
     print(f"input: {args.input} {list(shape)} {np.dtype(source.dtype)} ({source.kind}, "
           f"{source.nbytes / 2**20:.0f} MiB)  kernel: {args.kernel} {list(weight.shape)} groups={groups}  "
-          f"backend: {backend}")
-    res = stream.run(source, spec, torch.from_numpy(weight), None, out, args.out_format, memory_budget=budget,
-                     workers=workers, backend=backend, dtype=dtype, resume=args.resume, on_failure=args.on_failure,
-                     timeout=args.timeout, log=lambda m: print(m, flush=True))
+          f"backend: {args.backend}", flush=True)
+    res = api.conv_file(args.input, weight.astype(args.dtype), out, memory_budget=budget,
+                        stride=_int_list(args.stride, "--stride"), padding=_padding(args.padding),
+                        dilation=_int_list(args.dilation, "--dilation"), groups=groups,
+                        padding_mode=args.padding_mode, workers=args.workers, backend=args.backend,
+                        dtype=getattr(torch, args.dtype), resume=args.resume, on_failure=args.on_failure,
+                        timeout=args.timeout, profile=args.profile)
     if res.failures:
         print(f"survived {len(res.failures)} worker fault(s); finished with {len(res.peak_rss)} processes")
     print(res.table())
