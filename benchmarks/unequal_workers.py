@@ -4,10 +4,12 @@
 
 1 x C x S x S float32, C -> C, 3x3, rows; a LocalCluster of 2 (the master and one worker
 process, one thread each); the worker is made 2x slower (it sleeps as long as it computed,
-after each tile: LocalCluster.run_dynamic's throttle).
-  ideal    the time of one process computing everything, divided by the summed speeds (1 + 1/2)
-  static   an even split: one half per process (the fast one waits for the slow one)
-  dynamic  --tiles row bands handed out to whichever process is free
+after each compute: LocalCluster's throttle).
+  ideal     the time of one process computing everything, divided by the summed speeds (1 + 1/2)
+  static    an even split: one half per process (the fast one waits for the slow one)
+  weighted  a static split by the speeds the processes measured first (LocalCluster.speeds,
+            what `haloconv run --weights auto` does; the measuring is timed apart)
+  dynamic   --tiles row bands handed out to whichever process is free
 Best of N, interleaved, load average printed.  Target: dynamic within 15% of ideal; static
 about 1.5x.  Every result checked against single-node torch.  Not a test.
 """
@@ -34,12 +36,15 @@ g = torch.Generator().manual_seed(0)
 x, w, b = torch.randn(1, c, n, n, generator=g), torch.randn(c, c, 3, 3, generator=g), torch.randn(c, generator=g)
 spec = ConvSpec.from_args(x.shape, w.shape, b.shape, padding=1)
 ref = torch.nn.functional.conv2d(x, w, b, padding=1)
-throttle = {1: args.slowdown}
-with LocalCluster(2) as cl:
+with LocalCluster(2, throttle={1: args.slowdown}) as cl:
+    t0 = time.perf_counter()
+    speeds = cl.speeds(spec)
+    t_speeds = time.perf_counter() - t0
     runs = {
         "one process": lambda: cl.run(make_plan(spec, "rows", 1), x, w, b),
-        "static": lambda: cl.run_dynamic(make_plan(spec, "rows", 2), x, w, b, throttle=throttle),
-        "dynamic": lambda: cl.run_dynamic(make_plan(spec, "rows", args.tiles), x, w, b, throttle=throttle),
+        "static": lambda: cl.run(make_plan(spec, "rows", 2), x, w, b),
+        "weighted": lambda: cl.run(make_plan(spec, "rows", 2, worker_weights=speeds), x, w, b),
+        "dynamic": lambda: cl.run_dynamic(make_plan(spec, "rows", args.tiles), x, w, b),
     }
     best = {k: float("inf") for k in runs}
     tiles = {}
@@ -55,7 +60,8 @@ with LocalCluster(2) as cl:
 ideal = best["one process"] / (1 + 1 / args.slowdown)
 print(f"1x{c}x{n}x{n}, 3x3, 2 processes, worker 1 slowed {args.slowdown}x; load average {os.getloadavg()}")
 print(f"one process {best['one process']:.3f} s -> ideal {ideal:.3f} s")
-for k in ("static", "dynamic"):
+print(f"measured speeds {[round(v, 2) for v in speeds]} in {t_speeds:.2f}s")
+for k in ("static", "weighted", "dynamic"):
     print(f"{k:8s} {best[k]:.3f} s = {best[k] / ideal:.2f}x ideal  (tiles per rank: {tiles[k]})")
 print(f"target: dynamic within 15% of ideal: {'met' if best['dynamic'] <= 1.15 * ideal else 'NOT met'}; "
       f"load {os.getloadavg()[0]:.2f}")

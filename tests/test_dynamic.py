@@ -48,3 +48,21 @@ def test_dynamic_refuses_filter_splits_and_bad_throttle(cluster):
         cluster.run_dynamic(make_plan(spec, "channels", 4), x, w, None)
     with pytest.raises(ValueError, match="throttle"):
         cluster.run_dynamic(make_plan(spec, "rows", 4), x, w, None, throttle={1: 0.5})
+
+
+def test_measured_speeds_follow_a_throttled_process_and_weight_the_split():
+    import haloconv
+    from haloconv.engines import processes
+
+    spec = ConvSpec.from_args((1, 8, 256, 256), (8, 8, 3, 3), None, padding=1)
+    with LocalCluster(2, throttle={1: 5.0}) as cl:
+        speeds = cl.speeds(spec)
+        assert speeds[0] == 1.0 and speeds[1] < 0.5, speeds  # 5x slower by its sleeps
+    x, w = torch.randn(1, 8, 256, 256), torch.randn(8, 8, 3, 3)
+    logs = []
+    plan = haloconv.plan(x.shape, w.shape, padding=1, partition="rows", workers=2)
+    ex = processes.run(plan, x, w, None, measure_speeds=True, throttle={1: 5.0}, log=logs.append)
+    assert torch.equal(ex.output, torch.nn.functional.conv2d(x, w, padding=1))
+    rows = [t.out.shape[2] for t in ex.plan.tiles]
+    assert rows[0] > 2 * rows[1], (rows, logs)  # the slow process got the smaller share
+    assert any("measured speeds" in m for m in logs)

@@ -60,3 +60,30 @@ def test_on_failure_is_validated():
     with pytest.raises(ValueError, match="on_failure"):
         haloconv.conv(torch.randn(1, 1, 8, 8), torch.randn(1, 1, 3, 3), engine="processes", workers=2,
                       partition="rows", on_failure="ignore")
+
+
+def test_dynamic_schedule_keeps_finished_tiles_when_a_worker_dies(tmp_path):
+    cmd = [sys.executable, "-m", "haloconv", "run", "--random", "3200x3200", "--kernel", "box:31", "--workers", "3",
+           "--partition", "rows", "--schedule", "dynamic", "--tiles", "48", "--timeout", "30", "--verify", "-o",
+           str(tmp_path / "y")]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines = []
+    try:
+        for line in p.stdout:
+            lines.append(line)
+            if line.startswith("started 3 worker processes"):
+                break
+        time.sleep(0.8)
+        os.kill(children(p.pid)[0], signal.SIGKILL)
+        out, err = p.communicate(timeout=180)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    out = "".join(lines) + out
+    assert p.returncode == 0, err[-3000:]
+    import re
+
+    left = re.search(r"going on with 2 process\(es\): (\d+) of 48 tiles left", out)
+    assert left and 0 < int(left.group(1)) < 48, out  # finished tiles were kept, not recomputed
+    assert "started 2 worker processes" in out and "bitwise equal: True" in out

@@ -71,7 +71,8 @@ def _add_problem_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--memory-budget", default=None, metavar="BYTES",
                    help="per-process memory limit, e.g. 2GB or 500MB: partition=auto keeps each worker's data "
                         "under it; an input that does not fit is streamed, each process's peak RSS under it")
-    r.add_argument("--weights", default=None, help="relative worker speeds, comma-separated")
+    r.add_argument("--weights", default=None,
+                   help="relative worker speeds, comma-separated, or 'auto': measured by the processes first")
     r.add_argument("--stride", default="1")
     r.add_argument("--padding", default="same", help="int, ints, 'same' or 'valid' (default same)")
     r.add_argument("--dilation", default="1")
@@ -92,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="halos swapped between neighbours (default), or whole windows sent by the master")
     r.add_argument("--timeout", type=float, default=60.0, help="seconds before a silent worker is an error")
     r.add_argument("--on-failure", default="retry", choices=("retry", "fail"),
-                   help="a worker dies mid-run: re-plan on the workers left and run again (default), or stop")
+                   help="a worker dies mid-run: go on with the workers left (default), or stop")
+    r.add_argument("--schedule", default="static", choices=processes.SCHEDULES,
+                   help="static (default): one tile per worker; dynamic: --tiles tiles pulled by whichever "
+                        "process is free (unequal workers; a lost worker's unfinished tiles go to the others)")
+    r.add_argument("--tiles", type=int, default=None, help="tiles of a dynamic schedule (default 4 per worker)")
     r.add_argument("--report", default=None, metavar="RUN.json",
                    help="write per worker and phase: bytes, messages, seconds, predicted bytes, the plan, load")
     r.add_argument("-o", "--output", default=None,
@@ -178,8 +183,17 @@ def _budget(args: argparse.Namespace) -> int | None:
     return None if args.memory_budget is None else int(_quantity(args.memory_budget, _UNITS, "--memory-budget"))
 
 
+def _weights(args: argparse.Namespace) -> list[float] | None:
+    if args.weights is None or args.weights == "auto":
+        return None
+    try:
+        return [float(v) for v in args.weights.split(",")]
+    except ValueError:
+        raise ValueError(f"--weights must be comma-separated numbers or 'auto', got {args.weights!r}") from None
+
+
 def _plan(args: argparse.Namespace, x_shape, w_shape, groups: int, workers: int | None):
-    weights = None if args.weights is None else [float(v) for v in args.weights.split(",")]
+    weights = _weights(args)
     return api.plan(
         x_shape, w_shape, None,
         stride=_int_list(args.stride, "--stride"), padding=_padding(args.padding),
@@ -226,6 +240,10 @@ def _finish(args, ex, x, w, name, is_image) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.engine != "processes" or _under_torchrun():
+        if args.schedule != "static" or args.weights == "auto":
+            raise ValueError("--schedule dynamic and --weights auto run on the processes engine (not threads "
+                             "or torchrun)")
     if _under_torchrun():
         return run_spmd(args)
     source = _stream_source(args)
@@ -234,6 +252,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, bad in (("--resume", args.resume), ("--out-format", args.out_format != "npy")):
         if bad:
             raise ValueError(f"{flag} applies to streamed runs (--stream, or an input over --memory-budget)")
+    if args.schedule == "static" and args.tiles is not None:
+        raise ValueError("--tiles applies to --schedule dynamic")
     t0 = time.perf_counter()
     x, is_image, name, weight, groups = _load(args)
     plan = _plan(args, x.shape, weight.shape, groups, args.workers)
@@ -243,7 +263,8 @@ def run(args: argparse.Namespace) -> int:
     xt, wt = torch.from_numpy(x), torch.from_numpy(weight)
     if args.engine == "processes":
         ex = processes.run(plan, xt, wt, None, timeout=args.timeout, on_failure=args.on_failure,
-                           log=lambda m: print(m, flush=True))
+                           log=lambda m: print(m, flush=True), schedule=args.schedule, tiles=args.tiles,
+                           measure_speeds=args.weights == "auto")
         if ex.failures:
             print(f"survived {len(ex.failures)} worker fault(s); the result is from {ex.plan.workers} workers")
     else:

@@ -36,6 +36,9 @@ class Comm:
     # how to get this Comm again (torch.distributed group handle; None: the default group),
     # so autograd graphs keep the handle rather than the process group itself
     group: object | None = None
+    # > 1: this rank sleeps (slowdown - 1) x its compute time after each compute — a stand-in
+    # for a slower machine in benchmarks and tests (LocalCluster's ``throttle``)
+    slowdown: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.stats:
@@ -51,6 +54,11 @@ class Comm:
             yield
         finally:
             self.stats[name].seconds += time.perf_counter() - t0
+
+    def pace(self, t0: float) -> None:
+        """After a compute that started at ``t0``: be ``slowdown`` times slower."""
+        if self.slowdown > 1:
+            time.sleep((self.slowdown - 1) * (time.perf_counter() - t0))
 
     # -- tensors ----------------------------------------------------------------------------
     def isend(self, t: torch.Tensor, dst: int, phase: str):

@@ -9,6 +9,7 @@ the start-up (mostly importing torch) is paid once.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import subprocess
@@ -26,6 +27,7 @@ from haloconv.engines.base import Execution, WorkerStats, assemble_window, execu
 from haloconv.engines.comm import Comm
 from haloconv.engines.worker import HOST, WorkerError
 from haloconv.plan import PARTITIONS, Plan, make_plan
+from haloconv.spec import ConvSpec
 
 
 class LocalCluster:
@@ -35,7 +37,9 @@ class LocalCluster:
     ...     y = haloconv.conv(x, w, padding=1, engine=cluster)
 
     ``timeout`` (seconds) bounds every wait on a worker: a worker that dies or hangs makes
-    the call raise WorkerError within it, and the pool shuts down.
+    the call raise WorkerError within it, and the pool shuts down.  ``throttle``: {rank:
+    factor} makes those processes (rank 0: the caller) that many times slower in every
+    compute — a stand-in for unequal machines in benchmarks and tests.
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class LocalCluster:
         timeout: float = 60.0,
         threads_per_worker: int = 1,
         start_timeout: float = 120.0,
+        throttle: dict[int, float] | None = None,
     ):
         if workers is None:
             from haloconv.api import default_workers
@@ -60,6 +65,7 @@ class LocalCluster:
         self.timeout = float(timeout)
         self.start_timeout = float(start_timeout)
         self.threads_per_worker = threads_per_worker
+        self.throttle = check_throttle(throttle)
         self._procs: list[subprocess.Popen] = []
         self._comm: Comm | None = None
         self._store = None
@@ -190,6 +196,8 @@ class LocalCluster:
         self._require_alive()
         comm = self._comm
         comm.reset()
+        cmd = {**cmd, "throttle": {**self.throttle, **cmd.get("throttle", {})}}
+        comm.slowdown = cmd["throttle"].get(0, 1.0)
         t0 = time.perf_counter()
         try:
             seq = self._command(cmd)
@@ -295,47 +303,48 @@ class LocalCluster:
         return done
 
     def run_dynamic(self, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
-                    throttle: dict[int, float] | None = None) -> Execution:
+                    throttle: dict[int, float] | None = None, out: torch.Tensor | None = None,
+                    finished: set[int] | None = None) -> Execution:
         """Master/worker with dynamic scheduling, for unequal workers: the plan's tiles (make
         many more than workers) are handed out one at a time to whichever worker is free; the
         master computes tiles too while no worker is waiting.  Exact like any plan.
 
-        ``throttle``: {rank: factor} makes those workers (or the master, rank 0) that many
-        times slower — a stand-in for unequal machines in benchmarks and tests."""
+        ``throttle``: {rank: factor} for this call (see LocalCluster).  ``out`` and
+        ``finished`` (tile indices): go on with a run that a failure stopped — only the tiles
+        not in ``finished`` are computed, into ``out``; ``finished`` grows as tiles land."""
         if plan.splits[1] != 1:
             raise ValueError("dynamic scheduling hands out tiles of the whole filter bank; use a partition "
                              "without a channels split")
         if x.device.type != "cpu":
             raise ValueError(f"the processes engine takes CPU tensors, got x on {x.device}")
-        throttle = check_throttle(throttle)
         t_start = time.perf_counter()
         backend = kernels.select_backend(plan.spec, x, weight, bias)
         done: dict[int, int] = {}
+        finished = set() if finished is None else finished
+        out = torch.empty(plan.spec.output_shape, dtype=x.dtype) if out is None else out
 
         def master(comm: Comm) -> torch.Tensor:
             w, b = spmd.broadcast_weights(comm, plan, weight, bias, x.dtype)
             xc = x.contiguous()
-            out = torch.empty(plan.spec.output_shape, dtype=x.dtype)
 
             def feed(rank: int, index: int, keep: list) -> None:
                 works, buf = spmd.hand_out(comm, plan, xc, index, rank, out, keep)
                 comm.wait(works)
                 if buf is not None:
                     out[plan.tiles[index].out.slices()] = buf
+                if index >= 0:
+                    finished.add(index)
 
             def local(index: int) -> None:
                 tile = plan.tiles[index]
-                t0 = time.perf_counter()
-                y = self._compute(comm, plan, assemble_window(xc, tile), w, b, backend, tile)
-                if throttle.get(0, 1.0) > 1:
-                    time.sleep((throttle[0] - 1) * (time.perf_counter() - t0))
-                out[tile.out.slices()] = y
+                out[tile.out.slices()] = self._compute(comm, plan, assemble_window(xc, tile), w, b, backend, tile)
+                finished.add(index)
 
-            done.update(self.pull(list(range(len(plan.tiles))), feed, local))
+            done.update(self.pull([i for i in range(len(plan.tiles)) if i not in finished], feed, local))
             return out
 
         cmd = {"op": "dynamic", "plan": plan, "dtype": x.dtype, "backend": kernels.backend_name(backend),
-               "throttle": throttle}
+               "throttle": check_throttle(throttle)}
         out, reports = self._step(cmd, master)
         stats = [WorkerStats(r, (), 0, {p: v["seconds"] for p, v in rep["traffic"].items() if p != "control"},
                              traffic=rep["traffic"]) for r, rep in sorted(reports.items())]
@@ -343,6 +352,17 @@ class LocalCluster:
                        time.perf_counter() - t_start, stats)
         ex.tiles_done = done  # rank -> tiles it computed
         return ex
+
+    def speeds(self, spec: ConvSpec, dtype: torch.dtype = torch.float32, backend: str = "torch",
+               repeat: int = 3) -> list[float]:
+        """Relative compute speed of every process (1.0 = the fastest), measured by all of
+        them at once on the same small problem like ``spec`` (about a 1/16 row band of it):
+        weights for a static split over unequal workers (``worker_weights``)."""
+        probe = _probe_spec(spec, self.workers)
+        cmd = {"op": "probe", "spec": probe, "dtype": dtype, "backend": backend, "repeat": repeat}
+        seconds, reports = self._step(cmd, lambda comm: spmd.probe(comm, probe, dtype, backend, repeat))
+        times = [seconds] + [reports[r]["probe_seconds"] for r in range(1, self.workers)]
+        return [min(times) / t for t in times]
 
     # -- resident shards ------------------------------------------------------------------------
     def scatter(self, x: torch.Tensor, plan: Plan) -> Sharded:
@@ -449,36 +469,89 @@ def _exec(out, plan: Plan, backend: str, wall: float, reports: dict[int, dict]) 
     return execution_from_reports(out, plan, "processes", backend, wall, {r: v["traffic"] for r, v in reports.items()})
 
 
+SCHEDULES = ("static", "dynamic")
+
+
 def run(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
-        timeout: float = 60.0, on_failure: str = "retry", log=None) -> Execution:
+        timeout: float = 60.0, on_failure: str = "retry", log=None, schedule: str = "static",
+        tiles: int | None = None, measure_speeds: bool = False,
+        throttle: dict[int, float] | None = None) -> Execution:
     """engine='processes': start a LocalCluster for this one call, then stop it.
 
-    ``on_failure='retry'``: when a worker dies or hangs mid-run, the plan is re-made with
-    the same partition for the workers left (one fewer per lost worker) and run again on a
-    fresh cluster — the result is exact either way; ``'fail'``: raise WorkerError at once."""
+    ``schedule='static'``: each worker computes its tile of ``plan``; with
+    ``measure_speeds`` the processes first time the same small problem
+    (LocalCluster.speeds) and the plan is split in proportion to their speeds.
+    ``schedule='dynamic'``: the job is cut into ``tiles`` (default 4 per worker) tiles of
+    the plan's kind of partition, pulled by whichever process is free.
+    ``on_failure='retry'``: when a worker dies or hangs mid-run, the job goes on with the
+    workers left (one fewer per lost worker) on a fresh cluster — dynamic: only the tiles
+    not finished yet (the others are kept); static: the plan re-made with the same
+    partition, run again.  Exact either way.  ``'fail'``: raise WorkerError at once.
+    ``throttle``: see LocalCluster (benchmarks and tests)."""
     if on_failure not in ("retry", "fail"):
         raise ValueError(f"on_failure must be 'retry' or 'fail', got {on_failure!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if tiles is not None and (isinstance(tiles, bool) or not isinstance(tiles, int) or tiles < 1):
+        raise ValueError(f"tiles must be an int >= 1, got {tiles!r}")
     failures: list[str] = []
+    workers = plan.workers
+    if schedule == "dynamic":
+        if plan.splits[1] != 1:
+            raise ValueError("schedule='dynamic' hands out tiles of the whole filter bank; use a partition "
+                             "without a channels split")
+        fine = make_plan(plan.spec, _kind(plan), tiles or 4 * workers, backend=plan.backend)
+        out = torch.empty(plan.spec.output_shape, dtype=x.dtype)
+        finished: set[int] = set()
     while True:
         try:
-            with LocalCluster(plan.workers, timeout=timeout) as cluster:
+            with LocalCluster(workers, timeout=timeout, throttle=throttle) as cluster:
                 if log is not None:
-                    log(f"started {plan.workers} worker processes in {cluster.startup_seconds:.2f}s")
-                ex = cluster.run(plan, x, weight, bias)
+                    log(f"started {workers} worker processes in {cluster.startup_seconds:.2f}s")
+                if schedule == "dynamic":
+                    ex = cluster.run_dynamic(fine, x, weight, bias, out=out, finished=finished)
+                else:
+                    if measure_speeds:
+                        speeds = cluster.speeds(plan.spec, x.dtype, plan.backend)
+                        if log is not None:
+                            log("measured speeds (1 = fastest): " + ", ".join(f"{v:.2f}" for v in speeds))
+                        plan = _replan(plan, workers, speeds)
+                    ex = cluster.run(plan, x, weight, bias)
                 ex.failures = failures
                 return ex
         except WorkerError as e:
-            survivors = plan.workers - max(1, len(e.dead))
+            survivors = workers - max(1, len(e.dead))
             if on_failure == "fail" or survivors < 1:
                 raise
             failures.append(str(e))
+            if schedule == "dynamic":
+                what = (f"going on with {survivors} process(es): {len(fine.tiles) - len(finished)} of "
+                        f"{len(fine.tiles)} tiles left, the finished ones kept")
+            else:
+                what = f"re-planning the whole job on {survivors} worker(s) and running it again"
+                plan = _replan(plan, survivors)
             if log is not None:
-                log(f"haloconv: {e}\nre-planning the whole job on {survivors} worker(s) and running it again")
-            plan = _replan(plan, survivors)
+                log(f"haloconv: {e}\n{what}")
+            workers = survivors
 
 
-def _replan(plan: Plan, workers: int) -> Plan:
-    """The same job with the same kind of partition on fewer workers."""
-    name = plan.partition if plan.partition in PARTITIONS and plan.partition != "auto" else "grid"
-    weights = None if plan.weights is None else list(plan.weights[:workers])
-    return make_plan(plan.spec, name, workers, weights, plan.ownership, plan.exchange, plan.pipeline, plan.backend)
+def _kind(plan: Plan) -> str:
+    return plan.partition if plan.partition in PARTITIONS and plan.partition != "auto" else "grid"
+
+
+def _replan(plan: Plan, workers: int, weights: list[float] | None = None) -> Plan:
+    """The same job with the same kind of partition on ``workers`` workers (split in
+    proportion to ``weights`` when given)."""
+    if weights is None and plan.weights is not None:
+        weights = list(plan.weights[:workers])
+    return make_plan(plan.spec, _kind(plan), workers, weights, plan.ownership, plan.exchange, plan.pipeline,
+                     plan.backend)
+
+
+def _probe_spec(spec: ConvSpec, workers: int) -> ConvSpec:
+    """``spec`` on one sample and a band of its first spatial axis: about 1/16 of the work
+    of one worker's share, and at least a few kernel spans."""
+    axis = spec.axis(0)
+    rows = max(4 * axis.span, spec.spatial[0] // (16 * workers))
+    shape = (1, spec.in_channels, min(rows, spec.spatial[0]), *spec.spatial[1:])
+    return dataclasses.replace(spec, input_shape=shape)

@@ -373,11 +373,9 @@ def hand_out(comm: Comm, plan: Plan, x: torch.Tensor | None, index: int, dst: in
     return works, buf
 
 
-def dynamic_worker(comm: Comm, plan: Plan, weight, bias, backend, dtype: torch.dtype, throttle: float = 1.0,
-                   src: int = 0) -> int:
+def dynamic_worker(comm: Comm, plan: Plan, weight, bias, backend, dtype: torch.dtype, src: int = 0) -> int:
     """A worker's side: tile after tile as the master hands them out, until told to stop.
-    ``throttle`` > 1 makes this worker that many times slower (it sleeps after each tile:
-    a stand-in for an unequal machine, for benchmarks and tests).  Returns the tiles done."""
+    Returns the tiles done."""
     done = 0
     while True:
         code = torch.empty(1, dtype=torch.int64, device=comm.device)
@@ -389,10 +387,7 @@ def dynamic_worker(comm: Comm, plan: Plan, weight, bias, backend, dtype: torch.d
             st, window, works, bufs = _post_piece_receives(comm, plan, plan.tiles[index], dtype, src)
             comm.wait(works)
             _fill(window, bufs)
-        t0 = time.perf_counter()
         y = compute(comm, plan, window, weight, bias, backend, tile=st)
-        if throttle > 1:
-            time.sleep((throttle - 1) * (time.perf_counter() - t0))
         with comm.phase("gather"):
             keep: list = []
             comm.wait(send_box(comm, y, st.out, src, "gather", keep, held=st.out, shape=plan.spec.output_shape))
@@ -436,6 +431,7 @@ def compute(
     tile = tile or plan.tile_of(comm.rank)
     if tile is None:
         return None
+    t0 = time.perf_counter()
     with comm.phase("compute"):
         c0, c1 = plan.weight_box(tile)
         if weight.shape[0] == plan.spec.out_channels:
@@ -447,6 +443,7 @@ def compute(
                             tile.out.shape[2:])
         if y._base is not None:  # the rows computed beyond the tile are room for the next halo
             _mark_room(y._base)
+        comm.pace(t0)
         return y
 
 
@@ -502,3 +499,18 @@ def gather(
             out = torch.empty(plan.spec.output_shape, dtype=y_local.dtype, device=y_local.device)
         posted = post_gather(comm, plan, out, dst)
     return finish_gather(comm, plan, posted, out, y_local, dst)
+
+
+def probe(comm: Comm, spec, dtype: torch.dtype, method: str, repeat: int) -> float:
+    """Best-of-``repeat`` seconds of this rank computing ``spec`` on random data (at its
+    pace): the measure behind LocalCluster.speeds."""
+    g = torch.Generator().manual_seed(comm.rank)
+    x = torch.randn(spec.input_shape, generator=g, dtype=dtype)
+    w = torch.randn(spec.weight_shape, generator=g, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        methods.single_node(method, x, w, None, spec)
+        comm.pace(t0)
+        best = min(best, time.perf_counter() - t0)
+    return best

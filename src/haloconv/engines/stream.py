@@ -97,7 +97,7 @@ def _done(comm: Comm, code: torch.Tensor, dst: int) -> None:
     comm.wait([comm.isend(code, dst, "control")])
 
 
-def worker_loop(comm: Comm, job: Job, backend, throttle: float = 1.0) -> dict:
+def worker_loop(comm: Comm, job: Job, backend) -> dict:
     """A worker's side: tile numbers in, 'done' back once the output is durable; -1 stops."""
     tiles = nread = 0
     try:
@@ -111,8 +111,7 @@ def worker_loop(comm: Comm, job: Job, backend, throttle: float = 1.0) -> dict:
             with comm.phase("compute"):
                 nread += compute_tile(job, index, backend)
                 job.sink.flush()
-            if throttle > 1:
-                time.sleep((throttle - 1) * (time.perf_counter() - t0))
+            comm.pace(t0)
             _done(comm, code, 0)
             tiles += 1
     finally:
@@ -120,7 +119,7 @@ def worker_loop(comm: Comm, job: Job, backend, throttle: float = 1.0) -> dict:
     return {"tiles": tiles, "bytes_read": nread}
 
 
-def run_on(cluster, job: Job, todo: list[int], journal: Journal, throttle: dict[int, float], log=None) -> dict:
+def run_on(cluster, job: Job, todo: list[int], journal: Journal, log=None) -> dict:
     """The master's side on a started cluster: hand out ``todo``, journal what finishes.
     Returns the reports per rank (tiles, bytes read, peak RSS)."""
     backend = kernels.select_backend(job.plan.spec, torch.empty(0, dtype=job.dtype), job.weight, job.bias)
@@ -155,8 +154,7 @@ def run_on(cluster, job: Job, todo: list[int], journal: Journal, throttle: dict[
                 job.sink.flush()
             finally:
                 torch.set_num_threads(caller)
-            if throttle.get(0, 1.0) > 1:
-                time.sleep((throttle[0] - 1) * (time.perf_counter() - t0))
+            comm.pace(t0)
             finished(index)
 
         try:
@@ -164,7 +162,7 @@ def run_on(cluster, job: Job, todo: list[int], journal: Journal, throttle: dict[
         finally:
             arrays.close_all()
 
-    cmd = {"op": "stream", "job": job, "backend": kernels.backend_name(backend), "throttle": throttle}
+    cmd = {"op": "stream", "job": job, "backend": kernels.backend_name(backend)}
     done, reports = cluster._step(cmd, master)
     reports[0].update(tiles=done.get(0, 0), bytes_read=stats["bytes_read"], peak_rss=peak_rss())
     return reports
@@ -201,11 +199,10 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
 
     ``block``: the output tile per dim over (N, C_out, *spatial) (None: whole), instead of
     the largest tiles the budget allows (e.g. to match the chunks of another file)."""
-    from haloconv.engines.processes import LocalCluster, check_throttle
+    from haloconv.engines.processes import LocalCluster
 
     if on_failure not in ("retry", "fail"):
         raise ValueError(f"on_failure must be 'retry' or 'fail', got {on_failure!r}")
-    throttle = check_throttle(throttle)
     t_start = time.perf_counter()
     itemsize = torch.empty(0, dtype=dtype).element_size()
     partial = arrays.partial_path(out)
@@ -215,7 +212,7 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
     try:
         while True:
             try:
-                with LocalCluster(workers, timeout=timeout) as cluster:
+                with LocalCluster(workers, timeout=timeout, throttle=throttle) as cluster:
                     if job is None:  # the first start: size the tiles by what the processes hold now
                         baseline = max(_resident(os.getpid()), *(_resident(p) for p in cluster.pids()))
                         allowance = memory_budget - baseline - MARGIN_BYTES
@@ -244,7 +241,7 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
                                 f"({baseline / 2**20:.0f} MiB held before any data)"
                                 + (f"; resuming: {len(journal.done)} tiles already done" if journal.resumed else ""))
                     todo = [i for i in range(len(job.plan.tiles)) if i not in journal.done]
-                    reports = run_on(cluster, job, todo, journal, throttle, log)
+                    reports = run_on(cluster, job, todo, journal, log)
                     for r, rep in reports.items():
                         result.tiles_done[r] = result.tiles_done.get(r, 0) + rep.get("tiles", 0)
                         result.bytes_read[r] = result.bytes_read.get(r, 0) + rep.get("bytes_read", 0)

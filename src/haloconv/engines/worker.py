@@ -78,6 +78,7 @@ def _run(comm: Comm, cmd: dict, shards: dict) -> dict:
     op, plan = cmd["op"], cmd.get("plan")
     extra: dict = {}
     comm.reset()
+    comm.slowdown = cmd.get("throttle", {}).get(comm.rank, 1.0)
     t0 = time.perf_counter()
     if op in ("conv", "layer"):
         w, b = spmd.distribute_weights(comm, plan, None, None, cmd["dtype"])
@@ -90,13 +91,13 @@ def _run(comm: Comm, cmd: dict, shards: dict) -> dict:
             spmd.gather(comm, plan, spmd.compute(comm, plan, window, w, b, backend))
     elif op == "dynamic":
         w, b = spmd.broadcast_weights(comm, plan, None, None, cmd["dtype"])
-        spmd.dynamic_worker(comm, plan, w, b, getattr(_BACKENDS, cmd["backend"]), cmd["dtype"],
-                            cmd["throttle"].get(comm.rank, 1.0))
+        spmd.dynamic_worker(comm, plan, w, b, getattr(_BACKENDS, cmd["backend"]), cmd["dtype"])
     elif op == "stream":
         from haloconv.engines import stream  # imports processes, which imports this module
 
-        extra = stream.worker_loop(comm, cmd["job"], getattr(_BACKENDS, cmd["backend"]),
-                                   cmd["throttle"].get(comm.rank, 1.0))
+        extra = stream.worker_loop(comm, cmd["job"], getattr(_BACKENDS, cmd["backend"]))
+    elif op == "probe":
+        extra = {"probe_seconds": spmd.probe(comm, cmd["spec"], cmd["dtype"], cmd["backend"], cmd["repeat"])}
     elif op == "scatter":
         shards[cmd["id"]] = spmd.scatter(comm, plan, None)
     elif op == "layer":
