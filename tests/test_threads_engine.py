@@ -62,3 +62,31 @@ def test_an_error_in_one_worker_reaches_the_caller(monkeypatch):
     else:
         raise AssertionError("the worker's error was swallowed")
     assert torch.get_num_threads() == before
+
+
+def test_a_small_pool_computes_many_tiles_exactly_and_threads_is_checked():
+    import threading
+
+    import pytest
+
+    x = torch.randn(1, 2, 90, 50)
+    w = torch.randn(3, 2, 5, 5)
+    p = haloconv.plan(x.shape, w.shape, padding=2, padding_mode="reflect", partition="rows", workers=12)
+    seen = set()
+    real = haloconv.engines.threads.assemble_window
+
+    def spy(xx, tile):
+        seen.add(threading.current_thread().name)
+        return real(xx, tile)
+
+    haloconv.engines.threads.assemble_window = spy
+    try:
+        y = haloconv.execute(p, x, w, engine="threads", threads=2).output
+    finally:
+        haloconv.engines.threads.assemble_window = real
+    assert torch.equal(y, torch.nn.functional.conv2d(torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect"), w))
+    assert 1 <= len(seen) <= 2  # twelve tiles, at most two threads
+    with pytest.raises(ValueError, match="threads"):
+        haloconv.execute(p, x, w, engine="threads", threads=0)
+    with pytest.raises(ValueError, match="threads applies"):
+        haloconv.execute(p, x, w, engine="processes", threads=2)

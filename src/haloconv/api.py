@@ -116,13 +116,16 @@ def execute(
     *,
     engine: str | LocalCluster = "threads",
     on_failure: str = "retry",
+    threads: int | None = None,
 ) -> Execution:
     """Run ``plan`` on data; returns the output tensor with per-worker statistics.
 
     ``engine``: 'threads' (in this process), 'processes' (a LocalCluster started and
     stopped for this call; with ``on_failure='retry'`` a worker lost mid-run makes the job
     re-planned on the workers left and run again, exact either way; 'fail' raises
-    WorkerError), or a running LocalCluster (a lost worker raises WorkerError)."""
+    WorkerError), or a running LocalCluster (a lost worker raises WorkerError).
+    ``threads`` (engine 'threads'): compute at most this many tiles at once — with a plan
+    of many more tiles, memory holds only that many windows and tile outputs."""
     xt, wt, bt, _ = _inputs(x, weight, bias)
     if tuple(xt.shape) != plan.spec.input_shape or tuple(wt.shape) != plan.spec.weight_shape:
         raise ValueError(
@@ -136,8 +139,10 @@ def execute(
     if not isinstance(engine, str) or engine not in ENGINES:
         raise ValueError(f"engine must be one of {sorted(ENGINES)} or a LocalCluster, got {engine!r}")
     if engine == "processes":
+        if threads is not None:
+            raise ValueError("threads applies to engine='threads'")
         return ENGINES[engine](plan, xt, wt, bt, on_failure=on_failure)
-    return ENGINES[engine](plan, xt, wt, bt)
+    return ENGINES[engine](plan, xt, wt, bt, threads=threads)
 
 
 def conv(

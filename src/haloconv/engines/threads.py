@@ -24,13 +24,21 @@ def run(
     bias: torch.Tensor | None,
     *,
     threads_per_worker: int | None = None,
+    threads: int | None = None,
 ) -> Execution:
+    """Every tile in a thread of this process, windows read from ``x`` (views where they
+    can be) and outputs written straight into the result.  ``threads``: at most this many
+    tiles at once (default: all) — a plan of many more tiles than threads computes the
+    same result holding only that many tiles' windows and outputs at a time."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
     spec = plan.spec
     t_start = time.perf_counter()
     backend = kernels.select_backend(spec, x, weight, bias)
     out = x.new_empty(spec.output_shape)
     caller_threads = torch.get_num_threads()
-    per = threads_per_worker or max(1, caller_threads // max(1, len(plan.tiles)))
+    pool = min(threads or len(plan.tiles), len(plan.tiles))
+    per = threads_per_worker or max(1, caller_threads // pool)
 
     def work(tile: Tile) -> WorkerStats:
         torch.set_num_threads(per)
@@ -53,8 +61,8 @@ def run(
         if len(plan.tiles) == 1:
             stats = [work(plan.tiles[0])]
         else:
-            with ThreadPoolExecutor(max_workers=len(plan.tiles), thread_name_prefix="haloconv") as pool:
-                stats = list(pool.map(work, plan.tiles))
+            with ThreadPoolExecutor(max_workers=pool, thread_name_prefix="haloconv") as ex:
+                stats = list(ex.map(work, plan.tiles))
     finally:
         torch.set_num_threads(caller_threads)
     return Execution(
