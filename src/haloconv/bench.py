@@ -50,7 +50,8 @@ PEERS = ("haloconv", "scipy", "dask-image", "torch")
 # -- the cost model against real runs -----------------------------------------------------------
 def model_accuracy(profile=None, repeat: int = 5, quick: bool = False, log=print) -> dict:
     """Run every candidate the cost model ranks (within 3x of its first choice) end to end on
-    the processes engine; predicted beside measured."""
+    the processes engine, the candidates of a configuration in turn (best of ``repeat``);
+    predicted beside measured."""
     import torch
 
     from haloconv import cost
@@ -71,15 +72,15 @@ def model_accuracy(profile=None, repeat: int = 5, quick: bool = False, log=print
             g = torch.Generator().manual_seed(0)
             x, w, b = (torch.randn(s, generator=g) for s in (xs, ws, (ws[0],)))
             cl = clusters.get(workers) or clusters.setdefault(workers, LocalCluster(workers))
-            rows = []
             for pred in ranked:
                 cl.run(pred.plan, x, w, b)  # warm-up
-                best = float("inf")
-                for _ in range(repeat):
+            best = [float("inf")] * len(ranked)
+            for _ in range(repeat):  # round robin: a change of load falls on every candidate alike
+                for i, pred in enumerate(ranked):
                     t0 = time.perf_counter()
                     cl.run(pred.plan, x, w, b)
-                    best = min(best, time.perf_counter() - t0)
-                rows.append({"candidate": pred.label, "predicted": pred.total_s, "measured": best})
+                    best[i] = min(best[i], time.perf_counter() - t0)
+            rows = [{"candidate": q.label, "predicted": q.total_s, "measured": t} for q, t in zip(ranked, best)]
             fastest = min(r["measured"] for r in rows)
             rec = {"name": name, "workers": workers, "load": os.getloadavg()[0], "runs": rows,
                    "ratio": rows[0]["measured"] / fastest}
