@@ -280,3 +280,30 @@ def test_conv_file_refuses_bad_arguments_naming_them(tmp_path):
     with pytest.raises(ValueError, match="output must end"):
         haloconv.conv_file(tmp_path / "x.npy", w, tmp_path / "y.png", memory_budget=2**30)
     assert not children() and not (tmp_path / "y.npy").exists()
+
+
+def test_resume_folds_the_journals_of_spmd_ranks(tmp_path):
+    """A torchrun streamed run leaves OUT.journal (rank 0) and OUT.journal.r<k>: a resumed
+    run counts the tiles of all of them as done."""
+    x = torch.randn(1, 1, 40, 30)
+    np.save(tmp_path / "x.npy", x.numpy())
+    w = torch.randn(1, 1, 3, 3)
+    source = arrays.open_input(tmp_path / "x.npy")
+    spec = ConvSpec.from_args(source.logical_shape, w.shape, None, padding=1)
+    out = tmp_path / "y.npy"
+    block = (None, None, 4, None)  # 10 tiles
+    job = stream._job(source, spec, w, None, torch.float32, 1 << 30, "torch", 2, block)
+    job, journal = stream._open_output(job, out, "npy", resume=False)
+    backend = kernels.select_backend(spec, x, w, None)
+    header = stream._header(job, out, "npy")
+    part = Journal(journal.path.with_name(journal.path.name + ".r1"), header, resume=False)
+    for index, j in ((0, journal), (2, journal), (1, part), (5, part)):  # as two ranks would
+        stream.compute_tile(job, index, backend)
+        j.record(index)
+    journal.close()
+    part.close()
+    arrays.close_all()
+    res = stream.run(source, spec, w, None, out, "npy", memory_budget=2 << 30, workers=2, resume=True, block=block)
+    assert res.skipped == 4 and sum(res.tiles_done.values()) == 6
+    assert torch.equal(_read_back(out, "npy", spec.output_shape), kernels.single_node(x, w, None, spec))
+    assert not list(tmp_path.glob("y.npy.journal*"))

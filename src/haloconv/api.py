@@ -214,6 +214,7 @@ def conv_file(
     timeout: float = 60.0,
     block: Sequence[int | None] | None = None,
     profile: cost.Profile | str | None = None,
+    spmd: bool = False,
 ):
     """Convolve a file bigger than memory into a file, out of core (see engines/stream.py).
 
@@ -223,6 +224,9 @@ def conv_file(
     OUTPUT.journal).  ``memory_budget``: bytes of resident memory each of the ``workers``
     processes may hold at its peak, Python and torch included.  ``resume``: go on from an
     interrupted run's journal.  Returns a StreamResult (tiles, peak RSS per process, ...).
+    ``spmd``: called by every rank of a torch.distributed job (torchrun) instead: the ranks
+    share the tiles through a file system they all see (``workers`` and ``on_failure`` do
+    not apply); the result comes back on rank 0, None elsewhere.
     """
     from haloconv import arrays
     from haloconv.engines import stream
@@ -245,10 +249,13 @@ def conv_file(
         backend = cost.stream_backend(spec, prof)
     else:
         check_args(spec, "rows", 1, None, "aligned", "neighbours", 1, backend)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if spmd:
+        return stream.run_spmd(source, spec, wt, bt, out, fmt, memory_budget=budget, backend=backend, dtype=dtype,
+                               resume=resume, block=None if block is None else tuple(block), log=log_to_stdout)
     workers = default_workers() if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     return stream.run(source, spec, wt, bt, out, fmt, memory_budget=budget, workers=workers, backend=backend,
                       dtype=dtype, resume=resume, on_failure=on_failure, timeout=timeout,
                       block=None if block is None else tuple(block), log=log_to_stdout)

@@ -244,11 +244,11 @@ def run(args: argparse.Namespace) -> int:
         if args.schedule != "static" or args.weights == "auto":
             raise ValueError("--schedule dynamic and --weights auto run on the processes engine (not threads "
                              "or torchrun)")
-    if _under_torchrun():
-        return run_spmd(args)
     source = _stream_source(args)
     if source is not None:
         return run_stream(args, source)
+    if _under_torchrun():
+        return run_spmd(args)
     for flag, bad in (("--resume", args.resume), ("--out-format", args.out_format != "npy")):
         if bad:
             raise ValueError(f"{flag} applies to streamed runs (--stream, or an input over --memory-budget)")
@@ -304,15 +304,27 @@ def run_stream(args: argparse.Namespace, source: arrays.DiskArray) -> int:
     name = Path(args.input).name.split(".")[0]
     safe = Path(args.kernel.replace(":", "").replace("/", "_").replace(".npy", "")).name
     out = arrays.output_path(args.output or os.path.join("out", f"{name}-{safe}"), args.out_format)
-    print(f"input: {args.input} {list(shape)} {np.dtype(source.dtype)} ({source.kind}, "
-          f"{source.nbytes / 2**20:.0f} MiB)  kernel: {args.kernel} {list(weight.shape)} groups={groups}  "
-          f"backend: {args.backend}", flush=True)
-    res = api.conv_file(args.input, weight.astype(args.dtype), out, memory_budget=budget,
-                        stride=_int_list(args.stride, "--stride"), padding=_padding(args.padding),
-                        dilation=_int_list(args.dilation, "--dilation"), groups=groups,
-                        padding_mode=args.padding_mode, workers=args.workers, backend=args.backend,
-                        dtype=getattr(torch, args.dtype), resume=args.resume, on_failure=args.on_failure,
-                        timeout=args.timeout, profile=args.profile)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+        print(f"input: {args.input} {list(shape)} {np.dtype(source.dtype)} ({source.kind}, "
+              f"{source.nbytes / 2**20:.0f} MiB)  kernel: {args.kernel} {list(weight.shape)} groups={groups}  "
+              f"backend: {args.backend}", flush=True)
+    kw = dict(memory_budget=budget, stride=_int_list(args.stride, "--stride"), padding=_padding(args.padding),
+              dilation=_int_list(args.dilation, "--dilation"), groups=groups, padding_mode=args.padding_mode,
+              backend=args.backend, dtype=getattr(torch, args.dtype), resume=args.resume, profile=args.profile)
+    if _under_torchrun():  # every rank streams its share through the shared files
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", timeout=timedelta(seconds=args.timeout))
+        try:
+            res = api.conv_file(args.input, weight.astype(args.dtype), out, spmd=True, **kw)
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+        if res is None:  # not rank 0: rank 0 reports
+            return 0
+    else:
+        res = api.conv_file(args.input, weight.astype(args.dtype), out, workers=args.workers,
+                            on_failure=args.on_failure, timeout=args.timeout, **kw)
     if res.failures:
         print(f"survived {len(res.failures)} worker fault(s); finished with {len(res.peak_rss)} processes")
     print(res.table())

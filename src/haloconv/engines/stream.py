@@ -189,6 +189,56 @@ def _resident(pid: int) -> int:
     return int(proc_mb(pid) * 2**20)
 
 
+def _allowance(memory_budget: int, baseline: int) -> int:
+    allowance = memory_budget - baseline - MARGIN_BYTES
+    if allowance <= 0:
+        raise ValueError(f"memory_budget={memory_budget / 2**20:.0f} MiB is below what a process holds before any "
+                         f"data ({baseline / 2**20:.0f} MiB: Python, torch, gloo) plus {MARGIN_BYTES >> 20} MiB "
+                         "of slack; raise it")
+    return allowance
+
+
+def _job(source: DiskArray, spec: ConvSpec, weight, bias, dtype, allowance: int, backend: str, processes: int,
+         block) -> Job:
+    """The Job without its output: the plan sized by the allowance, the filters in ``dtype``."""
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    plan = cost.stream_plan(spec, allowance, backend, itemsize, np.dtype(source.dtype).itemsize,
+                            min_tiles=4 * processes, block=block)
+    return Job(plan, source, None, weight.to(dtype), None if bias is None else bias.to(dtype), dtype)
+
+
+def _open_output(job: Job, out: Path, fmt: str, resume: bool) -> tuple[Job, Journal]:
+    """Create the .partial output and a fresh journal, or (``resume``, both there) open
+    them and read which tiles are finished.  Journals of SPMD ranks (OUT.journal.rN) are
+    folded into the main one."""
+    header = _header(job, out, fmt)
+    partial, main = arrays.partial_path(out), journal_path(out)
+    np_dtype = torch.empty(0, dtype=job.dtype).numpy().dtype
+    parts = sorted(main.parent.glob(main.name + ".r*"))
+    if resume and partial.exists() and main.exists():
+        journal = Journal(main, header, resume=True)
+        for part in parts:
+            other = Journal(part, header, resume=True)
+            other.close()
+            for index in sorted(other.done - journal.done):
+                journal.record(index)
+        sink = arrays.open_output(partial, fmt, job.plan.spec.output_shape, np_dtype)
+    else:
+        block = job.plan.tiles[0].out.shape  # the zarr chunks: no two tiles share one
+        sink = arrays.create_output(partial, fmt, job.plan.spec.output_shape, np_dtype, block)
+        journal = Journal(main, header, resume=False)
+    for part in parts:
+        part.unlink()
+    return Job(job.plan, job.source, sink, job.weight, job.bias, job.dtype), journal
+
+
+def _describe(job: Job, journal: Journal, processes: int, budget: int, baseline: int) -> str:
+    block = job.plan.tiles[0].out.shape
+    return (f"streaming: {len(job.plan.tiles)} tiles of {'x'.join(map(str, block))} outputs, {processes} processes, "
+            f"budget {budget / 2**20:.0f} MiB each ({baseline / 2**20:.0f} MiB held before any data)"
+            + (f"; resuming: {len(journal.done)} tiles already done" if journal.resumed else ""))
+
+
 def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Tensor | None, out: Path,
         fmt: str, *, memory_budget: int, workers: int, backend: str = "torch", dtype: torch.dtype = torch.float32,
         resume: bool = False, on_failure: str = "retry", timeout: float = 60.0,
@@ -204,8 +254,6 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
     if on_failure not in ("retry", "fail"):
         raise ValueError(f"on_failure must be 'retry' or 'fail', got {on_failure!r}")
     t_start = time.perf_counter()
-    itemsize = torch.empty(0, dtype=dtype).element_size()
-    partial = arrays.partial_path(out)
     result: StreamResult | None = None
     job: Job | None = None
     journal: Journal | None = None
@@ -215,31 +263,12 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
                 with LocalCluster(workers, timeout=timeout, throttle=throttle) as cluster:
                     if job is None:  # the first start: size the tiles by what the processes hold now
                         baseline = max(_resident(os.getpid()), *(_resident(p) for p in cluster.pids()))
-                        allowance = memory_budget - baseline - MARGIN_BYTES
-                        if allowance <= 0:
-                            raise ValueError(
-                                f"memory_budget={memory_budget / 2**20:.0f} MiB is below what a process holds "
-                                f"before any data ({baseline / 2**20:.0f} MiB: Python, torch, gloo) plus "
-                                f"{MARGIN_BYTES >> 20} MiB of slack; raise it")
-                        plan = cost.stream_plan(spec, allowance, backend, itemsize, np.dtype(source.dtype).itemsize,
-                                                min_tiles=4 * workers, block=block)
-                        block = plan.tiles[0].out.shape  # the zarr chunks: no two tiles share one
-                        np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
-                        w, b = weight.to(dtype), None if bias is None else bias.to(dtype)
-                        header = _header(Job(plan, source, None, w, b, dtype), out, fmt)
-                        if resume and partial.exists() and journal_path(out).exists():
-                            journal = Journal(journal_path(out), header, resume=True)
-                            sink = arrays.open_output(partial, fmt, spec.output_shape, np_dtype)
-                        else:
-                            sink = arrays.create_output(partial, fmt, spec.output_shape, np_dtype, block)
-                            journal = Journal(journal_path(out), header, resume=False)
-                        job = Job(plan, source, sink, w, b, dtype)
-                        result = StreamResult(plan, out, 0.0, memory_budget, baseline, skipped=len(journal.done))
+                        job = _job(source, spec, weight, bias, dtype, _allowance(memory_budget, baseline), backend,
+                                   workers, block)
+                        job, journal = _open_output(job, out, fmt, resume)
+                        result = StreamResult(job.plan, out, 0.0, memory_budget, baseline, skipped=len(journal.done))
                         if log is not None:
-                            log(f"streaming: {len(plan.tiles)} tiles of {'x'.join(map(str, block))} outputs, "
-                                f"{workers} processes, budget {memory_budget / 2**20:.0f} MiB each "
-                                f"({baseline / 2**20:.0f} MiB held before any data)"
-                                + (f"; resuming: {len(journal.done)} tiles already done" if journal.resumed else ""))
+                            log(_describe(job, journal, workers, memory_budget, baseline))
                     todo = [i for i in range(len(job.plan.tiles)) if i not in journal.done]
                     reports = run_on(cluster, job, todo, journal, log)
                     for r, rep in reports.items():
@@ -258,10 +287,75 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
                         f"{len(job.plan.tiles) - len(journal.done)} tiles left, finished ones kept")
                 workers = survivors
         journal.close()
-        arrays.promote(partial, out)
+        arrays.promote(arrays.partial_path(out), out)
         journal.remove()
     finally:
         if journal is not None:
             journal.close()
     result.wall_seconds = time.perf_counter() - t_start
+    return result
+
+
+def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Tensor | None, out: Path,
+             fmt: str, *, memory_budget: int, backend: str = "torch", dtype: torch.dtype = torch.float32,
+             resume: bool = False, block: tuple[int | None, ...] | None = None, group=None,
+             log=None) -> StreamResult | None:
+    """Under torchrun (torch.distributed initialised): every rank streams its share of the
+    tiles through files all ranks see (a shared file system).  Rank 0 makes the output and
+    the journal; rank r journals its tiles in OUT.journal.r<r> (folded into the main one
+    by a resumed run); the output is renamed into place once every rank is done.  Tiles
+    are dealt round robin (ranks are alike; a rank that dies stops the run after the
+    process group's timeout, and ``resume`` goes on from the journals).  Returns the
+    result on rank 0, None elsewhere."""
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    t_start = time.perf_counter()
+    peak = torch.tensor([_resident(os.getpid())], dtype=torch.int64)
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
+    baseline = int(peak.item())
+    job = _job(source, spec, weight, bias, dtype, _allowance(memory_budget, baseline), backend, world, block)
+    shared: list = [None]
+    journal = None
+    if rank == 0:  # errors travel to every rank, so all of them raise alike
+        try:
+            job, journal = _open_output(job, out, fmt, resume)
+            shared = [(job.sink, sorted(journal.done), journal.resumed)]
+            if log is not None:
+                log(_describe(job, journal, world, memory_budget, baseline).replace("processes", "ranks"))
+        except (ValueError, OSError) as e:
+            shared = [f"{type(e).__name__}: {e}"]
+    dist.broadcast_object_list(shared, src=0, group=group)
+    if isinstance(shared[0], str):
+        raise ValueError(shared[0])
+    sink, done, _ = shared[0]
+    job = Job(job.plan, job.source, sink, job.weight, job.bias, job.dtype)
+    if rank != 0:
+        main = journal_path(out)
+        journal = Journal(main.with_name(f"{main.name}.r{rank}"), _header(job, out, fmt), resume=False)
+    backend_t = kernels.select_backend(spec, torch.empty(0, dtype=dtype), job.weight, job.bias)
+    todo = [i for i in range(len(job.plan.tiles)) if i not in set(done)]
+    nread = tiles = 0
+    try:
+        for index in todo[rank::world]:
+            nread += compute_tile(job, index, backend_t)
+            job.sink.flush()
+            journal.record(index)
+            tiles += 1
+            if log is not None and rank == 0 and tiles % max(1, len(todo) // world // 10) == 0:
+                log(f"  rank 0: {tiles}/{len(todo[::world])} of its tiles done ({time.perf_counter() - t_start:.1f}s)")
+    finally:
+        arrays.close_all()
+        journal.close()
+    stats = [None] * world
+    dist.all_gather_object(stats, (tiles, nread, peak_rss()), group=group)  # also: every rank is done
+    if rank != 0:
+        return None
+    arrays.promote(arrays.partial_path(out), out)
+    journal.remove()
+    for part in journal_path(out).parent.glob(journal_path(out).name + ".r*"):
+        part.unlink()
+    result = StreamResult(job.plan, out, time.perf_counter() - t_start, memory_budget, baseline, skipped=len(done))
+    for r, (t, b, p) in enumerate(stats):
+        result.tiles_done[r], result.bytes_read[r], result.peak_rss[r] = t, b, p
     return result
