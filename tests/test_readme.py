@@ -25,15 +25,17 @@ def test_python_examples_run():
         exec(compile(code, str(README), "exec"), {})
 
 
-def test_torchrun_example_runs():
+def test_torchrun_example_runs(tmp_path):
     lines = [line.split("#")[0].strip() for block in _blocks("console") for line in block.splitlines()
              if line.startswith("torchrun --nproc-per-node")]
     assert lines
+    tifffile.imwrite(tmp_path / "slide.tif", (np.random.default_rng(0).random((256, 256)) * 65535).astype(np.uint16))
     for line in lines:
         args = shlex.split(line)[1:]
+        streamed = "--stream" in args  # reads the slide the example names
         p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", *args],
-                             cwd=README.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
+                             cwd=tmp_path if streamed else README.parent, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             out, err = p.communicate(timeout=300)
         finally:
@@ -41,7 +43,9 @@ def test_torchrun_example_runs():
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         assert p.returncode == 0, (line, err[-3000:])
-        if "train_large_images" in line:  # trained on shards vs on whole images in one process
+        if streamed:
+            assert "streaming:" in out and "wrote out/slide-ranks.zarr" in out, out
+        elif "train_large_images" in line:  # trained on shards vs on whole images in one process
             assert "step   1  loss" in out, out
             diff = float(re.search(r"one-process training: (\S+)", out).group(1))
             assert diff < 1e-3, out  # float32 sums over every pixel, in another order
