@@ -25,7 +25,7 @@ from haloconv import kernels, methods
 from haloconv.engines import spmd
 from haloconv.engines.base import Execution, WorkerStats, assemble_window, execution_from_reports
 from haloconv.engines.comm import Comm
-from haloconv.engines.worker import HOST, WorkerError
+from haloconv.engines.worker import HOST, WorkerError, keep_heap
 from haloconv.plan import PARTITIONS, Plan, make_plan
 from haloconv.spec import ConvSpec
 
@@ -74,6 +74,7 @@ class LocalCluster:
     # -- life cycle -----------------------------------------------------------------------------
     def _start(self) -> None:
         t0 = time.perf_counter()
+        keep_heap()  # the master computes tiles too: as fast as a worker's (see keep_heap)
         self._store = dist.TCPStore(HOST, 0, self.workers, True, timedelta(seconds=self.start_timeout),
                                     wait_for_workers=False)
         # plain interpreters running haloconv.engines.worker: nothing of the caller's

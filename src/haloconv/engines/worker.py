@@ -39,6 +39,23 @@ def _die_with_parent() -> None:
         pass
 
 
+def keep_heap() -> bool:
+    """This process keeps freed blocks in its heap (no unmapping, no trimming), like the
+    workers (processes._worker_env): a tile-sized buffer allocated again reuses warm pages
+    instead of faulting in fresh zeroed ones.  On the master of a LocalCluster this made
+    its tiles as fast as a worker's (1x32x1536^2 3x3, 16 tiles: 0.07 -> 0.045 s a tile; it
+    was 2x a worker's).  Freed memory then stays resident (the peak does not grow).
+    HALOCONV_KEEP_HEAP=0 opts out.  Returns whether it took effect (glibc only)."""
+    if os.environ.get("HALOCONV_KEEP_HEAP", "1") == "0":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # pragma: no cover - not glibc
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # noqa: N806 - glibc's names
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def worker_main(rank: int, world: int, port: int, timeout: float, threads: int, start_timeout: float) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: die at once, the master cleans up
