@@ -194,3 +194,11 @@ def test_large_boxes_travel_as_contiguous_runs_exactly_as_predicted():
             assert_bitwise(ex.output, torch_reference(x, w, None, padding=1))
             _assert_traffic_matches_plan(ex, p, 4)
             assert ex.workers[1].traffic["scatter"]["messages_recv"] >= 4
+
+
+def test_keep_heap_takes_effect_on_glibc_and_can_be_turned_off(monkeypatch):
+    from haloconv.engines.worker import keep_heap
+
+    assert keep_heap() is True  # Linux/glibc here
+    monkeypatch.setenv("HALOCONV_KEEP_HEAP", "0")
+    assert keep_heap() is False
