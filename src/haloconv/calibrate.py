@@ -52,15 +52,19 @@ def measure_compute(prof: Profile, quick: bool = False, log=print) -> None:
     torch.set_num_threads(1)
     try:
         rates = []
-        for cout in (1, 8, 64):
-            for cin, k in ((1, 3), (1, 7), (1, 15), (8, 3), (64, 3)):
+        # layers of 16-32 channels are common: measured, not interpolated between 8 and 64
+        couts = (1, 8, 64) if quick else (1, 8, 16, 32, 64)
+        shapes = ((1, 3), (1, 7), (1, 15), (8, 3), (64, 3)) if quick else (
+            (1, 3), (1, 7), (1, 15), (8, 3), (16, 3), (32, 3), (64, 3))
+        for cout in couts:
+            for cin, k in shapes:
                 # ~equal work per shape; small-channel convs on big images (memory-bound, as in use)
                 s = min(8 * side, max(96, int(4 * side / math.sqrt(max(1.0, cin * cout * k * k / 9)))))
                 spec = ConvSpec.from_args((1, cin, s, s), (cout, cin, k, k), None, padding=k // 2)
                 t = _conv_seconds("torch", spec, repeat)
                 rates.append([cin * k * k, cout, spec.flops() / t])
-            log(f"  torch  C_out {cout:3d}: " + "  ".join(f"inner {r[0]}: {r[2] / 1e9:.1f}" for r in rates[-5:])
-                + " GFLOP/s")
+            row = rates[-len(shapes):]
+            log(f"  torch  C_out {cout:3d}: " + "  ".join(f"inner {r[0]}: {r[2] / 1e9:.1f}" for r in row) + " GFLOP/s")
         prof.torch_rates = rates
         prof.depthwise_rates = []
         for k in (3, 5, 7):
