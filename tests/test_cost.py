@@ -133,3 +133,20 @@ def test_bench_command_writes_tables_and_plots(tmp_path, capsys):
         with Image.open(tmp_path / name) as im:
             assert np.asarray(im).std() > 0
     assert main(["bench", "--only", "everything"]) == 2
+
+
+def test_filters_and_layers_get_their_own_effective_cores(tmp_path):
+    layer = ConvSpec.from_args((1, 16, 512, 512), (16, 16, 3, 3), None, padding=1)
+    filt = ConvSpec.from_args((1, 1, 2048, 2048), (1, 1, 3, 3), None, padding=1)
+    depthwise = ConvSpec.from_args((1, 3, 512, 512), (3, 1, 5, 5), None, padding=2, groups=3)
+    prof = cost.Profile(cores=1.2, filter_cores_ratio=1.5)
+    assert prof.effective_cores(layer) == 1.2
+    assert prof.effective_cores(filt) == prof.effective_cores(depthwise) == pytest.approx(1.8)
+    # a filter's two workers stretch less than a layer's: its split pays more
+    plan = haloconv.plan(filt.input_shape, filt.weight_shape, padding=1, workers=2, partition="rows")
+    assert cost.predict(plan, prof).compute_s < cost.predict(plan, cost.Profile(cores=1.2)).compute_s
+    # a profile written before the field existed still loads (ratio 1)
+    old = {k: v for k, v in json.loads(cost.Profile().save(tmp_path / "p.json").read_text()).items()
+           if k != "filter_cores_ratio"}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert cost.Profile.load(tmp_path / "old.json").filter_cores_ratio == 1.0

@@ -132,21 +132,26 @@ def measure_transport(prof: Profile, quick: bool = False, log=print) -> None:
                 cluster.free(sh)
             rows.append([1.0, best["messages_sent"], best["bytes_sent"]])
             ys.append(best["seconds"])
-        # how many cores the workers really get (other load, hyper-threads): two workers on
-        # halves of a compute-bound conv against one worker on all of it
-        spec = ConvSpec.from_args((1, 16, 512, 512), (16, 16, 3, 3), None, padding=1)
-        x, w = torch.randn(spec.input_shape), torch.randn(spec.weight_shape)
-        one, two = make_plan(spec, "rows", 1), make_plan(spec, "rows", 2)
-        t1 = min(cluster.run(one, x, w, None).workers[0].seconds["compute"] for _ in range(3))
-        t2 = min(max(s.seconds["compute"] for s in cluster.run(two, x, w, None).workers) for _ in range(3))
-        prof.cores = float(min(prof.cores, max(1.0, t1 / t2)))
+        # how many cores the workers really get (other load, hyper-threads, memory bandwidth):
+        # two workers on halves against one worker on all of it — a compute-bound layer, and
+        # a memory-bound single-channel filter, which scale differently
+        cores = []
+        for shape, wshape in (((1, 16, 512, 512), (16, 16, 3, 3)), ((1, 1, 2048, 2048), (1, 1, 3, 3))):
+            spec = ConvSpec.from_args(shape, wshape, None, padding=1)
+            x, w = torch.randn(spec.input_shape), torch.randn(spec.weight_shape)
+            one, two = make_plan(spec, "rows", 1), make_plan(spec, "rows", 2)
+            t1 = min(cluster.run(one, x, w, None).workers[0].seconds["compute"] for _ in range(3))
+            t2 = min(max(s.seconds["compute"] for s in cluster.run(two, x, w, None).workers) for _ in range(3))
+            cores.append(float(min(prof.cores, max(1.0, t1 / t2))))
+        prof.cores, prof.filter_cores_ratio = cores[0], cores[1] / cores[0]
     # seconds = wake-up + messages x latency + bytes / bandwidth
     sol, *_ = np.linalg.lstsq(np.array(rows), np.array(ys), rcond=None)
     _, alpha, beta = sol
     prof.latency_s = float(max(alpha, 5e-6))
     prof.bandwidth_Bps = float(1.0 / max(beta, 1e-12))
     log(f"  transport: latency {prof.latency_s * 1e6:.0f} us, bandwidth {prof.bandwidth_Bps / 1e9:.2f} GB/s, "
-        f"fixed cost per call {prof.step_s * 1e3:.2f} ms, effective cores for 2 workers {prof.cores:.2f}")
+        f"fixed cost per call {prof.step_s * 1e3:.2f} ms, effective cores for 2 workers {prof.cores:.2f} "
+        f"(single-channel filters {prof.cores * prof.filter_cores_ratio:.2f})")
 
 
 def calibrate(quick: bool = False, log=print) -> Profile:

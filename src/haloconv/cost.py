@@ -48,6 +48,9 @@ class Profile:
     ndimage_taps_per_s: float = 0.92e9  # outputs x kernel taps per second, float64 accumulation
     fft_s_per_nlogn: float = 0.26e-9  # per real element x log2(size), each of the forward/inverse transforms
     fft_s_per_mac: float = 4.4e-9  # per complex multiply-add of the channel mixing
+    # effective cores of single-channel filters (memory-bound) / those of layers: they scale
+    # differently over the same cores (calibrate measures both)
+    filter_cores_ratio: float = 1.0
     source: str = "defaults"
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -66,6 +69,12 @@ class Profile:
         if unknown:
             raise ValueError(f"profile {str(path)!r} has unknown fields {sorted(unknown)}")
         return cls(**data)
+
+    def effective_cores(self, spec: ConvSpec) -> float:
+        """Cores that processes computing ``spec`` get: filters (one input and one output
+        channel per group) scale by filter_cores_ratio against layers."""
+        filt = spec.in_channels // spec.groups == 1 and spec.out_channels // spec.groups == 1
+        return self.cores * (self.filter_cores_ratio if filt else 1.0)
 
     # -- compute ------------------------------------------------------------------------
     def torch_rate(self, inner: int, cout_g: int) -> float:
@@ -173,7 +182,7 @@ def predict(plan: Plan, profile: Profile | None = None, itemsize: int = 4, engin
     prof = profile or load_profile()
     spec = plan.spec
     tr = plan.traffic(itemsize)
-    stretch = max(1.0, len(plan.tiles) / prof.cores)  # workers time-share the cores
+    stretch = max(1.0, len(plan.tiles) / prof.effective_cores(spec))  # workers time-share the cores
     seconds: dict[int, dict[str, float]] = {}
     moved: dict[int, dict[str, int]] = {}
     memory: dict[int, int] = {}
