@@ -66,3 +66,17 @@ def test_measured_speeds_follow_a_throttled_process_and_weight_the_split():
     rows = [t.out.shape[2] for t in ex.plan.tiles]
     assert rows[0] > 2 * rows[1], (rows, logs)  # the slow process got the smaller share
     assert any("measured speeds" in m for m in logs)
+
+
+def test_conv_with_a_dynamic_schedule_on_processes_is_exact():
+    import haloconv
+
+    x, w = torch.randn(1, 3, 60, 40), torch.randn(4, 3, 3, 3)
+    y = haloconv.conv(x, w, padding=1, padding_mode="reflect", partition="rows", workers=2, engine="processes",
+                      schedule="dynamic", tiles=6)
+    ref = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"), w)
+    assert torch.equal(y, ref)
+    with pytest.raises(ValueError, match="schedule"):
+        haloconv.conv(x, w, padding=1, workers=2, schedule="dynamic")  # threads engine
+    with pytest.raises(ValueError, match="schedule"):
+        haloconv.conv(x, w, padding=1, workers=2, engine="processes", schedule="greedy")

@@ -117,6 +117,8 @@ def execute(
     engine: str | LocalCluster = "threads",
     on_failure: str = "retry",
     threads: int | None = None,
+    schedule: str = "static",
+    tiles: int | None = None,
 ) -> Execution:
     """Run ``plan`` on data; returns the output tensor with per-worker statistics.
 
@@ -125,7 +127,10 @@ def execute(
     re-planned on the workers left and run again, exact either way; 'fail' raises
     WorkerError), or a running LocalCluster (a lost worker raises WorkerError).
     ``threads`` (engine 'threads'): compute at most this many tiles at once — with a plan
-    of many more tiles, memory holds only that many windows and tile outputs."""
+    of many more tiles, memory holds only that many windows and tile outputs.
+    ``schedule`` (engine 'processes'): 'static' (a tile per worker) or 'dynamic' (``tiles``
+    tiles, default 4 per worker, pulled by whichever process is free; a lost worker's
+    unfinished tiles go to the others)."""
     xt, wt, bt, _ = _inputs(x, weight, bias)
     if tuple(xt.shape) != plan.spec.input_shape or tuple(wt.shape) != plan.spec.weight_shape:
         raise ValueError(
@@ -135,13 +140,18 @@ def execute(
     if (bt is not None) != plan.spec.has_bias:
         raise ValueError(f"plan was made {'with' if plan.spec.has_bias else 'without'} a bias")
     if isinstance(engine, LocalCluster):
+        if schedule != "static" or tiles is not None:
+            raise ValueError("schedule='dynamic' on a LocalCluster you hold: cluster.run_dynamic(plan, ...) with a "
+                             "plan of many tiles")
         return engine.run(plan, xt, wt, bt)
     if not isinstance(engine, str) or engine not in ENGINES:
         raise ValueError(f"engine must be one of {sorted(ENGINES)} or a LocalCluster, got {engine!r}")
     if engine == "processes":
         if threads is not None:
             raise ValueError("threads applies to engine='threads'")
-        return ENGINES[engine](plan, xt, wt, bt, on_failure=on_failure)
+        return ENGINES[engine](plan, xt, wt, bt, on_failure=on_failure, schedule=schedule, tiles=tiles)
+    if schedule != "static" or tiles is not None:
+        raise ValueError("schedule and tiles apply to engine='processes'")
     return ENGINES[engine](plan, xt, wt, bt, threads=threads)
 
 
@@ -166,12 +176,15 @@ def conv(
     memory_budget: int | None = None,
     profile: cost.Profile | str | None = None,
     on_failure: str = "retry",
+    schedule: str = "static",
+    tiles: int | None = None,
 ) -> ArrayLike:
     """N-D convolution split across workers; exactly torch.nn.Conv{1,2,3}d's result.
 
     ``x`` is (N, C_in, *spatial) with 1-3 spatial dims, ``weight`` (C_out, C_in/groups,
     *kernel), ``bias`` (C_out,) or None.  Returns the type (tensor/ndarray) and dtype of x.
     ``backend``: 'torch' (bitwise torch), 'ndimage', 'fft' or 'auto' (see haloconv.methods).
+    ``schedule``/``tiles``: engine='processes' only, see haloconv.execute.
     """
     xt, wt, bt, is_numpy = _inputs(x, weight, bias)
     if workers is None and isinstance(engine, LocalCluster) and worker_weights is None:
@@ -184,7 +197,7 @@ def conv(
         backend=backend, memory_budget=memory_budget, profile=profile,
         engine=engine if isinstance(engine, str) else "processes",
     )
-    y = execute(p, xt, wt, bt, engine=engine, on_failure=on_failure).output
+    y = execute(p, xt, wt, bt, engine=engine, on_failure=on_failure, schedule=schedule, tiles=tiles).output
     return y.numpy() if is_numpy else y
 
 
