@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
+
+from haloconv.soak import watch_rss
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--side", type=int, default=32768)
@@ -58,14 +59,7 @@ def run(inp: Path, out: str, *extra: str) -> tuple[float, dict, dict, str]:
            "--workers", str(args.workers), "-o", out, "--report", f"{out}.json", *extra]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    root, seen = psutil.Process(proc.pid), {}
-    while proc.poll() is None:
-        try:
-            for p in [root, *root.children(recursive=True)]:
-                seen[p.pid] = max(seen.get(p.pid, 0), p.memory_info().rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.005)
+    seen = watch_rss(proc)
     wall = time.perf_counter() - t0
     text = proc.stdout.read()
     if proc.returncode != 0:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from haloconv import cost, kernels
+from haloconv import cost, kernels, methods
 from haloconv.engines import ENGINES, Execution, LocalCluster
 from haloconv.plan import Plan, check_args, make_plan
 from haloconv.spec import ConvSpec, IntOrTuple
@@ -261,7 +261,7 @@ def conv_file(
         prof = profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
         backend = cost.stream_backend(spec, prof)
     else:
-        check_args(spec, "rows", 1, None, "aligned", "neighbours", 1, backend)
+        methods.check(backend, spec)
     out.parent.mkdir(parents=True, exist_ok=True)
     if spmd:
         return stream.run_spmd(source, spec, wt, bt, out, fmt, memory_budget=budget, backend=backend, dtype=dtype,

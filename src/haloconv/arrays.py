@@ -82,9 +82,9 @@ class DiskArray:
     def write(self, box: Box, block: np.ndarray) -> None:
         """Write the logical ``box`` (block in (N, C, *spatial), this array's dtype)."""
         ranges = self._file_box(box)
-        data = np.ascontiguousarray(self._from_logical(np.asarray(block, dtype=self.dtype)))
-        if self.kind == "raw":
-            _raw_io(self, ranges, data)
+        data = self._from_logical(np.asarray(block, dtype=self.dtype))
+        if self.kind == "raw":  # pwrite runs of contiguous bytes
+            _raw_io(self, ranges, np.ascontiguousarray(data))
         elif self.kind == "zarr":
             _zarr(self, "r+")[tuple(slice(lo, hi) for lo, hi in ranges)] = data
         else:

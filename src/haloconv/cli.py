@@ -205,6 +205,12 @@ def _plan(args: argparse.Namespace, x_shape, w_shape, groups: int, workers: int 
     )
 
 
+def _prefix(args: argparse.Namespace, name: str) -> str:
+    """--output, or out/<input>-<kernel>."""
+    safe = args.kernel.replace(":", "").replace("/", "_").replace(".npy", "")
+    return args.output or os.path.join("out", f"{name}-{Path(safe).name}")
+
+
 def _finish(args, ex, x, w, name, is_image) -> int:
     """Print the run's tables, write the outputs and the report, verify (rank 0 / master)."""
     print(ex.table())
@@ -212,8 +218,7 @@ def _finish(args, ex, x, w, name, is_image) -> int:
     if ex.engine != "threads":
         print(report.traffic_table(rep))
     y = ex.output.cpu().numpy()
-    safe = args.kernel.replace(":", "").replace("/", "_").replace(".npy", "")
-    prefix = args.output or os.path.join("out", f"{name}-{Path(safe).name}")
+    prefix = _prefix(args, name)
     for path in io.write_outputs(y, prefix, is_image, args.image_format):
         print(f"wrote {path}")
     status = 0
@@ -276,7 +281,7 @@ def _stream_source(args: argparse.Namespace) -> arrays.DiskArray | None:
     """The input file to stream, when --stream is given or the input and output would not
     fit --memory-budget in memory; None for an in-memory run."""
     budget = _budget(args)
-    streamable = args.input is not None and Path(args.input).suffix.lower() in (".npy", ".tif", ".tiff", ".zarr")
+    streamable = args.input is not None and Path(args.input).suffix.lower() in (".npy", ".zarr", *io.TIFF_SUFFIXES)
     if not args.stream and (budget is None or not streamable):
         return None
     if not streamable:
@@ -302,8 +307,7 @@ def run_stream(args: argparse.Namespace, source: arrays.DiskArray) -> int:
     shape = source.logical_shape
     weight, groups = filters.load_kernel(args.kernel, shape[1], len(shape) - 2)
     name = Path(args.input).name.split(".")[0]
-    safe = Path(args.kernel.replace(":", "").replace("/", "_").replace(".npy", "")).name
-    out = arrays.output_path(args.output or os.path.join("out", f"{name}-{safe}"), args.out_format)
+    out = arrays.output_path(_prefix(args, name), args.out_format)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
         print(f"input: {args.input} {list(shape)} {np.dtype(source.dtype)} ({source.kind}, "
               f"{source.nbytes / 2**20:.0f} MiB)  kernel: {args.kernel} {list(weight.shape)} groups={groups}  "

@@ -380,8 +380,9 @@ def stream_block(spec: ConvSpec, allowance: int, backend: str = "torch", itemsiz
                          f"needs ({peak(block) / 2**20:.0f} MiB); raise the budget")
     tiles = math.prod(-(-o // b) for o, b in zip(out, block))
     if tiles < min_tiles and len(out) > 2:
-        along = -(-min_tiles // (tiles // -(-out[2] // block[2])))
-        block[2] = max(1, min(block[2], -(-out[2] // along)))
+        others = tiles // -(-out[2] // block[2])  # tiles over the other dims
+        bands = -(-min_tiles // others)  # needed along the first spatial axis
+        block[2] = max(1, min(block[2], -(-out[2] // bands)))
     return tuple(None if b == o else b for b, o in zip(block, out))
 
 

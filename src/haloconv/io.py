@@ -26,7 +26,7 @@ def _to_unit(a: np.ndarray) -> np.ndarray:
     if np.issubdtype(a.dtype, np.integer):
         return a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)
     if np.issubdtype(a.dtype, np.floating):
-        return a.astype(np.float32)
+        return a.astype(np.float32, copy=False)
     if a.dtype == bool:
         return a.astype(np.float32)
     raise ValueError(f"unsupported pixel dtype {a.dtype} (use integer, bool or floating pixels)")
@@ -72,7 +72,7 @@ def read_input(path: str | Path) -> tuple[np.ndarray, bool]:
                 raise ValueError(f"input {str(p)!r} has shape {a.shape}; expected 2-D to 5-D")
             if a.size == 0:
                 raise ValueError(f"input {str(p)!r} is empty: shape {a.shape}")
-            return _to_unit(a) if a.dtype != np.float64 else a.astype(np.float32), False
+            return _to_unit(a), False
         if suffix in TIFF_SUFFIXES:
             import tifffile
 

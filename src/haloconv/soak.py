@@ -4,6 +4,7 @@ descriptors and processes before and after (benchmarks/soak.py; a short run in t
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -50,6 +51,22 @@ def children(pid: int | None = None) -> list[int]:
             except (OSError, KeyError, ValueError):
                 continue
     return kids
+
+
+def watch_rss(proc, interval: float = 0.005) -> dict[int, int]:
+    """Until ``proc`` (a subprocess.Popen) exits: the peak resident bytes of it and of each
+    of its descendants, sampled with psutil (a dev/bench dependency) every ``interval`` s."""
+    import psutil
+
+    root, seen = psutil.Process(proc.pid), {}
+    while proc.poll() is None:
+        try:
+            for p in [root, *root.children(recursive=True)]:
+                seen[p.pid] = max(seen.get(p.pid, 0), p.memory_info().rss)
+        except psutil.Error:  # a process ended between the listing and the reading
+            pass
+        time.sleep(interval)
+    return seen
 
 
 def snapshot(cluster: LocalCluster) -> dict:

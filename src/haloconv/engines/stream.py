@@ -93,10 +93,6 @@ def compute_tile(job: Job, index: int, backend) -> int:
     return nread
 
 
-def _done(comm: Comm, code: torch.Tensor, dst: int) -> None:
-    comm.wait([comm.isend(code, dst, "control")])
-
-
 def worker_loop(comm: Comm, job: Job, backend) -> dict:
     """A worker's side: tile numbers in, 'done' back once the output is durable; -1 stops."""
     tiles = nread = 0
@@ -112,7 +108,7 @@ def worker_loop(comm: Comm, job: Job, backend) -> dict:
                 nread += compute_tile(job, index, backend)
                 job.sink.flush()
             comm.pace(t0)
-            _done(comm, code, 0)
+            comm.wait([comm.isend(code, 0, "control")])  # done: the master journals it
             tiles += 1
     finally:
         arrays.close_all()
@@ -123,8 +119,8 @@ def run_on(cluster, job: Job, todo: list[int], journal: Journal, log=None) -> di
     """The master's side on a started cluster: hand out ``todo``, journal what finishes.
     Returns the reports per rank (tiles, bytes read, peak RSS)."""
     backend = kernels.select_backend(job.plan.spec, torch.empty(0, dtype=job.dtype), job.weight, job.bias)
-    total, start = len(todo), time.perf_counter()
-    step = max(1, total // 10)
+    start = time.perf_counter()
+    step = max(1, len(todo) // 10)
     stats = {"bytes_read": 0}
 
     def finished(index: int) -> None:
@@ -334,7 +330,8 @@ def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torc
         main = journal_path(out)
         journal = Journal(main.with_name(f"{main.name}.r{rank}"), _header(job, out, fmt), resume=False)
     backend_t = kernels.select_backend(spec, torch.empty(0, dtype=dtype), job.weight, job.bias)
-    todo = [i for i in range(len(job.plan.tiles)) if i not in set(done)]
+    finished = set(done)
+    todo = [i for i in range(len(job.plan.tiles)) if i not in finished]
     nread = tiles = 0
     try:
         for index in todo[rank::world]:
