@@ -200,6 +200,12 @@ class LocalCluster:
         cmd = {**cmd, "throttle": {**self.throttle, **cmd.get("throttle", {})}}
         comm.slowdown = cmd["throttle"].get(0, 1.0)
         t0 = time.perf_counter()
+        # the master is one of the workers: all its torch work in the step (computes, copies
+        # into the result) runs on a worker's threads.  With more, its idle OpenMP threads
+        # spin on the cores the workers compute on (1x16x512^2 3x3 on 2 processes, 2 cores:
+        # 20 -> 13 ms a call)
+        caller_threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads_per_worker)
         try:
             seq = self._command(cmd)
             result = master_side(comm)
@@ -217,15 +223,9 @@ class LocalCluster:
             # the master failed (or Ctrl-C) mid-step: the workers are out of step, stop them
             self._kill()
             raise
-        return result, reports
-
-    def _compute(self, comm: Comm, plan: Plan, window, w, b, backend, tile=None):
-        caller_threads = torch.get_num_threads()
-        torch.set_num_threads(self.threads_per_worker)
-        try:
-            return spmd.compute(comm, plan, window, w, b, backend, tile=tile)
         finally:
             torch.set_num_threads(caller_threads)
+        return result, reports
 
     def _check(self, plan: Plan) -> None:
         if plan.workers > self.workers:
@@ -248,7 +248,7 @@ class LocalCluster:
                 window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, x))
             out = torch.empty(plan.spec.output_shape, dtype=x.dtype)
             posted = spmd.post_gather(comm, plan, out)  # outputs land in `out` as workers finish
-            y0 = self._compute(comm, plan, window, w, b, backend)
+            y0 = spmd.compute(comm, plan, window, w, b, backend)
             spmd.finish_gather(comm, plan, posted, out, y0)
             with comm.phase("scatter"):
                 for works, _ in in_flight:
@@ -338,7 +338,7 @@ class LocalCluster:
 
             def local(index: int) -> None:
                 tile = plan.tiles[index]
-                out[tile.out.slices()] = self._compute(comm, plan, assemble_window(xc, tile), w, b, backend, tile)
+                out[tile.out.slices()] = spmd.compute(comm, plan, assemble_window(xc, tile), w, b, backend, tile)
                 finished.add(index)
 
             done.update(self.pull([i for i in range(len(plan.tiles)) if i not in finished], feed, local))
@@ -397,7 +397,7 @@ class LocalCluster:
         def master(comm: Comm):
             w, b = spmd.distribute_weights(comm, plan, weight, bias, x.dtype)
             window = spmd.halo_exchange(comm, plan, self._shards[x.id])
-            return self._compute(comm, plan, window, w, b, backend)
+            return spmd.compute(comm, plan, window, w, b, backend)
 
         cmd = {"op": "layer", "plan": plan, "dtype": x.dtype, "backend": kernels.backend_name(backend),
                "src": x.id, "dst": sid}

@@ -142,14 +142,9 @@ def run_on(cluster, job: Job, todo: list[int], journal: Journal, log=None) -> di
             finished(index)
 
         def local(index: int) -> None:
-            t0 = time.perf_counter()
-            caller = torch.get_num_threads()
-            torch.set_num_threads(cluster.threads_per_worker)
-            try:
-                stats["bytes_read"] += compute_tile(job, index, backend)
-                job.sink.flush()
-            finally:
-                torch.set_num_threads(caller)
+            t0 = time.perf_counter()  # on a worker's threads, as the whole step (LocalCluster._step)
+            stats["bytes_read"] += compute_tile(job, index, backend)
+            job.sink.flush()
             comm.pace(t0)
             finished(index)
 
