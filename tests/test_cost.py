@@ -139,14 +139,97 @@ def test_filters_and_layers_get_their_own_effective_cores(tmp_path):
     layer = ConvSpec.from_args((1, 16, 512, 512), (16, 16, 3, 3), None, padding=1)
     filt = ConvSpec.from_args((1, 1, 2048, 2048), (1, 1, 3, 3), None, padding=1)
     depthwise = ConvSpec.from_args((1, 3, 512, 512), (3, 1, 5, 5), None, padding=2, groups=3)
-    prof = cost.Profile(cores=1.2, filter_cores_ratio=1.5)
-    assert prof.effective_cores(layer) == 1.2
-    assert prof.effective_cores(filt) == prof.effective_cores(depthwise) == pytest.approx(1.8)
+    prof = cost.Profile(cores=1.2, filter_cores_ratio=1.5)  # no curve: min(n, cores) (x ratio for filters)
+    assert prof.effective_cores(layer, 2) == 1.2 and prof.effective_cores(layer, 1) == 1
+    assert prof.effective_cores(filt, 4) == prof.effective_cores(depthwise, 4) == pytest.approx(1.8)
     # a filter's two workers stretch less than a layer's: its split pays more
     plan = haloconv.plan(filt.input_shape, filt.weight_shape, padding=1, workers=2, partition="rows")
     assert cost.predict(plan, prof).compute_s < cost.predict(plan, cost.Profile(cores=1.2)).compute_s
     # a profile written before the field existed still loads (ratio 1)
     old = {k: v for k, v in json.loads(cost.Profile().save(tmp_path / "p.json").read_text()).items()
-           if k != "filter_cores_ratio"}
+           if k not in ("filter_cores_ratio", "concurrency")}
     (tmp_path / "old.json").write_text(json.dumps(old))
     assert cost.Profile.load(tmp_path / "old.json").filter_cores_ratio == 1.0
+
+
+def test_concurrency_curve_more_processes_than_cores_get_less():
+    layer = ConvSpec.from_args((1, 16, 512, 512), (16, 16, 3, 3), None, padding=1)
+    filt = ConvSpec.from_args((1, 1, 2048, 2048), (1, 1, 3, 3), None, padding=1)
+    prof = cost.Profile(cores=2, concurrency=[[1, 1, 1], [2, 1.8, 1.5], [3, 1.4, 1.3], [4, 1.4, 1.2]])
+    assert prof.effective_cores(layer, 2) == 1.8 and prof.effective_cores(filt, 2) == 1.5
+    assert prof.effective_cores(layer, 1) == 1 and prof.effective_cores(layer, 9) == 1.4  # beyond: the last
+    assert 1.4 < prof.effective_cores(layer, 2.5) < 1.8
+    # 4 workers on such a machine: slower than 2, though each computes half as much
+    two, four = (cost.predict(haloconv.plan(layer.input_shape, layer.weight_shape, padding=1, workers=w,
+                                            partition="rows"), prof) for w in (2, 4))
+    assert four.total_s > two.total_s
+    ideal = cost.Profile(cores=8)
+    four_ideal = cost.predict(four.plan, ideal)
+    assert four_ideal.total_s < four.total_s
+
+
+def _plans_for_schedule():
+    spec = ConvSpec.from_args((2, 8, 96, 80), (8, 8, 3, 3), (8,), padding=1)
+    yield haloconv.plan(spec.input_shape, spec.weight_shape, (8,), padding=1, workers=1, partition="rows")
+    for part in ("rows", "cols", "grid", "batch", "channels", (1, 2, 2, 1)):
+        for w in (2, 3, 4):
+            if isinstance(part, tuple) and w != 4:
+                continue
+            for exchange, pipeline in (("neighbours", 1), ("master", 1), ("master", 3)):
+                yield haloconv.plan(spec.input_shape, spec.weight_shape, (8,), padding=1, workers=w,
+                                    partition=part, exchange=exchange, pipeline=pipeline)
+
+
+def test_schedule_runs_every_plan_to_the_end_within_its_bounds():
+    """The simulated schedule of the processes engine: no deadlock for any partition, exchange
+    or pipeline; the makespan is at least the master's serial sends (weights, scatter) and the
+    slowest compute, and at most everything done one after another; phases of a rank fit in it."""
+    prof = cost.Profile(cores=2)
+    for plan in _plans_for_schedule():
+        pred = cost.predict(plan, prof)
+        span = pred.total_s - prof.step_s
+        sent = sum(m.nbytes for m in plan.messages(4) if m.src == 0 and m.phase in ("weights", "scatter"))
+        comp = [prof.compute_seconds(plan.backend, plan.spec, t.window.shape, t.out.shape, t.groups)
+                for t in plan.tiles]
+        assert span >= sent / prof.bandwidth_Bps * 0.999 and span >= max(comp) * 0.999, plan.partition
+        serial = sum(comp) + sum(prof.latency_s + m.nbytes / prof.bandwidth_Bps for m in plan.messages(4))
+        copies = sum((t.window.volume + t.out.volume) * 4 / prof.copy_Bps for t in plan.tiles)
+        assert span <= (serial + copies) * max(1, len(plan.tiles)) + 1e-9
+        for r, phases in pred.seconds.items():
+            assert sum(phases.values()) <= span * 1.0001, (plan.partition, r)
+
+
+def test_schedule_halo_waits_for_the_neighbours_box_and_master_feeds_many_slower():
+    from haloconv import schedule
+
+    spec = ConvSpec.from_args((1, 16, 512, 512), (16, 16, 3, 3), None, padding=1)
+    plan = haloconv.plan(spec.input_shape, spec.weight_shape, padding=1, workers=2, partition="rows")
+    fast = lambda tile: 1e-6  # noqa: E731 - compute costs nothing: only the messages count
+    line = schedule.processes_timeline(plan, fast, 1e12, 0.0, 1e9, lambda n: n)
+    nbytes = {p: sum(m.nbytes for m in plan.messages(4) if m.phase == p) for p in ("weights", "scatter", "halo")}
+    # the master's halo comes from worker 1, which can send it only once its own box is in:
+    # the three phases run one after another
+    assert line.seconds[0]["scatter"] == pytest.approx(nbytes["scatter"] / 1e9, rel=1e-3)
+    assert line.seconds[0]["halo"] >= nbytes["halo"] / 1e9 * 0.999
+    assert sum(line.seconds[0][p] for p in nbytes) == pytest.approx(sum(nbytes.values()) / 1e9, rel=1e-3)
+    # three workers fed at once on 2 cores: each byte leaves slower than with cores to spare
+    four = haloconv.plan(spec.input_shape, spec.weight_shape, padding=1, workers=4, partition="rows")
+    sent = sum(m.nbytes for m in four.messages(4) if m.phase == "scatter") / 1e9
+    roomy = schedule.processes_timeline(four, fast, 1e12, 0.0, 1e9, lambda n: n)
+    tight = schedule.processes_timeline(four, fast, 1e12, 0.0, 1e9, lambda n: min(n, 2))
+    assert roomy.seconds[0]["scatter"] == pytest.approx(sent, rel=1e-3)
+    assert tight.seconds[0]["scatter"] > 1.5 * sent
+
+
+def test_depthwise_of_few_channels_and_strided_convs_cost_more_per_flop():
+    prof = cost.Profile()
+    few, many = (ConvSpec.from_args((1, c, 512, 512), (c, 1, 5, 5), None, padding=2, groups=c) for c in (3, 32))
+    t_few = prof.compute_seconds("torch", few, few.input_shape, few.output_shape, few.groups)
+    t_many = prof.compute_seconds("torch", many, many.input_shape, many.output_shape, many.groups)
+    assert t_few / few.flops() > 2 * t_many / many.flops()  # one SIMD block of 16 channels, 3 of them used
+    four = ConvSpec.from_args((1, 4, 512, 512), (4, 1, 5, 5), None, padding=2, groups=4)
+    t_four = prof.compute_seconds("torch", four, four.input_shape, four.output_shape, four.groups)
+    assert t_few == pytest.approx(t_four)  # below the fewest channels measured: the same time
+    s1, s2 = (ConvSpec.from_args((1, 16, 512, 512), (32, 16, 3, 3), None, padding=1, stride=s) for s in (1, 2))
+    rate = [s.flops() / prof.compute_seconds("torch", s, s.input_shape, s.output_shape, 1) for s in (s1, s2)]
+    assert rate[1] == pytest.approx(rate[0] * prof.strided_ratio)

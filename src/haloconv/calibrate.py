@@ -23,24 +23,39 @@ from haloconv.plan import make_plan
 from haloconv.spec import ConvSpec
 
 
-def _best(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
+def _best(fn, repeat: int, min_seconds: float = 0.1) -> float:
+    """Best time of ``fn``: at least ``repeat`` runs and ``min_seconds`` of them (up to
+    10 x ``repeat``), after two warm-ups — the first runs of a shape fault in its buffers
+    and build oneDNN's primitive; a short figure taken then was 5-20x off (1x1 8->64 conv:
+    1.4 GFLOP/s measured against 26 on a warm heap)."""
+    fn()
+    fn()
+    times: list[float] = []
+    while len(times) < repeat or (sum(times) < min_seconds and len(times) < 10 * repeat):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
 
 
+CALLER_THREADS = torch.get_num_threads()  # what a caller of haloconv.conv runs torch on
+
+
 def _conv_seconds(method: str, spec: ConvSpec, repeat: int) -> float:
+    """One thread computing ``spec`` as a tile, with the torch backend the caller's
+    single-node call selects (at the caller's thread count, CALLER_THREADS): the engines'
+    workers compute on one thread with that backend (a 1x1 conv: oneDNN, 20 ms for
+    1x64x512^2 — torch would pick im2col + GEMM at 1 thread, 40 ms)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(spec.input_shape, generator=g)
     w = torch.randn(spec.weight_shape, generator=g)
     plan = make_plan(spec, "batch", 1, backend=method)
     tile = plan.tiles[0]
     window = assemble_window(x, tile)  # a view when it can be
+    threads = torch.get_num_threads()
+    torch.set_num_threads(CALLER_THREADS)
     tb = kernels.select_backend(spec, x, w, None)
+    torch.set_num_threads(threads)
     return _best(lambda: methods.compute(method, window, w, None, spec, tile.groups, tb, tile.first,
                                          tile.out.shape[2:]), repeat)
 
@@ -67,10 +82,12 @@ def measure_compute(prof: Profile, quick: bool = False, log=print) -> None:
             log(f"  torch  C_out {cout:3d}: " + "  ".join(f"inner {r[0]}: {r[2] / 1e9:.1f}" for r in row) + " GFLOP/s")
         prof.torch_rates = rates
         prof.depthwise_rates = []
-        for k in (3, 5, 7):
-            spec = ConvSpec.from_args((1, 32, side * 2, side * 2), (32, 1, k, k), None, padding=k // 2, groups=32)
-            prof.depthwise_rates.append([k * k, spec.flops() / _conv_seconds("torch", spec, repeat)])
-        log("  torch  depthwise 32 channels: " + "  ".join(f"{k}: {r / 1e9:.1f}" for k, r in prof.depthwise_rates)
+        for c in (4, 16, 32):  # oneDNN fills SIMD blocks of 16 channels: few channels run at a fraction
+            for k in (3, 5, 7):
+                plane = side * (4 if c < 16 else 2)  # few channels: images big enough to be memory-bound
+                spec = ConvSpec.from_args((1, c, plane, plane), (c, 1, k, k), None, padding=k // 2, groups=c)
+                prof.depthwise_rates.append([k * k, c, spec.flops() / _conv_seconds("torch", spec, repeat)])
+        log("  torch  depthwise: " + "  ".join(f"{c} ch {k}: {r / 1e9:.1f}" for k, c, r in prof.depthwise_rates)
             + " GFLOP/s")
         prof.pointwise_rates = []
         for cout in (8, 64):
@@ -78,6 +95,12 @@ def measure_compute(prof: Profile, quick: bool = False, log=print) -> None:
                 spec = ConvSpec.from_args((1, cin, side * 2, side * 2), (cout, cin, 1, 1), None)
                 prof.pointwise_rates.append([cin, cout, spec.flops() / _conv_seconds("torch", spec, repeat)])
         log("  torch  1x1: " + "  ".join(f"{a}->{b}: {r / 1e9:.1f}" for a, b, r in prof.pointwise_rates) + " GFLOP/s")
+        ratios = []  # stride 2 against the rate the table gives the same conv
+        for cin, cout, side2 in ((16, 32, 3 * side), (3, 32, 4 * side)):
+            spec = ConvSpec.from_args((1, cin, side2, side2), (cout, cin, 3, 3), None, padding=1, stride=2)
+            ratios.append(spec.flops() / _conv_seconds("torch", spec, repeat) / prof.torch_rate(cin * 9, cout))
+        prof.strided_ratio = float(np.sqrt(ratios[0] * ratios[1]))
+        log(f"  torch  stride 2: {prof.strided_ratio:.2f} x the FLOP/s of stride 1")
         taps = []
         for k in (3, 7):
             spec = ConvSpec.from_args((1, 1, 4 * side, 4 * side), (1, 1, k, k), None, padding=k // 2)
@@ -107,51 +130,68 @@ def measure_compute(prof: Profile, quick: bool = False, log=print) -> None:
 
 
 def measure_transport(prof: Profile, quick: bool = False, log=print) -> None:
-    """Scatters through a 2-process cluster (the master sends worker 1 its half), varying the
-    bytes and, at equal bytes, the number of messages (one per channel's run of rows)."""
-    shapes = [(1, 1, 2, 2**16), (1, 16, 2, 2**16), (1, 64, 2, 2**16), (1, 1, 2, 2**22), (1, 4, 2, 2**20),
-              (1, 32, 2, 2**17)]
-    if quick:
-        shapes = shapes[::2]
-    rows, ys = [], []
+    """Scatters through a 2-process cluster (the master sends worker 1 its half), median of
+    several, interleaved: bandwidth from one 32 MB message against a 4 kB one (what layers'
+    boxes weigh: beyond the last-level cache, where a byte costs more than within — one
+    16 MB message went at 5.5 GB/s here, 16 runs of 1.2 MB at 4), latency per message from
+    the same 32 MB in 64 runs.  A least-squares fit over many shapes swung 5-13 GB/s between
+    calibrations (its intercept took what the slope should have)."""
+    shapes = {"tiny": (1, 1, 2, 2**10), "one": (1, 1, 2, 2**23), "many": (1, 64, 2, 2**17)}
     with LocalCluster(2) as cluster:
         # the fixed cost of a call: a conv so small that nothing else counts
         spec = ConvSpec.from_args((1, 1, 4, 4), (1, 1, 1, 1), None)
         plan = make_plan(spec, "rows", 2)
         x, w = torch.zeros(spec.input_shape), torch.zeros(spec.weight_shape)
         prof.step_s = _best(lambda: cluster.run(plan, x, w, None), 10)
-        for shape in shapes:
+        jobs = {}
+        for name, shape in shapes.items():
             spec = ConvSpec.from_args(shape, (1, shape[1], 1, 1), None)
-            plan = make_plan(spec, "rows", 2)
-            x = torch.zeros(spec.input_shape)
-            best = None
-            for _ in range(2 if quick else 4):
+            jobs[name] = (make_plan(spec, "rows", 2), torch.randn(spec.input_shape))
+        seconds: dict[str, list[float]] = {name: [] for name in shapes}
+        traffic: dict[str, dict] = {}
+        for _ in range(6 if quick else 25):
+            for name, (plan, x) in jobs.items():
                 sh = cluster.scatter(x, plan)
-                tr = sh.execution.workers[0].traffic["scatter"]
-                best = tr if best is None or tr["seconds"] < best["seconds"] else best
+                traffic[name] = sh.execution.workers[0].traffic["scatter"]
+                seconds[name].append(traffic[name]["seconds"])
                 cluster.free(sh)
-            rows.append([1.0, best["messages_sent"], best["bytes_sent"]])
-            ys.append(best["seconds"])
-        # how many cores the workers really get (other load, hyper-threads, memory bandwidth):
-        # two workers on halves against one worker on all of it — a compute-bound layer, and
-        # a memory-bound single-channel filter, which scale differently
-        cores = []
-        for shape, wshape in (((1, 16, 512, 512), (16, 16, 3, 3)), ((1, 1, 2048, 2048), (1, 1, 3, 3))):
-            spec = ConvSpec.from_args(shape, wshape, None, padding=1)
-            x, w = torch.randn(spec.input_shape), torch.randn(spec.weight_shape)
-            one, two = make_plan(spec, "rows", 1), make_plan(spec, "rows", 2)
-            t1 = min(cluster.run(one, x, w, None).workers[0].seconds["compute"] for _ in range(3))
-            t2 = min(max(s.seconds["compute"] for s in cluster.run(two, x, w, None).workers) for _ in range(3))
-            cores.append(float(min(prof.cores, max(1.0, t1 / t2))))
-        prof.cores, prof.filter_cores_ratio = cores[0], cores[1] / cores[0]
-    # seconds = wake-up + messages x latency + bytes / bandwidth
-    sol, *_ = np.linalg.lstsq(np.array(rows), np.array(ys), rcond=None)
-    _, alpha, beta = sol
-    prof.latency_s = float(max(alpha, 5e-6))
-    prof.bandwidth_Bps = float(1.0 / max(beta, 1e-12))
+    t = {name: float(np.median(v)) for name, v in seconds.items()}
+    nbytes = traffic["one"]["bytes_sent"] - traffic["tiny"]["bytes_sent"]
+    prof.bandwidth_Bps = nbytes / max(t["one"] - t["tiny"], 1e-9)
+    extra = traffic["many"]["messages_sent"] - traffic["one"]["messages_sent"]
+    prof.latency_s = float(max(5e-6, (t["many"] - t["one"]) / extra))
     log(f"  transport: latency {prof.latency_s * 1e6:.0f} us, bandwidth {prof.bandwidth_Bps / 1e9:.2f} GB/s, "
-        f"fixed cost per call {prof.step_s * 1e3:.2f} ms, effective cores for 2 workers {prof.cores:.2f} "
-        f"(single-channel filters {prof.cores * prof.filter_cores_ratio:.2f})")
+        f"fixed cost per call {prof.step_s * 1e3:.2f} ms")
+
+
+def _busy_counts(cores: float) -> list[int]:
+    """Process counts the concurrency curve is measured at: 1, powers of 2 up to the cores,
+    the cores, one more, twice as many (at most 16)."""
+    c = max(1, int(cores))
+    return sorted({1, c, c + 1, 2 * c, *(2**i for i in range(1, 5) if 2**i < c)} & set(range(1, 17)))
+
+
+def measure_concurrency(prof: Profile, quick: bool = False, log=print) -> None:
+    """How many cores n processes busy at once really get (other load, hyper-threads, memory
+    bandwidth, more processes than cores): each computes the same problem back to back, all
+    at once, against one alone — for a compute-bound layer and a memory-bound single-channel
+    filter, which scale differently.  Measured here: 2 processes 1.8 cores, 3 and 4 only 1.4
+    (a layer on 2 cores)."""
+    counts = _busy_counts(prof.cores)
+    curves = []
+    with LocalCluster(max(counts)) as cluster:
+        for shape, wshape in (((1, 16, 256, 512), (16, 16, 3, 3)), ((1, 1, 1024, 2048), (1, 1, 3, 3))):
+            spec = ConvSpec.from_args(shape, wshape, None, padding=1)
+            alone = cluster.throughput(spec, 1, 3) / 3
+            repeat = max(3, math.ceil((0.05 if quick else 0.15) / alone))
+            best = dict.fromkeys(counts, float("inf"))
+            for _ in range(2 if quick else 3):  # interleaved: a change of load falls on every count alike
+                for n in counts:
+                    best[n] = min(best[n], cluster.throughput(spec, n, repeat))
+            curves.append({n: n * best[1] / best[n] for n in counts})
+    prof.concurrency = [[n, curves[0][n], curves[1][n]] for n in counts]
+    log("  cores n busy processes get (layers / filters): "
+        + "  ".join(f"{n}: {a:.2f}/{b:.2f}" for n, a, b in prof.concurrency))
 
 
 def calibrate(quick: bool = False, log=print) -> Profile:
@@ -161,6 +201,7 @@ def calibrate(quick: bool = False, log=print) -> Profile:
     measure_compute(prof, quick, log)
     log("processes engine transport:")
     measure_transport(prof, quick, log)
+    measure_concurrency(prof, quick, log)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     prof.source = f"calibrated {stamp}" + (" (quick)" if quick else "")
     return prof

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from haloconv import schedule
 from haloconv.plan import BACKENDS, PHASES, Plan, _extents, backend_unsupported, build, fft_block_rows, resolve_splits
 from haloconv.spec import ConvSpec
 
@@ -42,14 +43,22 @@ class Profile:
     cores: float = field(default_factory=lambda: len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                        else (os.cpu_count() or 1))
     torch_rates: list = field(default_factory=lambda: [list(p) for p in DEFAULT_TORCH_RATES])
-    # depthwise (C_in = C_out = groups): [kernel volume, FLOP/s]; pointwise (1x1): [C_in/groups, C_out/groups, FLOP/s]
-    depthwise_rates: list = field(default_factory=lambda: [[9, 6e9], [25, 10e9], [49, 12e9]])
+    # depthwise (C_in = C_out = groups): [kernel volume, channels of the tile, FLOP/s] — oneDNN
+    # computes channels in SIMD blocks of 16, so 3 channels cost nearly what 16 do;
+    # pointwise (1x1): [C_in/groups, C_out/groups, FLOP/s].  (4 channels: 0.38 x the rate of 32,
+    # the ratio measured on a second 2-core machine)
+    depthwise_rates: list = field(default_factory=lambda: [[9, 4, 2.3e9], [25, 4, 3.9e9], [49, 4, 4.6e9],
+                                                           [9, 32, 6e9], [25, 32, 10e9], [49, 32, 12e9]])
     pointwise_rates: list = field(default_factory=lambda: [[8, 8, 3e9], [64, 8, 8e9], [8, 64, 6e9], [64, 64, 15e9]])
+    strided_ratio: float = 0.65  # FLOP/s of a stride-2 conv / those of the same conv at stride 1
     ndimage_taps_per_s: float = 0.92e9  # outputs x kernel taps per second, float64 accumulation
     fft_s_per_nlogn: float = 0.26e-9  # per real element x log2(size), each of the forward/inverse transforms
     fft_s_per_mac: float = 4.4e-9  # per complex multiply-add of the channel mixing
-    # effective cores of single-channel filters (memory-bound) / those of layers: they scale
-    # differently over the same cores (calibrate measures both)
+    # throughput of n processes busy at once, in cores: [n, layers, single-channel filters]
+    # (memory-bound filters scale differently; 3 or 4 processes on 2 cores get less than 2
+    # did); calibrate measures n = 1 .. 2 x cores.  Empty: min(n, cores) (x filter_cores_ratio
+    # for filters), which is what older profiles (cores = the figure of 2 processes) meant.
+    concurrency: list = field(default_factory=list)
     filter_cores_ratio: float = 1.0
     source: str = "defaults"
 
@@ -68,23 +77,21 @@ class Profile:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"profile {str(path)!r} has unknown fields {sorted(unknown)}")
+        if any(len(p) == 2 for p in data.get("depthwise_rates", [])):  # older profiles: 32 channels measured
+            data["depthwise_rates"] = [[p[0], 32, p[1]] if len(p) == 2 else p for p in data["depthwise_rates"]]
         return cls(**data)
 
-    def effective_cores(self, spec: ConvSpec) -> float:
-        """Cores that processes computing ``spec`` get: filters (one input and one output
-        channel per group) scale by filter_cores_ratio against layers."""
+    def effective_cores(self, spec: ConvSpec, busy: float) -> float:
+        """Cores that ``busy`` processes computing ``spec`` at once get together; filters (one
+        input and one output channel per group) have their own figures."""
         filt = spec.in_channels // spec.groups == 1 and spec.out_channels // spec.groups == 1
-        return self.cores * (self.filter_cores_ratio if filt else 1.0)
+        if not self.concurrency:
+            return min(busy, self.cores * (self.filter_cores_ratio if filt else 1.0))
+        return min(busy, _interp(sorted((p[0], p[2 if filt else 1]) for p in self.concurrency), busy))
 
     # -- compute ------------------------------------------------------------------------
     def torch_rate(self, inner: int, cout_g: int) -> float:
-        levels = sorted({p[1] for p in self.torch_rates})
-
-        def along_inner(level: int) -> float:
-            pts = sorted((p[0], p[2]) for p in self.torch_rates if p[1] == level)
-            return _interp(pts, inner)
-
-        return _interp([(lv, along_inner(lv)) for lv in levels], cout_g)
+        return _interp2(self.torch_rates, inner, cout_g)
 
     def compute_seconds(self, backend: str, spec: ConvSpec, window: Sequence[int], out: Sequence[int],
                         groups: int) -> float:
@@ -97,13 +104,17 @@ class Profile:
             flops = 2 * n * cout * cin_g * outputs * kvol
             cout_g = max(1, cout // groups)
             if spec.groups > 1 and cin_g == 1 and cout_g == 1:
-                return flops / _interp(sorted((p[0], p[1]) for p in self.depthwise_rates), kvol)
-            if kvol == 1:
-                levels = sorted({p[1] for p in self.pointwise_rates})
-                rate = _interp([(lv, _interp(sorted((p[0], p[2]) for p in self.pointwise_rates if p[1] == lv), cin_g))
-                                for lv in levels], cout_g)
+                # a tile of a lone group computes it beside an all-zero partner (kernels.conv_tile);
+                # below the fewest channels measured the time stays that of those (one SIMD block)
+                channels = max(2, cout)
+                fewest = min(p[1] for p in self.depthwise_rates)
+                rate = _interp2(self.depthwise_rates, kvol, max(channels, fewest)) * min(1.0, channels / fewest)
                 return flops / rate
-            return flops / self.torch_rate(cin_g * kvol, cout_g)
+            # strided convs read s^d inputs per output: fewer FLOP/s (one measured ratio)
+            strided = self.strided_ratio if any(st > 1 for st in spec.stride) else 1.0
+            if kvol == 1:
+                return flops / (_interp2(self.pointwise_rates, cin_g, cout_g) * strided)
+            return flops / (self.torch_rate(cin_g * kvol, cout_g) * strided)
         eff = [(k - 1) * d + 1 for k, d in zip(spec.kernel, spec.dilation)]
         if backend == "ndimage":
             full = math.prod(w + 2 * p for w, p in zip(window[2:], spec.backend_pad))
@@ -132,6 +143,12 @@ def _interp(pts: Sequence[tuple[float, float]], x: float) -> float:
             t = (math.log(x) - math.log(a)) / (math.log(b) - math.log(a)) if b > a else 0.0
             return math.exp(math.log(ra) + t * (math.log(rb) - math.log(ra)))
     raise AssertionError("unreachable")
+
+
+def _interp2(points: Sequence[Sequence[float]], x: float, level: float) -> float:
+    """[x, level, rate] points: interpolated along x within each level, then across levels."""
+    levels = sorted({p[1] for p in points})
+    return _interp([(lv, _interp(sorted((p[0], p[2]) for p in points if p[1] == lv), x)) for lv in levels], level)
 
 
 def default_profile_path() -> Path:
@@ -178,48 +195,37 @@ class Prediction:
 
 
 def predict(plan: Plan, profile: Profile | None = None, itemsize: int = 4, engine: str = "processes") -> Prediction:
-    """Predicted time of running ``plan`` end to end (input on the master, output back on it)."""
+    """Predicted time of running ``plan`` end to end (input on the master, output back on it).
+
+    processes: the engine's schedule simulated message by message on the profile's cores
+    and links (schedule.processes_timeline).  threads: every tile computes on a thread of
+    its own, sharing the cores, and copies its output into the result."""
     prof = profile or load_profile()
     spec = plan.spec
     tr = plan.traffic(itemsize)
-    stretch = max(1.0, len(plan.tiles) / prof.effective_cores(spec))  # workers time-share the cores
-    seconds: dict[int, dict[str, float]] = {}
-    moved: dict[int, dict[str, int]] = {}
-    memory: dict[int, int] = {}
+    moved = {r: {p: tr[r][p].bytes_sent + tr[r][p].bytes_recv for p in PHASES} for r in range(plan.workers)}
     weight_bytes = math.prod(spec.weight_shape) * itemsize
-    for t in plan.tiles:
-        comp = prof.compute_seconds(plan.backend, spec, t.window.shape, t.out.shape, t.groups) * stretch
-        r = t.rank
-        ph = tr[r]
-        seconds[r] = {p: ph[p].messages_recv * prof.latency_s + ph[p].bytes_recv / prof.bandwidth_Bps
-                      for p in PHASES}
+    memory = {t.rank: (t.window.volume + t.owned.volume + t.out.volume) * itemsize + weight_bytes for t in plan.tiles}
+
+    def compute_s(tile) -> float:
         # a window is copied together unless it can be a view (a band of whole rows: halos
-        # land in the room around it); outputs are written into the result by a copy
-        band = all(a == 0 and b == n for a, b, n in zip(t.out.lo[3:], t.out.hi[3:], spec.output_shape[3:]))
-        window_copy = 0.0 if band and engine != "threads" else t.window.volume * itemsize / prof.copy_Bps
-        out_copy = t.out.volume * itemsize / prof.copy_Bps if (engine == "threads" or r == 0) else 0.0
-        seconds[r]["compute"] = comp + window_copy + out_copy
-        moved[r] = {p: ph[p].bytes_sent + ph[p].bytes_recv for p in PHASES}
-        memory[r] = (t.window.volume + t.owned.volume + t.out.volume) * itemsize + weight_bytes
-    if engine == "threads":
-        for r in seconds:  # shared memory: nothing moves, outputs are copied into the result
-            out_bytes = plan.tiles[r].out.volume * itemsize
-            seconds[r] = {"compute": seconds[r]["compute"], "write": out_bytes / prof.copy_Bps}
+        # land in the room around it)
+        band = all(a == 0 and b == n for a, b, n in zip(tile.out.lo[3:], tile.out.hi[3:], spec.output_shape[3:]))
+        copy = 0.0 if band and engine != "threads" else tile.window.volume * itemsize / prof.copy_Bps
+        return prof.compute_seconds(plan.backend, spec, tile.window.shape, tile.out.shape, tile.groups) + copy
+
+    if engine == "threads":  # shared memory: nothing moves, outputs are copied into the result
+        n = len(plan.tiles)
+        stretch = n / prof.effective_cores(spec, n)  # the tiles' threads time-share the cores
+        seconds = {t.rank: {"compute": compute_s(t) * stretch, "write": t.out.volume * itemsize / prof.copy_Bps}
+                   for t in plan.tiles}
         total = max(sum(s.values()) for s in seconds.values())
     else:
-        master = tr[0]
-        # the master's link: every worker's weights, scatter and gather pass it one after another
-        serial = {p: master[p].messages_sent * prof.latency_s + master[p].bytes_sent / prof.bandwidth_Bps
-                  for p in ("weights", "scatter")}
-        serial["gather"] = (master["gather"].messages_recv * prof.latency_s
-                            + master["gather"].bytes_recv / prof.bandwidth_Bps)
-        out_bytes = math.prod(spec.output_shape) * itemsize
-        memory[0] = memory.get(0, 0) + (math.prod(spec.input_shape) * itemsize + out_bytes)
-        for r in seconds:
-            for p in ("weights", "scatter", "gather"):
-                seconds[r][p] = serial[p] if r == 0 else seconds[r][p]
-        parallel = max(s["halo"] + s["compute"] for s in seconds.values())
-        total = prof.step_s + serial["weights"] + serial["scatter"] + parallel + serial["gather"]
+        line = schedule.processes_timeline(plan, compute_s, prof.copy_Bps, prof.latency_s, prof.bandwidth_Bps,
+                                           lambda n: prof.effective_cores(spec, n), itemsize)
+        seconds = line.seconds
+        memory[0] = memory.get(0, 0) + (math.prod(spec.input_shape) + math.prod(spec.output_shape)) * itemsize
+        total = prof.step_s + line.makespan
     return Prediction(plan, engine, seconds, moved, memory, total)
 
 

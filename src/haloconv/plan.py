@@ -159,6 +159,20 @@ class Traffic:
 
 
 @dataclass(frozen=True)
+class Message:
+    """One message an engine sends: ``part`` numbers the parts of a pipelined window
+    (exchange='master'); ``packed``: the box is not one contiguous run of its tensor, so it
+    is copied into (scatter) or out of (gather) a buffer of its own."""
+
+    phase: str
+    src: int
+    dst: int
+    nbytes: int
+    part: int = 0
+    packed: bool = False
+
+
+@dataclass(frozen=True)
 class Plan:
     """The complete, communication-free description of a partitioned convolution.
 
@@ -198,44 +212,52 @@ class Plan:
         """Output channels [c0, c1) of the weight (and bias) a tile uses."""
         return tile.out.lo[1], tile.out.hi[1]
 
-    def traffic(self, itemsize: int, master: int = 0, send_weights: bool = True) -> dict[int, dict[str, Traffic]]:
-        """Predicted bytes and messages per worker and phase (exactly what engines move).
+    def messages(self, itemsize: int, master: int = 0, send_weights: bool = True) -> list[Message]:
+        """Every message the engines send, in the order the master posts them per worker.
 
         weights: the master sends each worker its filters (+ bias); scatter: its owned box
-        (or, with exchange='master', every piece of its window); halo: owners send the
-        pieces their neighbours need; gather: each worker returns its output box.  The
-        master's own tile moves nothing.
-        """
+        (or, with exchange='master', every piece of its window, part by part); halo: owners
+        send the pieces their neighbours need; gather: each worker returns its output box
+        (part by part).  The master's own tile moves nothing."""
         s = self.spec
         per_filter = s.in_channels // s.groups * math.prod(s.kernel)
-        out = {r: {p: Traffic() for p in PHASES} for r in range(self.workers)}
+        out: list[Message] = []
 
-        def move(phase: str, src: int, dst: int, elements: int) -> None:
-            if src != dst:
-                out[src][phase].add_send(elements * itemsize)
-                out[dst][phase].add_recv(elements * itemsize)
-
-        def move_box(phase: str, src: int, dst: int, box: Box, shape: Sequence[int]) -> None:
-            for chunk in transfer_chunks(box, shape, itemsize):
-                move(phase, src, dst, chunk.volume)
+        def move_box(phase: str, src: int, dst: int, box: Box, shape: Sequence[int], part: int = 0) -> None:
+            chunks = transfer_chunks(box, shape, itemsize)
+            packed = len(chunks) == 1 and not is_contiguous_run(box, shape)
+            out.extend(Message(phase, src, dst, c.volume * itemsize, part, packed) for c in chunks)
 
         for t in self.tiles:
+            if t.rank == master:
+                continue
             parts = self.subtiles(t, master)
             if send_weights:
                 c0, c1 = self.weight_box(t)
-                move("weights", master, t.rank, (c1 - c0) * per_filter)
+                out.append(Message("weights", master, t.rank, (c1 - c0) * per_filter * itemsize))
                 if s.has_bias:
-                    move("weights", master, t.rank, c1 - c0)
+                    out.append(Message("weights", master, t.rank, (c1 - c0) * itemsize))
             if self.exchange == "master":
-                for st in parts:
+                for k, st in enumerate(parts):
                     for p in st.pieces:
-                        move_box("scatter", master, t.rank, p.src, s.input_shape)
+                        move_box("scatter", master, t.rank, p.src, s.input_shape, k)
             else:
                 move_box("scatter", master, t.rank, t.owned, s.input_shape)
-                for p in t.halo_pieces:
-                    move("halo", p.owner, t.rank, p.elements)
-            for st in parts:
-                move_box("gather", t.rank, master, st.out, s.output_shape)
+            for k, st in enumerate(parts):
+                move_box("gather", t.rank, master, st.out, s.output_shape, k)
+        if self.exchange != "master":
+            for t in self.tiles:
+                out.extend(Message("halo", p.owner, t.rank, p.elements * itemsize)
+                           for p in t.halo_pieces if p.owner != t.rank)
+        return out
+
+    def traffic(self, itemsize: int, master: int = 0, send_weights: bool = True) -> dict[int, dict[str, Traffic]]:
+        """Predicted bytes and messages per worker and phase (exactly what engines move;
+        see ``messages``)."""
+        out = {r: {p: Traffic() for p in PHASES} for r in range(self.workers)}
+        for m in self.messages(itemsize, master, send_weights):
+            out[m.src][m.phase].add_send(m.nbytes)
+            out[m.dst][m.phase].add_recv(m.nbytes)
         return out
 
     def predicted_bytes(self, itemsize: int, master: int = 0, send_weights: bool = True) -> dict[str, int]:
@@ -309,15 +331,25 @@ class Plan:
 MIN_RUN_BYTES = 256 * 1024
 
 
+def _run_dim(box: Box, shape: Sequence[int]) -> int:
+    """The innermost dims ``box`` covers fully, plus the next one, make one contiguous run:
+    the index of that next one."""
+    k = len(shape) - 1
+    while k > 0 and box.lo[k] == 0 and box.hi[k] == shape[k]:
+        k -= 1
+    return k
+
+
+def is_contiguous_run(box: Box, shape: Sequence[int]) -> bool:
+    """Whether ``box`` is one contiguous run of a C-contiguous tensor of ``shape``."""
+    return math.prod(box.shape[:_run_dim(box, shape)]) <= 1
+
+
 def transfer_chunks(box: Box, shape: Sequence[int], itemsize: int) -> list[Box]:
     """How a box of a C-contiguous tensor of ``shape`` travels: its contiguous runs (each a
     sub-box, also contiguous in a box-shaped buffer), or the whole box packed in one message.
     """
-    dims = len(shape)
-    # the innermost dims the box covers fully, plus the next one, make one contiguous run
-    k = dims - 1
-    while k > 0 and box.lo[k] == 0 and box.hi[k] == shape[k]:
-        k -= 1
+    k = _run_dim(box, shape)
     run = math.prod(box.shape[k:])
     count = math.prod(box.shape[:k])
     if count <= 1 or run * itemsize < MIN_RUN_BYTES:

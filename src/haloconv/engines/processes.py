@@ -361,9 +361,20 @@ class LocalCluster:
         weights for a static split over unequal workers (``worker_weights``)."""
         probe = _probe_spec(spec, self.workers)
         cmd = {"op": "probe", "spec": probe, "dtype": dtype, "backend": backend, "repeat": repeat}
-        seconds, reports = self._step(cmd, lambda comm: spmd.probe(comm, probe, dtype, backend, repeat))
+        (seconds, _), reports = self._step(cmd, lambda comm: spmd.probe(comm, probe, dtype, backend, repeat))
         times = [seconds] + [reports[r]["probe_seconds"] for r in range(1, self.workers)]
         return [min(times) / t for t in times]
+
+    def throughput(self, spec: ConvSpec, busy: int, repeat: int, dtype: torch.dtype = torch.float32,
+                   backend: str = "torch") -> float:
+        """Seconds the first ``busy`` processes (the master among them) take to each compute
+        ``spec`` ``repeat`` times back to back, all at once (the slowest one): how the
+        cores are shared by that many busy processes (calibrate's concurrency curve)."""
+        if isinstance(busy, bool) or not isinstance(busy, int) or not 1 <= busy <= self.workers:
+            raise ValueError(f"busy must be an int from 1 to {self.workers}, got {busy!r}")
+        cmd = {"op": "probe", "spec": spec, "dtype": dtype, "backend": backend, "repeat": repeat, "busy": busy}
+        (_, total), reports = self._step(cmd, lambda comm: spmd.probe(comm, spec, dtype, backend, repeat, busy))
+        return max(total, *(reports[r]["probe_total"] for r in range(1, self.workers)))
 
     # -- resident shards ------------------------------------------------------------------------
     def scatter(self, x: torch.Tensor, plan: Plan) -> Sharded:

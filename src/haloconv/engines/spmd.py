@@ -501,16 +501,21 @@ def gather(
     return finish_gather(comm, plan, posted, out, y_local, dst)
 
 
-def probe(comm: Comm, spec, dtype: torch.dtype, method: str, repeat: int) -> float:
-    """Best-of-``repeat`` seconds of this rank computing ``spec`` on random data (at its
-    pace): the measure behind LocalCluster.speeds."""
+def probe(comm: Comm, spec, dtype: torch.dtype, method: str, repeat: int, busy: int | None = None
+          ) -> tuple[float, float]:
+    """(best, total) seconds of this rank computing ``spec`` ``repeat`` times back to back on
+    random data (at its pace): the measures behind LocalCluster.speeds and .throughput.
+    Ranks from ``busy`` on stay idle and return (0, 0)."""
+    if busy is not None and comm.rank >= busy:
+        return 0.0, 0.0
     g = torch.Generator().manual_seed(comm.rank)
     x = torch.randn(spec.input_shape, generator=g, dtype=dtype)
     w = torch.randn(spec.weight_shape, generator=g, dtype=dtype)
-    best = float("inf")
+    methods.single_node(method, x, w, None, spec)  # warm-up: buffers faulted in, the primitive built
+    best, t_start = float("inf"), time.perf_counter()
     for _ in range(repeat):
         t0 = time.perf_counter()
         methods.single_node(method, x, w, None, spec)
         comm.pace(t0)
         best = min(best, time.perf_counter() - t0)
-    return best
+    return best, time.perf_counter() - t_start
