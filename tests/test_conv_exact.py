@@ -1,6 +1,7 @@
 """haloconv.conv is bitwise equal to the single-node torch call (threads engine)."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -201,3 +202,39 @@ def test_every_worker_count_and_partition_on_one_layer():
         for part in ("batch", "rows", "cols", "grid", "channels", "auto"):
             y = haloconv.conv(x, w, b, padding=1, stride=2, partition=part, workers=workers)
             assert_bitwise(y, ref)
+
+
+def test_matches_single_node_is_bitwise_but_where_this_machines_gemm_rounds_by_size():
+    """kernels.matches_single_node: bit for bit; the one exception, float64 (im2col + GEMM)
+    on a machine whose GEMM rounds by matrix size, allows GEMM_RTOL x max|y| — never more,
+    and never for float32."""
+    from haloconv import kernels
+
+    y32 = torch.linspace(-3, 3, 101, dtype=torch.float32)
+    assert kernels.matches_single_node(y32, y32.clone())
+    assert not kernels.matches_single_node(torch.nextafter(y32, y32 + 1), y32)
+    y64 = y32.double()
+    assert kernels.matches_single_node(torch.nextafter(y64, y64 + 1), y64) == (not kernels.GEMM_EXACT)
+    assert not kernels.matches_single_node(y64 * (1 + 1e-9), y64)
+    nan = y64.clone()
+    nan[3] = float("nan")
+    assert not kernels.matches_single_node(nan, y64) and kernels.matches_single_node(nan, nan.clone())
+    # the probe is right when it can be checked: a GEMM's first columns computed alone
+    a = torch.randn(8, 27, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    b = torch.randn(27, 1100, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    if not torch.equal(a @ b[:, :500].contiguous(), (a @ b)[:, :500]):
+        assert not kernels.GEMM_EXACT
+
+
+def test_gemm_convs_warn_where_this_machines_gemm_rounds_by_size(monkeypatch):
+    from haloconv import kernels
+
+    monkeypatch.setattr(kernels, "_warned_mkl", False)
+    x = torch.randn(1, 2, 12, 12, dtype=torch.float64)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = haloconv.conv(x, w, padding=1, partition="rows", workers=2)
+    assert_bitwise(y, torch_reference(x, w, padding=1))
+    gemm = [c for c in caught if "GEMM" in str(c.message)]
+    assert bool(gemm) == (not kernels.GEMM_EXACT or kernels.MKL_MODE == "unavailable")

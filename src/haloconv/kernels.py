@@ -59,19 +59,72 @@ def _enable_mkl_strict() -> str:
 
 
 MKL_MODE = _enable_mkl_strict()
+
+
+def _gemm_exact() -> bool:
+    """Whether this process's GEMM rounds each output the same whatever the matrix width and
+    the thread count: what the im2col + GEMM backends (every float64 conv, some float32 1x1,
+    3-D and dilated ones) need for a tile to be bitwise the single-node call.  MKL's strict
+    mode gives it on Intel CPUs; on others MKL ignores the mode (seen on an AMD EPYC: the
+    first 500 of 1073 columns of a float64 GEMM, computed alone, differed in 46 of 2000
+    outputs by an ulp, and the whole one at 1 thread from 2 threads)."""
+    g = torch.Generator().manual_seed(0)
+    threads = torch.get_num_threads()
+    try:
+        for dtype in (torch.float64, torch.float32):
+            a = torch.randn(8, 27, generator=g, dtype=dtype)
+            b = torch.randn(27, 1100, generator=g, dtype=dtype)
+            full = a @ b
+            if any(not torch.equal(a @ b[:, :n].contiguous(), full[:, :n]) for n in (500, 290, 64, 9)):
+                return False
+            torch.set_num_threads(1)
+            one = a @ b
+            torch.set_num_threads(threads)
+            if not torch.equal(one, full):
+                return False
+        return True
+    finally:
+        torch.set_num_threads(threads)
+
+
+GEMM_EXACT = MKL_MODE != "unavailable" and _gemm_exact()
+# where GEMM_EXACT is False: how close a float64 tile computed by GEMM is to the single-node
+# call (x max|y|; measured up to 3e-15 relative here)
+GEMM_RTOL = {torch.float64: 1e-12}
 _warned_mkl = False
+
+
+def matches_single_node(y: torch.Tensor, ref: torch.Tensor) -> bool:
+    """``y`` equals the single-node result ``ref``: bit for bit (NaNs where ``ref`` has
+    them), or — for float64, which torch convolves by im2col + GEMM, on a machine whose GEMM
+    rounds by size (GEMM_EXACT False) — within GEMM_RTOL x max|ref|."""
+    if y.shape != ref.shape or y.dtype != ref.dtype:
+        return False
+    nan_y, nan_r = torch.isnan(y), torch.isnan(ref)
+    if not torch.equal(nan_y, nan_r):
+        return False
+    if torch.equal(y[~nan_y], ref[~nan_r]):
+        return True
+    if GEMM_EXACT or y.dtype not in GEMM_RTOL:
+        return False
+    scale = max(1.0, ref[~nan_r].abs().max().item()) if ref.numel() else 1.0
+    return (y[~nan_y] - ref[~nan_r]).abs().max().item() <= GEMM_RTOL[y.dtype] * scale
 
 
 def _check_mkl(backend: object) -> None:
     global _warned_mkl
-    if backend == _B.Mkldnn or MKL_MODE != "unavailable" or _warned_mkl:
+    if backend == _B.Mkldnn or _warned_mkl or (MKL_MODE != "unavailable" and GEMM_EXACT):
         return
     _warned_mkl = True
+    why = ("haloconv could not put MKL in strict reproducible mode (MKL was used before haloconv "
+           "was imported; import haloconv before using torch, or set MKL_CBWR=AUTO,STRICT)"
+           if MKL_MODE == "unavailable" else
+           "this machine's GEMM rounds by matrix size and thread count (MKL's reproducible mode "
+           "has no effect on this CPU)")
     warnings.warn(
-        "haloconv could not put MKL in strict reproducible mode (MKL was used before haloconv "
-        "was imported); this convolution uses MKL GEMM, whose rounding then depends on the "
-        "tile size, so results may differ from the single-node call in the last bits. Import "
-        "haloconv before using torch, or set MKL_CBWR=AUTO,STRICT.",
+        f"{why}: this convolution runs on im2col + GEMM, so tiles may differ from the "
+        "single-node call in the last bits (float64: within 1e-12 x max|y|); oneDNN's float32 "
+        "convolutions stay bit for bit.",
         RuntimeWarning,
         stacklevel=3,
     )
