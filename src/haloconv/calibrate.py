@@ -174,24 +174,30 @@ def _busy_counts(cores: float) -> list[int]:
 def measure_concurrency(prof: Profile, quick: bool = False, log=print) -> None:
     """How many cores n processes busy at once really get (other load, hyper-threads, memory
     bandwidth, more processes than cores): each computes the same problem back to back, all
-    at once, against one alone — for a compute-bound layer and a memory-bound single-channel
-    filter, which scale differently.  Measured here: 2 processes 1.8 cores, 3 and 4 only 1.4
-    (a layer on 2 cores)."""
+    at once, against one alone — for a compute-bound layer and memory-bound single-channel
+    filters per backend, which scale differently.  Measured here on 2 cores: a layer 1.8 cores
+    for 2 processes; a torch filter (oneDNN pads its channel to 16) 1.3, the same filter by
+    ndimage 2.0."""
     counts = _busy_counts(prof.cores)
+    probes = (((1, 16, 256, 512), (16, 16, 3, 3), "torch"), ((1, 1, 1024, 2048), (1, 1, 3, 3), "torch"),
+              ((1, 1, 1024, 2048), (1, 1, 3, 3), "ndimage"), ((1, 1, 1024, 1024), (1, 1, 15, 15), "fft"))
     curves = []
     with LocalCluster(max(counts)) as cluster:
-        for shape, wshape in (((1, 16, 256, 512), (16, 16, 3, 3)), ((1, 1, 1024, 2048), (1, 1, 3, 3))):
-            spec = ConvSpec.from_args(shape, wshape, None, padding=1)
-            alone = cluster.throughput(spec, 1, 3) / 3
-            repeat = max(3, math.ceil((0.05 if quick else 0.15) / alone))
-            best = dict.fromkeys(counts, float("inf"))
-            for _ in range(2 if quick else 3):  # interleaved: a change of load falls on every count alike
+        for shape, wshape, backend in probes:
+            spec = ConvSpec.from_args(shape, wshape, None, padding=wshape[-1] // 2)
+            alone = cluster.throughput(spec, 1, 3, backend=backend) / 3
+            repeat = max(3, math.ceil((0.04 if quick else 0.1) / alone))
+            ratios: dict[int, list[float]] = {n: [] for n in counts}
+            for _ in range(2 if quick else 5):
+                # paired: each count against one process measured just before it, so a change of
+                # the machine's load between trials falls on both; the median over trials
                 for n in counts:
-                    best[n] = min(best[n], cluster.throughput(spec, n, repeat))
-            curves.append({n: n * best[1] / best[n] for n in counts})
-    prof.concurrency = [[n, curves[0][n], curves[1][n]] for n in counts]
-    log("  cores n busy processes get (layers / filters): "
-        + "  ".join(f"{n}: {a:.2f}/{b:.2f}" for n, a, b in prof.concurrency))
+                    one = cluster.throughput(spec, 1, repeat, backend=backend)
+                    ratios[n].append(n * one / cluster.throughput(spec, n, repeat, backend=backend))
+            curves.append({n: float(np.median(ratios[n])) for n in counts})
+    prof.concurrency = [[n, *(c[n] for c in curves)] for n in counts]
+    log("  cores n busy processes get (torch layers / torch filters / ndimage / fft): "
+        + "  ".join(f"{n}: " + "/".join(f"{v:.2f}" for v in row) for n, *row in prof.concurrency))
 
 
 def calibrate(quick: bool = False, log=print) -> Profile:

@@ -54,10 +54,12 @@ class Profile:
     ndimage_taps_per_s: float = 0.92e9  # outputs x kernel taps per second, float64 accumulation
     fft_s_per_nlogn: float = 0.26e-9  # per real element x log2(size), each of the forward/inverse transforms
     fft_s_per_mac: float = 4.4e-9  # per complex multiply-add of the channel mixing
-    # throughput of n processes busy at once, in cores: [n, layers, single-channel filters]
-    # (memory-bound filters scale differently; 3 or 4 processes on 2 cores get less than 2
-    # did); calibrate measures n = 1 .. 2 x cores.  Empty: min(n, cores) (x filter_cores_ratio
-    # for filters), which is what older profiles (cores = the figure of 2 processes) meant.
+    # throughput of n processes busy at once, in cores: [n, torch layers, torch single-channel
+    # filters, ndimage, fft] (memory-bound filters scale differently, and differently by
+    # backend; 3 or 4 processes on 2 cores get less than 2 did); calibrate measures n = 1 ..
+    # 2 x cores.  Rows of 3 (older profiles): ndimage and fft take the filters' figure.
+    # Empty: min(n, cores) (x filter_cores_ratio for filters), which is what older profiles
+    # (cores = the figure of 2 processes) meant.
     concurrency: list = field(default_factory=list)
     filter_cores_ratio: float = 1.0
     source: str = "defaults"
@@ -81,13 +83,15 @@ class Profile:
             data["depthwise_rates"] = [[p[0], 32, p[1]] if len(p) == 2 else p for p in data["depthwise_rates"]]
         return cls(**data)
 
-    def effective_cores(self, spec: ConvSpec, busy: float) -> float:
-        """Cores that ``busy`` processes computing ``spec`` at once get together; filters (one
-        input and one output channel per group) have their own figures."""
+    def effective_cores(self, spec: ConvSpec, busy: float, backend: str = "torch") -> float:
+        """Cores that ``busy`` processes computing ``spec`` with ``backend`` at once get
+        together; torch's filters (one input and one output channel per group), ndimage and
+        fft have their own figures."""
         filt = spec.in_channels // spec.groups == 1 and spec.out_channels // spec.groups == 1
         if not self.concurrency:
-            return min(busy, self.cores * (self.filter_cores_ratio if filt else 1.0))
-        return min(busy, _interp(sorted((p[0], p[2 if filt else 1]) for p in self.concurrency), busy))
+            return min(busy, self.cores * (self.filter_cores_ratio if filt or backend != "torch" else 1.0))
+        col = {"ndimage": 3, "fft": 4}.get(backend, 2 if filt else 1)
+        return min(busy, _interp(sorted((p[0], p[col] if col < len(p) else p[2]) for p in self.concurrency), busy))
 
     # -- compute ------------------------------------------------------------------------
     def torch_rate(self, inner: int, cout_g: int) -> float:
@@ -216,13 +220,13 @@ def predict(plan: Plan, profile: Profile | None = None, itemsize: int = 4, engin
 
     if engine == "threads":  # shared memory: nothing moves, outputs are copied into the result
         n = len(plan.tiles)
-        stretch = n / prof.effective_cores(spec, n)  # the tiles' threads time-share the cores
+        stretch = n / prof.effective_cores(spec, n, plan.backend)  # the tiles' threads time-share the cores
         seconds = {t.rank: {"compute": compute_s(t) * stretch, "write": t.out.volume * itemsize / prof.copy_Bps}
                    for t in plan.tiles}
         total = max(sum(s.values()) for s in seconds.values())
     else:
         line = schedule.processes_timeline(plan, compute_s, prof.copy_Bps, prof.latency_s, prof.bandwidth_Bps,
-                                           lambda n: prof.effective_cores(spec, n), itemsize)
+                                           lambda n: prof.effective_cores(spec, n, plan.backend), itemsize)
         seconds = line.seconds
         memory[0] = memory.get(0, 0) + (math.prod(spec.input_shape) + math.prod(spec.output_shape)) * itemsize
         total = prof.step_s + line.makespan
