@@ -233,3 +233,14 @@ def test_depthwise_of_few_channels_and_strided_convs_cost_more_per_flop():
     s1, s2 = (ConvSpec.from_args((1, 16, 512, 512), (32, 16, 3, 3), None, padding=1, stride=s) for s in (1, 2))
     rate = [s.flops() / prof.compute_seconds("torch", s, s.input_shape, s.output_shape, 1) for s in (s1, s2)]
     assert rate[1] == pytest.approx(rate[0] * prof.strided_ratio)
+
+
+def test_a_plan_of_one_tile_pays_the_fixed_cost_of_one_tile():
+    spec = ConvSpec.from_args((1, 8, 64, 64), (8, 8, 3, 3), None, padding=1)
+    prof = cost.Profile(step_s=2e-3, step1_s=0.5e-3)
+    one = haloconv.plan(spec.input_shape, spec.weight_shape, padding=1, workers=1, partition="rows")
+    two = haloconv.plan(spec.input_shape, spec.weight_shape, padding=1, workers=2, partition="rows")
+    assert cost.predict(one, prof).total_s - cost.predict(one, cost.Profile(step_s=2e-3, step1_s=0)).total_s \
+        == pytest.approx(0.5e-3)
+    assert cost.predict(two, prof).total_s - cost.predict(two, cost.Profile(step_s=0, step1_s=0.5e-3)).total_s \
+        == pytest.approx(2e-3)

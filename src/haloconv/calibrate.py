@@ -143,6 +143,8 @@ def measure_transport(prof: Profile, quick: bool = False, log=print) -> None:
         plan = make_plan(spec, "rows", 2)
         x, w = torch.zeros(spec.input_shape), torch.zeros(spec.weight_shape)
         prof.step_s = _best(lambda: cluster.run(plan, x, w, None), 10)
+        one = make_plan(spec, "rows", 1)
+        prof.step1_s = _best(lambda: cluster.run(one, x, w, None), 10)
         jobs = {}
         for name, shape in shapes.items():
             spec = ConvSpec.from_args(shape, (1, shape[1], 1, 1), None)
@@ -161,7 +163,7 @@ def measure_transport(prof: Profile, quick: bool = False, log=print) -> None:
     extra = traffic["many"]["messages_sent"] - traffic["one"]["messages_sent"]
     prof.latency_s = float(max(5e-6, (t["many"] - t["one"]) / extra))
     log(f"  transport: latency {prof.latency_s * 1e6:.0f} us, bandwidth {prof.bandwidth_Bps / 1e9:.2f} GB/s, "
-        f"fixed cost per call {prof.step_s * 1e3:.2f} ms")
+        f"fixed cost per call {prof.step_s * 1e3:.2f} ms ({prof.step1_s * 1e3:.2f} ms for one tile)")
 
 
 def _busy_counts(cores: float) -> list[int]:
