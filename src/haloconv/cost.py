@@ -53,7 +53,7 @@ class Profile:
     depthwise_rates: list = field(default_factory=lambda: [[9, 4, 2.3e9], [25, 4, 3.9e9], [49, 4, 4.6e9],
                                                            [9, 32, 6e9], [25, 32, 10e9], [49, 32, 12e9]])
     pointwise_rates: list = field(default_factory=lambda: [[8, 8, 3e9], [64, 8, 8e9], [8, 64, 6e9], [64, 64, 15e9]])
-    strided_ratio: float = 0.65  # FLOP/s of a stride-2 conv / those of the same conv at stride 1
+    strided_ratio: float = 0.68  # FLOP/s of a stride-2 conv / those of the same conv at stride 1 (measured)
     ndimage_taps_per_s: float = 0.92e9  # outputs x kernel taps per second, float64 accumulation
     fft_s_per_nlogn: float = 0.26e-9  # per real element x log2(size), each of the forward/inverse transforms
     fft_s_per_mac: float = 4.4e-9  # per complex multiply-add of the channel mixing

@@ -78,11 +78,11 @@ def _program(plan: Plan, tile, master: int, tid, packed_s, compute_s, copy_Bps: 
         w = [i for d in workers for i in tid("weights", master, d)]
         prog += [("post", w, "send"), ("wait", w, "weights")]
         scatter = []
-        for d in workers:
-            s = [i for k in range(len(parts[d])) for i in tid("scatter", master, d, k)]
-            prog += [("cpu", packed_s("scatter", master, d, k), "scatter") for k in range(len(parts[d]))]
-            prog.append(("post", s, "send"))
-            scatter += s
+        for d in workers:  # each box packed (if it must be) and posted in turn
+            for k in range(len(parts[d])):
+                s = tid("scatter", master, d, k)
+                prog += [("cpu", packed_s("scatter", master, d, k), "scatter"), ("post", s, "send")]
+                scatter += s
         gathers = [(d, k) for d in workers for k in range(len(parts[d]))]
         g = [i for d, k in gathers for i in tid("gather", d, master, k)]
         if plan.exchange != "master":
