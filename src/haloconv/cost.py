@@ -17,7 +17,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from haloconv import schedule
-from haloconv.plan import BACKENDS, PHASES, Plan, _extents, backend_unsupported, build, fft_block_rows, resolve_splits
+from haloconv.plan import (
+    BACKENDS,
+    PHASES,
+    Plan,
+    _extents,
+    backend_unsupported,
+    build,
+    fft_block_rows,
+    resolve_splits,
+    traffic_of,
+)
 from haloconv.spec import ConvSpec
 
 # Uncalibrated defaults: measured on the 2-core development machine (1 thread per worker,
@@ -47,9 +57,9 @@ class Profile:
                        else (os.cpu_count() or 1))
     torch_rates: list = field(default_factory=lambda: [list(p) for p in DEFAULT_TORCH_RATES])
     # depthwise (C_in = C_out = groups): [kernel volume, channels of the tile, FLOP/s] — oneDNN
-    # computes channels in SIMD blocks of 16, so 3 channels cost nearly what 16 do;
-    # pointwise (1x1): [C_in/groups, C_out/groups, FLOP/s].  (4 channels: 0.38 x the rate of 32,
-    # the ratio measured on a second 2-core machine)
+    # computes channels in SIMD blocks of 16, so 3 channels cost nearly what 16 do (4 channels:
+    # 0.38 x the rate of 32, the ratio measured on a second 2-core machine);
+    # pointwise (1x1): [C_in/groups, C_out/groups, FLOP/s]
     depthwise_rates: list = field(default_factory=lambda: [[9, 4, 2.3e9], [25, 4, 3.9e9], [49, 4, 4.6e9],
                                                            [9, 32, 6e9], [25, 32, 10e9], [49, 32, 12e9]])
     pointwise_rates: list = field(default_factory=lambda: [[8, 8, 3e9], [64, 8, 8e9], [8, 64, 6e9], [64, 64, 15e9]])
@@ -209,8 +219,9 @@ def predict(plan: Plan, profile: Profile | None = None, itemsize: int = 4, engin
     its own, sharing the cores, and copies its output into the result."""
     prof = profile or load_profile()
     spec = plan.spec
-    tr = plan.traffic(itemsize)
-    moved = {r: {p: tr[r][p].bytes_sent + tr[r][p].bytes_recv for p in PHASES} for r in range(plan.workers)}
+    messages = plan.messages(itemsize)
+    tr = traffic_of(messages, plan.workers)
+    moved = {t.rank: {p: tr[t.rank][p].bytes_sent + tr[t.rank][p].bytes_recv for p in PHASES} for t in plan.tiles}
     weight_bytes = math.prod(spec.weight_shape) * itemsize
     memory = {t.rank: (t.window.volume + t.owned.volume + t.out.volume) * itemsize + weight_bytes for t in plan.tiles}
 
@@ -229,7 +240,8 @@ def predict(plan: Plan, profile: Profile | None = None, itemsize: int = 4, engin
         total = max(sum(s.values()) for s in seconds.values())
     else:
         line = schedule.processes_timeline(plan, compute_s, prof.copy_Bps, prof.latency_s, prof.bandwidth_Bps,
-                                           lambda n: prof.effective_cores(spec, n, plan.backend), itemsize)
+                                           lambda n: prof.effective_cores(spec, n, plan.backend), itemsize,
+                                           messages=messages)
         seconds = line.seconds
         memory[0] = memory.get(0, 0) + (math.prod(spec.input_shape) + math.prod(spec.output_shape)) * itemsize
         total = (prof.step1_s if len(plan.tiles) == 1 else prof.step_s) + line.makespan

@@ -172,6 +172,15 @@ class Message:
     packed: bool = False
 
 
+def traffic_of(messages: Sequence[Message], workers: int) -> dict[int, dict[str, Traffic]]:
+    """Bytes and messages per worker and phase of a list of messages (Plan.messages)."""
+    out = {r: {p: Traffic() for p in PHASES} for r in range(workers)}
+    for m in messages:
+        out[m.src][m.phase].add_send(m.nbytes)
+        out[m.dst][m.phase].add_recv(m.nbytes)
+    return out
+
+
 @dataclass(frozen=True)
 class Plan:
     """The complete, communication-free description of a partitioned convolution.
@@ -254,11 +263,7 @@ class Plan:
     def traffic(self, itemsize: int, master: int = 0, send_weights: bool = True) -> dict[int, dict[str, Traffic]]:
         """Predicted bytes and messages per worker and phase (exactly what engines move;
         see ``messages``)."""
-        out = {r: {p: Traffic() for p in PHASES} for r in range(self.workers)}
-        for m in self.messages(itemsize, master, send_weights):
-            out[m.src][m.phase].add_send(m.nbytes)
-            out[m.dst][m.phase].add_recv(m.nbytes)
-        return out
+        return traffic_of(self.messages(itemsize, master, send_weights), self.workers)
 
     def predicted_bytes(self, itemsize: int, master: int = 0, send_weights: bool = True) -> dict[str, int]:
         """Total bytes sent per phase."""

@@ -44,12 +44,15 @@ class Timeline:
 
 
 def processes_timeline(plan: Plan, compute_s, copy_Bps: float, latency_s: float, bandwidth_Bps: float,
-                       cores, itemsize: int = 4, master: int = 0) -> Timeline:
+                       cores, itemsize: int = 4, master: int = 0, messages: list[Message] | None = None) -> Timeline:
     """Simulate ``plan`` on the processes engine.  ``compute_s(tile)``: seconds of one tile's
     (or pipelined part's) compute on one core, window copy included; ``cores(n)``: the
-    cores n busy tasks get together."""
+    cores n busy tasks get together; ``messages``: plan.messages(itemsize, master), when the
+    caller has them already."""
     groups: dict[tuple, list[Message]] = defaultdict(list)
-    for m in plan.messages(itemsize, master):  # the runs of one box travel back to back
+    if messages is None:
+        messages = plan.messages(itemsize, master)
+    for m in messages:  # the runs of one box travel back to back
         groups[(m.phase, m.src, m.dst, m.part)].append(m)
     ids = {key: i for i, key in enumerate(groups)}
     transfers = [_Transfer(src, dst, phase, len(ms) * latency_s + sum(m.nbytes for m in ms) / bandwidth_Bps)
