@@ -93,9 +93,11 @@ def test_runs_zero_padding():
     assert [(r.dst, r.length, r.src) for r in runs] == [(0, 2, None), (2, 5, 0), (7, 2, None)]
 
 
-@given(st.integers(1, 30), st.integers(1, 5), st.integers(1, 3), st.integers(1, 3), st.integers(0, 4), st.data())
-def test_compute_window_reproduces_outputs(length, k, s, d, q, data):
-    """Convolving the compute window with backend padding q gives the global outputs."""
+@given(st.integers(1, 30), st.integers(1, 5), st.integers(1, 3), st.integers(1, 3), st.integers(0, 4),
+       st.sampled_from([1, 16]), st.data())
+def test_compute_window_reproduces_outputs(length, k, s, d, q, align, data):
+    """Convolving the compute window with backend padding q gives the global outputs; with
+    ``align`` it computes a multiple of that many outputs (1-D tiles: ROW_ALIGN_1D)."""
     span = d * (k - 1) + 1
     if length + 2 * q < span:
         return
@@ -106,12 +108,15 @@ def test_compute_window_reproduces_outputs(length, k, s, d, q, data):
     x = torch.arange(1, length + 1, dtype=torch.float64).reshape(1, 1, -1)
     w = torch.rand(1, 1, k, dtype=torch.float64)
     ref = F.conv1d(x, w, None, s, q, d)[..., a:b]
-    lo, hi, first = ax.compute_window(a, b)
+    lo, hi, first = ax.compute_window(a, b, align)
+    assert (hi - lo) % s == length % s  # the single-node input's length, modulo the stride
     xp = F.pad(x, (0, max(0, hi - length)))  # zeros past the end
     win = torch.zeros(1, 1, hi - lo, dtype=torch.float64)
     n_lo, n_hi = ax.needed(a, b)
     u, v = max(lo, n_lo, 0), min(hi, n_hi, length)
     if u < v:
         win[..., u - lo : v - lo] = xp[..., u:v]
-    y = F.conv1d(win, w, None, s, q, d)[..., first : first + b - a]
+    y_all = F.conv1d(win, w, None, s, q, d)
+    assert y_all.shape[-1] % align == 0
+    y = y_all[..., first : first + b - a]
     assert torch.allclose(y, ref)

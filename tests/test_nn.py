@@ -16,9 +16,18 @@ HERE = Path(__file__).parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
 
+# gloo's teardown at process exit, after barrier() and destroy_process_group(), now and then
+# aborts a rank (std::terminate: "terminate called without an active exception"), about 1 run
+# in 8 of the training example under pytest, never seen outside it; the run is repeated once then
+GLOO_EXIT_ABORT = "terminate called without an active exception"
+
+
 def _torchrun(ranks: int, *args: str, timeout: int = 240) -> str:
-    r = subprocess.run([*TORCHRUN, f"--nproc-per-node={ranks}", *args], capture_output=True, text=True,
-                       timeout=timeout)
+    for _ in range(2):
+        r = subprocess.run([*TORCHRUN, f"--nproc-per-node={ranks}", *args], capture_output=True, text=True,
+                           timeout=timeout)
+        if r.returncode == 0 or GLOO_EXIT_ABORT not in r.stderr:
+            break
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-6000:]
     return r.stdout
 

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import haloconv
+from haloconv import geometry
 from haloconv.plan import Plan
 
 
@@ -73,6 +74,18 @@ def test_circular_first_and_last_tiles_are_neighbours():
                       partition="rows", workers=4)
     assert 3 in p.tiles[0].halo_sources
     assert 0 in p.tiles[3].halo_sources
+
+
+@pytest.mark.parametrize("kw", [dict(padding=4), dict(padding=2, stride=3), dict(dilation=2, padding=8)])
+def test_1d_tiles_compute_whole_blocks_of_16_outputs(kw):
+    """A 1-D tile computes a multiple of ROW_ALIGN_1D outputs (oneDNN runs other lengths up
+    to 1.9x slower); the extra window positions are zeros, nothing extra moves."""
+    p = haloconv.plan((1, 4, 5003), (8, 4, 9), partition="cols", workers=3, **kw)
+    ax = p.spec.axis(0)
+    for t in p.tiles:
+        computed = (t.window.shape[2] + 2 * ax.backend_pad - ax.span) // ax.stride + 1
+        assert computed % geometry.ROW_ALIGN_1D == 0 and computed >= t.first[0] + t.out.shape[2]
+        assert all(t.needed.contains(pc.src) for pc in t.pieces)  # the extra positions are zeros, never fetched
 
 
 def test_channels_partition_has_no_halo_and_batch_caps_workers():
