@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from haloconv import schedule
-from haloconv.geometry import ROW_ALIGN_1D
+from haloconv.geometry import compute_align
 from haloconv.plan import (
     BACKENDS,
     PHASES,
@@ -385,7 +385,7 @@ def stream_block(spec: ConvSpec, allowance: int, backend: str = "torch", itemsiz
         win = []
         for ax, b, o in zip(axes, blk[2:], out[2:]):
             a = (o - b) // 2  # an inner block: halos on both sides
-            lo, hi, _ = ax.compute_window(a, a + b, ROW_ALIGN_1D if spec.ndim == 1 else 1)
+            lo, hi, _ = ax.compute_window(a, a + b, compute_align(spec.ndim))
             win.append(hi - lo)
         return tile_peak_bytes(spec, (blk[0], spec.in_channels, *win), (blk[0], out[1], *blk[2:]), backend,
                                itemsize, file_itemsize)

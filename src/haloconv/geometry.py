@@ -21,6 +21,11 @@ MIN_COMPUTE_OUTPUTS = 4
 ROW_ALIGN_1D = 16
 
 
+def compute_align(ndim: int) -> int:
+    """Multiple of outputs a tile's window computes along an axis (Axis.compute_window)."""
+    return ROW_ALIGN_1D if ndim == 1 else 1
+
+
 def effective_kernel(kernel: int, dilation: int) -> int:
     """Span of a dilated kernel: d*(k-1)+1."""
     return dilation * (kernel - 1) + 1

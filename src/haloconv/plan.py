@@ -548,8 +548,7 @@ def _shell(spec: ConvSpec, axes, out_r, owned_sp, split_c: bool) -> tuple:
     else:
         c_out, c_in, groups = (u0, u1), (0, spec.in_channels), 1
     needed_sp = [ax.needed(a, b) for ax, (a, b) in zip(axes, sp)]
-    align = geometry.ROW_ALIGN_1D if spec.ndim == 1 else 1
-    comp = [ax.compute_window(a, b, align) for ax, (a, b) in zip(axes, sp)]
+    comp = [ax.compute_window(a, b, geometry.compute_align(spec.ndim)) for ax, (a, b) in zip(axes, sp)]
     out = Box((n0, c_out[0], *(a for a, _ in sp)), (n1, c_out[1], *(b for _, b in sp)))
     owned = Box((n0, c_in[0], *(l for l, _ in owned_sp)), (n1, c_in[1], *(h for _, h in owned_sp)))
     needed = Box((n0, c_in[0], *(l for l, _ in needed_sp)), (n1, c_in[1], *(h for _, h in needed_sp)))
