@@ -80,3 +80,27 @@ def test_conv_with_a_dynamic_schedule_on_processes_is_exact():
         haloconv.conv(x, w, padding=1, workers=2, schedule="dynamic")  # threads engine
     with pytest.raises(ValueError, match="schedule"):
         haloconv.conv(x, w, padding=1, workers=2, engine="processes", schedule="greedy")
+
+
+def test_probe_computes_with_the_backend_the_caller_selected(monkeypatch):
+    """speeds/throughput time a tile as a run computes it: with the torch backend selected at
+    the caller's thread count, not the one torch would pick at the worker's single thread."""
+    from haloconv import kernels
+    from haloconv.engines import spmd
+
+    seen = []
+    real = kernels.conv_tile
+    monkeypatch.setattr(kernels, "conv_tile", lambda *a: seen.append(a[5]) or real(*a))
+
+    class OneRank:
+        rank = 0
+
+        def pace(self, t0):
+            pass
+
+    spec = ConvSpec.from_args((1, 8, 16, 16), (8, 8, 1, 1), None)
+    for name in ("Slow2d", "Mkldnn"):
+        seen.clear()
+        best, total = spmd.probe(OneRank(), spec, torch.float32, "torch", 2, torch_backend=name)
+        assert 0 < best <= total
+        assert seen and all(b == getattr(torch._C._ConvBackend, name) for b in seen), seen

@@ -360,8 +360,10 @@ class LocalCluster:
         them at once on the same small problem like ``spec`` (about a 1/16 row band of it):
         weights for a static split over unequal workers (``worker_weights``)."""
         probe = _probe_spec(spec, self.workers)
-        cmd = {"op": "probe", "spec": probe, "dtype": dtype, "backend": backend, "repeat": repeat}
-        (seconds, _), reports = self._step(cmd, lambda comm: spmd.probe(comm, probe, dtype, backend, repeat))
+        tb = _caller_backend(probe, dtype)
+        cmd = {"op": "probe", "spec": probe, "dtype": dtype, "backend": backend, "repeat": repeat, "torch_backend": tb}
+        (seconds, _), reports = self._step(cmd, lambda comm: spmd.probe(comm, probe, dtype, backend, repeat,
+                                                                        torch_backend=tb))
         times = [seconds] + [reports[r]["probe_seconds"] for r in range(1, self.workers)]
         return [min(times) / t for t in times]
 
@@ -372,8 +374,10 @@ class LocalCluster:
         cores are shared by that many busy processes (calibrate's concurrency curve)."""
         if isinstance(busy, bool) or not isinstance(busy, int) or not 1 <= busy <= self.workers:
             raise ValueError(f"busy must be an int from 1 to {self.workers}, got {busy!r}")
-        cmd = {"op": "probe", "spec": spec, "dtype": dtype, "backend": backend, "repeat": repeat, "busy": busy}
-        (_, total), reports = self._step(cmd, lambda comm: spmd.probe(comm, spec, dtype, backend, repeat, busy))
+        tb = _caller_backend(spec, dtype)
+        cmd = {"op": "probe", "spec": spec, "dtype": dtype, "backend": backend, "repeat": repeat, "busy": busy,
+               "torch_backend": tb}
+        (_, total), reports = self._step(cmd, lambda comm: spmd.probe(comm, spec, dtype, backend, repeat, busy, tb))
         return max(total, *(reports[r]["probe_total"] for r in range(1, self.workers)))
 
     # -- resident shards ------------------------------------------------------------------------
@@ -558,6 +562,13 @@ def _replan(plan: Plan, workers: int, weights: list[float] | None = None) -> Pla
         weights = list(plan.weights[:workers])
     return make_plan(plan.spec, _kind(plan), workers, weights, plan.ownership, plan.exchange, plan.pipeline,
                      plan.backend)
+
+
+def _caller_backend(spec: ConvSpec, dtype: torch.dtype) -> str:
+    """The torch conv backend a run of ``spec`` computes its tiles with: selected here, at the
+    caller's thread count, as LocalCluster.run does."""
+    return kernels.backend_name(kernels.select_backend(spec, torch.empty(0, dtype=dtype),
+                                                       torch.empty(0, dtype=dtype), None))
 
 
 def _probe_spec(spec: ConvSpec, workers: int) -> ConvSpec:

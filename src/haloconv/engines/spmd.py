@@ -15,7 +15,7 @@ import torch
 from haloconv import kernels, methods
 from haloconv.engines.base import assemble_window, piece_data, piece_grad
 from haloconv.engines.comm import Comm
-from haloconv.plan import Box, Plan, Tile, transfer_chunks
+from haloconv.plan import Box, Plan, Tile, make_plan, transfer_chunks
 
 _DTYPES = [torch.float32, torch.float64]
 
@@ -501,21 +501,32 @@ def gather(
     return finish_gather(comm, plan, posted, out, y_local, dst)
 
 
-def probe(comm: Comm, spec, dtype: torch.dtype, method: str, repeat: int, busy: int | None = None
-          ) -> tuple[float, float]:
+def probe(comm: Comm, spec, dtype: torch.dtype, method: str, repeat: int, busy: int | None = None,
+          torch_backend: str | None = None) -> tuple[float, float]:
     """(best, total) seconds of this rank computing ``spec`` ``repeat`` times back to back on
     random data (at its pace): the measures behind LocalCluster.speeds and .throughput.
-    Ranks from ``busy`` on stay idle and return (0, 0)."""
+    ``torch_backend``: the torch conv backend (kernels.backend_name) the caller selected, which
+    a tile computes with; torch itself would pick at this rank's thread count, and for some
+    1-D, 1x1 and 3-D shapes pick another.  Ranks from ``busy`` on stay idle and return (0, 0)."""
     if busy is not None and comm.rank >= busy:
         return 0.0, 0.0
     g = torch.Generator().manual_seed(comm.rank)
     x = torch.randn(spec.input_shape, generator=g, dtype=dtype)
     w = torch.randn(spec.weight_shape, generator=g, dtype=dtype)
-    methods.single_node(method, x, w, None, spec)  # warm-up: buffers faulted in, the primitive built
+    if method == "torch" and torch_backend is not None:
+        tile = make_plan(spec, "batch", 1).tiles[0]
+        window, tb = assemble_window(x, tile), getattr(torch._C._ConvBackend, torch_backend)
+
+        def once() -> None:
+            methods.compute(method, window, w, None, spec, tile.groups, tb, tile.first, tile.out.shape[2:])
+    else:
+        def once() -> None:
+            methods.single_node(method, x, w, None, spec)
+    once()  # warm-up: buffers faulted in, the primitive built
     best, t_start = float("inf"), time.perf_counter()
     for _ in range(repeat):
         t0 = time.perf_counter()
-        methods.single_node(method, x, w, None, spec)
+        once()
         comm.pace(t0)
         best = min(best, time.perf_counter() - t0)
     return best, time.perf_counter() - t_start

@@ -114,7 +114,8 @@ def _run(comm: Comm, cmd: dict, shards: dict) -> dict:
 
         extra = stream.worker_loop(comm, cmd["job"], getattr(_BACKENDS, cmd["backend"]))
     elif op == "probe":
-        best, total = spmd.probe(comm, cmd["spec"], cmd["dtype"], cmd["backend"], cmd["repeat"], cmd.get("busy"))
+        best, total = spmd.probe(comm, cmd["spec"], cmd["dtype"], cmd["backend"], cmd["repeat"], cmd.get("busy"),
+                                 cmd.get("torch_backend"))
         extra = {"probe_seconds": best, "probe_total": total}
     elif op == "scatter":
         shards[cmd["id"]] = spmd.scatter(comm, plan, None)
