@@ -5,9 +5,10 @@
 For each configuration (conv layers and image filters, 1-4 workers), every candidate the
 cost model ranks (named partitions, grid, hybrids, a single worker; backends where they
 apply; those predicted within 3x of its first choice) runs end to end on the processes
-engine (best of N) beside its prediction.  Targets: median |predicted - measured| /
-measured <= 25% over all runs, and the first choice within 10% of the best measured
-candidate in >= 90% of configurations.  Load average beside the figures.  Not a test.
+engine beside its prediction: round robin, best of at least N runs and of 0.3 s of runs
+each.  Targets: median |predicted - measured| / measured <= 25% over all runs, and the
+first choice within 10% of the best measured candidate in >= 90% of configurations.  Load
+average beside the figures.  Not a test.
 (haloconv.bench.model_accuracy)
 """
 
@@ -20,4 +21,4 @@ ap.add_argument("--profile", default=None, help="profile JSON (default: the cali
 ap.add_argument("--repeat", type=int, default=5)
 ap.add_argument("--quick", action="store_true", help="the first 8 configurations, top 4 candidates each")
 args = ap.parse_args()
-bench.model_accuracy(args.profile, args.repeat, args.quick)
+bench.model_accuracy(args.profile, args.repeat, args.quick, min_seconds=0.0 if args.quick else 0.3)

@@ -461,7 +461,8 @@ def bench_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--peers-size must be >= 16, got {args.peers_size}")
     accuracy = peer = scaled = None
     if "accuracy" in parts:
-        accuracy = bench.model_accuracy(args.profile, repeat=2 if args.quick else 5, quick=args.quick)
+        accuracy = bench.model_accuracy(args.profile, repeat=2 if args.quick else 5, quick=args.quick,
+                                          min_seconds=0.0 if args.quick else 0.3)
     if "peers" in parts:
         methods = [m for m in bench.PEERS if m != "dask-image" or importlib.util.find_spec("dask_image")]
         if "dask-image" not in methods:
