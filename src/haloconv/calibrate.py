@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 import numpy as np
 import torch
 
-from haloconv import kernels, methods
+from haloconv import kernels
 from haloconv.cost import Profile
 from haloconv.engines import LocalCluster
-from haloconv.engines.base import assemble_window
+from haloconv.engines.base import as_one_tile
 from haloconv.engines.worker import keep_heap
 from haloconv.plan import make_plan
 from haloconv.spec import ConvSpec
@@ -49,15 +49,11 @@ def _conv_seconds(method: str, spec: ConvSpec, repeat: int) -> float:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(spec.input_shape, generator=g)
     w = torch.randn(spec.weight_shape, generator=g)
-    plan = make_plan(spec, "batch", 1, backend=method)
-    tile = plan.tiles[0]
-    window = assemble_window(x, tile)  # a view when it can be
     threads = torch.get_num_threads()
     torch.set_num_threads(CALLER_THREADS)
     tb = kernels.select_backend(spec, x, w, None)
     torch.set_num_threads(threads)
-    return _best(lambda: methods.compute(method, window, w, None, spec, tile.groups, tb, tile.first,
-                                         tile.out.shape[2:]), repeat)
+    return _best(as_one_tile(method, spec, x, w, tb), repeat)
 
 
 def measure_compute(prof: Profile, quick: bool = False, log=print) -> None:

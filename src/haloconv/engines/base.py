@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from haloconv.plan import Piece, Plan, Tile
+from haloconv import methods
+from haloconv.plan import Piece, Plan, Tile, make_plan
 
 
 @dataclass
@@ -106,6 +107,15 @@ def assemble_window(x: torch.Tensor, tile: Tile) -> torch.Tensor:
     if tile.window_is_view:
         return x[tile.window.slices()]
     return fill_window(tile, lambda box: x[box.slices()], x.new_zeros(tile.window.shape))
+
+
+def as_one_tile(method: str, spec, x: torch.Tensor, weight: torch.Tensor, torch_backend: object):
+    """A call computing all of ``spec`` on ``x`` as a one-tile plan's tile, the way a worker
+    computes a tile (its window, ``torch_backend``): what calibrate and the speed probes time."""
+    tile = make_plan(spec, "batch", 1, backend=method).tiles[0]
+    window = assemble_window(x, tile)  # a view when it can be
+    return lambda: methods.compute(method, window, weight, None, spec, tile.groups, torch_backend, tile.first,
+                                   tile.out.shape[2:])
 
 
 def fill_window(tile: Tile, read, buf: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,9 @@ import weakref
 import torch
 
 from haloconv import kernels, methods
-from haloconv.engines.base import assemble_window, piece_data, piece_grad
+from haloconv.engines.base import as_one_tile, assemble_window, piece_data, piece_grad
 from haloconv.engines.comm import Comm
-from haloconv.plan import Box, Plan, Tile, make_plan, transfer_chunks
+from haloconv.plan import Box, Plan, Tile, transfer_chunks
 
 _DTYPES = [torch.float32, torch.float64]
 
@@ -513,15 +513,7 @@ def probe(comm: Comm, spec, dtype: torch.dtype, method: str, repeat: int, busy: 
     g = torch.Generator().manual_seed(comm.rank)
     x = torch.randn(spec.input_shape, generator=g, dtype=dtype)
     w = torch.randn(spec.weight_shape, generator=g, dtype=dtype)
-    if method == "torch" and torch_backend is not None:
-        tile = make_plan(spec, "batch", 1).tiles[0]
-        window, tb = assemble_window(x, tile), getattr(torch._C._ConvBackend, torch_backend)
-
-        def once() -> None:
-            methods.compute(method, window, w, None, spec, tile.groups, tb, tile.first, tile.out.shape[2:])
-    else:
-        def once() -> None:
-            methods.single_node(method, x, w, None, spec)
+    once = as_one_tile(method, spec, x, w, None if torch_backend is None else getattr(kernels._B, torch_backend))
     once()  # warm-up: buffers faulted in, the primitive built
     best, t_start = float("inf"), time.perf_counter()
     for _ in range(repeat):
