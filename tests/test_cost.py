@@ -244,3 +244,44 @@ def test_a_plan_of_one_tile_pays_the_fixed_cost_of_one_tile():
         == pytest.approx(0.5e-3)
     assert cost.predict(two, prof).total_s - cost.predict(two, cost.Profile(step_s=0, step1_s=0.5e-3)).total_s \
         == pytest.approx(2e-3)
+
+
+@pytest.mark.parametrize("xs,ws,pad,groups,dilation", [
+    ((1, 1, 1100, 700), (1, 1, 9, 9), 4, 1, 1),  # blocks of 370 rows, the last of 360: two kernel transforms
+    ((2, 4, 301, 97), (6, 2, 5, 3), 2, 2, 2),  # groups, dilation, odd lengths (padded to 5-smooth ones)
+    ((1, 3, 1536, 40), (3, 1, 5, 5), 2, 3, 1),  # depthwise, many blocks
+    ((1, 2, 9000), (3, 2, 31), 15, 1, 1),  # 1-D
+    ((1, 1, 70, 33, 29), (2, 1, 3, 3, 3), 1, 1, 1),  # 3-D: blocks along D
+])
+def test_fft_model_counts_the_transforms_and_products_the_backend_computes(monkeypatch, xs, ws, pad, groups,
+                                                                           dilation):
+    import math
+
+    import torch
+
+    from haloconv import methods
+    from haloconv.engines.base import as_one_tile
+    from haloconv.plan import FFT_BLOCK_ELEMENTS, make_plan
+
+    spec = ConvSpec.from_args(xs, ws, None, padding=pad, groups=groups, dilation=dilation)
+    seen = {"nlogn": 0.0, "macs": 0}
+    real = {"rfftn": torch.fft.rfftn, "irfftn": torch.fft.irfftn}
+
+    def record(name):
+        def call(x, s, dim):
+            size = math.prod(s)
+            seen["nlogn"] += math.prod(x.shape[: x.ndim - len(dim)]) * size * math.log2(size)
+            if name == "irfftn":  # a block's products: (N, C_out) spectra, each from C_in/groups products a bin
+                seen["macs"] += math.prod(x.shape) * ws[1]
+            return real[name](x, s=s, dim=dim)
+        return call
+
+    for name in real:
+        monkeypatch.setattr(torch.fft, name, record(name))
+    g = torch.Generator().manual_seed(0)
+    as_one_tile("fft", spec, torch.randn(xs, generator=g), torch.randn(ws, generator=g), None)()
+    assert methods.FFT_BLOCK_ELEMENTS == FFT_BLOCK_ELEMENTS
+    window = make_plan(spec, "batch", 1, backend="fft").tiles[0].window.shape
+    unit = [cost.Profile(fft_s_per_nlogn=a, fft_s_per_mac=1 - a).fft_seconds(spec, window, spec.out_channels)
+            for a in (1.0, 0.0)]
+    assert unit == pytest.approx([seen["nlogn"], seen["macs"]], rel=1e-12)

@@ -19,7 +19,7 @@ from haloconv.cost import Profile
 from haloconv.engines import LocalCluster
 from haloconv.engines.base import as_one_tile
 from haloconv.engines.worker import keep_heap
-from haloconv.plan import make_plan
+from haloconv.plan import MIN_RUN_BYTES, make_plan
 from haloconv.spec import ConvSpec
 
 
@@ -56,70 +56,91 @@ def _conv_seconds(method: str, spec: ConvSpec, repeat: int) -> float:
     return _best(as_one_tile(method, spec, x, w, tb), repeat)
 
 
-def measure_compute(prof: Profile, quick: bool = False, log=print) -> None:
-    repeat = 2 if quick else 3
+def _compute_grid(quick: bool) -> dict[tuple, tuple[str, ConvSpec]]:
+    """What measure_compute times: key -> (method, spec)."""
     side = 128 if quick else 256
+    grid: dict[tuple, tuple[str, ConvSpec]] = {}
+    # layers of 16-32 channels are common: measured, not interpolated between 8 and 64
+    couts = (1, 8, 64) if quick else (1, 8, 16, 32, 64)
+    shapes = ((1, 3), (1, 7), (1, 15), (8, 3), (64, 3)) if quick else (
+        (1, 3), (1, 7), (1, 15), (8, 3), (16, 3), (32, 3), (64, 3))
+    for cout in couts:
+        for cin, k in shapes:
+            # ~equal work per shape; small-channel convs on big images (memory-bound, as in use)
+            s = min(8 * side, max(96, int(4 * side / math.sqrt(max(1.0, cin * cout * k * k / 9)))))
+            grid[("torch", cin, cout, k)] = ("torch", ConvSpec.from_args((1, cin, s, s), (cout, cin, k, k), None,
+                                                                        padding=k // 2))
+    for c in (4, 16, 32):  # oneDNN fills SIMD blocks of 16 channels: few channels run at a fraction
+        for k in (3, 5, 7):
+            plane = side * (4 if c < 16 else 2)  # few channels: images big enough to be memory-bound
+            grid[("depthwise", c, k)] = ("torch", ConvSpec.from_args((1, c, plane, plane), (c, 1, k, k), None,
+                                                                     padding=k // 2, groups=c))
+    for cout in (8, 64):
+        for cin in (8, 64):
+            grid[("pointwise", cin, cout)] = ("torch", ConvSpec.from_args((1, cin, side * 2, side * 2),
+                                                                          (cout, cin, 1, 1), None))
+    for cin, cout, side2 in ((16, 32, 3 * side), (3, 32, 4 * side)):
+        grid[("strided", cin, cout)] = ("torch", ConvSpec.from_args((1, cin, side2, side2), (cout, cin, 3, 3), None,
+                                                                    padding=1, stride=2))
+    for k in (3, 7):
+        grid[("ndimage", k)] = ("ndimage", ConvSpec.from_args((1, 1, 4 * side, 4 * side), (1, 1, k, k), None,
+                                                              padding=k // 2))
+    for n_side, c, k in ((4 * side, 1, 15), (side, 8, 9)):  # fft: two shapes, two unknowns
+        grid[("fft", c, k)] = ("fft", ConvSpec.from_args((1, c, n_side, n_side), (c, c, k, k), None, padding=k // 2))
+    return grid
+
+
+def measure_compute(prof: Profile, quick: bool = False, log=print, passes: int | None = None) -> None:
+    """Every figure is the best over ``passes`` passes through the whole grid (2; 1 with
+    ``quick``): on a shared host one core's speed halves for 1-3 s at a time (measured here:
+    a 1024^2 3x3 filter alternating 7 and 14 ms), longer than one figure takes to measure,
+    so a single pass can catch a shape in such a stretch; passes tens of seconds apart
+    seldom both do."""
+    repeat = 2 if quick else 3
+    passes = passes or (1 if quick else 2)
+    grid = _compute_grid(quick)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rates = []
-        # layers of 16-32 channels are common: measured, not interpolated between 8 and 64
-        couts = (1, 8, 64) if quick else (1, 8, 16, 32, 64)
-        shapes = ((1, 3), (1, 7), (1, 15), (8, 3), (64, 3)) if quick else (
-            (1, 3), (1, 7), (1, 15), (8, 3), (16, 3), (32, 3), (64, 3))
-        for cout in couts:
-            for cin, k in shapes:
-                # ~equal work per shape; small-channel convs on big images (memory-bound, as in use)
-                s = min(8 * side, max(96, int(4 * side / math.sqrt(max(1.0, cin * cout * k * k / 9)))))
-                spec = ConvSpec.from_args((1, cin, s, s), (cout, cin, k, k), None, padding=k // 2)
-                t = _conv_seconds("torch", spec, repeat)
-                rates.append([cin * k * k, cout, spec.flops() / t])
-            row = rates[-len(shapes):]
-            log(f"  torch  C_out {cout:3d}: " + "  ".join(f"inner {r[0]}: {r[2] / 1e9:.1f}" for r in row) + " GFLOP/s")
-        prof.torch_rates = rates
-        prof.depthwise_rates = []
-        for c in (4, 16, 32):  # oneDNN fills SIMD blocks of 16 channels: few channels run at a fraction
-            for k in (3, 5, 7):
-                plane = side * (4 if c < 16 else 2)  # few channels: images big enough to be memory-bound
-                spec = ConvSpec.from_args((1, c, plane, plane), (c, 1, k, k), None, padding=k // 2, groups=c)
-                prof.depthwise_rates.append([k * k, c, spec.flops() / _conv_seconds("torch", spec, repeat)])
+        t: dict[tuple, float] = {}
+        for _ in range(passes):
+            for key, (method, spec) in grid.items():
+                t[key] = min(t.get(key, math.inf), _conv_seconds(method, spec, repeat))
+        flops = {key: spec.flops() / t[key] for key, (_, spec) in grid.items()}
+        prof.torch_rates = [[cin * k * k, cout, flops[key]] for key in grid if key[0] == "torch"
+                            for _, cin, cout, k in [key]]
+        for cout in sorted({r[1] for r in prof.torch_rates}):
+            log(f"  torch  C_out {cout:3d}: " + "  ".join(f"inner {r[0]}: {r[2] / 1e9:.1f}"
+                                                      for r in prof.torch_rates if r[1] == cout) + " GFLOP/s")
+        prof.depthwise_rates = [[k * k, c, flops[key]] for key in grid if key[0] == "depthwise" for _, c, k in [key]]
         log("  torch  depthwise: " + "  ".join(f"{c} ch {k}: {r / 1e9:.1f}" for k, c, r in prof.depthwise_rates)
             + " GFLOP/s")
-        prof.pointwise_rates = []
-        for cout in (8, 64):
-            for cin in (8, 64):
-                spec = ConvSpec.from_args((1, cin, side * 2, side * 2), (cout, cin, 1, 1), None)
-                prof.pointwise_rates.append([cin, cout, spec.flops() / _conv_seconds("torch", spec, repeat)])
+        prof.pointwise_rates = [[cin, cout, flops[key]] for key in grid if key[0] == "pointwise"
+                                for _, cin, cout in [key]]
         log("  torch  1x1: " + "  ".join(f"{a}->{b}: {r / 1e9:.1f}" for a, b, r in prof.pointwise_rates) + " GFLOP/s")
-        ratios = []  # stride 2 against the rate the table gives the same conv
-        for cin, cout, side2 in ((16, 32, 3 * side), (3, 32, 4 * side)):
-            spec = ConvSpec.from_args((1, cin, side2, side2), (cout, cin, 3, 3), None, padding=1, stride=2)
-            ratios.append(spec.flops() / _conv_seconds("torch", spec, repeat) / prof.torch_rate(cin * 9, cout))
+        # stride 2 against the rate the table gives the same conv
+        ratios = [flops[key] / prof.torch_rate(key[1] * 9, key[2]) for key in grid if key[0] == "strided"]
         prof.strided_ratio = float(np.sqrt(ratios[0] * ratios[1]))
         log(f"  torch  stride 2: {prof.strided_ratio:.2f} x the FLOP/s of stride 1")
         taps = []
-        for k in (3, 7):
-            spec = ConvSpec.from_args((1, 1, 4 * side, 4 * side), (1, 1, k, k), None, padding=k // 2)
-            t = _conv_seconds("ndimage", spec, repeat)
-            taps.append((4 * side + k - 1 - k // 2 * 2) ** 2 * k * k / t)
+        for key in (k for k in grid if k[0] == "ndimage"):
+            spec, k = grid[key][1], key[1]
+            taps.append((spec.spatial[0] + k - 1 - k // 2 * 2) ** 2 * k * k / t[key])
         prof.ndimage_taps_per_s = float(np.median(taps))
         log(f"  ndimage: {prof.ndimage_taps_per_s / 1e9:.2f} G taps/s")
-        # fft: two shapes, two unknowns (transform and channel-mixing cost)
         rows, ys = [], []
-        for n_side, c, k in ((4 * side, 1, 15), (side, 8, 9)):
-            spec = ConvSpec.from_args((1, c, n_side, n_side), (c, c, k, k), None, padding=k // 2)
-            t = _conv_seconds("fft", spec, repeat)
-            prof_a, prof_b = Profile(fft_s_per_nlogn=1.0, fft_s_per_mac=0.0), Profile(fft_s_per_nlogn=0.0,
-                                                                                    fft_s_per_mac=1.0)
-            win = (1, c, n_side, n_side)
-            rows.append([p.compute_seconds("fft", spec, win, spec.output_shape, 1) for p in (prof_a, prof_b)])
-            ys.append(t)
+        unit_a, unit_b = Profile(fft_s_per_nlogn=1.0, fft_s_per_mac=0.0), Profile(fft_s_per_nlogn=0.0,
+                                                                                 fft_s_per_mac=1.0)
+        for key in (k for k in grid if k[0] == "fft"):
+            spec = grid[key][1]
+            win = spec.input_shape
+            rows.append([p.compute_seconds("fft", spec, win, spec.output_shape, 1) for p in (unit_a, unit_b)])
+            ys.append(t[key])
         sol, *_ = np.linalg.lstsq(np.array(rows), np.array(ys), rcond=None)
         prof.fft_s_per_nlogn, prof.fft_s_per_mac = (float(max(v, 1e-13)) for v in sol)
         log(f"  fft: {prof.fft_s_per_nlogn * 1e9:.2f} ns per element-log, {prof.fft_s_per_mac * 1e9:.2f} ns per MAC")
         buf = torch.empty(64 * 2**20 // 4)
-        t = _best(lambda: buf.clone(), repeat)
-        prof.copy_Bps = buf.numel() * 4 / t
+        prof.copy_Bps = buf.numel() * 4 / _best(lambda: buf.clone(), repeat)
         log(f"  memory copy: {prof.copy_Bps / 1e9:.2f} GB/s")
     finally:
         torch.set_num_threads(threads)
@@ -129,10 +150,14 @@ def measure_transport(prof: Profile, quick: bool = False, log=print) -> None:
     """Scatters through a 2-process cluster (the master sends worker 1 its half), median of
     several, interleaved: bandwidth from one 32 MB message against a 4 kB one (what layers'
     boxes weigh: beyond the last-level cache, where a byte costs more than within — one
-    16 MB message went at 5.5 GB/s here, 16 runs of 1.2 MB at 4), latency per message from
-    the same 32 MB in 64 runs.  A least-squares fit over many shapes swung 5-13 GB/s between
-    calibrations (its intercept took what the slope should have)."""
-    shapes = {"tiny": (1, 1, 2, 2**10), "one": (1, 1, 2, 2**23), "many": (1, 64, 2, 2**17)}
+    16 MB message went at 5.5 GB/s here, 16 runs of 1.2 MB at 4); latency per message from
+    the same 32 MB in 128 runs of the smallest size sent unpacked (plan.MIN_RUN_BYTES),
+    the median of the differences of the two measured back to back.  Medians of each
+    apart (and 64 runs) swung 0-90 us between calibrations here (a 1 ms drift of a 10 ms
+    scatter is 16 us a message); paired, 30-45 us.  A least-squares fit over many shapes
+    swung 5-13 GB/s between calibrations (its intercept took what the slope should have)."""
+    runs = (1 << 23) * 4 // MIN_RUN_BYTES  # worker 1 gets 32 MB in 128 runs of MIN_RUN_BYTES
+    shapes = {"tiny": (1, 1, 2, 2**10), "one": (1, 1, 2, 2**23), "many": (1, runs, 2, 2**23 // runs)}
     with LocalCluster(2) as cluster:
         # the fixed cost of a call: a conv so small that nothing else counts
         spec = ConvSpec.from_args((1, 1, 4, 4), (1, 1, 1, 1), None)
@@ -157,7 +182,8 @@ def measure_transport(prof: Profile, quick: bool = False, log=print) -> None:
     nbytes = traffic["one"]["bytes_sent"] - traffic["tiny"]["bytes_sent"]
     prof.bandwidth_Bps = nbytes / max(t["one"] - t["tiny"], 1e-9)
     extra = traffic["many"]["messages_sent"] - traffic["one"]["messages_sent"]
-    prof.latency_s = float(max(5e-6, (t["many"] - t["one"]) / extra))
+    paired = np.median(np.array(seconds["many"]) - np.array(seconds["one"]))
+    prof.latency_s = float(max(5e-6, paired / extra))
     log(f"  transport: latency {prof.latency_s * 1e6:.0f} us, bandwidth {prof.bandwidth_Bps / 1e9:.2f} GB/s, "
         f"fixed cost per call {prof.step_s * 1e3:.2f} ms ({prof.step1_s * 1e3:.2f} ms for one tile)")
 

@@ -25,7 +25,8 @@ from haloconv.plan import (
     _extents,
     backend_unsupported,
     build,
-    fft_block_rows,
+    fft_blocks,
+    fft_sizes,
     resolve_splits,
     traffic_of,
 )
@@ -137,16 +138,23 @@ class Profile:
         if backend == "ndimage":
             full = math.prod(w + 2 * p for w, p in zip(window[2:], spec.backend_pad))
             return n * cout * full * math.prod(eff) / self.ndimage_taps_per_s
-        size = math.prod(w + 2 * p for w, p in zip(window[2:], spec.backend_pad))
-        cin = window[1]
-        # blocks of output rows (plan.fft_block_rows): transforms of a block's size
-        row = size / max(1, window[2] + 2 * spec.backend_pad[0])
-        block_rows = fft_block_rows(eff[0], int(row * n * max(cin, cout)))
-        block = min(size, (block_rows + eff[0]) * row)
-        blocks = max(1.0, size / block)
-        log_b = math.log2(max(block, 2))
-        transforms = (n * (cin + cout) * size + cout * cin_g * block * blocks) * log_b
-        macs = n * cout * cin_g * size / 2
+        return self.fft_seconds(spec, window, cout)
+
+    def fft_seconds(self, spec: ConvSpec, window: Sequence[int], cout: int) -> float:
+        """The blocks methods._fft transforms (plan.fft_blocks) at their transform lengths
+        (plan.fft_sizes): per block, the samples' input and output channels forward and
+        back; the kernel once per block length; the channel mixing on the half spectrum."""
+        n, cin = window[0], window[1]
+        cin_g = spec.in_channels // spec.groups
+        padded = [w + 2 * p for w, p in zip(window[2:], spec.backend_pad)]
+        reach = (spec.kernel[0] - 1) * spec.dilation[0] + 1
+        per_row = math.prod(padded[1:]) * n * max(cin, cout)
+        transforms = macs = 0.0
+        for rows, count in fft_blocks(reach, padded[0] - reach + 1, per_row):
+            sizes = fft_sizes((rows + reach - 1, *padded[1:]))
+            size = math.prod(sizes)
+            transforms += (count * n * (cin + cout) + cout * cin_g) * size * math.log2(max(size, 2))
+            macs += count * n * cout * cin_g * size // sizes[-1] * (sizes[-1] // 2 + 1)
         return transforms * self.fft_s_per_nlogn + macs * self.fft_s_per_mac
 
 

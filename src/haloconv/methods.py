@@ -20,13 +20,12 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import scipy.fft
 import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
 from haloconv import kernels
-from haloconv.plan import BACKENDS, backend_unsupported, fft_block_rows
+from haloconv.plan import BACKENDS, backend_unsupported, fft_block_rows, fft_sizes
 from haloconv.plan import FFT_BLOCK_ELEMENTS as _BLOCK
 from haloconv.spec import ConvSpec
 
@@ -126,17 +125,13 @@ def _fft(x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, groups: int) -> 
     return out
 
 
-def _sizes(shape) -> list[int]:
-    return [scipy.fft.next_fast_len(n, real=True) for n in shape]
-
-
 def _kernel_fft(k: torch.Tensor, shape, nd: int) -> torch.Tensor:
-    return torch.fft.rfftn(k, s=_sizes(shape), dim=tuple(range(-nd, 0))).conj()  # correlation: X * conj(K)
+    return torch.fft.rfftn(k, s=fft_sizes(shape), dim=tuple(range(-nd, 0))).conj()  # correlation: X * conj(K)
 
 
 def _fft_block(x: torch.Tensor, k: torch.Tensor, nd: int, groups: int, kf: torch.Tensor | None = None) -> torch.Tensor:
     dims = tuple(range(-nd, 0))
-    size = _sizes(x.shape[2:])
+    size = fft_sizes(x.shape[2:])
     xf = torch.fft.rfftn(x, s=size, dim=dims)
     kf = _kernel_fft(k, x.shape[2:], nd) if kf is None else kf
     n, cin = x.shape[:2]

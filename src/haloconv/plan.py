@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.fft
 
 from haloconv import geometry
 from haloconv.spec import ConvSpec
@@ -36,6 +37,23 @@ FFT_BLOCK_ELEMENTS = 1 << 18
 def fft_block_rows(reach: int, per_row: int, block_elements: int | None = None) -> int:
     """Output rows per FFT block: ``per_row`` elements a row (all samples and channels)."""
     return max(4 * reach, (block_elements or FFT_BLOCK_ELEMENTS) // max(1, per_row))
+
+
+def fft_blocks(reach: int, valid: int, per_row: int, block_elements: int | None = None) -> list[tuple[int, int]]:
+    """(output rows, how many blocks) of an FFT over ``valid`` output rows: blocks of
+    fft_block_rows, the last one shorter (methods._fft computes them in this order)."""
+    rows = fft_block_rows(reach, per_row, block_elements)
+    if rows >= valid:
+        return [(valid, 1)]
+    full, rest = divmod(valid, rows)
+    return [(rows, full)] + ([(rest, 1)] if rest else [])
+
+
+def fft_sizes(shape: Sequence[int]) -> list[int]:
+    """Transform lengths of an input block of ``shape``: the next 5-smooth length at least
+    as long (scipy's next_fast_len for real input; a block's valid outputs are free of the
+    circular wrap-around at any length >= its own), far faster than a prime length."""
+    return [scipy.fft.next_fast_len(int(n), real=True) for n in shape]
 
 
 def backend_unsupported(backend: str, spec: ConvSpec) -> str | None:
