@@ -56,6 +56,9 @@ def _conv_seconds(method: str, spec: ConvSpec, repeat: int) -> float:
     return _best(as_one_tile(method, spec, x, w, tb), repeat)
 
 
+LAYER_BYTES = 8 * 2**20  # a torch rate's input + output, at least
+
+
 def _compute_grid(quick: bool) -> dict[tuple, tuple[str, ConvSpec]]:
     """What measure_compute times: key -> (method, spec)."""
     side = 128 if quick else 256
@@ -66,10 +69,19 @@ def _compute_grid(quick: bool) -> dict[tuple, tuple[str, ConvSpec]]:
         (1, 3), (1, 7), (1, 15), (8, 3), (16, 3), (32, 3), (64, 3))
     for cout in couts:
         for cin, k in shapes:
-            # ~equal work per shape; small-channel convs on big images (memory-bound, as in use)
-            s = min(8 * side, max(96, int(4 * side / math.sqrt(max(1.0, cin * cout * k * k / 9)))))
+            # ~equal work per shape, and input + output beyond the caches (LAYER_BYTES), as the
+            # layers worth distributing are: few-channel convs fitting in the caches ran faster
+            # (16->16 3x3: 92 GFLOP/s at 128^2, 64 at 256^2 and 512^2 and on 8 x 128^2)
+            s = min(8 * side, max(96, int(4 * side / math.sqrt(max(1.0, cin * cout * k * k / 9))),
+                                  int(math.sqrt(LAYER_BYTES / (4 * (cin + cout))))))
             grid[("torch", cin, cout, k)] = ("torch", ConvSpec.from_args((1, cin, s, s), (cout, cin, k, k), None,
                                                                         padding=k // 2))
+    for cout in (8, 64):  # 1-D: a table of its own
+        for cin in (4, 16, 64):
+            for k in (3, 9):
+                n = max(4096, int(LAYER_BYTES / (4 * (cin + cout))) // 16 * 16)
+                grid[("torch1d", cin, cout, k)] = ("torch", ConvSpec.from_args((1, cin, n), (cout, cin, k), None,
+                                                                              padding=k // 2))
     for c in (4, 16, 32):  # oneDNN fills SIMD blocks of 16 channels: few channels run at a fraction
         for k in (3, 5, 7):
             plane = side * (4 if c < 16 else 2)  # few channels: images big enough to be memory-bound
@@ -112,6 +124,10 @@ def measure_compute(prof: Profile, quick: bool = False, log=print, passes: int |
         for cout in sorted({r[1] for r in prof.torch_rates}):
             log(f"  torch  C_out {cout:3d}: " + "  ".join(f"inner {r[0]}: {r[2] / 1e9:.1f}"
                                                       for r in prof.torch_rates if r[1] == cout) + " GFLOP/s")
+        keys_1d = [key for key in grid if key[0] == "torch1d"]
+        prof.torch_rates_1d = [[cin * k, cout, flops[key]] for key in keys_1d for _, cin, cout, k in [key]]
+        log("  torch  1-D: " + "  ".join(f"{cin}->{cout} k{k}: {flops[key] / 1e9:.1f}"
+                                        for key in keys_1d for _, cin, cout, k in [key]) + " GFLOP/s")
         prof.depthwise_rates = [[k * k, c, flops[key]] for key in grid if key[0] == "depthwise" for _, c, k in [key]]
         log("  torch  depthwise: " + "  ".join(f"{c} ch {k}: {r / 1e9:.1f}" for k, c, r in prof.depthwise_rates)
             + " GFLOP/s")

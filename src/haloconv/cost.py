@@ -58,6 +58,9 @@ class Profile:
     cores: float = field(default_factory=lambda: len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                        else (os.cpu_count() or 1))
     torch_rates: list = field(default_factory=lambda: [list(p) for p in DEFAULT_TORCH_RATES])
+    # the same for 1-D convs (oneDNN's 1-D kernels: 0.9-2x the rate of a 2-D conv of the same
+    # GEMM depth and width, measured); empty (defaults, older profiles): the 2-D table
+    torch_rates_1d: list = field(default_factory=list)
     # depthwise (C_in = C_out = groups): [kernel volume, channels of the tile, FLOP/s] — oneDNN
     # computes channels in SIMD blocks of 16, so 3 channels cost nearly what 16 do (4 channels:
     # 0.38 x the rate of 32, the ratio measured on a second 2-core machine);
@@ -109,8 +112,8 @@ class Profile:
         return min(busy, _interp(sorted((p[0], p[col] if col < len(p) else p[2]) for p in self.concurrency), busy))
 
     # -- compute ------------------------------------------------------------------------
-    def torch_rate(self, inner: int, cout_g: int) -> float:
-        return _interp2(self.torch_rates, inner, cout_g)
+    def torch_rate(self, inner: int, cout_g: int, ndim: int = 2) -> float:
+        return _interp2(self.torch_rates_1d if ndim == 1 and self.torch_rates_1d else self.torch_rates, inner, cout_g)
 
     def compute_seconds(self, backend: str, spec: ConvSpec, window: Sequence[int], out: Sequence[int],
                         groups: int) -> float:
@@ -133,7 +136,7 @@ class Profile:
             strided = self.strided_ratio if any(st > 1 for st in spec.stride) else 1.0
             if kvol == 1:
                 return flops / (_interp2(self.pointwise_rates, cin_g, cout_g) * strided)
-            return flops / (self.torch_rate(cin_g * kvol, cout_g) * strided)
+            return flops / (self.torch_rate(cin_g * kvol, cout_g, spec.ndim) * strided)
         eff = [(k - 1) * d + 1 for k, d in zip(spec.kernel, spec.dilation)]
         if backend == "ndimage":
             full = math.prod(w + 2 * p for w, p in zip(window[2:], spec.backend_pad))
