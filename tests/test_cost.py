@@ -111,6 +111,7 @@ def test_calibrate_writes_a_profile_the_model_reads(tmp_path, capsys):
     prof = cost.Profile.load(path)
     assert prof.source.startswith("calibrated") and prof.bandwidth_Bps > 0 and prof.latency_s > 0
     assert len(prof.torch_rates) >= 10 and all(r[2] > 0 for r in prof.torch_rates)
+    assert len(prof.torch_rates_1d) == 12 and all(r[2] > 0 for r in prof.torch_rates_1d)
     spec = ConvSpec.from_args((1, 1, 512, 512), (1, 1, 9, 9), None, padding=4)
     assert cost.candidates(spec, 2, prof)[0].total_s > 0
 
@@ -285,3 +286,16 @@ def test_fft_model_counts_the_transforms_and_products_the_backend_computes(monke
     unit = [cost.Profile(fft_s_per_nlogn=a, fft_s_per_mac=1 - a).fft_seconds(spec, window, spec.out_channels)
             for a in (1.0, 0.0)]
     assert unit == pytest.approx([seen["nlogn"], seen["macs"]], rel=1e-12)
+
+
+def test_1d_convs_take_the_1d_table_where_the_profile_has_one():
+    signal = ConvSpec.from_args((1, 4, 2**16), (8, 4, 9), None, padding=4)
+    image = ConvSpec.from_args((1, 4, 256, 256), (8, 4, 3, 3), None, padding=1)  # the same GEMM depth (36) and width
+    older = cost.Profile()
+    fast_1d = cost.Profile(torch_rates_1d=[[p[0], p[1], 10 * p[2]] for p in older.torch_rates])
+    t = {(s.ndim, prof is fast_1d): prof.compute_seconds("torch", s, s.input_shape, s.output_shape, 1)
+         for s in (signal, image) for prof in (older, fast_1d)}
+    assert t[(1, True)] == pytest.approx(t[(1, False)] / 10)  # 1-D: its own table
+    assert t[(2, True)] == t[(2, False)]  # 2-D: unchanged
+    # older profiles: the 2-D table's rate
+    assert signal.flops() / t[(1, False)] == pytest.approx(image.flops() / t[(2, False)])
