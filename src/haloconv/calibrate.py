@@ -149,8 +149,7 @@ def measure_compute(prof: Profile, quick: bool = False, log=print, passes: int |
                                                                                  fft_s_per_mac=1.0)
         for key in (k for k in grid if k[0] == "fft"):
             spec = grid[key][1]
-            win = spec.input_shape
-            rows.append([p.compute_seconds("fft", spec, win, spec.output_shape, 1) for p in (unit_a, unit_b)])
+            rows.append([p.fft_seconds(spec, spec.input_shape, spec.out_channels) for p in (unit_a, unit_b)])
             ys.append(t[key])
         sol, *_ = np.linalg.lstsq(np.array(rows), np.array(ys), rcond=None)
         prof.fft_s_per_nlogn, prof.fft_s_per_mac = (float(max(v, 1e-13)) for v in sol)

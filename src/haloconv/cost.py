@@ -151,9 +151,8 @@ class Profile:
         cin_g = spec.in_channels // spec.groups
         padded = [w + 2 * p for w, p in zip(window[2:], spec.backend_pad)]
         reach = (spec.kernel[0] - 1) * spec.dilation[0] + 1
-        per_row = math.prod(padded[1:]) * n * max(cin, cout)
         transforms = macs = 0.0
-        for rows, count in fft_blocks(reach, padded[0] - reach + 1, per_row):
+        for rows, count in fft_blocks((n, cin, *padded), cout, reach):
             sizes = fft_sizes((rows + reach - 1, *padded[1:]))
             size = math.prod(sizes)
             transforms += (count * n * (cin + cout) + cout * cin_g) * size * math.log2(max(size, 2))

@@ -16,7 +16,6 @@ padding as kernels.conv_tile, and keeps the same outputs.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from haloconv import kernels
-from haloconv.plan import BACKENDS, backend_unsupported, fft_block_rows, fft_sizes
+from haloconv.plan import BACKENDS, backend_unsupported, fft_blocks, fft_sizes
 from haloconv.plan import FFT_BLOCK_ELEMENTS as _BLOCK
 from haloconv.spec import ConvSpec
 
@@ -100,7 +99,7 @@ def _ndimage(window: torch.Tensor, weight: torch.Tensor, spec: ConvSpec) -> torc
     return torch.from_numpy(out).to(window.device)
 
 
-# FFT blocks of output rows (plan.fft_block_rows), so a block's transform stays cache-friendly
+# FFT blocks of output rows (plan.fft_blocks), so a block's transform stays cache-friendly
 FFT_BLOCK_ELEMENTS = _BLOCK  # a module global, so tests can make blocks small
 
 
@@ -110,18 +109,16 @@ def _fft(x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, groups: int) -> 
     k = _dilated(weight, spec.dilation)
     reach = k.shape[2]
     valid = x.shape[2] - reach + 1
-    per_row = math.prod(x.shape[3:]) * x.shape[0] * max(x.shape[1], k.shape[0])
-    rows = fft_block_rows(reach, per_row, FFT_BLOCK_ELEMENTS)
-    if rows >= valid:
+    blocks = fft_blocks(x.shape, k.shape[0], reach, FFT_BLOCK_ELEMENTS)
+    if blocks == [(valid, 1)]:
         return _fft_block(x, k, spec.ndim, groups)
     out = x.new_empty((x.shape[0], k.shape[0], valid, *(a - b + 1 for a, b in zip(x.shape[3:], k.shape[3:]))))
-    kf = None
-    for r0 in range(0, valid, rows):
-        r1 = min(valid, r0 + rows)
-        block = x[:, :, r0:r1 + reach - 1]
-        if kf is None or block.shape[2] != kf[0]:
-            kf = (block.shape[2], _kernel_fft(k, block.shape[2:], spec.ndim))
-        out[:, :, r0:r1] = _fft_block(block, k, spec.ndim, groups, kf[1])
+    r0 = 0
+    for rows, count in blocks:
+        kf = _kernel_fft(k, (rows + reach - 1, *x.shape[3:]), spec.ndim)  # once per block length
+        for _ in range(count):
+            out[:, :, r0:r0 + rows] = _fft_block(x[:, :, r0:r0 + rows + reach - 1], k, spec.ndim, groups, kf)
+            r0 += rows
     return out
 
 

@@ -34,15 +34,15 @@ BACKENDS = ("torch", "ndimage", "fft")  # how a tile is computed (see methods.py
 FFT_BLOCK_ELEMENTS = 1 << 18
 
 
-def fft_block_rows(reach: int, per_row: int, block_elements: int | None = None) -> int:
-    """Output rows per FFT block: ``per_row`` elements a row (all samples and channels)."""
-    return max(4 * reach, (block_elements or FFT_BLOCK_ELEMENTS) // max(1, per_row))
-
-
-def fft_blocks(reach: int, valid: int, per_row: int, block_elements: int | None = None) -> list[tuple[int, int]]:
-    """(output rows, how many blocks) of an FFT over ``valid`` output rows: blocks of
-    fft_block_rows, the last one shorter (methods._fft computes them in this order)."""
-    rows = fft_block_rows(reach, per_row, block_elements)
+def fft_blocks(shape: Sequence[int], cout: int, reach: int, block_elements: int | None = None) -> list[tuple[int, int]]:
+    """(output rows, how many blocks) of the FFT of an input of ``shape`` (N, C_in, *spatial,
+    backend padding included) with ``cout`` output channels and a kernel reaching ``reach``
+    along the first spatial axis: blocks of about ``block_elements`` elements (all samples
+    and channels of a row), at least 4 x ``reach`` rows, the last one shorter.  methods._fft
+    computes these blocks and cost.Profile.fft_seconds costs them."""
+    valid = shape[2] - reach + 1
+    per_row = math.prod(shape[3:]) * shape[0] * max(shape[1], cout)
+    rows = max(4 * reach, (block_elements or FFT_BLOCK_ELEMENTS) // max(1, per_row))
     if rows >= valid:
         return [(valid, 1)]
     full, rest = divmod(valid, rows)
