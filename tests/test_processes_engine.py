@@ -125,8 +125,8 @@ def test_one_shot_engine_leaves_no_process(monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["exit", "hang"])
-def test_worker_fault_raises_within_timeout_and_cleans_up(kind):
-    c = haloconv.LocalCluster(workers=3, timeout=2)
+def test_worker_fault_raises_within_timeout_without_heal_and_cleans_up(kind):
+    c = haloconv.LocalCluster(workers=3, timeout=2, heal=False)
     pids = c.pids()
     c.inject_fault(2, kind)
     x = torch.randn(1, 1, 30, 30)

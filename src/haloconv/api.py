@@ -11,7 +11,9 @@ import numpy as np
 import torch
 
 from haloconv import cost, kernels, methods
-from haloconv.engines import ENGINES, Execution, LocalCluster
+from haloconv.engines import ENGINES, Execution, LocalCluster, processes
+from haloconv.engines import threads as threads_engine
+from haloconv.engines.differentiable import differentiable, needs_grad
 from haloconv.plan import Plan, check_args, make_plan
 from haloconv.spec import ConvSpec, IntOrTuple
 
@@ -130,7 +132,13 @@ def execute(
     of many more tiles, memory holds only that many windows and tile outputs.
     ``schedule`` (engine 'processes'): 'static' (a tile per worker) or 'dynamic' (``tiles``
     tiles, default 4 per worker, pulled by whichever process is free; a lost worker's
-    unfinished tiles go to the others)."""
+    unfinished tiles go to the others).
+
+    Autograd: when x, weight or bias requires grad, the output carries a grad_fn on every
+    engine; its backward runs on the same engine (a held cluster, a cluster started for
+    the backward, or threads): each tile's gradients from torch's convolution_backward on
+    its window, the halo parts added into their owners — torch.autograd's gradients of the
+    single-node call, up to the order of the sums where windows overlap."""
     xt, wt, bt, _ = _inputs(x, weight, bias)
     if tuple(xt.shape) != plan.spec.input_shape or tuple(wt.shape) != plan.spec.weight_shape:
         raise ValueError(
@@ -143,16 +151,36 @@ def execute(
         if schedule != "static" or tiles is not None:
             raise ValueError("schedule='dynamic' on a LocalCluster you hold: cluster.run_dynamic(plan, ...) with a "
                              "plan of many tiles")
-        return engine.run(plan, xt, wt, bt)
-    if not isinstance(engine, str) or engine not in ENGINES:
+        cluster = engine
+
+        def run(x, w, b):
+            return cluster.retrying(on_failure, lambda: cluster.run(plan, x, w, b))
+
+        def backward(x, w, b, g, needs):
+            return cluster.retrying(on_failure, lambda: cluster.backward(plan, x, w, b, g, needs))
+    elif not isinstance(engine, str) or engine not in ENGINES:
         raise ValueError(f"engine must be one of {sorted(ENGINES)} or a LocalCluster, got {engine!r}")
-    if engine == "processes":
+    elif engine == "processes":
         if threads is not None:
             raise ValueError("threads applies to engine='threads'")
-        return ENGINES[engine](plan, xt, wt, bt, on_failure=on_failure, schedule=schedule, tiles=tiles)
-    if schedule != "static" or tiles is not None:
-        raise ValueError("schedule and tiles apply to engine='processes'")
-    return ENGINES[engine](plan, xt, wt, bt, threads=threads)
+
+        def run(x, w, b):
+            return processes.run(plan, x, w, b, on_failure=on_failure, schedule=schedule, tiles=tiles)
+
+        def backward(x, w, b, g, needs):
+            return processes.run_backward(plan, x, w, b, g, needs, on_failure=on_failure)
+    else:
+        if schedule != "static" or tiles is not None:
+            raise ValueError("schedule and tiles apply to engine='processes'")
+
+        def run(x, w, b):
+            return threads_engine.run(plan, x, w, b, threads=threads)
+
+        def backward(x, w, b, g, needs):
+            return threads_engine.backward(plan, x, w, b, g, needs, threads=threads)
+    if needs_grad(xt, wt, bt):
+        return differentiable(run, backward, xt, wt, bt)
+    return run(xt, wt, bt)
 
 
 def conv(

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from haloconv.engines import spmd
 from haloconv.engines.comm import Comm
+from haloconv.engines.differentiable import needs_grad
 from haloconv.plan import Plan
 
 # per process group: the accounting of this rank (a Comm is made per call, so haloconv never
@@ -61,6 +62,10 @@ def conv(
 ) -> torch.Tensor | None:
     """This rank's output box: halo exchange with the neighbours, then the local conv.
     ``weight``/``bias`` are the full tensors, the same on every rank."""
+    if needs_grad(x_local, weight, bias):
+        raise ValueError("haloconv.distributed.conv is forward-only and an input requires grad: train with "
+                         "haloconv.nn (DistributedConv, parallelize), whose backward is exact, or call this "
+                         "under torch.no_grad()")
     comm = _comm(plan, group)
     window = spmd.halo_exchange(comm, plan, x_local)
     return spmd.compute(comm, plan, window, weight, bias)

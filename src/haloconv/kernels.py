@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from haloconv.geometry import output_length
 from haloconv.spec import ConvSpec
 
 _B = torch._C._ConvBackend
@@ -242,6 +243,35 @@ def conv_tile(
     if spec.ndim == 1:
         y = y.squeeze(2)
     return y[(slice(None), slice(None), *(slice(f, f + n) for f, n in zip(first, out_shape)))]
+
+
+def conv_tile_backward(
+    window: torch.Tensor,
+    weight: torch.Tensor,
+    grad: torch.Tensor,
+    spec: ConvSpec,
+    groups: int,
+    first: Sequence[int],
+    needs: Sequence[bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Adjoint of conv_tile: (grad of the window, of the tile's filters, of its bias) from
+    ``grad``, the gradient of the tile's kept outputs.  ``needs``: which of the three to
+    compute.  The kept outputs sit at ``first`` among those the window computes; the
+    others get zero gradient.  Summed over the tiles (the window's pieces added into their
+    owners' boxes, see engines.base.add_window_grad), these are the single-node gradients."""
+    pad = list(spec.backend_pad)
+    full = [output_length(n, k, s, d, p, p)
+            for n, k, s, d, p in zip(window.shape[2:], spec.kernel, spec.stride, spec.dilation, pad)]
+    if list(grad.shape[2:]) != full:
+        g_full = grad.new_zeros((*grad.shape[:2], *full))
+        g_full[(slice(None), slice(None), *(slice(f, f + n) for f, n in zip(first, grad.shape[2:])))] = grad
+        grad = g_full
+    g_window, gw, gb = torch.ops.aten.convolution_backward(
+        grad.contiguous(), window, weight, [weight.shape[0]] if needs[2] else None,
+        list(spec.stride), pad, list(spec.dilation), False, [0] * spec.ndim, groups,
+        [bool(needs[0]), bool(needs[1]), bool(needs[2])],
+    )
+    return g_window, gw, gb
 
 
 def _slow(backend, x, w, b, kernel, stride, pad, dilation) -> torch.Tensor:

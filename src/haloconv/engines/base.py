@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from haloconv import methods
-from haloconv.plan import Piece, Plan, Tile, make_plan
+from haloconv.plan import Box, Piece, Plan, Tile, make_plan
 
 
 @dataclass
@@ -96,6 +96,26 @@ def piece_grad(g: torch.Tensor, piece: Piece) -> torch.Tensor:
         g = g.sum(dim=bcast, keepdim=True)
     flip = [d for d, s in enumerate(piece.steps) if s == -1]
     return torch.flip(g, flip) if flip else g
+
+
+def add_window_grad(gx: torch.Tensor, tile: Tile, g_window: torch.Tensor, held: Box | None = None) -> None:
+    """Adjoint of assemble_window: add the gradient of each piece of ``tile``'s window into
+    the input gradient ``gx`` at the piece's source (which holds the box ``held``, default:
+    the whole input).  Zero-padding parts of the window belong to no input and drop out."""
+    for piece in tile.pieces:
+        src = piece.src.slices() if held is None else piece.src.within(held)
+        gx[src] += piece_grad(g_window[piece.dst.slices()], piece)
+
+
+def add_tile_grads(plan: Plan, tile: Tile, gx, gw, gb, g_window, g_w, g_b) -> None:
+    """Add one tile's gradients (kernels.conv_tile_backward) into the whole ones (None: not wanted)."""
+    c0, c1 = plan.weight_box(tile)
+    if gx is not None:
+        add_window_grad(gx, tile, g_window)
+    if gw is not None:
+        gw[c0:c1] += g_w
+    if gb is not None:
+        gb[c0:c1] += g_b
 
 
 def assemble_window(x: torch.Tensor, tile: Tile) -> torch.Tensor:

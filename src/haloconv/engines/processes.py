@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from datetime import timedelta
 
 import torch
@@ -25,7 +26,7 @@ from haloconv import kernels, methods
 from haloconv.engines import spmd
 from haloconv.engines.base import Execution, WorkerStats, assemble_window, execution_from_reports
 from haloconv.engines.comm import Comm
-from haloconv.engines.worker import HOST, WorkerError, keep_heap
+from haloconv.engines.worker import HOST, WorkerError, group_of, keep_heap, shutdown
 from haloconv.plan import PARTITIONS, Plan, make_plan
 from haloconv.spec import ConvSpec
 
@@ -50,6 +51,7 @@ class LocalCluster:
         threads_per_worker: int = 1,
         start_timeout: float = 120.0,
         throttle: dict[int, float] | None = None,
+        heal: bool = True,
     ):
         if workers is None:
             from haloconv.api import default_workers
@@ -66,9 +68,15 @@ class LocalCluster:
         self.start_timeout = float(start_timeout)
         self.threads_per_worker = threads_per_worker
         self.throttle = check_throttle(throttle)
-        self._procs: list[subprocess.Popen] = []
+        self.heal = bool(heal)
+        self.restarts: list[str] = []  # what each healing replaced, and why
+        self._procs: dict[int, subprocess.Popen] = {}
         self._comm: Comm | None = None
         self._store = None
+        self._seq = 0
+        self._generation = 0
+        self._next_id = 0
+        self._shards: dict[int, torch.Tensor | None] = {}
         self._start()
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -77,17 +85,28 @@ class LocalCluster:
         keep_heap()  # the master computes tiles too: as fast as a worker's (see keep_heap)
         self._store = dist.TCPStore(HOST, 0, self.workers, True, timedelta(seconds=self.start_timeout),
                                     wait_for_workers=False)
-        # plain interpreters running haloconv.engines.worker: nothing of the caller's
-        # __main__ is re-imported, so scripts and notebooks need no main guard
-        for rank in range(1, self.workers):
-            args = (rank, self.workers, self._store.port, self.timeout, self.threads_per_worker, self.start_timeout)
+        self._spawn(range(1, self.workers))
+        self._join()
+        self.startup_seconds = time.perf_counter() - t0
+
+    def _spawn(self, ranks) -> None:
+        """Start worker processes for ``ranks``: plain interpreters running
+        haloconv.engines.worker (nothing of the caller's __main__ is re-imported, so scripts
+        and notebooks need no main guard); they take commands from number self._seq on and
+        join the process group of this generation."""
+        for rank in ranks:
+            args = (rank, self.workers, self._store.port, self.timeout, self.threads_per_worker, self.start_timeout,
+                    self._seq, self._generation)
             cmd = [sys.executable, "-c", f"from haloconv.engines.worker import worker_main; worker_main{args!r}"]
-            self._procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=_worker_env()))
+            self._procs[rank] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=_worker_env())
+
+    def _join(self) -> None:
+        """Wait until every worker of this generation is ready, then form the group with them."""
         deadline = time.monotonic() + self.start_timeout
         waiting = set(range(1, self.workers))
         while waiting:
-            waiting = {r for r in waiting if not self._store.check([f"haloconv/ready/{r}"])}
-            dead = [i + 1 for i, p in enumerate(self._procs) if p.poll() is not None]
+            waiting = {r for r in waiting if not self._store.check([f"haloconv/ready/{r}/{self._generation}"])}
+            dead = sorted(r for r, p in self._procs.items() if p.poll() is not None)
             if dead or time.monotonic() > deadline:
                 self._kill()
                 why = (f"worker(s) {dead} exited during start-up" if dead
@@ -95,19 +114,14 @@ class LocalCluster:
                 raise WorkerError(f"LocalCluster could not start: {why}")
             if waiting:
                 time.sleep(0.02)
-        pg = dist.ProcessGroupGloo(self._store, 0, self.workers, timedelta(seconds=self.timeout))
-        self._comm = Comm(pg, 0, self.workers)
-        self._seq = 0
-        self._next_id = 0
-        self._shards: dict[int, torch.Tensor | None] = {}
-        self.startup_seconds = time.perf_counter() - t0
+        self._comm = Comm(group_of(self._store, 0, self.workers, self.timeout, self._generation), 0, self.workers)
 
     @property
     def alive(self) -> bool:
         return self._comm is not None
 
     def pids(self) -> list[int]:
-        return [p.pid for p in self._procs]
+        return [self._procs[r].pid for r in sorted(self._procs)]
 
     def close(self) -> None:
         """Stop the workers (politely, then by force); idempotent."""
@@ -118,21 +132,25 @@ class LocalCluster:
             except Exception:
                 pass
             deadline = time.monotonic() + 5
-            for p in self._procs:
+            for p in self._procs.values():
                 try:
                     p.wait(max(0.01, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     pass
         self._kill()
 
-    def _kill(self) -> None:
-        for p in self._procs:
-            if p.poll() is None:
-                p.kill()
-        for p in self._procs:
-            p.wait()
-        self._procs = []
-        self._comm = None
+    def _kill(self, ranks=None) -> None:
+        """Kill and reap the workers ``ranks`` (default: all, and the cluster is closed)."""
+        closing = ranks is None
+        ranks = list(self._procs) if closing else list(ranks)
+        for r in ranks:
+            if self._procs[r].poll() is None:
+                self._procs[r].kill()
+        for r in ranks:
+            self._procs.pop(r).wait()
+        if closing:
+            shutdown(self._comm)
+            self._comm = None
 
     def __enter__(self) -> LocalCluster:
         return self
@@ -148,17 +166,18 @@ class LocalCluster:
 
     # -- faults, for tests ---------------------------------------------------------------------
     def inject_fault(self, rank: int, kind: str = "exit", seconds: float = 3600) -> None:
-        """Make worker ``rank`` exit or hang (sleep) before its next command."""
+        """Make worker ``rank`` exit or hang (sleep) before its next command, or raise in it
+        (kind 'exit', 'sleep', 'raise')."""
         self._require_alive()
         noop = {"op": "fault", "kind": "sleep", "seconds": 0}
         self._command({r: ({"op": "fault", "kind": kind, "seconds": seconds} if r == rank else noop)
                        for r in range(1, self.workers)})
 
-    def _command(self, cmd: dict) -> int:
+    def _command(self, cmd: dict, ranks=None) -> int:
         """Post a command to every worker (or {rank: command}); returns its sequence number."""
         seq = self._seq
         self._seq += 1
-        for rank in range(1, self.workers):
+        for rank in range(1, self.workers) if ranks is None else ranks:
             c = cmd[rank] if rank in cmd else cmd
             self._store.set(f"haloconv/cmd/{rank}/{seq}", pickle.dumps(c))
         return seq
@@ -167,33 +186,15 @@ class LocalCluster:
         if self._comm is None:
             raise WorkerError("the cluster is closed (a worker failed, or close() was called)")
 
-    def _failure(self, exc: BaseException) -> WorkerError:
-        time.sleep(0.05)  # let a dying worker finish dying, so it is named
-        dead = [i + 1 for i, p in enumerate(self._procs) if p.poll() is not None]
-        running = [i + 1 for i, p in enumerate(self._procs) if p.poll() is None]
-        errors = []
-        for rank in range(1, self.workers):
-            try:
-                if self._store.check([f"haloconv/error/{rank}"]):
-                    errors.append(f"worker {rank}: {self._store.get(f'haloconv/error/{rank}').decode()}")
-            except Exception:
-                pass
-        self._kill()  # no polite stop: a hung worker would not answer it
-        what = []
-        if dead:
-            what.append(f"worker(s) {dead} exited")
-        if running:
-            what.append(f"worker(s) {running} were still running (a hang, or waiting on the others)")
-        return WorkerError(
-            f"the call failed within the timeout of {self.timeout:g} s: {'; '.join(what)} "
-            f"({type(exc).__name__}: {exc}); the cluster was shut down"
-            + ("\n" + "\n".join(errors) if errors else ""),
-            dead=tuple(dead),
-        )
-
     # -- collective steps: the master's half of worker._run -----------------------------------
     def _step(self, cmd: dict, master_side) -> tuple[object, dict[int, dict]]:
-        """Post ``cmd`` to the workers, run the master's side, collect every report."""
+        """Post ``cmd`` to the workers, run the master's side, collect every report.
+
+        A failure anywhere (a worker raised, died or hung past the timeout; the master's
+        side raised) breaks the group: whoever fails closes its connections, so every rank
+        waiting on it fails at once instead of at the timeout.  Then the cluster heals
+        (_heal) and the call raises: WorkerError for a worker's fault, the master's own
+        exception for the master's.  Ctrl-C stops the cluster."""
         self._require_alive()
         comm = self._comm
         comm.reset()
@@ -201,31 +202,137 @@ class LocalCluster:
         comm.slowdown = cmd["throttle"].get(0, 1.0)
         t0 = time.perf_counter()
         # the master is one of the workers: all its torch work in the step (computes, copies
-        # into the result) runs on a worker's threads.  With more, its idle OpenMP threads
-        # spin on the cores the workers compute on (1x16x512^2 3x3 on 2 processes, 2 cores:
-        # 20 -> 13 ms a call)
+        # into the result) runs on a worker's threads; with more, its idle OpenMP threads
+        # would spin on the cores the workers compute on
         caller_threads = torch.get_num_threads()
         torch.set_num_threads(self.threads_per_worker)
+        seq = self._command(cmd)
+        master_error: BaseException | None = None
         try:
-            seq = self._command(cmd)
-            result = master_side(comm)
+            with torch.no_grad():  # gradients come from backward (engines/differentiable.py)
+                result = master_side(comm)
             reports = {0: {"rank": 0, "traffic": comm.report(), "seconds": time.perf_counter() - t0}}
-            for rank in range(1, self.workers):
-                key = f"haloconv/report/{rank}/{seq}"
-                self._store.wait([key], timedelta(seconds=self.timeout))
-                reports[rank] = pickle.loads(self._store.get(key))
-                self._store.delete_key(key)
-        except WorkerError:
+        except (KeyboardInterrupt, SystemExit):
+            self._kill()  # the workers are out of step and the caller is leaving: stop them
             raise
-        except (RuntimeError, ConnectionError, OSError) as e:
-            raise self._failure(e) from None
-        except BaseException:
-            # the master failed (or Ctrl-C) mid-step: the workers are out of step, stop them
-            self._kill()
-            raise
+        except BaseException as e:  # noqa: BLE001 - raised below, after the workers are collected
+            master_error = e
+            traceback.clear_frames(e.__traceback__)  # its frames' in-flight messages hold the group
+            shutdown(comm)  # workers waiting on the master fail now, not at the timeout
         finally:
             torch.set_num_threads(caller_threads)
-        return result, reports
+        replies, dead, hung = self._collect(seq, failed=master_error is not None)
+        errors = {r: rep["error"] for r, rep in replies.items() if "error" in rep}
+        if master_error is None and not (errors or dead or hung):
+            reports.update(replies)
+            return result, reports
+        failure = self._fault(errors, dead, hung, master_error)
+        lost = sorted(set(dead) | set(hung))
+        if not self.heal:
+            self._kill()
+        else:
+            try:
+                self._heal(lost, failure)
+            except WorkerError as e:
+                raise e from failure
+        if failure is None:
+            raise master_error
+        raise failure
+
+    def _collect(self, seq: int, failed: bool) -> tuple[dict[int, dict], list[int], list[int]]:
+        """Every worker's reply to command ``seq`` (its report, or the error it raised), the
+        ranks that died and those that hung past the timeout.  Once anything failed, the
+        master's connections are closed (workers blocked on it fail at once) and a worker
+        still silent after the timeout is taken for hung."""
+        replies: dict[int, dict] = {}
+        dead: list[int] = []
+        pending = list(range(1, self.workers))
+        # a worker blocked on a hung one fails at the group's timeout, so is not taken for hung
+        deadline = time.monotonic() + self.timeout + min(self.timeout, 5.0)
+        pause = 0.0002
+        while pending:
+            late = time.monotonic() > deadline
+            progressed = False
+            for rank in list(pending):  # in turn; once late, every silent one once more
+                key = f"haloconv/report/{rank}/{seq}"
+                if self._store.check([key]):
+                    replies[rank] = pickle.loads(self._store.get(key))
+                    self._store.delete_key(key)
+                    failed = failed or "error" in replies[rank]
+                elif self._procs[rank].poll() is not None:
+                    dead.append(rank)
+                    failed = True
+                elif late:
+                    continue
+                else:
+                    break
+                pending.remove(rank)
+                progressed = True
+            if failed:
+                shutdown(self._comm)  # idempotent
+            if pending and not progressed:
+                if late:
+                    break
+                time.sleep(pause)
+                pause = min(2 * pause, 0.01)
+        return replies, dead, pending
+
+    def _fault(self, errors: dict[int, str], dead: list[int], hung: list[int],
+               master_error: BaseException | None) -> WorkerError | None:
+        """The WorkerError a failed step raises (None: the master's own error is the cause)."""
+        # a worker that raised first; the others failed because it closed its connections
+        first = {r: e for r, e in errors.items() if not _broken_link(e)}
+        if master_error is not None and not (first or dead or hung):
+            return None
+        what = []
+        if dead:
+            what.append(f"worker(s) {dead} exited")
+        if hung:
+            what.append(f"worker(s) {hung} did not answer within the timeout of {self.timeout:g} s (hung, or "
+                        "waiting on one that hung)")
+        if first:
+            what.append(f"worker(s) {sorted(first)} raised")
+        if master_error is not None and not _broken_link(str(master_error)):
+            what.append(f"the master: {type(master_error).__name__}: {master_error}")
+        shown = first or ({} if (dead or hung) else errors)
+        healed = "the cluster was restored" if self.heal else "the cluster was shut down"
+        return WorkerError(
+            f"the call failed: {'; '.join(what) or 'a worker failed'}; {healed}"
+            + "".join(f"\nworker {r}: {tb}" for r, tb in sorted(shown.items())),
+            dead=tuple(dead), hung=tuple(hung), raised=bool(first) and not (dead or hung),
+        )
+
+    def _heal(self, lost: list[int], failure: BaseException | None) -> None:
+        """After a failed step: the lost workers (dead or hung) replaced by fresh processes of
+        the same ranks, every process in a new group (generation).  Resident shards are gone."""
+        self._kill(lost)
+        self._generation += 1
+        survivors = [r for r in range(1, self.workers) if r not in lost]
+        self._command({"op": "regroup", "generation": self._generation}, ranks=survivors)
+        self._spawn(lost)
+        self._shards.clear()
+        self._join()  # raises WorkerError (and closes the cluster) if it cannot
+        cause = "raised" if failure is None or getattr(failure, "raised", False) else "lost"
+        self.restarts.append(f"generation {self._generation}: replaced {lost or 'no process'} ({cause})")
+
+    def retrying(self, on_failure: str, call):
+        """``call()`` on this cluster; when it fails because a worker was lost (died or hung;
+        the cluster healed), with on_failure='retry' it runs again, up to once per worker.
+        An exception raised in a worker is raised at once (it would be raised again)."""
+        if on_failure not in ("retry", "fail"):
+            raise ValueError(f"on_failure must be 'retry' or 'fail', got {on_failure!r}")
+        failures: list[str] = []
+        while True:
+            try:
+                result = call()
+            except WorkerError as e:
+                if on_failure == "fail" or e.raised or not self.alive or len(failures) >= self.workers:
+                    raise
+                failures.append(str(e))
+                continue
+            if isinstance(result, Execution):
+                result.failures = failures
+            return result
 
     def _check(self, plan: Plan) -> None:
         if plan.workers > self.workers:
@@ -258,6 +365,28 @@ class LocalCluster:
         cmd = {"op": "conv", "plan": plan, "dtype": x.dtype, "backend": kernels.backend_name(backend)}
         out, reports = self._step(cmd, master)
         return _exec(out, plan, methods.label(plan.backend, backend), time.perf_counter() - t_start, reports)
+
+    def backward(self, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 grad: torch.Tensor, needs: tuple[bool, bool, bool]) -> tuple:
+        """Gradients (x, weight, bias; None where ``needs`` says not) of ``plan``'s conv from
+        ``grad``, that of its output: every worker gets its window again (scatter, halo
+        exchange) and its output box of ``grad``, computes its tile's gradients, and sends
+        them to the master, who adds them up in rank order."""
+        self._check(plan)
+        spec = plan.spec
+        needs = (bool(needs[0]), bool(needs[1]), bool(needs[2]) and bias is not None)
+        whole = (x.new_zeros(spec.input_shape) if needs[0] else None,
+                 x.new_zeros(spec.weight_shape) if needs[1] else None,
+                 x.new_zeros(spec.out_channels) if needs[2] else None)
+
+        def master(comm: Comm):
+            w, _ = spmd.distribute_weights(comm, plan, weight, bias, x.dtype)
+            window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, x))
+            grads = spmd.tile_backward(comm, plan, window, w, spmd.scatter_grad(comm, plan, grad), needs)
+            spmd.reduce_grads(comm, plan, grads, whole)
+
+        self._step({"op": "backward", "plan": plan, "dtype": x.dtype, "needs": needs}, master)
+        return whole
 
     def pull(self, todo: list[int], feed, local) -> dict[int, int]:
         """Hand out the tiles ``todo`` to whichever process is free: a feeder thread per
@@ -465,6 +594,13 @@ class Sharded:
         return f"Sharded(shape={list(self.shape)}, shards={len(self.boxes)}, dtype={self.dtype})"
 
 
+def _broken_link(error: str) -> bool:
+    """A worker's error that only says a peer closed its connections (or timed out waiting
+    on one): a consequence of another failure, not a cause."""
+    return any(s in error for s in ("gloo/transport", "Connection closed by peer", "Connection reset by peer",
+                                     "Timed out waiting", "haloconv: broken group"))
+
+
 def check_throttle(throttle: dict[int, float] | None) -> dict[int, float]:
     throttle = dict(throttle or {})
     if any(not (isinstance(f, (int, float)) and f >= 1) for f in throttle.values()):
@@ -510,42 +646,72 @@ def run(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if tiles is not None and (isinstance(tiles, bool) or not isinstance(tiles, int) or tiles < 1):
         raise ValueError(f"tiles must be an int >= 1, got {tiles!r}")
-    failures: list[str] = []
-    workers = plan.workers
     if schedule == "dynamic":
         if plan.splits[1] != 1:
             raise ValueError("schedule='dynamic' hands out tiles of the whole filter bank; use a partition "
                              "without a channels split")
-        fine = make_plan(plan.spec, _kind(plan), tiles or 4 * workers, backend=plan.backend)
+        fine = make_plan(plan.spec, _kind(plan), tiles or 4 * plan.workers, backend=plan.backend)
         out = torch.empty(plan.spec.output_shape, dtype=x.dtype)
         finished: set[int] = set()
+
+        def body(cluster: LocalCluster, plan: Plan) -> Execution:
+            return cluster.run_dynamic(fine, x, weight, bias, out=out, finished=finished)
+
+        def go_on(plan: Plan, survivors: int) -> tuple[Plan, str]:
+            return plan, (f"going on with {survivors} process(es): {len(fine.tiles) - len(finished)} of "
+                          f"{len(fine.tiles)} tiles left, the finished ones kept")
+    else:
+        def body(cluster: LocalCluster, plan: Plan) -> Execution:
+            if measure_speeds:
+                speeds = cluster.speeds(plan.spec, x.dtype, plan.backend)
+                if log is not None:
+                    log("measured speeds (1 = fastest): " + ", ".join(f"{v:.2f}" for v in speeds))
+                plan = _replan(plan, plan.workers, speeds)
+            return cluster.run(plan, x, weight, bias)
+
+        go_on = _go_on_replanned
+    ex, failures = _on_fresh_clusters(plan, timeout, on_failure, log, throttle, body, go_on)
+    ex.failures = failures
+    return ex
+
+
+def run_backward(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 grad: torch.Tensor, needs: tuple[bool, bool, bool], *, timeout: float = 60.0,
+                 on_failure: str = "retry", log=None) -> tuple:
+    """The gradients of engine='processes' run of ``plan`` (LocalCluster.backward), on a
+    LocalCluster started for this call; a lost worker is handled as in run (static)."""
+    grads, _ = _on_fresh_clusters(plan, timeout, on_failure, log, None,
+                                  lambda cluster, p: cluster.backward(p, x, weight, bias, grad, needs),
+                                  _go_on_replanned)
+    return grads
+
+
+def _go_on_replanned(plan: Plan, survivors: int) -> tuple[Plan, str]:
+    return (_replan(plan, survivors),
+            f"re-planning the whole job on {survivors} worker(s) and running it again")
+
+
+def _on_fresh_clusters(plan: Plan, timeout: float, on_failure: str, log, throttle, body, go_on):
+    """(body(cluster, plan), failures survived): ``body`` on a LocalCluster of the plan's
+    workers started for it.  A lost worker (on_failure='retry'): ``go_on(plan, survivors)``
+    gives the plan to go on with and what that means, and ``body`` runs again on a fresh
+    cluster of the survivors.  'fail': WorkerError at once."""
+    if on_failure not in ("retry", "fail"):
+        raise ValueError(f"on_failure must be 'retry' or 'fail', got {on_failure!r}")
+    failures: list[str] = []
+    workers = plan.workers
     while True:
         try:
-            with LocalCluster(workers, timeout=timeout, throttle=throttle) as cluster:
+            with LocalCluster(workers, timeout=timeout, throttle=throttle, heal=False) as cluster:
                 if log is not None:
                     log(f"started {workers} worker processes in {cluster.startup_seconds:.2f}s")
-                if schedule == "dynamic":
-                    ex = cluster.run_dynamic(fine, x, weight, bias, out=out, finished=finished)
-                else:
-                    if measure_speeds:
-                        speeds = cluster.speeds(plan.spec, x.dtype, plan.backend)
-                        if log is not None:
-                            log("measured speeds (1 = fastest): " + ", ".join(f"{v:.2f}" for v in speeds))
-                        plan = _replan(plan, workers, speeds)
-                    ex = cluster.run(plan, x, weight, bias)
-                ex.failures = failures
-                return ex
+                return body(cluster, plan), failures
         except WorkerError as e:
             survivors = workers - max(1, len(e.dead))
-            if on_failure == "fail" or survivors < 1:
+            if on_failure == "fail" or survivors < 1 or e.raised:
                 raise
             failures.append(str(e))
-            if schedule == "dynamic":
-                what = (f"going on with {survivors} process(es): {len(fine.tiles) - len(finished)} of "
-                        f"{len(fine.tiles)} tiles left, the finished ones kept")
-            else:
-                what = f"re-planning the whole job on {survivors} worker(s) and running it again"
-                plan = _replan(plan, survivors)
+            plan, what = go_on(plan, survivors)
             if log is not None:
                 log(f"haloconv: {e}\n{what}")
             workers = survivors

@@ -13,7 +13,7 @@ import weakref
 import torch
 
 from haloconv import kernels, methods
-from haloconv.engines.base import as_one_tile, assemble_window, piece_data, piece_grad
+from haloconv.engines.base import add_tile_grads, as_one_tile, assemble_window, piece_data, piece_grad
 from haloconv.engines.comm import Comm
 from haloconv.plan import Box, Plan, Tile, transfer_chunks
 
@@ -167,9 +167,11 @@ def _has_room(t: torch.Tensor) -> bool:
 
 
 def _backing(x_local: torch.Tensor, owned: Box) -> tuple[torch.Tensor, Box] | None:
-    """The contiguous tensor ``x_local`` is a box-slice of, and the box it covers."""
+    """The contiguous tensor ``x_local`` is a box-slice of, and the box it covers.  None for
+    an empty shard (a tile that owns nothing on some axis): its offset locates nothing."""
     base = x_local._base
-    if base is None or base.dim() != x_local.dim() or not base.is_contiguous() or x_local.stride() != base.stride():
+    if (base is None or x_local.numel() == 0 or base.dim() != x_local.dim() or not base.is_contiguous()
+            or x_local.stride() != base.stride()):
         return None
     off = x_local.storage_offset() - base.storage_offset()
     idx = []
@@ -499,6 +501,64 @@ def gather(
             out = torch.empty(plan.spec.output_shape, dtype=y_local.dtype, device=y_local.device)
         posted = post_gather(comm, plan, out, dst)
     return finish_gather(comm, plan, posted, out, y_local, dst)
+
+
+# -- backward: the adjoint of scatter -> halo exchange -> compute -> gather --------------------
+def scatter_grad(comm: Comm, plan: Plan, grad: torch.Tensor | None, src: int = 0) -> torch.Tensor | None:
+    """Adjoint of gather: from the output's gradient on ``src``, every rank's output box of it."""
+    tile = plan.tile_of(comm.rank)
+    with comm.phase("scatter"):
+        if comm.rank == src:
+            grad = grad.contiguous()
+            works, keep = _send_to_workers(comm, plan, grad, src, lambda t: [t.out])
+            comm.wait(works)
+            return None if tile is None else grad[tile.out.slices()]
+        if tile is None:
+            return None
+        buf = torch.empty(tile.out.shape, dtype=_recv_dtype(comm, src), device=comm.device)
+        comm.wait(recv_box(comm, buf, tile.out, plan.spec.output_shape, src, "scatter"))
+        return buf
+
+
+def tile_backward(comm: Comm, plan: Plan, window: torch.Tensor | None, weight: torch.Tensor | None,
+                  grad: torch.Tensor | None, needs) -> tuple:
+    """This rank's (window, filter, bias) gradients from its output box's gradient."""
+    tile = plan.tile_of(comm.rank)
+    if tile is None:
+        return None, None, None
+    with comm.phase("compute"):
+        return kernels.conv_tile_backward(window, weight, grad, plan.spec, tile.groups, tile.first, needs)
+
+
+def reduce_grads(comm: Comm, plan: Plan, grads: tuple, whole: tuple | None = None, dst: int = 0) -> None:
+    """Adjoint of scatter + halo exchange for the master's engine: every rank's window, filter
+    and bias gradients (``grads``, None where not wanted) go to ``dst``, which adds them into
+    ``whole`` = (gx, gw, gb) in rank order (the same bits every run)."""
+    tile = plan.tile_of(comm.rank)
+    with comm.phase("gather"):
+        if comm.rank != dst:
+            if tile is not None:
+                keep = [g.contiguous() for g in grads if g is not None]
+                comm.wait([comm.isend(g, dst, "gather") for g in keep])
+            return
+        incoming = {}
+        for t in plan.tiles:
+            if t.rank == dst:
+                incoming[t.rank] = grads
+                continue
+            c0, c1 = plan.weight_box(t)
+            shapes = (t.window.shape, (c1 - c0, *plan.spec.weight_shape[1:]), (c1 - c0,))
+            bufs = tuple(None if w is None else torch.empty(shape, dtype=w.dtype, device=w.device)
+                         for w, shape in zip(whole, shapes))
+            works = [comm.irecv(b, t.rank, "gather") for b in bufs if b is not None]
+            incoming[t.rank] = (bufs, works)
+        for t in plan.tiles:
+            if t.rank == dst:
+                add_tile_grads(plan, t, *whole, *grads)
+            else:
+                bufs, works = incoming[t.rank]
+                comm.wait(works)
+                add_tile_grads(plan, t, *whole, *bufs)
 
 
 def probe(comm: Comm, spec, dtype: torch.dtype, method: str, repeat: int, busy: int | None = None,

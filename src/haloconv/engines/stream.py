@@ -251,7 +251,7 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
     try:
         while True:
             try:
-                with LocalCluster(workers, timeout=timeout, throttle=throttle) as cluster:
+                with LocalCluster(workers, timeout=timeout, throttle=throttle, heal=False) as cluster:
                     if job is None:  # the first start: size the tiles by what the processes hold now
                         baseline = max(_resident(os.getpid()), *(_resident(p) for p in cluster.pids()))
                         job = _job(source, spec, weight, bias, dtype, _allowance(memory_budget, baseline), backend,

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from haloconv import kernels, methods
-from haloconv.engines.base import Execution, WorkerStats, assemble_window
+from haloconv.engines.base import Execution, WorkerStats, add_tile_grads, assemble_window
 from haloconv.plan import Plan, Tile
 
 
@@ -23,22 +23,20 @@ def run(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     *,
-    threads_per_worker: int | None = None,
     threads: int | None = None,
 ) -> Execution:
     """Every tile in a thread of this process, windows read from ``x`` (views where they
     can be) and outputs written straight into the result.  ``threads``: at most this many
     tiles at once (default: all) — a plan of many more tiles than threads computes the
     same result holding only that many tiles' windows and outputs at a time."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    _check_threads(threads)
     spec = plan.spec
     t_start = time.perf_counter()
     backend = kernels.select_backend(spec, x, weight, bias)
     out = x.new_empty(spec.output_shape)
     caller_threads = torch.get_num_threads()
     pool = min(threads or len(plan.tiles), len(plan.tiles))
-    per = threads_per_worker or max(1, caller_threads // pool)
+    per = max(1, caller_threads // pool)
 
     def work(tile: Tile) -> WorkerStats:
         torch.set_num_threads(per)
@@ -57,14 +55,7 @@ def run(
             {"halo": t1 - t0, "compute": t2 - t1, "write": t3 - t2},
         )
 
-    try:
-        if len(plan.tiles) == 1:
-            stats = [work(plan.tiles[0])]
-        else:
-            with ThreadPoolExecutor(max_workers=pool, thread_name_prefix="haloconv") as ex:
-                stats = list(ex.map(work, plan.tiles))
-    finally:
-        torch.set_num_threads(caller_threads)
+    stats = list(_each_tile(plan, pool, work))
     return Execution(
         output=out,
         plan=plan,
@@ -73,3 +64,62 @@ def run(
         wall_seconds=time.perf_counter() - t_start,
         workers=stats,
     )
+
+
+def backward(
+    plan: Plan,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    grad: torch.Tensor,
+    needs: tuple[bool, bool, bool],
+    *,
+    threads: int | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of x, weight and bias from ``grad`` (that of the output), tile by tile:
+    each tile's window and filters get their gradient (kernels.conv_tile_backward), added
+    into the whole gradients in tile order (the same order, so the same bits, every run)."""
+    _check_threads(threads)
+    spec = plan.spec
+    gx = x.new_zeros(spec.input_shape) if needs[0] else None
+    gw = weight.new_zeros(spec.weight_shape) if needs[1] else None
+    gb = weight.new_zeros(spec.out_channels) if needs[2] and bias is not None else None
+    pool = min(threads or len(plan.tiles), len(plan.tiles))
+    per = max(1, torch.get_num_threads() // pool)
+
+    def work(tile: Tile):
+        torch.set_num_threads(per)
+        c0, c1 = plan.weight_box(tile)
+        return tile, kernels.conv_tile_backward(
+            assemble_window(x, tile), weight[c0:c1], grad[tile.out.slices()], spec, tile.groups, tile.first,
+            (needs[0], needs[1], gb is not None))
+
+    for tile, (g_window, g_w, g_b) in _each_tile(plan, pool, work):
+        add_tile_grads(plan, tile, gx, gw, gb, g_window, g_w, g_b)
+    return gx, gw, gb
+
+
+def _each_tile(plan: Plan, pool: int, work):
+    """work(tile) for every tile on ``pool`` threads, results in tile order; this thread's
+    torch thread count restored after.  No autograd graph is recorded (grad mode is per
+    thread: the pool's would record one): gradients come from backward, see
+    engines/differentiable.py."""
+    caller_threads = torch.get_num_threads()
+
+    def untracked(tile: Tile):
+        with torch.no_grad():
+            return work(tile)
+
+    try:
+        if len(plan.tiles) == 1:
+            yield untracked(plan.tiles[0])
+            return
+        with ThreadPoolExecutor(max_workers=pool, thread_name_prefix="haloconv") as ex:
+            yield from ex.map(untracked, plan.tiles)
+    finally:
+        torch.set_num_threads(caller_threads)
+
+
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import pickle
 import resource
@@ -23,11 +24,15 @@ _BACKENDS = torch._C._ConvBackend
 
 
 class WorkerError(RuntimeError):
-    """A worker process died, hung past the timeout, or raised.  ``dead``: the ranks that exited."""
+    """A worker process died, hung past the timeout, or raised (its traceback is in the
+    message).  ``dead``: the ranks that exited; ``hung``: those that did not answer in time;
+    ``raised``: the cause was an exception in a worker, no process was lost."""
 
-    def __init__(self, message: str, dead: tuple[int, ...] = ()):
+    def __init__(self, message: str, dead: tuple[int, ...] = (), hung: tuple[int, ...] = (), raised: bool = False):
         super().__init__(message)
         self.dead = tuple(dead)
+        self.hung = tuple(hung)
+        self.raised = raised
 
 
 def _die_with_parent() -> None:
@@ -56,17 +61,19 @@ def keep_heap() -> bool:
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-def worker_main(rank: int, world: int, port: int, timeout: float, threads: int, start_timeout: float) -> None:
+def worker_main(rank: int, world: int, port: int, timeout: float, threads: int, start_timeout: float,
+                seq: int = 0, generation: int = 0) -> None:
+    """Serve commands from number ``seq`` on, in the group of ``generation``.  A command that
+    raises is answered with the traceback, and this process's connections are closed (every
+    peer waiting on it fails at once); it then waits for the master's 'regroup'."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: die at once, the master cleans up
     torch.set_num_threads(threads)
     store = dist.TCPStore(HOST, port, world, False, timedelta(seconds=start_timeout))
-    store.set(f"haloconv/ready/{rank}", "1")
-    pg = dist.ProcessGroupGloo(store, rank, world, timedelta(seconds=timeout))
-    comm = Comm(pg, rank, world)
+    comm: Comm | None = _join(store, rank, world, timeout, start_timeout, generation)
     shards: dict[int, torch.Tensor | None] = {}  # resident shards, by id
+    raise_next = False  # a fault injected by a test
     try:
-        seq = 0
         while True:
             # commands come through the store: an idle worker waits without a timeout, and
             # the store (served by the master) vanishing ends the wait with an error
@@ -78,16 +85,59 @@ def worker_main(rank: int, world: int, port: int, timeout: float, threads: int, 
             op = cmd["op"]
             if op == "stop":
                 break
-            if op == "fault":  # for tests: die or hang on request
+            if op == "regroup":  # after a failed step: a new group, the old one's state dropped
+                shutdown(comm)
+                shards.clear()
+                comm = _join(store, rank, world, timeout, start_timeout, cmd["generation"])
+                continue
+            if op == "fault":  # for tests: die, hang or raise on request
                 if cmd["kind"] == "exit":
                     os._exit(3)
+                raise_next = cmd["kind"] == "raise"  # the next step raises in this worker
+                if raise_next:
+                    continue
                 time.sleep(cmd.get("seconds", 3600))
                 continue
-            report = _run(comm, cmd, shards)
+            try:
+                if comm is None:
+                    raise RuntimeError("haloconv: broken group (a previous step failed)")
+                if raise_next:
+                    raise_next = False
+                    raise RuntimeError("fault injected: this worker raised on request (LocalCluster.inject_fault)")
+                report = _run(comm, cmd, shards)
+            except Exception:  # noqa: BLE001 - answered to the master, which raises it
+                report = {"rank": rank, "error": traceback.format_exc()}
+                shutdown(comm)
+                comm = None
             store.set(f"haloconv/report/{rank}/{seq - 1}", pickle.dumps(report))
     except Exception:
         store.set(f"haloconv/error/{rank}", traceback.format_exc())
         os._exit(1)
+
+
+def _join(store, rank: int, world: int, timeout: float, start_timeout: float, generation: int) -> Comm:
+    """Say this worker is ready, wait until every rank of ``generation`` is (a replaced one
+    is still importing torch), then form the group."""
+    store.set(f"haloconv/ready/{rank}/{generation}", "1")
+    store.wait([f"haloconv/ready/{r}/{generation}" for r in range(1, world)], timedelta(seconds=start_timeout))
+    return Comm(group_of(store, rank, world, timeout, generation), rank, world)
+
+
+def group_of(store, rank: int, world: int, timeout: float, generation: int):
+    """This rank's end of a LocalCluster's gloo group of ``generation`` (a group is never
+    reused after a failure: every healing forms a new one, under its own key prefix)."""
+    return dist.ProcessGroupGloo(dist.PrefixStore(f"haloconv/g{generation}/", store), rank, world,
+                                 timedelta(seconds=timeout))
+
+
+def shutdown(comm: Comm | None) -> None:
+    """Close this process's connections in ``comm``'s group: a peer blocked on one of them
+    fails at once (instead of at the group's timeout).  gloo closes them when the group
+    object is destroyed, so ``comm`` lets go of it (nothing else may hold it)."""
+    if comm is None or comm.pg is None:
+        return
+    comm.pg = None
+    gc.collect()  # a reference cycle (a traceback's frames) may still hold it
 
 
 def _run(comm: Comm, cmd: dict, shards: dict) -> dict:
@@ -106,6 +156,11 @@ def _run(comm: Comm, cmd: dict, shards: dict) -> dict:
         else:
             window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, None))
             spmd.gather(comm, plan, spmd.compute(comm, plan, window, w, b, backend))
+    elif op == "backward":
+        w, _ = spmd.distribute_weights(comm, plan, None, None, cmd["dtype"])
+        window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, None))
+        grads = spmd.tile_backward(comm, plan, window, w, spmd.scatter_grad(comm, plan, None), cmd["needs"])
+        spmd.reduce_grads(comm, plan, grads)
     elif op == "dynamic":
         w, b = spmd.broadcast_weights(comm, plan, None, None, cmd["dtype"])
         spmd.dynamic_worker(comm, plan, w, b, getattr(_BACKENDS, cmd["backend"]), cmd["dtype"])

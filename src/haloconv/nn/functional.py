@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from haloconv import geometry, kernels
+from haloconv import kernels
 from haloconv.distributed import comm_for
 from haloconv.engines import spmd
 from haloconv.engines.comm import Comm
@@ -82,21 +82,9 @@ class _HaloConv(Function):
         comm = comm_for(ctx.group)
         spec, tile = ctx.plan.spec, ctx.plan.tile_of(comm.rank)
         window = spmd.build_window(tile, x, list(zip(ctx.pieces, halos)))
-        pad = list(spec.backend_pad)
-        full = [
-            geometry.output_length(n, k, s, d, p, p)
-            for n, k, s, d, p in zip(window.shape[2:], spec.kernel, spec.stride, spec.dilation, pad)
-        ]
-        if list(g.shape[2:]) != full:  # the kept outputs sit inside the computed ones
-            g_full = g.new_zeros((*g.shape[:2], *full))
-            g_full[(slice(None), slice(None), *(slice(f, f + n) for f, n in zip(tile.first, g.shape[2:])))] = g
-            g = g_full
         need = ctx.needs_input_grad
-        g_window, gw, gb = torch.ops.aten.convolution_backward(
-            g.contiguous(), window, weight, [weight.shape[0]] if ctx.has_bias else None,
-            list(spec.stride), pad, list(spec.dilation), False, [0] * spec.ndim, tile.groups,
-            [need[0], need[1], ctx.has_bias and need[2]],
-        )
+        g_window, gw, gb = kernels.conv_tile_backward(window, weight, g, spec, tile.groups, tile.first,
+                                                      (need[0], need[1], ctx.has_bias and need[2]))
         del window
         gx = spmd.halo_reduce(comm, ctx.plan, g_window) if need[0] else None
         if ctx.reduce and (gw is not None or gb is not None):
