@@ -6,15 +6,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from haloconv.soak import children
+from haloconv.soak import children, proc_status
 
 
 def _run_and_kill_a_worker(tmp_path, on_failure: str):
+    """The victim is stopped as soon as the workers are up, then killed: the run cannot
+    have finished without it, however fast the machine (triggered by progress, not time)."""
     cmd = [sys.executable, "-m", "haloconv", "run", "--random", "2400x2400", "--kernel", "box:31", "--workers", "3",
            "--partition", "rows", "--timeout", "30", "--on-failure", on_failure, "--verify", "-o",
            str(tmp_path / "out" / "y")]
@@ -25,31 +26,36 @@ def _run_and_kill_a_worker(tmp_path, on_failure: str):
             lines.append(line)
             if line.startswith("started 3 worker processes"):
                 break
-        time.sleep(0.4)
-        victims = children(p.pid)
-        assert len(victims) == 2, victims
-        os.kill(victims[0], signal.SIGKILL)
+        workers = children(p.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[0], signal.SIGSTOP)
+        os.kill(workers[0], signal.SIGKILL)
         out, err = p.communicate(timeout=180)
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
-    return p.returncode, "".join(lines) + out, err, victims
+    return p.returncode, "".join(lines) + out, err, workers
+
+
+def _gone(pids):
+    return not any(Path(f"/proc/{v}").exists() and proc_status(v, "State")[0] != "Z" for v in pids)
 
 
 def test_worker_killed_mid_run_is_survived_exactly(tmp_path):
-    rc, out, err, victims = _run_and_kill_a_worker(tmp_path, "retry")
+    rc, out, err, workers = _run_and_kill_a_worker(tmp_path, "retry")
     assert rc == 0, err[-3000:]
     assert "re-planning the whole job on 2 worker(s)" in out and "survived 1 worker fault" in out
     assert "started 2 worker processes" in out and "bitwise equal: True" in out
     assert (tmp_path / "out" / "y.npy").exists()
-    assert not any(Path(f"/proc/{v}").exists() and children(v) for v in victims)
+    assert _gone(workers), "a worker of the first cluster outlived the run"
 
 
 def test_worker_killed_mid_run_fails_fast_without_output(tmp_path):
-    rc, out, err, _ = _run_and_kill_a_worker(tmp_path, "fail")
+    rc, out, err, workers = _run_and_kill_a_worker(tmp_path, "fail")
     assert rc == 1 and "haloconv: error:" in err and "exited" in err, err[-3000:]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert _gone(workers)
 
 
 def test_on_failure_is_validated():
@@ -62,9 +68,11 @@ def test_on_failure_is_validated():
                       partition="rows", on_failure="ignore")
 
 
-def test_dynamic_schedule_keeps_finished_tiles_when_a_worker_dies(tmp_path):
-    cmd = [sys.executable, "-m", "haloconv", "run", "--random", "3200x3200", "--kernel", "box:31", "--workers", "3",
-           "--partition", "rows", "--schedule", "dynamic", "--tiles", "48", "--timeout", "30", "--verify", "-o",
+def test_dynamic_schedule_keeps_finished_tiles_when_a_worker_hangs(tmp_path):
+    """A worker stopped as soon as the workers are up holds the tile it was handed; the
+    others pull the rest, and once the timeout calls it hung, only its tiles are left."""
+    cmd = [sys.executable, "-m", "haloconv", "run", "--random", "1600x1600", "--kernel", "box:31", "--workers", "3",
+           "--partition", "rows", "--schedule", "dynamic", "--tiles", "48", "--timeout", "5", "--verify", "-o",
            str(tmp_path / "y")]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     lines = []
@@ -73,8 +81,8 @@ def test_dynamic_schedule_keeps_finished_tiles_when_a_worker_dies(tmp_path):
             lines.append(line)
             if line.startswith("started 3 worker processes"):
                 break
-        time.sleep(0.8)
-        os.kill(children(p.pid)[0], signal.SIGKILL)
+        workers = children(p.pid)
+        os.kill(workers[0], signal.SIGSTOP)
         out, err = p.communicate(timeout=180)
     finally:
         if p.poll() is None:
@@ -87,3 +95,4 @@ def test_dynamic_schedule_keeps_finished_tiles_when_a_worker_dies(tmp_path):
     left = re.search(r"going on with 2 process\(es\): (\d+) of 48 tiles left", out)
     assert left and 0 < int(left.group(1)) < 48, out  # finished tiles were kept, not recomputed
     assert "started 2 worker processes" in out and "bitwise equal: True" in out
+    assert _gone(workers)

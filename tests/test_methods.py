@@ -51,7 +51,8 @@ def test_property_ndimage_split_is_bitwise_whole_ndimage(case):
         return
     x, w, spec, y, ref_torch = out
     assert torch.equal(y, methods.single_node("ndimage", x, w, None, spec))
-    torch.testing.assert_close(y, ref_torch, rtol=1e-5 if x.dtype == torch.float32 else 1e-12, atol=1e-5)
+    torch.testing.assert_close(y, ref_torch, rtol=1e-5 if x.dtype == torch.float32 else 1e-12,
+                               atol=1e-5 if x.dtype == torch.float32 else 1e-12)
 
 
 @given(filter_case(), st.booleans())
