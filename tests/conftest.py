@@ -36,27 +36,32 @@ def torch_reference(x, weight, bias=None, stride=1, padding=0, dilation=1, group
         return m(x)
 
 
-def assert_bitwise(y, ref):
+def assert_bitwise(y, ref, gemm=False):
     """Bitwise the single-node result (float64 on a machine whose GEMM rounds by size:
     within kernels.GEMM_RTOL, see kernels.matches_single_node)."""
     assert y.shape == ref.shape, (y.shape, ref.shape)
     assert y.dtype == ref.dtype
     assert torch.equal(torch.isnan(y), torch.isnan(ref)), "NaN positions differ"
-    assert _equal(y, ref), f"max |diff| {(y - ref).abs().nan_to_num().max().item()}"
+    assert _equal(y, ref, gemm), f"max |diff| {(y - ref).abs().nan_to_num().max().item()}"
 
 
-def _equal(y, ref):
-    return kernels.matches_single_node(y, ref)
+def _equal(y, ref, gemm=False):
+    return kernels.matches_single_node(y, ref, gemm)
 
 
-def assert_single_node_exact(y, reference):
+def runs_on_gemm(spec, x, w, b) -> bool:
+    """Whether torch computes this conv by im2col + GEMM (kernels.GEMM_BACKENDS)."""
+    return kernels.select_backend(spec, x, w, b) in kernels.GEMM_BACKENDS
+
+
+def assert_single_node_exact(y, reference, gemm=False):
     """y is bitwise the single-node result ``reference()`` (computed at this process's
     thread count).  One documented exception: on tiny problems oneDNN's GEMM algorithm
     makes the single-node result itself depend on the thread count; then y must be
     bitwise the single-node result at one thread, the count each worker thread uses."""
     ref = reference()
     assert y.shape == ref.shape and y.dtype == ref.dtype
-    if _equal(y, ref):
+    if _equal(y, ref, gemm):
         return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -65,7 +70,7 @@ def assert_single_node_exact(y, reference):
     finally:
         torch.set_num_threads(threads)
     assert not _equal(ref1, ref), f"max |diff| {(y - ref).abs().nan_to_num().max().item()}"
-    assert _equal(y, ref1), "single-node result depends on threads, and y matches neither"
+    assert _equal(y, ref1, gemm), "single-node result depends on threads, and y matches neither"
 
 
 @pytest.fixture

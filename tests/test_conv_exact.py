@@ -215,6 +215,9 @@ def test_matches_single_node_is_bitwise_but_where_this_machines_gemm_rounds_by_s
     y32 = torch.linspace(-3, 3, 101, dtype=torch.float32)
     assert kernels.matches_single_node(y32, y32.clone())
     assert not kernels.matches_single_node(torch.nextafter(y32, y32 + 1), y32)
+    gemm32 = kernels.matches_single_node(torch.nextafter(y32, y32 + 1), y32, gemm=True)
+    assert gemm32 == (not kernels.GEMM_EXACT)  # float32 on GEMM: the same allowance, only when told
+    assert not kernels.matches_single_node(y32 * (1 + 1e-4), y32, gemm=True)
     y64 = y32.double()
     assert kernels.matches_single_node(torch.nextafter(y64, y64 + 1), y64) == (not kernels.GEMM_EXACT)
     assert not kernels.matches_single_node(y64 * (1 + 1e-9), y64)

@@ -103,3 +103,21 @@ def test_ctrl_c_stops_all_workers(tmp_path):
     while time.monotonic() < deadline and any(os.path.exists(f"/proc/{k}") for k in kids):
         time.sleep(0.05)
     assert not [k for k in kids if os.path.exists(f"/proc/{k}")]
+
+
+def test_tiles_that_own_no_input_under_torchrun():
+    """The SPMD face on a plan whose last tile owns no input rows; haloconv.nn refuses such a
+    layout cleanly on every rank and draws halos from several owners exactly."""
+    r = subprocess.run([*TORCHRUN, "--nproc-per-node=3", f"--master-port={_port()}", str(HERE / "empty_tiles_spmd.py")],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "EMPTY TILES EXACT" in r.stdout
+
+
+def test_bytes_crossing_the_group_are_the_report_and_the_plan():
+    """Counted below haloconv's own accounting, at the process group: what crosses equals
+    the report, and the report equals the Plan's prediction plus the dtype codes (control)."""
+    r = subprocess.run([*TORCHRUN, "--nproc-per-node=3", f"--master-port={_port()}", str(HERE / "traffic_spmd.py")],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "TRAFFIC COUNTED" in r.stdout

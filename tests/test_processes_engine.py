@@ -202,3 +202,21 @@ def test_keep_heap_takes_effect_on_glibc_and_can_be_turned_off(monkeypatch):
     assert keep_heap() is True  # Linux/glibc here
     monkeypatch.setenv("HALOCONV_KEEP_HEAP", "0")
     assert keep_heap() is False
+
+
+EMPTY_CASE = dict(stride=(3, 1, 1), dilation=(3, 1, 2), padding=(3, 4, 1), padding_mode="replicate")
+
+
+@pytest.mark.parametrize("engine", ["cluster", "processes", "threads"])
+def test_a_tile_that_owns_no_input(cluster, engine):
+    """The reported case: H split in 3 and tile 2 owns rows 3:3 (a worker raised
+    ZeroDivisionError); its window is all halo, drawn from the other owners."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 3, 3, 8, generator=g, dtype=torch.float64)
+    w = torch.randn(1, 8, 2, 1, 3, generator=g, dtype=torch.float64)
+    p = haloconv.plan(x.shape, w.shape, partition="grid", workers=3, **EMPTY_CASE)
+    assert any(t.owned.volume == 0 for t in p.tiles)
+    if engine == "cluster" and cluster.workers < 3:
+        pytest.skip("needs 3 workers")
+    y = haloconv.execute(p, x, w, engine=cluster if engine == "cluster" else engine).output
+    assert_bitwise(y, torch_reference(x, w, None, **EMPTY_CASE))

@@ -454,10 +454,14 @@ class LocalCluster:
         out = torch.empty(plan.spec.output_shape, dtype=x.dtype) if out is None else out
 
         def master(comm: Comm) -> torch.Tensor:
-            w, b = spmd.broadcast_weights(comm, plan, weight, bias, x.dtype)
+            w, b = weight, bias
             xc = x.contiguous()
+            armed: set[int] = set()
 
             def feed(rank: int, index: int, keep: list) -> None:
+                if rank not in armed:  # each worker its weights in its own feeder: a stalled one holds up no other
+                    armed.add(rank)
+                    spmd.broadcast_weights(comm, plan, weight, bias, x.dtype, to=(rank,))
                 works, buf = spmd.hand_out(comm, plan, xc, index, rank, out, keep)
                 comm.wait(works)
                 if buf is not None:

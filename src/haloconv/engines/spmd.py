@@ -345,12 +345,15 @@ def _post_piece_receives(comm: Comm, plan: Plan, st: Tile, dtype: torch.dtype, s
 
 
 # -- dynamic scheduling: tiles handed out one by one to whichever worker is free ----------------
-def broadcast_weights(comm: Comm, plan: Plan, weight, bias, dtype: torch.dtype, src: int = 0):
-    """The whole weight (and bias) from ``src`` to every rank (each may compute any tile)."""
+def broadcast_weights(comm: Comm, plan: Plan, weight, bias, dtype: torch.dtype, src: int = 0, to=None):
+    """The whole weight (and bias) from ``src`` to every rank (each may compute any tile);
+    on ``src``, ``to``: only to these ranks (a gloo send waits for its receiver, so one
+    stalled rank would hold up the others' sends)."""
     with comm.phase("weights"):
         if comm.rank == src:
             parts = [weight.contiguous()] + ([bias.contiguous()] if bias is not None else [])
-            comm.wait([comm.isend(t, r, "weights") for r in range(comm.world) if r != src for t in parts])
+            ranks = [r for r in range(comm.world) if r != src] if to is None else to
+            comm.wait([comm.isend(t, r, "weights") for r in ranks for t in parts])
             return weight, bias
         w = torch.empty(plan.spec.weight_shape, dtype=dtype, device=comm.device)
         b = torch.empty(plan.spec.out_channels, dtype=dtype, device=comm.device) if plan.spec.has_bias else None

@@ -1,0 +1,62 @@
+"""Run under torchrun (3 ranks) by tests/test_distributed.py: tiles that own no input on an
+axis (the split makes more parts than the input has rows, with a halo drawn from several
+owners) through the SPMD face; haloconv.nn refuses the layout cleanly, and draws halos
+from several owners exactly, forward and backward."""
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+import haloconv
+import haloconv.distributed as hd
+import haloconv.nn as hnn
+from haloconv import kernels
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+g = torch.Generator().manual_seed(0)
+# the reported case: H split in 3, the last tile owns rows 3:3
+x = torch.randn(1, 8, 3, 3, 8, generator=g, dtype=torch.float64)
+w = torch.randn(1, 8, 2, 1, 3, generator=g, dtype=torch.float64)
+kw = dict(stride=(3, 1, 1), dilation=(3, 1, 2), padding=(3, 4, 1), padding_mode="replicate")
+ref_layer = nn.Conv3d(8, 1, (2, 1, 3), bias=False, dtype=torch.float64, **kw)
+with torch.no_grad():
+    ref_layer.weight.copy_(w)
+xr = x.clone().requires_grad_()
+ref = ref_layer(xr)
+gy = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+(ref * gy).sum().backward()
+
+plan = haloconv.plan(x.shape, w.shape, partition="grid", workers=world, **kw)
+assert any(t.owned.volume == 0 for t in plan.tiles), [t.owned for t in plan.tiles]
+y = hd.gather(hd.conv(hd.scatter(x if rank == 0 else None, plan), w, None, plan=plan), plan)
+if rank == 0:
+    assert kernels.matches_single_node(y, ref.detach()), (y - ref).abs().max()
+
+# haloconv.nn keeps every activation evenly sharded, a box on every rank: an activation with
+# fewer rows than ranks on an axis is refused, the same clear error on every rank (no hang)
+layer = hnn.DistributedConv3d.from_module(ref_layer, partition="grid")
+try:
+    layer(hnn.shard(x.clone(), "grid"))
+    raise AssertionError("nn accepted an output with fewer rows than ranks")
+except ValueError as e:
+    assert "cannot split dim 2 of the output (1, 1, 2, 11, 6) into 3 parts" in str(e), e
+# and where every rank holds rows, halos from several owners through nn, forward and backward
+x2 = torch.randn(1, 2, 7, 9, generator=g, dtype=torch.float64)
+torch.manual_seed(0)  # the same initial weights on every rank
+ref2 = nn.Conv2d(2, 3, 5, padding=4, dilation=2, padding_mode="reflect", dtype=torch.float64)
+x2r = x2.clone().requires_grad_()
+out2 = ref2(x2r)
+g2 = torch.randn(out2.shape, generator=g, dtype=torch.float64)
+(out2 * g2).sum().backward()
+layer2 = hnn.DistributedConv2d.from_module(ref2, partition="rows")
+x2d = x2.clone().requires_grad_()
+y2 = hnn.unshard(layer2(hnn.shard(x2d, "rows")), "rows")
+(y2 * g2).sum().backward()
+assert kernels.matches_single_node(y2.detach(), out2.detach()), (y2 - out2).abs().max()
+assert torch.allclose(x2d.grad, x2r.grad, rtol=1e-10, atol=1e-12), (x2d.grad - x2r.grad).abs().max()
+assert torch.allclose(layer2.weight.grad, ref2.weight.grad, rtol=1e-10, atol=1e-12)
+if rank == 0:
+    print("EMPTY TILES EXACT")
+dist.barrier()
+dist.destroy_process_group()
