@@ -17,8 +17,10 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
 
 # gloo's teardown at process exit, after barrier() and destroy_process_group(), now and then
-# aborts a rank (std::terminate: "terminate called without an active exception"), about 1 run
-# in 8 of the training example under pytest, never seen outside it; the run is repeated once then
+# aborts rank 0 (std::terminate: "terminate called without an active exception"): measured 1
+# in 20 runs of tests/nn_train_exit.py on 3 ranks beside another such loop, 0 in 40 alone or
+# beside the suite, 0 in 30 for the same script with plain torch collectives (issue 14, open:
+# no Python object of haloconv holds a group or a Comm after destroy); the run is repeated once
 GLOO_EXIT_ABORT = "terminate called without an active exception"
 
 
@@ -138,3 +140,10 @@ def test_shard_shape_mismatch_is_a_clear_error(one_rank):
     conv = hnn.DistributedConv2d(1, 1, 3, partition="rows")
     with pytest.raises(ValueError, match="expects a 4-D shard"):
         conv(torch.zeros(1, 10, 10))
+
+
+def test_a_training_script_that_holds_its_last_loss_exits_cleanly():
+    """3 ranks, a few SGD steps, barrier and destroy_process_group while the last loss (its
+    autograd graph) is alive, as training scripts do: every rank exits 0 (a gloo abort at
+    exit is repeated once by _torchrun; see the note on GLOO_EXIT_ABORT)."""
+    assert "TRAINED loss" in _torchrun(3, str(HERE / "nn_train_exit.py"))
