@@ -43,6 +43,9 @@ def _reach_all(examples, engine_kw, seed, classes=CLASSES, max_workers=6):
         _run_case(case, reached, seed, **dict(engine_kw))
 
     prop()
+    engine = engine_kw.get("engine", "threads")
+    print(f"case mix ({examples} examples, {engine if isinstance(engine, str) else 'LocalCluster'}):",
+          dict(sorted(reached.counts.items())))
     assert not reached.missing(classes), (f"classes never reached: {reached.missing(classes)}; "
                                           f"reached: {dict(reached.counts)}")
     return reached
@@ -60,3 +63,12 @@ def cluster():
 
 def test_hard_cases_local_cluster(cluster):
     _reach_all(200, {"engine": cluster}, seed=2, max_workers=4)
+
+
+ONE_SHOT_CLASSES = ("empty owned tile", "stride>1 uneven split", "halo from several owners", "channels>=32")
+
+
+def test_hard_cases_one_shot_processes():
+    """engine='processes' starts a cluster per call (and one per backward): fewer examples,
+    and a few classes asserted."""
+    _reach_all(15, {"engine": "processes"}, seed=3, classes=ONE_SHOT_CLASSES, max_workers=3)
