@@ -274,7 +274,7 @@ class LocalCluster:
                 if late:
                     break
                 time.sleep(pause)
-                pause = min(2 * pause, 0.01)
+                pause = min(2 * pause, 0.002)
         return replies, dead, pending
 
     def _fault(self, errors: dict[int, str], dead: list[int], hung: list[int],

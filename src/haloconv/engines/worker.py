@@ -105,8 +105,9 @@ def worker_main(rank: int, world: int, port: int, timeout: float, threads: int, 
                     raise_next = False
                     raise RuntimeError("fault injected: this worker raised on request (LocalCluster.inject_fault)")
                 report = _run(comm, cmd, shards)
-            except Exception:  # noqa: BLE001 - answered to the master, which raises it
+            except Exception as e:  # noqa: BLE001 - answered to the master, which raises it
                 report = {"rank": rank, "error": traceback.format_exc()}
+                traceback.clear_frames(e.__traceback__)  # its frames' in-flight messages hold the group
                 shutdown(comm)
                 comm = None
             store.set(f"haloconv/report/{rank}/{seq - 1}", pickle.dumps(report))
