@@ -2,6 +2,9 @@
 with haloconv.nn, then barrier() and destroy_process_group() while it still holds its
 last loss (its autograd graph) — as training scripts do."""
 
+import os
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -23,10 +26,17 @@ def main() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    if dist.get_rank() == 0:
+    rank = dist.get_rank()
+    if rank == 0:
         print(f"TRAINED loss {loss.item():.6f}", flush=True)
     dist.barrier()
     dist.destroy_process_group()  # `loss` and its graph are still alive here
+    # the group is gone with its threads now, not torn down at interpreter exit (where gloo
+    # now and then aborted the process): see haloconv/nn/__init__.py
+    names = [Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in os.listdir("/proc/self/task")]
+    assert not any(n.startswith(("pt_gloo", "gloo")) for n in names), names
+    if rank == 0:
+        print("GROUP FREED", flush=True)
 
 
 if __name__ == "__main__":
