@@ -118,7 +118,7 @@ def test_no_grad_fn_without_grad_and_under_no_grad():
         assert haloconv.conv(x, w, partition="rows", workers=2).grad_fn is None
 
 
-def test_distributed_face_refuses_inputs_that_require_grad(monkeypatch):
+def test_distributed_face_refuses_inputs_that_require_grad():
     """haloconv.distributed.conv is forward-only; training goes through haloconv.nn."""
     import haloconv.distributed as d
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from haloconv import methods
-from haloconv.plan import Box, Piece, Plan, Tile, make_plan
+from haloconv.plan import Piece, Plan, Tile, make_plan
 
 
 @dataclass
@@ -98,13 +98,12 @@ def piece_grad(g: torch.Tensor, piece: Piece) -> torch.Tensor:
     return torch.flip(g, flip) if flip else g
 
 
-def add_window_grad(gx: torch.Tensor, tile: Tile, g_window: torch.Tensor, held: Box | None = None) -> None:
+def add_window_grad(gx: torch.Tensor, tile: Tile, g_window: torch.Tensor) -> None:
     """Adjoint of assemble_window: add the gradient of each piece of ``tile``'s window into
-    the input gradient ``gx`` at the piece's source (which holds the box ``held``, default:
-    the whole input).  Zero-padding parts of the window belong to no input and drop out."""
+    the whole input's gradient ``gx`` at the piece's source.  Zero-padding parts of the
+    window belong to no input and drop out."""
     for piece in tile.pieces:
-        src = piece.src.slices() if held is None else piece.src.within(held)
-        gx[src] += piece_grad(g_window[piece.dst.slices()], piece)
+        gx[piece.src.slices()] += piece_grad(g_window[piece.dst.slices()], piece)
 
 
 def add_tile_grads(plan: Plan, tile: Tile, gx, gw, gb, g_window, g_w, g_b) -> None:

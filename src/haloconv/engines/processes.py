@@ -108,13 +108,24 @@ class LocalCluster:
             waiting = {r for r in waiting if not self._store.check([f"haloconv/ready/{r}/{self._generation}"])}
             dead = sorted(r for r, p in self._procs.items() if p.poll() is not None)
             if dead or time.monotonic() > deadline:
-                self._kill()
-                why = (f"worker(s) {dead} exited during start-up" if dead
+                why = (f"worker(s) {dead} exited during start-up{self._exit_reasons(dead)}" if dead
                        else f"not ready within {self.start_timeout:g} s")
+                self._kill()
                 raise WorkerError(f"LocalCluster could not start: {why}")
             if waiting:
                 time.sleep(0.02)
         self._comm = Comm(group_of(self._store, 0, self.workers, self.timeout, self._generation), 0, self.workers)
+
+    def _exit_reasons(self, ranks) -> str:
+        """The tracebacks that workers ``ranks`` left in the store before exiting, if any (a
+        worker that fails outside a step, e.g. forming a group, posts one and exits)."""
+        texts = []
+        for r in ranks:
+            key = f"haloconv/error/{r}"
+            if self._store.check([key]):
+                texts.append(f"\nworker {r}: {self._store.get(key).decode()}")
+                self._store.delete_key(key)
+        return "".join(texts)
 
     @property
     def alive(self) -> bool:
@@ -286,7 +297,7 @@ class LocalCluster:
             return None
         what = []
         if dead:
-            what.append(f"worker(s) {dead} exited")
+            what.append(f"worker(s) {dead} exited{self._exit_reasons(dead)}")
         if hung:
             what.append(f"worker(s) {hung} did not answer within the timeout of {self.timeout:g} s (hung, or "
                         "waiting on one that hung)")
