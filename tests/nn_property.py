@@ -13,11 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import haloconv.nn as hnn
+from haloconv import kernels
 
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 EXAMPLES = int(sys.argv[1]) if len(sys.argv) > 1 else 30
-COUNT = {"tested": 0, "skipped": 0}
+COUNT = {"tested": 0, "skipped": 0, "empty shards": 0}
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 DCONV = {1: hnn.DistributedConv1d, 2: hnn.DistributedConv2d, 3: hnn.DistributedConv3d}
 MAXP = {1: (nn.MaxPool1d, hnn.DistributedMaxPool1d), 2: (nn.MaxPool2d, hnn.DistributedMaxPool2d),
@@ -59,8 +60,10 @@ def case(draw):
         else:
             pad = tuple(min(p, kk // 2) for p, kk in zip(pad, k))
             layer.update(padding=pad, count_include_pad=draw(st.booleans()))
-    # every axis long enough for the split and the kernel (each rank holds a part of the output)
+    # mostly axes long enough for every rank to hold a part of the output; a quarter of the
+    # cases thin (down to one index): some ranks then hold empty input or output shards
     lo = {1: 3 * world + 8, 2: 2 * world + 8, 3: world + 6}[nd]
+    lo = 1 if draw(st.integers(0, 3)) == 0 else lo
     spatial = tuple(draw(st.integers(lo, lo + 12)) for _ in range(nd))
     return kind, nd, part, layer, (draw(st.integers(1, 2)), layer.get("in_channels", 2), *spatial)
 
@@ -98,15 +101,21 @@ def test_sharded_layer_equals_torch(c):
     for p in ref.parameters():
         p.grad = None
     xd = x.clone().requires_grad_()
-    y = hnn.unshard(layer(hnn.shard(xd, part)), part)
+    xs = hnn.shard(xd, part)
+    ys = layer(xs)
+    COUNT["empty shards"] += not agree(xs.numel() > 0 and ys.numel() > 0)  # on some rank
+    y = hnn.unshard(ys, part)
     (y * g).sum().backward()
-    ok = torch.equal(y, yr) and torch.allclose(xd.grad, xr.grad, rtol=1e-10, atol=1e-12) and all(
+    # pooling bit for bit; a conv as the engines (GEMM_RTOL where this CPU's GEMM rounds by size)
+    same = torch.equal(y, yr) if kind != "conv" else kernels.matches_single_node(y.detach(), yr.detach())
+    ok = same and torch.allclose(xd.grad, xr.grad, rtol=1e-10, atol=1e-12) and all(
         torch.allclose(p.grad, grads[n], rtol=1e-10, atol=1e-12) for n, p in layer.named_parameters())
-    assert agree(ok), f"rank {rank}: {c} (forward equal: {torch.equal(y, yr)})"
+    assert agree(ok), f"rank {rank}: {c} (forward equal: {same})"
 
 
 test_sharded_layer_equals_torch()
 assert COUNT["tested"] >= COUNT["skipped"], COUNT  # the strategy must mostly draw valid layers
+assert COUNT["empty shards"] >= EXAMPLES // 20, COUNT  # and reach ranks with empty shards
 if rank == 0:
     print(f"PROPERTY OK {COUNT}")
 dist.barrier()  # leave together: a rank tearing gloo down while a peer still works can abort at exit

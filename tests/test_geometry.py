@@ -120,3 +120,17 @@ def test_compute_window_reproduces_outputs(length, k, s, d, q, align, data):
     assert y_all.shape[-1] % align == 0
     y = y_all[..., first : first + b - a]
     assert torch.allclose(y, ref)
+
+
+@given(st.integers(0, 12), st.integers(1, 12), st.one_of(st.none(), st.lists(st.floats(0.1, 10.0), min_size=12,
+                                                                               max_size=12)))
+def test_split_extent_allows_empty_parts_when_asked(extent, parts, weights):
+    w = weights[:parts] if weights is not None else None
+    r = geometry.split_extent(extent, parts, w, allow_empty=True)
+    assert len(r) == parts and r[0][0] == 0 and r[-1][1] == extent
+    assert all(r[i][1] == r[i + 1][0] and r[i][0] <= r[i][1] for i in range(parts - 1))
+    sizes = [b - a for a, b in r]
+    if parts <= extent:  # as without allow_empty
+        assert r == geometry.split_extent(extent, parts, w) and min(sizes) >= 1
+    elif w is None:  # one index each, then empty parts
+        assert sizes == [1] * extent + [0] * (parts - extent)

@@ -86,8 +86,19 @@ def test_layout_refuses_bad_partitions():
         Layout("rows", 2, (1.0, -1.0))
     with pytest.raises(ValueError, match="not available for 1-D"):
         Layout("rows", 2).counts(1)
-    with pytest.raises(ValueError, match="cannot split dim 2"):
-        Layout("rows", 4).boxes((1, 1, 3, 10))
+
+
+
+@pytest.mark.parametrize("partition,ranks,shape", [("rows", 4, (1, 1, 3, 10)), ("grid", 4, (2, 3, 1, 1)),
+                                                   ("grid", 6, (1, 2, 2, 5)), ("batch", 3, (2, 1, 4, 4))])
+def test_thin_activations_leave_trailing_ranks_empty_shards(partition, ranks, shape):
+    boxes = Layout(partition, ranks).boxes(shape)
+    cover = torch.zeros(shape, dtype=torch.int64)
+    for b in boxes:
+        cover[b.slices()] += 1
+    assert torch.all(cover == 1)
+    assert any(b.volume == 0 for b in boxes) and boxes[0].volume > 0
+    assert Layout(partition, ranks).global_shape([b.shape for b in boxes]) == shape
 
 
 # -- one rank in this process: the faces' checks ----------------------------------------------

@@ -36,13 +36,17 @@ def output_length(length: int, kernel: int, stride: int, dilation: int, pad_lo: 
     return (length + pad_lo + pad_hi - effective_kernel(kernel, dilation)) // stride + 1
 
 
-def split_extent(extent: int, parts: int, weights: Sequence[float] | None = None) -> list[tuple[int, int]]:
+def split_extent(
+    extent: int, parts: int, weights: Sequence[float] | None = None, allow_empty: bool = False
+) -> list[tuple[int, int]]:
     """Split [0, extent) into ``parts`` contiguous non-empty ranges.
 
     Even split: sizes differ by at most one, larger ones first (like numpy.array_split).
     Weighted: sizes proportional to ``weights`` (relative speeds), each at least 1.
+    ``allow_empty``: more parts than indices is allowed; the trailing parts (even) or the
+    lightest ones (weighted, by rounding) are then empty.
     """
-    if parts < 1 or parts > extent:
+    if parts < 1 or (parts > extent and not allow_empty):
         raise ValueError(f"cannot split an extent of {extent} into {parts} non-empty parts")
     if weights is None:
         base, extra = divmod(extent, parts)
@@ -60,10 +64,11 @@ def split_extent(extent: int, parts: int, weights: Sequence[float] | None = None
             acc += w
             bounds.append(round(extent * acc / total))
         bounds.append(extent)
-        for i in range(1, parts):
-            bounds[i] = max(bounds[i], bounds[i - 1] + 1)
-        for i in range(parts - 1, 0, -1):
-            bounds[i] = min(bounds[i], bounds[i + 1] - 1)
+        if parts <= extent:
+            for i in range(1, parts):
+                bounds[i] = max(bounds[i], bounds[i - 1] + 1)
+            for i in range(parts - 1, 0, -1):
+                bounds[i] = min(bounds[i], bounds[i + 1] - 1)
     return [(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 

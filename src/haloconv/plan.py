@@ -492,13 +492,14 @@ def _best_grid(spec: ConvSpec, workers: int, ownership: str = "aligned") -> tupl
 
 def _tile_ranges(
     extents: Sequence[Sequence[int]], counts: Sequence[int], weights: Sequence[float] | None,
-    block: Sequence[int | None] | None = None,
+    block: Sequence[int | None] | None = None, allow_empty: bool = False,
 ) -> list[list[tuple[tuple[int, int], ...]]]:
     """Ranges per tile, row-major over the split dims, for each of several extent sets
     (output extents, and input extents for even ownership) split alike.  With weights,
     each dim is split by the summed weights of the workers in each slab, recursively, so
     unequal workers get proportional tiles (then tiles need not form a strict grid).
-    ``block``: per dim, a fixed tile size (boundaries at its multiples) instead of counts."""
+    ``block``: per dim, a fixed tile size (boundaries at its multiples) instead of counts.
+    ``allow_empty``: a dim may be split into more parts than it has indices (empty tiles)."""
     result: list[list[tuple[tuple[int, int], ...]]] = []
     dims = len(counts)
 
@@ -512,7 +513,7 @@ def _tile_ranges(
         if block is not None and block[dim] is not None:
             splits = [geometry.block_extent(ext[dim], block[dim]) for ext in extents]
         else:
-            splits = [geometry.split_extent(ext[dim], c, slab_w) for ext in extents]
+            splits = [geometry.split_extent(ext[dim], c, slab_w, allow_empty) for ext in extents]
         for i in range(c):
             rec(
                 dim + 1,
@@ -565,8 +566,12 @@ def _shell(spec: ConvSpec, axes, out_r, owned_sp, split_c: bool) -> tuple:
         c_out, c_in, groups = (u0 * cog, u1 * cog), (u0 * cig, u1 * cig), u1 - u0
     else:
         c_out, c_in, groups = (u0, u1), (0, spec.in_channels), 1
-    needed_sp = [ax.needed(a, b) for ax, (a, b) in zip(axes, sp)]
-    comp = [ax.compute_window(a, b, geometry.compute_align(spec.ndim)) for ax, (a, b) in zip(axes, sp)]
+    if any(a == b for a, b in out_r):  # computes nothing (even ownership): reads nothing
+        needed_sp = [(a, a) for a, _ in sp]
+        comp = [(a, a, 0) for a, _ in sp]
+    else:
+        needed_sp = [ax.needed(a, b) for ax, (a, b) in zip(axes, sp)]
+        comp = [ax.compute_window(a, b, geometry.compute_align(spec.ndim)) for ax, (a, b) in zip(axes, sp)]
     out = Box((n0, c_out[0], *(a for a, _ in sp)), (n1, c_out[1], *(b for _, b in sp)))
     owned = Box((n0, c_in[0], *(l for l, _ in owned_sp)), (n1, c_in[1], *(h for _, h in owned_sp)))
     needed = Box((n0, c_in[0], *(l for l, _ in needed_sp)), (n1, c_in[1], *(h for _, h in needed_sp)))
@@ -591,6 +596,8 @@ def _owner_index(shells: Sequence[tuple]) -> dict:
 def _tile(spec: ConvSpec, axes, rank: int, shell: tuple, shells: Sequence[tuple], index: dict | None = None) -> Tile:
     """A Tile from its shell, with the pieces of its window and their owners."""
     out, owned, needed, window, first, groups, c_key = shell
+    if out.volume == 0:
+        return Tile(rank, out, owned, needed, window, first, groups, (), _input_spatial=spec.spatial)
     per_dim: list[list[geometry.Run]] = [
         [geometry.Run(0, window.hi[0] - window.lo[0], window.lo[0], 1)],
         [geometry.Run(0, window.hi[1] - window.lo[1], window.lo[1], 1)],
@@ -651,13 +658,10 @@ def build(
     ntiles = math.prod(counts)
     tile_w = list(weights[:ntiles]) if weights is not None else None
     if ownership == "even":
+        # the input split like the output, with empty tiles where an axis has fewer indices
+        # than parts (haloconv.nn: a downsampled activation thinner than the ranks)
         in_ext = (*out_ext[:2], *spec.spatial)
-        for c, n, i in zip(counts[2:], spec.spatial, range(spec.ndim)):
-            if c > n:
-                raise ValueError(
-                    f"ownership='even' cannot split spatial axis {i} of the input (size {n}) into {c} parts"
-                )
-        ranges = _tile_ranges([out_ext, in_ext], counts, tile_w)
+        ranges = _tile_ranges([out_ext, in_ext], counts, tile_w, allow_empty=True)
     else:
         ranges = [[r, None] for (r,) in _tile_ranges([out_ext], counts, tile_w, block)]
     axes = [spec.axis(i) for i in range(spec.ndim)]

@@ -68,8 +68,12 @@ class _HaloConv(Function):
         with comm.phase("halo"):
             works, keep, incoming = spmd.post_halos(comm, plan, x)
             window = spmd.build_window(tile, x, incoming, works)
-        backend = kernels.select_backend(plan.spec, window, weight, bias)
-        y = kernels.conv_tile(window, weight, bias, plan.spec, tile.groups, backend, tile.first, tile.out.shape[2:])
+        if tile.out.volume == 0:  # an empty shard: it only lent its input to the neighbours
+            y = window.new_zeros(tile.out.shape)
+        else:
+            backend = kernels.select_backend(plan.spec, window, weight, bias)
+            y = kernels.conv_tile(window, weight, bias, plan.spec, tile.groups, backend, tile.first,
+                                  tile.out.shape[2:])
         ctx.save_for_backward(x, weight, *(b for _, b in incoming))
         ctx.pieces = [p for p, _ in incoming]
         ctx.group, ctx.plan, ctx.reduce, ctx.has_bias = comm.group, plan, reduce, bias is not None
@@ -83,8 +87,12 @@ class _HaloConv(Function):
         spec, tile = ctx.plan.spec, ctx.plan.tile_of(comm.rank)
         window = spmd.build_window(tile, x, list(zip(ctx.pieces, halos)))
         need = ctx.needs_input_grad
-        g_window, gw, gb = kernels.conv_tile_backward(window, weight, g, spec, tile.groups, tile.first,
-                                                      (need[0], need[1], ctx.has_bias and need[2]))
+        if tile.out.volume == 0:  # no output, no gradient of its own (it still reduces)
+            g_window, gw = window, torch.zeros_like(weight) if need[1] else None
+            gb = weight.new_zeros(weight.shape[0]) if ctx.has_bias and need[2] else None
+        else:
+            g_window, gw, gb = kernels.conv_tile_backward(window, weight, g, spec, tile.groups, tile.first,
+                                                          (need[0], need[1], ctx.has_bias and need[2]))
         del window
         gx = spmd.halo_reduce(comm, ctx.plan, g_window) if need[0] else None
         if ctx.reduce and (gw is not None or gb is not None):
@@ -215,6 +223,8 @@ def pool_tile(window: torch.Tensor, plan: Plan, rank: int, kind: str, kernel, st
     input that lies in the tensor, padded where it reaches beyond the tensor's border
     (-inf for max, zeros for average), pooled without further padding."""
     tile = plan.tile_of(rank)
+    if tile.out.volume == 0:  # an empty shard; a view of the window keeps the graph (its halos' backward)
+        return window.reshape(-1)[:0].view(tile.out.shape)
     spatial = plan.spec.spatial
     need, win = tile.needed, tile.window
     lo = [max(a, 0) for a in need.lo[2:]]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from haloconv.engines.comm import Comm
-from haloconv.plan import Box, Plan, _extents, _named_axis, _tile_ranges, build, even_grid
+from haloconv.plan import Box, Plan, _named_axis, _tile_ranges, build, even_grid
 from haloconv.spec import ConvSpec
 
 NAMES = ("grid", "rows", "horizontal", "cols", "vertical", "depth", "batch", "channels")
@@ -108,11 +108,9 @@ class Layout:
         like the output of the one before)."""
         if self.replicated_input:
             return [Box((0,) * len(shape), tuple(shape))] * self.ranks
-        counts = self.counts(len(shape) - 2)
-        for c, n, d in zip(counts, shape, range(len(shape))):
-            if c > n:
-                raise ValueError(f"cannot split dim {d} of an activation of shape {tuple(shape)} into {c} parts")
-        ranges = _tile_ranges([shape], counts, self.worker_weights)
+        # an axis thinner than its split leaves the trailing ranks an empty shard (a deep,
+        # downsampled layer): they still take part in every exchange and reduction
+        ranges = _tile_ranges([shape], self.counts(len(shape) - 2), self.worker_weights, allow_empty=True)
         return [Box(tuple(a for a, _ in r), tuple(b for _, b in r)) for (r,) in ranges]
 
     def plan(self, spec: ConvSpec) -> Plan:
@@ -131,7 +129,4 @@ class Layout:
 
 @functools.lru_cache(maxsize=512)
 def _plan(spec: ConvSpec, counts: tuple[int, ...], ranks: int, weights: tuple[float, ...] | None) -> Plan:
-    for c, e, d in zip(counts, _extents(spec), range(len(counts))):
-        if c > e:
-            raise ValueError(f"cannot split dim {d} of the output {spec.output_shape} into {c} parts")
     return build(spec, counts, "tuple", ranks, weights, ownership="even")
