@@ -60,7 +60,7 @@ for make, shape in ((issue_model, (4, 3, 30, 34)), (harder_model, (2, 3, 45, 38)
         opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (ref, par)]
         empty = []  # shards of no element, seen at the layers' outputs
         for m in par.modules():
-            m.register_forward_hook(lambda _m, _i, out: empty.append(out.numel() == 0))
+            m.register_forward_hook(lambda _m, _i, out, seen=empty: seen.append(out.numel() == 0))
         data = torch.Generator().manual_seed(1)
         err = 0.0
         for step in range(5):
