@@ -12,12 +12,12 @@ seldom covers both).  Targets: median |predicted - measured| / measured <= 25% o
 first choice within 10% of the best measured candidate in >= 90% of configurations.  Load
 average beside the figures.  Not a test.  ``--held-out``: the same on configurations calibrate
 never used (other shapes, channel counts, kernels), every candidate measured.
-(haloconv.bench.model_accuracy)
+(haloconv.cli.bench.model_accuracy)
 """
 
 import argparse
 
-from haloconv import bench
+from haloconv.cli import bench
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--profile", default=None, help="profile JSON (default: the calibrated one, else defaults)")

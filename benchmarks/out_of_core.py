@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from haloconv.soak import watch_rss
+from memory_watch import watch_rss  # benchmarks/memory_watch.py, beside this script
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--side", type=int, default=32768)

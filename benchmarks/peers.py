@@ -12,12 +12,12 @@ S x S float32, a random k x k kernel, zero padding ('same'), 2 workers:
 Every run is a fresh process (its memory high-water mark is its own); methods interleaved,
 best of N.  Peak extra memory: the high-water mark above the process's resident memory once
 the input exists (for haloconv, plus each worker's growth over its idle size).  Outputs are
-compared with scipy's.  Load average beside every figure.  Not a test.  (haloconv.bench.peers)
+compared with scipy's.  Load average beside every figure.  Not a test.  (haloconv.cli.bench.peers)
 """
 
 import argparse
 
-from haloconv import bench
+from haloconv.cli import bench
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--size", type=int, default=8192)

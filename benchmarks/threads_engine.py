@@ -16,7 +16,7 @@ import time
 import torch
 
 import haloconv
-from haloconv import kernels
+from haloconv.compute import kernels
 
 
 def best_of(fn, repeat: int) -> float:

@@ -12,7 +12,7 @@ from hypothesis import event
 from hypothesis import strategies as st
 
 import haloconv
-from haloconv.spec import ConvSpec
+from haloconv.planning.spec import ConvSpec
 
 MODES = ("zeros", "reflect", "replicate", "circular")
 SPATIAL_PARTS = ("rows", "cols", "grid")

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from hypothesis import HealthCheck, settings
 
-from haloconv import kernels
+from haloconv.compute import kernels
 
 # Fixed examples on every run: a failure seen once is seen again (no flaky CI).
 settings.register_profile(

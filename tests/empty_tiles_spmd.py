@@ -10,7 +10,7 @@ import torch.nn as nn
 import haloconv
 import haloconv.distributed as hd
 import haloconv.nn as hnn
-from haloconv import kernels
+from haloconv.compute import kernels
 
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()

@@ -10,7 +10,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 import haloconv.nn as hnn
-from haloconv import kernels
+from haloconv.compute import kernels
 from haloconv.distributed import comm_for, traffic
 from haloconv.nn.functional import replicate_grad
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import haloconv.nn as hnn
-from haloconv import kernels
+from haloconv.compute import kernels
 
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()

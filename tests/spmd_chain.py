@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import haloconv
 import haloconv.distributed as hd
-from haloconv import kernels
+from haloconv.compute import kernels
 
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()

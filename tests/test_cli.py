@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from conftest import torch_reference
-from haloconv import filters
-from haloconv.cli import main
+from haloconv.cli.main import main
+from haloconv.files import filters
 
 
 @pytest.fixture

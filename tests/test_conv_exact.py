@@ -210,7 +210,7 @@ def test_matches_single_node_is_bitwise_but_where_this_machines_gemm_rounds_by_s
     """kernels.matches_single_node: bit for bit; the one exception, float64 (im2col + GEMM)
     on a machine whose GEMM rounds by matrix size, allows GEMM_RTOL x max|y| — never more,
     and never for float32."""
-    from haloconv import kernels
+    from haloconv.compute import kernels
 
     y32 = torch.linspace(-3, 3, 101, dtype=torch.float32)
     assert kernels.matches_single_node(y32, y32.clone())
@@ -232,7 +232,7 @@ def test_matches_single_node_is_bitwise_but_where_this_machines_gemm_rounds_by_s
 
 
 def test_gemm_convs_warn_where_this_machines_gemm_rounds_by_size(monkeypatch):
-    from haloconv import kernels
+    from haloconv.compute import kernels
 
     monkeypatch.setattr(kernels, "_warned_mkl", False)
     x = torch.randn(1, 2, 12, 12, dtype=torch.float64)

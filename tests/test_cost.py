@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 import haloconv
-from haloconv import cost
-from haloconv.cli import main
-from haloconv.spec import ConvSpec
+from haloconv.cli.main import main
+from haloconv.model import cost
+from haloconv.planning.spec import ConvSpec
 
 PROF = cost.Profile()  # the documented defaults: tests never depend on a calibration
 
@@ -64,7 +64,7 @@ def test_auto_partition_is_the_cheapest_candidate_and_exact():
 
 
 def test_scaling_projection_spatial_beats_batch_past_the_samples():
-    from haloconv import scaling
+    from haloconv.model import scaling
 
     spec = ConvSpec.from_args((4, 16, 512, 512), (16, 16, 3, 3), None, padding=1)
     proj = scaling.project(spec, [1, 4, 16, 64], PROF)
@@ -201,7 +201,7 @@ def test_schedule_runs_every_plan_to_the_end_within_its_bounds():
 
 
 def test_schedule_halo_waits_for_the_neighbours_box_and_master_feeds_many_slower():
-    from haloconv import schedule
+    from haloconv.model import schedule
 
     spec = ConvSpec.from_args((1, 16, 512, 512), (16, 16, 3, 3), None, padding=1)
     plan = haloconv.plan(spec.input_shape, spec.weight_shape, padding=1, workers=2, partition="rows")
@@ -260,9 +260,8 @@ def test_fft_model_counts_the_transforms_and_products_the_backend_computes(monke
 
     import torch
 
-    from haloconv import methods
     from haloconv.engines.base import as_one_tile
-    from haloconv.plan import FFT_BLOCK_ELEMENTS, make_plan
+    from haloconv.planning.plan import make_plan
 
     spec = ConvSpec.from_args(xs, ws, None, padding=pad, groups=groups, dilation=dilation)
     seen = {"nlogn": 0.0, "macs": 0}
@@ -281,7 +280,6 @@ def test_fft_model_counts_the_transforms_and_products_the_backend_computes(monke
         monkeypatch.setattr(torch.fft, name, record(name))
     g = torch.Generator().manual_seed(0)
     as_one_tile("fft", spec, torch.randn(xs, generator=g), torch.randn(ws, generator=g), None)()
-    assert methods.FFT_BLOCK_ELEMENTS == FFT_BLOCK_ELEMENTS
     window = make_plan(spec, "batch", 1, backend="fft").tiles[0].window.shape
     unit = [cost.Profile(fft_s_per_nlogn=a, fft_s_per_mac=1 - a).fft_seconds(spec, window, spec.out_channels)
             for a in (1.0, 0.0)]

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from haloconv.engines import LocalCluster
-from haloconv.plan import make_plan
-from haloconv.spec import ConvSpec
+from haloconv.planning.plan import make_plan
+from haloconv.planning.spec import ConvSpec
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_conv_with_a_dynamic_schedule_on_processes_is_exact():
 def test_probe_computes_with_the_backend_the_caller_selected(monkeypatch):
     """speeds/throughput time a tile as a run computes it: with the torch backend selected at
     the caller's thread count, not the one torch would pick at the worker's single thread."""
-    from haloconv import kernels
+    from haloconv.compute import kernels
     from haloconv.engines import spmd
 
     seen = []

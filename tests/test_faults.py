@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from haloconv.soak import children, proc_status
+from haloconv.engines.host import children, proc_status
 
 
 def _run_and_kill_a_worker(tmp_path, on_failure: str):

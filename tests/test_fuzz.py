@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import haloconv
-from haloconv.cli import main
-from haloconv.soak import children
+from haloconv.cli.main import main
+from haloconv.engines.host import children
 
 BAD_ARGS = [
     ("stride", 0), ("stride", -2), ("stride", 1.5), ("stride", (1, 2, 3)), ("stride", True),
@@ -130,7 +130,7 @@ def test_malformed_file_messages_name_the_file(tmp_path, capsys):
 
 def test_outputs_are_written_atomically(tmp_path, monkeypatch):
     """A write that fails half way leaves neither a partial file nor its temporary."""
-    from haloconv import io
+    from haloconv.files import images as io
 
     y = np.zeros((1, 1, 8, 8), dtype=np.float32)
 

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from haloconv import geometry
-from haloconv.geometry import Axis
+from haloconv.planning import geometry
+from haloconv.planning.geometry import Axis
 
 NP_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -53,7 +53,7 @@ def test_weighted_split_example():
 
 
 def test_aligned_halo_formula():
-    # owned = [a*s - p, b*s - p): halo_lo = 0, halo_hi = d*(k-1) + 1 - s (DESIGN.md)
+    # owned = [a*s - p, b*s - p): halo_lo = 0, halo_hi = d*(k-1) + 1 - s (docs/architecture.md, "Index math")
     for k, s, d, p in [(3, 1, 1, 1), (5, 2, 1, 2), (3, 1, 3, 3), (4, 3, 2, 0)]:
         ax = Axis(length=400, kernel=k, stride=s, dilation=d, pad_lo=p, pad_hi=p, backend_pad=p, mode="zeros")
         a, b = 40, 90

@@ -15,7 +15,7 @@ import torch
 
 import haloconv
 from conftest import assert_bitwise, torch_reference
-from haloconv.soak import children, proc_mb
+from haloconv.engines.host import children, proc_mb
 from test_processes_engine import _gone
 
 X = torch.randn(1, 3, 48, 40, generator=torch.Generator().manual_seed(0))

@@ -7,8 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import haloconv
-from haloconv import methods
-from haloconv.spec import ConvSpec
+from haloconv.compute import methods
+from haloconv.planning import backends
+from haloconv.planning.spec import ConvSpec
 
 
 @st.composite
@@ -89,7 +90,7 @@ def test_backends_refused_where_they_do_not_apply():
 
 
 def test_auto_backend_picks_fft_for_large_kernels_and_torch_for_small():
-    from haloconv.cost import Profile
+    from haloconv.model.cost import Profile
 
     prof = Profile()  # the documented defaults: no calibration needed
     big = haloconv.plan((1, 1, 1024, 1024), (1, 1, 31, 31), padding=15, workers=2, partition="rows",
@@ -101,7 +102,7 @@ def test_auto_backend_picks_fft_for_large_kernels_and_torch_for_small():
 
 def test_fft_in_blocks_of_rows(monkeypatch):
     """Tiles larger than a block go through the overlap-add loop (several blocks, a last short one)."""
-    monkeypatch.setattr(methods, "FFT_BLOCK_ELEMENTS", 200)
+    monkeypatch.setattr(backends, "FFT_BLOCK_ELEMENTS", 200)  # one setting: compute and model read it
     g = torch.Generator().manual_seed(5)
     x = torch.randn(1, 2, 97, 23, generator=g, dtype=torch.float64)
     w = torch.randn(3, 2, 5, 4, generator=g, dtype=torch.float64)

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import haloconv
-from haloconv import geometry
-from haloconv.plan import Plan
+from haloconv.planning import geometry
+from haloconv.planning.plan import Plan
 
 
 def _coverage(plan: Plan):
@@ -168,7 +168,8 @@ def test_every_tuple_partition_covers_the_output_once():
 
 
 def test_transfer_chunks_are_contiguous_runs_or_one_packed_box():
-    from haloconv.plan import MIN_RUN_BYTES, Box, transfer_chunks
+    from haloconv.planning.boxes import Box
+    from haloconv.planning.messages import MIN_RUN_BYTES, transfer_chunks
 
     shape = (2, 8, 512, 512)
     rows = Box((0, 0, 100, 0), (2, 8, 300, 512))  # full width: one run per (n, c)

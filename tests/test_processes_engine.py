@@ -9,7 +9,7 @@ from hypothesis import given, settings
 
 import haloconv
 from conftest import assert_bitwise, assert_single_node_exact, torch_reference
-from haloconv.plan import PHASES
+from haloconv.planning.messages import PHASES
 from test_conv_exact import CASES, _reference_or_none, _tensors, conv_case
 
 

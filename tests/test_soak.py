@@ -1,6 +1,6 @@
 """A short soak: many exact calls on one cluster leave memory, descriptors and processes as they were."""
 
-from haloconv.soak import soak
+from benchmarks.soak import soak
 
 
 def test_short_soak_no_growth_no_leaks():

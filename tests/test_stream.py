@@ -17,12 +17,15 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from haloconv import arrays, cost, io, kernels, methods
+from haloconv.compute import kernels, methods
 from haloconv.engines import WorkerError, stream
-from haloconv.journal import Journal, journal_path
-from haloconv.plan import Box
-from haloconv.soak import children
-from haloconv.spec import ConvSpec
+from haloconv.engines.host import children
+from haloconv.files import arrays
+from haloconv.files import images as io
+from haloconv.files.journal import Journal, journal_path
+from haloconv.model import cost
+from haloconv.planning.boxes import Box
+from haloconv.planning.spec import ConvSpec
 
 
 def _read_back(path, fmt, shape):

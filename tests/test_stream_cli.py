@@ -12,10 +12,13 @@ import pytest
 import tifffile
 import torch
 import zarr
+from benchmarks.memory_watch import watch_rss
 
-from haloconv import filters, io, kernels, methods
-from haloconv.soak import children, watch_rss
-from haloconv.spec import ConvSpec
+from haloconv.compute import kernels, methods
+from haloconv.engines.host import children
+from haloconv.files import filters
+from haloconv.files import images as io
+from haloconv.planning.spec import ConvSpec
 
 
 def _single_node(path, kernel: str, padding_mode: str) -> np.ndarray:

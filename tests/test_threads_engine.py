@@ -40,7 +40,7 @@ def test_thread_budget_is_restored_and_stats_reported():
 
 
 def test_an_error_in_one_worker_reaches_the_caller(monkeypatch):
-    from haloconv import kernels
+    from haloconv.compute import kernels
 
     real = kernels.conv_tile
     calls = []

@@ -8,7 +8,7 @@ import torch.distributed as dist
 
 import haloconv
 import haloconv.distributed as hd
-from haloconv.plan import PHASES
+from haloconv.planning.messages import PHASES
 
 
 class CountingGroup:

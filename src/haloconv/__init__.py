@@ -1,10 +1,14 @@
 """haloconv: convolutions split across workers, exactly equal to the single-machine result."""
 
-from haloconv import kernels as _kernels  # first: puts MKL in reproducible mode early
-from haloconv.api import conv, conv_file, default_workers, execute, plan
+# isort: off
+from haloconv.compute import kernels as _kernels  # first: puts MKL in reproducible mode early
+# isort: on
+from haloconv.api import conv, conv_file, execute, plan
 from haloconv.engines import Execution, LocalCluster, WorkerError
-from haloconv.plan import Box, Piece, Plan, Tile
-from haloconv.spec import ConvSpec
+from haloconv.engines.host import default_workers
+from haloconv.planning.boxes import Box, Piece, Tile
+from haloconv.planning.plan import Plan
+from haloconv.planning.spec import ConvSpec
 
 __version__ = "0.1.0"
 __all__ = [

@@ -1,5 +1,5 @@
 import sys
 
-from haloconv.cli import main
+from haloconv.cli.main import main
 
 sys.exit(main())

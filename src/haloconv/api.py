@@ -10,22 +10,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from haloconv import cost, kernels, methods
+from haloconv.compute import kernels, methods
 from haloconv.engines import ENGINES, Execution, LocalCluster, processes
 from haloconv.engines import threads as threads_engine
 from haloconv.engines.differentiable import differentiable, needs_grad
-from haloconv.plan import Plan, check_args, make_plan
-from haloconv.spec import ConvSpec, IntOrTuple
+from haloconv.engines.host import default_workers
+from haloconv.model import cost
+from haloconv.planning.plan import Plan, check_args, make_plan
+from haloconv.planning.spec import ConvSpec, IntOrTuple
 
 ArrayLike = torch.Tensor | np.ndarray
-
-
-def default_workers() -> int:
-    """The cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def _as_tensor(name: str, value: object) -> torch.Tensor:
@@ -211,7 +205,7 @@ def conv(
 
     ``x`` is (N, C_in, *spatial) with 1-3 spatial dims, ``weight`` (C_out, C_in/groups,
     *kernel), ``bias`` (C_out,) or None.  Returns the type (tensor/ndarray) and dtype of x.
-    ``backend``: 'torch' (bitwise torch), 'ndimage', 'fft' or 'auto' (see haloconv.methods).
+    ``backend``: 'torch' (bitwise torch), 'ndimage', 'fft' or 'auto' (see haloconv.compute.methods).
     ``schedule``/``tiles``: engine='processes' only, see haloconv.execute.
     """
     xt, wt, bt, is_numpy = _inputs(x, weight, bias)
@@ -269,8 +263,8 @@ def conv_file(
     share the tiles through a file system they all see (``workers`` and ``on_failure`` do
     not apply); the result comes back on rank 0, None elsewhere.
     """
-    from haloconv import arrays
     from haloconv.engines import stream
+    from haloconv.files import arrays
 
     budget = _budget_bytes(memory_budget)
     out = Path(output)

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from haloconv.engines import spmd
 from haloconv.engines.comm import Comm
 from haloconv.engines.differentiable import needs_grad
-from haloconv.plan import Plan
+from haloconv.planning.plan import Plan
 
 # per process group: the accounting of this rank (a Comm is made per call, so haloconv never
 # keeps a process group alive past destroy_process_group)

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from haloconv import methods
-from haloconv.plan import Piece, Plan, Tile, make_plan
+from haloconv.compute import methods
+from haloconv.planning.boxes import Piece, Tile
+from haloconv.planning.plan import Plan, make_plan
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from haloconv.plan import PHASES, Traffic
+from haloconv.planning.messages import PHASES, Traffic
 
 TAGS = {"control": 1, "weights": 2, "scatter": 3, "halo": 4, "gather": 5}
 

@@ -22,13 +22,15 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from haloconv import kernels, methods
+from haloconv.compute import kernels, methods
 from haloconv.engines import spmd
 from haloconv.engines.base import Execution, WorkerStats, assemble_window, execution_from_reports
 from haloconv.engines.comm import Comm
+from haloconv.engines.host import default_workers
 from haloconv.engines.worker import HOST, WorkerError, group_of, keep_heap, shutdown
-from haloconv.plan import PARTITIONS, Plan, make_plan
-from haloconv.spec import ConvSpec
+from haloconv.planning.partition import PARTITIONS
+from haloconv.planning.plan import Plan, make_plan
+from haloconv.planning.spec import ConvSpec
 
 
 class LocalCluster:
@@ -54,7 +56,6 @@ class LocalCluster:
         heal: bool = True,
     ):
         if workers is None:
-            from haloconv.api import default_workers
 
             workers = default_workers()
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:

@@ -12,10 +12,12 @@ import weakref
 
 import torch
 
-from haloconv import kernels, methods
+from haloconv.compute import kernels, methods
 from haloconv.engines.base import add_tile_grads, as_one_tile, assemble_window, piece_data, piece_grad
 from haloconv.engines.comm import Comm
-from haloconv.plan import Box, Plan, Tile, transfer_chunks
+from haloconv.planning.boxes import Box, Tile
+from haloconv.planning.messages import transfer_chunks
+from haloconv.planning.plan import Plan
 
 _DTYPES = [torch.float32, torch.float64]
 

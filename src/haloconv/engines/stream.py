@@ -20,14 +20,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from haloconv import arrays, cost, kernels, methods
-from haloconv.arrays import DiskArray
+from haloconv.compute import kernels, methods
 from haloconv.engines.base import fill_window
 from haloconv.engines.comm import Comm
-from haloconv.engines.worker import WorkerError, peak_rss
-from haloconv.journal import Journal, journal_path
-from haloconv.plan import Plan
-from haloconv.spec import ConvSpec
+from haloconv.engines.host import peak_rss, proc_mb
+from haloconv.engines.processes import LocalCluster
+from haloconv.engines.worker import WorkerError, worker_op
+from haloconv.files import arrays
+from haloconv.files.arrays import DiskArray
+from haloconv.files.journal import Journal, journal_path
+from haloconv.model import cost
+from haloconv.planning.plan import Plan
+from haloconv.planning.spec import ConvSpec
 
 # what a process holds beyond its tiles' data: heap slack, thread stacks, gloo buffers.
 # The slack varies with timing: a 400 MiB budget on 2 processes peaked at 300-380 MiB on a
@@ -95,6 +99,12 @@ def compute_tile(job: Job, index: int, backend) -> int:
     return nread
 
 
+@worker_op("stream")
+def _serve(comm: Comm, cmd: dict, shards: dict) -> dict:
+    """The worker half of a streamed run (the master half: ``run`` below)."""
+    return worker_loop(comm, cmd["job"], getattr(torch._C._ConvBackend, cmd["backend"]))
+
+
 def worker_loop(comm: Comm, job: Job, backend) -> dict:
     """A worker's side: tile numbers in, 'done' back once the output is durable; -1 stops."""
     tiles = nread = 0
@@ -155,7 +165,7 @@ def run_on(cluster, job: Job, todo: list[int], journal: Journal, log=None) -> di
         finally:
             arrays.close_all()
 
-    cmd = {"op": "stream", "job": job, "backend": kernels.backend_name(backend)}
+    cmd = {"op": "stream", "module": __name__, "job": job, "backend": kernels.backend_name(backend)}
     done, reports = cluster._step(cmd, master)
     reports[0].update(tiles=done.get(0, 0), bytes_read=stats["bytes_read"], peak_rss=peak_rss())
     return reports
@@ -177,7 +187,6 @@ def _header(job: Job, out: Path, fmt: str) -> dict:
 
 
 def _resident(pid: int) -> int:
-    from haloconv.soak import proc_mb
 
     return int(proc_mb(pid) * 2**20)
 
@@ -242,7 +251,6 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
 
     ``block``: the output tile per dim over (N, C_out, *spatial) (None: whole), instead of
     the largest tiles the budget allows (e.g. to match the chunks of another file)."""
-    from haloconv.engines.processes import LocalCluster
 
     if on_failure not in ("retry", "fail"):
         raise ValueError(f"on_failure must be 'retry' or 'fail', got {on_failure!r}")

@@ -12,9 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from haloconv import kernels, methods
+from haloconv.compute import kernels, methods
 from haloconv.engines.base import Execution, WorkerStats, add_tile_grads, assemble_window
-from haloconv.plan import Plan, Tile
+from haloconv.planning.boxes import Tile
+from haloconv.planning.plan import Plan
 
 
 def run(

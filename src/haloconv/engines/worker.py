@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import importlib
 import os
 import pickle
-import resource
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
 
 import torch
@@ -17,6 +18,7 @@ import torch.distributed as dist
 
 from haloconv.engines import spmd
 from haloconv.engines.comm import Comm
+from haloconv.engines.host import peak_rss
 
 HOST = "127.0.0.1"
 IDLE = timedelta(days=3650)  # how long an idle worker waits for its next command
@@ -141,62 +143,93 @@ def shutdown(comm: Comm | None) -> None:
     gc.collect()  # a reference cycle (a traceback's frames) may still hold it
 
 
+# The worker halves of the operations, by name.  An operation defined outside this module
+# registers its half with @worker_op and names its module in the command ("module"): the
+# worker imports it on first use, so this module imports no engine built above it.
+OPS: dict[str, Callable[[Comm, dict, dict], dict | None]] = {}
+
+
+def worker_op(name: str):
+    """Register ``fn(comm, cmd, shards) -> extra report fields | None`` as operation ``name``."""
+    def register(fn):
+        OPS[name] = fn
+        return fn
+    return register
+
+
 def _run(comm: Comm, cmd: dict, shards: dict) -> dict:
     """One collective step, mirrored by the master (see LocalCluster)."""
-    op, plan = cmd["op"], cmd.get("plan")
-    extra: dict = {}
+    op = cmd["op"]
+    if op not in OPS and "module" in cmd:
+        importlib.import_module(cmd["module"])
+    if op not in OPS:
+        raise ValueError(f"unknown command {op!r}")
     comm.reset()
     comm.slowdown = cmd.get("throttle", {}).get(comm.rank, 1.0)
     t0 = time.perf_counter()
-    if op in ("conv", "layer"):
-        w, b = spmd.distribute_weights(comm, plan, None, None, cmd["dtype"])
-        backend = getattr(_BACKENDS, cmd["backend"])
-    if op == "conv":
-        if plan.exchange == "master":  # part by part: compute while the rest arrives
-            spmd.windows_compute_gather(comm, plan, w, b, backend)
-        else:
-            window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, None))
-            spmd.gather(comm, plan, spmd.compute(comm, plan, window, w, b, backend))
-    elif op == "backward":
-        w, _ = spmd.distribute_weights(comm, plan, None, None, cmd["dtype"])
-        window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, None))
-        grads = spmd.tile_backward(comm, plan, window, w, spmd.scatter_grad(comm, plan, None), cmd["needs"])
-        spmd.reduce_grads(comm, plan, grads)
-    elif op == "dynamic":
-        w, b = spmd.broadcast_weights(comm, plan, None, None, cmd["dtype"])
-        spmd.dynamic_worker(comm, plan, w, b, getattr(_BACKENDS, cmd["backend"]), cmd["dtype"])
-    elif op == "stream":
-        from haloconv.engines import stream  # imports processes, which imports this module
-
-        extra = stream.worker_loop(comm, cmd["job"], getattr(_BACKENDS, cmd["backend"]))
-    elif op == "probe":
-        best, total = spmd.probe(comm, cmd["spec"], cmd["dtype"], cmd["backend"], cmd["repeat"], cmd.get("busy"),
-                                 cmd.get("torch_backend"))
-        extra = {"probe_seconds": best, "probe_total": total}
-    elif op == "scatter":
-        shards[cmd["id"]] = spmd.scatter(comm, plan, None)
-    elif op == "layer":
-        window = spmd.halo_exchange(comm, plan, shards[cmd["src"]])
-        shards[cmd["dst"]] = spmd.compute(comm, plan, window, w, b, backend)
-    elif op == "gather":
-        spmd.gather(comm, plan, shards[cmd["id"]])
-    elif op == "free":
-        for i in cmd["ids"]:
-            shards.pop(i, None)
-    else:
-        raise ValueError(f"unknown command {op!r}")
+    extra = OPS[op](comm, cmd, shards) or {}
     return {"rank": comm.rank, "traffic": comm.report(), "seconds": time.perf_counter() - t0,
             "peak_rss": peak_rss(), **extra}
 
 
-def peak_rss() -> int:
-    """This process's peak resident memory so far, bytes: VmHWM (getrusage's ru_maxrss
-    would carry the parent's peak across fork + exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _weights(comm: Comm, cmd: dict):
+    w, b = spmd.distribute_weights(comm, cmd["plan"], None, None, cmd["dtype"])
+    return w, b, getattr(_BACKENDS, cmd["backend"])
+
+
+@worker_op("conv")
+def _conv(comm: Comm, cmd: dict, shards: dict) -> None:
+    plan = cmd["plan"]
+    w, b, backend = _weights(comm, cmd)
+    if plan.exchange == "master":  # part by part: compute while the rest arrives
+        spmd.windows_compute_gather(comm, plan, w, b, backend)
+    else:
+        window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, None))
+        spmd.gather(comm, plan, spmd.compute(comm, plan, window, w, b, backend))
+
+
+@worker_op("backward")
+def _backward(comm: Comm, cmd: dict, shards: dict) -> None:
+    plan = cmd["plan"]
+    w, _ = spmd.distribute_weights(comm, plan, None, None, cmd["dtype"])
+    window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, None))
+    grads = spmd.tile_backward(comm, plan, window, w, spmd.scatter_grad(comm, plan, None), cmd["needs"])
+    spmd.reduce_grads(comm, plan, grads)
+
+
+@worker_op("dynamic")
+def _dynamic(comm: Comm, cmd: dict, shards: dict) -> None:
+    plan = cmd["plan"]
+    w, b = spmd.broadcast_weights(comm, plan, None, None, cmd["dtype"])
+    spmd.dynamic_worker(comm, plan, w, b, getattr(_BACKENDS, cmd["backend"]), cmd["dtype"])
+
+
+@worker_op("probe")
+def _probe(comm: Comm, cmd: dict, shards: dict) -> dict:
+    best, total = spmd.probe(comm, cmd["spec"], cmd["dtype"], cmd["backend"], cmd["repeat"], cmd.get("busy"),
+                             cmd.get("torch_backend"))
+    return {"probe_seconds": best, "probe_total": total}
+
+
+@worker_op("scatter")
+def _scatter(comm: Comm, cmd: dict, shards: dict) -> None:
+    shards[cmd["id"]] = spmd.scatter(comm, cmd["plan"], None)
+
+
+@worker_op("layer")
+def _layer(comm: Comm, cmd: dict, shards: dict) -> None:
+    plan = cmd["plan"]
+    w, b, backend = _weights(comm, cmd)
+    window = spmd.halo_exchange(comm, plan, shards[cmd["src"]])
+    shards[cmd["dst"]] = spmd.compute(comm, plan, window, w, b, backend)
+
+
+@worker_op("gather")
+def _gather(comm: Comm, cmd: dict, shards: dict) -> None:
+    spmd.gather(comm, cmd["plan"], shards[cmd["id"]])
+
+
+@worker_op("free")
+def _free(comm: Comm, cmd: dict, shards: dict) -> None:
+    for i in cmd["ids"]:
+        shards.pop(i, None)

@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from haloconv import kernels
+from haloconv.compute import kernels
 from haloconv.distributed import comm_for
 from haloconv.engines import spmd
 from haloconv.engines.comm import Comm
-from haloconv.plan import Box, Plan
+from haloconv.planning.boxes import Box
+from haloconv.planning.plan import Plan
 
 
 class _HaloWindow(Function):

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from haloconv.engines.comm import Comm
-from haloconv.plan import Box, Plan, _named_axis, _tile_ranges, build, even_grid
-from haloconv.spec import ConvSpec
+from haloconv.planning.boxes import Box
+from haloconv.planning.partition import _named_axis, even_grid
+from haloconv.planning.plan import Plan, _tile_ranges, build
+from haloconv.planning.spec import ConvSpec
 
 NAMES = ("grid", "rows", "horizontal", "cols", "vertical", "depth", "batch", "channels")
 _ALIASES = {"horizontal": "rows", "vertical": "cols"}

@@ -15,11 +15,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from haloconv import distributed
-from haloconv.geometry import split_extent
 from haloconv.nn import functional as hf
 from haloconv.nn.layout import Layout
 from haloconv.nn.sharding import layout_for
-from haloconv.spec import ConvSpec
+from haloconv.planning.geometry import split_extent
+from haloconv.planning.spec import ConvSpec
 
 
 def _torch_base(cls: type) -> type:

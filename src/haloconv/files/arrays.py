@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from haloconv.io import TIFF_SUFFIXES, _to_unit
-from haloconv.plan import Box
+from haloconv.files.pixels import TIFF_SUFFIXES, to_unit
+from haloconv.planning.boxes import Box
 
 FORMATS = ("npy", "tif", "zarr")  # streamed output formats
 
@@ -77,7 +77,7 @@ class DiskArray:
         else:
             a = np.asarray(_zarr(self, "r")[tuple(slice(lo, hi) for lo, hi in ranges)])
         # float32 first, then the run's dtype: the same values as io.read_input gives
-        return _to_unit(self._to_logical(a)).astype(dtype, copy=False)
+        return to_unit(self._to_logical(a)).astype(dtype, copy=False)
 
     def write(self, box: Box, block: np.ndarray) -> None:
         """Write the logical ``box`` (block in (N, C, *spatial), this array's dtype)."""

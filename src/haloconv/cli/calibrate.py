@@ -14,13 +14,14 @@ from datetime import UTC, datetime
 import numpy as np
 import torch
 
-from haloconv import kernels
-from haloconv.cost import Profile
+from haloconv.compute import kernels
 from haloconv.engines import LocalCluster
 from haloconv.engines.base import as_one_tile
 from haloconv.engines.worker import keep_heap
-from haloconv.plan import MIN_RUN_BYTES, make_plan
-from haloconv.spec import ConvSpec
+from haloconv.model.cost import Profile
+from haloconv.planning.messages import MIN_RUN_BYTES
+from haloconv.planning.plan import make_plan
+from haloconv.planning.spec import ConvSpec
 
 
 def _best(fn, repeat: int, min_seconds: float = 0.1) -> float:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
-TIFF_SUFFIXES = {".tif", ".tiff"}
+from haloconv.files import arrays
+from haloconv.files.pixels import IMAGE_SUFFIXES, TIFF_SUFFIXES, to_unit
+from haloconv.planning.boxes import Box
+
 SAMPLES = {"hopper": "grace_hopper.jpg"}
 
 
@@ -19,17 +21,6 @@ def sample_path(name: str) -> Path:
     from matplotlib import cbook
 
     return Path(cbook.get_sample_data(SAMPLES[name], asfileobj=False))
-
-
-def _to_unit(a: np.ndarray) -> np.ndarray:
-    """Integers scaled to [0, 1] by their dtype's range; floats kept."""
-    if np.issubdtype(a.dtype, np.integer):
-        return a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)
-    if np.issubdtype(a.dtype, np.floating):
-        return a.astype(np.float32, copy=False)
-    if a.dtype == bool:
-        return a.astype(np.float32)
-    raise ValueError(f"unsupported pixel dtype {a.dtype} (use integer, bool or floating pixels)")
 
 
 def _channels_first(a: np.ndarray, path: Path) -> np.ndarray:
@@ -53,9 +44,6 @@ def read_input(path: str | Path) -> tuple[np.ndarray, bool]:
     if not p.exists():
         raise ValueError(f"input file {str(p)!r} does not exist")
     if p.suffix.lower() == ".zarr":  # a folder
-        from haloconv import arrays
-        from haloconv.plan import Box
-
         src = arrays.open_input(p)
         return src.read(Box((0,) * len(src.logical_shape), src.logical_shape)), False
     if not p.is_file():
@@ -72,12 +60,12 @@ def read_input(path: str | Path) -> tuple[np.ndarray, bool]:
                 raise ValueError(f"input {str(p)!r} has shape {a.shape}; expected 2-D to 5-D")
             if a.size == 0:
                 raise ValueError(f"input {str(p)!r} is empty: shape {a.shape}")
-            return _to_unit(a), False
+            return to_unit(a), False
         if suffix in TIFF_SUFFIXES:
             import tifffile
 
             a = tifffile.imread(p)
-            return _channels_first(_to_unit(np.asarray(a)), p)[None], True
+            return _channels_first(to_unit(np.asarray(a)), p)[None], True
         if suffix in IMAGE_SUFFIXES:
             from PIL import Image
 
@@ -85,7 +73,7 @@ def read_input(path: str | Path) -> tuple[np.ndarray, bool]:
                 if im.mode not in ("L", "I;16", "I", "F", "RGB"):
                     im = im.convert("RGB")
                 a = np.asarray(im)
-            return _channels_first(_to_unit(a), p)[None], True
+            return _channels_first(to_unit(a), p)[None], True
     except ValueError as e:
         if str(p) in str(e):
             raise

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from haloconv import geometry
+from haloconv.planning import geometry
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 IntOrTuple = int | Sequence[int]

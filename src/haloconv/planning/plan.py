@@ -12,191 +12,26 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-import scipy.fft
 
-from haloconv import geometry
-from haloconv.spec import ConvSpec
+from haloconv.planning import geometry
+from haloconv.planning.backends import backend_unsupported
+from haloconv.planning.boxes import Box, Piece, Tile
+from haloconv.planning.messages import PHASES, Message, Traffic, is_contiguous_run, traffic_of, transfer_chunks
+from haloconv.planning.partition import (
+    PARTITION_ALIASES,
+    PARTITIONS,
+    _axis_names,
+    _extents,
+    _factorizations,
+    _named_axis,
+)
+from haloconv.planning.spec import ConvSpec
 
-# name -> which of the (N, C_out, *spatial) dims it splits; resolved per spatial rank
-PARTITION_ALIASES = {"horizontal": "rows", "vertical": "cols"}
-PARTITIONS = ("auto", "batch", "channels", "rows", "horizontal", "cols", "vertical", "depth", "grid")
 OWNERSHIPS = ("aligned", "even")
 EXCHANGES = ("neighbours", "master")
-PHASES = ("weights", "scatter", "halo", "compute", "gather")
-BACKENDS = ("torch", "ndimage", "fft")  # how a tile is computed (see methods.py)
-
-
-# backend 'fft' transforms a tile in blocks of output rows of about this many elements
-# (overlap-add: each block reads its rows plus the kernel's reach)
-FFT_BLOCK_ELEMENTS = 1 << 18
-
-
-def fft_blocks(shape: Sequence[int], cout: int, reach: int, block_elements: int | None = None) -> list[tuple[int, int]]:
-    """(output rows, how many blocks) of the FFT of an input of ``shape`` (N, C_in, *spatial,
-    backend padding included) with ``cout`` output channels and a kernel reaching ``reach``
-    along the first spatial axis: blocks of about ``block_elements`` elements (all samples
-    and channels of a row), at least 4 x ``reach`` rows, the last one shorter.  methods._fft
-    computes these blocks and cost.Profile.fft_seconds costs them."""
-    valid = shape[2] - reach + 1
-    per_row = math.prod(shape[3:]) * shape[0] * max(shape[1], cout)
-    rows = max(4 * reach, (block_elements or FFT_BLOCK_ELEMENTS) // max(1, per_row))
-    if rows >= valid:
-        return [(valid, 1)]
-    full, rest = divmod(valid, rows)
-    return [(rows, full)] + ([(rest, 1)] if rest else [])
-
-
-def fft_sizes(shape: Sequence[int]) -> list[int]:
-    """Transform lengths of an input block of ``shape``: the next 5-smooth length at least
-    as long (scipy's next_fast_len for real input; a block's valid outputs are free of the
-    circular wrap-around at any length >= its own), far faster than a prime length."""
-    return [scipy.fft.next_fast_len(int(n), real=True) for n in shape]
-
-
-def backend_unsupported(backend: str, spec: ConvSpec) -> str | None:
-    """Why compute backend ``backend`` cannot run ``spec`` (None when it can)."""
-    if backend not in BACKENDS:
-        return f"backend must be one of {BACKENDS} or 'auto', got {backend!r}"
-    if backend == "ndimage":
-        if not (spec.groups == spec.in_channels == spec.out_channels or spec.in_channels == spec.out_channels == 1):
-            return ("backend='ndimage' computes single-channel filters only (C_in = C_out = groups, or one channel), "
-                    f"got C_in={spec.in_channels} C_out={spec.out_channels} groups={spec.groups}")
-        if any(s != 1 for s in spec.stride):
-            return f"backend='ndimage' needs stride 1, got stride={spec.stride}"
-    return None
-
-
-@dataclass(frozen=True)
-class Box:
-    """A half-open N-D box [lo, hi)."""
-
-    lo: tuple[int, ...]
-    hi: tuple[int, ...]
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(h - l for l, h in zip(self.lo, self.hi))
-
-    @property
-    def volume(self) -> int:
-        return math.prod(self.shape)
-
-    def slices(self) -> tuple[slice, ...]:
-        return tuple(slice(l, h) for l, h in zip(self.lo, self.hi))
-
-    def within(self, origin: Box) -> tuple[slice, ...]:
-        """Slices of this box inside a tensor that holds ``origin``."""
-        return tuple(slice(l - o, h - o) for l, h, o in zip(self.lo, self.hi, origin.lo))
-
-    def contains(self, other: Box) -> bool:
-        return all(a <= c and d <= b for a, b, c, d in zip(self.lo, self.hi, other.lo, other.hi))
-
-    def __str__(self) -> str:
-        return "[" + ", ".join(f"{l}:{h}" for l, h in zip(self.lo, self.hi)) + "]"
-
-
-@dataclass(frozen=True)
-class Piece:
-    """A block of a tile's window filled from one owner's input.
-
-    ``src`` is in input coordinates and lies inside the owner's owned box; ``dst`` is in
-    window coordinates.  Per dim, step 1 copies, -1 copies reversed (reflect padding),
-    0 broadcasts the single source index over dst (replicate padding).
-    """
-
-    owner: int
-    src: Box
-    dst: Box
-    steps: tuple[int, ...]
-
-    @property
-    def elements(self) -> int:
-        """Elements that move from the owner: the source volume."""
-        return self.src.volume
-
-
-@dataclass(frozen=True)
-class Tile:
-    """One worker's share: its output box and everything its input is made of."""
-
-    rank: int
-    out: Box  # (N, C_out, *spatial) in output coordinates
-    owned: Box  # (N, C_in, *spatial): input this worker holds
-    needed: Box  # input its outputs read, source coordinates (may extend into padding)
-    window: Box  # input handed to the conv backend (needed + alignment, see geometry)
-    first: tuple[int, ...]  # per spatial axis: first kept output of the computed window
-    groups: int  # conv groups within this tile
-    pieces: tuple[Piece, ...]
-
-    @property
-    def halo_pieces(self) -> tuple[Piece, ...]:
-        return tuple(p for p in self.pieces if p.owner != self.rank)
-
-    @property
-    def halo_elements(self) -> int:
-        return sum(p.elements for p in self.halo_pieces)
-
-    @property
-    def halo_sources(self) -> tuple[int, ...]:
-        return tuple(sorted({p.owner for p in self.halo_pieces}))
-
-    @property
-    def window_is_view(self) -> bool:
-        """True when the window is a plain slice of the owned input of the whole tensor:
-        no padding in it and no reversed/broadcast pieces (a shared-memory engine can
-        hand the backend a view instead of a copy)."""
-        spatial_ok = all(
-            0 <= lo and hi <= n
-            for lo, hi, n in zip(self.window.lo[2:], self.window.hi[2:], self._input_spatial)
-        )
-        return spatial_ok and all(all(s == 1 for s in p.steps) for p in self.pieces)
-
-    # the input's spatial shape, for window_is_view; kept out of repr/eq
-    _input_spatial: tuple[int, ...] = field(default=(), repr=False, compare=False)
-
-
-@dataclass
-class Traffic:
-    """Bytes and messages one worker sends and receives in one phase."""
-
-    bytes_sent: int = 0
-    bytes_recv: int = 0
-    messages_sent: int = 0
-    messages_recv: int = 0
-
-    def add_send(self, nbytes: int) -> None:
-        self.bytes_sent += nbytes
-        self.messages_sent += 1
-
-    def add_recv(self, nbytes: int) -> None:
-        self.bytes_recv += nbytes
-        self.messages_recv += 1
-
-
-@dataclass(frozen=True)
-class Message:
-    """One message an engine sends: ``part`` numbers the parts of a pipelined window
-    (exchange='master'); ``packed``: the box is not one contiguous run of its tensor, so it
-    is copied into (scatter) or out of (gather) a buffer of its own."""
-
-    phase: str
-    src: int
-    dst: int
-    nbytes: int
-    part: int = 0
-    packed: bool = False
-
-
-def traffic_of(messages: Sequence[Message], workers: int) -> dict[int, dict[str, Traffic]]:
-    """Bytes and messages per worker and phase of a list of messages (Plan.messages)."""
-    out = {r: {p: Traffic() for p in PHASES} for r in range(workers)}
-    for m in messages:
-        out[m.src][m.phase].add_send(m.nbytes)
-        out[m.dst][m.phase].add_recv(m.nbytes)
-    return out
 
 
 @dataclass(frozen=True)
@@ -349,68 +184,6 @@ class Plan:
         return "\n".join(lines)
 
 
-# A box is sent as its contiguous runs (no packing copy) when each run is at least this big;
-# smaller runs are packed into one message instead of many tiny ones.
-MIN_RUN_BYTES = 256 * 1024
-
-
-def _run_dim(box: Box, shape: Sequence[int]) -> int:
-    """The innermost dims ``box`` covers fully, plus the next one, make one contiguous run:
-    the index of that next one."""
-    k = len(shape) - 1
-    while k > 0 and box.lo[k] == 0 and box.hi[k] == shape[k]:
-        k -= 1
-    return k
-
-
-def is_contiguous_run(box: Box, shape: Sequence[int]) -> bool:
-    """Whether ``box`` is one contiguous run of a C-contiguous tensor of ``shape``."""
-    return math.prod(box.shape[:_run_dim(box, shape)]) <= 1
-
-
-def transfer_chunks(box: Box, shape: Sequence[int], itemsize: int) -> list[Box]:
-    """How a box of a C-contiguous tensor of ``shape`` travels: its contiguous runs (each a
-    sub-box, also contiguous in a box-shaped buffer), or the whole box packed in one message.
-    """
-    k = _run_dim(box, shape)
-    run = math.prod(box.shape[k:])
-    count = math.prod(box.shape[:k])
-    if count <= 1 or run * itemsize < MIN_RUN_BYTES:
-        return [box]
-    chunks = []
-    for idx in itertools.product(*(range(l, h) for l, h in zip(box.lo[:k], box.hi[:k]))):
-        chunks.append(Box((*idx, *box.lo[k:]), (*(i + 1 for i in idx), *box.hi[k:])))
-    return chunks
-
-
-def _axis_names(ndim: int) -> tuple[str, ...]:
-    return {1: ("W",), 2: ("H", "W"), 3: ("D", "H", "W")}[ndim]
-
-
-def _channel_units(spec: ConvSpec) -> int:
-    """Output channels split in whole groups (a tile never cuts a group)."""
-    return spec.groups if spec.groups > 1 else spec.out_channels
-
-
-def _extents(spec: ConvSpec) -> tuple[int, ...]:
-    return (spec.batch, _channel_units(spec), *spec.out_spatial)
-
-
-def _named_axis(name: str, ndim: int) -> int:
-    """Index into (N, C, *spatial) of the spatial axis a partition name splits."""
-    table = {
-        1: {"cols": 2},
-        2: {"rows": 2, "cols": 3},
-        3: {"depth": 2, "rows": 3, "cols": 4},
-    }[ndim]
-    if name not in table:
-        valid = sorted(table) + ["batch", "channels", "grid", "auto"]
-        raise ValueError(
-            f"partition={name!r} is not available for {ndim}-D inputs; choose one of {valid}"
-        )
-    return table[name]
-
-
 def resolve_splits(
     spec: ConvSpec, partition: str | Sequence[int], workers: int, ownership: str = "aligned"
 ) -> tuple[str, tuple[int, ...]]:
@@ -451,23 +224,6 @@ def resolve_splits(
     else:
         raise ValueError(f"partition must be one of {PARTITIONS} or a tuple of counts, got {partition!r}")
     return name, tuple(counts)
-
-
-def _factorizations(n: int, k: int) -> list[tuple[int, ...]]:
-    if k == 1:
-        return [(n,)]
-    out = []
-    for d in range(1, n + 1):
-        if n % d == 0:
-            out.extend((d, *rest) for rest in _factorizations(n // d, k - 1))
-    return out
-
-
-def even_grid(workers: int, extents: Sequence[int]) -> tuple[int, ...] | None:
-    """The most even factorisation of ``workers`` over len(extents) axes with no axis split
-    beyond its extent (outer axes take the larger factors: row bands copy less), or None."""
-    fits = [f for f in _factorizations(workers, len(extents)) if all(c <= e for c, e in zip(f, extents))]
-    return min(fits, key=lambda f: (max(f), tuple(-c for c in f))) if fits else None
 
 
 def _best_grid(spec: ConvSpec, workers: int, ownership: str = "aligned") -> tuple[int, ...]:

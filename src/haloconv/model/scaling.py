@@ -12,9 +12,10 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-from haloconv.cost import Profile, resident_seconds
-from haloconv.plan import _extents, build, even_grid
-from haloconv.spec import ConvSpec
+from haloconv.model.cost import Profile, resident_seconds
+from haloconv.planning.partition import _extents, even_grid
+from haloconv.planning.plan import build
+from haloconv.planning.spec import ConvSpec
 
 
 def _counts(name: str, spec: ConvSpec, p: int) -> tuple[int, ...] | None:

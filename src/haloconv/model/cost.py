@@ -1,7 +1,7 @@
 """The cost model: a machine profile -> predicted time, bytes and memory of a Plan, and the
 choice of partition='auto' / backend='auto'.
 
-alpha-beta-gamma (DESIGN.md): a message costs latency + bytes / bandwidth; the master's
+alpha-beta-gamma (docs/architecture.md, "Cost model"): a message costs latency + bytes / bandwidth; the master's
 link carries scatter and gather one worker after another; halos move in parallel; a
 tile's compute time comes from measured rates of each backend.  Workers share the
 machine's cores: with more workers than cores, compute stretches by workers / cores.
@@ -16,21 +16,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from haloconv import schedule
-from haloconv.geometry import compute_align
-from haloconv.plan import (
-    BACKENDS,
-    PHASES,
-    Plan,
-    _extents,
-    backend_unsupported,
-    build,
-    fft_blocks,
-    fft_sizes,
-    resolve_splits,
-    traffic_of,
-)
-from haloconv.spec import ConvSpec
+from haloconv.model import schedule
+from haloconv.planning.backends import BACKENDS, backend_unsupported, fft_blocks, fft_sizes
+from haloconv.planning.geometry import compute_align
+from haloconv.planning.messages import PHASES, traffic_of
+from haloconv.planning.partition import _extents
+from haloconv.planning.plan import Plan, build, resolve_splits
+from haloconv.planning.spec import ConvSpec
 
 # Uncalibrated defaults: measured on the 2-core development machine (1 thread per worker,
 # float32, processes engine over loopback gloo).  `haloconv calibrate` measures yours.
@@ -144,7 +136,7 @@ class Profile:
         return self.fft_seconds(spec, window, cout)
 
     def fft_seconds(self, spec: ConvSpec, window: Sequence[int], cout: int) -> float:
-        """The blocks methods._fft transforms (plan.fft_blocks) at their transform lengths
+        """The blocks methods._fft transforms (planning.backends.fft_blocks) at their transform lengths
         (plan.fft_sizes): per block, the samples' input and output channels forward and
         back; the kernel once per block length; the channel mixing on the half spectrum."""
         n, cin = window[0], window[1]

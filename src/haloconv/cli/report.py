@@ -8,7 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from haloconv.engines.base import Execution
-from haloconv.plan import PHASES, Plan
+from haloconv.planning.messages import PHASES
+from haloconv.planning.plan import Plan
 
 
 def plan_dict(plan: Plan) -> dict:

@@ -23,10 +23,9 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
-from haloconv import kernels
-from haloconv.plan import BACKENDS, backend_unsupported, fft_blocks, fft_sizes
-from haloconv.plan import FFT_BLOCK_ELEMENTS as _BLOCK
-from haloconv.spec import ConvSpec
+from haloconv.compute import kernels
+from haloconv.planning.backends import BACKENDS, backend_unsupported, fft_blocks, fft_sizes
+from haloconv.planning.spec import ConvSpec
 
 __all__ = ["BACKENDS", "FFT_TOLERANCE", "check", "compute", "label", "single_node"]
 
@@ -99,17 +98,13 @@ def _ndimage(window: torch.Tensor, weight: torch.Tensor, spec: ConvSpec) -> torc
     return torch.from_numpy(out).to(window.device)
 
 
-# FFT blocks of output rows (plan.fft_blocks), so a block's transform stays cache-friendly
-FFT_BLOCK_ELEMENTS = _BLOCK  # a module global, so tests can make blocks small
-
-
 def _fft(x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, groups: int) -> torch.Tensor:
     """Valid cross-correlation (all channels, ``groups`` groups) by real FFTs, in blocks of
     output rows along the first spatial axis."""
     k = _dilated(weight, spec.dilation)
     reach = k.shape[2]
     valid = x.shape[2] - reach + 1
-    blocks = fft_blocks(x.shape, k.shape[0], reach, FFT_BLOCK_ELEMENTS)
+    blocks = fft_blocks(x.shape, k.shape[0], reach)  # planning.backends: the cost model's blocks too
     if blocks == [(valid, 1)]:
         return _fft_block(x, k, spec.ndim, groups)
     out = x.new_empty((x.shape[0], k.shape[0], valid, *(a - b + 1 for a, b in zip(x.shape[3:], k.shape[3:]))))

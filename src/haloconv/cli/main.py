@@ -14,10 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from haloconv import api, arrays, cost, filters, io, kernels, methods, plots, report, scaling
+from haloconv import api
+from haloconv.cli import plots, report
+from haloconv.compute import kernels, methods
 from haloconv.engines import WorkerError, processes
 from haloconv.engines.base import execution_from_reports
-from haloconv.spec import ConvSpec
+from haloconv.files import arrays, filters, images
+from haloconv.files.pixels import TIFF_SUFFIXES
+from haloconv.model import cost, scaling
+from haloconv.planning.spec import ConvSpec
 
 
 def _int_list(text: str, name: str) -> int | tuple[int, ...]:
@@ -57,7 +62,7 @@ def _add_problem_args(r: argparse.ArgumentParser) -> None:
     src = r.add_mutually_exclusive_group(required=True)
     src.add_argument("input", nargs="?", help="PNG/JPEG/TIFF image or .npy array")
     src.add_argument("--random", metavar="HxW", help="random input instead of a file (HxW, CxHxW, NxCxHxW)")
-    src.add_argument("--sample", choices=sorted(io.SAMPLES), help="a sample image shipped with matplotlib")
+    src.add_argument("--sample", choices=sorted(images.SAMPLES), help="a sample image shipped with matplotlib")
     r.add_argument("--kernel", default="sobel-x",
                    help=f"filter name ({', '.join(filters.NAMES)}) or a .npy weight (default sobel-x)")
     r.add_argument("--workers", type=int, default=None, help="number of workers (default: cores)")
@@ -165,8 +170,8 @@ def _load(args: argparse.Namespace) -> tuple[np.ndarray, bool, str, np.ndarray, 
         x = gen.standard_normal(shape, dtype=np.float32)
         name, is_image = f"random{'x'.join(map(str, shape))}", False
     else:
-        path = io.sample_path(args.sample) if args.sample else Path(args.input)
-        x, is_image = io.read_input(path)
+        path = images.sample_path(args.sample) if args.sample else Path(args.input)
+        x, is_image = images.read_input(path)
         name = path.stem
     x = np.ascontiguousarray(x, dtype=np.dtype(args.dtype))
     weight, groups = filters.load_kernel(args.kernel, x.shape[1], x.ndim - 2)
@@ -219,7 +224,7 @@ def _finish(args, ex, x, w, name, is_image) -> int:
         print(report.traffic_table(rep))
     y = ex.output.cpu().numpy()
     prefix = _prefix(args, name)
-    for path in io.write_outputs(y, prefix, is_image, args.image_format):
+    for path in images.write_outputs(y, prefix, is_image, args.image_format):
         print(f"wrote {path}")
     status = 0
     if args.verify:
@@ -281,7 +286,7 @@ def _stream_source(args: argparse.Namespace) -> arrays.DiskArray | None:
     """The input file to stream, when --stream is given or the input and output would not
     fit --memory-budget in memory; None for an in-memory run."""
     budget = _budget(args)
-    streamable = args.input is not None and Path(args.input).suffix.lower() in (".npy", ".zarr", *io.TIFF_SUFFIXES)
+    streamable = args.input is not None and Path(args.input).suffix.lower() in (".npy", ".zarr", *TIFF_SUFFIXES)
     if not args.stream and (budget is None or not streamable):
         return None
     if not streamable:
@@ -397,8 +402,8 @@ def _problem_shapes(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[in
         x_shape = _random_shape(args.random)
         name = f"random{'x'.join(map(str, x_shape))}"
     else:
-        path = io.sample_path(args.sample) if args.sample else Path(args.input)
-        x, _ = io.read_input(path)
+        path = images.sample_path(args.sample) if args.sample else Path(args.input)
+        x, _ = images.read_input(path)
         x_shape, name = x.shape, path.stem
     if args.weight_shape:
         w_shape = _random_shape(args.weight_shape) if args.weight_shape.count("x") >= 3 else None
@@ -452,7 +457,7 @@ def plan_command(args: argparse.Namespace) -> int:
 def bench_command(args: argparse.Namespace) -> int:
     import importlib.util
 
-    from haloconv import bench
+    from haloconv.cli import bench
 
     parts = set(args.only.split(","))
     if not parts or parts - {"accuracy", "peers", "scaling"}:
@@ -482,7 +487,7 @@ def bench_command(args: argparse.Namespace) -> int:
 
 
 def calibrate_command(args: argparse.Namespace) -> int:
-    from haloconv.calibrate import calibrate
+    from haloconv.cli.calibrate import calibrate
 
     prof = calibrate(quick=args.quick)
     path = prof.save(args.profile or cost.default_profile_path())

@@ -79,9 +79,9 @@ def model_accuracy(profile=None, repeat: int = 5, quick: bool = False, log=print
     the model ranks run, however slow it predicts it."""
     import torch
 
-    from haloconv import cost
     from haloconv.engines import LocalCluster
-    from haloconv.spec import ConvSpec
+    from haloconv.model import cost
+    from haloconv.planning.spec import ConvSpec
 
     prof = profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
     log(f"profile: {prof.source}; load average {os.getloadavg()}")
@@ -162,7 +162,7 @@ def peer_once(method: str, size: int, k: int, out_path: str) -> dict:
     """One method on one S x S image, in this (fresh) process: seconds and peak extra MB."""
     import torch
 
-    from haloconv.soak import proc_mb
+    from haloconv.engines.host import proc_mb
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((size, size), dtype=np.float32)
@@ -217,7 +217,7 @@ def peers(size: int = 8192, kernels=(3, 15), repeat: int = 3, methods=PEERS, log
             for _ in range(repeat):
                 for m in methods:  # interleaved: other load falls on every method alike
                     out = os.path.join(tmp, f"{m}-{k}.npy")
-                    r = subprocess.run([sys.executable, "-m", "haloconv.bench", m, str(size), str(k), out],
+                    r = subprocess.run([sys.executable, "-m", "haloconv.cli.bench", m, str(size), str(k), out],
                                        capture_output=True, text=True, timeout=3600)
                     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
                     if r.returncode or line is None:
@@ -282,7 +282,7 @@ def write_folder(folder, accuracy: dict | None, peer: dict | None, scaling: tupl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from haloconv import plots
+    from haloconv.cli import plots
 
     d = Path(folder)
     d.mkdir(parents=True, exist_ok=True)

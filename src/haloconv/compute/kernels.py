@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from haloconv.geometry import output_length
-from haloconv.spec import ConvSpec
+from haloconv.planning.geometry import output_length
+from haloconv.planning.spec import ConvSpec
 
 _B = torch._C._ConvBackend
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from haloconv.plan import Plan  # noqa: E402
+from haloconv.planning.plan import Plan  # noqa: E402
 
 
 def plan_png(plan: Plan, path: str | Path, title: str = "") -> Path:

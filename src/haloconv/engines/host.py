@@ -1,0 +1,60 @@
+"""Facts of this host read from the OS: the cores this process may use, /proc readers
+(resident memory, peaks, child processes) used by the engines, the CLI and the tests."""
+
+from __future__ import annotations
+
+import os
+import resource
+from pathlib import Path
+
+
+def default_workers() -> int:
+    """The cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory so far, bytes: VmHWM (getrusage's ru_maxrss
+    would carry the parent's peak across fork + exec)."""
+    try:
+        return int(proc_status("self", "VmHWM").split()[0]) * 1024
+    except (OSError, KeyError):  # pragma: no cover - not Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def proc_status(pid: int | str, field: str) -> str:
+    """The value of ``field`` in /proc/PID/status (KeyError when absent)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return line.split(":", 1)[1].strip()
+    raise KeyError(field)
+
+
+def proc_mb(pid: int | str, field: str = "VmRSS") -> float:
+    """A memory field of /proc/PID/status in MB (VmRSS now, VmHWM the high-water mark)."""
+    return float(proc_status(pid, field).split()[0]) / 1024
+
+
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        return not proc_status(pid, "State").startswith("Z")
+    except (OSError, KeyError):
+        return False
+
+
+def children(pid: int | None = None) -> list[int]:
+    """Live (non-zombie) processes whose parent is ``pid`` (default: this process)."""
+    pid = os.getpid() if pid is None else pid
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int(proc_status(d.name, "PPid")) == pid and alive(int(d.name)):
+                    kids.append(int(d.name))
+            except (OSError, KeyError, ValueError):
+                continue
+    return kids

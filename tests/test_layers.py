@@ -1,0 +1,80 @@
+"""The package's import graph: no module takes part in an import cycle (counted here with
+grimp, independently of the import-linter contracts `make test` also checks), and the
+layers of docs/architecture.md hold for every direct import."""
+
+import grimp
+
+LAYERS = [  # highest first; a module may import its own layer's package and those below
+    {"haloconv.cli"},
+    {"haloconv.api", "haloconv.nn"},
+    {"haloconv.distributed"},
+    {"haloconv.engines"},
+    {"haloconv.model", "haloconv.files"},
+    {"haloconv.compute"},
+    {"haloconv.planning"},
+]
+
+
+def _layer(module: str) -> tuple[int, str] | None:
+    for i, layer in enumerate(LAYERS):
+        for top in layer:
+            if module == top or module.startswith(top + "."):
+                return i, top
+    return None
+
+
+def _graph():
+    return grimp.build_graph("haloconv")
+
+
+def test_no_import_cycles():
+    g = _graph()
+    mods = sorted(g.modules)
+    edges = {m: sorted(g.find_modules_directly_imported_by(m)) for m in mods}
+    # Tarjan's strongly connected components
+    index, low, stack, on, comps, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            comps.append(comp)
+
+    for m in mods:
+        if m not in index:
+            visit(m)
+    # a package's __init__ re-exporting its modules is not a cycle of code: leave packages out
+    packages = {m for m in mods if any(o.startswith(m + ".") for o in mods)}
+    cycles = [c for c in comps if len([m for m in c if m not in packages]) > 1]
+    assert len(mods) > 40 and not cycles, cycles
+
+
+def test_every_import_goes_down_the_layers():
+    g = _graph()
+    wrong = []
+    for m in g.modules:
+        a = _layer(m)
+        if a is None:
+            continue
+        for imported in g.find_modules_directly_imported_by(m):
+            b = _layer(imported)
+            if b is not None and (b[0] < a[0] or (b[0] == a[0] and b[1] != a[1])):
+                wrong.append(f"{m} -> {imported}")
+    assert not wrong, wrong
+    placed = [m for m in g.modules if m.count(".") == 1 and _layer(m) is None]
+    assert sorted(placed) == ["haloconv.__main__"], placed  # every module has its layer
