@@ -78,3 +78,20 @@ def test_every_import_goes_down_the_layers():
     assert not wrong, wrong
     placed = [m for m in g.modules if m.count(".") == 1 and _layer(m) is None]
     assert sorted(placed) == ["haloconv.__main__"], placed  # every module has its layer
+
+
+def test_every_engine_computes_a_tile_through_the_one_call():
+    """compute/tile.py is the only caller of the per-tile compute functions outside compute/
+    (threads, processes, torchrun, streams and nn all go through compute_tile/tile_backward)."""
+    import re
+    from pathlib import Path
+
+    import haloconv
+
+    src = Path(haloconv.__file__).parent
+    direct = re.compile(r"\b(methods\.compute|kernels\.conv_tile|kernels\.conv_tile_backward)\(")
+    callers = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
+                     if p.parent.name != "compute" and direct.search(p.read_text()))
+    assert callers == [], callers
+    users = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if "compute_tile(" in p.read_text())
+    assert {"engines/threads.py", "engines/spmd.py", "engines/stream.py", "nn/functional.py"} <= set(users), users

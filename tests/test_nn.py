@@ -10,7 +10,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import haloconv.nn as hnn
-from haloconv.nn.layout import Layout, grid_counts
+from haloconv.nn.layout import Layout
+from haloconv.planning.partition import Partition
 
 HERE = Path(__file__).parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -55,6 +56,9 @@ def test_train_large_images_example_equals_one_process_training():
 
 # -- layout math, no processes --------------------------------------------------------------
 def test_grid_counts_most_even():
+    def grid_counts(ranks, ndim):
+        return Partition("grid").layer_counts(ndim, ranks)[2:]
+
     assert grid_counts(4, 2) == (2, 2)
     assert grid_counts(8, 2) == (4, 2)
     assert grid_counts(8, 3) == (2, 2, 2)

@@ -304,7 +304,7 @@ def test_resume_folds_the_journals_of_spmd_ranks(tmp_path):
     header = stream._header(job, out, "npy")
     part = Journal(journal.path.with_name(journal.path.name + ".r1"), header, resume=False)
     for index, j in ((0, journal), (2, journal), (1, part), (5, part)):  # as two ranks would
-        stream.compute_tile(job, index, backend)
+        stream.run_tile(job, index, backend)
         j.record(index)
     journal.close()
     part.close()

@@ -16,6 +16,7 @@ from haloconv.engines import threads as threads_engine
 from haloconv.engines.differentiable import differentiable, needs_grad
 from haloconv.engines.host import default_workers
 from haloconv.model import cost
+from haloconv.planning.partition import Partition
 from haloconv.planning.plan import Plan, check_args, make_plan
 from haloconv.planning.spec import ConvSpec, IntOrTuple
 
@@ -60,7 +61,7 @@ def plan(
     dilation: IntOrTuple = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
-    partition: str | Sequence[int] = "auto",
+    partition: str | Sequence[int] | Partition = "auto",
     workers: int | None = None,
     worker_weights: Sequence[float] | None = None,
     ownership: str = "aligned",
@@ -81,11 +82,12 @@ def plan(
         x_shape, weight_shape, bias_shape, stride=stride, padding=padding,
         dilation=dilation, groups=groups, padding_mode=padding_mode,
     )
+    part = Partition.of(partition)  # a name, split counts or a Partition (clear errors naming partition)
     if workers is None:
         if worker_weights is not None:
             workers = len(worker_weights)
-        elif not isinstance(partition, str) and all(isinstance(c, int) for c in partition):
-            workers = max(1, math.prod(partition))  # an explicit split: one worker per tile
+        elif part.kind == "counts":
+            workers = max(1, math.prod(part.split))  # an explicit split: one worker per tile
         else:
             workers = default_workers()
     check_args(spec, partition, workers, worker_weights, ownership, exchange, pipeline,
@@ -93,9 +95,9 @@ def plan(
     if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
                                       or memory_budget <= 0):
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
-    if partition == "auto" or backend == "auto" or memory_budget is not None:
+    if part.kind == "auto" or backend == "auto" or memory_budget is not None:
         prof = profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
-        if partition == "auto":
+        if part.kind == "auto":
             return cost.choose(spec, workers, prof, backend=backend, engine=engine, memory_budget=memory_budget,
                                ownership=ownership, exchange=exchange, weights=worker_weights)
         # a given partition: the model picks the backend (and checks the budget)
@@ -187,7 +189,7 @@ def conv(
     dilation: IntOrTuple = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
-    partition: str | Sequence[int] = "auto",
+    partition: str | Sequence[int] | Partition = "auto",
     workers: int | None = None,
     worker_weights: Sequence[float] | None = None,
     engine: str | LocalCluster = "threads",

@@ -69,11 +69,11 @@ def model_accuracy(profile=None, repeat: int = 5, quick: bool = False, log=print
     """Run every candidate the cost model ranks (within 3x of its first choice) end to end on
     the processes engine, the candidates of a configuration in turn: best of at least
     ``repeat`` rounds, and of as many as give each candidate ``min_seconds`` of runs (up to
-    8 x ``repeat``) — five runs of a 10 ms call sample 50 ms of a machine whose speed
+    8 x ``repeat``) — a few runs of a short call sample a moment of a machine whose speed
     other tenants change from one second to the next — in each of ``passes`` passes through
-    all configurations (2; 1 with ``quick``): a core of this shared host runs at half speed
-    for 1-3 s at a time, which can cover all of one configuration's rounds; passes minutes
-    apart seldom both fall in such a stretch.  Predicted beside measured (best over passes).
+    all configurations (2; 1 with ``quick``): a core of a shared host can run at half speed
+    for seconds at a time, which can cover all of one configuration's rounds; passes
+    minutes apart seldom both fall in such a stretch.  Predicted beside measured (best over passes).
 
     ``held_out``: the configurations calibrate never used (HELD_OUT_CONFIGS), every candidate
     the model ranks run, however slow it predicts it."""

@@ -27,8 +27,7 @@ from haloconv.planning.spec import ConvSpec
 def _best(fn, repeat: int, min_seconds: float = 0.1) -> float:
     """Best time of ``fn``: at least ``repeat`` runs and ``min_seconds`` of them (up to
     10 x ``repeat``), after two warm-ups — the first runs of a shape fault in its buffers
-    and build oneDNN's primitive; a short figure taken then was 5-20x off (1x1 8->64 conv:
-    1.4 GFLOP/s measured against 26 on a warm heap)."""
+    and build oneDNN's primitive, so a figure taken then is several times off."""
     fn()
     fn()
     times: list[float] = []
@@ -45,8 +44,8 @@ CALLER_THREADS = torch.get_num_threads()  # what a caller of haloconv.conv runs 
 def _conv_seconds(method: str, spec: ConvSpec, repeat: int) -> float:
     """One thread computing ``spec`` as a tile, with the torch backend the caller's
     single-node call selects (at the caller's thread count, CALLER_THREADS): the engines'
-    workers compute on one thread with that backend (a 1x1 conv: oneDNN, 20 ms for
-    1x64x512^2 — torch would pick im2col + GEMM at 1 thread, 40 ms)."""
+    workers compute on one thread with that backend (not the one torch would pick at one
+    thread, which for some shapes is a slower algorithm)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(spec.input_shape, generator=g)
     w = torch.randn(spec.weight_shape, generator=g)
@@ -71,8 +70,8 @@ def _compute_grid(quick: bool) -> dict[tuple, tuple[str, ConvSpec]]:
     for cout in couts:
         for cin, k in shapes:
             # ~equal work per shape, and input + output beyond the caches (LAYER_BYTES), as the
-            # layers worth distributing are: few-channel convs fitting in the caches ran faster
-            # (16->16 3x3: 92 GFLOP/s at 128^2, 64 at 256^2 and 512^2 and on 8 x 128^2)
+            # layers worth distributing are: few-channel convs that fit in the caches run faster
+            # than the same work at the sizes that are split
             s = min(8 * side, max(96, int(4 * side / math.sqrt(max(1.0, cin * cout * k * k / 9))),
                                   int(math.sqrt(LAYER_BYTES / (4 * (cin + cout))))))
             grid[("torch", cin, cout, k)] = ("torch", ConvSpec.from_args((1, cin, s, s), (cout, cin, k, k), None,
@@ -105,10 +104,9 @@ def _compute_grid(quick: bool) -> dict[tuple, tuple[str, ConvSpec]]:
 
 def measure_compute(prof: Profile, quick: bool = False, log=print, passes: int | None = None) -> None:
     """Every figure is the best over ``passes`` passes through the whole grid (2; 1 with
-    ``quick``): on a shared host one core's speed halves for 1-3 s at a time (measured here:
-    a 1024^2 3x3 filter alternating 7 and 14 ms), longer than one figure takes to measure,
-    so a single pass can catch a shape in such a stretch; passes tens of seconds apart
-    seldom both do."""
+    ``quick``): on a shared host one core's speed can halve for seconds at a time, longer
+    than one figure takes to measure, so a single pass can catch a shape in such a stretch;
+    passes tens of seconds apart seldom both do."""
     repeat = 2 if quick else 3
     passes = passes or (1 if quick else 2)
     grid = _compute_grid(quick)
@@ -165,13 +163,12 @@ def measure_compute(prof: Profile, quick: bool = False, log=print, passes: int |
 def measure_transport(prof: Profile, quick: bool = False, log=print) -> None:
     """Scatters through a 2-process cluster (the master sends worker 1 its half), median of
     several, interleaved: bandwidth from one 32 MB message against a 4 kB one (what layers'
-    boxes weigh: beyond the last-level cache, where a byte costs more than within — one
-    16 MB message went at 5.5 GB/s here, 16 runs of 1.2 MB at 4); latency per message from
-    the same 32 MB in 128 runs of the smallest size sent unpacked (plan.MIN_RUN_BYTES),
-    the median of the differences of the two measured back to back.  Medians of each
-    apart (and 64 runs) swung 0-90 us between calibrations here (a 1 ms drift of a 10 ms
-    scatter is 16 us a message); paired, 30-45 us.  A least-squares fit over many shapes
-    swung 5-13 GB/s between calibrations (its intercept took what the slope should have)."""
+    boxes weigh: beyond the last-level cache, where a byte costs more than within);
+    latency per message from the same 32 MB in 128 runs of the smallest size sent unpacked
+    (messages.MIN_RUN_BYTES), the median of the differences of the two measured back to
+    back — medians taken apart drift with the machine's load by more than the latency
+    itself, and a least-squares fit over many shapes lets its intercept take what the slope
+    should have."""
     runs = (1 << 23) * 4 // MIN_RUN_BYTES  # worker 1 gets 32 MB in 128 runs of MIN_RUN_BYTES
     shapes = {"tiny": (1, 1, 2, 2**10), "one": (1, 1, 2, 2**23), "many": (1, runs, 2, 2**23 // runs)}
     with LocalCluster(2) as cluster:

@@ -22,6 +22,7 @@ from haloconv.engines.base import execution_from_reports
 from haloconv.files import arrays, filters, images
 from haloconv.files.pixels import TIFF_SUFFIXES
 from haloconv.model import cost, scaling
+from haloconv.planning.partition import Partition
 from haloconv.planning.spec import ConvSpec
 
 
@@ -37,10 +38,11 @@ def _padding(text: str) -> int | tuple[int, ...] | str:
     return text if text in ("same", "valid") else _int_list(text, "--padding")
 
 
-def _partition(text: str) -> str | tuple[int, ...]:
+def _partition(text: str) -> Partition:
+    """--partition: a name, or split counts 'N,C,H,W' (planning.partition.Partition)."""
     if "," in text or text.isdigit():
-        return tuple(_int_list(text, "--partition") if "," in text else (int(text),))
-    return text
+        return Partition.of(tuple(_int_list(text, "--partition") if "," in text else (int(text),)))
+    return Partition.of(text)
 
 
 def _random_shape(text: str) -> tuple[int, ...]:

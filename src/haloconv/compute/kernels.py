@@ -163,8 +163,8 @@ def select_backend(spec: ConvSpec, x: torch.Tensor, weight: torch.Tensor, bias: 
             shape[2 + i] += pad[2 * (spec.ndim - 1 - i)] + pad[2 * (spec.ndim - 1 - i) + 1]
     # zero-stride stand-ins: the choice depends on shapes, dtype and device only.  A 1-D
     # conv's selection makes its input contiguous: an expanded stand-in would be written out
-    # in full (1x4x2^20: 0.5-4 ms a call, on 2 threads whose OpenMP team then spun on the
-    # cores the tiles compute on); an uninitialised one is contiguous already, never touched
+    # in full (a copy of the whole input per call, on threads that then spin on the cores
+    # the tiles compute on); an uninitialised one is contiguous already, never touched
     xs = x.new_empty(shape) if spec.ndim == 1 else x.new_empty(()).expand(shape)
     ws = weight.new_empty(()).expand(spec.weight_shape)  # the whole weight, also when given a tile's filters
     bs = None if bias is None else bias.new_empty(()).expand(spec.out_channels)

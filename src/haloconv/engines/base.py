@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from haloconv.compute import methods
+from haloconv.compute.tile import compute_tile
 from haloconv.planning.boxes import Piece, Tile
 from haloconv.planning.plan import Plan, make_plan
 
@@ -132,10 +132,10 @@ def assemble_window(x: torch.Tensor, tile: Tile) -> torch.Tensor:
 def as_one_tile(method: str, spec, x: torch.Tensor, weight: torch.Tensor, torch_backend: object):
     """A call computing all of ``spec`` on ``x`` as a one-tile plan's tile, the way a worker
     computes a tile (its window, ``torch_backend``): what calibrate and the speed probes time."""
-    tile = make_plan(spec, "batch", 1, backend=method).tiles[0]
+    plan = make_plan(spec, "batch", 1, backend=method)
+    tile = plan.tiles[0]
     window = assemble_window(x, tile)  # a view when it can be
-    return lambda: methods.compute(method, window, weight, None, spec, tile.groups, torch_backend, tile.first,
-                                   tile.out.shape[2:])
+    return lambda: compute_tile(plan, tile, window, weight, None, torch_backend)
 
 
 def fill_window(tile: Tile, read, buf: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from haloconv.engines.base import Execution, WorkerStats, assemble_window, execu
 from haloconv.engines.comm import Comm
 from haloconv.engines.host import default_workers
 from haloconv.engines.worker import HOST, WorkerError, group_of, keep_heap, shutdown
-from haloconv.planning.partition import PARTITIONS
+from haloconv.planning.partition import replanned
 from haloconv.planning.plan import Plan, make_plan
 from haloconv.planning.spec import ConvSpec
 
@@ -666,7 +666,7 @@ def run(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         if plan.splits[1] != 1:
             raise ValueError("schedule='dynamic' hands out tiles of the whole filter bank; use a partition "
                              "without a channels split")
-        fine = make_plan(plan.spec, _kind(plan), tiles or 4 * plan.workers, backend=plan.backend)
+        fine = make_plan(plan.spec, replanned(plan.partition), tiles or 4 * plan.workers, backend=plan.backend)
         out = torch.empty(plan.spec.output_shape, dtype=x.dtype)
         finished: set[int] = set()
 
@@ -733,17 +733,13 @@ def _on_fresh_clusters(plan: Plan, timeout: float, on_failure: str, log, throttl
             workers = survivors
 
 
-def _kind(plan: Plan) -> str:
-    return plan.partition if plan.partition in PARTITIONS and plan.partition != "auto" else "grid"
-
-
 def _replan(plan: Plan, workers: int, weights: list[float] | None = None) -> Plan:
     """The same job with the same kind of partition on ``workers`` workers (split in
     proportion to ``weights`` when given)."""
     if weights is None and plan.weights is not None:
         weights = list(plan.weights[:workers])
-    return make_plan(plan.spec, _kind(plan), workers, weights, plan.ownership, plan.exchange, plan.pipeline,
-                     plan.backend)
+    return make_plan(plan.spec, replanned(plan.partition), workers, weights, plan.ownership, plan.exchange,
+                     plan.pipeline, plan.backend)
 
 
 def _caller_backend(spec: ConvSpec, dtype: torch.dtype) -> str:

@@ -12,7 +12,8 @@ import weakref
 
 import torch
 
-from haloconv.compute import kernels, methods
+from haloconv.compute import kernels
+from haloconv.compute import tile as one_tile
 from haloconv.engines.base import add_tile_grads, as_one_tile, assemble_window, piece_data, piece_grad
 from haloconv.engines.comm import Comm
 from haloconv.planning.boxes import Box, Tile
@@ -446,8 +447,7 @@ def compute(
             bias = None if bias is None else bias[c0:c1]
         if backend is None:
             backend = kernels.select_backend(plan.spec, window, weight, bias)
-        y = methods.compute(plan.backend, window, weight, bias, plan.spec, tile.groups, backend, tile.first,
-                            tile.out.shape[2:])
+        y = one_tile.compute_tile(plan, tile, window, weight, bias, backend)
         if y._base is not None:  # the rows computed beyond the tile are room for the next halo
             _mark_room(y._base)
         comm.pace(t0)
@@ -532,7 +532,7 @@ def tile_backward(comm: Comm, plan: Plan, window: torch.Tensor | None, weight: t
     if tile is None:
         return None, None, None
     with comm.phase("compute"):
-        return kernels.conv_tile_backward(window, weight, grad, plan.spec, tile.groups, tile.first, needs)
+        return one_tile.tile_backward(plan, tile, window, weight, grad, needs)
 
 
 def reduce_grads(comm: Comm, plan: Plan, grads: tuple, whole: tuple | None = None, dst: int = 0) -> None:

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from haloconv.compute import kernels, methods
+from haloconv.compute import kernels
+from haloconv.compute import tile as one_tile
 from haloconv.engines.base import fill_window
 from haloconv.engines.comm import Comm
 from haloconv.engines.host import peak_rss, proc_mb
@@ -76,7 +77,7 @@ class StreamResult:
         return "\n".join(lines)
 
 
-def compute_tile(job: Job, index: int, backend) -> int:
+def run_tile(job: Job, index: int, backend) -> int:
     """Read tile ``index``'s window from the input file, compute it, write its output box;
     returns the bytes read."""
     tile = job.plan.tiles[index]
@@ -92,8 +93,7 @@ def compute_tile(job: Job, index: int, backend) -> int:
     window = fill_window(tile, read, torch.zeros(tile.window.shape, dtype=job.dtype))
     c0, c1 = job.plan.weight_box(tile)  # a block of output channels uses its filters
     bias = None if job.bias is None else job.bias[c0:c1]
-    y = methods.compute(job.plan.backend, window, job.weight[c0:c1], bias, job.plan.spec, tile.groups, backend,
-                        tile.first, tile.out.shape[2:])
+    y = one_tile.compute_tile(job.plan, tile, window, job.weight[c0:c1], bias, backend)
     del window
     job.sink.write(tile.out, y.numpy())
     return nread
@@ -117,7 +117,7 @@ def worker_loop(comm: Comm, job: Job, backend) -> dict:
                 break
             t0 = time.perf_counter()
             with comm.phase("compute"):
-                nread += compute_tile(job, index, backend)
+                nread += run_tile(job, index, backend)
                 job.sink.flush()
             comm.pace(t0)
             comm.wait([comm.isend(code, 0, "control")])  # done: the master journals it
@@ -155,7 +155,7 @@ def run_on(cluster, job: Job, todo: list[int], journal: Journal, log=None) -> di
 
         def local(index: int) -> None:
             t0 = time.perf_counter()  # on a worker's threads, as the whole step (LocalCluster._step)
-            stats["bytes_read"] += compute_tile(job, index, backend)
+            stats["bytes_read"] += run_tile(job, index, backend)
             job.sink.flush()
             comm.pace(t0)
             finished(index)
@@ -340,7 +340,7 @@ def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torc
     nread = tiles = 0
     try:
         for index in todo[rank::world]:
-            nread += compute_tile(job, index, backend_t)
+            nread += run_tile(job, index, backend_t)
             job.sink.flush()
             journal.record(index)
             tiles += 1

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from haloconv.compute import kernels, methods
+from haloconv.compute.tile import compute_tile, tile_backward
 from haloconv.engines.base import Execution, WorkerStats, add_tile_grads, assemble_window
 from haloconv.planning.boxes import Tile
 from haloconv.planning.plan import Plan
@@ -47,7 +48,7 @@ def run(
         w = weight[c0:c1]
         b = None if bias is None else bias[c0:c1]
         t1 = time.perf_counter()
-        y = methods.compute(plan.backend, window, w, b, spec, tile.groups, backend, tile.first, tile.out.shape[2:])
+        y = compute_tile(plan, tile, window, w, b, backend)
         t2 = time.perf_counter()
         out[tile.out.slices()] = y
         t3 = time.perf_counter()
@@ -91,9 +92,8 @@ def backward(
     def work(tile: Tile):
         torch.set_num_threads(per)
         c0, c1 = plan.weight_box(tile)
-        return tile, kernels.conv_tile_backward(
-            assemble_window(x, tile), weight[c0:c1], grad[tile.out.slices()], spec, tile.groups, tile.first,
-            (needs[0], needs[1], gb is not None))
+        return tile, tile_backward(plan, tile, assemble_window(x, tile), weight[c0:c1], grad[tile.out.slices()],
+                                   (needs[0], needs[1], gb is not None))
 
     for tile, (g_window, g_w, g_b) in _each_tile(plan, pool, work):
         add_tile_grads(plan, tile, gx, gw, gb, g_window, g_w, g_b)

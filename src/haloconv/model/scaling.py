@@ -13,39 +13,9 @@ import math
 from collections.abc import Sequence
 
 from haloconv.model.cost import Profile, resident_seconds
-from haloconv.planning.partition import _extents, even_grid
+from haloconv.planning.partition import Partition, even_grid
 from haloconv.planning.plan import build
 from haloconv.planning.spec import ConvSpec
-
-
-def _counts(name: str, spec: ConvSpec, p: int) -> tuple[int, ...] | None:
-    """Split counts over (N, C_out, *spatial) for ``p`` workers, or None when it cannot use them."""
-    dims = 2 + spec.ndim
-    c = [1] * dims
-    out_sp = spec.out_spatial
-    if name == "batch":
-        c[0] = min(p, spec.batch)  # more workers than samples: the rest idle
-    elif name == "channels":
-        if p > _extents(spec)[1]:  # whole groups per worker
-            return None
-        c[1] = p
-    elif name == "rows":
-        ax = 2 if spec.ndim == 1 else dims - 2
-        if p > out_sp[ax - 2]:
-            return None
-        c[ax] = p
-    elif name == "grid":
-        g = even_grid(p, out_sp)
-        if g is None:
-            return None
-        c[2:] = g
-    elif name == "batch+grid":  # samples first, then tiles within each sample
-        nb = math.gcd(p, spec.batch)
-        g = even_grid(p // nb, out_sp)
-        if g is None:
-            return None
-        c[0], c[2:] = nb, g
-    return tuple(c)
 
 
 def _grown(name: str, spec: ConvSpec, p: int) -> ConvSpec:
@@ -78,7 +48,7 @@ def project(spec: ConvSpec, workers: Sequence[int], profile: Profile, itemsize: 
     for name in names:
         s = {"strong": [], "weak": [], "halo_share": []}
         for p in workers:
-            counts = _counts(name, spec, p)
+            counts = Partition(name).exact_counts(spec, p)
             if counts is None:
                 s["strong"].append(float("nan"))
                 s["halo_share"].append(float("nan"))
@@ -87,7 +57,7 @@ def project(spec: ConvSpec, workers: Sequence[int], profile: Profile, itemsize: 
                 s["strong"].append(t)
                 s["halo_share"].append(h / t if t else 0.0)
             big = _grown(name if name != "batch+grid" else "grid", spec, p)
-            wc = _counts(name if name != "batch+grid" else "grid", big, p)
+            wc = Partition(name if name != "batch+grid" else "grid").exact_counts(big, p)
             s["weak"].append(float("nan") if wc is None else
                              resident_seconds(build(big, wc, name, p, ownership="even"), profile, itemsize)[0])
         out[name] = s

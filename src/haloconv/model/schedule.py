@@ -7,9 +7,9 @@ latency + bytes / bandwidth.  A rank computes on one thread and moves its messag
 another (gloo's), which its messages in flight share; all busy threads share the machine's
 effective cores (processor sharing: n busy threads get cores(n) / n each).  This is what a
 sum of phases misses: a halo that can only leave once its owner has its own box, a gather
-that waits for the slowest worker, the master feeding 3 workers at once at half the speed
-it feeds one (measured: 14 MB to 3 workers on 2 cores in 5.5 ms, 2.8 ms at the 2-process
-bandwidth), and 4 processes on 2 cores computing and moving data at once.
+that waits for the slowest worker, the master's link shared by the workers it feeds at
+once (each gets a share of its bandwidth), and more processes than cores computing and
+moving data at once.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
 from haloconv.compute import kernels
+from haloconv.compute.tile import compute_tile, tile_backward
 from haloconv.distributed import comm_for
 from haloconv.engines import spmd
 from haloconv.engines.comm import Comm
@@ -73,8 +74,7 @@ class _HaloConv(Function):
             y = window.new_zeros(tile.out.shape)
         else:
             backend = kernels.select_backend(plan.spec, window, weight, bias)
-            y = kernels.conv_tile(window, weight, bias, plan.spec, tile.groups, backend, tile.first,
-                                  tile.out.shape[2:])
+            y = compute_tile(plan, tile, window, weight, bias, backend)
         ctx.save_for_backward(x, weight, *(b for _, b in incoming))
         ctx.pieces = [p for p, _ in incoming]
         ctx.group, ctx.plan, ctx.reduce, ctx.has_bias = comm.group, plan, reduce, bias is not None
@@ -85,15 +85,15 @@ class _HaloConv(Function):
     def backward(ctx, g):
         x, weight, *halos = ctx.saved_tensors
         comm = comm_for(ctx.group)
-        spec, tile = ctx.plan.spec, ctx.plan.tile_of(comm.rank)
+        tile = ctx.plan.tile_of(comm.rank)
         window = spmd.build_window(tile, x, list(zip(ctx.pieces, halos)))
         need = ctx.needs_input_grad
         if tile.out.volume == 0:  # no output, no gradient of its own (it still reduces)
             g_window, gw = window, torch.zeros_like(weight) if need[1] else None
             gb = weight.new_zeros(weight.shape[0]) if ctx.has_bias and need[2] else None
         else:
-            g_window, gw, gb = kernels.conv_tile_backward(window, weight, g, spec, tile.groups, tile.first,
-                                                          (need[0], need[1], ctx.has_bias and need[2]))
+            g_window, gw, gb = tile_backward(ctx.plan, tile, window, weight, g,
+                                             (need[0], need[1], ctx.has_bias and need[2]))
         del window
         gx = spmd.halo_reduce(comm, ctx.plan, g_window) if need[0] else None
         if ctx.reduce and (gw is not None or gb is not None):

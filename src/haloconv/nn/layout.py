@@ -19,18 +19,9 @@ import torch
 
 from haloconv.engines.comm import Comm
 from haloconv.planning.boxes import Box
-from haloconv.planning.partition import _named_axis, even_grid
+from haloconv.planning.partition import Partition
 from haloconv.planning.plan import Plan, _tile_ranges, build
 from haloconv.planning.spec import ConvSpec
-
-NAMES = ("grid", "rows", "horizontal", "cols", "vertical", "depth", "batch", "channels")
-_ALIASES = {"horizontal": "rows", "vertical": "cols"}
-
-
-def grid_counts(ranks: int, ndim: int) -> tuple[int, ...]:
-    """The most even factorisation of ``ranks`` over the spatial axes, whatever the shapes
-    (every layer of a model splits alike)."""
-    return even_grid(ranks, [ranks] * ndim)
 
 
 @dataclass(frozen=True)
@@ -42,47 +33,27 @@ class Layout:
     worker_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        p = self.partition
-        if isinstance(p, str):
-            if p not in NAMES:
-                raise ValueError(f"partition must be one of {NAMES} or a tuple of split counts, got {p!r}")
-        elif not (isinstance(p, tuple) and all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in p)):
-            raise ValueError(f"partition as a tuple needs positive ints over (N, C, *spatial), got {p!r}")
+        if self.kind.kind in ("auto", "batch+grid"):
+            raise ValueError(f"partition={self.partition!r} is not available for sharded layers; choose one of "
+                             "('grid', 'rows', 'cols', 'depth', 'batch', 'channels') or split counts")
         if self.worker_weights is not None:
             w = self.worker_weights
             if len(w) != self.ranks or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in w):
                 raise ValueError(f"worker_weights must be {self.ranks} finite positive numbers, got {w!r}")
 
     @property
-    def name(self) -> str:
-        return "tuple" if isinstance(self.partition, tuple) else _ALIASES.get(self.partition, self.partition)
+    def kind(self) -> Partition:
+        return Partition.of(self.partition)  # the one normaliser (names, aliases, counts)
 
     @property
     def replicated_input(self) -> bool:
         """Filter partition: every rank holds the whole input and computes its filters."""
-        return self.name == "channels" or (isinstance(self.partition, tuple) and self.partition[1] > 1)
+        k = self.kind
+        return k.kind == "channels" or (k.kind == "counts" and k.split[1] > 1)
 
     def counts(self, ndim: int) -> tuple[int, ...]:
-        """Split counts over (N, C, *spatial) for ``ndim`` spatial dims."""
-        counts = [1] * (2 + ndim)
-        name = self.name
-        if name == "tuple":
-            counts = list(self.partition)
-            if len(counts) != 2 + ndim:
-                raise ValueError(f"partition={self.partition!r} needs {2 + ndim} counts (N, C, *spatial)")
-            if counts[1] > 1 and math.prod(counts) != counts[1]:
-                raise ValueError(f"partition={self.partition!r}: filters split with other axes is not supported")
-        elif name == "batch":
-            counts[0] = self.ranks
-        elif name == "channels":
-            counts[1] = self.ranks
-        elif name == "grid":
-            counts[2:] = grid_counts(self.ranks, ndim)
-        else:
-            counts[_named_axis(name, ndim)] = self.ranks
-        if math.prod(counts) != self.ranks:
-            raise ValueError(f"partition={self.partition!r} makes {math.prod(counts)} shards for {self.ranks} ranks")
-        return tuple(counts)
+        """Split counts over (N, C, *spatial) for ``ndim`` spatial dims (Partition.layer_counts)."""
+        return self.kind.layer_counts(ndim, self.ranks)
 
     # -- shapes ------------------------------------------------------------------------
     def gather_shapes(self, comm: Comm, local_shape: Sequence[int]) -> list[tuple[int, ...]]:

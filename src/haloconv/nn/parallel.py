@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from haloconv.nn import modules as m
+from haloconv.planning.partition import Partition
 
 ELEMENTWISE = (
     nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.Sigmoid, nn.Tanh,
@@ -39,8 +40,9 @@ def parallelize(model: nn.Module, partition="grid", group=None, worker_weights=N
     (for batch parallelism, wrap the model in DistributedDataParallel instead).
     Feed it ``haloconv.nn.shard(x)`` (or each rank's box of the input, ``local_box``).
     """
-    if partition in ("batch", "channels") or (isinstance(partition, tuple) and len(partition) > 1
-                                             and (partition[0] > 1 or partition[1] > 1)):
+    part = Partition.of(partition)
+    if part.kind in ("batch", "channels") or (part.kind == "counts" and len(part.split) > 1
+                                              and (part.split[0] > 1 or part.split[1] > 1)):
         raise ValueError(
             f"parallelize: partition={partition!r} splits samples or filters; the model's shards must be parts of "
             "the same samples (use 'grid', 'rows', 'cols', 'depth' or spatial counts)"

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 # from the same output inside a larger block of the single-node call.
 MIN_COMPUTE_OUTPUTS = 4
 # A 1-D conv's tile computes a multiple of this many outputs (the extra ones on zeros,
-# dropped): oneDNN runs a 1-D conv as a 2-D one of height 1, and with an output length that
-# is not a multiple of 16 it is up to 1.9x slower (4->8 channels, k9, 2^19 outputs, 1
-# thread: 14 ms at 524292 outputs, 8 ms at 524304); the kept outputs are the same bits.
+# dropped): oneDNN runs a 1-D conv as a 2-D one of height 1, and is much slower on an
+# output length that is not a multiple of 16 (benchmarks/threads_engine.py shows it); the
+# kept outputs are the same bits.
 ROW_ALIGN_1D = 16
 
 

@@ -19,14 +19,12 @@ import numpy as np
 from haloconv.planning import geometry
 from haloconv.planning.backends import backend_unsupported
 from haloconv.planning.boxes import Box, Piece, Tile
-from haloconv.planning.messages import PHASES, Message, Traffic, is_contiguous_run, traffic_of, transfer_chunks
+from haloconv.planning.messages import Message, Traffic, is_contiguous_run, traffic_of, transfer_chunks
 from haloconv.planning.partition import (
-    PARTITION_ALIASES,
-    PARTITIONS,
+    Partition,
     _axis_names,
     _extents,
     _factorizations,
-    _named_axis,
 )
 from haloconv.planning.spec import ConvSpec
 
@@ -118,11 +116,6 @@ class Plan:
         see ``messages``)."""
         return traffic_of(self.messages(itemsize, master, send_weights), self.workers)
 
-    def predicted_bytes(self, itemsize: int, master: int = 0, send_weights: bool = True) -> dict[str, int]:
-        """Total bytes sent per phase."""
-        tr = self.traffic(itemsize, master, send_weights)
-        return {p: sum(tr[r][p].bytes_sent for r in tr) for p in PHASES}
-
     @property
     def idle_workers(self) -> int:
         return self.workers - len(self.tiles)
@@ -140,9 +133,6 @@ class Plan:
     @property
     def halo_messages(self) -> int:
         return sum(len(t.halo_pieces) for t in self.tiles)
-
-    def halo_bytes(self, itemsize: int = 4) -> int:
-        return self.halo_elements * itemsize
 
     def halo_ratio(self) -> float:
         """Halo elements / owned elements over all tiles (0 = no halo)."""
@@ -185,45 +175,12 @@ class Plan:
 
 
 def resolve_splits(
-    spec: ConvSpec, partition: str | Sequence[int], workers: int, ownership: str = "aligned"
+    spec: ConvSpec, partition: str | Sequence[int] | Partition, workers: int, ownership: str = "aligned"
 ) -> tuple[str, tuple[int, ...]]:
-    """Turn a partition name (or explicit counts) into split counts over (N, C, *spatial)."""
-    extents = _extents(spec)
-    dims = len(extents)
-    if not isinstance(partition, str):
-        counts = tuple(partition)
-        if len(counts) != dims or not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
-            raise ValueError(
-                f"partition as a tuple needs {dims} ints (N, C_out, {', '.join(_axis_names(spec.ndim))}), "
-                f"got {partition!r}"
-            )
-        if any(c < 1 for c in counts):
-            raise ValueError(f"partition counts must be >= 1, got {partition!r}")
-        names = ("N", "C_out groups" if spec.groups > 1 else "C_out", *_axis_names(spec.ndim))
-        for c, e, name in zip(counts, extents, names):
-            if c > e:
-                raise ValueError(f"partition={partition!r} splits {name} into {c} parts but it has only {e}")
-        if math.prod(counts) > workers:
-            raise ValueError(
-                f"partition={partition!r} makes {math.prod(counts)} tiles but workers={workers}"
-            )
-        return "tuple", counts
-    name = PARTITION_ALIASES.get(partition, partition)
-    if name == "auto":
-        name = "batch" if spec.batch >= workers else "grid"
-    counts = [1] * dims
-    if name == "batch":
-        counts[0] = min(workers, extents[0])
-    elif name == "channels":
-        counts[1] = min(workers, extents[1])
-    elif name in ("rows", "cols", "depth"):
-        ax = _named_axis(name, spec.ndim)
-        counts[ax] = min(workers, extents[ax])
-    elif name == "grid":
-        return "grid", _best_grid(spec, workers, ownership)
-    else:
-        raise ValueError(f"partition must be one of {PARTITIONS} or a tuple of counts, got {partition!r}")
-    return name, tuple(counts)
+    """(name, split counts over (N, C_out units, *spatial)) of ``partition`` for a plan of
+    ``spec`` on ``workers`` workers (see Partition.counts); 'grid' picks the factorisation
+    with the least halo."""
+    return Partition.of(partition).counts(spec, workers, lambda s, w: _best_grid(s, w, ownership))
 
 
 def _best_grid(spec: ConvSpec, workers: int, ownership: str = "aligned") -> tuple[int, ...]:
@@ -471,16 +428,13 @@ def check_args(spec: ConvSpec, partition, workers, worker_weights, ownership: st
             )
         if not all(isinstance(w, (int, float)) and math.isfinite(w) and w > 0 for w in worker_weights):
             raise ValueError(f"worker_weights must be finite positive numbers, got {worker_weights}")
-    if not isinstance(partition, (str, tuple, list)):
-        raise TypeError(f"partition must be one of {PARTITIONS} or a tuple of counts, got {partition!r}")
-    if isinstance(partition, str) and PARTITION_ALIASES.get(partition, partition) not in PARTITIONS:
-        raise ValueError(f"partition must be one of {PARTITIONS} or a tuple of counts, got {partition!r}")
+    Partition.of(partition)  # a clear TypeError/ValueError naming partition
     return worker_weights
 
 
 def make_plan(
     spec: ConvSpec,
-    partition: str | Sequence[int] = "auto",
+    partition: str | Sequence[int] | Partition = "auto",
     workers: int = 1,
     worker_weights: Sequence[float] | None = None,
     ownership: str = "aligned",

@@ -1,0 +1,30 @@
+"""The one tile compute call every engine makes (threads, worker processes, torchrun ranks,
+streams, haloconv.nn): a tile's output box from its window, and the backward of that.
+
+What varies per tile (its groups, first kept outputs, output shape) comes from the Tile;
+what varies per plan (the compute backend, the convolution) from the Plan; the caller
+gives the window, the filters of the tile's output channels, and torch's conv backend
+(selected once per run the way the single-node call would, compute/kernels.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from haloconv.compute import kernels, methods
+from haloconv.planning.boxes import Tile
+from haloconv.planning.plan import Plan
+
+
+def compute_tile(plan: Plan, tile: Tile, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 torch_backend: object) -> torch.Tensor:
+    """``tile``'s output box from its window with ``plan.backend`` (a view of the computed
+    outputs when it can be: the caller copies it where it must)."""
+    return methods.compute(plan.backend, window, weight, bias, plan.spec, tile.groups, torch_backend, tile.first,
+                           tile.out.shape[2:])
+
+
+def tile_backward(plan: Plan, tile: Tile, window: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor,
+                  needs: tuple[bool, bool, bool]) -> tuple:
+    """(window, filter, bias) gradients of ``tile`` from its output box's gradient ``grad``
+    (torch's convolution_backward on the window; None where ``needs`` says not wanted)."""
+    return kernels.conv_tile_backward(window, weight, grad, plan.spec, tile.groups, tile.first, needs)
