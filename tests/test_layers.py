@@ -95,3 +95,27 @@ def test_every_engine_computes_a_tile_through_the_one_call():
     assert callers == [], callers
     users = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if "compute_tile(" in p.read_text())
     assert {"engines/threads.py", "engines/spmd.py", "engines/stream.py", "nn/functional.py"} <= set(users), users
+
+
+def test_each_operation_keeps_its_master_and_worker_halves_in_one_module():
+    """Every command an operation's master half posts names an op that the same module
+    registers with @worker_op, and names that module, so a worker process can load it."""
+    import re
+    from pathlib import Path
+
+    import haloconv
+    from haloconv.engines import worker
+
+    src = Path(haloconv.__file__).parent / "engines"
+    posted, registered = {}, {}
+    for path in [*src.glob("ops/*.py"), src / "stream.py"]:
+        text = path.read_text()
+        for op in re.findall(r'"op": "(\w+)", "module": __name__', text):
+            posted.setdefault(op, set()).add(path.name)
+        for op in re.findall(r'@worker_op\("(\w+)"\)', text):
+            registered.setdefault(op, set()).add(path.name)
+    assert posted == registered, (posted, registered)
+    assert set(posted) == {"conv", "backward", "dynamic", "probe", "scatter", "layer", "gather", "free", "stream"}
+    assert not re.search(r'op == "(conv|layer|probe)"', (src / "worker.py").read_text())  # no if/elif dispatch
+    import haloconv.engines.ops.static  # noqa: F401 - registers its worker halves on import
+    assert {"conv", "backward"} <= set(worker.OPS)

@@ -154,7 +154,7 @@ def run_on(cluster, job: Job, todo: list[int], journal: Journal, log=None) -> di
             finished(index)
 
         def local(index: int) -> None:
-            t0 = time.perf_counter()  # on a worker's threads, as the whole step (LocalCluster._step)
+            t0 = time.perf_counter()  # on a worker's threads, as the whole step (Cluster.step)
             stats["bytes_read"] += run_tile(job, index, backend)
             job.sink.flush()
             comm.pace(t0)
@@ -166,7 +166,7 @@ def run_on(cluster, job: Job, todo: list[int], journal: Journal, log=None) -> di
             arrays.close_all()
 
     cmd = {"op": "stream", "module": __name__, "job": job, "backend": kernels.backend_name(backend)}
-    done, reports = cluster._step(cmd, master)
+    done, reports = cluster.step(cmd, master)
     reports[0].update(tiles=done.get(0, 0), bytes_read=stats["bytes_read"], peak_rss=peak_rss())
     return reports
 

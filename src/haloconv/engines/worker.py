@@ -142,7 +142,7 @@ def shutdown(comm: Comm | None) -> None:
     gc.collect()  # a reference cycle (a traceback's frames) may still hold it
 
 
-# The worker halves of the operations, by name.  An operation defined outside this module
+# The worker halves of the operations, by name.  Each operation (engines/ops/, stream)
 # registers its half with @worker_op and names its module in the command ("module"): the
 # worker imports it on first use, so this module imports no engine built above it.
 OPS: dict[str, Callable[[Comm, dict, dict], dict | None]] = {}
@@ -171,64 +171,7 @@ def _run(comm: Comm, cmd: dict, shards: dict) -> dict:
             "peak_rss": peak_rss(), **extra}
 
 
-def _weights(comm: Comm, cmd: dict):
+def tile_weights(comm: Comm, cmd: dict):
+    """(this rank's filters, bias, torch conv backend) of a command that sends them."""
     w, b = spmd.distribute_weights(comm, cmd["plan"], None, None, cmd["dtype"])
     return w, b, getattr(_BACKENDS, cmd["backend"])
-
-
-@worker_op("conv")
-def _conv(comm: Comm, cmd: dict, shards: dict) -> None:
-    plan = cmd["plan"]
-    w, b, backend = _weights(comm, cmd)
-    if plan.exchange == "master":  # part by part: compute while the rest arrives
-        spmd.windows_compute_gather(comm, plan, w, b, backend)
-    else:
-        window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, None))
-        spmd.gather(comm, plan, spmd.compute(comm, plan, window, w, b, backend))
-
-
-@worker_op("backward")
-def _backward(comm: Comm, cmd: dict, shards: dict) -> None:
-    plan = cmd["plan"]
-    w, _ = spmd.distribute_weights(comm, plan, None, None, cmd["dtype"])
-    window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, None))
-    grads = spmd.tile_backward(comm, plan, window, w, spmd.scatter_grad(comm, plan, None), cmd["needs"])
-    spmd.reduce_grads(comm, plan, grads)
-
-
-@worker_op("dynamic")
-def _dynamic(comm: Comm, cmd: dict, shards: dict) -> None:
-    plan = cmd["plan"]
-    w, b = spmd.broadcast_weights(comm, plan, None, None, cmd["dtype"])
-    spmd.dynamic_worker(comm, plan, w, b, getattr(_BACKENDS, cmd["backend"]), cmd["dtype"])
-
-
-@worker_op("probe")
-def _probe(comm: Comm, cmd: dict, shards: dict) -> dict:
-    best, total = spmd.probe(comm, cmd["spec"], cmd["dtype"], cmd["backend"], cmd["repeat"], cmd.get("busy"),
-                             cmd.get("torch_backend"))
-    return {"probe_seconds": best, "probe_total": total}
-
-
-@worker_op("scatter")
-def _scatter(comm: Comm, cmd: dict, shards: dict) -> None:
-    shards[cmd["id"]] = spmd.scatter(comm, cmd["plan"], None)
-
-
-@worker_op("layer")
-def _layer(comm: Comm, cmd: dict, shards: dict) -> None:
-    plan = cmd["plan"]
-    w, b, backend = _weights(comm, cmd)
-    window = spmd.halo_exchange(comm, plan, shards[cmd["src"]])
-    shards[cmd["dst"]] = spmd.compute(comm, plan, window, w, b, backend)
-
-
-@worker_op("gather")
-def _gather(comm: Comm, cmd: dict, shards: dict) -> None:
-    spmd.gather(comm, cmd["plan"], shards[cmd["id"]])
-
-
-@worker_op("free")
-def _free(comm: Comm, cmd: dict, shards: dict) -> None:
-    for i in cmd["ids"]:
-        shards.pop(i, None)

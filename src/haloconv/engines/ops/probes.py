@@ -1,0 +1,67 @@
+"""Speed probes on a cluster: every process computing the same small problem at once
+(relative speeds for weighted splits; calibrate's concurrency curve)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from haloconv.compute import kernels
+from haloconv.engines import spmd
+from haloconv.engines.cluster import Cluster
+from haloconv.engines.comm import Comm
+from haloconv.engines.worker import worker_op
+from haloconv.planning.spec import ConvSpec
+
+
+def speeds(cluster: Cluster, spec: ConvSpec, dtype: torch.dtype = torch.float32, backend: str = "torch",
+           repeat: int = 3) -> list[float]:
+    """Relative compute speed of every process (1.0 = the fastest), measured by all of
+    them at once on the same small problem like ``spec`` (about a 1/16 row band of it):
+    weights for a static split over unequal workers (``worker_weights``)."""
+    probe = probe_spec(spec, cluster.workers)
+    tb = caller_backend(probe, dtype)
+    cmd = {"op": "probe", "module": __name__, "spec": probe, "dtype": dtype, "backend": backend, "repeat": repeat,
+           "torch_backend": tb}
+    (seconds, _), reports = cluster.step(cmd, lambda comm: spmd.probe(comm, probe, dtype, backend, repeat,
+                                                                    torch_backend=tb))
+    times = [seconds] + [reports[r]["probe_seconds"] for r in range(1, cluster.workers)]
+    return [min(times) / t for t in times]
+
+
+def throughput(cluster: Cluster, spec: ConvSpec, busy: int, repeat: int, dtype: torch.dtype = torch.float32,
+               backend: str = "torch") -> float:
+    """Seconds the first ``busy`` processes (the master among them) take to each compute
+    ``spec`` ``repeat`` times back to back, all at once (the slowest one): how the
+    cores are shared by that many busy processes (calibrate's concurrency curve)."""
+    if isinstance(busy, bool) or not isinstance(busy, int) or not 1 <= busy <= cluster.workers:
+        raise ValueError(f"busy must be an int from 1 to {cluster.workers}, got {busy!r}")
+    tb = caller_backend(spec, dtype)
+    cmd = {"op": "probe", "module": __name__, "spec": spec, "dtype": dtype, "backend": backend, "repeat": repeat,
+           "busy": busy, "torch_backend": tb}
+    (_, total), reports = cluster.step(cmd, lambda comm: spmd.probe(comm, spec, dtype, backend, repeat, busy, tb))
+    return max(total, *(reports[r]["probe_total"] for r in range(1, cluster.workers)))
+
+
+@worker_op("probe")
+def _worker_probe(comm: Comm, cmd: dict, shards: dict) -> dict:
+    best, total = spmd.probe(comm, cmd["spec"], cmd["dtype"], cmd["backend"], cmd["repeat"], cmd.get("busy"),
+                             cmd.get("torch_backend"))
+    return {"probe_seconds": best, "probe_total": total}
+
+
+def caller_backend(spec: ConvSpec, dtype: torch.dtype) -> str:
+    """The torch conv backend a run of ``spec`` computes its tiles with: selected here, at the
+    caller's thread count, as LocalCluster.run does."""
+    return kernels.backend_name(kernels.select_backend(spec, torch.empty(0, dtype=dtype),
+                                                       torch.empty(0, dtype=dtype), None))
+
+
+def probe_spec(spec: ConvSpec, workers: int) -> ConvSpec:
+    """``spec`` on one sample and a band of its first spatial axis: about 1/16 of the work
+    of one worker's share, and at least a few kernel spans."""
+    axis = spec.axis(0)
+    rows = max(4 * axis.span, spec.spatial[0] // (16 * workers))
+    shape = (1, spec.in_channels, min(rows, spec.spatial[0]), *spec.spatial[1:])
+    return dataclasses.replace(spec, input_shape=shape)

@@ -1,0 +1,88 @@
+"""End to end runs on a cluster (the master scatters, workers exchange halos and compute,
+the master gathers) and their backward: each operation's master half, then its worker half."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from haloconv.compute import kernels, methods
+from haloconv.engines import spmd
+from haloconv.engines.base import Execution
+from haloconv.engines.cluster import Cluster, exec_of
+from haloconv.engines.comm import Comm
+from haloconv.engines.worker import tile_weights, worker_op
+from haloconv.planning.plan import Plan
+
+
+def run(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Execution:
+    """End to end: the master scatters, workers exchange halos and compute, the master gathers."""
+    cluster.check_plan(plan)
+    if x.device.type != "cpu":
+        raise ValueError(f"the processes engine takes CPU tensors, got x on {x.device}")
+    t_start = time.perf_counter()
+    backend = kernels.select_backend(plan.spec, x, weight, bias)
+
+    def master(comm: Comm) -> torch.Tensor:
+        w, b = spmd.distribute_weights(comm, plan, weight, bias, x.dtype)
+        in_flight: list = []
+        if plan.exchange == "master":  # the master computes while the windows travel
+            window = spmd.scatter_windows(comm, plan, x, pending=in_flight)
+        else:
+            window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, x))
+        out = torch.empty(plan.spec.output_shape, dtype=x.dtype)
+        posted = spmd.post_gather(comm, plan, out)  # outputs land in `out` as workers finish
+        y0 = spmd.compute(comm, plan, window, w, b, backend)
+        spmd.finish_gather(comm, plan, posted, out, y0)
+        with comm.phase("scatter"):
+            for works, _ in in_flight:
+                comm.wait(works)
+        return out
+
+    cmd = {"op": "conv", "module": __name__, "plan": plan, "dtype": x.dtype, "backend": kernels.backend_name(backend)}
+    out, reports = cluster.step(cmd, master)
+    return exec_of(out, plan, methods.label(plan.backend, backend), time.perf_counter() - t_start, reports)
+
+
+@worker_op("conv")
+def _worker_run(comm: Comm, cmd: dict, shards: dict) -> None:
+    plan = cmd["plan"]
+    w, b, backend = tile_weights(comm, cmd)
+    if plan.exchange == "master":  # part by part: compute while the rest arrives
+        spmd.windows_compute_gather(comm, plan, w, b, backend)
+    else:
+        window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, None))
+        spmd.gather(comm, plan, spmd.compute(comm, plan, window, w, b, backend))
+
+
+def backward(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+             grad: torch.Tensor, needs: tuple[bool, bool, bool]) -> tuple:
+    """Gradients (x, weight, bias; None where ``needs`` says not) of ``plan``'s conv from
+    ``grad``, that of its output: every worker gets its window again (scatter, halo
+    exchange) and its output box of ``grad``, computes its tile's gradients, and sends
+    them to the master, who adds them up in rank order."""
+    cluster.check_plan(plan)
+    spec = plan.spec
+    needs = (bool(needs[0]), bool(needs[1]), bool(needs[2]) and bias is not None)
+    whole = (x.new_zeros(spec.input_shape) if needs[0] else None,
+             x.new_zeros(spec.weight_shape) if needs[1] else None,
+             x.new_zeros(spec.out_channels) if needs[2] else None)
+
+    def master(comm: Comm):
+        w, _ = spmd.distribute_weights(comm, plan, weight, bias, x.dtype)
+        window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, x))
+        grads = spmd.tile_backward(comm, plan, window, w, spmd.scatter_grad(comm, plan, grad), needs)
+        spmd.reduce_grads(comm, plan, grads, whole)
+
+    cluster.step({"op": "backward", "module": __name__, "plan": plan, "dtype": x.dtype, "needs": needs}, master)
+    return whole
+
+
+@worker_op("backward")
+def _worker_backward(comm: Comm, cmd: dict, shards: dict) -> None:
+    plan = cmd["plan"]
+    w, _ = spmd.distribute_weights(comm, plan, None, None, cmd["dtype"])
+    window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, None))
+    grads = spmd.tile_backward(comm, plan, window, w, spmd.scatter_grad(comm, plan, None), cmd["needs"])
+    spmd.reduce_grads(comm, plan, grads)
