@@ -90,8 +90,8 @@ def test_ctrl_c_stops_all_workers(tmp_path):
     # and the signal however loaded the machine is, and Ctrl-C, which Python sees between
     # two torch calls, is taken within a tile's compute (a huge tile would delay it)
     p = subprocess.Popen(
-        [sys.executable, "-m", "haloconv", "run", "--random", "4x32x1024x1024", "--kernel", "box:25",
-         "--workers", "3", "--partition", "rows", "--schedule", "dynamic", "--tiles", "96", "-o", str(tmp_path / "y")],
+        [sys.executable, "-m", "haloconv", "run", "--random", "4x32x1024x1024", "--kernel", "box:15",
+         "--workers", "3", "--partition", "rows", "--schedule", "dynamic", "--tiles", "384", "-o", str(tmp_path / "y")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

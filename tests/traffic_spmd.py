@@ -75,4 +75,8 @@ if rank == 0:
         print("\n".join(r))
     print("TRAFFIC COUNTED")
 dist.barrier()
+# let go of the group before destroying it: a reference still held at interpreter exit
+# tears gloo's threads down there, which now and then aborts a rank (see haloconv/nn)
+hd.Comm = RealComm
+counting.pg = None
 dist.destroy_process_group()

@@ -313,14 +313,13 @@ class Cluster:
         """``call()`` on this cluster; when it fails because a worker was lost (died or hung;
         the cluster healed), with on_failure='retry' it runs again, up to once per worker.
         An exception raised in a worker is raised at once (it would be raised again)."""
-        if on_failure not in ("retry", "fail"):
-            raise ValueError(f"on_failure must be 'retry' or 'fail', got {on_failure!r}")
+        check_on_failure(on_failure)
         failures: list[str] = []
         while True:
             try:
                 result = call()
             except WorkerError as e:
-                if on_failure == "fail" or e.raised or not self.alive or len(failures) >= self.workers:
+                if not retriable(e, on_failure) or not self.alive or len(failures) >= self.workers:
                     raise
                 failures.append(str(e))
                 continue
@@ -336,6 +335,20 @@ class Cluster:
         """A fresh id for a set of resident shards."""
         self._next_id += 1
         return self._next_id
+
+
+ON_FAILURE = ("retry", "fail")
+
+
+def check_on_failure(on_failure: object) -> None:
+    if on_failure not in ON_FAILURE:
+        raise ValueError(f"on_failure must be 'retry' or 'fail', got {on_failure!r}")
+
+
+def retriable(error: WorkerError, on_failure: str) -> bool:
+    """Whether a failed call is run again: only with on_failure='retry', and only when a
+    worker was lost — an exception raised in a worker would be raised again."""
+    return on_failure == "retry" and not error.raised
 
 
 def _broken_link(error: str) -> bool:

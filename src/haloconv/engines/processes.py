@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from haloconv.engines.base import Execution
-from haloconv.engines.cluster import Cluster
+from haloconv.engines.cluster import Cluster, check_on_failure, retriable
 from haloconv.engines.ops import dynamic, probes, resident, static
 from haloconv.engines.ops.resident import Sharded
 from haloconv.engines.worker import WorkerError
@@ -101,8 +101,7 @@ def run(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     not finished yet (the others are kept); static: the plan re-made with the same
     partition, run again.  Exact either way.  ``'fail'``: raise WorkerError at once.
     ``throttle``: see LocalCluster (benchmarks and tests)."""
-    if on_failure not in ("retry", "fail"):
-        raise ValueError(f"on_failure must be 'retry' or 'fail', got {on_failure!r}")
+    check_on_failure(on_failure)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if tiles is not None and (isinstance(tiles, bool) or not isinstance(tiles, int) or tiles < 1):
@@ -115,23 +114,29 @@ def run(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         out = torch.empty(plan.spec.output_shape, dtype=x.dtype)
         finished: set[int] = set()
 
-        def body(cluster: LocalCluster, plan: Plan) -> Execution:
+        def body(cluster: LocalCluster) -> Execution:
+            _started(cluster, log)
             return cluster.run_dynamic(fine, x, weight, bias, out=out, finished=finished)
 
-        def go_on(plan: Plan, survivors: int) -> tuple[Plan, str]:
-            return plan, (f"going on with {survivors} process(es): {len(fine.tiles) - len(finished)} of "
-                          f"{len(fine.tiles)} tiles left, the finished ones kept")
+        def go_on(survivors: int, error: WorkerError) -> str:
+            return (f"going on with {survivors} process(es): {len(fine.tiles) - len(finished)} of "
+                    f"{len(fine.tiles)} tiles left, the finished ones kept")
     else:
-        def body(cluster: LocalCluster, plan: Plan) -> Execution:
+        current = [plan]
+
+        def body(cluster: LocalCluster) -> Execution:
+            _started(cluster, log)
+            p = current[0]
             if measure_speeds:
-                speeds = cluster.speeds(plan.spec, x.dtype, plan.backend)
+                speeds = cluster.speeds(p.spec, x.dtype, p.backend)
                 if log is not None:
                     log("measured speeds (1 = fastest): " + ", ".join(f"{v:.2f}" for v in speeds))
-                plan = _replan(plan, plan.workers, speeds)
-            return cluster.run(plan, x, weight, bias)
+                p = _replan(p, p.workers, speeds)
+            return cluster.run(p, x, weight, bias)
 
-        go_on = _go_on_replanned
-    ex, failures = _on_fresh_clusters(plan, timeout, on_failure, log, throttle, body, go_on)
+        go_on = _replanning(current)
+    ex, failures = on_fresh_clusters(plan.workers, on_failure, body, go_on, timeout=timeout, throttle=throttle,
+                                     log=log)
     ex.failures = failures
     return ex
 
@@ -141,38 +146,47 @@ def run_backward(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.
                  on_failure: str = "retry", log=None) -> tuple:
     """The gradients of engine='processes' run of ``plan`` (LocalCluster.backward), on a
     LocalCluster started for this call; a lost worker is handled as in run (static)."""
-    grads, _ = _on_fresh_clusters(plan, timeout, on_failure, log, None,
-                                  lambda cluster, p: cluster.backward(p, x, weight, bias, grad, needs),
-                                  _go_on_replanned)
+    current = [plan]
+    grads, _ = on_fresh_clusters(plan.workers, on_failure,
+                                 lambda cluster: cluster.backward(current[0], x, weight, bias, grad, needs),
+                                 _replanning(current), timeout=timeout, log=log)
     return grads
 
 
-def _go_on_replanned(plan: Plan, survivors: int) -> tuple[Plan, str]:
-    return (_replan(plan, survivors),
-            f"re-planning the whole job on {survivors} worker(s) and running it again")
+def _started(cluster: LocalCluster, log) -> None:
+    if log is not None:
+        log(f"started {cluster.workers} worker processes in {cluster.startup_seconds:.2f}s")
 
 
-def _on_fresh_clusters(plan: Plan, timeout: float, on_failure: str, log, throttle, body, go_on):
-    """(body(cluster, plan), failures survived): ``body`` on a LocalCluster of the plan's
-    workers started for it.  A lost worker (on_failure='retry'): ``go_on(plan, survivors)``
-    gives the plan to go on with and what that means, and ``body`` runs again on a fresh
-    cluster of the survivors.  'fail': WorkerError at once."""
-    if on_failure not in ("retry", "fail"):
-        raise ValueError(f"on_failure must be 'retry' or 'fail', got {on_failure!r}")
+def _replanning(current: list[Plan]):
+    """go_on for on_fresh_clusters: the whole job re-planned on the survivors."""
+    def go_on(survivors: int, error: WorkerError) -> str:
+        current[0] = _replan(current[0], survivors)
+        return f"re-planning the whole job on {survivors} worker(s) and running it again"
+    return go_on
+
+
+def on_fresh_clusters(workers: int, on_failure: str, body, go_on, *, timeout: float = 60.0,
+                      throttle: dict[int, float] | None = None, log=None) -> tuple[object, list[str]]:
+    """The one failure loop of the runs that start their own processes (one-shot runs and
+    streams): ``(body(cluster), failures survived)`` with ``body`` run on a LocalCluster of
+    ``workers`` processes started for it.  When a worker is lost (died or hung; see
+    ``retriable``) and on_failure='retry', ``go_on(survivors, error)`` adapts the job to the
+    processes left and says how (logged), and ``body`` runs again on a fresh cluster of the
+    survivors; otherwise the WorkerError is raised.  (A cluster you hold heals itself and
+    retries on the same processes instead: Cluster.retrying.)"""
+    check_on_failure(on_failure)
     failures: list[str] = []
-    workers = plan.workers
     while True:
         try:
             with LocalCluster(workers, timeout=timeout, throttle=throttle, heal=False) as cluster:
-                if log is not None:
-                    log(f"started {workers} worker processes in {cluster.startup_seconds:.2f}s")
-                return body(cluster, plan), failures
+                return body(cluster), failures
         except WorkerError as e:
             survivors = workers - max(1, len(e.dead))
-            if on_failure == "fail" or survivors < 1 or e.raised:
+            if not retriable(e, on_failure) or survivors < 1:
                 raise
             failures.append(str(e))
-            plan, what = go_on(plan, survivors)
+            what = go_on(survivors, e)
             if log is not None:
                 log(f"haloconv: {e}\n{what}")
             workers = survivors

@@ -23,9 +23,10 @@ import torch
 from haloconv.compute import kernels
 from haloconv.compute import tile as one_tile
 from haloconv.engines.base import fill_window
+from haloconv.engines.cluster import check_on_failure
 from haloconv.engines.comm import Comm
 from haloconv.engines.host import peak_rss, proc_mb
-from haloconv.engines.processes import LocalCluster
+from haloconv.engines.processes import LocalCluster, on_fresh_clusters
 from haloconv.engines.worker import WorkerError, worker_op
 from haloconv.files import arrays
 from haloconv.files.arrays import DiskArray
@@ -252,41 +253,39 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
     ``block``: the output tile per dim over (N, C_out, *spatial) (None: whole), instead of
     the largest tiles the budget allows (e.g. to match the chunks of another file)."""
 
-    if on_failure not in ("retry", "fail"):
-        raise ValueError(f"on_failure must be 'retry' or 'fail', got {on_failure!r}")
+    check_on_failure(on_failure)
     t_start = time.perf_counter()
     result: StreamResult | None = None
     job: Job | None = None
     journal: Journal | None = None
     try:
-        while True:
-            try:
-                with LocalCluster(workers, timeout=timeout, throttle=throttle, heal=False) as cluster:
-                    if job is None:  # the first start: size the tiles by what the processes hold now
-                        baseline = max(_resident(os.getpid()), *(_resident(p) for p in cluster.pids()))
-                        job = _job(source, spec, weight, bias, dtype, _allowance(memory_budget, baseline), backend,
-                                   workers, block)
-                        job, journal = _open_output(job, out, fmt, resume)
-                        result = StreamResult(job.plan, out, 0.0, memory_budget, baseline, skipped=len(journal.done))
-                        if log is not None:
-                            log(_describe(job, journal, workers, memory_budget, baseline))
-                    todo = [i for i in range(len(job.plan.tiles)) if i not in journal.done]
-                    reports = run_on(cluster, job, todo, journal, log)
-                    for r, rep in reports.items():
-                        result.tiles_done[r] = result.tiles_done.get(r, 0) + rep.get("tiles", 0)
-                        result.bytes_read[r] = result.bytes_read.get(r, 0) + rep.get("bytes_read", 0)
-                        result.peak_rss[r] = max(result.peak_rss.get(r, 0), rep["peak_rss"])
-                break
-            except WorkerError as e:
-                survivors = workers - max(1, len(e.dead))
-                if on_failure == "fail" or survivors < 1 or job is None:
-                    raise
-                result.failures.append(str(e))
-                result.kept.append(len(journal.done))
+        def body(cluster: LocalCluster) -> None:
+            nonlocal job, journal, result
+            if job is None:  # the first start: size the tiles by what the processes hold now
+                baseline = max(_resident(os.getpid()), *(_resident(p) for p in cluster.pids()))
+                job = _job(source, spec, weight, bias, dtype, _allowance(memory_budget, baseline), backend,
+                           workers, block)
+                job, journal = _open_output(job, out, fmt, resume)
+                result = StreamResult(job.plan, out, 0.0, memory_budget, baseline, skipped=len(journal.done))
                 if log is not None:
-                    log(f"haloconv: {e}\ngoing on with {survivors} process(es): "
-                        f"{len(job.plan.tiles) - len(journal.done)} tiles left, finished ones kept")
-                workers = survivors
+                    log(_describe(job, journal, workers, memory_budget, baseline))
+            todo = [i for i in range(len(job.plan.tiles)) if i not in journal.done]
+            reports = run_on(cluster, job, todo, journal, log)
+            for r, rep in reports.items():
+                result.tiles_done[r] = result.tiles_done.get(r, 0) + rep.get("tiles", 0)
+                result.bytes_read[r] = result.bytes_read.get(r, 0) + rep.get("bytes_read", 0)
+                result.peak_rss[r] = max(result.peak_rss.get(r, 0), rep["peak_rss"])
+
+        def go_on(survivors: int, error: WorkerError) -> str:
+            if job is None:  # lost while the stream was being set up: nothing to go on with
+                raise error
+            result.kept.append(len(journal.done))
+            return (f"going on with {survivors} process(es): "
+                    f"{len(job.plan.tiles) - len(journal.done)} tiles left, finished ones kept")
+
+        _, failures = on_fresh_clusters(workers, on_failure, body, go_on, timeout=timeout, throttle=throttle,
+                                        log=log)
+        result.failures.extend(failures)
         journal.close()
         arrays.promote(arrays.partial_path(out), out)
         journal.remove()

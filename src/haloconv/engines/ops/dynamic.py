@@ -53,6 +53,10 @@ def pull(cluster: Cluster, todo: list[int], feed, local) -> dict[int, int]:
         while (index := next_index()) >= 0:  # the master computes tiles while the workers do
             local(index)
             count(0)
+    except (KeyboardInterrupt, SystemExit):
+        with lock:
+            errors.append(RuntimeError("interrupted"))  # no more tiles handed out
+        raise  # at once: the caller stops the workers, which ends the feeders' waits
     except BaseException as e:
         errors.append(e)
     for t in feeders:
