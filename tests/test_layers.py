@@ -12,6 +12,7 @@ LAYERS = [  # highest first; a module may import its own layer's package and tho
     {"haloconv.model", "haloconv.files"},
     {"haloconv.compute"},
     {"haloconv.planning"},
+    {"haloconv.text"},
 ]
 
 
@@ -119,3 +120,16 @@ def test_each_operation_keeps_its_master_and_worker_halves_in_one_module():
     assert not re.search(r'op == "(conv|layer|probe)"', (src / "worker.py").read_text())  # no if/elif dispatch
     import haloconv.engines.ops.static  # noqa: F401 - registers its worker halves on import
     assert {"conv", "backward"} <= set(worker.OPS)
+
+
+def test_tables_are_rendered_in_one_place():
+    """text.table is the package's one table renderer: no other module builds column widths."""
+    import re
+    from pathlib import Path
+
+    import haloconv
+
+    src = Path(haloconv.__file__).parent
+    own = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
+                 if p.name != "text.py" and re.search(r"widths = \[max\(len\(", p.read_text()))
+    assert own == [], own

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from haloconv import text
+
 # (name, input shape, weight shape, padding, stride, groups, workers)
 ACCURACY_CONFIGS = [
     ("layer 16->16 3x3 512^2", (1, 16, 512, 512), (16, 16, 3, 3), 1, 1, 1, 2),
@@ -267,11 +269,8 @@ def peer_targets(summary: dict) -> list[str]:
 
 def _table(title: str, head: list[str], rows: list[list[str]], md: bool) -> str:
     if md:
-        return "\n".join([f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-                          *("| " + " | ".join(r) + " |" for r in rows)])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-    return "\n".join(["", title, fmt.format(*head), *(fmt.format(*r) for r in rows)])
+        return f"### {title}\n\n" + text.table(head, rows, markdown=True)
+    return f"\n{title}\n" + text.table(head, rows)
 
 
 # -- the folder ------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from haloconv import text
 from haloconv.engines.base import Execution
 from haloconv.planning.messages import PHASES
 from haloconv.planning.plan import Plan
@@ -82,9 +83,7 @@ def traffic_table(report: dict) -> str:
                 f"{v['predicted_bytes_sent']:,}/{v['predicted_bytes_recv']:,}", str(v["messages"]),
                 f"{v['seconds']:.4f}",
             ])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-    return "\n".join([fmt.format(*head), *(fmt.format(*r) for r in rows)])
+    return text.table(head, rows)
 
 
 def write_report(report: dict, path: str | Path) -> Path:
@@ -103,6 +102,4 @@ def candidates_table(preds) -> str:
         halo = sum(v["halo"] for v in q.bytes_moved.values()) / 2 / 2**20
         rows.append((str(i), q.label, f"{q.total_s:.4f}", f"{q.compute_s:.4f}", f"{q.comm_s:.4f}", f"{halo:.2f}",
                      f"{moved:.1f}", f"{q.peak_memory / 2**20:.1f}"))
-    widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(head)]
-    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-    return "\n".join([fmt.format(*head), *(fmt.format(*r) for r in rows)])
+    return text.table(head, rows)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from haloconv import text
 from haloconv.compute.tile import compute_tile
 from haloconv.planning.boxes import Piece, Tile
 from haloconv.planning.plan import Plan, make_plan
@@ -54,12 +55,7 @@ class Execution:
             ]
             for w in self.workers
         ]
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-        fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-        return "\n".join(
-            [fmt.format(*head), *(fmt.format(*r) for r in rows),
-             f"engine={self.engine} backend={self.backend} wall={self.wall_seconds:.4f}s"]
-        )
+        return text.table(head, rows) + f"\nengine={self.engine} backend={self.backend} wall={self.wall_seconds:.4f}s"
 
 
 def execution_from_reports(out, plan: Plan, engine: str, backend: str, wall: float,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from haloconv import text
 from haloconv.planning import geometry
 from haloconv.planning.backends import backend_unsupported
 from haloconv.planning.boxes import Box, Piece, Tile
@@ -164,9 +165,7 @@ class Plan:
             )
             for t in self.tiles
         ]
-        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-        fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-        lines = [head, fmt.format(*cols)] + [fmt.format(*r) for r in rows]
+        lines = [head, text.table(cols, rows)]
         lines.append(
             f"total halo: {self.halo_elements:,} elements in {self.halo_messages} pieces "
             f"({100 * self.halo_ratio():.2f}% of the owned input)"
