@@ -93,6 +93,9 @@ def test_ctrl_c_stops_all_workers(tmp_path):
         [sys.executable, "-m", "haloconv", "run", "--random", "4x32x1024x1024", "--kernel", "box:15",
          "--workers", "3", "--partition", "rows", "--schedule", "dynamic", "--tiles", "384", "-o", str(tmp_path / "y")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a shell that starts the suite in the background ignores SIGINT, and the ignoring is
+        # inherited (Python then never raises KeyboardInterrupt): give the run a terminal's Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         for line in p.stdout:  # wait until the workers run

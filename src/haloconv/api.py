@@ -77,7 +77,9 @@ def plan(
     ``partition='auto'`` (or ``backend='auto'``) lets the cost model choose: the candidate
     (partitions, hybrids, a single worker; backends) with the least predicted time on
     ``engine`` under ``profile`` (default: the calibrated one, see `haloconv calibrate`),
-    within ``memory_budget`` bytes per worker."""
+    within ``memory_budget`` bytes per worker — counted as the data a worker's tile holds
+    (its window, filters and output, as the cost model predicts them), not the process's
+    resident memory; conv_file's ``memory_budget`` is the whole process (see its docstring)."""
     spec = ConvSpec.from_args(
         x_shape, weight_shape, bias_shape, stride=stride, padding=padding,
         dilation=dilation, groups=groups, padding_mode=padding_mode,
@@ -255,11 +257,13 @@ def conv_file(
 ):
     """Convolve a file bigger than memory into a file, out of core (see engines/stream.py).
 
-    ``input``: .npy, TIFF (contiguous, striped or tiled) or .zarr, read as io.read_input
+    ``input``: .npy, TIFF (contiguous, striped or tiled) or .zarr, read as files.images.read_input
     does ((H, W) -> (1, 1, H, W), integers scaled to [0, 1]).  ``output``: a path ending in
     .npy, .tif or .zarr; it appears whole when the run ends (meanwhile OUTPUT.partial and
     OUTPUT.journal).  ``memory_budget``: bytes of resident memory each of the ``workers``
-    processes may hold at its peak, Python and torch included.  ``resume``: go on from an
+    processes may hold at its peak, Python and torch included (unlike plan's, which counts
+    a tile's data only: a stream sizes its tiles to what is left after the processes'
+    own footprint).  ``resume``: go on from an
     interrupted run's journal.  Returns a StreamResult (tiles, peak RSS per process, ...).
     ``spmd``: called by every rank of a torch.distributed job (torchrun) instead: the ranks
     share the tiles through a file system they all see (``workers`` and ``on_failure`` do

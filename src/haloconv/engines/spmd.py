@@ -381,7 +381,7 @@ def hand_out(comm: Comm, plan: Plan, x: torch.Tensor | None, index: int, dst: in
     return works, buf
 
 
-def dynamic_worker(comm: Comm, plan: Plan, weight, bias, backend, dtype: torch.dtype, src: int = 0) -> int:
+def dynamic_worker(comm: Comm, plan: Plan, weight, bias, torch_backend, dtype: torch.dtype, src: int = 0) -> int:
     """A worker's side: tile after tile as the master hands them out, until told to stop.
     Returns the tiles done."""
     done = 0
@@ -395,7 +395,7 @@ def dynamic_worker(comm: Comm, plan: Plan, weight, bias, backend, dtype: torch.d
             st, window, works, bufs = _post_piece_receives(comm, plan, plan.tiles[index], dtype, src)
             comm.wait(works)
             _fill(window, bufs)
-        y = compute(comm, plan, window, weight, bias, backend, tile=st)
+        y = compute(comm, plan, window, weight, bias, torch_backend, tile=st)
         with comm.phase("gather"):
             keep: list = []
             comm.wait(send_box(comm, y, st.out, src, "gather", keep, held=st.out, shape=plan.spec.output_shape))
@@ -408,7 +408,7 @@ def _fill(window: torch.Tensor, bufs: list) -> None:
 
 
 def windows_compute_gather(
-    comm: Comm, plan: Plan, weight, bias, backend, src: int = 0
+    comm: Comm, plan: Plan, weight, bias, torch_backend, src: int = 0
 ) -> None:
     """A worker's whole share with exchange='master': receive its window part by part,
     compute each part as soon as it is in, send each output back as soon as it is done."""
@@ -422,7 +422,7 @@ def windows_compute_gather(
         with comm.phase("scatter"):
             comm.wait(works)
             _fill(window, bufs)
-        y = compute(comm, plan, window, weight, bias, backend, tile=st)
+        y = compute(comm, plan, window, weight, bias, torch_backend, tile=st)
         with comm.phase("gather"):
             sends += send_box(comm, y, st.out, src, "gather", keep, held=st.out, shape=plan.spec.output_shape)
     with comm.phase("gather"):
@@ -431,7 +431,7 @@ def windows_compute_gather(
 
 def compute(
     comm: Comm, plan: Plan, window: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None,
-    backend: object | None = None,
+    torch_backend: object | None = None,
     tile: Tile | None = None,
 ) -> torch.Tensor | None:
     """Convolve this rank's window (or that of ``tile``, a part of it) with its filters
@@ -445,9 +445,9 @@ def compute(
         if weight.shape[0] == plan.spec.out_channels:
             weight = weight[c0:c1]
             bias = None if bias is None else bias[c0:c1]
-        if backend is None:
-            backend = kernels.select_backend(plan.spec, window, weight, bias)
-        y = one_tile.compute_tile(plan, tile, window, weight, bias, backend)
+        if torch_backend is None:
+            torch_backend = kernels.select_backend(plan.spec, window, weight, bias)
+        y = one_tile.compute_tile(plan, tile, window, weight, bias, torch_backend)
         if y._base is not None:  # the rows computed beyond the tile are room for the next halo
             _mark_room(y._base)
         comm.pace(t0)

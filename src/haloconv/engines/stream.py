@@ -78,7 +78,7 @@ class StreamResult:
         return "\n".join(lines)
 
 
-def run_tile(job: Job, index: int, backend) -> int:
+def run_tile(job: Job, index: int, torch_backend) -> int:
     """Read tile ``index``'s window from the input file, compute it, write its output box;
     returns the bytes read."""
     tile = job.plan.tiles[index]
@@ -94,7 +94,7 @@ def run_tile(job: Job, index: int, backend) -> int:
     window = fill_window(tile, read, torch.zeros(tile.window.shape, dtype=job.dtype))
     c0, c1 = job.plan.weight_box(tile)  # a block of output channels uses its filters
     bias = None if job.bias is None else job.bias[c0:c1]
-    y = one_tile.compute_tile(job.plan, tile, window, job.weight[c0:c1], bias, backend)
+    y = one_tile.compute_tile(job.plan, tile, window, job.weight[c0:c1], bias, torch_backend)
     del window
     job.sink.write(tile.out, y.numpy())
     return nread
@@ -103,10 +103,10 @@ def run_tile(job: Job, index: int, backend) -> int:
 @worker_op("stream")
 def _serve(comm: Comm, cmd: dict, shards: dict) -> dict:
     """The worker half of a streamed run (the master half: ``run`` below)."""
-    return worker_loop(comm, cmd["job"], getattr(torch._C._ConvBackend, cmd["backend"]))
+    return worker_loop(comm, cmd["job"], getattr(torch._C._ConvBackend, cmd["torch_backend"]))
 
 
-def worker_loop(comm: Comm, job: Job, backend) -> dict:
+def worker_loop(comm: Comm, job: Job, torch_backend) -> dict:
     """A worker's side: tile numbers in, 'done' back once the output is durable; -1 stops."""
     tiles = nread = 0
     try:
@@ -118,7 +118,7 @@ def worker_loop(comm: Comm, job: Job, backend) -> dict:
                 break
             t0 = time.perf_counter()
             with comm.phase("compute"):
-                nread += run_tile(job, index, backend)
+                nread += run_tile(job, index, torch_backend)
                 job.sink.flush()
             comm.pace(t0)
             comm.wait([comm.isend(code, 0, "control")])  # done: the master journals it
@@ -131,7 +131,7 @@ def worker_loop(comm: Comm, job: Job, backend) -> dict:
 def run_on(cluster, job: Job, todo: list[int], journal: Journal, log=None) -> dict:
     """The master's side on a started cluster: hand out ``todo``, journal what finishes.
     Returns the reports per rank (tiles, bytes read, peak RSS)."""
-    backend = kernels.select_backend(job.plan.spec, torch.empty(0, dtype=job.dtype), job.weight, job.bias)
+    torch_backend = kernels.select_backend(job.plan.spec, torch.empty(0, dtype=job.dtype), job.weight, job.bias)
     start = time.perf_counter()
     step = max(1, len(todo) // 10)
     stats = {"bytes_read": 0}
@@ -156,7 +156,7 @@ def run_on(cluster, job: Job, todo: list[int], journal: Journal, log=None) -> di
 
         def local(index: int) -> None:
             t0 = time.perf_counter()  # on a worker's threads, as the whole step (Cluster.step)
-            stats["bytes_read"] += run_tile(job, index, backend)
+            stats["bytes_read"] += run_tile(job, index, torch_backend)
             job.sink.flush()
             comm.pace(t0)
             finished(index)
@@ -166,7 +166,7 @@ def run_on(cluster, job: Job, todo: list[int], journal: Journal, log=None) -> di
         finally:
             arrays.close_all()
 
-    cmd = {"op": "stream", "module": __name__, "job": job, "backend": kernels.backend_name(backend)}
+    cmd = {"op": "stream", "module": __name__, "job": job, "torch_backend": kernels.backend_name(torch_backend)}
     done, reports = cluster.step(cmd, master)
     reports[0].update(tiles=done.get(0, 0), bytes_read=stats["bytes_read"], peak_rss=peak_rss())
     return reports

@@ -34,7 +34,7 @@ def run(
     _check_threads(threads)
     spec = plan.spec
     t_start = time.perf_counter()
-    backend = kernels.select_backend(spec, x, weight, bias)
+    torch_backend = kernels.select_backend(spec, x, weight, bias)
     out = x.new_empty(spec.output_shape)
     caller_threads = torch.get_num_threads()
     pool = min(threads or len(plan.tiles), len(plan.tiles))
@@ -48,7 +48,7 @@ def run(
         w = weight[c0:c1]
         b = None if bias is None else bias[c0:c1]
         t1 = time.perf_counter()
-        y = compute_tile(plan, tile, window, w, b, backend)
+        y = compute_tile(plan, tile, window, w, b, torch_backend)
         t2 = time.perf_counter()
         out[tile.out.slices()] = y
         t3 = time.perf_counter()
@@ -62,7 +62,7 @@ def run(
         output=out,
         plan=plan,
         engine="threads",
-        backend=methods.label(plan.backend, backend),
+        backend=methods.label(plan.backend, torch_backend),
         wall_seconds=time.perf_counter() - t_start,
         workers=stats,
     )

@@ -174,4 +174,4 @@ def _run(comm: Comm, cmd: dict, shards: dict) -> dict:
 def tile_weights(comm: Comm, cmd: dict):
     """(this rank's filters, bias, torch conv backend) of a command that sends them."""
     w, b = spmd.distribute_weights(comm, cmd["plan"], None, None, cmd["dtype"])
-    return w, b, getattr(_BACKENDS, cmd["backend"])
+    return w, b, getattr(_BACKENDS, cmd["torch_backend"])

@@ -82,7 +82,7 @@ def run_dynamic(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Ten
     if x.device.type != "cpu":
         raise ValueError(f"the processes engine takes CPU tensors, got x on {x.device}")
     t_start = time.perf_counter()
-    backend = kernels.select_backend(plan.spec, x, weight, bias)
+    torch_backend = kernels.select_backend(plan.spec, x, weight, bias)
     done: dict[int, int] = {}
     finished = set() if finished is None else finished
     out = torch.empty(plan.spec.output_shape, dtype=x.dtype) if out is None else out
@@ -105,18 +105,18 @@ def run_dynamic(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Ten
 
         def local(index: int) -> None:
             tile = plan.tiles[index]
-            out[tile.out.slices()] = spmd.compute(comm, plan, assemble_window(xc, tile), w, b, backend, tile)
+            out[tile.out.slices()] = spmd.compute(comm, plan, assemble_window(xc, tile), w, b, torch_backend, tile)
             finished.add(index)
 
         done.update(pull(cluster, [i for i in range(len(plan.tiles)) if i not in finished], feed, local))
         return out
 
     cmd = {"op": "dynamic", "module": __name__, "plan": plan, "dtype": x.dtype,
-           "backend": kernels.backend_name(backend), "throttle": check_throttle(throttle)}
+           "torch_backend": kernels.backend_name(torch_backend), "throttle": check_throttle(throttle)}
     out, reports = cluster.step(cmd, master)
     stats = [WorkerStats(r, (), 0, {p: v["seconds"] for p, v in rep["traffic"].items() if p != "control"},
                          traffic=rep["traffic"]) for r, rep in sorted(reports.items())]
-    ex = Execution(out, plan, "processes-dynamic", methods.label(plan.backend, backend),
+    ex = Execution(out, plan, "processes-dynamic", methods.label(plan.backend, torch_backend),
                    time.perf_counter() - t_start, stats)
     ex.tiles_done = done  # rank -> tiles it computed
     return ex
@@ -126,4 +126,4 @@ def run_dynamic(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Ten
 def _worker_dynamic(comm: Comm, cmd: dict, shards: dict) -> None:
     plan = cmd["plan"]
     w, b = spmd.broadcast_weights(comm, plan, None, None, cmd["dtype"])
-    spmd.dynamic_worker(comm, plan, w, b, getattr(kernels._B, cmd["backend"]), cmd["dtype"])
+    spmd.dynamic_worker(comm, plan, w, b, getattr(kernels._B, cmd["torch_backend"]), cmd["dtype"])

@@ -22,7 +22,7 @@ def speeds(cluster: Cluster, spec: ConvSpec, dtype: torch.dtype = torch.float32,
     weights for a static split over unequal workers (``worker_weights``)."""
     probe = probe_spec(spec, cluster.workers)
     tb = caller_backend(probe, dtype)
-    cmd = {"op": "probe", "module": __name__, "spec": probe, "dtype": dtype, "backend": backend, "repeat": repeat,
+    cmd = {"op": "probe", "module": __name__, "spec": probe, "dtype": dtype, "method": backend, "repeat": repeat,
            "torch_backend": tb}
     (seconds, _), reports = cluster.step(cmd, lambda comm: spmd.probe(comm, probe, dtype, backend, repeat,
                                                                     torch_backend=tb))
@@ -38,7 +38,7 @@ def throughput(cluster: Cluster, spec: ConvSpec, busy: int, repeat: int, dtype: 
     if isinstance(busy, bool) or not isinstance(busy, int) or not 1 <= busy <= cluster.workers:
         raise ValueError(f"busy must be an int from 1 to {cluster.workers}, got {busy!r}")
     tb = caller_backend(spec, dtype)
-    cmd = {"op": "probe", "module": __name__, "spec": spec, "dtype": dtype, "backend": backend, "repeat": repeat,
+    cmd = {"op": "probe", "module": __name__, "spec": spec, "dtype": dtype, "method": backend, "repeat": repeat,
            "busy": busy, "torch_backend": tb}
     (_, total), reports = cluster.step(cmd, lambda comm: spmd.probe(comm, spec, dtype, backend, repeat, busy, tb))
     return max(total, *(reports[r]["probe_total"] for r in range(1, cluster.workers)))
@@ -46,7 +46,7 @@ def throughput(cluster: Cluster, spec: ConvSpec, busy: int, repeat: int, dtype: 
 
 @worker_op("probe")
 def _worker_probe(comm: Comm, cmd: dict, shards: dict) -> dict:
-    best, total = spmd.probe(comm, cmd["spec"], cmd["dtype"], cmd["backend"], cmd["repeat"], cmd.get("busy"),
+    best, total = spmd.probe(comm, cmd["spec"], cmd["dtype"], cmd["method"], cmd["repeat"], cmd.get("busy"),
                              cmd.get("torch_backend"))
     return {"probe_seconds": best, "probe_total": total}
 

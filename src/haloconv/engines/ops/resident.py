@@ -66,30 +66,31 @@ def conv(cluster: Cluster, x: Sharded, weight: torch.Tensor, bias: torch.Tensor 
             "plan's owned input boxes differ from the boxes the shards hold; make both layers' plans "
             "with the same partition and ownership='even'"
         )
-    backend = kernels.select_backend(plan.spec, torch.empty(0, dtype=x.dtype), weight, bias)
+    torch_backend = kernels.select_backend(plan.spec, torch.empty(0, dtype=x.dtype), weight, bias)
     sid = cluster.new_id()
 
     def master(comm: Comm):
         w, b = spmd.distribute_weights(comm, plan, weight, bias, x.dtype)
         window = spmd.halo_exchange(comm, plan, cluster.shards[x.id])
-        return spmd.compute(comm, plan, window, w, b, backend)
+        return spmd.compute(comm, plan, window, w, b, torch_backend)
 
-    cmd = {"op": "layer", "module": __name__, "plan": plan, "dtype": x.dtype, "backend": kernels.backend_name(backend),
+    cmd = {"op": "layer", "module": __name__, "plan": plan, "dtype": x.dtype,
+           "torch_backend": kernels.backend_name(torch_backend),
            "src": x.id, "dst": sid}
     t0 = time.perf_counter()
     shard, reports = cluster.step(cmd, master)
     cluster.shards[sid] = shard
     boxes = tuple(t.out for t in plan.tiles)
-    return Sharded(cluster, sid, plan.spec.output_shape, boxes, x.dtype,
-                   exec_of(None, plan, methods.label(plan.backend, backend), time.perf_counter() - t0, reports), plan)
+    ex = exec_of(None, plan, methods.label(plan.backend, torch_backend), time.perf_counter() - t0, reports)
+    return Sharded(cluster, sid, plan.spec.output_shape, boxes, x.dtype, ex, plan)
 
 
 @worker_op("layer")
 def _worker_layer(comm: Comm, cmd: dict, shards: dict) -> None:
     plan = cmd["plan"]
-    w, b, backend = tile_weights(comm, cmd)
+    w, b, torch_backend = tile_weights(comm, cmd)
     window = spmd.halo_exchange(comm, plan, shards[cmd["src"]])
-    shards[cmd["dst"]] = spmd.compute(comm, plan, window, w, b, backend)
+    shards[cmd["dst"]] = spmd.compute(comm, plan, window, w, b, torch_backend)
 
 
 def gather(cluster: Cluster, x: Sharded) -> torch.Tensor:

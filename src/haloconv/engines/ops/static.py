@@ -22,7 +22,7 @@ def run(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bia
     if x.device.type != "cpu":
         raise ValueError(f"the processes engine takes CPU tensors, got x on {x.device}")
     t_start = time.perf_counter()
-    backend = kernels.select_backend(plan.spec, x, weight, bias)
+    torch_backend = kernels.select_backend(plan.spec, x, weight, bias)
 
     def master(comm: Comm) -> torch.Tensor:
         w, b = spmd.distribute_weights(comm, plan, weight, bias, x.dtype)
@@ -33,27 +33,28 @@ def run(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bia
             window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, x))
         out = torch.empty(plan.spec.output_shape, dtype=x.dtype)
         posted = spmd.post_gather(comm, plan, out)  # outputs land in `out` as workers finish
-        y0 = spmd.compute(comm, plan, window, w, b, backend)
+        y0 = spmd.compute(comm, plan, window, w, b, torch_backend)
         spmd.finish_gather(comm, plan, posted, out, y0)
         with comm.phase("scatter"):
             for works, _ in in_flight:
                 comm.wait(works)
         return out
 
-    cmd = {"op": "conv", "module": __name__, "plan": plan, "dtype": x.dtype, "backend": kernels.backend_name(backend)}
+    cmd = {"op": "conv", "module": __name__, "plan": plan, "dtype": x.dtype,
+           "torch_backend": kernels.backend_name(torch_backend)}
     out, reports = cluster.step(cmd, master)
-    return exec_of(out, plan, methods.label(plan.backend, backend), time.perf_counter() - t_start, reports)
+    return exec_of(out, plan, methods.label(plan.backend, torch_backend), time.perf_counter() - t_start, reports)
 
 
 @worker_op("conv")
 def _worker_run(comm: Comm, cmd: dict, shards: dict) -> None:
     plan = cmd["plan"]
-    w, b, backend = tile_weights(comm, cmd)
+    w, b, torch_backend = tile_weights(comm, cmd)
     if plan.exchange == "master":  # part by part: compute while the rest arrives
-        spmd.windows_compute_gather(comm, plan, w, b, backend)
+        spmd.windows_compute_gather(comm, plan, w, b, torch_backend)
     else:
         window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, None))
-        spmd.gather(comm, plan, spmd.compute(comm, plan, window, w, b, backend))
+        spmd.gather(comm, plan, spmd.compute(comm, plan, window, w, b, torch_backend))
 
 
 def backward(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
