@@ -8,7 +8,6 @@ exactly what ``Plan.traffic`` predicts.
 from __future__ import annotations
 
 import time
-import weakref
 
 import torch
 
@@ -154,19 +153,18 @@ def scatter(comm: Comm, plan: Plan, x: torch.Tensor | None, src: int = 0) -> tor
         return part
 
 
-# Buffers haloconv allocated around a shard (received input, conv outputs): the margins
-# beyond the shard are free, so a halo can be written there and the window used in place.
-_HALO_READY: dict[int, weakref.ref] = {}
+# A buffer haloconv allocated around a shard (received input, conv outputs) carries this
+# mark: its margins beyond the shard are free, so a halo can be written there and the
+# window used in place.  The mark lives on the buffer itself (no registry to outlive it).
+_ROOM = "_haloconv_halo_room"
 
 
 def _mark_room(t: torch.Tensor) -> None:
-    key = id(t)
-    _HALO_READY[key] = weakref.ref(t, lambda _: _HALO_READY.pop(key, None))
+    setattr(t, _ROOM, True)
 
 
 def _has_room(t: torch.Tensor) -> bool:
-    ref = _HALO_READY.get(id(t))
-    return ref is not None and ref() is t
+    return getattr(t, _ROOM, False) is True
 
 
 def _backing(x_local: torch.Tensor, owned: Box) -> tuple[torch.Tensor, Box] | None:
