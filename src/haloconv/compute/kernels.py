@@ -179,6 +179,12 @@ def backend_name(backend: object) -> str:
     return str(backend).rsplit(".", 1)[-1]
 
 
+def backend_of(name: str) -> object:
+    """The torch._C._ConvBackend named ``name`` (the inverse of backend_name: a command
+    carries the name, the worker computes with the backend)."""
+    return getattr(_B, name)
+
+
 # -- one tile -----------------------------------------------------------------------------
 def conv_tile(
     window: torch.Tensor,

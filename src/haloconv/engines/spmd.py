@@ -576,7 +576,7 @@ def probe(comm: Comm, spec, dtype: torch.dtype, method: str, repeat: int, busy: 
     g = torch.Generator().manual_seed(comm.rank)
     x = torch.randn(spec.input_shape, generator=g, dtype=dtype)
     w = torch.randn(spec.weight_shape, generator=g, dtype=dtype)
-    once = as_one_tile(method, spec, x, w, None if torch_backend is None else getattr(kernels._B, torch_backend))
+    once = as_one_tile(method, spec, x, w, None if torch_backend is None else kernels.backend_of(torch_backend))
     once()  # warm-up: buffers faulted in, the primitive built
     best, t_start = float("inf"), time.perf_counter()
     for _ in range(repeat):

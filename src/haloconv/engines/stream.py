@@ -103,7 +103,7 @@ def run_tile(job: Job, index: int, torch_backend) -> int:
 @worker_op("stream")
 def _serve(comm: Comm, cmd: dict, shards: dict) -> dict:
     """The worker half of a streamed run (the master half: ``run`` below)."""
-    return worker_loop(comm, cmd["job"], getattr(torch._C._ConvBackend, cmd["torch_backend"]))
+    return worker_loop(comm, cmd["job"], kernels.backend_of(cmd["torch_backend"]))
 
 
 def worker_loop(comm: Comm, job: Job, torch_backend) -> dict:
@@ -188,7 +188,6 @@ def _header(job: Job, out: Path, fmt: str) -> dict:
 
 
 def _resident(pid: int) -> int:
-
     return int(proc_mb(pid) * 2**20)
 
 
@@ -252,7 +251,6 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
 
     ``block``: the output tile per dim over (N, C_out, *spatial) (None: whole), instead of
     the largest tiles the budget allows (e.g. to match the chunks of another file)."""
-
     check_on_failure(on_failure)
     t_start = time.perf_counter()
     result: StreamResult | None = None
@@ -333,13 +331,13 @@ def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torc
     if rank != 0:
         main = journal_path(out)
         journal = Journal(main.with_name(f"{main.name}.r{rank}"), _header(job, out, fmt), resume=False)
-    backend_t = kernels.select_backend(spec, torch.empty(0, dtype=dtype), job.weight, job.bias)
+    torch_backend = kernels.select_backend(spec, torch.empty(0, dtype=dtype), job.weight, job.bias)
     finished = set(done)
     todo = [i for i in range(len(job.plan.tiles)) if i not in finished]
     nread = tiles = 0
     try:
         for index in todo[rank::world]:
-            nread += run_tile(job, index, backend_t)
+            nread += run_tile(job, index, torch_backend)
             job.sink.flush()
             journal.record(index)
             tiles += 1

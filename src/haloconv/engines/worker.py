@@ -16,13 +16,13 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from haloconv.compute import kernels
 from haloconv.engines import spmd
 from haloconv.engines.comm import Comm
 from haloconv.engines.host import peak_rss
 
 HOST = "127.0.0.1"
 IDLE = timedelta(days=3650)  # how long an idle worker waits for its next command
-_BACKENDS = torch._C._ConvBackend
 
 
 class WorkerError(RuntimeError):
@@ -174,4 +174,4 @@ def _run(comm: Comm, cmd: dict, shards: dict) -> dict:
 def tile_weights(comm: Comm, cmd: dict):
     """(this rank's filters, bias, torch conv backend) of a command that sends them."""
     w, b = spmd.distribute_weights(comm, cmd["plan"], None, None, cmd["dtype"])
-    return w, b, getattr(_BACKENDS, cmd["torch_backend"])
+    return w, b, kernels.backend_of(cmd["torch_backend"])

@@ -3,8 +3,8 @@ a tuple of split counts becomes split counts over (N, C_out units, *spatial) for
 and a worker count — for the plans of the engines, for the layers of haloconv.nn, for
 the scaling projections and for the cost model's candidates.
 
-Adding a partition kind: its name in ``KINDS`` (and the axis it splits in ``_named_axis``
-when it splits one), and its counts in ``Partition.counts`` / ``layer_counts`` /
+Adding a partition kind: its name in ``KINDS`` (and the axis it splits in ``_AXES`` when
+it splits one), and its counts in ``Partition.counts`` / ``layer_counts`` /
 ``exact_counts``; nothing else names partition kinds.
 """
 

@@ -126,4 +126,4 @@ def run_dynamic(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Ten
 def _worker_dynamic(comm: Comm, cmd: dict, shards: dict) -> None:
     plan = cmd["plan"]
     w, b = spmd.broadcast_weights(comm, plan, None, None, cmd["dtype"])
-    spmd.dynamic_worker(comm, plan, w, b, getattr(kernels._B, cmd["torch_backend"]), cmd["dtype"])
+    spmd.dynamic_worker(comm, plan, w, b, kernels.backend_of(cmd["torch_backend"]), cmd["dtype"])
