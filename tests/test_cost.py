@@ -281,7 +281,8 @@ def test_fft_model_counts_the_transforms_and_products_the_backend_computes(monke
     g = torch.Generator().manual_seed(0)
     as_one_tile("fft", spec, torch.randn(xs, generator=g), torch.randn(ws, generator=g), None)()
     window = make_plan(spec, "batch", 1, backend="fft").tiles[0].window.shape
-    unit = [cost.Profile(fft_s_per_nlogn=a, fft_s_per_mac=1 - a).fft_seconds(spec, window, spec.out_channels)
+    unit = [cost.Profile(rates={"fft.nlogn": a, "fft.mac": 1 - a}).compute_seconds("fft", spec, window,
+                                                                                  spec.output_shape, 1)
             for a in (1.0, 0.0)]
     assert unit == pytest.approx([seen["nlogn"], seen["macs"]], rel=1e-12)
 

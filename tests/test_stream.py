@@ -17,7 +17,7 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from haloconv.compute import kernels, methods
+from haloconv.compute import backends, kernels
 from haloconv.engines import WorkerError, stream
 from haloconv.engines.host import children
 from haloconv.files import arrays
@@ -178,14 +178,14 @@ def test_streamed_ndimage_and_fft_match_their_single_node_call(tmp_path, backend
     w = torch.randn(1, 1, 9, 9)
     source = arrays.open_input(tmp_path / "x.npy")
     spec = ConvSpec.from_args(source.logical_shape, w.shape, None, padding=4, padding_mode="reflect")
-    ref = methods.single_node(backend, x, w, None, spec)
+    ref = backends.single_node(backend, x, w, None, spec)
     stream.run(source, spec, w, None, tmp_path / "y.npy", "npy", memory_budget=2 << 30, workers=2,
                backend=backend, block=(None, None, 9, None))
     y = _read_back(tmp_path / "y.npy", "npy", ref.shape)
     if backend == "ndimage":
         assert torch.equal(y, ref)
     else:
-        assert (y - ref).abs().max() <= methods.FFT_TOLERANCE[torch.float32] * ref.abs().max()
+        assert (y - ref).abs().max() <= backends.get('fft').tolerance[torch.float32] * ref.abs().max()
 
 
 def _kill_a_worker_when(journal, finished: int):

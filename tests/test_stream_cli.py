@@ -14,7 +14,7 @@ import torch
 import zarr
 from benchmarks.memory_watch import watch_rss
 
-from haloconv.compute import kernels, methods
+from haloconv.compute import backends, kernels
 from haloconv.engines.host import children
 from haloconv.files import filters
 from haloconv.files import images as io
@@ -99,7 +99,7 @@ def test_peak_resident_memory_of_every_process_stays_within_the_budget(tmp_path)
     xin = torch.from_numpy(np.load(tmp_path / "big.npy"))[None, None]
     w = torch.ones(1, 1, 3, 3) / 9
     spec = ConvSpec.from_args(tuple(xin.shape), tuple(w.shape), None, padding="same")
-    ref = methods.single_node("ndimage", xin, w, None, spec)
+    ref = backends.single_node("ndimage", xin, w, None, spec)
     assert torch.equal(torch.from_numpy(np.load(tmp_path / "y.npy")), ref)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from haloconv.compute import kernels, methods
+from haloconv.compute import backends, kernels
 from haloconv.engines import ENGINES, Execution, LocalCluster, processes
 from haloconv.engines import threads as threads_engine
 from haloconv.engines.differentiable import differentiable, needs_grad
@@ -92,6 +92,8 @@ def plan(
             workers = max(1, math.prod(part.split))  # an explicit split: one worker per tile
         else:
             workers = default_workers()
+    if backend != "auto":
+        backends.check(backend, spec)
     check_args(spec, partition, workers, worker_weights, ownership, exchange, pipeline,
                "torch" if backend == "auto" else backend)
     if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
@@ -209,7 +211,8 @@ def conv(
 
     ``x`` is (N, C_in, *spatial) with 1-3 spatial dims, ``weight`` (C_out, C_in/groups,
     *kernel), ``bias`` (C_out,) or None.  Returns the type (tensor/ndarray) and dtype of x.
-    ``backend``: 'torch' (bitwise torch), 'ndimage', 'fft' or 'auto' (see haloconv.compute.methods).
+    ``backend``: 'torch' (bitwise torch), 'auto', or another of haloconv.compute.backends.BACKENDS
+    (each one's guarantee: ``haloconv.compute.backends.get(name).guarantee``).
     ``schedule``/``tiles``: engine='processes' only, see haloconv.execute.
     """
     xt, wt, bt, is_numpy = _inputs(x, weight, bias)
@@ -289,7 +292,7 @@ def conv_file(
         prof = profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
         backend = cost.stream_backend(spec, prof)
     else:
-        methods.check(backend, spec)
+        backends.check(backend, spec)
     out.parent.mkdir(parents=True, exist_ok=True)
     if spmd:
         return stream.run_spmd(source, spec, wt, bt, out, fmt, memory_budget=budget, backend=backend, dtype=dtype,

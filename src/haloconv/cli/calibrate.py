@@ -12,9 +12,10 @@ import time
 from datetime import UTC, datetime
 
 import numpy as np
+import scipy.optimize
 import torch
 
-from haloconv.compute import kernels
+from haloconv.compute import backends, kernels
 from haloconv.engines import LocalCluster
 from haloconv.engines.base import as_one_tile
 from haloconv.engines.worker import keep_heap
@@ -94,11 +95,9 @@ def _compute_grid(quick: bool) -> dict[tuple, tuple[str, ConvSpec]]:
     for cin, cout, side2 in ((16, 32, 3 * side), (3, 32, 4 * side)):
         grid[("strided", cin, cout)] = ("torch", ConvSpec.from_args((1, cin, side2, side2), (cout, cin, 3, 3), None,
                                                                     padding=1, stride=2))
-    for k in (3, 7):
-        grid[("ndimage", k)] = ("ndimage", ConvSpec.from_args((1, 1, 4 * side, 4 * side), (1, 1, k, k), None,
-                                                              padding=k // 2))
-    for n_side, c, k in ((4 * side, 1, 15), (side, 8, 9)):  # fft: two shapes, two unknowns
-        grid[("fft", c, k)] = ("fft", ConvSpec.from_args((1, c, n_side, n_side), (c, c, k, k), None, padding=k // 2))
+    for name, b in backends.REGISTRY.items():  # the other backends: the problems each prices its counts on
+        for i, spec in enumerate(b.calibration(side)):
+            grid[(name, i)] = (name, spec)
     return grid
 
 
@@ -137,22 +136,19 @@ def measure_compute(prof: Profile, quick: bool = False, log=print, passes: int |
         ratios = [flops[key] / prof.torch_rate(key[1] * 9, key[2]) for key in grid if key[0] == "strided"]
         prof.strided_ratio = float(np.sqrt(ratios[0] * ratios[1]))
         log(f"  torch  stride 2: {prof.strided_ratio:.2f} x the FLOP/s of stride 1")
-        taps = []
-        for key in (k for k in grid if k[0] == "ndimage"):
-            spec, k = grid[key][1], key[1]
-            taps.append((spec.spatial[0] + k - 1 - k // 2 * 2) ** 2 * k * k / t[key])
-        prof.ndimage_taps_per_s = float(np.median(taps))
-        log(f"  ndimage: {prof.ndimage_taps_per_s / 1e9:.2f} G taps/s")
-        rows, ys = [], []
-        unit_a, unit_b = Profile(fft_s_per_nlogn=1.0, fft_s_per_mac=0.0), Profile(fft_s_per_nlogn=0.0,
-                                                                                 fft_s_per_mac=1.0)
-        for key in (k for k in grid if k[0] == "fft"):
-            spec = grid[key][1]
-            rows.append([p.fft_seconds(spec, spec.input_shape, spec.out_channels) for p in (unit_a, unit_b)])
-            ys.append(t[key])
-        sol, *_ = np.linalg.lstsq(np.array(rows), np.array(ys), rcond=None)
-        prof.fft_s_per_nlogn, prof.fft_s_per_mac = (float(max(v, 1e-13)) for v in sol)
-        log(f"  fft: {prof.fft_s_per_nlogn * 1e9:.2f} ns per element-log, {prof.fft_s_per_mac * 1e9:.2f} ns per MAC")
+        for name, b in backends.REGISTRY.items():
+            keys = [key for key in grid if key[0] == name and name != "torch"]
+            if not keys:
+                continue
+            counts = sorted(b.default_rates)
+            specs = [grid[k][1] for k in keys]
+            work = [b.work(spec, spec.input_shape, spec.output_shape, spec.groups) for spec in specs]
+            rows = np.array([[w.get(c, 0.0) for c in counts] for w in work])
+            # non-negative least squares over the cases, each weighted by its own time (relative error)
+            ys = np.array([t[k] for k in keys])
+            sol, _ = scipy.optimize.nnls(rows / ys[:, None], np.ones(len(keys)))
+            prof.rates.update({c: float(max(v, 1e-14)) for c, v in zip(counts, sol)})
+            log(f"  {name}: " + ", ".join(f"{prof.rates[c] * 1e9:.3g} ns per {c.split('.', 1)[1]}" for c in counts))
         buf = torch.empty(64 * 2**20 // 4)
         prof.copy_Bps = buf.numel() * 4 / _best(lambda: buf.clone(), repeat)
         log(f"  memory copy: {prof.copy_Bps / 1e9:.2f} GB/s")
@@ -212,15 +208,16 @@ def measure_concurrency(prof: Profile, quick: bool = False, log=print) -> None:
     """How many cores n processes busy at once really get (other load, hyper-threads, memory
     bandwidth, more processes than cores): each computes the same problem back to back, all
     at once, against one alone — for a compute-bound layer and memory-bound single-channel
-    filters per backend, which scale differently.  Measured here on 2 cores: a layer 1.8 cores
-    for 2 processes; a torch filter (oneDNN pads its channel to 16) 1.3, the same filter by
-    ndimage 2.0."""
+    filters per backend, which scale differently (a torch filter pads its channel to oneDNN's
+    SIMD block of 16 and is bound by memory bandwidth sooner)."""
     counts = _busy_counts(prof.cores)
-    probes = (((1, 16, 256, 512), (16, 16, 3, 3), "torch"), ((1, 1, 1024, 2048), (1, 1, 3, 3), "torch"),
-              ((1, 1, 1024, 2048), (1, 1, 3, 3), "ndimage"), ((1, 1, 1024, 1024), (1, 1, 15, 15), "fft"))
+    probes = [("torch", (1, 16, 256, 512), (16, 16, 3, 3), "torch"),
+              ("torch-filter", (1, 1, 1024, 2048), (1, 1, 3, 3), "torch")]
+    probes += [(name, *b.concurrency_probe(), name) for name, b in backends.REGISTRY.items()
+               if b.concurrency_probe() is not None]
     curves = []
     with LocalCluster(max(counts)) as cluster:
-        for shape, wshape, backend in probes:
+        for _, shape, wshape, backend in probes:
             spec = ConvSpec.from_args(shape, wshape, None, padding=wshape[-1] // 2)
             alone = cluster.throughput(spec, 1, 3, backend=backend) / 3
             repeat = max(3, math.ceil((0.04 if quick else 0.1) / alone))
@@ -232,9 +229,9 @@ def measure_concurrency(prof: Profile, quick: bool = False, log=print) -> None:
                     one = cluster.throughput(spec, 1, repeat, backend=backend)
                     ratios[n].append(n * one / cluster.throughput(spec, n, repeat, backend=backend))
             curves.append({n: float(np.median(ratios[n])) for n in counts})
-    prof.concurrency = [[n, *(c[n] for c in curves)] for n in counts]
-    log("  cores n busy processes get (torch layers / torch filters / ndimage / fft): "
-        + "  ".join(f"{n}: " + "/".join(f"{v:.2f}" for v in row) for n, *row in prof.concurrency))
+    prof.concurrency = {name: [[n, c[n]] for n in counts] for (name, *_), c in zip(probes, curves)}
+    log(f"  cores n busy processes get ({' / '.join(prof.concurrency)}): "
+        + "  ".join(f"{n}: " + "/".join(f"{c[n]:.2f}" for c in curves) for n in counts))
 
 
 def calibrate(quick: bool = False, log=print) -> Profile:

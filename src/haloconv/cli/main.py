@@ -16,7 +16,7 @@ import torch
 
 from haloconv import api
 from haloconv.cli import plots, report
-from haloconv.compute import kernels, methods
+from haloconv.compute import backends, kernels
 from haloconv.engines import WorkerError, processes
 from haloconv.engines.base import execution_from_reports
 from haloconv.files import arrays, filters, images
@@ -71,8 +71,9 @@ def _add_problem_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--partition", default="auto",
                    help="auto (the cost model chooses), batch, rows|horizontal, cols|vertical, depth, grid, "
                         "channels, or split counts over N,C_out,*spatial e.g. 1,1,2,2")
-    r.add_argument("--backend", default="torch", choices=("torch", "ndimage", "fft", "auto"),
-                   help="tile compute: torch (bitwise torch, default), ndimage, fft, auto (the cost model)")
+    r.add_argument("--backend", default="torch", choices=(*backends.BACKENDS, "auto"),
+                   help="tile compute: " + "; ".join(f"{name}: {b.guarantee}" for name, b in backends.REGISTRY.items())
+                        + "; auto: the cost model picks (default: torch)")
     r.add_argument("--profile", default=None, metavar="PROFILE.json",
                    help="cost-model profile (default: the one `haloconv calibrate` wrote, else built-in defaults)")
     r.add_argument("--memory-budget", default=None, metavar="BYTES",
@@ -232,17 +233,17 @@ def _finish(args, ex, x, w, name, is_image) -> int:
     if args.verify:
         method = ex.plan.backend
         t1 = time.perf_counter()
-        ref = methods.single_node(method, x, w, None, ex.plan.spec)
+        ref = backends.single_node(method, x, w, None, ex.plan.spec)
         t_ref = time.perf_counter() - t1
         equal = torch.equal(ex.output, ref)
         diff = (ex.output - ref).abs().nan_to_num(nan=float("inf")).max().item() if not equal else 0.0
         print(f"verify: single-node {method} {t_ref:.4f}s vs haloconv {ex.wall_seconds:.4f}s; "
               f"max |diff| = {diff:.3g}; bitwise equal: {equal}")
         ok = equal
-        if method == "fft":  # FFT sizes differ per tile: compared within its stated tolerance
-            tol = methods.FFT_TOLERANCE[ex.output.dtype] * ref.abs().max().item()
-            ok = diff <= tol
-            print(f"verify: fft within {methods.FFT_TOLERANCE[ex.output.dtype]:g} x max|y|: {ok}")
+        tolerance = backends.get(method).tolerance.get(ex.output.dtype)
+        if tolerance is not None:  # a transform's sizes differ per tile: compared within its stated tolerance
+            ok = diff <= tolerance * ref.abs().max().item()
+            print(f"verify: {method} within {tolerance:g} x max|y|: {ok}")
         rep["verify"] = {"bitwise_equal": bool(equal), "max_abs_diff": diff, "single_node_seconds": t_ref,
                          "backend": method, "ok": bool(ok)}
         status = 0 if ok else 1
@@ -388,7 +389,7 @@ def run_spmd(args: argparse.Namespace) -> int:
         dist.gather_object(hd.traffic(), stats if rank == 0 else None, dst=0)
         status = 0
         if rank == 0:
-            backend = methods.label(plan.backend, kernels.select_backend(plan.spec, xt, wt, None))
+            backend = backends.label(plan.backend, kernels.select_backend(plan.spec, xt, wt, None))
             ex = execution_from_reports(y, plan, "torchrun", backend, wall, dict(enumerate(stats)))
             status = _finish(args, ex, xt, wt, name, is_image)
         flag = [status]

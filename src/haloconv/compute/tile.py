@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from haloconv.compute import kernels, methods
+from haloconv.compute import backends, kernels
 from haloconv.planning.boxes import Tile
 from haloconv.planning.plan import Plan
 
@@ -19,7 +19,7 @@ def compute_tile(plan: Plan, tile: Tile, window: torch.Tensor, weight: torch.Ten
                  torch_backend: object) -> torch.Tensor:
     """``tile``'s output box from its window with ``plan.backend`` (a view of the computed
     outputs when it can be: the caller copies it where it must)."""
-    return methods.compute(plan.backend, window, weight, bias, plan.spec, tile.groups, torch_backend, tile.first,
+    return backends.compute(plan.backend, window, weight, bias, plan.spec, tile.groups, torch_backend, tile.first,
                            tile.out.shape[2:])
 
 

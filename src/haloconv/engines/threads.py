@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from haloconv.compute import kernels, methods
+from haloconv.compute import backends, kernels
 from haloconv.compute.tile import compute_tile, tile_backward
 from haloconv.engines.base import Execution, WorkerStats, add_tile_grads, assemble_window
 from haloconv.planning.boxes import Tile
@@ -62,7 +62,7 @@ def run(
         output=out,
         plan=plan,
         engine="threads",
-        backend=methods.label(plan.backend, torch_backend),
+        backend=backends.label(plan.backend, torch_backend),
         wall_seconds=time.perf_counter() - t_start,
         workers=stats,
     )

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from haloconv.compute import backends
 from haloconv.model import schedule
-from haloconv.planning.backends import BACKENDS, backend_unsupported, fft_blocks, fft_sizes
 from haloconv.planning.geometry import compute_align
 from haloconv.planning.messages import PHASES, traffic_of
 from haloconv.planning.partition import _extents, named_kinds
@@ -61,16 +61,17 @@ class Profile:
                                                            [9, 32, 6e9], [25, 32, 10e9], [49, 32, 12e9]])
     pointwise_rates: list = field(default_factory=lambda: [[8, 8, 3e9], [64, 8, 8e9], [8, 64, 6e9], [64, 64, 15e9]])
     strided_ratio: float = 0.68  # FLOP/s of a stride-2 conv / those of the same conv at stride 1 (measured)
-    ndimage_taps_per_s: float = 0.92e9  # outputs x kernel taps per second, float64 accumulation
-    fft_s_per_nlogn: float = 0.26e-9  # per real element x log2(size), each of the forward/inverse transforms
-    fft_s_per_mac: float = 4.4e-9  # per complex multiply-add of the channel mixing
-    # throughput of n processes busy at once, in cores: [n, torch layers, torch single-channel
-    # filters, ndimage, fft] (memory-bound filters scale differently, and differently by
-    # backend; 3 or 4 processes on 2 cores get less than 2 did); calibrate measures n = 1 ..
-    # 2 x cores.  Rows of 3 (older profiles): ndimage and fft take the filters' figure.
+    # seconds per operation count of the other backends, keyed "<backend>.<count>"
+    # (compute/backends: each backend's counts and their uncalibrated prices)
+    rates: dict = field(default_factory=lambda: {k: v for b in backends.REGISTRY.values()
+                                                 for k, v in b.default_rates.items()})
+    # throughput of n processes busy at once, in cores, per curve: {curve: [[n, cores], ...]};
+    # curves "torch" (layers), "torch-filter" (one channel per group: memory-bound, they
+    # scale differently) and one per other backend that has a concurrency probe (3 or 4
+    # processes on 2 cores get less than 2 did); calibrate measures n = 1 .. 2 x cores.
     # Empty: min(n, cores) (x filter_cores_ratio for filters), which is what older profiles
     # (cores = the figure of 2 processes) meant.
-    concurrency: list = field(default_factory=list)
+    concurrency: dict = field(default_factory=dict)
     filter_cores_ratio: float = 1.0
     source: str = "defaults"
 
@@ -86,6 +87,7 @@ class Profile:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"cannot read profile {str(path)!r}: {e}") from None
+        data = cls._renamed(data)
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"profile {str(path)!r} has unknown fields {sorted(unknown)}")
@@ -93,15 +95,41 @@ class Profile:
             data["depthwise_rates"] = [[p[0], 32, p[1]] if len(p) == 2 else p for p in data["depthwise_rates"]]
         return cls(**data)
 
+    def __post_init__(self) -> None:
+        self.rates = {**Profile.__dataclass_fields__["rates"].default_factory(), **(self.rates or {})}
+        if isinstance(self.concurrency, list) and self.concurrency:
+            # older profiles: rows [n, torch layers, torch filters(, ndimage, fft)]
+            curves = ("torch", "torch-filter", "ndimage", "fft")
+            self.concurrency = {name: [[row[0], row[1 + i] if 1 + i < len(row) else row[2]] for row in self.concurrency]
+                                for i, name in enumerate(curves)}
+        elif not self.concurrency:
+            self.concurrency = {}
+
+    @classmethod
+    def _renamed(cls, data: dict) -> dict:
+        """Older profiles' fields under today's names."""
+        rates = dict(data.pop("rates", {}))
+        for old, key, invert in (("ndimage_taps_per_s", "ndimage.taps", True), ("fft_s_per_nlogn", "fft.nlogn", False),
+                                 ("fft_s_per_mac", "fft.mac", False)):
+            if old in data:
+                v = data.pop(old)
+                rates.setdefault(key, 1 / v if invert else v)
+        return {**data, "rates": rates}
+
+    def curve(self, spec: ConvSpec, backend: str) -> str:
+        """The concurrency curve of ``backend`` computing ``spec``."""
+        if backend == "torch":
+            return "torch-filter" if _one_channel_per_group(spec) else "torch"
+        return backend if backend in self.concurrency else "torch-filter"
+
     def effective_cores(self, spec: ConvSpec, busy: float, backend: str = "torch") -> float:
         """Cores that ``busy`` processes computing ``spec`` with ``backend`` at once get
-        together; torch's filters (one input and one output channel per group), ndimage and
-        fft have their own figures."""
-        filt = spec.in_channels // spec.groups == 1 and spec.out_channels // spec.groups == 1
+        together; torch's layers, torch's filters (one input and one output channel per
+        group) and each other backend have their own curves."""
+        curve = self.curve(spec, backend)
         if not self.concurrency:
-            return min(busy, self.cores * (self.filter_cores_ratio if filt or backend != "torch" else 1.0))
-        col = {"ndimage": 3, "fft": 4}.get(backend, 2 if filt else 1)
-        return min(busy, _interp(sorted((p[0], p[col] if col < len(p) else p[2]) for p in self.concurrency), busy))
+            return min(busy, self.cores * (1.0 if curve == "torch" else self.filter_cores_ratio))
+        return min(busy, _interp(sorted((n, c) for n, c in self.concurrency[curve]), busy))
 
     # -- compute ------------------------------------------------------------------------
     def torch_rate(self, inner: int, cout_g: int, ndim: int = 2) -> float:
@@ -109,47 +137,36 @@ class Profile:
 
     def compute_seconds(self, backend: str, spec: ConvSpec, window: Sequence[int], out: Sequence[int],
                         groups: int) -> float:
-        """One tile: ``window`` its input box shape (N, C_in_t, *S), ``out`` its output box shape."""
+        """One tile: ``window`` its input box shape (N, C_in_t, *S), ``out`` its output box
+        shape.  torch from its measured tables; the other backends' operation counts
+        (compute/backends) at this profile's price of each."""
+        if backend == "torch":
+            return self.torch_seconds(spec, out, groups)
+        work = backends.get(backend).work(spec, window, out, groups)
+        return sum(count * self.rates[key] for key, count in work.items())
+
+    def torch_seconds(self, spec: ConvSpec, out: Sequence[int], groups: int) -> float:
         n, cout = out[0], out[1]
         cin_g = spec.in_channels // spec.groups
         kvol = math.prod(spec.kernel)
-        outputs = math.prod(out[2:])
-        if backend == "torch":
-            flops = 2 * n * cout * cin_g * outputs * kvol
-            cout_g = max(1, cout // groups)
-            if spec.groups > 1 and cin_g == 1 and cout_g == 1:
-                # a tile of a lone group computes it beside an all-zero partner (kernels.conv_tile);
-                # below the fewest channels measured the time stays that of those (one SIMD block)
-                channels = max(2, cout)
-                fewest = min(p[1] for p in self.depthwise_rates)
-                rate = _interp2(self.depthwise_rates, kvol, max(channels, fewest)) * min(1.0, channels / fewest)
-                return flops / rate
-            # strided convs read s^d inputs per output: fewer FLOP/s (one measured ratio)
-            strided = self.strided_ratio if any(st > 1 for st in spec.stride) else 1.0
-            if kvol == 1:
-                return flops / (_interp2(self.pointwise_rates, cin_g, cout_g) * strided)
-            return flops / (self.torch_rate(cin_g * kvol, cout_g, spec.ndim) * strided)
-        eff = [(k - 1) * d + 1 for k, d in zip(spec.kernel, spec.dilation)]
-        if backend == "ndimage":
-            full = math.prod(w + 2 * p for w, p in zip(window[2:], spec.backend_pad))
-            return n * cout * full * math.prod(eff) / self.ndimage_taps_per_s
-        return self.fft_seconds(spec, window, cout)
+        flops = 2 * n * cout * cin_g * math.prod(out[2:]) * kvol
+        cout_g = max(1, cout // groups)
+        if spec.groups > 1 and cin_g == 1 and cout_g == 1:
+            # a tile of a lone group computes it beside an all-zero partner (kernels.conv_tile);
+            # below the fewest channels measured the time stays that of those (one SIMD block)
+            channels = max(2, cout)
+            fewest = min(p[1] for p in self.depthwise_rates)
+            rate = _interp2(self.depthwise_rates, kvol, max(channels, fewest)) * min(1.0, channels / fewest)
+            return flops / rate
+        # strided convs read s^d inputs per output: fewer FLOP/s (one measured ratio)
+        strided = self.strided_ratio if any(st > 1 for st in spec.stride) else 1.0
+        if kvol == 1:
+            return flops / (_interp2(self.pointwise_rates, cin_g, cout_g) * strided)
+        return flops / (self.torch_rate(cin_g * kvol, cout_g, spec.ndim) * strided)
 
-    def fft_seconds(self, spec: ConvSpec, window: Sequence[int], cout: int) -> float:
-        """The blocks methods._fft transforms (planning.backends.fft_blocks) at their transform lengths
-        (plan.fft_sizes): per block, the samples' input and output channels forward and
-        back; the kernel once per block length; the channel mixing on the half spectrum."""
-        n, cin = window[0], window[1]
-        cin_g = spec.in_channels // spec.groups
-        padded = [w + 2 * p for w, p in zip(window[2:], spec.backend_pad)]
-        reach = (spec.kernel[0] - 1) * spec.dilation[0] + 1
-        transforms = macs = 0.0
-        for rows, count in fft_blocks((n, cin, *padded), cout, reach):
-            sizes = fft_sizes((rows + reach - 1, *padded[1:]))
-            size = math.prod(sizes)
-            transforms += (count * n * (cin + cout) + cout * cin_g) * size * math.log2(max(size, 2))
-            macs += count * n * cout * cin_g * size // sizes[-1] * (sizes[-1] // 2 + 1)
-        return transforms * self.fft_s_per_nlogn + macs * self.fft_s_per_mac
+
+def _one_channel_per_group(spec: ConvSpec) -> bool:
+    return spec.in_channels // spec.groups == 1 and spec.out_channels // spec.groups == 1
 
 
 def _interp(pts: Sequence[tuple[float, float]], x: float) -> float:
@@ -282,10 +299,8 @@ def candidate_splits(spec: ConvSpec, workers: int) -> list[tuple[str, tuple[int,
 
 def _backends(spec: ConvSpec, backend: str) -> list[str]:
     if backend == "auto":
-        return [b for b in BACKENDS if backend_unsupported(b, spec) is None]
-    why = backend_unsupported(backend, spec)
-    if why is not None:
-        raise ValueError(why)
+        return backends.supported(spec)
+    backends.check(backend, spec)
     return [backend]
 
 
@@ -307,11 +322,11 @@ def candidates(spec: ConvSpec, workers: int, profile: Profile | None = None, ite
     """Every candidate (partition x backend, plus a single worker), cheapest predicted first;
     those over ``memory_budget`` bytes per worker are left out."""
     prof = profile or load_profile()
-    backends = _backends(spec, backend)
+    names = _backends(spec, backend)
     preds = []
     splits = [("single", (1,) * (spec.ndim + 2))] + candidate_splits(spec, workers)
     for name, counts in splits:
-        for b in backends:
+        for b in names:
             w = 1 if name == "single" else workers
             p = build(spec, counts, name, w, None if name == "single" else weights, ownership=ownership,
                       exchange=exchange, backend=b)
@@ -362,11 +377,7 @@ def tile_peak_bytes(spec: ConvSpec, window_shape: Sequence[int], out_shape: Sequ
     window = math.prod(window_shape) * itemsize
     output = math.prod(out_shape) * itemsize
     read = math.prod(window_shape) * (file_itemsize + 4 + itemsize)
-    if backend == "torch":
-        pad16 = lambda c: -(-c // 16) * 16  # noqa: E731
-        work = n * (pad16(c_in) * math.prod(win) + pad16(c_out) * math.prod(out)) * itemsize
-    else:  # ndimage: an output per channel; fft: blocks of the output rows in complex
-        work = 2 * output
+    work = backends.get(backend).workspace_bytes(spec, window_shape, out_shape, itemsize)
     return window + max(read, work) + 2 * output
 
 

@@ -18,7 +18,6 @@ import numpy as np
 
 from haloconv import text
 from haloconv.planning import geometry
-from haloconv.planning.backends import backend_unsupported
 from haloconv.planning.boxes import Box, Piece, Tile
 from haloconv.planning.messages import Message, Traffic, is_contiguous_run, traffic_of, transfer_chunks
 from haloconv.planning.partition import (
@@ -52,7 +51,7 @@ class Plan:
     ownership: str = "aligned"
     exchange: str = "neighbours"
     pipeline: int = 1  # exchange='master': a worker's window travels and computes in this many parts
-    backend: str = "torch"  # how every tile is computed: 'torch', 'ndimage' or 'fft'
+    backend: str = "torch"  # how every tile is computed: a name in compute/backends
 
     def subtiles(self, tile: Tile, master: int = 0) -> tuple[Tile, ...]:
         """The parts a worker's tile is sent and computed in (exchange='master', pipeline>1):
@@ -406,9 +405,8 @@ def check_args(spec: ConvSpec, partition, workers, worker_weights, ownership: st
                backend: str) -> list[float] | None:
     """Validate the arguments of a plan (ValueError/TypeError naming the bad one); returns
     the worker weights as a list."""
-    why = backend_unsupported(backend, spec)
-    if why is not None:
-        raise ValueError(why)
+    if not isinstance(backend, str):  # which names exist and what each runs: compute/backends (api checks)
+        raise TypeError(f"backend must be a str, got {backend!r}")
     if isinstance(pipeline, bool) or not isinstance(pipeline, int) or pipeline < 1:
         raise ValueError(f"pipeline must be an int >= 1, got {pipeline!r}")
     if ownership not in OWNERSHIPS:

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from haloconv.compute import kernels, methods
+from haloconv.compute import backends, kernels
 from haloconv.engines import spmd
 from haloconv.engines.base import Execution, WorkerStats, assemble_window
 from haloconv.engines.cluster import Cluster, check_throttle
@@ -116,7 +116,7 @@ def run_dynamic(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Ten
     out, reports = cluster.step(cmd, master)
     stats = [WorkerStats(r, (), 0, {p: v["seconds"] for p, v in rep["traffic"].items() if p != "control"},
                          traffic=rep["traffic"]) for r, rep in sorted(reports.items())]
-    ex = Execution(out, plan, "processes-dynamic", methods.label(plan.backend, torch_backend),
+    ex = Execution(out, plan, "processes-dynamic", backends.label(plan.backend, torch_backend),
                    time.perf_counter() - t_start, stats)
     ex.tiles_done = done  # rank -> tiles it computed
     return ex

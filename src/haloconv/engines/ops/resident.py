@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from haloconv.compute import kernels, methods
+from haloconv.compute import backends, kernels
 from haloconv.engines import spmd
 from haloconv.engines.cluster import Cluster, exec_of
 from haloconv.engines.comm import Comm
@@ -81,7 +81,7 @@ def conv(cluster: Cluster, x: Sharded, weight: torch.Tensor, bias: torch.Tensor 
     shard, reports = cluster.step(cmd, master)
     cluster.shards[sid] = shard
     boxes = tuple(t.out for t in plan.tiles)
-    ex = exec_of(None, plan, methods.label(plan.backend, torch_backend), time.perf_counter() - t0, reports)
+    ex = exec_of(None, plan, backends.label(plan.backend, torch_backend), time.perf_counter() - t0, reports)
     return Sharded(cluster, sid, plan.spec.output_shape, boxes, x.dtype, ex, plan)
 
 

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from haloconv.compute import kernels, methods
+from haloconv.compute import backends, kernels
 from haloconv.engines import spmd
 from haloconv.engines.base import Execution
 from haloconv.engines.cluster import Cluster, exec_of
@@ -43,7 +43,7 @@ def run(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bia
     cmd = {"op": "conv", "module": __name__, "plan": plan, "dtype": x.dtype,
            "torch_backend": kernels.backend_name(torch_backend)}
     out, reports = cluster.step(cmd, master)
-    return exec_of(out, plan, methods.label(plan.backend, torch_backend), time.perf_counter() - t_start, reports)
+    return exec_of(out, plan, backends.label(plan.backend, torch_backend), time.perf_counter() - t_start, reports)
 
 
 @worker_op("conv")

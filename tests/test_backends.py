@@ -1,5 +1,5 @@
 """Compute backends: ndimage split runs are bitwise ndimage on the whole input, FFT runs are
-within FFT_TOLERANCE of torch; both close to torch; refused where they do not apply."""
+within the fft backend's tolerance of torch; both close to torch; refused where they do not apply."""
 
 import pytest
 import torch
@@ -7,14 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import haloconv
-from haloconv.compute import methods
-from haloconv.planning import backends
+from haloconv.compute import backends
+from haloconv.compute.backends import fft
 from haloconv.planning.spec import ConvSpec
 
 
 @st.composite
-def filter_case(draw):
-    nd = draw(st.sampled_from((1, 2, 2, 3)))
+def filter_case(draw, dims=(1, 2, 2, 3)):
+    nd = draw(st.sampled_from(dims))
     max_len = {1: 60, 2: 30, 3: 10}[nd]
     c = draw(st.sampled_from((1, 1, 2, 3)))
     kernel = tuple(draw(st.integers(1, 6)) for _ in range(nd))
@@ -35,7 +35,7 @@ def _run(case, backend, **extra):
               padding_mode=case["padding_mode"])
     try:
         spec = ConvSpec.from_args(x.shape, w.shape, None, **kw)
-        ref_torch = methods.single_node("torch", x, w, None, spec)
+        ref_torch = backends.single_node("torch", x, w, None, spec)
     except (ValueError, RuntimeError):
         return None
     part = case["partition"]
@@ -51,7 +51,7 @@ def test_property_ndimage_split_is_bitwise_whole_ndimage(case):
     if out is None:
         return
     x, w, spec, y, ref_torch = out
-    assert torch.equal(y, methods.single_node("ndimage", x, w, None, spec))
+    assert torch.equal(y, backends.single_node("ndimage", x, w, None, spec))
     torch.testing.assert_close(y, ref_torch, rtol=1e-5 if x.dtype == torch.float32 else 1e-12,
                                atol=1e-5 if x.dtype == torch.float32 else 1e-12)
 
@@ -64,7 +64,7 @@ def test_property_fft_within_tolerance_of_torch(case, dense):
     if out is None:
         return
     x, w, spec, y, ref_torch = out
-    tol = methods.FFT_TOLERANCE[x.dtype] * ref_torch.abs().max().item()
+    tol = fft.BACKEND.tolerance[x.dtype] * ref_torch.abs().max().item()
     assert (y - ref_torch).abs().max().item() <= tol
 
 
@@ -76,7 +76,7 @@ def test_fft_strided_grouped_and_processes_engine():
     ref = torch.nn.functional.conv2d(x, w, b, stride=2, padding=2, groups=2)
     y = haloconv.conv(x, w, b, stride=2, padding=2, groups=2, partition="grid", workers=3, backend="fft",
                       engine="processes")
-    assert (y - ref).abs().max() <= methods.FFT_TOLERANCE[torch.float32] * ref.abs().max()
+    assert (y - ref).abs().max() <= fft.BACKEND.tolerance[torch.float32] * ref.abs().max()
 
 
 def test_backends_refused_where_they_do_not_apply():
@@ -102,10 +102,10 @@ def test_auto_backend_picks_fft_for_large_kernels_and_torch_for_small():
 
 def test_fft_in_blocks_of_rows(monkeypatch):
     """Tiles larger than a block go through the overlap-add loop (several blocks, a last short one)."""
-    monkeypatch.setattr(backends, "FFT_BLOCK_ELEMENTS", 200)  # one setting: compute and model read it
+    monkeypatch.setattr(fft, "FFT_BLOCK_ELEMENTS", 200)  # one setting: compute and model read it
     g = torch.Generator().manual_seed(5)
     x = torch.randn(1, 2, 97, 23, generator=g, dtype=torch.float64)
     w = torch.randn(3, 2, 5, 4, generator=g, dtype=torch.float64)
     ref = torch.nn.functional.conv2d(x, w, padding=(2, 1), dilation=(2, 1))
     y = haloconv.conv(x, w, padding=(2, 1), dilation=(2, 1), partition="cols", workers=2, backend="fft")
-    assert (y - ref).abs().max() <= methods.FFT_TOLERANCE[torch.float64] * ref.abs().max()
+    assert (y - ref).abs().max() <= fft.BACKEND.tolerance[torch.float64] * ref.abs().max()

@@ -1,0 +1,112 @@
+"""What a compute backend is: the rules of when it applies, how it computes a tile's output
+box from its window, what a split run of it guarantees, and the work a tile costs it in
+operation counts that the cost model prices (model/cost.py; `haloconv calibrate` measures
+the price of each count).  One module of this package per backend (docs/architecture.md,
+"Where a change goes")."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from haloconv.planning.spec import ConvSpec
+
+
+class Backend:
+    """A compute backend.  Subclasses set the class attributes and implement
+    ``correlate`` (or ``compute``), ``work`` and ``calibration``."""
+
+    name: str = ""
+    # bitwise equal to this backend's own single-node call on the whole input (direct
+    # compute: the same sums in the same order whatever the tile); otherwise within
+    # ``tolerance[dtype] x max|y|`` of torch's result
+    exact: bool = True
+    tolerance: dict = {}
+    guarantee: str = ""  # one line for reports: what a split run of it equals
+    # the cost model's prices of this backend's operation counts (seconds per count) before
+    # `haloconv calibrate` measured them; keys are "<name>.<count>"
+    default_rates: dict[str, float] = {}
+
+    def unsupported(self, spec: ConvSpec) -> str | None:
+        """Why this backend cannot run ``spec`` (None when it can)."""
+        return None
+
+    def correlate(self, window: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, groups: int) -> torch.Tensor:
+        """The valid cross-correlation (all channels, ``groups`` groups, the spec's
+        dilation, stride 1) of ``window`` padded by ``spec.backend_pad`` with zeros (see
+        ``padded``; a backend that reads zeros beyond its input need not copy it)."""
+        raise NotImplementedError
+
+    def compute(self, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec,
+                groups: int, torch_backend: object, first: Sequence[int], out_shape: Sequence[int]) -> torch.Tensor:
+        """One tile's output box from its window (geometry.Axis.compute_window) padded by
+        the backend padding as kernels.conv_tile pads it, keeping the same outputs."""
+        y = self.correlate(window, weight, spec, groups)
+        y = y[(slice(None), slice(None), *(slice(None, None, s) for s in spec.stride))]
+        y = y[(slice(None), slice(None), *(slice(f, f + n) for f, n in zip(first, out_shape)))]
+        if bias is not None:
+            y = y + bias.view(1, -1, *([1] * spec.ndim))
+        return y  # like conv_tile: a view of the computed outputs when it can be (no copy)
+
+    def single_node(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    spec: ConvSpec) -> torch.Tensor:
+        """This backend on the whole input: the reference a split run of it is compared with."""
+        pad: list[int] = []
+        for lo, hi, q in zip(reversed(spec.pad_lo), reversed(spec.pad_hi), reversed(spec.backend_pad)):
+            pad += [lo - q, hi - q]  # the rest is the backend padding, applied like a tile's
+        if any(pad):
+            x = F.pad(x, pad, mode="constant" if spec.padding_mode == "zeros" else spec.padding_mode)
+        return self.compute(x, weight, bias, spec, spec.groups, None, (0,) * spec.ndim, spec.out_spatial)
+
+    def label(self, torch_backend: object) -> str:
+        """What computed the tiles, for reports."""
+        return self.name
+
+    def work(self, spec: ConvSpec, window: Sequence[int], out: Sequence[int], groups: int) -> dict[str, float]:
+        """Operation counts of one tile (``window`` its input box shape, ``out`` its output
+        box shape), keyed like ``default_rates``."""
+        raise NotImplementedError
+
+    def workspace_bytes(self, spec: ConvSpec, window: Sequence[int], out: Sequence[int], itemsize: int) -> int:
+        """Bytes the backend holds beyond the window and the output while it computes a tile."""
+        return 2 * math.prod(out) * itemsize
+
+    def calibration(self, side: int) -> list[ConvSpec]:
+        """Problems `haloconv calibrate` times to price the counts (``side``: a scale for
+        their size); at least as many as there are counts, differing in their mix."""
+        return []
+
+    def concurrency_probe(self) -> tuple[tuple, tuple] | None:
+        """(input shape, weight shape) `haloconv calibrate` runs on n processes at once to
+        measure how this backend scales with busy cores; None: torch filters' curve."""
+        return None
+
+
+def dilated(weight: torch.Tensor, dilation: Sequence[int]) -> torch.Tensor:
+    """The kernel with d-1 zeros between taps: one dense kernel for methods that need one."""
+    if all(d == 1 for d in dilation):
+        return weight
+    k = weight.shape[2:]
+    out = weight.new_zeros((*weight.shape[:2], *((n - 1) * d + 1 for n, d in zip(k, dilation))))
+    out[(slice(None), slice(None), *(slice(None, None, d) for d in dilation))] = weight
+    return out
+
+
+def padded(window: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
+    """The window padded by the backend padding (zeros), as kernels.conv_tile's backend pads it."""
+    pad = [p for p in reversed(spec.backend_pad) for _ in range(2)]
+    return F.pad(window, pad) if any(pad) else window
+
+
+def is_filter(spec: ConvSpec) -> bool:
+    """One input and one output channel per group: an image filter (single-channel or
+    depthwise), as opposed to a layer that mixes channels."""
+    return spec.in_channels == spec.out_channels == spec.groups or spec.in_channels == spec.out_channels == 1
+
+
+def effective_kernel(spec: ConvSpec) -> list[int]:
+    """The kernel's reach per spatial axis, dilation included."""
+    return [(k - 1) * d + 1 for k, d in zip(spec.kernel, spec.dilation)]

@@ -1,0 +1,46 @@
+"""Backend 'torch': torch's own convolution on each tile's window (kernels.conv_tile), with
+the conv backend the single-node call selects — bit for bit the single-node torch call.
+Its speed depends on the shape far more than one rate per count can say, so the cost model
+prices it from measured tables (model/cost.py, Profile.torch_seconds)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from haloconv.compute import kernels
+from haloconv.compute.backends.base import Backend
+from haloconv.planning.spec import ConvSpec
+
+
+class TorchConv(Backend):
+    name = "torch"
+    exact = True
+    guarantee = "bitwise equal to torch's single-node convolution"
+
+    def compute(self, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec,
+                groups: int, torch_backend: object, first: Sequence[int], out_shape: Sequence[int]) -> torch.Tensor:
+        return kernels.conv_tile(window, weight, bias, spec, groups, torch_backend, first, out_shape)
+
+    def single_node(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    spec: ConvSpec) -> torch.Tensor:
+        return kernels.single_node(x, weight, bias, spec)
+
+    def label(self, torch_backend: object) -> str:
+        return kernels.backend_name(torch_backend)
+
+    def work(self, spec: ConvSpec, window: Sequence[int], out: Sequence[int], groups: int) -> dict[str, float]:
+        cin_g = spec.in_channels // spec.groups
+        return {"torch.flops": 2 * out[0] * out[1] * cin_g * math.prod(out[2:]) * math.prod(spec.kernel)}
+
+    def workspace_bytes(self, spec: ConvSpec, window: Sequence[int], out: Sequence[int], itemsize: int) -> int:
+        """oneDNN works in a channel-blocked layout, channels padded to 16: a single-channel
+        conv peaks at about 16 floats per pixel beyond its input and output; counted for
+        the window and the output both, to stay on the safe side."""
+        pad16 = lambda c: -(-c // 16) * 16  # noqa: E731
+        return window[0] * (pad16(window[1]) * math.prod(window[2:]) + pad16(out[1]) * math.prod(out[2:])) * itemsize
+
+
+BACKEND = TorchConv()
