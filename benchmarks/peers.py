@@ -4,8 +4,9 @@
     .venv/bin/python benchmarks/peers.py [--size 8192] [--kernels 3,15] [--repeat 3]
 
 S x S float32, a random k x k kernel, zero padding ('same'), 2 workers:
-  haloconv     haloconv on a running LocalCluster of 2 processes, partition rows, backend
-               'auto' (the cost model picks torch, ndimage or FFT per kernel)
+  haloconv     haloconv's threads engine, 2 threads over 64 row bands, backend 'auto' (the
+               cost model picks among the compute backends per kernel)
+  opencv       cv2.filter2D on the whole image, 2 threads
   scipy        scipy.ndimage.correlate, one thread
   dask-image   dask_image.ndfilters.correlate, row chunks (S/2 x S), threaded scheduler, 2 threads
   torch        F.conv2d in one process, 2 threads

@@ -1,14 +1,16 @@
 """Compute backends: ndimage split runs are bitwise ndimage on the whole input, FFT runs are
 within the fft backend's tolerance of torch; both close to torch; refused where they do not apply."""
 
+import collections
+
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import haloconv
 from haloconv.compute import backends
-from haloconv.compute.backends import fft
+from haloconv.compute.backends import fft, opencv
 from haloconv.planning.spec import ConvSpec
 
 
@@ -66,6 +68,46 @@ def test_property_fft_within_tolerance_of_torch(case, dense):
     x, w, spec, y, ref_torch = out
     tol = fft.BACKEND.tolerance[x.dtype] * ref_torch.abs().max().item()
     assert (y - ref_torch).abs().max().item() <= tol
+
+
+def test_property_opencv_split_is_bitwise_whole_opencv_where_it_filters_directly():
+    """Below opencv.DIRECT_TAPS taps a split run equals the same procedure on the whole image
+    bit for bit (every output from the SIMD body of a call); above, OpenCV may transform
+    (within its tolerance of torch).  Both kinds of case are reached."""
+    kinds: collections.Counter = collections.Counter()
+
+    @settings(max_examples=80, deadline=None)
+    @given(filter_case(dims=(2,)))
+    def check(case):
+        out = _run(case, "opencv")
+        if out is None:
+            return
+        x, w, spec, y, ref_torch = out
+        if opencv.BACKEND.exact_for(spec):
+            kinds["direct"] += 1
+            assert torch.equal(y, backends.single_node("opencv", x, w, None, spec))
+        else:
+            kinds["transform"] += 1
+        tol = opencv.BACKEND.tolerance[x.dtype] * ref_torch.abs().max().item()
+        assert (y - ref_torch).abs().max().item() <= tol
+
+    check()
+    assert kinds["direct"] >= 20 and kinds["transform"] >= 1, kinds
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opencv_on_worker_processes_strided_depthwise_and_wide(dtype):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 203, 517, generator=g, dtype=dtype)
+    for k, stride in ((3, 1), (5, 2), (15, 1)):  # 15x15: past DIRECT_TAPS
+        w = torch.randn(3, 1, k, k, generator=g, dtype=dtype)
+        spec = ConvSpec.from_args(x.shape, w.shape, None, padding=k // 2, stride=stride, groups=3)
+        y = haloconv.conv(x, w, padding=k // 2, stride=stride, groups=3, partition="grid", workers=4,
+                          engine="processes", backend="opencv")
+        if opencv.BACKEND.exact_for(spec):
+            assert torch.equal(y, backends.single_node("opencv", x, w, None, spec))
+        ref = torch.nn.functional.conv2d(x, w, padding=k // 2, stride=stride, groups=3)
+        assert (y - ref).abs().max() <= opencv.BACKEND.tolerance[dtype] * ref.abs().max()
 
 
 def test_fft_strided_grouped_and_processes_engine():

@@ -16,11 +16,13 @@ from haloconv.planning.plan import Plan
 
 
 def compute_tile(plan: Plan, tile: Tile, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 torch_backend: object) -> torch.Tensor:
-    """``tile``'s output box from its window with ``plan.backend`` (a view of the computed
-    outputs when it can be: the caller copies it where it must)."""
+                 torch_backend: object, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``tile``'s output box from its window with ``plan.backend``: written into ``out`` (the
+    box of the result, say) when given, which backends that can write there do without an
+    extra copy; else a view of the computed outputs when it can be (the caller copies it
+    where it must)."""
     return backends.compute(plan.backend, window, weight, bias, plan.spec, tile.groups, torch_backend, tile.first,
-                           tile.out.shape[2:])
+                            tile.out.shape[2:], out)
 
 
 def tile_backward(plan: Plan, tile: Tile, window: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor,

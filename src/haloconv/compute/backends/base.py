@@ -30,6 +30,11 @@ class Backend:
     # `haloconv calibrate` measured them; keys are "<name>.<count>"
     default_rates: dict[str, float] = {}
 
+    def exact_for(self, spec: ConvSpec) -> bool:
+        """Whether a split run of ``spec`` is bitwise equal to ``single_node`` (else within
+        ``tolerance`` of torch)."""
+        return self.exact
+
     def unsupported(self, spec: ConvSpec) -> str | None:
         """Why this backend cannot run ``spec`` (None when it can)."""
         return None
@@ -41,15 +46,19 @@ class Backend:
         raise NotImplementedError
 
     def compute(self, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec,
-                groups: int, torch_backend: object, first: Sequence[int], out_shape: Sequence[int]) -> torch.Tensor:
+                groups: int, torch_backend: object, first: Sequence[int], out_shape: Sequence[int],
+                out: torch.Tensor | None = None) -> torch.Tensor:
         """One tile's output box from its window (geometry.Axis.compute_window) padded by
-        the backend padding as kernels.conv_tile pads it, keeping the same outputs."""
+        the backend padding as kernels.conv_tile pads it, keeping the same outputs.  With
+        ``out`` (a tensor of the box's shape, e.g. the box of the whole result) the outputs
+        are written into it and it is returned; without, a view of the computed outputs
+        when it can be (no copy)."""
         y = self.correlate(window, weight, spec, groups)
         y = y[(slice(None), slice(None), *(slice(None, None, s) for s in spec.stride))]
         y = y[(slice(None), slice(None), *(slice(f, f + n) for f, n in zip(first, out_shape)))]
         if bias is not None:
             y = y + bias.view(1, -1, *([1] * spec.ndim))
-        return y  # like conv_tile: a view of the computed outputs when it can be (no copy)
+        return y if out is None else out.copy_(y)
 
     def single_node(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     spec: ConvSpec) -> torch.Tensor:

@@ -21,8 +21,10 @@ class TorchConv(Backend):
     guarantee = "bitwise equal to torch's single-node convolution"
 
     def compute(self, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec,
-                groups: int, torch_backend: object, first: Sequence[int], out_shape: Sequence[int]) -> torch.Tensor:
-        return kernels.conv_tile(window, weight, bias, spec, groups, torch_backend, first, out_shape)
+                groups: int, torch_backend: object, first: Sequence[int], out_shape: Sequence[int],
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        y = kernels.conv_tile(window, weight, bias, spec, groups, torch_backend, first, out_shape)
+        return y if out is None else out.copy_(y)
 
     def single_node(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     spec: ConvSpec) -> torch.Tensor:
