@@ -22,8 +22,10 @@ from haloconv.cli import bench
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--size", type=int, default=8192)
-ap.add_argument("--kernels", default="3,15")
+ap.add_argument("--kernels", default="3,7,15,gaussian:2,box:15",
+                help="k (a random k x k kernel) or a named kernel, comma-separated")
 ap.add_argument("--repeat", type=int, default=3)
 ap.add_argument("--methods", default=",".join(bench.PEERS))
 args = ap.parse_args()
-bench.peers(args.size, [int(k) for k in args.kernels.split(",")], args.repeat, args.methods.split(","))
+bench.peers(args.size, [int(k) if k.isdigit() else k for k in args.kernels.split(",")], args.repeat,
+            args.methods.split(","))

@@ -79,7 +79,17 @@ def plan(
     ``engine`` under ``profile`` (default: the calibrated one, see `haloconv calibrate`),
     within ``memory_budget`` bytes per worker — counted as the data a worker's tile holds
     (its window, filters and output, as the cost model predicts them), not the process's
-    resident memory; conv_file's ``memory_budget`` is the whole process (see its docstring)."""
+    resident memory; conv_file's ``memory_budget`` is the whole process (see its docstring).
+    ``weight_shape`` may be the filters themselves (a tensor or array): then backends whose
+    use depends on the filter's values (compute/backends: separable) are considered too."""
+    values = None  # the filters themselves, when given: backends that depend on their values can be chosen
+    if hasattr(weight_shape, "shape"):
+        values = _as_tensor("weight", weight_shape)
+        weight_shape = tuple(values.shape)
+    if hasattr(x_shape, "shape"):
+        x_shape = tuple(x_shape.shape)
+    if bias_shape is not None and hasattr(bias_shape, "shape"):
+        bias_shape = tuple(bias_shape.shape)
     spec = ConvSpec.from_args(
         x_shape, weight_shape, bias_shape, stride=stride, padding=padding,
         dilation=dilation, groups=groups, padding_mode=padding_mode,
@@ -93,7 +103,7 @@ def plan(
         else:
             workers = default_workers()
     if backend != "auto":
-        backends.check(backend, spec)
+        backends.check(backend, spec, values)
     check_args(spec, partition, workers, worker_weights, ownership, exchange, pipeline,
                "torch" if backend == "auto" else backend)
     if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
@@ -103,10 +113,10 @@ def plan(
         prof = profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
         if part.kind == "auto":
             return cost.choose(spec, workers, prof, backend=backend, engine=engine, memory_budget=memory_budget,
-                               ownership=ownership, exchange=exchange, weights=worker_weights)
+                               ownership=ownership, exchange=exchange, weights=worker_weights, weight=values)
         # a given partition: the model picks the backend (and checks the budget)
         base = make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline)
-        return cost.rank_backends(base, prof, backend, engine, memory_budget)[0].plan
+        return cost.rank_backends(base, prof, backend, engine, memory_budget, weight=values)[0].plan
     return make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline, backend)
 
 
@@ -147,6 +157,7 @@ def execute(
         )
     if (bt is not None) != plan.spec.has_bias:
         raise ValueError(f"plan was made {'with' if plan.spec.has_bias else 'without'} a bias")
+    backends.check(plan.backend, plan.spec, wt)  # a backend that depends on the filter's values
     if isinstance(engine, LocalCluster):
         if schedule != "static" or tiles is not None:
             raise ValueError("schedule='dynamic' on a LocalCluster you hold: cluster.run_dynamic(plan, ...) with a "
@@ -219,7 +230,7 @@ def conv(
     if workers is None and isinstance(engine, LocalCluster) and worker_weights is None:
         workers = engine.workers
     p = plan(
-        tuple(xt.shape), tuple(wt.shape), None if bt is None else tuple(bt.shape),
+        tuple(xt.shape), wt, None if bt is None else tuple(bt.shape),
         stride=stride, padding=padding, dilation=dilation, groups=groups,
         padding_mode=padding_mode, partition=partition, workers=workers,
         worker_weights=worker_weights, ownership=ownership, exchange=exchange, pipeline=pipeline,
@@ -290,9 +301,9 @@ def conv_file(
                               padding_mode=padding_mode)
     if backend == "auto":
         prof = profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
-        backend = cost.stream_backend(spec, prof)
+        backend = cost.stream_backend(spec, prof, wt)
     else:
-        backends.check(backend, spec)
+        backends.check(backend, spec, wt)
     out.parent.mkdir(parents=True, exist_ok=True)
     if spmd:
         return stream.run_spmd(source, spec, wt, bt, out, fmt, memory_budget=budget, backend=backend, dtype=dtype,

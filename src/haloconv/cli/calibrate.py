@@ -49,7 +49,7 @@ def _conv_seconds(method: str, spec: ConvSpec, repeat: int) -> float:
     thread, which for some shapes is a slower algorithm)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(spec.input_shape, generator=g)
-    w = torch.randn(spec.weight_shape, generator=g)
+    w = backends.get(method).example_weight(spec, g)
     threads = torch.get_num_threads()
     torch.set_num_threads(CALLER_THREADS)
     tb = kernels.select_backend(spec, x, w, None)

@@ -270,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--tiles applies to --schedule dynamic")
     t0 = time.perf_counter()
     x, is_image, name, weight, groups = _load(args)
-    plan = _plan(args, x.shape, weight.shape, groups, args.workers)
+    plan = _plan(args, x.shape, weight, groups, args.workers)  # the values: backends that depend on them
     print(f"input: {name} {list(x.shape)} {x.dtype}  kernel: {args.kernel} {list(weight.shape)} groups={groups}"
           f"  (read in {time.perf_counter() - t0:.3f}s)")
     print(plan)

@@ -297,18 +297,19 @@ def candidate_splits(spec: ConvSpec, workers: int) -> list[tuple[str, tuple[int,
     return out
 
 
-def _backends(spec: ConvSpec, backend: str) -> list[str]:
+def _backends(spec: ConvSpec, backend: str, weight=None) -> list[str]:
     if backend == "auto":
-        return backends.supported(spec)
-    backends.check(backend, spec)
+        return backends.supported(spec, weight)
+    backends.check(backend, spec, weight)
     return [backend]
 
 
 def rank_backends(plan: Plan, profile: Profile | None, backend: str = "auto", engine: str = "processes",
-                  memory_budget: int | None = None, itemsize: int = 4) -> list[Prediction]:
-    """``plan``'s partition with each candidate backend, cheapest predicted first."""
+                  memory_budget: int | None = None, itemsize: int = 4, weight=None) -> list[Prediction]:
+    """``plan``'s partition with each candidate backend (those for the filter values
+    ``weight`` when given), cheapest predicted first."""
     prof = profile or load_profile()
-    preds = [predict(replace(plan, backend=b), prof, itemsize, engine) for b in _backends(plan.spec, backend)]
+    preds = [predict(replace(plan, backend=b), prof, itemsize, engine) for b in _backends(plan.spec, backend, weight)]
     preds = [q for q in preds if memory_budget is None or q.peak_memory <= memory_budget]
     if not preds:
         raise ValueError(f"partition {plan.partition!r} does not fit memory_budget={memory_budget} bytes per worker")
@@ -318,11 +319,11 @@ def rank_backends(plan: Plan, profile: Profile | None, backend: str = "auto", en
 def candidates(spec: ConvSpec, workers: int, profile: Profile | None = None, itemsize: int = 4,
                backend: str = "auto", engine: str = "processes", memory_budget: int | None = None,
                ownership: str = "aligned", exchange: str = "neighbours",
-               weights: Sequence[float] | None = None) -> list[Prediction]:
+               weights: Sequence[float] | None = None, weight=None) -> list[Prediction]:
     """Every candidate (partition x backend, plus a single worker), cheapest predicted first;
     those over ``memory_budget`` bytes per worker are left out."""
     prof = profile or load_profile()
-    names = _backends(spec, backend)
+    names = _backends(spec, backend, weight)
     preds = []
     splits = [("single", (1,) * (spec.ndim + 2))] + candidate_splits(spec, workers)
     for name, counts in splits:
@@ -434,10 +435,10 @@ def stream_plan(spec: ConvSpec, allowance: int, backend: str = "torch", itemsize
     return build(spec, [1] * len(block), "stream", tiles, backend=backend, block=block)
 
 
-def stream_backend(spec: ConvSpec, profile: Profile | None = None) -> str:
+def stream_backend(spec: ConvSpec, profile: Profile | None = None, weight=None) -> str:
     """backend='auto' for a streamed run: the one computing the whole output fastest
     (the profile's rates on the whole problem; tiles only add their halos)."""
     prof = profile or load_profile()
     whole = (spec.batch, spec.in_channels, *spec.spatial)
-    return min(_backends(spec, "auto"),
+    return min(_backends(spec, "auto", weight),
                key=lambda b: prof.compute_seconds(b, spec, whole, spec.output_shape, spec.groups))

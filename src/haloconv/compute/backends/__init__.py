@@ -45,22 +45,27 @@ def get(name: str) -> Backend:
         raise ValueError(f"backend must be one of {BACKENDS} or 'auto', got {name!r}") from None
 
 
-def unsupported(name: str, spec: ConvSpec) -> str | None:
-    """Why backend ``name`` cannot run ``spec`` (None when it can)."""
+def unsupported(name: str, spec: ConvSpec, weight: torch.Tensor | None = None) -> str | None:
+    """Why backend ``name`` cannot run ``spec`` (with the filter values ``weight``, when
+    given; None when it can)."""
     if name not in REGISTRY:
         return f"backend must be one of {BACKENDS} or 'auto', got {name!r}"
-    return REGISTRY[name].unsupported(spec)
+    b = REGISTRY[name]
+    why = b.unsupported(spec)
+    return why if why is not None or weight is None else b.refuses(weight)
 
 
-def check(name: str, spec: ConvSpec) -> None:
-    why = unsupported(name, spec)
+def check(name: str, spec: ConvSpec, weight: torch.Tensor | None = None) -> None:
+    why = unsupported(name, spec, weight)
     if why is not None:
         raise ValueError(why)
 
 
-def supported(spec: ConvSpec) -> list[str]:
-    """The backends that can run ``spec`` (the candidates of backend='auto')."""
-    return [name for name, b in REGISTRY.items() if b.unsupported(spec) is None]
+def supported(spec: ConvSpec, weight: torch.Tensor | None = None) -> list[str]:
+    """The backends that can run ``spec`` (the candidates of backend='auto'); those that
+    depend on the filter's values only when ``weight`` is given and they take it."""
+    return [name for name, b in REGISTRY.items()
+            if unsupported(name, spec, weight) is None and (weight is not None or not b.needs_values)]
 
 
 def label(name: str, torch_backend: object) -> str:

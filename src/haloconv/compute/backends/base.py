@@ -26,6 +26,8 @@ class Backend:
     exact: bool = True
     tolerance: dict = {}
     guarantee: str = ""  # one line for reports: what a split run of it equals
+    # whether it applies depends on the filter's values too (see ``refuses``)
+    needs_values: bool = False
     # the cost model's prices of this backend's operation counts (seconds per count) before
     # `haloconv calibrate` measured them; keys are "<name>.<count>"
     default_rates: dict[str, float] = {}
@@ -38,6 +40,14 @@ class Backend:
     def unsupported(self, spec: ConvSpec) -> str | None:
         """Why this backend cannot run ``spec`` (None when it can)."""
         return None
+
+    def refuses(self, weight: torch.Tensor) -> str | None:
+        """Why this backend cannot compute with these filter values (None when it can)."""
+        return None
+
+    def example_weight(self, spec: ConvSpec, generator: torch.Generator) -> torch.Tensor:
+        """Filters this backend computes, for calibrate's timings."""
+        return torch.randn(spec.weight_shape, generator=generator)
 
     def correlate(self, window: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, groups: int) -> torch.Tensor:
         """The valid cross-correlation (all channels, ``groups`` groups, the spec's

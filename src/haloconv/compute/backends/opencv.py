@@ -2,19 +2,22 @@
 depthwise filters (C_in = C_out = groups, or one channel) in float32/float64.
 
 OpenCV computes the interior of a row with SIMD multiply-adds and the last few columns of
-each call with scalar code that rounds differently, so where a column falls in a call
-decides its last bits.  To make an output's value independent of the tile it falls in,
-every output is computed in the SIMD body of its call: each call recomputes its last
-TAIL columns from a small copy followed by zero columns (``correlate2d``).  A split run
-is then bitwise equal to the same procedure on the whole image (``single_node``) while
-OpenCV filters directly, which it does below DIRECT_TAPS kernel taps; at and above that
-it may switch to its DFT path, whose results depend on the tile's size: within
+each call with scalar code that rounds differently, and it picks its arithmetic by the
+kernel and its anchor (a symmetric kernel anchored at its centre is summed in pairs).  So
+that an output's value does not depend on the tile it falls in, every call anchors the
+kernel at its centre (OpenCV's default), and every output comes from the SIMD body of a
+call: the last columns of each call, and the rows and columns whose reads the call would
+take from its zero border instead of the tile's halo, are computed again from small
+copies padded explicitly, with TAIL zero columns after them (``correlate2d``).  A split
+run is then bitwise equal to the same procedure on the whole image (``single_node``)
+while OpenCV filters directly, which it does below DIRECT_TAPS kernel taps; at and above
+that it may switch to its DFT path, whose results depend on the tile's size: within
 ``tolerance`` of torch there."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -31,38 +34,68 @@ DIRECT_TAPS = 50
 TAIL = 32
 
 
-def correlate2d(plane: np.ndarray, kernel: np.ndarray, pads: Sequence[int], out: np.ndarray) -> None:
+Filter = Callable[[np.ndarray, np.ndarray | None], np.ndarray]  # (src, dst) -> dst, kernel at its centre
+
+
+def filter2d(kernel: np.ndarray) -> Filter:
+    """OpenCV's filter2D with ``kernel`` anchored at its centre, zeros beyond the source."""
+    return lambda src, dst: cv2.filter2D(src, -1, kernel, dst=dst, borderType=cv2.BORDER_CONSTANT)
+
+
+def direct(h: int, w: int, shape: tuple[int, int], pads: Sequence[int]) -> bool:
+    """Whether correlate2d filters an h x w output in one call on the plane itself (else
+    from a padded copy): when it is larger than a few strips, padded no further than the
+    kernel's centre."""
+    (kh, kw), (top, bottom, left, right) = shape, pads
+    ah, aw = kh // 2, kw // 2
+    return (h * w > 4 * (TAIL + kw) ** 2 and top <= ah and bottom <= kh - 1 - ah and left <= aw
+            and right <= kw - 1 - aw)
+
+
+def correlate2d(plane: np.ndarray, shape: tuple[int, int], pads: Sequence[int], out: np.ndarray,
+                filt: Filter, copy: bool = False) -> None:
     """``out`` = the valid 2-D cross-correlation of ``plane`` zero-padded by ``pads`` (top,
-    bottom, left, right) with ``kernel``, by filter2D, every output from the SIMD body of a
-    call (see the module docstring)."""
-    (kh, kw), (top, bottom, left, right), (rows, cols) = kernel.shape, pads, plane.shape
+    bottom, left, right) with the kernel of ``shape`` that ``filt`` applies (filter2D or
+    sepFilter2D), every output from the SIMD body of an OpenCV call with the kernel at its
+    centre (see the module docstring).  ``copy``: always from an explicitly padded copy."""
+    (kh, kw), (top, bottom, left, right), (rows, cols) = shape, pads, plane.shape
     h, w = out.shape
     if h <= 0 or w <= 0:
         return
+    ah, aw = kh // 2, kw // 2  # the centre: output (i, j) of a call reads source rows i - ah ..
     redo = min(w, TAIL + kw)  # the last outputs of each row, computed again
-    first = w - redo - left  # the plane's column those start reading at
-    m = h - kh + 1 + top  # outputs that read no row past the first h
-    if first < 0 or top + bottom > kh - 1 or left + right > kw - 1 or (rows > h and m <= 0):
-        # narrow, short, or padded wider than the kernel's reach: one call on a zero-padded copy
+    if copy or not direct(h, w, shape, pads):
+        # small, or padded past the centre: one call on a copy padded explicitly, TAIL zero columns after
         buf = np.zeros((rows + top + bottom, cols + left + right + TAIL), plane.dtype)
         buf[top:top + rows, left:left + cols] = plane
-        out[...] = cv2.filter2D(buf, -1, kernel, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)[:h, :w]
+        out[...] = filt(buf, None)[ah:ah + h, aw:aw + w]
         return
-    # anchored at the top and left padding, OpenCV's zero border is the padding: output
-    # (i, j) of the padded valid correlation is its output (i, j).  The call sees the first
-    # h x w of the plane (its output is the shape of its input, so it can be ``out``): outputs
-    # that read past those are computed again below (the last rows, the last columns)
-    main = plane[:h, :w]
+    # the call sees the plane from where output (0, 0) centres its kernel: (ah - top, aw - left),
+    # h x w of it, so its output is ``out``; OpenCV's zero border is right where it is the
+    # padding, wrong where the plane goes on (the first ah rows when top < ah, ...): those
+    # rows and columns again below, with the last columns of each row
+    if plane.strides[1] != plane.itemsize:
+        plane = np.ascontiguousarray(plane)
+    src = plane[ah - top:ah - top + h, aw - left:aw - left + w]
     if out.flags.c_contiguous:
-        cv2.filter2D(main, -1, kernel, dst=out, anchor=(left, top), borderType=cv2.BORDER_CONSTANT)
+        filt(src, out)
     else:
-        out[...] = cv2.filter2D(main, -1, kernel, anchor=(left, top), borderType=cv2.BORDER_CONSTANT)
-    if rows > h:  # the last rows read rows past h: again, from the rows they read
-        correlate2d(plane[m - top:], kernel, (0, bottom, left, right), out[m:])
-    # the last outputs of each row again, from a copy with TAIL zero columns after them
-    strip = np.zeros((rows, redo + kw - 1 + TAIL), plane.dtype)
-    strip[:, :cols - first] = plane[:, first:]
-    out[:, w - redo:] = cv2.filter2D(strip, -1, kernel, anchor=(0, top), borderType=cv2.BORDER_CONSTANT)[:h, :redo]
+        out[...] = filt(src, None)
+
+    def again(i0: int, i1: int, j0: int, j1: int) -> None:  # outputs [i0, i1) x [j0, j1) from what they read
+        r0, r1 = i0 - top, i1 - top + kh - 1  # plane rows read
+        c0, c1 = j0 - left, j1 - left + kw - 1
+        sub = plane[max(r0, 0):min(r1, rows), max(c0, 0):min(c1, cols)]
+        correlate2d(sub, shape, (max(-r0, 0), max(r1 - rows, 0), max(-c0, 0), max(c1 - cols, 0)),
+                    out[i0:i1, j0:j1], filt, copy=True)
+
+    if top < ah:
+        again(0, min(ah, h), 0, w)
+    if bottom < kh - 1 - ah:
+        again(max(h - (kh - 1 - ah), 0), h, 0, w)
+    if left < aw:
+        again(0, h, 0, min(aw, w))
+    again(0, h, w - redo, w)  # the row ends, and the columns past the plane's when right < kw - 1 - aw
 
 
 class OpenCV(Backend):
@@ -87,7 +120,7 @@ class OpenCV(Backend):
     def correlate(self, window: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, groups: int) -> torch.Tensor:
         computed = [n + 2 * p - k + 1 for n, p, k in zip(window.shape[2:], spec.backend_pad, effective_kernel(spec))]
         out = np.empty((*window.shape[:2], *computed), _numpy_dtype(window))
-        _fill(window, weight, spec, (0, 0), out)
+        self.fill_channels(window, weight, spec, (0, 0), out)
         return torch.from_numpy(out).to(window.device)
 
     def compute(self, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec,
@@ -97,10 +130,15 @@ class OpenCV(Backend):
         if any(s != 1 for s in spec.stride) or (out is not None and out.device.type != "cpu"):
             return super().compute(window, weight, bias, spec, groups, torch_backend, first, out_shape, out)
         dest = out if out is not None else window.new_empty((*window.shape[:2], *out_shape))
-        _fill(window, weight, spec, first, dest.numpy())
+        self.fill_channels(window, weight, spec, first, dest.numpy())
         if bias is not None:
             dest += bias.view(1, -1, *([1] * spec.ndim))
         return dest
+
+    def fill_channels(self, window: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, first: Sequence[int],
+                      out: np.ndarray) -> None:
+        ks = dilated(weight, spec.dilation).detach().cpu().numpy()
+        fill(window, ks.shape[2:], spec, first, out, lambda c: filter2d(ks[c, 0]))
 
     def work(self, spec: ConvSpec, window: Sequence[int], out: Sequence[int], groups: int) -> dict[str, float]:
         pixels = out[0] * out[1] * math.prod(w + 2 * p for w, p in zip(window[2:], spec.backend_pad))
@@ -117,24 +155,26 @@ def _numpy_dtype(t: torch.Tensor) -> np.dtype:
     return np.dtype(np.float32) if t.dtype == torch.float32 else np.dtype(np.float64)
 
 
-def _fill(window: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, first: Sequence[int], out: np.ndarray) -> None:
-    """Every channel of the window correlated with its own filter: the outputs ``first``
-    on of the window's padded valid correlation (spec.backend_pad), as many as ``out`` holds."""
+def fill(window: torch.Tensor, kernel_shape: Sequence[int], spec: ConvSpec, first: Sequence[int], out: np.ndarray,
+         channel_filter: Callable[[int], Filter]) -> None:
+    """Every channel c of the window filtered by ``channel_filter(c)`` (a kernel of
+    ``kernel_shape``, dilation included): the outputs ``first`` on of the window's padded
+    valid correlation (spec.backend_pad), as many as ``out`` holds."""
     # OpenCV's thread count is one setting per process: it follows torch's for this tile,
     # which the engines set to their share of the cores (every tile sets the same)
     cv2.setNumThreads(torch.get_num_threads())
     xs = window.detach().cpu().numpy()
-    ks = dilated(weight, spec.dilation).detach().cpu().numpy()
     # the part of the window the kept outputs read, and the zeros beyond it, per axis
     cut, pads = [], []
-    for f, n, k, p, size in zip(first, out.shape[2:], ks.shape[2:], spec.backend_pad, xs.shape[2:]):
+    for f, n, k, p, size in zip(first, out.shape[2:], kernel_shape, spec.backend_pad, xs.shape[2:]):
         lo, hi = f - p, f + n + k - 1 - p  # window indices read by outputs [f, f + n)
         cut.append(slice(max(lo, 0), min(hi, size)))
         pads.append((max(-lo, 0), max(hi - size, 0)))
     (top, bottom), (left, right) = pads
+    filters = [channel_filter(c) for c in range(xs.shape[1])]
     for n in range(xs.shape[0]):
         for c in range(xs.shape[1]):
-            correlate2d(xs[n, c][tuple(cut)], ks[c, 0], (top, bottom, left, right), out[n, c])
+            correlate2d(xs[n, c][tuple(cut)], tuple(kernel_shape), (top, bottom, left, right), out[n, c], filters[c])
 
 
 BACKEND = OpenCV()
