@@ -11,7 +11,7 @@ import torch
 from hypothesis import event
 from hypothesis import strategies as st
 
-import haloconv
+from conftest import torch_plan
 from haloconv.planning.spec import ConvSpec
 
 MODES = ("zeros", "reflect", "replicate", "circular")
@@ -135,7 +135,7 @@ def plan_for(x, w, b, case, workers=None):
                                   padding_mode=case["mode"])
         extents = (x.shape[0], case["groups"] if case["groups"] > 1 else case["c_out"], *spec.output_shape[2:])
         part = tuple(min(c, e) for c, e in zip(part, extents))
-    return haloconv.plan(tuple(x.shape), tuple(w.shape), None if b is None else tuple(b.shape),
+    return torch_plan(tuple(x.shape), tuple(w.shape), None if b is None else tuple(b.shape),
                          stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
                          groups=case["groups"], padding_mode=case["mode"], partition=part,
                          workers=workers or case["workers"])

@@ -1,3 +1,4 @@
+import functools
 import os
 
 import pytest
@@ -5,6 +6,7 @@ import torch
 import torch.nn as nn
 from hypothesis import HealthCheck, settings
 
+import haloconv
 from haloconv.compute import kernels
 
 # Fixed examples on every run: a failure seen once is seen again (no flaky CI).
@@ -20,6 +22,13 @@ settings.register_profile("explore", deadline=None, max_examples=2000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 _MODULES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+# haloconv on torch's backend.  A filter (one channel in and out per group) runs by default
+# on the fastest backend, equal to its own single-node call; the tests of the torch path,
+# which compare with torch bit for bit, name torch's backend.
+torch_conv = functools.partial(haloconv.conv, backend="torch")
+torch_plan = functools.partial(haloconv.plan, backend="torch")
 
 
 def torch_reference(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import haloconv
 from haloconv.compute import backends
 from haloconv.compute.backends import fft, opencv
+from haloconv.model.cost import Profile
 from haloconv.planning.spec import ConvSpec
 
 
@@ -159,3 +160,19 @@ def test_fft_in_blocks_of_rows(monkeypatch):
     ref = torch.nn.functional.conv2d(x, w, padding=(2, 1), dilation=(2, 1))
     y = haloconv.conv(x, w, padding=(2, 1), dilation=(2, 1), partition="cols", workers=2, backend="fft")
     assert (y - ref).abs().max() <= fft.BACKEND.tolerance[torch.float64] * ref.abs().max()
+
+
+def test_default_backend_is_the_fastest_for_filters_and_torch_for_layers_and_training():
+    prof = Profile()  # the documented defaults: no calibration needed
+    filt = haloconv.plan((1, 1, 512, 512), (1, 1, 3, 3), padding=1, workers=2, partition="rows", profile=prof)
+    depthwise = haloconv.plan((1, 8, 256, 256), (8, 1, 5, 5), padding=2, groups=8, workers=2, partition="rows",
+                              profile=prof)
+    layer = haloconv.plan((1, 8, 256, 256), (8, 8, 3, 3), padding=1, workers=2, partition="rows", profile=prof)
+    assert filt.backend == depthwise.backend == "opencv" and layer.backend == "torch"
+    x, w = torch.randn(1, 1, 40, 40), torch.randn(1, 1, 3, 3)
+    y = haloconv.conv(x, w, padding=1, workers=2, partition="rows", profile=prof)
+    spec = ConvSpec.from_args(x.shape, w.shape, None, padding=1)
+    assert torch.equal(y, backends.single_node("opencv", x, w, None, spec))
+    xg = x.clone().requires_grad_()
+    yg = haloconv.conv(xg, w, padding=1, workers=2, partition="rows", profile=prof)  # training: torch
+    assert torch.equal(yg.detach(), backends.single_node("torch", x, w, None, spec))

@@ -9,8 +9,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-import haloconv
-from conftest import assert_bitwise, assert_single_node_exact, torch_reference
+from conftest import assert_bitwise, assert_single_node_exact, torch_conv, torch_reference
 
 DTYPES = (torch.float32, torch.float64)
 
@@ -77,7 +76,7 @@ def test_property_bitwise_equal_to_single_node(case):
     if ref is None:
         # haloconv must reject what torch rejects, with a ValueError
         with pytest.raises(ValueError):
-            haloconv.conv(x, w, b, stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
+            torch_conv(x, w, b, stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
                           groups=case["groups"], padding_mode=case["mode"], workers=case["workers"])
         return
     part, workers = case["partition"], case["workers"]
@@ -85,7 +84,7 @@ def test_property_bitwise_equal_to_single_node(case):
         extents = (x.shape[0], case["groups"] if case["groups"] > 1 else case["c_out"], *ref.shape[2:])
         part = tuple(min(c, e) for c, e in zip(part, extents))
         workers = max(workers, math.prod(part))
-    y = haloconv.conv(
+    y = torch_conv(
         x, w, b, stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
         groups=case["groups"], padding_mode=case["mode"], partition=part, workers=workers,
     )
@@ -98,7 +97,7 @@ def test_property_weighted_splits_bitwise(case, weights):
     x, w, b = _tensors(case, seed=1)
     ref = _reference_or_none(x, w, b, case)
     assume(ref is not None)
-    y = haloconv.conv(
+    y = torch_conv(
         x, w, b, stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
         groups=case["groups"], padding_mode=case["mode"], partition=case["partition"],
         workers=len(weights), worker_weights=weights,
@@ -147,7 +146,7 @@ def test_named_case(name, xs, ws, kw, partition, workers, dtype):
     w = torch.randn(*ws, generator=g, dtype=dtype)
     b = torch.randn(ws[0], generator=g, dtype=dtype)
     ref = torch_reference(x, w, b, **kw)
-    y = haloconv.conv(x, w, b, partition=partition, workers=workers, **kw)
+    y = torch_conv(x, w, b, partition=partition, workers=workers, **kw)
     assert_bitwise(y, ref)
 
 
@@ -157,7 +156,7 @@ def test_thread_dependent_single_node_case_matches_one_thread():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(5, 3, 11, generator=g)
     w = torch.randn(12, 1, 5, generator=g)
-    y = haloconv.conv(x, w, stride=2, dilation=2, groups=3, partition="batch", workers=5)
+    y = torch_conv(x, w, stride=2, dilation=2, groups=3, partition="batch", workers=5)
     assert_single_node_exact(y, lambda: torch_reference(x, w, None, stride=2, dilation=2, groups=3))
 
 
@@ -169,14 +168,14 @@ def test_naive_split_is_wrong_and_haloconv_is_right():
     naive = torch.cat([torch_reference(x[:, :, :16], w, None, padding=1),
                        torch_reference(x[:, :, 16:], w, None, padding=1)], 2)
     assert not torch.allclose(naive, ref)
-    assert_bitwise(haloconv.conv(x, w, padding=1, partition="rows", workers=2), ref)
+    assert_bitwise(torch_conv(x, w, padding=1, partition="rows", workers=2), ref)
 
 
 def test_numpy_in_numpy_out():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 3, 20, 20)).astype(np.float32)
     w = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
-    y = haloconv.conv(x, w, padding=1, partition="grid", workers=4)
+    y = torch_conv(x, w, padding=1, partition="grid", workers=4)
     assert isinstance(y, np.ndarray) and y.dtype == np.float32
     ref = torch_reference(torch.from_numpy(x), torch.from_numpy(w), None, padding=1)
     assert np.array_equal(y, ref.numpy())
@@ -191,7 +190,7 @@ def test_nan_and_inf_propagate_as_single_node(mode):
     w = torch.randn(3, 2, 3, 3)
     ref = torch_reference(x, w, None, padding=1, padding_mode=mode)
     assert torch.isnan(ref).any()
-    y = haloconv.conv(x, w, padding=1, padding_mode=mode, partition="grid", workers=4)
+    y = torch_conv(x, w, padding=1, padding_mode=mode, partition="grid", workers=4)
     assert_bitwise(y, ref)
 
 
@@ -202,7 +201,7 @@ def test_every_worker_count_and_partition_on_one_layer():
     ref = torch_reference(x, w, b, padding=1, stride=2)
     for workers in range(1, 7):
         for part in ("batch", "rows", "cols", "grid", "channels", "auto"):
-            y = haloconv.conv(x, w, b, padding=1, stride=2, partition=part, workers=workers)
+            y = torch_conv(x, w, b, padding=1, stride=2, partition=part, workers=workers)
             assert_bitwise(y, ref)
 
 
@@ -239,7 +238,7 @@ def test_gemm_convs_warn_where_this_machines_gemm_rounds_by_size(monkeypatch):
     w = torch.randn(3, 2, 3, 3, dtype=torch.float64)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        y = haloconv.conv(x, w, padding=1, partition="rows", workers=2)
+        y = torch_conv(x, w, padding=1, partition="rows", workers=2)
     assert_bitwise(y, torch_reference(x, w, padding=1))
     gemm = [c for c in caught if "GEMM" in str(c.message)]
     assert bool(gemm) == (not kernels.GEMM_EXACT or kernels.MKL_MODE == "unavailable")

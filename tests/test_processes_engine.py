@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 
 import haloconv
-from conftest import assert_bitwise, assert_single_node_exact, torch_reference
+from conftest import assert_bitwise, assert_single_node_exact, torch_conv, torch_plan, torch_reference
 from haloconv.planning.messages import PHASES
 from test_conv_exact import CASES, _reference_or_none, _tensors, conv_case
 
@@ -49,7 +49,7 @@ def test_named_cases_exact(cluster, name, xs, ws, kw, partition, workers, exchan
     w = torch.randn(*ws, generator=g)
     b = torch.randn(ws[0], generator=g)
     ref = torch_reference(x, w, b, **kw)
-    p = haloconv.plan(x.shape, w.shape, b.shape, partition=partition, workers=cluster.workers,
+    p = torch_plan(x.shape, w.shape, b.shape, partition=partition, workers=cluster.workers,
                       exchange=exchange, pipeline=pipeline, **kw)
     ex = haloconv.execute(p, x, w, b, engine=cluster)
     assert_bitwise(ex.output, ref)
@@ -74,7 +74,7 @@ def test_uneven_thin_tiles_and_modes(cluster, mode, ownership):
     w = torch.randn(3, 2, 5, 5, dtype=torch.float64)
     ref = torch_reference(x, w, None, padding=2, padding_mode=mode, dilation=(1, 1))
     for part in ("rows", "cols", "grid"):
-        p = haloconv.plan(x.shape, w.shape, padding=2, padding_mode=mode, partition=part,
+        p = torch_plan(x.shape, w.shape, padding=2, padding_mode=mode, partition=part,
                           workers=cluster.workers, ownership=ownership)
         ex = haloconv.execute(p, x, w, engine=cluster)
         assert_bitwise(ex.output, ref)
@@ -87,7 +87,7 @@ def test_tuple_partitions():
     ref = torch_reference(x, w, None, padding=1, padding_mode="circular")
     with haloconv.LocalCluster(workers=4, timeout=30) as c:
         for counts in [(2, 1, 2, 1), (1, 2, 1, 2), (2, 2, 1, 1), (1, 1, 2, 2)]:
-            y = haloconv.conv(x, w, padding=1, padding_mode="circular", partition=counts, engine=c)
+            y = torch_conv(x, w, padding=1, padding_mode="circular", partition=counts, engine=c)
             assert_bitwise(y, ref)
 
 
@@ -98,7 +98,7 @@ def test_property_processes_engine(cluster, case):
     ref = _reference_or_none(x, w, b, case)
     if ref is None or isinstance(case["partition"], tuple):
         return
-    y = haloconv.conv(
+    y = torch_conv(
         x, w, b, stride=case["stride"], padding=case["padding"], dilation=case["dilation"], groups=case["groups"],
         padding_mode=case["mode"], partition=case["partition"], engine=cluster,
     )
@@ -119,7 +119,7 @@ def test_one_shot_engine_leaves_no_process(monkeypatch):
     monkeypatch.setattr(subprocess, "Popen", spy)
     x = torch.randn(1, 1, 30, 30)
     w = torch.randn(1, 1, 3, 3)
-    y = haloconv.conv(x, w, padding=1, partition="rows", workers=2, engine="processes")
+    y = torch_conv(x, w, padding=1, partition="rows", workers=2, engine="processes")
     assert_bitwise(y, torch_reference(x, w, None, padding=1))
     assert len(started) == 1 and _gone(started)
 
@@ -133,12 +133,12 @@ def test_worker_fault_raises_within_timeout_without_heal_and_cleans_up(kind):
     w = torch.randn(1, 1, 3, 3)
     t0 = time.monotonic()
     with pytest.raises(haloconv.WorkerError, match="cluster was shut down"):
-        haloconv.conv(x, w, padding=1, partition="rows", engine=c)
+        torch_conv(x, w, padding=1, partition="rows", engine=c)
     assert time.monotonic() - t0 < 15  # the 2 s timeout, not the 60 s default or a hang
     assert _gone(pids)
     assert not c.alive
     with pytest.raises(haloconv.WorkerError, match="closed"):
-        haloconv.conv(x, w, padding=1, partition="rows", engine=c)
+        torch_conv(x, w, padding=1, partition="rows", engine=c)
 
 
 def test_cluster_validation():
@@ -149,8 +149,8 @@ def test_cluster_validation():
     with haloconv.LocalCluster(workers=1) as c:  # a cluster of one: the master alone
         x = torch.randn(1, 1, 9, 9)
         w = torch.randn(1, 1, 3, 3)
-        assert_bitwise(haloconv.conv(x, w, padding=1, engine=c), torch_reference(x, w, None, padding=1))
-        p = haloconv.plan(x.shape, w.shape, workers=2, partition="rows")
+        assert_bitwise(torch_conv(x, w, padding=1, engine=c), torch_reference(x, w, None, padding=1))
+        p = torch_plan(x.shape, w.shape, workers=2, partition="rows")
         with pytest.raises(ValueError, match="2 workers but the cluster has 1"):
             haloconv.execute(p, x, w, engine=c)
 
@@ -162,8 +162,8 @@ def test_resident_shards_chain_layers_without_the_master():
     w2 = torch.randn(2, 6, 5, 5, generator=g, dtype=torch.float64)
     b2 = torch.randn(2, generator=g, dtype=torch.float64)
     with haloconv.LocalCluster(workers=3, timeout=30) as c:
-        p1 = haloconv.plan(x.shape, w1.shape, padding=1, partition="rows", workers=3, ownership="even")
-        p2 = haloconv.plan(p1.spec.output_shape, w2.shape, b2.shape, padding=2, padding_mode="reflect",
+        p1 = torch_plan(x.shape, w1.shape, padding=1, partition="rows", workers=3, ownership="even")
+        p2 = torch_plan(p1.spec.output_shape, w2.shape, b2.shape, padding=2, padding_mode="reflect",
                            partition="rows", workers=3, ownership="even")
         s = c.scatter(x, p1)
         h = c.conv(s, w1, plan=p1)
@@ -175,7 +175,7 @@ def test_resident_shards_chain_layers_without_the_master():
             assert st.traffic["scatter"]["bytes_recv"] == 0 and st.traffic["gather"]["bytes_sent"] == 0
             assert st.traffic["halo"]["bytes_recv"] == p2.traffic(8)[st.rank]["halo"].bytes_recv
         with pytest.raises(ValueError, match="owned input boxes differ"):
-            c.conv(h, w2, b2, plan=haloconv.plan(p1.spec.output_shape, w2.shape, b2.shape, padding=2,
+            c.conv(h, w2, b2, plan=torch_plan(p1.spec.output_shape, w2.shape, b2.shape, padding=2,
                                                  partition="cols", workers=3, ownership="even"))
         c.free(s, h, y)
         with pytest.raises(ValueError, match="not a live shard"):
@@ -188,7 +188,7 @@ def test_large_boxes_travel_as_contiguous_runs_exactly_as_predicted():
     w = torch.randn(4, 4, 3, 3)
     with haloconv.LocalCluster(workers=2, timeout=30) as c:
         for exchange, pipeline in (("neighbours", 1), ("master", 1), ("master", 4)):
-            p = haloconv.plan(x.shape, w.shape, padding=1, partition="rows", workers=2, exchange=exchange,
+            p = torch_plan(x.shape, w.shape, padding=1, partition="rows", workers=2, exchange=exchange,
                               pipeline=pipeline)
             ex = haloconv.execute(p, x, w, engine=c)
             assert_bitwise(ex.output, torch_reference(x, w, None, padding=1))
@@ -214,7 +214,7 @@ def test_a_tile_that_owns_no_input(cluster, engine):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 8, 3, 3, 8, generator=g, dtype=torch.float64)
     w = torch.randn(1, 8, 2, 1, 3, generator=g, dtype=torch.float64)
-    p = haloconv.plan(x.shape, w.shape, partition="grid", workers=3, **EMPTY_CASE)
+    p = torch_plan(x.shape, w.shape, partition="grid", workers=3, **EMPTY_CASE)
     assert any(t.owned.volume == 0 for t in p.tiles)
     if engine == "cluster" and cluster.workers < 3:
         pytest.skip("needs 3 workers")

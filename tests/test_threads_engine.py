@@ -3,12 +3,13 @@
 import torch
 
 import haloconv
+from conftest import torch_plan
 from haloconv.engines import assemble_window
 
 
 def test_interior_row_tiles_are_views_of_the_input():
     x = torch.randn(1, 2, 64, 32)
-    p = haloconv.plan(x.shape, (3, 2, 3, 3), padding=1, partition="rows", workers=4)
+    p = torch_plan(x.shape, (3, 2, 3, 3), padding=1, partition="rows", workers=4)
     views = [t for t in p.tiles if t.window_is_view]
     assert views  # zero padding handed to the backend: no tile needs a padded copy
     for t in views:
@@ -18,7 +19,7 @@ def test_interior_row_tiles_are_views_of_the_input():
 
 def test_padded_modes_assemble_a_buffer_with_mirrored_halo():
     x = torch.arange(16.0).reshape(1, 1, 4, 4)
-    p = haloconv.plan(x.shape, (1, 1, 3, 3), padding=1, padding_mode="reflect", partition="rows", workers=2)
+    p = torch_plan(x.shape, (1, 1, 3, 3), padding=1, padding_mode="reflect", partition="rows", workers=2)
     win = assemble_window(x, p.tiles[0])
     # rows -1..2 of the reflect-padded input: row -1 mirrors row 1
     expected = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")[0, 0, 0:4]
@@ -29,7 +30,7 @@ def test_thread_budget_is_restored_and_stats_reported():
     before = torch.get_num_threads()
     x = torch.randn(2, 3, 40, 40)
     w = torch.randn(4, 3, 3, 3)
-    p = haloconv.plan(x.shape, w.shape, padding=1, partition="grid", workers=4)
+    p = torch_plan(x.shape, w.shape, padding=1, partition="grid", workers=4)
     ex = haloconv.execute(p, x, w)
     assert torch.get_num_threads() == before
     assert [s.rank for s in ex.workers] == [0, 1, 2, 3]
@@ -54,7 +55,7 @@ def test_an_error_in_one_worker_reaches_the_caller(monkeypatch):
     monkeypatch.setattr(kernels, "conv_tile", failing)
     before = torch.get_num_threads()
     x = torch.randn(1, 1, 10, 10)
-    p = haloconv.plan(x.shape, (1, 1, 3, 3), padding=1, partition="rows", workers=3)
+    p = torch_plan(x.shape, (1, 1, 3, 3), padding=1, partition="rows", workers=3)
     try:
         haloconv.execute(p, x, torch.randn(1, 1, 3, 3))
     except RuntimeError as e:
@@ -71,7 +72,7 @@ def test_a_small_pool_computes_many_tiles_exactly_and_threads_is_checked():
 
     x = torch.randn(1, 2, 90, 50)
     w = torch.randn(3, 2, 5, 5)
-    p = haloconv.plan(x.shape, w.shape, padding=2, padding_mode="reflect", partition="rows", workers=12)
+    p = torch_plan(x.shape, w.shape, padding=2, padding_mode="reflect", partition="rows", workers=12)
     seen = set()
     real = haloconv.engines.threads.assemble_window
 

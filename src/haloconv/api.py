@@ -67,7 +67,7 @@ def plan(
     ownership: str = "aligned",
     exchange: str = "neighbours",
     pipeline: int = 1,
-    backend: str = "torch",
+    backend: str | None = None,
     memory_budget: int | None = None,
     profile: cost.Profile | str | None = None,
     engine: str = "processes",
@@ -102,6 +102,8 @@ def plan(
             workers = max(1, math.prod(part.split))  # an explicit split: one worker per tile
         else:
             workers = default_workers()
+    if backend is None:
+        backend = backends.default_for(spec)
     if backend != "auto":
         backends.check(backend, spec, values)
     check_args(spec, partition, workers, worker_weights, ownership, exchange, pipeline,
@@ -211,22 +213,29 @@ def conv(
     ownership: str = "aligned",
     exchange: str = "neighbours",
     pipeline: int = 1,
-    backend: str = "torch",
+    backend: str | None = None,
     memory_budget: int | None = None,
     profile: cost.Profile | str | None = None,
     on_failure: str = "retry",
     schedule: str = "static",
     tiles: int | None = None,
 ) -> ArrayLike:
-    """N-D convolution split across workers; exactly torch.nn.Conv{1,2,3}d's result.
+    """N-D convolution split across workers, equal to the single-node call of the backend
+    that computes it: bit for bit torch.nn.Conv{1,2,3}d's result with backend 'torch'.
 
     ``x`` is (N, C_in, *spatial) with 1-3 spatial dims, ``weight`` (C_out, C_in/groups,
     *kernel), ``bias`` (C_out,) or None.  Returns the type (tensor/ndarray) and dtype of x.
-    ``backend``: 'torch' (bitwise torch), 'auto', or another of haloconv.compute.backends.BACKENDS
-    (each one's guarantee: ``haloconv.compute.backends.get(name).guarantee``).
+    ``backend``: 'torch' (bitwise torch), 'auto' (the cost model's fastest), or another of
+    haloconv.compute.backends.BACKENDS (each one's guarantee:
+    ``haloconv.compute.backends.get(name).guarantee``).  Default (None): 'torch' for layers
+    that mix channels and whenever an input requires grad; 'auto' for filters (one input
+    and one output channel per group: single-channel and depthwise), which OpenCV-class
+    backends compute many times faster than torch.
     ``schedule``/``tiles``: engine='processes' only, see haloconv.execute.
     """
     xt, wt, bt, is_numpy = _inputs(x, weight, bias)
+    if backend is None and needs_grad(xt, wt, bt):
+        backend = "torch"  # training: bit for bit the layer autograd would run
     if workers is None and isinstance(engine, LocalCluster) and worker_weights is None:
         workers = engine.workers
     p = plan(
@@ -260,7 +269,7 @@ def conv_file(
     groups: int = 1,
     padding_mode: str = "zeros",
     workers: int | None = None,
-    backend: str = "torch",
+    backend: str | None = None,
     dtype: torch.dtype = torch.float32,
     resume: bool = False,
     on_failure: str = "retry",
@@ -299,6 +308,8 @@ def conv_file(
     spec = ConvSpec.from_args(source.logical_shape, tuple(wt.shape), None if bt is None else tuple(bt.shape),
                               stride=stride, padding=padding, dilation=dilation, groups=groups,
                               padding_mode=padding_mode)
+    if backend is None:  # as haloconv.conv's
+        backend = backends.default_for(spec)
     if backend == "auto":
         prof = profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
         backend = cost.stream_backend(spec, prof, wt)

@@ -71,9 +71,10 @@ def _add_problem_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--partition", default="auto",
                    help="auto (the cost model chooses), batch, rows|horizontal, cols|vertical, depth, grid, "
                         "channels, or split counts over N,C_out,*spatial e.g. 1,1,2,2")
-    r.add_argument("--backend", default="torch", choices=(*backends.BACKENDS, "auto"),
+    r.add_argument("--backend", default=None, choices=(*backends.BACKENDS, "auto"),
                    help="tile compute: " + "; ".join(f"{name}: {b.guarantee}" for name, b in backends.REGISTRY.items())
-                        + "; auto: the cost model picks (default: torch)")
+                        + "; auto: the cost model picks the fastest (default: auto for one-channel and depthwise "
+                          "filters, torch for layers that mix channels)")
     r.add_argument("--profile", default=None, metavar="PROFILE.json",
                    help="cost-model profile (default: the one `haloconv calibrate` wrote, else built-in defaults)")
     r.add_argument("--memory-budget", default=None, metavar="BYTES",
@@ -274,6 +275,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"input: {name} {list(x.shape)} {x.dtype}  kernel: {args.kernel} {list(weight.shape)} groups={groups}"
           f"  (read in {time.perf_counter() - t0:.3f}s)")
     print(plan)
+    print(f"backend {plan.backend}: {backends.get(plan.backend).guarantee}")
     xt, wt = torch.from_numpy(x), torch.from_numpy(weight)
     if args.engine == "processes":
         ex = processes.run(plan, xt, wt, None, timeout=args.timeout, on_failure=args.on_failure,
@@ -320,7 +322,7 @@ def run_stream(args: argparse.Namespace, source: arrays.DiskArray) -> int:
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
         print(f"input: {args.input} {list(shape)} {np.dtype(source.dtype)} ({source.kind}, "
               f"{source.nbytes / 2**20:.0f} MiB)  kernel: {args.kernel} {list(weight.shape)} groups={groups}  "
-              f"backend: {args.backend}", flush=True)
+              f"backend: {args.backend or 'default (auto for filters, torch for layers)'}", flush=True)
     kw = dict(memory_budget=budget, stride=_int_list(args.stride, "--stride"), padding=_padding(args.padding),
               dilation=_int_list(args.dilation, "--dilation"), groups=groups, padding_mode=args.padding_mode,
               backend=args.backend, dtype=getattr(torch, args.dtype), resume=args.resume, profile=args.profile)
@@ -427,7 +429,8 @@ def plan_command(args: argparse.Namespace) -> int:
     itemsize = 8 if args.dtype == "float64" else 4
     print(f"input {name} {list(x_shape)}, weight {list(w_shape)}, groups {groups}, {workers} workers, "
           f"engine {args.engine}; profile: {prof.source}")
-    ranked = cost.candidates(spec, workers, prof, itemsize, backend=args.backend, engine=args.engine,
+    ranked = cost.candidates(spec, workers, prof, itemsize, backend=args.backend or backends.default_for(spec),
+                             engine=args.engine,
                              memory_budget=_budget(args))
     if args.partition != "auto":
         chosen = _plan(args, x_shape, w_shape, groups, workers)

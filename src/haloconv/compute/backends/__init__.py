@@ -34,8 +34,8 @@ def _discover() -> dict[str, Backend]:
 REGISTRY = _discover()
 BACKENDS = tuple(REGISTRY)  # the names a Plan's backend may take ('auto' resolves to one of them)
 
-__all__ = ["BACKENDS", "REGISTRY", "Backend", "check", "compute", "get", "label", "single_node", "supported",
-           "unsupported"]
+__all__ = ["BACKENDS", "REGISTRY", "Backend", "check", "compute", "default_for", "get", "label", "single_node",
+           "supported", "unsupported"]
 
 
 def get(name: str) -> Backend:
@@ -66,6 +66,14 @@ def supported(spec: ConvSpec, weight: torch.Tensor | None = None) -> list[str]:
     depend on the filter's values only when ``weight`` is given and they take it."""
     return [name for name, b in REGISTRY.items()
             if unsupported(name, spec, weight) is None and (weight is not None or not b.needs_values)]
+
+
+def default_for(spec: ConvSpec) -> str:
+    """The backend when the caller names none: the fastest one the cost model knows
+    ('auto') for a filter — one input and one output channel per group, what image users
+    run and compare with OpenCV — and torch, bit for bit, for layers that mix channels,
+    where bitwise-torch is what a CNN's user wants."""
+    return "auto" if spec.in_channels // spec.groups == 1 and spec.out_channels // spec.groups == 1 else "torch"
 
 
 def label(name: str, torch_backend: object) -> str:
