@@ -308,6 +308,8 @@ def conv_file(
     spec = ConvSpec.from_args(source.logical_shape, tuple(wt.shape), None if bt is None else tuple(bt.shape),
                               stride=stride, padding=padding, dilation=dilation, groups=groups,
                               padding_mode=padding_mode)
+    if block is not None:  # refused before any process starts or measures its memory
+        cost.check_block(spec, tuple(block))
     if backend is None:  # as haloconv.conv's
         backend = backends.default_for(spec)
     if backend == "auto":

@@ -429,10 +429,15 @@ def stream_plan(spec: ConvSpec, allowance: int, backend: str = "torch", itemsize
     ``block``), one tile each."""
     if block is None:
         block = stream_block(spec, allowance, backend, itemsize, file_itemsize, min_tiles)
-    elif len(block) != spec.ndim + 2 or any(b is not None and (not isinstance(b, int) or b < 1) for b in block):
-        raise ValueError(f"block must give a size >= 1 or None per dim over (N, C_out, *spatial), got {block!r}")
+    check_block(spec, block)
     tiles = math.prod(-(-o // (b or o)) for o, b in zip(spec.output_shape, block))
     return build(spec, [1] * len(block), "stream", tiles, backend=backend, block=block)
+
+
+def check_block(spec: ConvSpec, block: Sequence[int | None]) -> None:
+    """A streamed run's given block: a size >= 1 or None per dim over (N, C_out, *spatial)."""
+    if len(block) != spec.ndim + 2 or any(b is not None and (not isinstance(b, int) or b < 1) for b in block):
+        raise ValueError(f"block must give a size >= 1 or None per dim over (N, C_out, *spatial), got {block!r}")
 
 
 def stream_backend(spec: ConvSpec, profile: Profile | None = None, weight=None) -> str:
