@@ -85,3 +85,20 @@ def assert_single_node_exact(y, reference, gemm=False):
 @pytest.fixture
 def ref():
     return torch_reference
+
+
+def count_opencv_paths(monkeypatch, counts) -> None:
+    """Count into ``counts`` how the OpenCV backends filter each plane: 'one call' on the
+    plane itself or from a padded 'copy' (opencv.direct decides), so a property test can
+    check it reached both."""
+    from haloconv.compute.backends import opencv
+
+    real = opencv.direct
+
+    def counted(*args):
+        chosen = real(*args)
+        counts["one call" if chosen else "copy"] += 1
+        return chosen
+
+    monkeypatch.setattr(opencv, "direct", counted)
+

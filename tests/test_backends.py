@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import haloconv
+from conftest import count_opencv_paths
 from haloconv.compute import backends
 from haloconv.compute.backends import fft, opencv
 from haloconv.model.cost import Profile
@@ -77,13 +78,7 @@ def test_property_opencv_split_is_bitwise_whole_opencv_where_it_filters_directly
     (within its tolerance of torch).  Both kinds of case are reached, and planes filtered in
     one call on the plane itself (opencv.direct) as well as from padded copies."""
     kinds: collections.Counter = collections.Counter()
-    real = opencv.direct
-
-    def counted(*args):
-        kinds["one call" if real(*args) else "copy"] += 1
-        return real(*args)
-
-    monkeypatch.setattr(opencv, "direct", counted)
+    count_opencv_paths(monkeypatch, kinds)
 
     @settings(max_examples=80, deadline=None)
     @given(filter_case(dims=(2,), max_2d=200))

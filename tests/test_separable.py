@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import haloconv
+from conftest import count_opencv_paths
 from haloconv.compute import backends
-from haloconv.compute.backends import opencv, separable
+from haloconv.compute.backends import separable
 from haloconv.files import filters
 from haloconv.model.cost import Profile
 from haloconv.planning.spec import ConvSpec
@@ -43,13 +44,7 @@ def test_property_separable_split_is_bitwise_its_whole_image_passes(monkeypatch)
     """Symmetric kernels too (OpenCV sums them in pairs when anchored at their centre), and
     planes filtered in one call on the plane itself as well as from padded copies."""
     reached: collections.Counter = collections.Counter()
-    real = opencv.direct
-
-    def counted(*args):
-        reached["one call" if real(*args) else "copy"] += 1
-        return real(*args)
-
-    monkeypatch.setattr(opencv, "direct", counted)
+    count_opencv_paths(monkeypatch, reached)
     check()
     assert reached["one call"] >= 10 and reached["copy"] >= 10, reached
 
