@@ -102,8 +102,6 @@ class Profile:
             curves = ("torch", "torch-filter", "ndimage", "fft")
             self.concurrency = {name: [[row[0], row[1 + i] if 1 + i < len(row) else row[2]] for row in self.concurrency]
                                 for i, name in enumerate(curves)}
-        elif not self.concurrency:
-            self.concurrency = {}
 
     @classmethod
     def _renamed(cls, data: dict) -> dict:
@@ -119,7 +117,7 @@ class Profile:
     def curve(self, spec: ConvSpec, backend: str) -> str:
         """The concurrency curve of ``backend`` computing ``spec``."""
         if backend == "torch":
-            return "torch-filter" if _one_channel_per_group(spec) else "torch"
+            return "torch-filter" if backends.base.is_filter(spec) else "torch"
         return backend if backend in self.concurrency else "torch-filter"
 
     def effective_cores(self, spec: ConvSpec, busy: float, backend: str = "torch") -> float:
@@ -163,10 +161,6 @@ class Profile:
         if kvol == 1:
             return flops / (_interp2(self.pointwise_rates, cin_g, cout_g) * strided)
         return flops / (self.torch_rate(cin_g * kvol, cout_g, spec.ndim) * strided)
-
-
-def _one_channel_per_group(spec: ConvSpec) -> bool:
-    return spec.in_channels // spec.groups == 1 and spec.out_channels // spec.groups == 1
 
 
 def _interp(pts: Sequence[tuple[float, float]], x: float) -> float:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from haloconv.compute.backends.base import Backend
+from haloconv.compute.backends.base import Backend, is_filter
 from haloconv.planning.spec import ConvSpec
 
 
@@ -73,7 +73,7 @@ def default_for(spec: ConvSpec) -> str:
     ('auto') for a filter — one input and one output channel per group, what image users
     run and compare with OpenCV — and torch, bit for bit, for layers that mix channels,
     where bitwise-torch is what a CNN's user wants."""
-    return "auto" if spec.in_channels // spec.groups == 1 and spec.out_channels // spec.groups == 1 else "torch"
+    return "auto" if is_filter(spec) else "torch"
 
 
 def label(name: str, torch_backend: object) -> str:

@@ -123,7 +123,7 @@ def padded(window: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
 def is_filter(spec: ConvSpec) -> bool:
     """One input and one output channel per group: an image filter (single-channel or
     depthwise), as opposed to a layer that mixes channels."""
-    return spec.in_channels == spec.out_channels == spec.groups or spec.in_channels == spec.out_channels == 1
+    return spec.in_channels == spec.out_channels == spec.groups
 
 
 def effective_kernel(spec: ConvSpec) -> list[int]:

@@ -33,10 +33,6 @@ class TorchConv(Backend):
     def label(self, torch_backend: object) -> str:
         return kernels.backend_name(torch_backend)
 
-    def work(self, spec: ConvSpec, window: Sequence[int], out: Sequence[int], groups: int) -> dict[str, float]:
-        cin_g = spec.in_channels // spec.groups
-        return {"torch.flops": 2 * out[0] * out[1] * cin_g * math.prod(out[2:]) * math.prod(spec.kernel)}
-
     def workspace_bytes(self, spec: ConvSpec, window: Sequence[int], out: Sequence[int], itemsize: int) -> int:
         """oneDNN works in a channel-blocked layout, channels padded to 16: a single-channel
         conv peaks at about 16 floats per pixel beyond its input and output; counted for
