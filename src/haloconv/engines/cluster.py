@@ -84,20 +84,28 @@ class Cluster:
             self._procs[rank] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=_worker_env())
 
     def _join(self) -> None:
-        """Wait until every worker of this generation is ready, then form the group with them."""
+        """Wait until every worker of this generation is ready, form the group with them, and
+        wait until each has formed its end (connected to every other worker too): a worker
+        lost after that fails the next step, not the others' group formation."""
         deadline = time.monotonic() + self.start_timeout
+        self._await("ready", deadline)
+        self._comm = Comm(group_of(self._store, 0, self.workers, self.timeout, self._generation), 0, self.workers)
+        self._await("joined", deadline)
+
+    def _await(self, what: str, deadline: float) -> None:
+        """Wait until every worker has set its key ``what`` of this generation; a worker that
+        exits, or the deadline, closes the cluster with WorkerError."""
         waiting = set(range(1, self.workers))
         while waiting:
-            waiting = {r for r in waiting if not self._store.check([f"haloconv/ready/{r}/{self._generation}"])}
+            waiting = {r for r in waiting if not self._store.check([f"haloconv/{what}/{r}/{self._generation}"])}
             dead = sorted(r for r, p in self._procs.items() if p.poll() is not None)
             if dead or time.monotonic() > deadline:
                 why = (f"worker(s) {dead} exited during start-up{self._exit_reasons(dead)}" if dead
-                       else f"not ready within {self.start_timeout:g} s")
+                       else f"not {what} within {self.start_timeout:g} s")
                 self._kill()
                 raise WorkerError(f"LocalCluster could not start: {why}")
             if waiting:
                 time.sleep(0.02)
-        self._comm = Comm(group_of(self._store, 0, self.workers, self.timeout, self._generation), 0, self.workers)
 
     def _exit_reasons(self, ranks) -> str:
         """The tracebacks that workers ``ranks`` left in the store before exiting, if any (a

@@ -122,7 +122,12 @@ def _join(store, rank: int, world: int, timeout: float, start_timeout: float, ge
     is still importing torch), then form the group."""
     store.set(f"haloconv/ready/{rank}/{generation}", "1")
     store.wait([f"haloconv/ready/{r}/{generation}" for r in range(1, world)], timedelta(seconds=start_timeout))
-    return Comm(group_of(store, rank, world, timeout, generation), rank, world)
+    comm = Comm(group_of(store, rank, world, timeout, generation), rank, world)
+    # the master's end of the group is formed once every rank has connected to it, the
+    # workers' ends once they have connected to each other: the master waits for this key
+    # so that no step starts (and no test kills a worker) while a pair is still connecting
+    store.set(f"haloconv/joined/{rank}/{generation}", "1")
+    return comm
 
 
 def group_of(store, rank: int, world: int, timeout: float, generation: int):
