@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from haloconv.compute import backends, kernels
-from haloconv.engines import WorkerError, stream
+from haloconv.engines import WorkerError, stream, stream_threads
 from haloconv.engines.host import children
 from haloconv.files import arrays
 from haloconv.files import images as io
@@ -154,8 +154,18 @@ CASES = [
 ]
 
 
+def _stream(engine: str, *args, **kw):
+    """A streamed run on ``engine``: worker processes (stream.run) or this process's
+    threads (stream_threads.run); ``workers`` is their count / the compute's cores."""
+    if engine == "threads":
+        kw = {k: v for k, v in kw.items() if k not in ("on_failure", "timeout", "throttle")}
+        return stream_threads.run(*args, threads=kw.pop("workers"), **kw)
+    return stream.run(*args, **kw)
+
+
+@pytest.mark.parametrize("engine", ["processes", "threads"])
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_streamed_run_is_bitwise_the_single_node_result(tmp_path, case):
+def test_streamed_run_is_bitwise_the_single_node_result(tmp_path, case, engine):
     shape, wshape, kw, block = CASES[case]
     x = torch.randn(shape)
     np.save(tmp_path / "x.npy", x.numpy())
@@ -165,27 +175,32 @@ def test_streamed_run_is_bitwise_the_single_node_result(tmp_path, case):
     spec = ConvSpec.from_args(source.logical_shape, wshape, b.shape, **kw)
     ref = kernels.single_node(x, w, b, spec)
     fmt = ("npy", "zarr", "npy", "zarr", "npy", "tif", "npy")[case]
-    res = stream.run(source, spec, w, b, tmp_path / f"y.{fmt}", fmt, memory_budget=2 << 30, workers=2, block=block)
+    res = _stream(engine, source, spec, w, b, tmp_path / f"y.{fmt}", fmt, memory_budget=2 << 30, workers=2,
+                  block=block)
     assert torch.equal(_read_back(tmp_path / f"y.{fmt}", fmt, ref.shape), ref)
     assert sum(res.tiles_done.values()) == len(res.plan.tiles) > 2
     assert not arrays.partial_path(tmp_path / f"y.{fmt}").exists() and not journal_path(tmp_path / f"y.{fmt}").exists()
 
 
-@pytest.mark.parametrize("backend", ["ndimage", "fft"])
-def test_streamed_ndimage_and_fft_match_their_single_node_call(tmp_path, backend):
+@pytest.mark.parametrize("engine", ["processes", "threads"])
+@pytest.mark.parametrize("backend", ["ndimage", "fft", "opencv", "separable"])
+def test_streamed_filter_backends_match_their_single_node_call(tmp_path, backend, engine):
     x = torch.rand(1, 1, 70, 64)
     np.save(tmp_path / "x.npy", x.numpy())
-    w = torch.randn(1, 1, 9, 9)
+    w = torch.randn(1, 1, 7, 7)  # 49 taps: OpenCV filters directly (bitwise)
+    if backend == "separable":  # rank 1
+        w = (torch.randn(7, 1) @ torch.randn(1, 7)).view(1, 1, 7, 7)
     source = arrays.open_input(tmp_path / "x.npy")
-    spec = ConvSpec.from_args(source.logical_shape, w.shape, None, padding=4, padding_mode="reflect")
+    spec = ConvSpec.from_args(source.logical_shape, w.shape, None, padding=3, padding_mode="reflect")
     ref = backends.single_node(backend, x, w, None, spec)
-    stream.run(source, spec, w, None, tmp_path / "y.npy", "npy", memory_budget=2 << 30, workers=2,
-               backend=backend, block=(None, None, 9, None))
+    _stream(engine, source, spec, w, None, tmp_path / "y.npy", "npy", memory_budget=2 << 30, workers=2,
+            backend=backend, block=(None, None, 9, None))
     y = _read_back(tmp_path / "y.npy", "npy", ref.shape)
-    if backend == "ndimage":
+    if backends.get(backend).exact_for(spec):
         assert torch.equal(y, ref)
     else:
-        assert (y - ref).abs().max() <= backends.get('fft').tolerance[torch.float32] * ref.abs().max()
+        assert backend == "fft"
+        assert (y - ref).abs().max() <= backends.get(backend).tolerance[torch.float32] * ref.abs().max()
 
 
 def _kill_a_worker_when(journal, finished: int):
@@ -298,8 +313,8 @@ def test_resume_folds_the_journals_of_spmd_ranks(tmp_path):
     spec = ConvSpec.from_args(source.logical_shape, w.shape, None, padding=1)
     out = tmp_path / "y.npy"
     block = (None, None, 4, None)  # 10 tiles
-    job = stream._job(source, spec, w, None, torch.float32, 1 << 30, "torch", 2, block)
-    job, journal = stream._open_output(job, out, "npy", resume=False)
+    job = stream.job_for(source, spec, w, None, torch.float32, 1 << 30, "torch", 8, block)
+    job, journal = stream.open_output(job, out, "npy", resume=False)
     backend = kernels.select_backend(spec, x, w, None)
     header = stream._header(job, out, "npy")
     part = Journal(journal.path.with_name(journal.path.name + ".r1"), header, resume=False)
@@ -313,3 +328,42 @@ def test_resume_folds_the_journals_of_spmd_ranks(tmp_path):
     assert res.skipped == 4 and sum(res.tiles_done.values()) == 6
     assert torch.equal(_read_back(out, "npy", spec.output_shape), kernels.single_node(x, w, None, spec))
     assert not list(tmp_path.glob("y.npy.journal*"))
+
+
+@pytest.mark.parametrize("stage", ["read", "write"])
+def test_a_failure_in_a_threads_stream_stops_it_and_resume_goes_on(tmp_path, monkeypatch, stage):
+    """On threads, an error in the reading or the writing stage stops the run at once (no
+    thread left behind, nothing under the output's name); the journal holds exactly the
+    tiles written before it, and a resumed run computes only the others."""
+    x = torch.randn(1, 1, 96, 50)
+    np.save(tmp_path / "x.npy", x.numpy())
+    w = torch.randn(1, 1, 3, 3)
+    source = arrays.open_input(tmp_path / "x.npy")
+    spec = ConvSpec.from_args(source.logical_shape, w.shape, None, padding=1, padding_mode="reflect")
+    out = tmp_path / "y.npy"
+    kw = dict(memory_budget=2 << 30, threads=2, block=(None, None, 4, None))  # 24 tiles
+    calls = {"n": 0}
+    real = stream.read_window if stage == "read" else Journal.record
+
+    def failing(*args):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise OSError(f"injected {stage} failure")
+        return real(*args)
+
+    if stage == "read":
+        monkeypatch.setattr(stream, "read_window", failing)
+    else:
+        monkeypatch.setattr(Journal, "record", failing)
+    before = threading.active_count()
+    with pytest.raises(OSError, match=f"injected {stage} failure"):
+        stream_threads.run(source, spec, w, None, out, "npy", **kw)
+    assert threading.active_count() == before
+    assert not out.exists() and arrays.partial_path(out).exists()
+    finished = len(journal_path(out).read_text().splitlines()) - 1
+    assert finished == 5  # tiles 0-4: the write in flight when a read fails is finished
+    monkeypatch.undo()
+    res = stream_threads.run(source, spec, w, None, out, "npy", resume=True, **kw)
+    assert res.skipped == finished and res.tiles_done[0] == 24 - finished
+    assert torch.equal(_read_back(out, "npy", spec.output_shape), kernels.single_node(x, w, None, spec))
+    assert not journal_path(out).exists() and not arrays.partial_path(out).exists()

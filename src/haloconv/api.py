@@ -277,6 +277,7 @@ def conv_file(
     block: Sequence[int | None] | None = None,
     profile: cost.Profile | str | None = None,
     spmd: bool = False,
+    engine: str = "threads",
 ):
     """Convolve a file bigger than memory into a file, out of core (see engines/stream.py).
 
@@ -288,13 +289,19 @@ def conv_file(
     a tile's data only: a stream sizes its tiles to what is left after the processes'
     own footprint).  ``resume``: go on from an
     interrupted run's journal.  Returns a StreamResult (tiles, peak RSS per process, ...).
+    ``engine``: 'threads' (default) streams in this process, reading, computing and writing
+    successive tiles at once (engines/stream_threads.py), ``workers`` being the cores its
+    compute uses; 'processes' has ``workers`` processes pull tiles, and a run that loses one
+    goes on with the others (``on_failure``, ``timeout``: that engine only).
     ``spmd``: called by every rank of a torch.distributed job (torchrun) instead: the ranks
     share the tiles through a file system they all see (``workers`` and ``on_failure`` do
     not apply); the result comes back on rank 0, None elsewhere.
     """
-    from haloconv.engines import stream
+    from haloconv.engines import stream, stream_threads
     from haloconv.files import arrays
 
+    if engine not in ("threads", "processes"):
+        raise ValueError(f"engine must be 'threads' or 'processes' for a streamed run, got {engine!r}")
     budget = _budget_bytes(memory_budget)
     out = Path(output)
     fmt = out.suffix.lower().lstrip(".")
@@ -324,6 +331,10 @@ def conv_file(
     workers = default_workers() if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    if engine == "threads":
+        return stream_threads.run(source, spec, wt, bt, out, fmt, memory_budget=budget, threads=workers,
+                                  backend=backend, dtype=dtype, resume=resume,
+                                  block=None if block is None else tuple(block), log=log_to_stdout)
     return stream.run(source, spec, wt, bt, out, fmt, memory_budget=budget, workers=workers, backend=backend,
                       dtype=dtype, resume=resume, on_failure=on_failure, timeout=timeout,
                       block=None if block is None else tuple(block), log=log_to_stdout)

@@ -67,7 +67,8 @@ def _add_problem_args(r: argparse.ArgumentParser) -> None:
     src.add_argument("--sample", choices=sorted(images.SAMPLES), help="a sample image shipped with matplotlib")
     r.add_argument("--kernel", default="sobel-x",
                    help=f"filter name ({', '.join(filters.NAMES)}) or a .npy weight (default sobel-x)")
-    r.add_argument("--workers", type=int, default=None, help="number of workers (default: cores)")
+    r.add_argument("--workers", type=int, default=None,
+                   help="number of workers (default: cores); a streamed run on threads: the cores its compute uses")
     r.add_argument("--partition", default="auto",
                    help="auto (the cost model chooses), batch, rows|horizontal, cols|vertical, depth, grid, "
                         "channels, or split counts over N,C_out,*spatial e.g. 1,1,2,2")
@@ -95,9 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="convolve an image/array across workers and report the plan")
     _add_problem_args(r)
-    r.add_argument("--engine", default="processes", choices=("processes", "threads"),
-                   help="processes (default): worker processes in a gloo group; threads: in this process. "
-                        "Under torchrun every rank runs its own share (SPMD)")
+    r.add_argument("--engine", default=None, choices=("processes", "threads"),
+                   help="processes: worker processes in a gloo group (default in memory); threads: in this "
+                        "process (default for streamed runs: read, compute and write overlapped). Under "
+                        "torchrun every rank runs its own share (SPMD)")
     r.add_argument("--exchange", default="neighbours", choices=("neighbours", "master"),
                    help="halos swapped between neighbours (default), or whole windows sent by the master")
     r.add_argument("--timeout", type=float, default=60.0, help="seconds before a silent worker is an error")
@@ -113,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output prefix: writes PREFIX.npy (+ PREFIX.png/.tif for images); default out/<input>-<kernel>")
     r.add_argument("--image-format", choices=("png", "tif"), default="png")
     r.add_argument("--stream", action="store_true",
-                   help="out of core: every process reads its tiles from the input file and writes them into the "
-                        "output file (automatic when the input and output do not fit --memory-budget)")
+                   help="out of core: tiles read from the input file and written into the output file, in this "
+                        "process (--engine threads, the default) or by worker processes (--engine processes); "
+                        "automatic when the input and output do not fit --memory-budget")
     r.add_argument("--out-format", choices=arrays.FORMATS, default="npy",
                    help="streamed output: PREFIX.npy (default), PREFIX.tif or PREFIX.zarr")
     r.add_argument("--resume", action="store_true",
@@ -255,11 +258,13 @@ def _finish(args, ex, x, w, name, is_image) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    source = _stream_source(args)
+    if args.engine is None:
+        args.engine = "threads" if source is not None else "processes"
     if args.engine != "processes" or _under_torchrun():
         if args.schedule != "static" or args.weights == "auto":
             raise ValueError("--schedule dynamic and --weights auto run on the processes engine (not threads "
                              "or torchrun)")
-    source = _stream_source(args)
     if source is not None:
         return run_stream(args, source)
     if _under_torchrun():
@@ -306,9 +311,8 @@ def _stream_source(args: argparse.Namespace) -> arrays.DiskArray | None:
 
 def run_stream(args: argparse.Namespace, source: arrays.DiskArray) -> int:
     """Out of core: tiles sized by --memory-budget, read from and written to files."""
-    for flag, bad in (("--verify", args.verify), ("--engine threads", args.engine == "threads"),
-                      ("--partition", args.partition != "auto"), ("--weights", args.weights is not None),
-                      ("--exchange master", args.exchange == "master")):
+    for flag, bad in (("--verify", args.verify), ("--partition", args.partition != "auto"),
+                      ("--weights", args.weights is not None), ("--exchange master", args.exchange == "master")):
         if bad:
             raise ValueError(f"{flag} does not apply to a streamed run (tiles are sized by --memory-budget and "
                              "pulled by whichever process is free; nothing is held whole in memory to verify)")
@@ -338,14 +342,16 @@ def run_stream(args: argparse.Namespace, source: arrays.DiskArray) -> int:
         if res is None:  # not rank 0: rank 0 reports
             return 0
     else:
-        res = api.conv_file(args.input, weight.astype(args.dtype), out, workers=args.workers,
+        res = api.conv_file(args.input, weight.astype(args.dtype), out, workers=args.workers, engine=args.engine,
                             on_failure=args.on_failure, timeout=args.timeout, **kw)
     if res.failures:
         print(f"survived {len(res.failures)} worker fault(s); finished with {len(res.peak_rss)} processes")
     print(res.table())
     print(f"wrote {out} ({res.wall_seconds:.2f}s)")
     if args.report:
-        rep = {"stream": True, "output": str(out), "wall_seconds": res.wall_seconds, "budget": res.budget,
+        rep = {"stream": True, "output": str(out), "backend": res.plan.backend,
+               "engine": "torchrun" if _under_torchrun() else args.engine,
+               "wall_seconds": res.wall_seconds, "budget": res.budget,
                "baseline": res.baseline, "tiles": len(res.plan.tiles), "skipped": res.skipped,
                "block": list(res.plan.tiles[0].out.shape), "failures": res.failures,
                "ranks": {str(r): {"tiles": res.tiles_done.get(r, 0), "bytes_read": res.bytes_read.get(r, 0),

@@ -81,6 +81,15 @@ class StreamResult:
 def run_tile(job: Job, index: int, torch_backend) -> int:
     """Read tile ``index``'s window from the input file, compute it, write its output box;
     returns the bytes read."""
+    window, nread = read_window(job, index)
+    y = compute_box(job, index, window, torch_backend)
+    del window
+    job.sink.write(job.plan.tiles[index].out, y)
+    return nread
+
+
+def read_window(job: Job, index: int) -> tuple[torch.Tensor, int]:
+    """Tile ``index``'s window, read from the input file; and the bytes read."""
     tile = job.plan.tiles[index]
     np_dtype = torch.empty(0, dtype=job.dtype).numpy().dtype
     nread = 0
@@ -91,13 +100,15 @@ def run_tile(job: Job, index: int, torch_backend) -> int:
         nread += block.nbytes
         return torch.from_numpy(block)
 
-    window = fill_window(tile, read, torch.zeros(tile.window.shape, dtype=job.dtype))
+    return fill_window(tile, read, torch.zeros(tile.window.shape, dtype=job.dtype)), nread
+
+
+def compute_box(job: Job, index: int, window: torch.Tensor, torch_backend) -> np.ndarray:
+    """Tile ``index``'s output box from its window (the caller drops the window after)."""
+    tile = job.plan.tiles[index]
     c0, c1 = job.plan.weight_box(tile)  # a block of output channels uses its filters
     bias = None if job.bias is None else job.bias[c0:c1]
-    y = one_tile.compute_tile(job.plan, tile, window, job.weight[c0:c1], bias, torch_backend)
-    del window
-    job.sink.write(tile.out, y.numpy())
-    return nread
+    return one_tile.compute_tile(job.plan, tile, window, job.weight[c0:c1], bias, torch_backend).numpy()
 
 
 @worker_op("stream")
@@ -187,11 +198,11 @@ def _header(job: Job, out: Path, fmt: str) -> dict:
     }
 
 
-def _resident(pid: int) -> int:
+def resident(pid: int) -> int:
     return int(proc_mb(pid) * 2**20)
 
 
-def _allowance(memory_budget: int, baseline: int) -> int:
+def data_allowance(memory_budget: int, baseline: int) -> int:
     allowance = memory_budget - baseline - MARGIN_BYTES
     if allowance <= 0:
         raise ValueError(f"memory_budget={memory_budget / 2**20:.0f} MiB is below what a process holds before any "
@@ -200,16 +211,17 @@ def _allowance(memory_budget: int, baseline: int) -> int:
     return allowance
 
 
-def _job(source: DiskArray, spec: ConvSpec, weight, bias, dtype, allowance: int, backend: str, processes: int,
-         block) -> Job:
-    """The Job without its output: the plan sized by the allowance, the filters in ``dtype``."""
+def job_for(source: DiskArray, spec: ConvSpec, weight, bias, dtype, allowance: int, backend: str, min_tiles: int,
+            block) -> Job:
+    """The Job without its output: the plan's tiles sized by the allowance (what one tile
+    may hold at its peak), at least ``min_tiles`` of them; the filters in ``dtype``."""
     itemsize = torch.empty(0, dtype=dtype).element_size()
     plan = cost.stream_plan(spec, allowance, backend, itemsize, np.dtype(source.dtype).itemsize,
-                            min_tiles=4 * processes, block=block)
+                            min_tiles=min_tiles, block=block)
     return Job(plan, source, None, weight.to(dtype), None if bias is None else bias.to(dtype), dtype)
 
 
-def _open_output(job: Job, out: Path, fmt: str, resume: bool) -> tuple[Job, Journal]:
+def open_output(job: Job, out: Path, fmt: str, resume: bool) -> tuple[Job, Journal]:
     """Create the .partial output and a fresh journal, or (``resume``, both there) open
     them and read which tiles are finished.  Journals of SPMD ranks (OUT.journal.rN) are
     folded into the main one."""
@@ -234,10 +246,11 @@ def _open_output(job: Job, out: Path, fmt: str, resume: bool) -> tuple[Job, Jour
     return Job(job.plan, job.source, sink, job.weight, job.bias, job.dtype), journal
 
 
-def _describe(job: Job, journal: Journal, processes: int, budget: int, baseline: int) -> str:
+def describe(job: Job, journal: Journal, who: str, budget: int, baseline: int) -> str:
+    """The line a streamed run starts with; ``who`` computes it (e.g. '2 processes')."""
     block = job.plan.tiles[0].out.shape
-    return (f"streaming: {len(job.plan.tiles)} tiles of {'x'.join(map(str, block))} outputs, {processes} processes, "
-            f"budget {budget / 2**20:.0f} MiB each ({baseline / 2**20:.0f} MiB held before any data)"
+    return (f"streaming: {len(job.plan.tiles)} tiles of {'x'.join(map(str, block))} outputs, {who}, "
+            f"budget {budget / 2**20:.0f} MiB per process ({baseline / 2**20:.0f} MiB held before any data)"
             + (f"; resuming: {len(journal.done)} tiles already done" if journal.resumed else ""))
 
 
@@ -260,13 +273,13 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
         def body(cluster: LocalCluster) -> None:
             nonlocal job, journal, result
             if job is None:  # the first start: size the tiles by what the processes hold now
-                baseline = max(_resident(os.getpid()), *(_resident(p) for p in cluster.pids()))
-                job = _job(source, spec, weight, bias, dtype, _allowance(memory_budget, baseline), backend,
-                           workers, block)
-                job, journal = _open_output(job, out, fmt, resume)
+                baseline = max(resident(os.getpid()), *(resident(p) for p in cluster.pids()))
+                job = job_for(source, spec, weight, bias, dtype, data_allowance(memory_budget, baseline), backend,
+                              4 * workers, block)
+                job, journal = open_output(job, out, fmt, resume)
                 result = StreamResult(job.plan, out, 0.0, memory_budget, baseline, skipped=len(journal.done))
                 if log is not None:
-                    log(_describe(job, journal, workers, memory_budget, baseline))
+                    log(describe(job, journal, f"{workers} processes", memory_budget, baseline))
             todo = [i for i in range(len(job.plan.tiles)) if i not in journal.done]
             reports = run_on(cluster, job, todo, journal, log)
             for r, rep in reports.items():
@@ -309,18 +322,19 @@ def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torc
 
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     t_start = time.perf_counter()
-    peak = torch.tensor([_resident(os.getpid())], dtype=torch.int64)
+    peak = torch.tensor([resident(os.getpid())], dtype=torch.int64)
     dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
     baseline = int(peak.item())
-    job = _job(source, spec, weight, bias, dtype, _allowance(memory_budget, baseline), backend, world, block)
+    job = job_for(source, spec, weight, bias, dtype, data_allowance(memory_budget, baseline), backend, 4 * world,
+                  block)
     shared: list = [None]
     journal = None
     if rank == 0:  # errors travel to every rank, so all of them raise alike
         try:
-            job, journal = _open_output(job, out, fmt, resume)
+            job, journal = open_output(job, out, fmt, resume)
             shared = [(job.sink, sorted(journal.done), journal.resumed)]
             if log is not None:
-                log(_describe(job, journal, world, memory_budget, baseline).replace("processes", "ranks"))
+                log(describe(job, journal, f"{world} ranks", memory_budget, baseline))
         except (ValueError, OSError) as e:
             shared = [f"{type(e).__name__}: {e}"]
     dist.broadcast_object_list(shared, src=0, group=group)

@@ -1,0 +1,123 @@
+"""A streamed (out-of-core) run in this process: read, compute and write of successive
+tiles overlapped on threads, no worker processes.
+
+The pipeline holds three tiles at once, as libvips does with its regions: a reader thread
+reads tile k+1's window from the input file while this thread computes tile k with every
+core (torch, OpenCV and numpy release the GIL in their loops; the file reads and writes
+are pread/pwrite, which do too), and a writer thread writes tile k-1's output box, makes
+it durable and journals it.  So tiles are sized to half the process's data allowance
+(cost.tile_peak_bytes counts one tile's window, read buffers, workspace and output twice;
+the three stages together hold less than two such peaks).
+
+Everything a streamed run guarantees holds here as on the processes engine
+(engines/stream.py, whose Job, journal and output handling this shares): a tile is
+journaled only once its output is durable, an interrupted run resumes without computing
+a finished tile again, the output appears under its name only whole, and the process's
+peak resident memory stays within the budget.  What this path does not have is the
+processes engine's survival of a lost worker: a failure here stops the run (the journal
+keeps what finished; ``resume`` goes on from it).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from haloconv.compute import kernels
+from haloconv.engines import stream
+from haloconv.engines.host import peak_rss
+from haloconv.files import arrays
+from haloconv.files.arrays import DiskArray
+from haloconv.planning.spec import ConvSpec
+
+# tiles in flight: one being read, one computed, one written; sized so that the three
+# stages together stay within the allowance of two tile peaks (see the module docstring)
+IN_FLIGHT_PEAKS = 2
+# tiles at least, so that reading the first and writing the last (not overlapped with any
+# compute) are a small part of the run
+MIN_TILES = 8
+
+
+def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Tensor | None, out: Path,
+        fmt: str, *, memory_budget: int, threads: int, backend: str = "torch", dtype: torch.dtype = torch.float32,
+        resume: bool = False, block: tuple[int | None, ...] | None = None, log=None) -> stream.StreamResult:
+    """Stream ``spec`` over the input file ``source`` into ``out`` (format ``fmt``) in this
+    process, its peak resident memory within ``memory_budget`` bytes; ``threads``: the
+    cores the compute uses (torch's and OpenCV's thread count for the run)."""
+    t_start = time.perf_counter()
+    baseline = stream.resident(os.getpid())
+    allowance = stream.data_allowance(memory_budget, baseline) // IN_FLIGHT_PEAKS
+    job = stream.job_for(source, spec, weight, bias, dtype, allowance, backend, MIN_TILES, block)
+    job, journal = stream.open_output(job, out, fmt, resume)
+    result = stream.StreamResult(job.plan, out, 0.0, memory_budget, baseline, skipped=len(journal.done))
+    if log is not None:
+        log(stream.describe(job, journal, f"1 process (read, compute and write overlapped; {threads} compute "
+                                          "threads)", memory_budget, baseline))
+    todo = [i for i in range(len(job.plan.tiles)) if i not in journal.done]
+    caller_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        nread = _pipeline(job, todo, journal, _progress(log, len(job.plan.tiles), len(journal.done), t_start))
+        journal.close()
+        arrays.promote(arrays.partial_path(out), out)
+        journal.remove()
+    finally:
+        torch.set_num_threads(caller_threads)
+        journal.close()
+        arrays.close_all()
+    result.tiles_done[0], result.bytes_read[0], result.peak_rss[0] = len(todo), nread, peak_rss()
+    result.wall_seconds = time.perf_counter() - t_start
+    return result
+
+
+def _pipeline(job: stream.Job, todo: list[int], journal, progress) -> int:
+    """Read ahead, compute here, write behind; returns the bytes read.  An error in any
+    stage stops the run once the stages in flight have ended (no thread outlives it; a
+    tile being written is finished and journaled)."""
+    torch_backend = kernels.select_backend(job.plan.spec, torch.empty(0, dtype=job.dtype), job.weight, job.bias)
+    nread = 0
+
+    def write(index: int, y) -> None:
+        job.sink.write(job.plan.tiles[index].out, y)
+        job.sink.flush()  # durable before it is journaled
+        journal.record(index)
+        progress()
+
+    with ThreadPoolExecutor(1, "haloconv-read") as reader, ThreadPoolExecutor(1, "haloconv-write") as writer:
+        ahead: Future | None = reader.submit(stream.read_window, job, todo[0]) if todo else None
+        behind: Future | None = None
+        try:
+            for k, index in enumerate(todo):
+                window, n = ahead.result()
+                nread += n
+                ahead = reader.submit(stream.read_window, job, todo[k + 1]) if k + 1 < len(todo) else None
+                y = stream.compute_box(job, index, window, torch_backend)
+                del window
+                if behind is not None:
+                    behind.result()  # one write in flight: its output is the third tile held
+                behind = writer.submit(write, index, y)
+                del y
+            if behind is not None:
+                behind.result()
+        except BaseException:
+            if ahead is not None:
+                ahead.cancel()  # a read not started yet is not needed; a write in flight finishes
+            raise
+    return nread
+
+
+def _progress(log, total: int, done: int, t_start: float):
+    """A callable counting finished tiles, logging about every tenth of the run."""
+    step = max(1, (total - done) // 10)
+    count = [done]
+
+    def tick() -> None:
+        count[0] += 1
+        if log is not None and ((count[0] - done) % step == 0 or count[0] == total):
+            log(f"  {count[0]}/{total} tiles done ({time.perf_counter() - t_start:.1f}s)")
+
+    return tick
