@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/peers.py [--size 8192] [--kernels 3,15] [--repeat 3]
 
 S x S float32, a random k x k kernel, zero padding ('same'), 2 workers:
-  haloconv     haloconv's threads engine, 2 threads over 64 row bands, backend 'auto' (the
-               cost model picks among the compute backends per kernel)
+  haloconv     every default of `haloconv run` on 2 cores: the cost model's partition and
+               backend, in this process (numpy arrays through OpenCV: no torch in the timed call)
   opencv       cv2.filter2D on the whole image, 2 threads
   scipy        scipy.ndimage.correlate, one thread
   dask-image   dask_image.ndfilters.correlate, row chunks (S/2 x S), threaded scheduler, 2 threads

@@ -68,8 +68,8 @@ def test_cli_on_two_torchrun_nodes(tmp_path):
 def test_cli_report_bytes_equal_prediction(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "haloconv", "run", "--random", "2x3x64x48", "--kernel", "box:3", "--workers", "3",
-         "--partition", "grid", "--padding-mode", "reflect", "--report", str(tmp_path / "r.json"), "-o",
-         str(tmp_path / "y")],
+         "--engine", "processes", "--partition", "grid", "--padding-mode", "reflect", "--report",
+         str(tmp_path / "r.json"), "-o", str(tmp_path / "y")],
         capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 0, r.stderr

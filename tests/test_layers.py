@@ -7,6 +7,8 @@ import grimp
 LAYERS = [  # highest first; a module may import its own layer's package and those below
     {"haloconv.cli"},
     {"haloconv.api", "haloconv.nn"},
+    {"haloconv.outofcore"},
+    {"haloconv.planner"},
     {"haloconv.distributed"},
     {"haloconv.engines"},
     {"haloconv.model", "haloconv.files"},
@@ -83,19 +85,22 @@ def test_every_import_goes_down_the_layers():
 
 def test_every_engine_computes_a_tile_through_the_one_call():
     """compute/tile.py is the only caller of the per-tile compute functions outside compute/
-    (threads, processes, torchrun, streams and nn all go through compute_tile/tile_backward)."""
+    (threads, processes, torchrun, streams and nn all go through compute_tile/tile_backward;
+    the array engine and streams of filters through compute_tile_array)."""
     import re
     from pathlib import Path
 
     import haloconv
 
     src = Path(haloconv.__file__).parent
-    direct = re.compile(r"\b(backends\.compute|kernels\.conv_tile|kernels\.conv_tile_backward)\(")
+    direct = re.compile(r"\b(backends\.compute|kernels\.conv_tile|kernels\.conv_tile_backward|\.compute_array)\(")
     callers = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
                      if "compute" not in p.relative_to(src).parts and direct.search(p.read_text()))
     assert callers == [], callers
     users = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if "compute_tile(" in p.read_text())
-    assert {"engines/threads.py", "engines/spmd.py", "engines/stream.py", "nn/functional.py"} <= set(users), users
+    assert {"engines/threads.py", "engines/spmd.py", "engines/stream_job.py", "nn/functional.py"} <= set(users), users
+    array_users = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if "compute_tile_array(" in p.read_text())
+    assert {"engines/array_threads.py", "engines/stream_job.py"} <= set(array_users), array_users
 
 
 def test_each_operation_keeps_its_master_and_worker_halves_in_one_module():

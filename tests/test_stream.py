@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from haloconv.compute import backends, kernels
-from haloconv.engines import WorkerError, stream, stream_threads
+from haloconv.engines import WorkerError, stream, stream_job, stream_threads
 from haloconv.engines.host import children
 from haloconv.files import arrays
 from haloconv.files import images as io
@@ -316,7 +316,7 @@ def test_resume_folds_the_journals_of_spmd_ranks(tmp_path):
     job = stream.job_for(source, spec, w, None, torch.float32, 1 << 30, "torch", 8, block)
     job, journal = stream.open_output(job, out, "npy", resume=False)
     backend = kernels.select_backend(spec, x, w, None)
-    header = stream._header(job, out, "npy")
+    header = stream_job.header(job, out, "npy")
     part = Journal(journal.path.with_name(journal.path.name + ".r1"), header, resume=False)
     for index, j in ((0, journal), (2, journal), (1, part), (5, part)):  # as two ranks would
         stream.run_tile(job, index, backend)
@@ -343,7 +343,7 @@ def test_a_failure_in_a_threads_stream_stops_it_and_resume_goes_on(tmp_path, mon
     out = tmp_path / "y.npy"
     kw = dict(memory_budget=2 << 30, threads=2, block=(None, None, 4, None))  # 24 tiles
     calls = {"n": 0}
-    real = stream.read_window if stage == "read" else Journal.record
+    real = stream_job.read_window if stage == "read" else Journal.record
 
     def failing(*args):
         calls["n"] += 1
@@ -352,7 +352,7 @@ def test_a_failure_in_a_threads_stream_stops_it_and_resume_goes_on(tmp_path, mon
         return real(*args)
 
     if stage == "read":
-        monkeypatch.setattr(stream, "read_window", failing)
+        monkeypatch.setattr(stream_job, "read_window", failing)
     else:
         monkeypatch.setattr(Journal, "record", failing)
     before = threading.active_count()

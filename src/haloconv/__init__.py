@@ -1,19 +1,34 @@
-"""haloconv: convolutions split across workers, exactly equal to the single-machine result."""
+"""haloconv: convolutions split across workers, exactly equal to the single-machine result.
 
-# isort: off
-from haloconv.compute import kernels as _kernels  # first: puts MKL in reproducible mode early
-# isort: on
-from haloconv.api import conv, conv_file, execute, plan
-from haloconv.engines import Execution, LocalCluster, WorkerError
-from haloconv.engines.host import default_workers
-from haloconv.planning.boxes import Box, Piece, Tile
-from haloconv.planning.partition import Partition
-from haloconv.planning.plan import Plan
-from haloconv.planning.spec import ConvSpec
+The names below are imported on first use (PEP 562): ``import haloconv`` alone does not
+import torch, so a command that filters an image with OpenCV never pays for it."""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = [
-    "Box", "ConvSpec", "Execution", "LocalCluster", "Partition", "Piece", "Plan", "Tile", "WorkerError",
-    "conv", "conv_file", "default_workers", "execute", "plan",
-]
-del _kernels
+
+# name -> the module that defines it
+_WHERE = {
+    "conv": "haloconv.api", "execute": "haloconv.api", "conv_file": "haloconv.outofcore", "plan": "haloconv.planner",
+    "Execution": "haloconv.engines", "LocalCluster": "haloconv.engines", "WorkerError": "haloconv.engines",
+    "default_workers": "haloconv.engines.host",
+    "Box": "haloconv.planning.boxes", "Piece": "haloconv.planning.boxes", "Tile": "haloconv.planning.boxes",
+    "Partition": "haloconv.planning.partition", "Plan": "haloconv.planning.plan", "ConvSpec": "haloconv.planning.spec",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'haloconv' has no attribute {name!r}")
+    if _WHERE[name] in ("haloconv.api", "haloconv.engines"):
+        importlib.import_module("haloconv.compute.kernels")  # first: puts MKL in reproducible mode early
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from haloconv.compute import backends, kernels
-from haloconv.engines import ENGINES, Execution, LocalCluster, processes
+from haloconv.engines import Execution, LocalCluster, processes
 from haloconv.engines import threads as threads_engine
 from haloconv.engines.differentiable import differentiable, needs_grad
-from haloconv.engines.host import default_workers
 from haloconv.model import cost
+from haloconv.outofcore import conv_file  # noqa: F401 - haloconv.conv_file, re-exported
+from haloconv.planner import plan
 from haloconv.planning.partition import Partition
-from haloconv.planning.plan import Plan, check_args, make_plan
-from haloconv.planning.spec import ConvSpec, IntOrTuple
+from haloconv.planning.plan import Plan
+from haloconv.planning.spec import IntOrTuple
 
 ArrayLike = torch.Tensor | np.ndarray
+ENGINES = ("threads", "processes")  # by name; or a LocalCluster
 
 
 def _as_tensor(name: str, value: object) -> torch.Tensor:
@@ -49,77 +48,6 @@ def _inputs(x: object, weight: object, bias: object) -> tuple[torch.Tensor, torc
         if t is not None and t.device != xt.device:
             raise ValueError(f"{name} is on {t.device} but x is on {xt.device}")
     return xt, wt, bt, is_numpy
-
-
-def plan(
-    x_shape: Sequence[int],
-    weight_shape: Sequence[int],
-    bias_shape: Sequence[int] | None = None,
-    *,
-    stride: IntOrTuple = 1,
-    padding: IntOrTuple | str = 0,
-    dilation: IntOrTuple = 1,
-    groups: int = 1,
-    padding_mode: str = "zeros",
-    partition: str | Sequence[int] | Partition = "auto",
-    workers: int | None = None,
-    worker_weights: Sequence[float] | None = None,
-    ownership: str = "aligned",
-    exchange: str = "neighbours",
-    pipeline: int = 1,
-    backend: str | None = None,
-    memory_budget: int | None = None,
-    profile: cost.Profile | str | None = None,
-    engine: str = "processes",
-) -> Plan:
-    """The Plan for a convolution of these shapes (no data, no communication).
-
-    ``partition='auto'`` (or ``backend='auto'``) lets the cost model choose: the candidate
-    (partitions, hybrids, a single worker; backends) with the least predicted time on
-    ``engine`` under ``profile`` (default: the calibrated one, see `haloconv calibrate`),
-    within ``memory_budget`` bytes per worker — counted as the data a worker's tile holds
-    (its window, filters and output, as the cost model predicts them), not the process's
-    resident memory; conv_file's ``memory_budget`` is the whole process (see its docstring).
-    ``weight_shape`` may be the filters themselves (a tensor or array): then backends whose
-    use depends on the filter's values (compute/backends: separable) are considered too."""
-    values = None  # the filters themselves, when given: backends that depend on their values can be chosen
-    if hasattr(weight_shape, "shape"):
-        values = _as_tensor("weight", weight_shape)
-        weight_shape = tuple(values.shape)
-    if hasattr(x_shape, "shape"):
-        x_shape = tuple(x_shape.shape)
-    if bias_shape is not None and hasattr(bias_shape, "shape"):
-        bias_shape = tuple(bias_shape.shape)
-    spec = ConvSpec.from_args(
-        x_shape, weight_shape, bias_shape, stride=stride, padding=padding,
-        dilation=dilation, groups=groups, padding_mode=padding_mode,
-    )
-    part = Partition.of(partition)  # a name, split counts or a Partition (clear errors naming partition)
-    if workers is None:
-        if worker_weights is not None:
-            workers = len(worker_weights)
-        elif part.kind == "counts":
-            workers = max(1, math.prod(part.split))  # an explicit split: one worker per tile
-        else:
-            workers = default_workers()
-    if backend is None:
-        backend = backends.default_for(spec)
-    if backend != "auto":
-        backends.check(backend, spec, values)
-    check_args(spec, partition, workers, worker_weights, ownership, exchange, pipeline,
-               "torch" if backend == "auto" else backend)
-    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
-                                      or memory_budget <= 0):
-        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
-    if part.kind == "auto" or backend == "auto" or memory_budget is not None:
-        prof = profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
-        if part.kind == "auto":
-            return cost.choose(spec, workers, prof, backend=backend, engine=engine, memory_budget=memory_budget,
-                               ownership=ownership, exchange=exchange, weights=worker_weights, weight=values)
-        # a given partition: the model picks the backend (and checks the budget)
-        base = make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline)
-        return cost.rank_backends(base, prof, backend, engine, memory_budget, weight=values)[0].plan
-    return make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline, backend)
 
 
 def execute(
@@ -248,97 +176,3 @@ def conv(
     )
     y = execute(p, xt, wt, bt, engine=engine, on_failure=on_failure, schedule=schedule, tiles=tiles).output
     return y.numpy() if is_numpy else y
-
-
-def _budget_bytes(memory_budget: object) -> int:
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget <= 0:
-        raise ValueError(f"memory_budget must be a positive int of bytes, got {memory_budget!r}")
-    return memory_budget
-
-
-def conv_file(
-    input: str | os.PathLike,
-    weight: ArrayLike,
-    output: str | os.PathLike,
-    bias: ArrayLike | None = None,
-    *,
-    memory_budget: int,
-    stride: IntOrTuple = 1,
-    padding: IntOrTuple | str = 0,
-    dilation: IntOrTuple = 1,
-    groups: int = 1,
-    padding_mode: str = "zeros",
-    workers: int | None = None,
-    backend: str | None = None,
-    dtype: torch.dtype = torch.float32,
-    resume: bool = False,
-    on_failure: str = "retry",
-    timeout: float = 60.0,
-    block: Sequence[int | None] | None = None,
-    profile: cost.Profile | str | None = None,
-    spmd: bool = False,
-    engine: str = "threads",
-):
-    """Convolve a file bigger than memory into a file, out of core (see engines/stream.py).
-
-    ``input``: .npy, TIFF (contiguous, striped or tiled) or .zarr, read as files.images.read_input
-    does ((H, W) -> (1, 1, H, W), integers scaled to [0, 1]).  ``output``: a path ending in
-    .npy, .tif or .zarr; it appears whole when the run ends (meanwhile OUTPUT.partial and
-    OUTPUT.journal).  ``memory_budget``: bytes of resident memory each of the ``workers``
-    processes may hold at its peak, Python and torch included (unlike plan's, which counts
-    a tile's data only: a stream sizes its tiles to what is left after the processes'
-    own footprint).  ``resume``: go on from an
-    interrupted run's journal.  Returns a StreamResult (tiles, peak RSS per process, ...).
-    ``engine``: 'threads' (default) streams in this process, reading, computing and writing
-    successive tiles at once (engines/stream_threads.py), ``workers`` being the cores its
-    compute uses; 'processes' has ``workers`` processes pull tiles, and a run that loses one
-    goes on with the others (``on_failure``, ``timeout``: that engine only).
-    ``spmd``: called by every rank of a torch.distributed job (torchrun) instead: the ranks
-    share the tiles through a file system they all see (``workers`` and ``on_failure`` do
-    not apply); the result comes back on rank 0, None elsewhere.
-    """
-    from haloconv.engines import stream, stream_threads
-    from haloconv.files import arrays
-
-    if engine not in ("threads", "processes"):
-        raise ValueError(f"engine must be 'threads' or 'processes' for a streamed run, got {engine!r}")
-    budget = _budget_bytes(memory_budget)
-    out = Path(output)
-    fmt = out.suffix.lower().lstrip(".")
-    if fmt not in arrays.FORMATS:
-        raise ValueError(f"output must end in one of {['.' + f for f in arrays.FORMATS]}, got {str(out)!r}")
-    if dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    source = arrays.open_input(input)
-    wt = _as_tensor("weight", weight)
-    bt = None if bias is None else _as_tensor("bias", bias)
-    spec = ConvSpec.from_args(source.logical_shape, tuple(wt.shape), None if bt is None else tuple(bt.shape),
-                              stride=stride, padding=padding, dilation=dilation, groups=groups,
-                              padding_mode=padding_mode)
-    if block is not None:  # refused before any process starts or measures its memory
-        cost.check_block(spec, tuple(block))
-    if backend is None:  # as haloconv.conv's
-        backend = backends.default_for(spec)
-    if backend == "auto":
-        prof = profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
-        backend = cost.stream_backend(spec, prof, wt)
-    else:
-        backends.check(backend, spec, wt)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if spmd:
-        return stream.run_spmd(source, spec, wt, bt, out, fmt, memory_budget=budget, backend=backend, dtype=dtype,
-                               resume=resume, block=None if block is None else tuple(block), log=log_to_stdout)
-    workers = default_workers() if workers is None else workers
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
-    if engine == "threads":
-        return stream_threads.run(source, spec, wt, bt, out, fmt, memory_budget=budget, threads=workers,
-                                  backend=backend, dtype=dtype, resume=resume,
-                                  block=None if block is None else tuple(block), log=log_to_stdout)
-    return stream.run(source, spec, wt, bt, out, fmt, memory_budget=budget, workers=workers, backend=backend,
-                      dtype=dtype, resume=resume, on_failure=on_failure, timeout=timeout,
-                      block=None if block is None else tuple(block), log=log_to_stdout)
-
-
-def log_to_stdout(message: str) -> None:
-    print(message, flush=True)

@@ -154,7 +154,6 @@ def model_accuracy(profile=None, repeat: int = 5, quick: bool = False, log=print
 
 
 # -- haloconv against its peers ---------------------------------------------------------------------
-PEER_TILES = 64  # row bands of haloconv's run (2 threads)
 
 def _reset_hwm() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # the high-water mark restarts from now
@@ -191,17 +190,21 @@ def peer_once(method: str, size: int, k: int | str, out_path: str) -> dict:
     info: dict = {"method": method, "input_mb": x.nbytes / 2**20}
     if method == "haloconv":
         import haloconv
+        from haloconv.engines import array_threads
 
-        # 2 threads over PEER_TILES row bands: windows are views of x where they can be, each band's
-        # output lands straight in the result, and only 2 bands are in flight at a time
-        xt, wt = torch.from_numpy(x)[None, None], torch.from_numpy(w)[None, None]
-        plan = haloconv.plan(xt.shape, wt, padding=pad, partition="rows", workers=PEER_TILES,
-                             backend="auto", engine="threads")
-        info["backend"] = plan.backend
+        # every default, as `haloconv run` takes them: the cost model's partition and backend
+        # on 2 cores, in this process (numpy arrays when the backend computes them)
+        x4, w4 = x[None, None], w[None, None]
+        plan = haloconv.plan(x4.shape, w4, padding=pad, workers=2, engine="threads")
+        info["backend"] = f"{plan.backend}, {plan.partition} x{len(plan.tiles)}"
         _reset_hwm()
         base = proc_mb("self")
         t0 = time.perf_counter()
-        y = haloconv.execute(plan, xt, wt, engine="threads", threads=2).output[0, 0].numpy()
+        if array_threads.runs(plan):
+            y = array_threads.run(plan, x4, w4, threads=2).output[0, 0]
+        else:
+            y = haloconv.execute(plan, torch.from_numpy(x4), torch.from_numpy(w4), engine="threads",
+                                 threads=2).output[0, 0].numpy()
         info["seconds"] = time.perf_counter() - t0
     else:
         _reset_hwm()

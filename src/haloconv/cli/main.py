@@ -12,18 +12,23 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from haloconv import api
-from haloconv.cli import plots, report
-from haloconv.compute import backends, kernels
-from haloconv.engines import WorkerError, processes
-from haloconv.engines.base import execution_from_reports
+from haloconv import planner
+from haloconv.cli import report
+from haloconv.compute import backends
+from haloconv.engines import array_threads
+from haloconv.engines.errors import WorkerError
+from haloconv.engines.execution import SCHEDULES, execution_from_reports
+from haloconv.engines.host import default_workers
 from haloconv.files import arrays, filters, images
 from haloconv.files.pixels import TIFF_SUFFIXES
 from haloconv.model import cost, scaling
 from haloconv.planning.partition import Partition
 from haloconv.planning.spec import ConvSpec
+
+# torch (and the engines that use it) are imported by the paths that compute with it: a
+# filter run on OpenCV in this process never imports it (docs/architecture.md, "Why filters
+# run without torch")
 
 
 def _int_list(text: str, name: str) -> int | tuple[int, ...]:
@@ -105,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=float, default=60.0, help="seconds before a silent worker is an error")
     r.add_argument("--on-failure", default="retry", choices=("retry", "fail"),
                    help="a worker dies mid-run: go on with the workers left (default), or stop")
-    r.add_argument("--schedule", default="static", choices=processes.SCHEDULES,
+    r.add_argument("--schedule", default="static", choices=SCHEDULES,
                    help="static (default): one tile per worker; dynamic: --tiles tiles pulled by whichever "
                         "process is free (unequal workers; a lost worker's unfinished tiles go to the others)")
     r.add_argument("--tiles", type=int, default=None, help="tiles of a dynamic schedule (default 4 per worker)")
@@ -206,7 +211,7 @@ def _weights(args: argparse.Namespace) -> list[float] | None:
 
 def _plan(args: argparse.Namespace, x_shape, w_shape, groups: int, workers: int | None):
     weights = _weights(args)
-    return api.plan(
+    return planner.plan(
         x_shape, w_shape, None,
         stride=_int_list(args.stride, "--stride"), padding=_padding(args.padding),
         dilation=_int_list(args.dilation, "--dilation"), groups=groups,
@@ -226,27 +231,30 @@ def _prefix(args: argparse.Namespace, name: str) -> str:
 def _finish(args, ex, x, w, name, is_image) -> int:
     """Print the run's tables, write the outputs and the report, verify (rank 0 / master)."""
     print(ex.table())
-    rep = report.run_report(ex, x.element_size())
+    rep = report.run_report(ex, x.itemsize if isinstance(x, np.ndarray) else x.element_size())
     if ex.engine != "threads":
         print(report.traffic_table(rep))
-    y = ex.output.cpu().numpy()
+    y = ex.output if isinstance(ex.output, np.ndarray) else ex.output.cpu().numpy()
     prefix = _prefix(args, name)
     for path in images.write_outputs(y, prefix, is_image, args.image_format):
         print(f"wrote {path}")
     status = 0
     if args.verify:
+        import torch
+
         method = ex.plan.backend
+        x, w, out = (torch.as_tensor(a) for a in (x, w, ex.output))
         t1 = time.perf_counter()
         ref = backends.single_node(method, x, w, None, ex.plan.spec)
         t_ref = time.perf_counter() - t1
-        equal = torch.equal(ex.output, ref)
-        diff = (ex.output - ref).abs().nan_to_num(nan=float("inf")).max().item() if not equal else 0.0
+        equal = torch.equal(out, ref)
+        diff = (out - ref).abs().nan_to_num(nan=float("inf")).max().item() if not equal else 0.0
         print(f"verify: single-node {method} {t_ref:.4f}s vs haloconv {ex.wall_seconds:.4f}s; "
               f"max |diff| = {diff:.3g}; bitwise equal: {equal}")
         ok = equal
         b = backends.get(method)
         if not b.exact_for(ex.plan.spec):  # a transform's sizes differ per tile: compared within its stated tolerance
-            tolerance = b.tolerance[ex.output.dtype]
+            tolerance = b.tolerance[out.dtype]
             ok = diff <= tolerance * ref.abs().max().item()
             print(f"verify: {method} within {tolerance:g} x max|y|: {ok}")
         rep["verify"] = {"bitwise_equal": bool(equal), "max_abs_diff": diff, "single_node_seconds": t_ref,
@@ -257,17 +265,21 @@ def _finish(args, ex, x, w, name, is_image) -> int:
     return status
 
 
-def run(args: argparse.Namespace) -> int:
-    source = _stream_source(args)
-    if args.engine is None:
-        args.engine = "threads" if source is not None else "processes"
+def _pool_only(args: argparse.Namespace) -> None:
     if args.engine != "processes" or _under_torchrun():
         if args.schedule != "static" or args.weights == "auto":
             raise ValueError("--schedule dynamic and --weights auto run on the processes engine (not threads "
                              "or torchrun)")
+
+
+def run(args: argparse.Namespace) -> int:
+    source = _stream_source(args)
     if source is not None:
+        args.engine = args.engine or "threads"
+        _pool_only(args)
         return run_stream(args, source)
     if _under_torchrun():
+        _pool_only(args)
         return run_spmd(args)
     for flag, bad in (("--resume", args.resume), ("--out-format", args.out_format != "npy")):
         if bad:
@@ -276,11 +288,23 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--tiles applies to --schedule dynamic")
     t0 = time.perf_counter()
     x, is_image, name, weight, groups = _load(args)
+    if args.engine is None:  # filters in this process (OpenCV threads itself), layers on worker processes
+        pool = args.schedule != "static" or args.weights is not None
+        filt = backends.base.is_filter(_spec(args, x.shape, weight.shape, groups))
+        args.engine = "threads" if filt and not pool else "processes"
+    _pool_only(args)
     plan = _plan(args, x.shape, weight, groups, args.workers)  # the values: backends that depend on them
     print(f"input: {name} {list(x.shape)} {x.dtype}  kernel: {args.kernel} {list(weight.shape)} groups={groups}"
           f"  (read in {time.perf_counter() - t0:.3f}s)")
     print(plan)
     print(f"backend {plan.backend}: {backends.get(plan.backend).guarantee}")
+    if args.engine == "threads" and array_threads.runs(plan):  # numpy in and out: torch is not imported
+        return _finish(args, array_threads.run(plan, x, weight), x, weight, name, is_image)
+    import torch
+
+    from haloconv import api
+    from haloconv.engines import processes
+
     xt, wt = torch.from_numpy(x), torch.from_numpy(weight)
     if args.engine == "processes":
         ex = processes.run(plan, xt, wt, None, timeout=args.timeout, on_failure=args.on_failure,
@@ -311,6 +335,8 @@ def _stream_source(args: argparse.Namespace) -> arrays.DiskArray | None:
 
 def run_stream(args: argparse.Namespace, source: arrays.DiskArray) -> int:
     """Out of core: tiles sized by --memory-budget, read from and written to files."""
+    from haloconv import outofcore
+
     for flag, bad in (("--verify", args.verify), ("--partition", args.partition != "auto"),
                       ("--weights", args.weights is not None), ("--exchange master", args.exchange == "master")):
         if bad:
@@ -329,20 +355,20 @@ def run_stream(args: argparse.Namespace, source: arrays.DiskArray) -> int:
               f"backend: {args.backend or 'default (auto for filters, torch for layers)'}", flush=True)
     kw = dict(memory_budget=budget, stride=_int_list(args.stride, "--stride"), padding=_padding(args.padding),
               dilation=_int_list(args.dilation, "--dilation"), groups=groups, padding_mode=args.padding_mode,
-              backend=args.backend, dtype=getattr(torch, args.dtype), resume=args.resume, profile=args.profile)
+              backend=args.backend, dtype=args.dtype, resume=args.resume, profile=args.profile)
     if _under_torchrun():  # every rank streams its share through the shared files
         import torch.distributed as dist
 
         dist.init_process_group("gloo", timeout=timedelta(seconds=args.timeout))
         try:
-            res = api.conv_file(args.input, weight.astype(args.dtype), out, spmd=True, **kw)
+            res = outofcore.conv_file(args.input, weight.astype(args.dtype), out, spmd=True, **kw)
             dist.barrier()
         finally:
             dist.destroy_process_group()
         if res is None:  # not rank 0: rank 0 reports
             return 0
     else:
-        res = api.conv_file(args.input, weight.astype(args.dtype), out, workers=args.workers, engine=args.engine,
+        res = outofcore.conv_file(args.input, weight.astype(args.dtype), out, workers=args.workers, engine=args.engine,
                             on_failure=args.on_failure, timeout=args.timeout, **kw)
     if res.failures:
         print(f"survived {len(res.failures)} worker fault(s); finished with {len(res.peak_rss)} processes")
@@ -367,9 +393,11 @@ def _under_torchrun() -> bool:
 
 def run_spmd(args: argparse.Namespace) -> int:
     """Under torchrun: every rank runs this; rank 0 reads the input and writes the output."""
+    import torch
     import torch.distributed as dist
 
     from haloconv import distributed as hd
+    from haloconv.compute import kernels
 
     cuda = torch.cuda.is_available()
     if cuda:
@@ -428,10 +456,12 @@ def _problem_shapes(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[in
 
 
 def plan_command(args: argparse.Namespace) -> int:
+    from haloconv.cli import plots
+
     x_shape, w_shape, groups, name = _problem_shapes(args)
     spec = _spec(args, x_shape, w_shape, groups)
     prof = cost.load_profile(args.profile)
-    workers = args.workers or api.default_workers()
+    workers = args.workers or default_workers()
     itemsize = 8 if args.dtype == "float64" else 4
     print(f"input {name} {list(x_shape)}, weight {list(w_shape)}, groups {groups}, {workers} workers, "
           f"engine {args.engine}; profile: {prof.source}")

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from haloconv import text
-from haloconv.engines.base import Execution
+from haloconv.engines.execution import Execution
 from haloconv.planning.messages import PHASES
 from haloconv.planning.plan import Plan
 

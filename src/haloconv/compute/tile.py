@@ -8,11 +8,16 @@ gives the window, the filters of the tile's output channels, and torch's conv ba
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from haloconv.compute import backends, kernels
+import numpy as np
+
+from haloconv.compute import backends
 from haloconv.planning.boxes import Tile
 from haloconv.planning.plan import Plan
+
+if TYPE_CHECKING:
+    import torch
 
 
 def compute_tile(plan: Plan, tile: Tile, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -25,8 +30,17 @@ def compute_tile(plan: Plan, tile: Tile, window: torch.Tensor, weight: torch.Ten
                             tile.out.shape[2:], out)
 
 
+def compute_tile_array(plan: Plan, tile: Tile, window: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                       out: np.ndarray, threads: int) -> None:
+    """``compute_tile`` on numpy arrays, into ``out`` (the tile's output box), with
+    ``threads`` cores, for a plan whose backend computes arrays (no torch): the same bits."""
+    backends.get(plan.backend).compute_array(window, weight, bias, plan.spec, tile.first, out, threads)
+
+
 def tile_backward(plan: Plan, tile: Tile, window: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor,
                   needs: tuple[bool, bool, bool]) -> tuple:
     """(window, filter, bias) gradients of ``tile`` from its output box's gradient ``grad``
     (torch's convolution_backward on the window; None where ``needs`` says not wanted)."""
+    from haloconv.compute import kernels
+
     return kernels.conv_tile_backward(window, weight, grad, plan.spec, tile.groups, tile.first, needs)

@@ -14,10 +14,11 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from haloconv.engines.base import Execution, execution_from_reports
 from haloconv.engines.comm import Comm
+from haloconv.engines.errors import WorkerError
+from haloconv.engines.execution import Execution, execution_from_reports
 from haloconv.engines.host import default_workers
-from haloconv.engines.worker import HOST, WorkerError, group_of, keep_heap, shutdown
+from haloconv.engines.worker import HOST, group_of, keep_heap, shutdown
 from haloconv.planning.plan import Plan
 
 

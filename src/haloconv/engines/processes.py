@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from haloconv.engines.base import Execution
 from haloconv.engines.cluster import Cluster, check_on_failure, retriable
+from haloconv.engines.errors import WorkerError
+from haloconv.engines.execution import SCHEDULES, Execution
 from haloconv.engines.ops import dynamic, probes, resident, static
 from haloconv.engines.ops.resident import Sharded
-from haloconv.engines.worker import WorkerError
 from haloconv.planning.partition import replanned
 from haloconv.planning.plan import Plan, make_plan
 from haloconv.planning.spec import ConvSpec
@@ -82,7 +82,6 @@ class LocalCluster(Cluster):
         resident.free(self, *shards)
 
 
-SCHEDULES = ("static", "dynamic")
 
 
 def run(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,

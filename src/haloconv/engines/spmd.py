@@ -13,8 +13,9 @@ import torch
 
 from haloconv.compute import kernels
 from haloconv.compute import tile as one_tile
-from haloconv.engines.base import add_tile_grads, as_one_tile, assemble_window, piece_data, piece_grad
+from haloconv.engines.base import add_tile_grads, as_one_tile, piece_grad
 from haloconv.engines.comm import Comm
+from haloconv.engines.windows import assemble_window, piece_data
 from haloconv.planning.boxes import Box, Tile
 from haloconv.planning.messages import transfer_chunks
 from haloconv.planning.plan import Plan

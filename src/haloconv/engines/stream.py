@@ -7,114 +7,58 @@ memory budget (cost.stream_plan) and handed out to whichever process is free (th
 computes too).  Each finished tile is journaled once its output is durable, so a run that
 loses a worker goes on with the others, and an interrupted run resumes (``resume=True``),
 without computing a finished tile again.  The output appears under its name only whole.
+The job, its journal and output, and a tile's read and compute: engines/stream_job.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from haloconv.compute import kernels
-from haloconv.compute import tile as one_tile
-from haloconv.engines.base import fill_window
 from haloconv.engines.cluster import check_on_failure
 from haloconv.engines.comm import Comm
-from haloconv.engines.host import peak_rss, proc_mb
+from haloconv.engines.errors import WorkerError
+from haloconv.engines.host import peak_rss
 from haloconv.engines.processes import LocalCluster, on_fresh_clusters
-from haloconv.engines.worker import WorkerError, worker_op
+from haloconv.engines.stream_job import (
+    Job,
+    StreamResult,
+    compute_box,
+    data_allowance,
+    describe,
+    header,
+    job_for,
+    open_output,
+    read_window,
+    resident,
+    torch_backend_for,
+)
+from haloconv.engines.worker import worker_op
 from haloconv.files import arrays
 from haloconv.files.arrays import DiskArray
 from haloconv.files.journal import Journal, journal_path
-from haloconv.model import cost
-from haloconv.planning.plan import Plan
 from haloconv.planning.spec import ConvSpec
-
-# what a process holds beyond its tiles' data: heap slack, thread stacks, gloo buffers.
-# The slack varies with timing: a 400 MiB budget on 2 processes peaked at 300-380 MiB on a
-# quiet machine and once at 401 MiB (48 MiB margin) on a loaded one
-MARGIN_BYTES = 64 << 20
-
-
-@dataclass(frozen=True)
-class Job:
-    """What every process needs to compute any tile (pickled into the command)."""
-
-    plan: Plan
-    source: DiskArray
-    sink: DiskArray
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-    dtype: torch.dtype
-
-
-@dataclass
-class StreamResult:
-    plan: Plan
-    output: Path
-    wall_seconds: float
-    budget: int
-    baseline: int  # resident bytes of a process before any data (the most of them)
-    tiles_done: dict[int, int] = field(default_factory=dict)  # rank -> tiles it computed
-    peak_rss: dict[int, int] = field(default_factory=dict)  # rank -> peak resident bytes
-    bytes_read: dict[int, int] = field(default_factory=dict)
-    skipped: int = 0  # tiles a resumed run found finished
-    failures: list[str] = field(default_factory=list)
-    kept: list[int] = field(default_factory=list)  # per failure: finished tiles the run went on from
-
-    def table(self) -> str:
-        lines = [f"{'rank':>4} {'tiles':>6} {'read MB':>9} {'peak RSS MB':>12}"]
-        for r in sorted(self.peak_rss):
-            lines.append(f"{r:>4} {self.tiles_done.get(r, 0):>6} {self.bytes_read.get(r, 0) / 1e6:>9.1f} "
-                         f"{self.peak_rss[r] / 2**20:>12.1f}")
-        peak = max(self.peak_rss.values(), default=0)
-        lines.append(f"memory budget {self.budget / 2**20:.0f} MiB per process; peak {peak / 2**20:.0f} MiB; "
-                     f"{self.baseline / 2**20:.0f} MiB of it before any data (Python, torch, gloo)")
-        return "\n".join(lines)
 
 
 def run_tile(job: Job, index: int, torch_backend) -> int:
     """Read tile ``index``'s window from the input file, compute it, write its output box;
     returns the bytes read."""
     window, nread = read_window(job, index)
-    y = compute_box(job, index, window, torch_backend)
+    y = compute_box(job, index, window, torch_backend, torch.get_num_threads())
     del window
     job.sink.write(job.plan.tiles[index].out, y)
     return nread
 
 
-def read_window(job: Job, index: int) -> tuple[torch.Tensor, int]:
-    """Tile ``index``'s window, read from the input file; and the bytes read."""
-    tile = job.plan.tiles[index]
-    np_dtype = torch.empty(0, dtype=job.dtype).numpy().dtype
-    nread = 0
-
-    def read(box):
-        nonlocal nread
-        block = job.source.read(box, np_dtype)
-        nread += block.nbytes
-        return torch.from_numpy(block)
-
-    return fill_window(tile, read, torch.zeros(tile.window.shape, dtype=job.dtype)), nread
-
-
-def compute_box(job: Job, index: int, window: torch.Tensor, torch_backend) -> np.ndarray:
-    """Tile ``index``'s output box from its window (the caller drops the window after)."""
-    tile = job.plan.tiles[index]
-    c0, c1 = job.plan.weight_box(tile)  # a block of output channels uses its filters
-    bias = None if job.bias is None else job.bias[c0:c1]
-    return one_tile.compute_tile(job.plan, tile, window, job.weight[c0:c1], bias, torch_backend).numpy()
-
-
 @worker_op("stream")
 def _serve(comm: Comm, cmd: dict, shards: dict) -> dict:
     """The worker half of a streamed run (the master half: ``run`` below)."""
-    return worker_loop(comm, cmd["job"], kernels.backend_of(cmd["torch_backend"]))
+    name = cmd["torch_backend"]
+    return worker_loop(comm, cmd["job"], None if name is None else kernels.backend_of(name))
 
 
 def worker_loop(comm: Comm, job: Job, torch_backend) -> dict:
@@ -142,7 +86,7 @@ def worker_loop(comm: Comm, job: Job, torch_backend) -> dict:
 def run_on(cluster, job: Job, todo: list[int], journal: Journal, log=None) -> dict:
     """The master's side on a started cluster: hand out ``todo``, journal what finishes.
     Returns the reports per rank (tiles, bytes read, peak RSS)."""
-    torch_backend = kernels.select_backend(job.plan.spec, torch.empty(0, dtype=job.dtype), job.weight, job.bias)
+    torch_backend = torch_backend_for(job)
     start = time.perf_counter()
     step = max(1, len(todo) // 10)
     stats = {"bytes_read": 0}
@@ -177,81 +121,11 @@ def run_on(cluster, job: Job, todo: list[int], journal: Journal, log=None) -> di
         finally:
             arrays.close_all()
 
-    cmd = {"op": "stream", "module": __name__, "job": job, "torch_backend": kernels.backend_name(torch_backend)}
+    cmd = {"op": "stream", "module": __name__, "job": job,
+           "torch_backend": None if torch_backend is None else kernels.backend_name(torch_backend)}
     done, reports = cluster.step(cmd, master)
     reports[0].update(tiles=done.get(0, 0), bytes_read=stats["bytes_read"], peak_rss=peak_rss())
     return reports
-
-
-def _header(job: Job, out: Path, fmt: str) -> dict:
-    """What makes a journal this job's: resuming with another input, kernel or tiling is refused."""
-    st = os.stat(job.source.path)
-    digest = hashlib.sha256(job.weight.numpy().tobytes())
-    if job.bias is not None:
-        digest.update(job.bias.numpy().tobytes())
-    plan = job.plan
-    return {
-        "input": os.path.abspath(job.source.path), "input_bytes": st.st_size, "input_mtime_ns": st.st_mtime_ns,
-        "spec": str(asdict(plan.spec)), "weights_sha256": digest.hexdigest(), "backend": plan.backend,
-        "dtype": str(job.dtype), "tiles": len(plan.tiles), "block": [t.out.shape for t in plan.tiles[:1]][0],
-        "output": os.path.abspath(out), "format": fmt,
-    }
-
-
-def resident(pid: int) -> int:
-    return int(proc_mb(pid) * 2**20)
-
-
-def data_allowance(memory_budget: int, baseline: int) -> int:
-    allowance = memory_budget - baseline - MARGIN_BYTES
-    if allowance <= 0:
-        raise ValueError(f"memory_budget={memory_budget / 2**20:.0f} MiB is below what a process holds before any "
-                         f"data ({baseline / 2**20:.0f} MiB: Python, torch, gloo) plus {MARGIN_BYTES >> 20} MiB "
-                         "of slack; raise it")
-    return allowance
-
-
-def job_for(source: DiskArray, spec: ConvSpec, weight, bias, dtype, allowance: int, backend: str, min_tiles: int,
-            block) -> Job:
-    """The Job without its output: the plan's tiles sized by the allowance (what one tile
-    may hold at its peak), at least ``min_tiles`` of them; the filters in ``dtype``."""
-    itemsize = torch.empty(0, dtype=dtype).element_size()
-    plan = cost.stream_plan(spec, allowance, backend, itemsize, np.dtype(source.dtype).itemsize,
-                            min_tiles=min_tiles, block=block)
-    return Job(plan, source, None, weight.to(dtype), None if bias is None else bias.to(dtype), dtype)
-
-
-def open_output(job: Job, out: Path, fmt: str, resume: bool) -> tuple[Job, Journal]:
-    """Create the .partial output and a fresh journal, or (``resume``, both there) open
-    them and read which tiles are finished.  Journals of SPMD ranks (OUT.journal.rN) are
-    folded into the main one."""
-    header = _header(job, out, fmt)
-    partial, main = arrays.partial_path(out), journal_path(out)
-    np_dtype = torch.empty(0, dtype=job.dtype).numpy().dtype
-    parts = sorted(main.parent.glob(main.name + ".r*"))
-    if resume and partial.exists() and main.exists():
-        journal = Journal(main, header, resume=True)
-        for part in parts:
-            other = Journal(part, header, resume=True)
-            other.close()
-            for index in sorted(other.done - journal.done):
-                journal.record(index)
-        sink = arrays.open_output(partial, fmt, job.plan.spec.output_shape, np_dtype)
-    else:
-        block = job.plan.tiles[0].out.shape  # the zarr chunks: no two tiles share one
-        sink = arrays.create_output(partial, fmt, job.plan.spec.output_shape, np_dtype, block)
-        journal = Journal(main, header, resume=False)
-    for part in parts:
-        part.unlink()
-    return Job(job.plan, job.source, sink, job.weight, job.bias, job.dtype), journal
-
-
-def describe(job: Job, journal: Journal, who: str, budget: int, baseline: int) -> str:
-    """The line a streamed run starts with; ``who`` computes it (e.g. '2 processes')."""
-    block = job.plan.tiles[0].out.shape
-    return (f"streaming: {len(job.plan.tiles)} tiles of {'x'.join(map(str, block))} outputs, {who}, "
-            f"budget {budget / 2**20:.0f} MiB per process ({baseline / 2**20:.0f} MiB held before any data)"
-            + (f"; resuming: {len(journal.done)} tiles already done" if journal.resumed else ""))
 
 
 def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Tensor | None, out: Path,
@@ -344,8 +218,8 @@ def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torc
     job = Job(job.plan, job.source, sink, job.weight, job.bias, job.dtype)
     if rank != 0:
         main = journal_path(out)
-        journal = Journal(main.with_name(f"{main.name}.r{rank}"), _header(job, out, fmt), resume=False)
-    torch_backend = kernels.select_backend(spec, torch.empty(0, dtype=dtype), job.weight, job.bias)
+        journal = Journal(main.with_name(f"{main.name}.r{rank}"), header(job, out, fmt), resume=False)
+    torch_backend = torch_backend_for(job)
     finished = set(done)
     todo = [i for i in range(len(job.plan.tiles)) if i not in finished]
     nread = tiles = 0

@@ -10,7 +10,7 @@ it durable and journals it.  So tiles are sized to half the process's data allow
 the three stages together hold less than two such peaks).
 
 Everything a streamed run guarantees holds here as on the processes engine
-(engines/stream.py, whose Job, journal and output handling this shares): a tile is
+(engines/stream.py; both take their Job, journal and output handling from stream_job): a tile is
 journaled only once its output is durable, an interrupted run resumes without computing
 a finished tile again, the output appears under its name only whole, and the process's
 peak resident memory stays within the budget.  What this path does not have is the
@@ -23,12 +23,12 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from haloconv.compute import kernels
-from haloconv.engines import stream
+from haloconv.engines import stream_job as stream
 from haloconv.engines.host import peak_rss
 from haloconv.files import arrays
 from haloconv.files.arrays import DiskArray
@@ -42,12 +42,13 @@ IN_FLIGHT_PEAKS = 2
 MIN_TILES = 8
 
 
-def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Tensor | None, out: Path,
-        fmt: str, *, memory_budget: int, threads: int, backend: str = "torch", dtype: torch.dtype = torch.float32,
-        resume: bool = False, block: tuple[int | None, ...] | None = None, log=None) -> stream.StreamResult:
+def run(source: DiskArray, spec: ConvSpec, weight, bias, out: Path, fmt: str, *, memory_budget: int, threads: int,
+        backend: str = "torch", dtype: object = np.float32, resume: bool = False,
+        block: tuple[int | None, ...] | None = None, log=None) -> stream.StreamResult:
     """Stream ``spec`` over the input file ``source`` into ``out`` (format ``fmt``) in this
     process, its peak resident memory within ``memory_budget`` bytes; ``threads``: the
-    cores the compute uses (torch's and OpenCV's thread count for the run)."""
+    cores the compute uses (OpenCV's, or torch's, thread count for the run).  ``weight``,
+    ``bias``: tensors or arrays; ``dtype``: float32 or float64 (torch or numpy)."""
     t_start = time.perf_counter()
     baseline = stream.resident(os.getpid())
     allowance = stream.data_allowance(memory_budget, baseline) // IN_FLIGHT_PEAKS
@@ -58,15 +59,15 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
         log(stream.describe(job, journal, f"1 process (read, compute and write overlapped; {threads} compute "
                                           "threads)", memory_budget, baseline))
     todo = [i for i in range(len(job.plan.tiles)) if i not in journal.done]
-    caller_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch_backend = stream.torch_backend_for(job)  # None: the backend computes arrays, no torch
     try:
-        nread = _pipeline(job, todo, journal, _progress(log, len(job.plan.tiles), len(journal.done), t_start))
+        with _torch_threads(threads, torch_backend is not None):
+            nread = _pipeline(job, todo, journal, torch_backend, threads,
+                              _progress(log, len(job.plan.tiles), len(journal.done), t_start))
         journal.close()
         arrays.promote(arrays.partial_path(out), out)
         journal.remove()
     finally:
-        torch.set_num_threads(caller_threads)
         journal.close()
         arrays.close_all()
     result.tiles_done[0], result.bytes_read[0], result.peak_rss[0] = len(todo), nread, peak_rss()
@@ -74,11 +75,26 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
     return result
 
 
-def _pipeline(job: stream.Job, todo: list[int], journal, progress) -> int:
+@contextmanager
+def _torch_threads(threads: int, uses_torch: bool):
+    """torch's thread count set to ``threads`` for the run, when its tiles compute with torch."""
+    if not uses_torch:
+        yield
+        return
+    import torch
+
+    caller = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(caller)
+
+
+def _pipeline(job: stream.Job, todo: list[int], journal, torch_backend, threads: int, progress) -> int:
     """Read ahead, compute here, write behind; returns the bytes read.  An error in any
     stage stops the run once the stages in flight have ended (no thread outlives it; a
     tile being written is finished and journaled)."""
-    torch_backend = kernels.select_backend(job.plan.spec, torch.empty(0, dtype=job.dtype), job.weight, job.bias)
     nread = 0
 
     def write(index: int, y) -> None:
@@ -95,7 +111,7 @@ def _pipeline(job: stream.Job, todo: list[int], journal, progress) -> int:
                 window, n = ahead.result()
                 nread += n
                 ahead = reader.submit(stream.read_window, job, todo[k + 1]) if k + 1 < len(todo) else None
-                y = stream.compute_box(job, index, window, torch_backend)
+                y = stream.compute_box(job, index, window, torch_backend, threads)
                 del window
                 if behind is not None:
                     behind.result()  # one write in flight: its output is the third tile held

@@ -14,7 +14,9 @@ import torch
 
 from haloconv.compute import backends, kernels
 from haloconv.compute.tile import compute_tile, tile_backward
-from haloconv.engines.base import Execution, WorkerStats, add_tile_grads, assemble_window
+from haloconv.engines.base import add_tile_grads
+from haloconv.engines.execution import Execution, WorkerStats
+from haloconv.engines.windows import assemble_window
 from haloconv.planning.boxes import Tile
 from haloconv.planning.plan import Plan
 

@@ -25,18 +25,6 @@ HOST = "127.0.0.1"
 IDLE = timedelta(days=3650)  # how long an idle worker waits for its next command
 
 
-class WorkerError(RuntimeError):
-    """A worker process died, hung past the timeout, or raised (its traceback is in the
-    message).  ``dead``: the ranks that exited; ``hung``: those that did not answer in time;
-    ``raised``: the cause was an exception in a worker, no process was lost."""
-
-    def __init__(self, message: str, dead: tuple[int, ...] = (), hung: tuple[int, ...] = (), raised: bool = False):
-        super().__init__(message)
-        self.dead = tuple(dead)
-        self.hung = tuple(hung)
-        self.raised = raised
-
-
 def _die_with_parent() -> None:
     """Linux: the kernel kills this worker if the master dies (no orphans)."""
     try:

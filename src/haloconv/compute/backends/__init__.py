@@ -11,11 +11,13 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from haloconv.compute.backends.base import Backend, is_filter
 from haloconv.planning.spec import ConvSpec
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _discover() -> dict[str, Backend]:

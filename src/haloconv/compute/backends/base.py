@@ -8,11 +8,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 
 from haloconv.planning.spec import ConvSpec
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where a path computes with it: the backends' rules, operation counts and
+# array paths (a filter on numpy arrays, computed by OpenCV) run without it
+
+
+class ByDtype(dict):
+    """Values per floating dtype, keyed by name ('float32'), looked up by a torch or numpy
+    dtype or the name."""
+
+    def __getitem__(self, dtype):
+        return super().__getitem__(str(dtype).removeprefix("torch."))
 
 
 class Backend:
@@ -24,7 +38,7 @@ class Backend:
     # compute: the same sums in the same order whatever the tile); otherwise within
     # ``tolerance[dtype] x max|y|`` of torch's result
     exact: bool = True
-    tolerance: dict = {}
+    tolerance: ByDtype = ByDtype()
     guarantee: str = ""  # one line for reports: what a split run of it equals
     # whether it applies depends on the filter's values too (see ``refuses``)
     needs_values: bool = False
@@ -41,13 +55,26 @@ class Backend:
         """Why this backend cannot run ``spec`` (None when it can)."""
         return None
 
-    def refuses(self, weight: torch.Tensor) -> str | None:
-        """Why this backend cannot compute with these filter values (None when it can)."""
+    def refuses(self, weight) -> str | None:
+        """Why this backend cannot compute with these filter values (a tensor or an array;
+        None when it can)."""
         return None
 
     def example_weight(self, spec: ConvSpec, generator: torch.Generator) -> torch.Tensor:
         """Filters this backend computes, for calibrate's timings."""
+        import torch
+
         return torch.randn(spec.weight_shape, generator=generator)
+
+    def computes_arrays(self, spec: ConvSpec) -> bool:
+        """Whether ``compute_array`` computes ``spec`` (numpy in and out, no torch)."""
+        return False
+
+    def compute_array(self, window: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec,
+                      first: Sequence[int], out: np.ndarray, threads: int) -> None:
+        """``compute`` on numpy arrays, into ``out`` (the tile's output box), with ``threads``
+        cores: the same outputs, bit for bit, as ``compute`` on tensors of these values."""
+        raise NotImplementedError
 
     def correlate(self, window: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, groups: int) -> torch.Tensor:
         """The valid cross-correlation (all channels, ``groups`` groups, the spec's
@@ -73,6 +100,8 @@ class Backend:
     def single_node(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     spec: ConvSpec) -> torch.Tensor:
         """This backend on the whole input: the reference a split run of it is compared with."""
+        import torch.nn.functional as F
+
         pad: list[int] = []
         for lo, hi, q in zip(reversed(spec.pad_lo), reversed(spec.pad_hi), reversed(spec.backend_pad)):
             pad += [lo - q, hi - q]  # the rest is the backend padding, applied like a tile's
@@ -104,18 +133,27 @@ class Backend:
         return None
 
 
-def dilated(weight: torch.Tensor, dilation: Sequence[int]) -> torch.Tensor:
-    """The kernel with d-1 zeros between taps: one dense kernel for methods that need one."""
+def as_array(t) -> np.ndarray:
+    """A tensor's values as a numpy array (an array as it is)."""
+    return t if isinstance(t, np.ndarray) else t.detach().cpu().numpy()
+
+
+def dilated(weight, dilation: Sequence[int]):
+    """The kernel (a tensor or an array) with d-1 zeros between taps: one dense kernel for
+    methods that need one."""
     if all(d == 1 for d in dilation):
         return weight
     k = weight.shape[2:]
-    out = weight.new_zeros((*weight.shape[:2], *((n - 1) * d + 1 for n, d in zip(k, dilation))))
+    shape = (*weight.shape[:2], *((n - 1) * d + 1 for n, d in zip(k, dilation)))
+    out = np.zeros(shape, weight.dtype) if isinstance(weight, np.ndarray) else weight.new_zeros(shape)
     out[(slice(None), slice(None), *(slice(None, None, d) for d in dilation))] = weight
     return out
 
 
 def padded(window: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
     """The window padded by the backend padding (zeros), as kernels.conv_tile's backend pads it."""
+    import torch.nn.functional as F
+
     pad = [p for p in reversed(spec.backend_pad) for _ in range(2)]
     return F.pad(window, pad) if any(pad) else window
 

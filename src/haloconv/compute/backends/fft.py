@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import scipy.fft
-import torch
-
-from haloconv.compute.backends.base import Backend, dilated, padded
+from haloconv.compute.backends.base import Backend, ByDtype, dilated, padded
 from haloconv.planning.spec import ConvSpec
+
+if TYPE_CHECKING:
+    import torch
 
 # a window is transformed in blocks of output rows of about this many elements
 # (overlap-add: each block reads its rows plus the kernel's reach)
@@ -36,15 +37,32 @@ def fft_blocks(shape: Sequence[int], cout: int, reach: int) -> list[tuple[int, i
 
 def fft_sizes(shape: Sequence[int]) -> list[int]:
     """Transform lengths of an input block of ``shape``: the next 5-smooth length at least
-    as long (scipy's next_fast_len for real input; a block's valid outputs are free of the
-    circular wrap-around at any length >= its own), far faster than a prime length."""
-    return [scipy.fft.next_fast_len(int(n), real=True) for n in shape]
+    as long (a block's valid outputs are free of the circular wrap-around at any length >=
+    its own), far faster than a prime length."""
+    return [next_smooth(int(n)) for n in shape]
+
+
+def next_smooth(n: int) -> int:
+    """The least 2^a 3^b 5^c >= n: scipy.fft.next_fast_len(n, real=True), which the tests
+    compare it with.  Computed here because the cost model prices FFT tiles while planning
+    any filter, and importing scipy.fft costs more than planning (or OpenCV filtering a
+    large image)."""
+    best = 1 << max(0, (n - 1).bit_length())  # the next power of 2 bounds the search
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            m = p35 << max(0, (-(-n // p35) - 1).bit_length())  # times the least power of 2 reaching n
+            best = min(best, m)
+            p35 *= 3
+        p5 *= 5
+    return best
 
 
 class Fft(Backend):
     name = "fft"
     exact = False
-    tolerance = {torch.float32: 1e-4, torch.float64: 1e-10}
+    tolerance = ByDtype(float32=1e-4, float64=1e-10)
     guarantee = "within 1e-4 (float32) / 1e-10 (float64) x max|y| of torch's convolution"
     # per real element x log2(size) of each forward/inverse transform; per complex
     # multiply-add of the channel mixing
@@ -91,10 +109,14 @@ class Fft(Backend):
 
 
 def _kernel_fft(k: torch.Tensor, shape, nd: int) -> torch.Tensor:
+    import torch
+
     return torch.fft.rfftn(k, s=fft_sizes(shape), dim=tuple(range(-nd, 0))).conj()  # correlation: X * conj(K)
 
 
 def _block(x: torch.Tensor, k: torch.Tensor, nd: int, groups: int, kf: torch.Tensor | None = None) -> torch.Tensor:
+    import torch
+
     dims = tuple(range(-nd, 0))
     size = fft_sizes(x.shape[2:])
     xf = torch.fft.rfftn(x, s=size, dim=dims)

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.ndimage
-import torch
 
-from haloconv.compute.backends.base import Backend, dilated, effective_kernel, is_filter, padded
+from haloconv.compute.backends.base import Backend, as_array, dilated, effective_kernel, is_filter, padded
 from haloconv.planning.spec import ConvSpec
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Ndimage(Backend):
@@ -34,8 +36,10 @@ class Ndimage(Backend):
         """ndimage's 'constant' mode reads zeros beyond the window, which is the backend
         padding, so the window is not copied into a padded one when the padding fits
         inside the kernel's reach; the outputs are written straight into one array."""
-        k = dilated(weight, spec.dilation)
-        xs, ks = window.detach().cpu().numpy(), k.detach().cpu().numpy()
+        import scipy.ndimage
+        import torch
+
+        xs, ks = as_array(window), as_array(dilated(weight, spec.dilation))
         kshape, pad = ks.shape[2:], spec.backend_pad
 
         def layout(pad):
@@ -46,7 +50,7 @@ class Ndimage(Backend):
         n_out, lo = layout(pad)
         if not all(a >= 0 and a + v <= n for a, v, n in zip(lo, n_out, xs.shape[2:])):
             # some outputs sit beyond ndimage's same-size output (even kernels, wide padding): pad for real
-            xs = padded(window, spec).detach().cpu().numpy()
+            xs = as_array(padded(window, spec))
             n_out, lo = layout((0,) * len(pad))
         same = all(v == 0 for v in lo) and n_out == xs.shape[2:]
         out = np.empty((*xs.shape[:2], *(n_out if not same else xs.shape[2:])), dtype=xs.dtype)

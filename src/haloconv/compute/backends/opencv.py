@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
-from haloconv.compute.backends.base import Backend, dilated, effective_kernel, is_filter
+from haloconv.compute.backends.base import Backend, ByDtype, as_array, dilated, effective_kernel, is_filter
 from haloconv.planning.spec import ConvSpec
+
+if TYPE_CHECKING:
+    import torch
 
 # OpenCV's filter2D filters directly below 50 taps in every depth (it may use its DFT from
 # 50 taps in float64, 130 in float32: filter.dispatch.cpp, dftFilter2D)
@@ -101,7 +104,7 @@ def correlate2d(plane: np.ndarray, shape: tuple[int, int], pads: Sequence[int], 
 class OpenCV(Backend):
     name = "opencv"
     exact = True
-    tolerance = {torch.float32: 1e-5, torch.float64: 1e-12}
+    tolerance = ByDtype(float32=1e-5, float64=1e-12)
     guarantee = (f"bitwise equal to OpenCV filter2D on the whole image (kernels under {DIRECT_TAPS} taps; "
                  "larger: within 1e-5 (float32) / 1e-12 (float64) x max|y| of torch)")
     default_rates = {"opencv.taps": 2.8e-11, "opencv.pixels": 6.7e-10}  # per output x tap; per output
@@ -118,27 +121,40 @@ class OpenCV(Backend):
         return math.prod(effective_kernel(spec)) < DIRECT_TAPS
 
     def correlate(self, window: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, groups: int) -> torch.Tensor:
-        computed = [n + 2 * p - k + 1 for n, p, k in zip(window.shape[2:], spec.backend_pad, effective_kernel(spec))]
-        out = np.empty((*window.shape[:2], *computed), _numpy_dtype(window))
-        self.fill_channels(window, weight, spec, (0, 0), out)
+        import torch
+
+        xs = as_array(window)
+        computed = [n + 2 * p - k + 1 for n, p, k in zip(xs.shape[2:], spec.backend_pad, effective_kernel(spec))]
+        out = np.empty((*xs.shape[:2], *computed), xs.dtype)
+        self.fill_channels(xs, as_array(weight), spec, (0, 0), out, torch.get_num_threads())
         return torch.from_numpy(out).to(window.device)
 
     def compute(self, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec,
                 groups: int, torch_backend: object, first: Sequence[int], out_shape: Sequence[int],
                 out: torch.Tensor | None = None) -> torch.Tensor:
         """At stride 1, only the kept outputs are computed, straight into ``out`` if given."""
-        if any(s != 1 for s in spec.stride) or (out is not None and out.device.type != "cpu"):
+        import torch
+
+        if not self.computes_arrays(spec) or (out is not None and out.device.type != "cpu"):
             return super().compute(window, weight, bias, spec, groups, torch_backend, first, out_shape, out)
         dest = out if out is not None else window.new_empty((*window.shape[:2], *out_shape))
-        self.fill_channels(window, weight, spec, first, dest.numpy())
-        if bias is not None:
-            dest += bias.view(1, -1, *([1] * spec.ndim))
+        self.compute_array(as_array(window), as_array(weight), None if bias is None else as_array(bias), spec, first,
+                           dest.numpy(), torch.get_num_threads())
         return dest
 
-    def fill_channels(self, window: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, first: Sequence[int],
-                      out: np.ndarray) -> None:
-        ks = dilated(weight, spec.dilation).detach().cpu().numpy()
-        fill(window, ks.shape[2:], spec, first, out, lambda c: filter2d(ks[c, 0]))
+    def computes_arrays(self, spec: ConvSpec) -> bool:
+        return all(s == 1 for s in spec.stride)
+
+    def compute_array(self, window: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec,
+                      first: Sequence[int], out: np.ndarray, threads: int) -> None:
+        self.fill_channels(window, weight, spec, first, out, threads)
+        if bias is not None:
+            out += bias.reshape(1, -1, *([1] * spec.ndim))
+
+    def fill_channels(self, window: np.ndarray, weight: np.ndarray, spec: ConvSpec, first: Sequence[int],
+                      out: np.ndarray, threads: int) -> None:
+        ks = dilated(weight, spec.dilation)
+        fill(window, ks.shape[2:], spec, first, out, lambda c: filter2d(ks[c, 0]), threads)
 
     def work(self, spec: ConvSpec, window: Sequence[int], out: Sequence[int], groups: int) -> dict[str, float]:
         pixels = out[0] * out[1] * math.prod(w + 2 * p for w, p in zip(window[2:], spec.backend_pad))
@@ -151,19 +167,13 @@ class OpenCV(Backend):
         return (1, 1, 1024, 2048), (1, 1, 5, 5)
 
 
-def _numpy_dtype(t: torch.Tensor) -> np.dtype:
-    return np.dtype(np.float32) if t.dtype == torch.float32 else np.dtype(np.float64)
-
-
-def fill(window: torch.Tensor, kernel_shape: Sequence[int], spec: ConvSpec, first: Sequence[int], out: np.ndarray,
-         channel_filter: Callable[[int], Filter]) -> None:
-    """Every channel c of the window filtered by ``channel_filter(c)`` (a kernel of
+def fill(xs: np.ndarray, kernel_shape: Sequence[int], spec: ConvSpec, first: Sequence[int], out: np.ndarray,
+         channel_filter: Callable[[int], Filter], threads: int) -> None:
+    """Every channel c of the window ``xs`` filtered by ``channel_filter(c)`` (a kernel of
     ``kernel_shape``, dilation included): the outputs ``first`` on of the window's padded
-    valid correlation (spec.backend_pad), as many as ``out`` holds."""
-    # OpenCV's thread count is one setting per process: it follows torch's for this tile,
-    # which the engines set to their share of the cores (every tile sets the same)
-    cv2.setNumThreads(torch.get_num_threads())
-    xs = window.detach().cpu().numpy()
+    valid correlation (spec.backend_pad), as many as ``out`` holds; OpenCV on ``threads``
+    cores (one setting per process: the engines give every tile the same)."""
+    cv2.setNumThreads(threads)
     # the part of the window the kept outputs read, and the zeros beyond it, per axis
     cut, pads = [], []
     for f, n, k, p, size in zip(first, out.shape[2:], kernel_shape, spec.backend_pad, xs.shape[2:]):

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
-from haloconv.compute.backends.base import dilated, effective_kernel
+from haloconv.compute.backends.base import ByDtype, as_array, dilated, effective_kernel
 from haloconv.compute.backends.opencv import OpenCV, fill
 from haloconv.planning.spec import ConvSpec
+
+if TYPE_CHECKING:
+    import torch
 
 RANK1_EPS = 8  # a kernel is rank 1 when its factors rebuild it within this many eps x max|k|
 
@@ -43,7 +46,7 @@ def factors(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 class Separable(OpenCV):
     name = "separable"
     exact = True
-    tolerance = {torch.float32: 1e-5, torch.float64: 1e-12}
+    tolerance = ByDtype(float32=1e-5, float64=1e-12)
     guarantee = ("bitwise equal to the same two 1-D passes (OpenCV sepFilter2D) on the whole image; within 1e-5 "
                  "(float32) / 1e-12 (float64) x max|y| of torch")
     needs_values = True
@@ -56,33 +59,35 @@ class Separable(OpenCV):
     def exact_for(self, spec: ConvSpec) -> bool:
         return True
 
-    def refuses(self, weight: torch.Tensor) -> str | None:
-        k = weight.detach().cpu().numpy()
+    def refuses(self, weight) -> str | None:
+        k = as_array(weight)
         bad = [c for c in range(k.shape[0]) if k.ndim == 4 and factors(k[c, 0]) is None]
         if k.ndim != 4 or bad:
             return (f"backend='separable' needs kernels of rank 1 (a column times a row); channel {bad[0]}'s "
                     "is not" if bad else "backend='separable' filters 2-D images only")
         return None
 
-    def fill_channels(self, window: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, first: Sequence[int],
-                      out: np.ndarray) -> None:
+    def fill_channels(self, window: np.ndarray, weight: np.ndarray, spec: ConvSpec, first: Sequence[int],
+                      out: np.ndarray, threads: int) -> None:
         why = self.refuses(weight)
         if why is not None:
             raise ValueError(why)
-        ks = dilated(weight, spec.dilation).detach().cpu().numpy()
+        ks = dilated(weight, spec.dilation)
         pairs = [factors(ks[c, 0]) for c in range(ks.shape[0])]
 
         def sep(c: int):
             kx, ky = pairs[c]
             return lambda src, dst: cv2.sepFilter2D(src, -1, kx, ky, dst=dst, borderType=cv2.BORDER_CONSTANT)
 
-        fill(window, ks.shape[2:], spec, first, out, sep)
+        fill(window, ks.shape[2:], spec, first, out, sep, threads)
 
     def work(self, spec: ConvSpec, window: Sequence[int], out: Sequence[int], groups: int) -> dict[str, float]:
         pixels = out[0] * out[1] * math.prod(w + 2 * p for w, p in zip(window[2:], spec.backend_pad))
         return {"separable.taps": pixels * sum(effective_kernel(spec)), "separable.pixels": pixels}
 
     def example_weight(self, spec: ConvSpec, generator: torch.Generator) -> torch.Tensor:
+        import torch
+
         c, _, kh, kw = spec.weight_shape
         return torch.randn(c, 1, kh, 1, generator=generator) * torch.randn(c, 1, 1, kw, generator=generator)
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
-
-from haloconv.compute import kernels
 from haloconv.compute.backends.base import Backend
 from haloconv.planning.spec import ConvSpec
+
+if TYPE_CHECKING:
+    import torch
 
 
 class TorchConv(Backend):
@@ -23,14 +24,20 @@ class TorchConv(Backend):
     def compute(self, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec,
                 groups: int, torch_backend: object, first: Sequence[int], out_shape: Sequence[int],
                 out: torch.Tensor | None = None) -> torch.Tensor:
+        from haloconv.compute import kernels
+
         y = kernels.conv_tile(window, weight, bias, spec, groups, torch_backend, first, out_shape)
         return y if out is None else out.copy_(y)
 
     def single_node(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     spec: ConvSpec) -> torch.Tensor:
+        from haloconv.compute import kernels
+
         return kernels.single_node(x, weight, bias, spec)
 
     def label(self, torch_backend: object) -> str:
+        from haloconv.compute import kernels
+
         return kernels.backend_name(torch_backend)
 
     def workspace_bytes(self, spec: ConvSpec, window: Sequence[int], out: Sequence[int], itemsize: int) -> int:

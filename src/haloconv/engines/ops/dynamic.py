@@ -10,9 +10,10 @@ import torch
 
 from haloconv.compute import backends, kernels
 from haloconv.engines import spmd
-from haloconv.engines.base import Execution, WorkerStats, assemble_window
 from haloconv.engines.cluster import Cluster, check_throttle
 from haloconv.engines.comm import Comm
+from haloconv.engines.execution import Execution, WorkerStats
+from haloconv.engines.windows import assemble_window
 from haloconv.engines.worker import worker_op
 from haloconv.planning.plan import Plan
 

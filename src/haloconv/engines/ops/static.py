@@ -9,9 +9,9 @@ import torch
 
 from haloconv.compute import backends, kernels
 from haloconv.engines import spmd
-from haloconv.engines.base import Execution
 from haloconv.engines.cluster import Cluster, exec_of
 from haloconv.engines.comm import Comm
+from haloconv.engines.execution import Execution
 from haloconv.engines.worker import tile_weights, worker_op
 from haloconv.planning.plan import Plan
 

@@ -1,0 +1,68 @@
+"""Engine 'threads' on numpy arrays, for the backends that compute arrays (OpenCV's
+filter2D and separable passes): every tile on a thread of this process, without torch.
+
+It is the threads engine (engines/threads.py) for image filters: the same windows
+(engines/windows.py), the same backend call on each tile (``compute_tile_array``: ``Backend.compute_array``,
+which the tensor path calls too), so the same outputs bit for bit — and no torch imported, whose
+import alone takes longer than filtering a large image with OpenCV (docs/architecture.md,
+"Why filters run without torch").
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from haloconv.compute import backends
+from haloconv.compute.tile import compute_tile_array
+from haloconv.engines.execution import Execution, WorkerStats
+from haloconv.engines.host import default_workers
+from haloconv.engines.windows import assemble_window
+from haloconv.planning.boxes import Tile
+from haloconv.planning.plan import Plan
+
+
+def runs(plan: Plan) -> bool:
+    """Whether this engine runs ``plan``: its backend computes numpy arrays for its spec."""
+    return backends.get(plan.backend).computes_arrays(plan.spec)
+
+
+def run(plan: Plan, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
+        threads: int | None = None) -> Execution:
+    """Every tile of ``plan`` on a thread of this process, windows read from ``x`` (views
+    where they can be), outputs written straight into the result (a numpy array in the
+    returned Execution).  ``threads``: at most this many tiles at once (default: all);
+    the cores are shared among them."""
+    spec = plan.spec
+    if not runs(plan):
+        raise ValueError(f"backend {plan.backend!r} does not compute numpy arrays for this convolution; "
+                         "run it with haloconv.execute")
+    if tuple(x.shape) != spec.input_shape or tuple(weight.shape) != spec.weight_shape:
+        raise ValueError(f"plan was made for x{list(spec.input_shape)} and weight{list(spec.weight_shape)}, "
+                         f"got x{list(x.shape)} and weight{list(weight.shape)}")
+    if x.dtype not in (np.float32, np.float64) or weight.dtype != x.dtype:
+        raise TypeError(f"x and weight must be both float32 or both float64, got {x.dtype} and {weight.dtype}")
+    t_start = time.perf_counter()
+    out = np.empty(spec.output_shape, x.dtype)
+    pool = min(threads or len(plan.tiles), len(plan.tiles))
+    per = max(1, default_workers() // pool)
+
+    def work(tile: Tile) -> WorkerStats:
+        t0 = time.perf_counter()
+        window = assemble_window(x, tile)
+        c0, c1 = plan.weight_box(tile)
+        t1 = time.perf_counter()
+        compute_tile_array(plan, tile, window, weight[c0:c1], None if bias is None else bias[c0:c1],
+                           out[tile.out.slices()], per)
+        return WorkerStats(tile.rank, tile.out.shape, tile.halo_elements,
+                           {"halo": t1 - t0, "compute": time.perf_counter() - t1})
+
+    if len(plan.tiles) == 1:
+        stats = [work(plan.tiles[0])]
+    else:
+        with ThreadPoolExecutor(max_workers=pool, thread_name_prefix="haloconv") as ex:
+            stats = list(ex.map(work, plan.tiles))
+    return Execution(output=out, plan=plan, engine="threads", backend=plan.backend,
+                     wall_seconds=time.perf_counter() - t_start, workers=stats)

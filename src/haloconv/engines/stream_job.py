@@ -1,0 +1,205 @@
+"""A streamed (out-of-core) run's job, shared by every engine that streams (engines/
+stream.py: worker processes and torchrun ranks; engines/stream_threads.py: one process):
+the tiles sized by the memory budget, the output and its journal, a tile's window read
+from the input file and its output box computed.  No torch unless a tile's backend
+computes with it: a filter streamed on OpenCV never imports it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from haloconv.compute import backends
+from haloconv.compute import tile as one_tile
+from haloconv.compute.backends.base import as_array
+from haloconv.engines.host import proc_mb
+from haloconv.engines.windows import fill_window
+from haloconv.files import arrays
+from haloconv.files.arrays import DiskArray
+from haloconv.files.journal import Journal, journal_path
+from haloconv.model import cost
+from haloconv.planning.plan import Plan
+from haloconv.planning.spec import ConvSpec
+
+# what a process holds beyond its tiles' data: heap slack, thread stacks, gloo buffers.
+# The slack varies with timing: a 400 MiB budget on 2 processes peaked at 300-380 MiB on a
+# quiet machine and once at 401 MiB (48 MiB margin) on a loaded one
+MARGIN_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every process needs to compute any tile (pickled into the command): the
+    filters as numpy arrays in the run's dtype (a numpy dtype)."""
+
+    plan: Plan
+    source: DiskArray
+    sink: DiskArray | None
+    weight: np.ndarray
+    bias: np.ndarray | None
+    dtype: np.dtype
+
+
+@dataclass
+class StreamResult:
+    plan: Plan
+    output: Path
+    wall_seconds: float
+    budget: int
+    baseline: int  # resident bytes of a process before any data (the most of them)
+    tiles_done: dict[int, int] = field(default_factory=dict)  # rank -> tiles it computed
+    peak_rss: dict[int, int] = field(default_factory=dict)  # rank -> peak resident bytes
+    bytes_read: dict[int, int] = field(default_factory=dict)
+    skipped: int = 0  # tiles a resumed run found finished
+    failures: list[str] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)  # per failure: finished tiles the run went on from
+
+    def table(self) -> str:
+        lines = [f"{'rank':>4} {'tiles':>6} {'read MB':>9} {'peak RSS MB':>12}"]
+        for r in sorted(self.peak_rss):
+            lines.append(f"{r:>4} {self.tiles_done.get(r, 0):>6} {self.bytes_read.get(r, 0) / 1e6:>9.1f} "
+                         f"{self.peak_rss[r] / 2**20:>12.1f}")
+        peak = max(self.peak_rss.values(), default=0)
+        lines.append(f"memory budget {self.budget / 2**20:.0f} MiB per process; peak {peak / 2**20:.0f} MiB; "
+                     f"{self.baseline / 2**20:.0f} MiB of it before any data (Python and its libraries)")
+        return "\n".join(lines)
+
+
+def read_window(job: Job, index: int) -> tuple[np.ndarray, int]:
+    """Tile ``index``'s window, read from the input file; and the bytes read."""
+    tile = job.plan.tiles[index]
+    nread = 0
+
+    def read(box):
+        nonlocal nread
+        block = job.source.read(box, job.dtype)
+        nread += block.nbytes
+        return block
+
+    return fill_window(tile, read, np.zeros(tile.window.shape, job.dtype)), nread
+
+
+def torch_backend_for(job: Job):
+    """torch's conv backend for the job's tiles (selected once, the way the single-node call
+    selects it; compute/kernels.py), or None when the job's backend computes arrays (no
+    torch imported)."""
+    if backends.get(job.plan.backend).computes_arrays(job.plan.spec):
+        return None
+    import torch
+
+    from haloconv.compute import kernels
+
+    bias = None if job.bias is None else torch.from_numpy(job.bias)
+    return kernels.select_backend(job.plan.spec, torch.empty(0, dtype=_torch_dtype(job.dtype)),
+                                  torch.from_numpy(job.weight), bias)
+
+
+def compute_box(job: Job, index: int, window: np.ndarray, torch_backend, threads: int) -> np.ndarray:
+    """Tile ``index``'s output box from its window (the caller drops the window after):
+    numpy arrays through the backend's array path when it has one (``torch_backend`` None,
+    ``threads`` cores), else torch's tile compute on tensors sharing the arrays' memory."""
+    tile = job.plan.tiles[index]
+    c0, c1 = job.plan.weight_box(tile)  # a block of output channels uses its filters
+    weight, bias = job.weight[c0:c1], None if job.bias is None else job.bias[c0:c1]
+    if torch_backend is None:
+        out = np.empty(tile.out.shape, job.dtype)
+        one_tile.compute_tile_array(job.plan, tile, window, weight, bias, out, threads)
+        return out
+    import torch
+
+    return one_tile.compute_tile(job.plan, tile, torch.from_numpy(window), torch.from_numpy(weight),
+                                 None if bias is None else torch.from_numpy(bias), torch_backend).numpy()
+
+
+def _torch_dtype(dtype: np.dtype):
+    import torch
+
+    return {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[np.dtype(dtype)]
+
+
+def float_dtype(dtype: object) -> np.dtype:
+    """The run's dtype, given as a torch or numpy dtype or a name: float32 or float64."""
+    try:  # a torch dtype prints as 'torch.float32'; numpy takes its types, dtypes and names
+        name = str(dtype).removeprefix("torch.") if type(dtype).__module__ == "torch" else np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if dtype is None:  # numpy would read None as float64
+        name = None
+    if name not in ("float32", "float64"):
+        raise TypeError(f"dtype must be float32 or float64 (a torch or numpy dtype), got {dtype}")
+    return np.dtype(name)
+
+
+def header(job: Job, out: Path, fmt: str) -> dict:
+    """What makes a journal this job's: resuming with another input, kernel or tiling is refused."""
+    st = os.stat(job.source.path)
+    digest = hashlib.sha256(np.ascontiguousarray(job.weight).tobytes())
+    if job.bias is not None:
+        digest.update(np.ascontiguousarray(job.bias).tobytes())
+    plan = job.plan
+    return {
+        "input": os.path.abspath(job.source.path), "input_bytes": st.st_size, "input_mtime_ns": st.st_mtime_ns,
+        "spec": str(asdict(plan.spec)), "weights_sha256": digest.hexdigest(), "backend": plan.backend,
+        "dtype": str(job.dtype), "tiles": len(plan.tiles), "block": [t.out.shape for t in plan.tiles[:1]][0],
+        "output": os.path.abspath(out), "format": fmt,
+    }
+
+
+def resident(pid: int) -> int:
+    return int(proc_mb(pid) * 2**20)
+
+
+def data_allowance(memory_budget: int, baseline: int) -> int:
+    allowance = memory_budget - baseline - MARGIN_BYTES
+    if allowance <= 0:
+        raise ValueError(f"memory_budget={memory_budget / 2**20:.0f} MiB is below what a process holds before any "
+                         f"data ({baseline / 2**20:.0f} MiB: Python and its libraries) plus {MARGIN_BYTES >> 20} MiB "
+                         "of slack; raise it")
+    return allowance
+
+
+def job_for(source: DiskArray, spec: ConvSpec, weight, bias, dtype, allowance: int, backend: str, min_tiles: int,
+            block) -> Job:
+    """The Job without its output: the plan's tiles sized by the allowance (what one tile
+    may hold at its peak), at least ``min_tiles`` of them; the filters in ``dtype``."""
+    dtype = float_dtype(dtype)
+    plan = cost.stream_plan(spec, allowance, backend, dtype.itemsize, np.dtype(source.dtype).itemsize,
+                            min_tiles=min_tiles, block=block)
+    return Job(plan, source, None, np.ascontiguousarray(as_array(weight), dtype),
+               None if bias is None else np.ascontiguousarray(as_array(bias), dtype), dtype)
+
+
+def open_output(job: Job, out: Path, fmt: str, resume: bool) -> tuple[Job, Journal]:
+    """Create the .partial output and a fresh journal, or (``resume``, both there) open
+    them and read which tiles are finished.  Journals of SPMD ranks (OUT.journal.rN) are
+    folded into the main one."""
+    head = header(job, out, fmt)
+    partial, main = arrays.partial_path(out), journal_path(out)
+    parts = sorted(main.parent.glob(main.name + ".r*"))
+    if resume and partial.exists() and main.exists():
+        journal = Journal(main, head, resume=True)
+        for part in parts:
+            other = Journal(part, head, resume=True)
+            other.close()
+            for index in sorted(other.done - journal.done):
+                journal.record(index)
+        sink = arrays.open_output(partial, fmt, job.plan.spec.output_shape, job.dtype)
+    else:
+        block = job.plan.tiles[0].out.shape  # the zarr chunks: no two tiles share one
+        sink = arrays.create_output(partial, fmt, job.plan.spec.output_shape, job.dtype, block)
+        journal = Journal(main, head, resume=False)
+    for part in parts:
+        part.unlink()
+    return Job(job.plan, job.source, sink, job.weight, job.bias, job.dtype), journal
+
+
+def describe(job: Job, journal: Journal, who: str, budget: int, baseline: int) -> str:
+    """The line a streamed run starts with; ``who`` computes it (e.g. '2 processes')."""
+    block = job.plan.tiles[0].out.shape
+    return (f"streaming: {len(job.plan.tiles)} tiles of {'x'.join(map(str, block))} outputs, {who}, "
+            f"budget {budget / 2**20:.0f} MiB per process ({baseline / 2**20:.0f} MiB held before any data)"
+            + (f"; resuming: {len(journal.done)} tiles already done" if journal.resumed else ""))
