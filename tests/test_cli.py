@@ -1,5 +1,6 @@
 """`haloconv run` on real image files: outputs written, --verify bitwise, clear errors."""
 
+import json
 import subprocess
 import sys
 
@@ -27,7 +28,7 @@ def test_run_png_grid_verify(rgb_png, tmp_path, capsys):
     path, img = rgb_png
     out = tmp_path / "res" / "edges"
     rc = main(["run", str(path), "--kernel", "edge", "--workers", "4", "--partition", "grid",
-               "--verify", "-o", str(out)])
+               "--verify", "-o", str(out), "--mkdir"])  # res/ does not exist yet
     text = capsys.readouterr().out
     assert rc == 0
     assert "bitwise equal: True" in text and "max |diff| = 0" in text
@@ -55,7 +56,7 @@ def test_named_kernels_grayscale_tiff(kernel, tmp_path, capsys):
     assert rc == 0, capsys.readouterr()
     assert "bitwise equal: True" in capsys.readouterr().out
     y = tifffile.imread(out.with_suffix(".tif"))
-    assert y.shape == (1, 33, 27) and y.dtype == np.float32
+    assert y.shape == (33, 27) and y.dtype == np.float32  # grayscale in, grayscale out
 
 
 def test_npy_input_and_npy_kernel_with_stride_dilation(tmp_path, capsys):
@@ -117,3 +118,76 @@ def test_console_entry_point_subprocess(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "bitwise equal: True" in r.stdout
     assert (tmp_path / "h.png").exists() and (tmp_path / "h.npy").exists()
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "haloconv", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_output_suffix_picks_the_format_and_a_plain_name_is_a_prefix(tmp_path):
+    """-o y.npy writes y.npy (not y.npy.npy); .tif/.png/.zarr their formats; a name without
+    a known suffix (a.b) stays a prefix; a folder holds <input>-<kernel> files."""
+    rng = np.random.default_rng(2)
+    np.save(tmp_path / "x.npy", rng.random((40, 30), dtype=np.float32))
+    ref = None
+    for out, fmt in (("y.npy", "npy"), ("y.tif", "tif"), ("y.tiff", "tif"), ("y.png", "png"), ("y.zarr", "zarr")):
+        r = _cli("run", "x.npy", "--kernel", "laplacian", "-o", out, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        written = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("y"))
+        assert written == sorted({"y.npy", "y.tif", "y.tiff", "y.png", "y.zarr"} & {*written, out}), written
+        if fmt == "npy":
+            ref = np.load(tmp_path / out)
+        elif fmt == "tif":
+            assert np.array_equal(tifffile.imread(tmp_path / out), ref[0, 0])
+        elif fmt == "zarr":
+            import zarr
+
+            assert np.array_equal(zarr.open_array(str(tmp_path / out), mode="r")[:], ref)
+        else:
+            with Image.open(tmp_path / out) as im:
+                assert im.size == (30, 40) and im.mode == "L"
+    r = _cli("run", "x.npy", "--kernel", "laplacian", "-o", "a.b", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "a.b.npy").exists(), r.stderr
+    (tmp_path / "res").mkdir()
+    r = _cli("run", "x.npy", "--kernel", "gaussian:1", "-o", "res", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "res" / "x-gaussian1.npy").exists(), r.stderr
+
+
+def test_existing_outputs_and_missing_folders_are_refused_before_any_compute(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((20, 20), np.float32))
+    r = _cli("run", "x.npy", "--kernel", "box:3", "-o", "y.npy", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    before = (tmp_path / "y.npy").stat().st_mtime_ns
+    r = _cli("run", "x.npy", "--kernel", "box:5", "-o", "y.npy", cwd=tmp_path)
+    assert r.returncode == 2 and "exists; pass --overwrite" in r.stderr and "Plan:" not in r.stdout
+    assert (tmp_path / "y.npy").stat().st_mtime_ns == before
+    r = _cli("run", "x.npy", "--kernel", "box:5", "-o", "y.npy", "--overwrite", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "y.npy").stat().st_mtime_ns != before
+    r = _cli("run", "x.npy", "--kernel", "box:3", "-o", "new/dir/y.npy", cwd=tmp_path)
+    assert r.returncode == 2 and "does not exist; create it or pass --mkdir" in r.stderr
+    assert not (tmp_path / "new").exists()
+    r = _cli("run", "x.npy", "--kernel", "box:3", "-o", "new/dir/y.npy", "--mkdir", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "new" / "dir" / "y.npy").exists()
+    r = _cli("run", "x.npy", "--kernel", "box:3", "--stream", "--memory-budget", "1GB", "-o", "s.png", cwd=tmp_path)
+    assert r.returncode == 2 and "a streamed run writes .npy, .tif or .zarr" in r.stderr
+    stream = ("run", "x.npy", "--kernel", "box:3", "--stream", "--memory-budget", "1GB", "-o", "s.zarr")
+    assert _cli(*stream, cwd=tmp_path).returncode == 0
+    r = _cli(*stream, cwd=tmp_path)
+    assert r.returncode == 2 and "exists; pass --overwrite" in r.stderr
+    r = _cli(*stream, "--resume", cwd=tmp_path)  # finished already: nothing to resume
+    assert r.returncode == 0 and "is complete" in r.stdout, r.stderr
+    np.save(tmp_path / "b.npy", np.ones((2, 1, 20, 20), np.float32))
+    r = _cli("run", "b.npy", "--kernel", "box:3", "-o", "b.png", cwd=tmp_path)
+    assert r.returncode == 2 and "holds one 2-D image" in r.stderr
+
+
+def test_plan_draws_only_when_asked_and_report_dash_is_stdout(tmp_path):
+    r = _cli("plan", "--random", "256x256", "--kernel", "sobel-x", cwd=tmp_path)
+    assert r.returncode == 0 and list(tmp_path.iterdir()) == [], r.stderr
+    r = _cli("plan", "--random", "256x256", "--kernel", "sobel-x", "--png", "p.png", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "p.png").exists()
+    r = _cli("run", "--random", "64x64", "--kernel", "sobel-x", "-o", "y.npy", "--report", "-", cwd=tmp_path)
+    assert r.returncode == 0 and not (tmp_path / "-").exists(), r.stderr
+    rep = json.loads(r.stdout[r.stdout.index("\n{") + 1:])
+    assert rep["outputs"] == ["y.npy"] and rep["backend"]

@@ -144,8 +144,9 @@ def test_outputs_are_written_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "save", boom)
     with pytest.raises(OSError):
-        io.write_outputs(y, tmp_path / "y", image=True)
+        io.write_output(y, tmp_path / "y.npy", "npy")
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
-    written = io.write_outputs(y, tmp_path / "a.b", image=True)  # dots in the prefix are kept
-    assert sorted(p.name for p in written) == ["a.b.npy", "a.b.png"] and math.prod(np.load(written[0]).shape) == 64
+    written = [io.write_output(y, tmp_path / f"a.b.{fmt}", fmt) for fmt in ("npy", "png", "tif", "zarr")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.b.npy", "a.b.png", "a.b.tif", "a.b.zarr"]
+    assert math.prod(np.load(written[0]).shape) == 64

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from haloconv import planner
-from haloconv.cli import report
+from haloconv.cli import outputs, report
 from haloconv.compute import backends
 from haloconv.engines import array_threads
 from haloconv.engines.errors import WorkerError
@@ -115,10 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "process is free (unequal workers; a lost worker's unfinished tiles go to the others)")
     r.add_argument("--tiles", type=int, default=None, help="tiles of a dynamic schedule (default 4 per worker)")
     r.add_argument("--report", default=None, metavar="RUN.json",
-                   help="write per worker and phase: bytes, messages, seconds, predicted bytes, the plan, load")
+                   help="write per worker and phase: bytes, messages, seconds, predicted bytes, the plan, load "
+                        "('-': to stdout)")
     r.add_argument("-o", "--output", default=None,
-                   help="output prefix: writes PREFIX.npy (+ PREFIX.png/.tif for images); default out/<input>-<kernel>")
-    r.add_argument("--image-format", choices=("png", "tif"), default="png")
+                   help="the output file, its suffix picking the format (.npy, .tif/.tiff, .png, .zarr); any other "
+                        "name is a prefix: PREFIX.npy (+ PREFIX.png/.tif for an image input; PREFIX.<--out-format> "
+                        "streamed); a folder holds <input>-<kernel> files (default: out/<input>-<kernel>)")
+    r.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: refuse)")
+    r.add_argument("--mkdir", action="store_true", help="create the folder -o names if it is missing (default: refuse)")
+    r.add_argument("--image-format", choices=("png", "tif"), default="png",
+                   help="the picture beside PREFIX.npy for an image input (default png)")
     r.add_argument("--stream", action="store_true",
                    help="out of core: tiles read from the input file and written into the output file, in this "
                         "process (--engine threads, the default) or by worker processes (--engine processes); "
@@ -135,12 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a layer's weight shape instead of --kernel (e.g. 64x64x3x3)")
     pl.add_argument("--engine", default="processes", choices=("processes", "threads"))
     pl.add_argument("--top", type=int, default=12, help="candidates to print")
-    pl.add_argument("--png", default="out/plan.png", help="picture of the chosen partition")
+    pl.add_argument("--png", default=None, metavar="PLAN.png", help="draw the chosen partition into this file")
     pl.add_argument("--simulate-workers", default=None, metavar="1,2,4,...",
                     help="project strong/weak scaling over these worker counts (a cluster of such workers)")
     pl.add_argument("--bandwidth", default=None, help="link bandwidth for the projection, e.g. 25GB/s")
     pl.add_argument("--latency", default=None, help="message latency for the projection, e.g. 5us")
-    pl.add_argument("--scaling-png", default="out/scaling.png", help="the projection's plot")
+    pl.add_argument("--scaling-png", default=None, metavar="SCALING.png",
+                    help="plot the projection into this file")
     b = sub.add_parser("bench", help="run the benchmarks; write markdown tables and PNG plots into a folder")
     b.add_argument("--out", default="bench", help="folder (default: bench/)")
     b.add_argument("--only", default="accuracy,peers,scaling",
@@ -222,22 +229,34 @@ def _plan(args: argparse.Namespace, x_shape, w_shape, groups: int, workers: int 
     )
 
 
-def _prefix(args: argparse.Namespace, name: str) -> str:
-    """--output, or out/<input>-<kernel>."""
-    safe = args.kernel.replace(":", "").replace("/", "_").replace(".npy", "")
-    return args.output or os.path.join("out", f"{name}-{Path(safe).name}")
+def _targets(args: argparse.Namespace, name: str, is_image: bool, streamed: bool,
+             shape: tuple[int, ...] | None = None) -> list[outputs.Target]:
+    """The files this run writes (cli/outputs.py), refused before any compute if they exist
+    (without --overwrite) or their folder does not (without --mkdir)."""
+    found = outputs.targets(args.output, outputs.default_stem(name, args.kernel), image=is_image,
+                            image_format=args.image_format, streamed=streamed, stream_format=args.out_format)
+    outputs.prepare(found, args.output, overwrite=args.overwrite, mkdir=args.mkdir, shape=shape)
+    return found
 
 
-def _finish(args, ex, x, w, name, is_image) -> int:
+def _report(rep: dict, where: str) -> None:
+    """The run report: into the file ``where``, or to stdout for '-'."""
+    if where == "-":
+        print(report.dumps(rep))
+    else:
+        print(f"wrote {report.write_report(rep, where)}")
+
+
+def _finish(args, ex, x, w, found: list[outputs.Target]) -> int:
     """Print the run's tables, write the outputs and the report, verify (rank 0 / master)."""
     print(ex.table())
     rep = report.run_report(ex, x.itemsize if isinstance(x, np.ndarray) else x.element_size())
     if ex.engine != "threads":
         print(report.traffic_table(rep))
     y = ex.output if isinstance(ex.output, np.ndarray) else ex.output.cpu().numpy()
-    prefix = _prefix(args, name)
-    for path in images.write_outputs(y, prefix, is_image, args.image_format):
-        print(f"wrote {path}")
+    for t in found:
+        print(f"wrote {images.write_output(y, t.path, t.fmt)}")
+    rep["outputs"] = [str(t.path) for t in found]
     status = 0
     if args.verify:
         import torch
@@ -261,7 +280,7 @@ def _finish(args, ex, x, w, name, is_image) -> int:
                          "backend": method, "ok": bool(ok)}
         status = 0 if ok else 1
     if args.report:
-        print(f"wrote {report.write_report(rep, args.report)}")
+        _report(rep, args.report)
     return status
 
 
@@ -294,12 +313,13 @@ def run(args: argparse.Namespace) -> int:
         args.engine = "threads" if filt and not pool else "processes"
     _pool_only(args)
     plan = _plan(args, x.shape, weight, groups, args.workers)  # the values: backends that depend on them
+    found = _targets(args, name, is_image, streamed=False, shape=plan.spec.output_shape)
     print(f"input: {name} {list(x.shape)} {x.dtype}  kernel: {args.kernel} {list(weight.shape)} groups={groups}"
           f"  (read in {time.perf_counter() - t0:.3f}s)")
     print(plan)
     print(f"backend {plan.backend}: {backends.get(plan.backend).guarantee}")
     if args.engine == "threads" and array_threads.runs(plan):  # numpy in and out: torch is not imported
-        return _finish(args, array_threads.run(plan, x, weight), x, weight, name, is_image)
+        return _finish(args, array_threads.run(plan, x, weight), x, weight, found)
     import torch
 
     from haloconv import api
@@ -314,7 +334,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"survived {len(ex.failures)} worker fault(s); the result is from {ex.plan.workers} workers")
     else:
         ex = api.execute(plan, xt, wt, None, engine=args.engine)
-    return _finish(args, ex, xt, wt, name, is_image)
+    return _finish(args, ex, xt, wt, found)
 
 
 def _stream_source(args: argparse.Namespace) -> arrays.DiskArray | None:
@@ -348,8 +368,17 @@ def run_stream(args: argparse.Namespace, source: arrays.DiskArray) -> int:
     shape = source.logical_shape
     weight, groups = filters.load_kernel(args.kernel, shape[1], len(shape) - 2)
     name = Path(args.input).name.split(".")[0]
-    out = arrays.output_path(_prefix(args, name), args.out_format)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+    planned = outputs.targets(args.output, outputs.default_stem(name, args.kernel), image=False,
+                              image_format=args.image_format, streamed=True, stream_format=args.out_format)[0].path
+    if args.resume and planned.exists() and not arrays.partial_path(planned).exists():
+        print(f"{planned} is complete (no partial output to resume); nothing to do")
+        return 0
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 checks the outputs and speaks
+        out = _targets(args, name, False, streamed=True)[0].path
+    else:
+        out = outputs.targets(args.output, outputs.default_stem(name, args.kernel), image=False,
+                              image_format=args.image_format, streamed=True, stream_format=args.out_format)[0].path
+    if os.environ.get("RANK", "0") == "0":
         print(f"input: {args.input} {list(shape)} {np.dtype(source.dtype)} ({source.kind}, "
               f"{source.nbytes / 2**20:.0f} MiB)  kernel: {args.kernel} {list(weight.shape)} groups={groups}  "
               f"backend: {args.backend or 'default (auto for filters, torch for layers)'}", flush=True)
@@ -383,7 +412,7 @@ def run_stream(args: argparse.Namespace, source: arrays.DiskArray) -> int:
                "ranks": {str(r): {"tiles": res.tiles_done.get(r, 0), "bytes_read": res.bytes_read.get(r, 0),
                                   "peak_rss": res.peak_rss[r]} for r in res.peak_rss},
                "load": os.getloadavg()}
-        print(f"wrote {report.write_report(rep, args.report)}")
+        _report(rep, args.report)
     return 0
 
 
@@ -410,6 +439,7 @@ def run_spmd(args: argparse.Namespace) -> int:
         meta = [None]
         if rank == 0:
             x, is_image, name, weight, groups = _load(args)
+            found = _targets(args, name, is_image, streamed=False)
             meta = [(x.shape, weight, groups, name, is_image)]
         dist.broadcast_object_list(meta, src=0)
         x_shape, weight, groups, name, is_image = meta[0]
@@ -428,7 +458,7 @@ def run_spmd(args: argparse.Namespace) -> int:
         if rank == 0:
             backend = backends.label(plan.backend, kernels.select_backend(plan.spec, xt, wt, None))
             ex = execution_from_reports(y, plan, "torchrun", backend, wall, dict(enumerate(stats)))
-            status = _finish(args, ex, xt, wt, name, is_image)
+            status = _finish(args, ex, xt, wt, found)
         flag = [status]
         dist.broadcast_object_list(flag, src=0)
         return int(flag[0])
@@ -478,7 +508,8 @@ def plan_command(args: argparse.Namespace) -> int:
     best = ranked[0]
     print(f"\nchosen: {best.label}")
     print(best.plan)
-    print(f"wrote {plots.plan_png(best.plan, args.png)}")
+    if args.png:
+        print(f"wrote {plots.plan_png(best.plan, args.png)}")
     if args.simulate_workers:
         counts = _int_list(args.simulate_workers, "--simulate-workers")
         counts = (counts,) if isinstance(counts, int) else counts
@@ -493,7 +524,8 @@ def plan_command(args: argparse.Namespace) -> int:
         print(scaling.table(counts, proj))
         title = (f"{list(x_shape)} * {list(w_shape)}: predicted, {sim.bandwidth_Bps / 1e9:g} GB/s, "
                  f"{sim.latency_s * 1e6:g} us, one core per worker")
-        print(f"wrote {plots.scaling_png(counts, proj, args.scaling_png, title)}")
+        if args.scaling_png:
+            print(f"wrote {plots.scaling_png(counts, proj, args.scaling_png, title)}")
     return 0
 
 

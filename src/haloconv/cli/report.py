@@ -86,10 +86,14 @@ def traffic_table(report: dict) -> str:
     return text.table(head, rows)
 
 
+def dumps(report: dict) -> str:
+    return json.dumps(report, indent=1)
+
+
 def write_report(report: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1))
+    path.write_text(dumps(report))
     return path
 
 

@@ -94,39 +94,48 @@ def to_uint8(y: np.ndarray) -> np.ndarray:
 
 
 def _atomic(path: Path, write) -> Path:
-    """Write through a temporary file in the same folder, renamed into place at the end:
-    a reader (or a crash) never sees a partial file."""
+    """Write through a temporary file (or folder) in the same folder, renamed into place at
+    the end: a reader (or a crash) never sees a partial file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         write(tmp)
-        os.replace(tmp, path)
+        arrays.promote(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        arrays.remove(tmp)
     return path
 
 
-def write_outputs(y: np.ndarray, prefix: str | Path, image: bool, image_format: str = "png") -> list[Path]:
-    """Write y as PREFIX.npy, and for 2-D images also PREFIX.png (8-bit, min/max scaled,
-    grayscale or RGB) or PREFIX.tif (float32, lossless).  Each file appears whole or not at
-    all.  Returns the paths written."""
-    prefix = Path(prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
+def write_output(y: np.ndarray, path: str | Path, fmt: str) -> Path:
+    """Write ``y`` (N, C, *spatial) to ``path`` as ``fmt``: 'npy' (as it is), 'zarr' (as it
+    is, a folder), 'tif' (float32, lossless: the one sample's H x W, or C x H x W) or 'png' (8-bit,
+    min/max scaled: grayscale, or RGB for 3 channels).  The file appears whole or not at
+    all (written beside it, renamed into place, replacing what was there)."""
+    path = Path(path)
+    if fmt in ("tif", "png") and (y.ndim != 4 or y.shape[0] != 1):
+        raise ValueError(f"{str(path)!r}: a .{fmt} holds one 2-D image (with channels); this output is "
+                         f"{list(y.shape)} — write .npy or .zarr")
+    if fmt == "npy":
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, y)
+    elif fmt == "zarr":
+        def write(tmp: Path) -> None:
+            import zarr
 
-    def npy(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, y)
+            zarr.create_array(store=str(tmp), shape=y.shape, dtype=y.dtype, chunks=y.shape)[...] = y
+    elif fmt == "tif":
+        import tifffile
 
-    written = [_atomic(Path(f"{prefix}.npy"), npy)]
-    if image and y.ndim == 4:
+        def write(tmp: Path) -> None:
+            tifffile.imwrite(tmp, (y[0, 0] if y.shape[1] == 1 else y[0]).astype(np.float32))
+    elif fmt == "png":
+        from PIL import Image
+
         chw = y[0]
-        if image_format == "tif":
-            import tifffile
+        img = Image.fromarray(to_uint8(np.moveaxis(chw, 0, -1)) if chw.shape[0] == 3 else to_uint8(chw[0]))
 
-            written.append(_atomic(Path(f"{prefix}.tif"), lambda tmp: tifffile.imwrite(tmp, chw.astype(np.float32))))
-        else:
-            from PIL import Image
-
-            img = Image.fromarray(to_uint8(np.moveaxis(chw, 0, -1)) if chw.shape[0] == 3 else to_uint8(chw[0]))
-            written.append(_atomic(Path(f"{prefix}.png"), lambda tmp: img.save(tmp, format="PNG")))
-    return written
+        def write(tmp: Path) -> None:
+            img.save(tmp, format="PNG")
+    else:
+        raise ValueError(f"output format must be npy, zarr, tif or png, got {fmt!r}")
+    return _atomic(path, write)
