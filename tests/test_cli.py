@@ -191,3 +191,27 @@ def test_plan_draws_only_when_asked_and_report_dash_is_stdout(tmp_path):
     assert r.returncode == 0 and not (tmp_path / "-").exists(), r.stderr
     rep = json.loads(r.stdout[r.stdout.index("\n{") + 1:])
     assert rep["outputs"] == ["y.npy"] and rep["backend"]
+
+
+def test_a_closed_pipe_never_loses_the_outputs(tmp_path):
+    """`haloconv run ... | head -3`: the reader goes away while the run still prints (here
+    before the worker processes have started, so every later line meets a closed pipe);
+    the run finishes, exits 0 and writes its outputs."""
+    cmd = [sys.executable, "-m", "haloconv", "run", "--random", "256x256", "--kernel", "laplacian", "--workers", "2",
+           "--engine", "processes", "--partition", "rows", "-o", "pipe.npy"]
+    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:
+        if line.startswith("Plan:"):
+            break
+    p.stdout.close()  # head has read its lines
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 0, err
+    assert "BrokenPipeError" not in err and "Exception ignored" not in err, err
+    assert np.load(tmp_path / "pipe.npy").shape == (1, 1, 256, 256)
+
+
+def test_version():
+    r = subprocess.run([sys.executable, "-m", "haloconv", "--version"], capture_output=True, text=True, timeout=60)
+    import haloconv
+
+    assert r.returncode == 0 and r.stdout.strip() == f"haloconv {haloconv.__version__}"

@@ -97,7 +97,10 @@ def _add_problem_args(r: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from haloconv import __version__
+
     p = argparse.ArgumentParser(prog="haloconv", description=__doc__)
+    p.add_argument("--version", action="version", version=f"haloconv {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="convolve an image/array across workers and report the plan")
     _add_problem_args(r)
@@ -570,9 +573,50 @@ def calibrate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+class _ClosablePipe:
+    """stdout that outlives its reader: once the pipe is closed (``haloconv run ... | head``),
+    what is printed is dropped instead of raising BrokenPipeError, so the run goes on and
+    writes its outputs."""
+
+    def __init__(self, stream):
+        self._stream, self._closed = stream, False
+
+    def write(self, text: str) -> int:
+        if not self._closed:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._closed:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._gone()
+
+    def _gone(self) -> None:
+        self._closed = True
+        devnull = os.open(os.devnull, os.O_WRONLY)  # the interpreter's last flush at exit goes nowhere
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    caller_stdout = sys.stdout
+    sys.stdout = _ClosablePipe(caller_stdout)
+    try:
+        return _command(args)
+    finally:
+        sys.stdout = caller_stdout
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         if args.command == "run":
             return run(args)

@@ -7,6 +7,7 @@ computes with it: a filter streamed on OpenCV never imports it."""
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,6 +82,16 @@ def read_window(job: Job, index: int) -> tuple[np.ndarray, int]:
         return block
 
     return fill_window(tile, read, np.zeros(tile.window.shape, job.dtype)), nread
+
+
+def load_libraries(backend: str, spec: ConvSpec) -> None:
+    """Import what the tiles of ``backend`` will compute with (torch and MKL's mode for the
+    tensor path; the backend's own libraries), so that the resident memory a streamed run
+    measures before any data includes them: imported after, they would take the tiles'
+    share of the budget (torch alone holds some 200 MB)."""
+    b = backends.get(backend)
+    for name in (*b.libraries, *(() if b.computes_arrays(spec) else ("haloconv.compute.kernels",))):
+        importlib.import_module(name)
 
 
 def torch_backend_for(job: Job):

@@ -50,6 +50,7 @@ def run(source: DiskArray, spec: ConvSpec, weight, bias, out: Path, fmt: str, *,
     cores the compute uses (OpenCV's, or torch's, thread count for the run).  ``weight``,
     ``bias``: tensors or arrays; ``dtype``: float32 or float64 (torch or numpy)."""
     t_start = time.perf_counter()
+    stream.load_libraries(backend, spec)  # counted in the baseline, not in the tiles' share
     baseline = stream.resident(os.getpid())
     allowance = stream.data_allowance(memory_budget, baseline) // IN_FLIGHT_PEAKS
     job = stream.job_for(source, spec, weight, bias, dtype, allowance, backend, MIN_TILES, block)

@@ -42,6 +42,9 @@ class Backend:
     guarantee: str = ""  # one line for reports: what a split run of it equals
     # whether it applies depends on the filter's values too (see ``refuses``)
     needs_values: bool = False
+    # modules its compute imports on first use (besides torch, which the tensor path needs):
+    # a streamed run loads them before it measures what the process holds (stream_job)
+    libraries: tuple[str, ...] = ()
     # the cost model's prices of this backend's operation counts (seconds per count) before
     # `haloconv calibrate` measured them; keys are "<name>.<count>"
     default_rates: dict[str, float] = {}

@@ -22,6 +22,7 @@ class Ndimage(Backend):
     name = "ndimage"
     exact = True
     guarantee = "bitwise equal to scipy.ndimage.correlate on the whole input"
+    libraries = ("scipy.ndimage",)
     default_rates = {"ndimage.taps": 1 / 0.92e9}  # per output x kernel tap (window padded), float64 sums
 
     def unsupported(self, spec: ConvSpec) -> str | None:
