@@ -215,3 +215,16 @@ def test_version():
     import haloconv
 
     assert r.returncode == 0 and r.stdout.strip() == f"haloconv {haloconv.__version__}"
+
+
+def test_the_cli_says_when_the_cost_model_uses_fewer_workers_than_asked(tmp_path):
+    """A tiny image on 4 worker processes: the cost model keeps it on one; one line says so,
+    with the best split over all 4 and the flag that forces it — which then runs on 4."""
+    args = ["run", "--random", "64x64", "--kernel", "sobel-x", "--workers", "4", "--engine", "processes"]
+    r = _cli(*args, "-o", "a.npy", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    line = next(s for s in r.stdout.splitlines() if s.startswith("the cost model runs this on 1 of the 4 workers"))
+    forced = line.rsplit("--partition ", 1)[1].split()[0]
+    r = _cli(*args, "--partition", forced, "-o", "b.npy", cwd=tmp_path)
+    assert r.returncode == 0 and "workers=4" in r.stdout and "the cost model runs" not in r.stdout, r.stderr
+    assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))

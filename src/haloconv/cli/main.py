@@ -287,6 +287,25 @@ def _finish(args, ex, x, w, found: list[outputs.Target]) -> int:
     return status
 
 
+def _say_why_fewer(args: argparse.Namespace, plan, itemsize: int, weight: np.ndarray) -> None:
+    """When the cost model (--partition auto) runs on fewer workers than --workers asked
+    for: one line with its choice, the best split over all of them, and how to force it."""
+    if args.workers is None or args.partition != "auto" or plan.workers >= args.workers:
+        return
+    spec = plan.spec
+    ranked = cost.candidates(spec, args.workers, cost.load_profile(args.profile), itemsize,
+                             backend=args.backend or backends.default_for(spec), engine=args.engine,
+                             memory_budget=_budget(args), weight=weight)
+    chosen = next(q for q in ranked if q.plan.splits == plan.splits and q.plan.backend == plan.backend)
+    line = (f"the cost model runs this on {plan.workers} of the {args.workers} workers asked for: "
+            f"{chosen.label}, predicted {chosen.total_s:.3g} s")
+    full = next((q for q in ranked if q.plan.workers == args.workers), None)
+    if full is not None:
+        line += (f"; the best split over all {args.workers}, {full.label}, is predicted {full.total_s:.3g} s "
+                 f"({full.total_s / chosen.total_s:.2f}x): --partition {full.plan.partition} forces it")
+    print(line)
+
+
 def _pool_only(args: argparse.Namespace) -> None:
     if args.engine != "processes" or _under_torchrun():
         if args.schedule != "static" or args.weights == "auto":
@@ -320,6 +339,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"input: {name} {list(x.shape)} {x.dtype}  kernel: {args.kernel} {list(weight.shape)} groups={groups}"
           f"  (read in {time.perf_counter() - t0:.3f}s)")
     print(plan)
+    _say_why_fewer(args, plan, x.itemsize, weight)
     print(f"backend {plan.backend}: {backends.get(plan.backend).guarantee}")
     if args.engine == "threads" and array_threads.runs(plan):  # numpy in and out: torch is not imported
         return _finish(args, array_threads.run(plan, x, weight), x, weight, found)
