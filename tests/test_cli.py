@@ -228,3 +228,16 @@ def test_the_cli_says_when_the_cost_model_uses_fewer_workers_than_asked(tmp_path
     r = _cli(*args, "--partition", forced, "-o", "b.npy", cwd=tmp_path)
     assert r.returncode == 0 and "workers=4" in r.stdout and "the cost model runs" not in r.stdout, r.stderr
     assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+
+
+@pytest.mark.parametrize("backend", ["opencv", "torch"])
+def test_a_nan_input_is_said_and_verified_nan_aware(tmp_path, backend):
+    x = np.random.default_rng(3).random((64, 48), dtype=np.float32)
+    x[10, 10], x[40, 3] = np.nan, np.inf
+    np.save(tmp_path / "x.npy", x)
+    r = _cli("run", "x.npy", "--kernel", "laplacian", "--backend", backend, "--verify", "-o", "y.npy", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "holds 1 NaN and 1 infinite values" in r.stderr
+    assert "bitwise equal: True" in r.stdout and "max |diff| = 0" in r.stdout
+    y = np.load(tmp_path / "y.npy")
+    assert np.isnan(y).sum() >= 5 and np.isfinite(y).sum() > 0.9 * y.size  # spread to the kernel's reach only
