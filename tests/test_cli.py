@@ -1,6 +1,7 @@
 """`haloconv run` on real image files: outputs written, --verify bitwise, clear errors."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -241,3 +242,11 @@ def test_a_nan_input_is_said_and_verified_nan_aware(tmp_path, backend):
     assert "bitwise equal: True" in r.stdout and "max |diff| = 0" in r.stdout
     y = np.load(tmp_path / "y.npy")
     assert np.isnan(y).sum() >= 5 and np.isfinite(y).sum() > 0.9 * y.size  # spread to the kernel's reach only
+
+
+def test_the_run_names_torchs_convolution_as_users_know_it(tmp_path):
+    r = _cli("run", "--random", "3x64x64", "--kernel", "sobel-x", "--backend", "torch", "-o", "y.npy", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    label = next(s for s in r.stdout.split() if s.startswith("backend=torch"))
+    assert re.search(r"backend=torch \((oneDNN|im2col \+ GEMM|dilated im2col \+ GEMM)\)", r.stdout), label
+    assert "Mkldnn" not in r.stdout and "Slow2d" not in r.stdout

@@ -16,6 +16,16 @@ if TYPE_CHECKING:
     import torch
 
 
+# torch's conv backends (torch._C._ConvBackend) as users know them
+DISPLAY = {
+    "Mkldnn": "oneDNN", "MkldnnEmpty": "oneDNN", "Slow2d": "im2col + GEMM", "Slow3d": "vol2col + GEMM",
+    "SlowDilated2d": "dilated im2col + GEMM", "SlowDilated3d": "dilated vol2col + GEMM", "Cudnn": "cuDNN",
+    "CudaDepthwise2d": "CUDA depthwise", "CudaDepthwise3d": "CUDA depthwise", "Miopen": "MIOpen",
+    "MiopenDepthwise": "MIOpen depthwise", "NnpackSpatial": "NNPACK", "Xnnpack2d": "XNNPACK",
+    "Winograd3x3Depthwise": "Winograd depthwise", "Mps": "MPS", "Empty": "empty input",
+}
+
+
 class TorchConv(Backend):
     name = "torch"
     exact = True
@@ -36,9 +46,13 @@ class TorchConv(Backend):
         return kernels.single_node(x, weight, bias, spec)
 
     def label(self, torch_backend: object) -> str:
+        """'torch (oneDNN)', 'torch (im2col + GEMM)', ...: which of torch's convolutions ran."""
         from haloconv.compute import kernels
 
-        return kernels.backend_name(torch_backend)
+        if torch_backend is None:
+            return "torch"
+        name = kernels.backend_name(torch_backend)
+        return f"torch ({DISPLAY.get(name, name)})"
 
     def workspace_bytes(self, spec: ConvSpec, window: Sequence[int], out: Sequence[int], itemsize: int) -> int:
         """oneDNN works in a channel-blocked layout, channels padded to 16: a single-channel
