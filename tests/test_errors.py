@@ -76,3 +76,24 @@ def test_bool_is_not_an_int():
         haloconv.conv(X, W, groups=True)
     with pytest.raises(TypeError, match="stride"):
         haloconv.conv(X, W, stride=True)
+
+
+def test_the_api_takes_what_the_cli_takes():
+    """A 2-D image with a 2-D kernel (as scipy.ndimage takes them) gives a 2-D result; a
+    memory budget may be a size ('1GB'); tensors in place of shapes plan; a wrong dtype is
+    reported as the caller's own."""
+    import numpy as np
+    import scipy.ndimage
+
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 30)).astype(np.float64)
+    w = rng.random((3, 3))
+    y = haloconv.conv(x, w, padding=1, backend="ndimage", workers=2, partition="rows")
+    assert y.shape == (40, 30) and np.array_equal(y, scipy.ndimage.correlate(x, w, mode="constant"))
+    assert haloconv.plan((1, 1, 64, 64), (1, 1, 3, 3), memory_budget="1GB").workers >= 1
+    p = haloconv.plan(torch.zeros(1, 2, 16, 16), torch.zeros(3, 2, 3, 3), padding=1, backend="torch")
+    assert p.spec.input_shape == (1, 2, 16, 16) and p.spec.weight_shape == (3, 2, 3, 3)
+    with pytest.raises(ValueError, match="memory_budget must be a number with a unit"):
+        haloconv.plan((1, 1, 64, 64), (1, 1, 3, 3), memory_budget="lots")
+    with pytest.raises(TypeError, match="got dtype uint8"):
+        haloconv.conv(np.zeros((1, 1, 8, 8), np.uint8), np.ones((1, 1, 3, 3), np.float32))

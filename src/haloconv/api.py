@@ -31,7 +31,7 @@ def _as_tensor(name: str, value: object) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
     if t.dtype not in kernels.SUPPORTED_DTYPES:
         raise TypeError(
-            f"{name} must be float32 or float64, got dtype {t.dtype} "
+            f"{name} must be float32 or float64, got dtype {value.dtype} "  # the caller's own dtype
             "(convert integer images with .astype(np.float32))"
         )
     return t
@@ -160,7 +160,13 @@ def conv(
     and one output channel per group: single-channel and depthwise), which OpenCV-class
     backends compute many times faster than torch.
     ``schedule``/``tiles``: engine='processes' only, see haloconv.execute.
+    A 2-D ``x`` with a 2-D ``weight`` is one single-channel image and its kernel (as
+    scipy.ndimage.correlate takes them): the result is 2-D too.
+    ``memory_budget``: bytes per worker, an int or a size such as '1GB' or '512MiB'.
     """
+    image = getattr(x, "ndim", 0) == 2 and getattr(weight, "ndim", 0) == 2
+    if image:
+        x, weight = x[None, None], weight[None, None]
     xt, wt, bt, is_numpy = _inputs(x, weight, bias)
     if backend is None and needs_grad(xt, wt, bt):
         backend = "torch"  # training: bit for bit the layer autograd would run
@@ -175,4 +181,5 @@ def conv(
         engine=engine if isinstance(engine, str) else "processes",
     )
     y = execute(p, xt, wt, bt, engine=engine, on_failure=on_failure, schedule=schedule, tiles=tiles).output
+    y = y[0, 0] if image else y
     return y.numpy() if is_numpy else y

@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from haloconv import units
 from haloconv.compute import backends
 from haloconv.engines import stream_threads
 from haloconv.engines.host import default_workers
@@ -18,12 +19,6 @@ from haloconv.files import arrays
 from haloconv.model import cost
 from haloconv.planner import check_filters
 from haloconv.planning.spec import ConvSpec, IntOrTuple
-
-
-def _budget_bytes(memory_budget: object) -> int:
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget <= 0:
-        raise ValueError(f"memory_budget must be a positive int of bytes, got {memory_budget!r}")
-    return memory_budget
 
 
 def conv_file(
@@ -69,7 +64,7 @@ def conv_file(
     """
     if engine not in ("threads", "processes"):
         raise ValueError(f"engine must be 'threads' or 'processes' for a streamed run, got {engine!r}")
-    budget = _budget_bytes(memory_budget)
+    budget = units.byte_count(memory_budget, "memory_budget")
     out = Path(output)
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in arrays.FORMATS:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from haloconv import units
 from haloconv.compute import backends
 from haloconv.engines.host import default_workers
 from haloconv.model import cost
@@ -82,9 +83,8 @@ def plan(
         backends.check(backend, spec, values)
     check_args(spec, partition, workers, worker_weights, ownership, exchange, pipeline,
                "torch" if backend == "auto" else backend)
-    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
-                                      or memory_budget <= 0):
-        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    if memory_budget is not None:
+        memory_budget = units.byte_count(memory_budget, "memory_budget")
     if part.kind == "auto" or backend == "auto" or memory_budget is not None:
         prof = profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
         if part.kind == "auto":

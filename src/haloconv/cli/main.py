@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from haloconv import planner
+from haloconv import planner, units
 from haloconv.cli import outputs, report
 from haloconv.compute import backends
 from haloconv.engines import array_threads
@@ -165,25 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-_TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
-
-
-def _quantity(text: str, units: dict, name: str) -> float:
-    t = text.strip().lower().removesuffix("/s")
-    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = t[len(num):]
-    try:
-        value = float(num)
-    except ValueError:
-        raise ValueError(f"{name} must be a number with a unit ({', '.join(k for k in units if k)}), "
-                         f"got {text!r}") from None
-    if unit not in units or value <= 0:
-        raise ValueError(f"{name} must be a positive number with a unit ({', '.join(k for k in units if k)}), "
-                         f"got {text!r}")
-    return value * units[unit]
-
-
 def _load(args: argparse.Namespace) -> tuple[np.ndarray, bool, str, np.ndarray, int]:
     """(x, is_image, name, weight, groups) from the command line."""
     if args.random:
@@ -207,7 +188,7 @@ def _spec(args: argparse.Namespace, x_shape, w_shape, groups: int) -> ConvSpec:
 
 
 def _budget(args: argparse.Namespace) -> int | None:
-    return None if args.memory_budget is None else int(_quantity(args.memory_budget, _UNITS, "--memory-budget"))
+    return None if args.memory_budget is None else units.byte_count(args.memory_budget, "--memory-budget")
 
 
 def _weights(args: argparse.Namespace) -> list[float] | None:
@@ -553,9 +534,9 @@ def plan_command(args: argparse.Namespace) -> int:
             raise ValueError(f"--simulate-workers must be positive ints, got {args.simulate_workers!r}")
         sim = dataclasses.replace(prof, cores=max(counts))
         if args.bandwidth:
-            sim.bandwidth_Bps = _quantity(args.bandwidth, _UNITS, "--bandwidth")
+            sim.bandwidth_Bps = units.quantity(args.bandwidth, units.BYTES, "--bandwidth")
         if args.latency:
-            sim.latency_s = _quantity(args.latency, _TIME, "--latency")
+            sim.latency_s = units.quantity(args.latency, units.SECONDS, "--latency")
         proj = scaling.project(spec, counts, sim, itemsize)
         print(scaling.table(counts, proj))
         title = (f"{list(x_shape)} * {list(w_shape)}: predicted, {sim.bandwidth_Bps / 1e9:g} GB/s, "
