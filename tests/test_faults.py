@@ -18,7 +18,7 @@ def _run_and_kill_a_worker(tmp_path, on_failure: str):
     have finished without it, however fast the machine (triggered by progress, not time)."""
     cmd = [sys.executable, "-m", "haloconv", "run", "--random", "2400x2400", "--kernel", "box:31", "--workers", "3",
            "--engine", "processes", "--partition", "rows", "--timeout", "30", "--on-failure", on_failure, "--verify",
-           "-o", str(tmp_path / "out" / "y")]
+           "-o", str(tmp_path / "out" / "y"), "--mkdir"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     lines = []
     try:

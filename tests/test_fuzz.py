@@ -112,7 +112,7 @@ def test_fuzz_malformed_files_exit_2_cleanly(tmp_path_factory, make, seed, engin
     out = tmp / "out" / "y"
     before = set(children())
     t0 = time.perf_counter()
-    rc = main(["run", str(path), "--workers", "2", "--engine", engine, "--kernel", "box:3", "-o", str(out)])
+    rc = main(["run", str(path), "--workers", "2", "--engine", engine, "--kernel", "box:3", "-o", str(out), "--mkdir"])
     assert time.perf_counter() - t0 < 20
     assert rc == 2
     assert not (tmp / "out").exists() or not any((tmp / "out").iterdir()), "no output for a refused input"
