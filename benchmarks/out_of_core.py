@@ -55,7 +55,7 @@ def make_input(path: Path, rows: int, cols: int) -> float:
 def run(inp: Path, out: str, *extra: str) -> tuple[float, dict, dict, str]:
     """The CLI, watched by psutil: (wall s, report, sampled peak RSS by pid, stdout)."""
     cmd = [sys.executable, "-m", "haloconv", "run", str(inp), "--kernel", args.kernel, "--backend", args.backend,
-           "--workers", str(args.workers), "-o", out, "--report", f"{out}.json", *extra]
+           "--workers", str(args.workers), "-o", out, "--overwrite", "--report", f"{out}.json", *extra]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = watch_rss(proc)

@@ -83,7 +83,7 @@ def watched(cmd: list[str], cwd: Path) -> tuple[float, int, str]:
 
 def commands(inp: Path, side: int) -> dict[str, list[str]]:
     hc = [sys.executable, "-m", "haloconv", "run", str(inp), "--kernel", args.kernel, "--stream",
-          "--memory-budget", args.budget, "--padding", "same"]
+          "--memory-budget", args.budget, "--padding", "same", "--overwrite"]
     vips = [sys.executable, "-c", VIPS, str(inp), "vips.raw", str(side), args.kernel]
     return {
         "haloconv threads": [*hc, "-o", "hc-threads", "--report", "hc-threads.json"],

@@ -64,7 +64,8 @@ with tempfile.TemporaryDirectory(prefix="haloconv-whole-") as d:
     np.save(work / "in.npy", np.random.default_rng(0).random((args.side, args.side), dtype=np.float32))
     np.save(work / "w.npy", filters.load_kernel(args.kernel, 1, 2)[0][0, 0].astype(np.float32))
     cmds = {
-        "haloconv": [sys.executable, "-m", "haloconv", "run", "in.npy", "--kernel", args.kernel, "-o", "hc"],
+        "haloconv": [sys.executable, "-m", "haloconv", "run", "in.npy", "--kernel", args.kernel, "-o", "hc",
+                     "--overwrite"],
         "opencv": [sys.executable, "-c", OPENCV, "in.npy", "cv.npy", "w.npy"],
     }
     runs: dict[str, list[tuple[float, int]]] = {k: [] for k in cmds}

@@ -274,6 +274,8 @@ def _finish(args, ex, x, w, found: list[outputs.Target]) -> int:
 def _warn_not_finite(x: np.ndarray, name: str) -> None:
     """A line on stderr when the input holds NaN or Inf: every output whose kernel reaches
     one is NaN (or Inf) too, here as in the single-node call."""
+    if np.isfinite(x).all():  # one pass over the input; counted only when something is not finite
+        return
     nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
     if nan or inf:
         print(f"haloconv: warning: input {name} holds {nan} NaN and {inf} infinite values; the outputs whose "
