@@ -133,3 +133,16 @@ def test_a_streamed_filter_runs_without_torch_bitwise_its_backend(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "torch imported: False" in r.stdout and "tiles 5" in r.stdout, r.stdout
     assert np.array_equal(np.load(tmp_path / "api.npy"), ref)
+
+
+def test_large_results_are_ordinary_writable_arrays(tmp_path):
+    """engines.host.empty: big outputs on ordinary pages (an anonymous mapping), small ones
+    from numpy; either is a plain, writable, C-contiguous array that numpy saves and loads."""
+    from haloconv.engines.host import SMALL_PAGES_FROM, empty
+
+    for shape in ((1, 1, 8, 8), (1, 1, 1024, SMALL_PAGES_FROM // 4096 + 8)):
+        a = empty(shape, np.float32)
+        assert a.shape == shape and a.dtype == np.float32 and a.flags.writeable and a.flags.c_contiguous
+        a[...] = 1.5
+        np.save(tmp_path / "a.npy", a)
+        assert np.array_equal(np.load(tmp_path / "a.npy"), a)

@@ -18,7 +18,7 @@ import numpy as np
 from haloconv.compute import backends
 from haloconv.compute.tile import compute_tile_array
 from haloconv.engines.execution import Execution, WorkerStats
-from haloconv.engines.host import default_workers
+from haloconv.engines.host import default_workers, empty
 from haloconv.engines.windows import assemble_window
 from haloconv.planning.boxes import Tile
 from haloconv.planning.plan import Plan
@@ -45,7 +45,7 @@ def run(plan: Plan, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None =
     if x.dtype not in (np.float32, np.float64) or weight.dtype != x.dtype:
         raise TypeError(f"x and weight must be both float32 or both float64, got {x.dtype} and {weight.dtype}")
     t_start = time.perf_counter()
-    out = np.empty(spec.output_shape, x.dtype)
+    out = empty(spec.output_shape, x.dtype)
     pool = min(threads or len(plan.tiles), len(plan.tiles))
     per = max(1, default_workers() // pool)
 

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import math
+import mmap
 import os
 import resource
 from pathlib import Path
+
+import numpy as np
 
 
 def default_workers() -> int:
@@ -58,3 +62,21 @@ def children(pid: int | None = None) -> list[int]:
             except (OSError, KeyError, ValueError):
                 continue
     return kids
+
+
+# below this, numpy's own allocation (small arrays come from its heap, not fresh pages)
+SMALL_PAGES_FROM = 1 << 22
+
+
+def empty(shape, dtype) -> np.ndarray:
+    """An uninitialised array for a large result, on ordinary pages.  numpy asks the kernel
+    for transparent huge pages for large arrays (madvise); where THP defragmentation is
+    'madvise', the first touch of such memory may compact memory synchronously, which on a
+    machine whose memory is fragmented (a big page cache) costs more than the filter that
+    writes it.  An anonymous mapping without the advice gets ordinary pages, as OpenCV's
+    own outputs do."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < SMALL_PAGES_FROM:
+        return np.empty(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape)

@@ -17,7 +17,7 @@ import numpy as np
 from haloconv.compute import backends
 from haloconv.compute import tile as one_tile
 from haloconv.compute.backends.base import as_array
-from haloconv.engines.host import proc_mb
+from haloconv.engines.host import empty, proc_mb
 from haloconv.engines.windows import fill_window
 from haloconv.files import arrays
 from haloconv.files.arrays import DiskArray
@@ -117,7 +117,7 @@ def compute_box(job: Job, index: int, window: np.ndarray, torch_backend, threads
     c0, c1 = job.plan.weight_box(tile)  # a block of output channels uses its filters
     weight, bias = job.weight[c0:c1], None if job.bias is None else job.bias[c0:c1]
     if torch_backend is None:
-        out = np.empty(tile.out.shape, job.dtype)
+        out = empty(tile.out.shape, job.dtype)
         one_tile.compute_tile_array(job.plan, tile, window, weight, bias, out, threads)
         return out
     import torch
