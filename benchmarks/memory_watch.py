@@ -3,6 +3,9 @@ dependency, never the library's): benchmarks/out_of_core.py and tests/test_strea
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import tempfile
 import time
 
 
@@ -20,3 +23,19 @@ def watch_rss(proc, interval: float = 0.005) -> dict[int, int]:
             pass
         time.sleep(interval)
     return seen
+
+
+def run_watched(cmd: list[str], cwd) -> tuple[float, dict[int, int], str]:
+    """Run ``cmd`` in ``cwd`` watched by watch_rss: (wall s, peak resident bytes by pid, its
+    output — stdout and stderr, through a file so a chatty command never blocks on a full
+    pipe).  A failing command ends the benchmark with the tail of its output."""
+    with tempfile.TemporaryFile("w+") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True)
+        seen = watch_rss(proc)
+        wall = time.perf_counter() - t0
+        log.seek(0)
+        text = log.read()
+    if proc.returncode != 0:
+        sys.exit(f"{cmd[:4]} failed ({proc.returncode}):\n{text[-3000:]}")
+    return wall, seen, text

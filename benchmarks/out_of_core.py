@@ -17,14 +17,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from memory_watch import watch_rss  # benchmarks/memory_watch.py, beside this script
+from memory_watch import run_watched  # benchmarks/memory_watch.py, beside this script
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--side", type=int, default=32768)
@@ -56,13 +55,7 @@ def run(inp: Path, out: str, *extra: str) -> tuple[float, dict, dict, str]:
     """The CLI, watched by psutil: (wall s, report, sampled peak RSS by pid, stdout)."""
     cmd = [sys.executable, "-m", "haloconv", "run", str(inp), "--kernel", args.kernel, "--backend", args.backend,
            "--workers", str(args.workers), "-o", out, "--overwrite", "--report", f"{out}.json", *extra]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = watch_rss(proc)
-    wall = time.perf_counter() - t0
-    text = proc.stdout.read()
-    if proc.returncode != 0:
-        sys.exit(f"haloconv failed ({proc.returncode}):\n{text}")
+    wall, seen, text = run_watched(cmd, work)
     return wall, json.loads((work / f"{out}.json").read_text()), seen, text
 
 

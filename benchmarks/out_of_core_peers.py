@@ -26,14 +26,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from memory_watch import watch_rss  # benchmarks/memory_watch.py, beside this script
+from memory_watch import run_watched  # benchmarks/memory_watch.py, beside this script
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--sides", default="16384,32768")
@@ -71,13 +69,7 @@ def make_input(path: Path, side: int) -> None:
 
 def watched(cmd: list[str], cwd: Path) -> tuple[float, int, str]:
     """(wall s, the largest peak RSS of any process of the command, output)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = watch_rss(proc)
-    wall = time.perf_counter() - t0
-    text = proc.stdout.read()
-    if proc.returncode != 0:
-        sys.exit(f"{cmd[:4]} failed ({proc.returncode}):\n{text[-3000:]}")
+    wall, seen, text = run_watched(cmd, cwd)
     return wall, max(seen.values()), text
 
 

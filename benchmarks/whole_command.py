@@ -18,14 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from memory_watch import watch_rss  # benchmarks/memory_watch.py, beside this script
+from memory_watch import run_watched  # benchmarks/memory_watch.py, beside this script
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--side", type=int, default=4096)
@@ -48,12 +46,7 @@ np.save(sys.argv[2], y)
 
 
 def watched(cmd: list[str], cwd: Path) -> tuple[float, int]:
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seen = watch_rss(proc)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"{cmd[:4]} failed ({proc.returncode}):\n{proc.stderr.read()[-3000:]}")
+    wall, seen, _ = run_watched(cmd, cwd)
     return wall, max(seen.values())
 
 
