@@ -97,3 +97,10 @@ def test_the_api_takes_what_the_cli_takes():
         haloconv.plan((1, 1, 64, 64), (1, 1, 3, 3), memory_budget="lots")
     with pytest.raises(TypeError, match="got dtype uint8"):
         haloconv.conv(np.zeros((1, 1, 8, 8), np.uint8), np.ones((1, 1, 3, 3), np.float32))
+
+
+def test_the_package_declares_its_types():
+    """PEP 561: py.typed ships with the package, so type checkers use haloconv's annotations."""
+    from importlib.resources import files
+
+    assert files("haloconv").joinpath("py.typed").is_file()
