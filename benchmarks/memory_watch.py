@@ -1,5 +1,6 @@
-"""Resident memory measured from outside a process tree, with psutil (a dev/bench
-dependency, never the library's): benchmarks/out_of_core.py and tests/test_stream_cli.py."""
+"""What the benchmarks share: resident memory measured from outside a process tree, with
+psutil (a dev/bench dependency, never the library's; benchmarks/*.py and
+tests/test_stream_cli.py), commands run under that watch, and big random inputs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import numpy as np
 
 
 def watch_rss(proc, interval: float = 0.005) -> dict[int, int]:
@@ -39,3 +42,13 @@ def run_watched(cmd: list[str], cwd) -> tuple[float, dict[int, int], str]:
     if proc.returncode != 0:
         sys.exit(f"{cmd[:4]} failed ({proc.returncode}):\n{text[-3000:]}")
     return wall, seen, text
+
+
+def write_random_npy(path, rows: int, cols: int) -> None:
+    """A rows x cols float32 .npy of uniform noise, written 64 MiB at a time (never whole in memory)."""
+    x = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, cols))
+    rng = np.random.default_rng(0)
+    step = max(1, (64 << 20) // (4 * cols))
+    for r0 in range(0, rows, step):
+        x[r0:r0 + step] = rng.random((min(step, rows - r0), cols), dtype=np.float32)
+    x.flush()

@@ -22,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from memory_watch import run_watched  # benchmarks/memory_watch.py, beside this script
+from memory_watch import run_watched, write_random_npy  # benchmarks/memory_watch.py, beside this script
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--side", type=int, default=32768)
@@ -41,13 +40,7 @@ work = Path(tempfile.mkdtemp(prefix="haloconv-ooc-", dir=args.dir))
 
 def make_input(path: Path, rows: int, cols: int) -> float:
     t0 = time.perf_counter()
-    x = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, cols))
-    rng = np.random.default_rng(0)
-    step = max(1, (64 << 20) // (4 * cols))
-    for r0 in range(0, rows, step):
-        x[r0:r0 + step] = rng.random((min(step, rows - r0), cols), dtype=np.float32)
-    x.flush()
-    del x
+    write_random_npy(path, rows, cols)
     return time.perf_counter() - t0
 
 

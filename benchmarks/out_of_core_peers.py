@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from memory_watch import run_watched  # benchmarks/memory_watch.py, beside this script
+from memory_watch import run_watched, write_random_npy  # benchmarks/memory_watch.py, beside this script
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--sides", default="16384,32768")
@@ -56,15 +56,6 @@ else:  # the 1-D factor: a separable kernel is the outer product of its first co
     y = x.convsep(pyvips.Image.new_from_list([col.tolist()]), precision="float")
 y.rawsave(out)
 """
-
-
-def make_input(path: Path, side: int) -> None:
-    x = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(side, side))
-    rng = np.random.default_rng(0)
-    step = max(1, (64 << 20) // (4 * side))
-    for r0 in range(0, side, step):
-        x[r0:r0 + step] = rng.random((min(step, side - r0), side), dtype=np.float32)
-    x.flush()
 
 
 def watched(cmd: list[str], cwd: Path) -> tuple[float, int, str]:
@@ -109,7 +100,7 @@ try:
     print(f"kernel {args.kernel}; budget {args.budget}; best of {args.repeat}; {os.cpu_count()} cores")
     for n, side in enumerate(int(s) for s in args.sides.split(",")):
         inp = work / f"in{side}.npy"
-        make_input(inp, side)
+        write_random_npy(inp, side, side)
         size = inp.stat().st_size
         with open(inp, "rb") as f:  # warm the page cache: every command then reads it from memory
             while f.read(64 << 20):

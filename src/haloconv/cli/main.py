@@ -387,17 +387,14 @@ def run_stream(args: argparse.Namespace, source: arrays.DiskArray) -> int:
     shape = source.logical_shape
     weight, groups = filters.load_kernel(args.kernel, shape[1], len(shape) - 2)
     name = Path(args.input).name.split(".")[0]
-    planned = outputs.targets(args.output, outputs.default_stem(name, args.kernel), image=False,
-                              image_format=args.image_format, streamed=True, stream_format=args.out_format)[0].path
-    if args.resume and planned.exists() and not arrays.partial_path(planned).exists():
-        print(f"{planned} is complete (no partial output to resume); nothing to do")
+    found = outputs.targets(args.output, outputs.default_stem(name, args.kernel), image=False,
+                            image_format=args.image_format, streamed=True, stream_format=args.out_format)
+    out = found[0].path
+    if args.resume and out.exists() and not arrays.partial_path(out).exists():
+        print(f"{out} is complete (no partial output to resume); nothing to do")
         return 0
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 checks the outputs and speaks
-        out = _targets(args, name, False, streamed=True)[0].path
-    else:
-        out = outputs.targets(args.output, outputs.default_stem(name, args.kernel), image=False,
-                              image_format=args.image_format, streamed=True, stream_format=args.out_format)[0].path
-    if os.environ.get("RANK", "0") == "0":
+        outputs.prepare(found, args.output, overwrite=args.overwrite, mkdir=args.mkdir)
         print(f"input: {args.input} {list(shape)} {np.dtype(source.dtype)} ({source.kind}, "
               f"{source.nbytes / 2**20:.0f} MiB)  kernel: {args.kernel} {list(weight.shape)} groups={groups}  "
               f"backend: {args.backend or 'default (auto for filters, torch for layers)'}", flush=True)

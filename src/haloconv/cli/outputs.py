@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from haloconv.files import images
+
 SUFFIXES = {".npy": "npy", ".tif": "tif", ".tiff": "tif", ".png": "png", ".zarr": "zarr"}
 STREAMED = ("npy", "tif", "zarr")  # what a streamed run writes tile by tile (files.arrays.FORMATS)
 DEFAULT_FOLDER = "out"
@@ -63,9 +65,8 @@ def prepare(found: list[Target], output: str | None, *, overwrite: bool, mkdir: 
     for t in found:
         if t.path.exists() and not overwrite:
             raise ValueError(f"{str(t.path)!r} exists; pass --overwrite to replace it")
-        if shape is not None and t.fmt in ("tif", "png") and (len(shape) != 4 or shape[0] != 1):
-            raise ValueError(f"-o {str(t.path)!r}: a .{t.fmt} holds one 2-D image (with channels); this output is "
-                             f"{list(shape)} — write .npy or .zarr")
+        if shape is not None:
+            images.check_one_image(t.path, t.fmt, shape)
         parent = t.path.parent
         if not parent.exists():
             if not (mkdir or output is None or parent == Path(DEFAULT_FOLDER)):

@@ -105,15 +105,20 @@ def _atomic(path: Path, write) -> Path:
     return path
 
 
+def check_one_image(path: Path, fmt: str, shape) -> None:
+    """A .tif or .png holds one 2-D image (with channels): refuse any other output shape."""
+    if fmt in ("tif", "png") and (len(shape) != 4 or shape[0] != 1):
+        raise ValueError(f"-o {str(path)!r}: a .{fmt} holds one 2-D image (with channels); this output is "
+                         f"{list(shape)} — write .npy or .zarr")
+
+
 def write_output(y: np.ndarray, path: str | Path, fmt: str) -> Path:
     """Write ``y`` (N, C, *spatial) to ``path`` as ``fmt``: 'npy' (as it is), 'zarr' (as it
     is, a folder), 'tif' (float32, lossless: the one sample's H x W, or C x H x W) or 'png' (8-bit,
     min/max scaled: grayscale, or RGB for 3 channels).  The file appears whole or not at
     all (written beside it, renamed into place, replacing what was there)."""
     path = Path(path)
-    if fmt in ("tif", "png") and (y.ndim != 4 or y.shape[0] != 1):
-        raise ValueError(f"{str(path)!r}: a .{fmt} holds one 2-D image (with channels); this output is "
-                         f"{list(y.shape)} — write .npy or .zarr")
+    check_one_image(path, fmt, y.shape)
     if fmt == "npy":
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
