@@ -9,7 +9,7 @@ after each compute: LocalCluster's throttle).
             speeds (1 + 1/2); "one process, whole" (one big tile) is printed beside it
   static    an even split: one half per process (the fast one waits for the slow one)
   weighted  a static split by the speeds the processes measured first (LocalCluster.speeds,
-            what `haloconv run --weights auto` does; the measuring is timed apart)
+            what `haloconv run --worker-speeds auto` does; the measuring is timed apart)
   dynamic   --tiles row bands handed out to whichever process is free
 Best of N, interleaved, load average printed.  Target: dynamic within 15% of ideal; static
 about 1.5x.  Every result checked against single-node torch.  Not a test.

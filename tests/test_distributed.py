@@ -69,11 +69,11 @@ def test_cli_report_bytes_equal_prediction(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "haloconv", "run", "--random", "2x3x64x48", "--kernel", "box:3", "--workers", "3",
          "--engine", "processes", "--partition", "grid", "--padding-mode", "reflect", "--report",
-         str(tmp_path / "r.json"), "-o", str(tmp_path / "y")],
+         str(tmp_path / "r.json"), "-o", str(tmp_path / "y"), "-v"],
         capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 0, r.stderr
-    assert "predicted sent/recv" in r.stdout
+    assert "predicted sent/recv" in r.stdout  # the traffic table of -v
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["engine"] == "processes" and len(rep["load_average"]) == 3
     assert rep["plan"]["splits"][2:] != [1, 1] and len(rep["plan"]["tiles"]) == 3
@@ -91,7 +91,8 @@ def test_ctrl_c_stops_all_workers(tmp_path):
     # two torch calls, is taken within a tile's compute (a huge tile would delay it)
     p = subprocess.Popen(
         [sys.executable, "-m", "haloconv", "run", "--random", "4x32x1024x1024", "--kernel", "box:15",
-         "--workers", "3", "--partition", "rows", "--schedule", "dynamic", "--tiles", "384", "-o", str(tmp_path / "y")],
+         "--workers", "3", "--partition", "rows", "--schedule", "dynamic", "--tiles", "384", "-o", str(tmp_path / "y"),
+         "-v"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         # a shell that starts the suite in the background ignores SIGINT, and the ignoring is
         # inherited (Python then never raises KeyboardInterrupt): give the run a terminal's Ctrl-C

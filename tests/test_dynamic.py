@@ -1,5 +1,7 @@
 """Dynamic scheduling on a LocalCluster: tiles handed to whichever process is free, exact."""
 
+import logging
+
 import pytest
 import torch
 
@@ -50,7 +52,7 @@ def test_dynamic_refuses_filter_splits_and_bad_throttle(cluster):
         cluster.run_dynamic(make_plan(spec, "rows", 4), x, w, None, throttle={1: 0.5})
 
 
-def test_measured_speeds_follow_a_throttled_process_and_weight_the_split():
+def test_measured_speeds_follow_a_throttled_process_and_weight_the_split(caplog):
     import haloconv
     from haloconv.engines import processes
 
@@ -59,9 +61,10 @@ def test_measured_speeds_follow_a_throttled_process_and_weight_the_split():
         speeds = cl.speeds(spec)
         assert speeds[0] == 1.0 and speeds[1] < 0.5, speeds  # 5x slower by its sleeps
     x, w = torch.randn(1, 8, 256, 256), torch.randn(8, 8, 3, 3)
-    logs = []
     plan = haloconv.plan(x.shape, w.shape, padding=1, partition="rows", workers=2)
-    ex = processes.run(plan, x, w, None, measure_speeds=True, throttle={1: 5.0}, log=logs.append)
+    with caplog.at_level(logging.INFO, logger="haloconv"):
+        ex = processes.run(plan, x, w, None, measure_speeds=True, throttle={1: 5.0})
+    logs = [r.getMessage() for r in caplog.records]
     assert torch.equal(ex.output, torch.nn.functional.conv2d(x, w, padding=1))
     rows = [t.out.shape[2] for t in ex.plan.tiles]
     assert rows[0] > 2 * rows[1], (rows, logs)  # the slow process got the smaller share

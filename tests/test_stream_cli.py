@@ -23,7 +23,7 @@ from haloconv.planning.spec import ConvSpec
 
 def _single_node(path, kernel: str, padding_mode: str) -> np.ndarray:
     """torch on the whole input, read as the CLI reads it: the reference of every run here."""
-    x, _ = io.read_input(path)
+    x = io.read_input(path).x
     weight, groups = filters.load_kernel(kernel, x.shape[1], x.ndim - 2)
     spec = ConvSpec.from_args(x.shape, weight.shape, None, padding="same", padding_mode=padding_mode, groups=groups)
     return kernels.single_node(torch.from_numpy(x), torch.from_numpy(weight.astype(np.float32)), None, spec).numpy()
@@ -42,7 +42,7 @@ def test_streamed_cli_outputs_equal_the_single_node_result(tmp_path):
     ref = _single_node(tmp_path / "x.npy", "gaussian:1.5", "reflect")
     for fmt in ("npy", "tif", "zarr"):
         r = _cli(*common, "--stream", "--memory-budget", "2GB", "--out-format", fmt, "-o", "s",
-                 "--report", "s.json", cwd=tmp_path)
+                 "--report", "s.json", "-v", cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert "streaming:" in r.stdout and "peak RSS" in r.stdout
         path = tmp_path / f"s.{fmt}"
@@ -86,7 +86,7 @@ def test_peak_resident_memory_of_every_process_stays_within_the_budget(tmp_path,
     del x
     assert (tmp_path / "big.npy").stat().st_size >= 3 * budget
     cmd = [sys.executable, "-m", "haloconv", "run", "big.npy", "--memory-budget", f"{budget}B", "--kernel", "box:3",
-           "--backend", "ndimage", "--workers", "2", "--engine", engine, "-o", "y", "--report", "r.json"]
+           "--backend", "ndimage", "--workers", "2", "--engine", engine, "-o", "y", "--report", "r.json", "-v"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = watch_rss(proc)  # psutil, from outside
     out = proc.stdout.read()
@@ -117,7 +117,7 @@ def test_streamed_under_torchrun_every_rank_shares_the_files(tmp_path):
     common = ["x.npy", "--kernel", "laplacian", "--padding-mode", "replicate"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "haloconv",
            "run", *common, "--stream", "--memory-budget", "2GB", "--out-format", "zarr", "-o", "tr", "--report",
-           "tr.json"]
+           "tr.json", "-v"]
     p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     try:

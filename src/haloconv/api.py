@@ -17,6 +17,7 @@ from haloconv.planner import plan
 from haloconv.planning.partition import Partition
 from haloconv.planning.plan import Plan
 from haloconv.planning.spec import IntOrTuple
+from haloconv.progress import Progress
 
 ArrayLike = torch.Tensor | np.ndarray
 ENGINES = ("threads", "processes")  # by name; or a LocalCluster
@@ -61,6 +62,7 @@ def execute(
     threads: int | None = None,
     schedule: str = "static",
     tiles: int | None = None,
+    progress: Progress | None = None,
 ) -> Execution:
     """Run ``plan`` on data; returns the output tensor with per-worker statistics.
 
@@ -95,7 +97,7 @@ def execute(
         cluster = engine
 
         def run(x, w, b):
-            return cluster.retrying(on_failure, lambda: cluster.run(plan, x, w, b))
+            return cluster.retrying(on_failure, lambda: cluster.run(plan, x, w, b, progress=progress))
 
         def backward(x, w, b, g, needs):
             return cluster.retrying(on_failure, lambda: cluster.backward(plan, x, w, b, g, needs))
@@ -106,7 +108,8 @@ def execute(
             raise ValueError("threads applies to engine='threads'")
 
         def run(x, w, b):
-            return processes.run(plan, x, w, b, on_failure=on_failure, schedule=schedule, tiles=tiles)
+            return processes.run(plan, x, w, b, on_failure=on_failure, schedule=schedule, tiles=tiles,
+                                 progress=progress)
 
         def backward(x, w, b, g, needs):
             return processes.run_backward(plan, x, w, b, g, needs, on_failure=on_failure)
@@ -115,7 +118,7 @@ def execute(
             raise ValueError("schedule and tiles apply to engine='processes'")
 
         def run(x, w, b):
-            return threads_engine.run(plan, x, w, b, threads=threads)
+            return threads_engine.run(plan, x, w, b, threads=threads, progress=progress)
 
         def backward(x, w, b, g, needs):
             return threads_engine.backward(plan, x, w, b, g, needs, threads=threads)

@@ -43,11 +43,16 @@ def conv_file(
     profile: cost.Profile | str | None = None,
     spmd: bool = False,
     engine: str = "threads",
+    progress=None,
+    integers: str = "auto",
+    layout: str = "auto",
 ):
     """Convolve a file bigger than memory into a file, out of core (see engines/stream.py).
 
     ``input``: .npy, TIFF (contiguous, striped or tiled) or .zarr, read as files.images.read_input
-    does ((H, W) -> (1, 1, H, W), integers scaled to [0, 1]).  ``output``: a path ending in
+    does ((H, W) -> (1, 1, H, W); ``layout`` for a 3-D array, files.arrays.logical_axes;
+    ``integers``: 'auto' scales a TIFF's integers to [0, 1] and keeps an array's values,
+    'unit' or 'keep' for any input, files.pixels).  ``output``: a path ending in
     .npy, .tif or .zarr; it appears whole when the run ends (meanwhile OUTPUT.partial and
     OUTPUT.journal).  ``memory_budget``: bytes of resident memory each of the ``workers``
     processes may hold at its peak, Python and torch included (unlike plan's, which counts
@@ -61,6 +66,8 @@ def conv_file(
     ``spmd``: called by every rank of a torch.distributed job (torchrun) instead: the ranks
     share the tiles through a file system they all see (``workers`` and ``on_failure`` do
     not apply); the result comes back on rank 0, None elsewhere.
+    ``progress(done, total)``: called as tiles are written (rank 0's own, under spmd);
+    what the run decides is logged at INFO (logger ``haloconv``).
     """
     if engine not in ("threads", "processes"):
         raise ValueError(f"engine must be 'threads' or 'processes' for a streamed run, got {engine!r}")
@@ -70,7 +77,7 @@ def conv_file(
     if fmt not in arrays.FORMATS:
         raise ValueError(f"output must end in one of {['.' + f for f in arrays.FORMATS]}, got {str(out)!r}")
     dtype = float_dtype(dtype)
-    source = arrays.open_input(input)
+    source = arrays.open_input(input, integers, layout)
     wt = check_filters(weight)
     bt = None if bias is None else check_filters(bias, "bias")
     spec = ConvSpec.from_args(source.logical_shape, tuple(wt.shape), None if bt is None else tuple(bt.shape),
@@ -90,20 +97,16 @@ def conv_file(
         from haloconv.engines import stream
 
         return stream.run_spmd(source, spec, wt, bt, out, fmt, memory_budget=budget, backend=backend, dtype=dtype,
-                               resume=resume, block=None if block is None else tuple(block), log=log_to_stdout)
+                               resume=resume, block=None if block is None else tuple(block), progress=progress)
     workers = default_workers() if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     if engine == "threads":
         return stream_threads.run(source, spec, wt, bt, out, fmt, memory_budget=budget, threads=workers,
                                   backend=backend, dtype=dtype, resume=resume,
-                                  block=None if block is None else tuple(block), log=log_to_stdout)
+                                  block=None if block is None else tuple(block), progress=progress)
     from haloconv.engines import stream
 
     return stream.run(source, spec, wt, bt, out, fmt, memory_budget=budget, workers=workers, backend=backend,
                       dtype=dtype, resume=resume, on_failure=on_failure, timeout=timeout,
-                      block=None if block is None else tuple(block), log=log_to_stdout)
-
-
-def log_to_stdout(message: str) -> None:
-    print(message, flush=True)
+                      block=None if block is None else tuple(block), progress=progress)

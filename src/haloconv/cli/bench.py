@@ -379,3 +379,38 @@ def _write(path: Path, text: str) -> Path:
 if __name__ == "__main__":  # one peer run in a fresh process: METHOD SIZE K OUT.npy
     m, s, k, o = sys.argv[1:5]
     print("RESULT " + json.dumps(peer_once(m, int(s), int(k) if k.isdigit() else k, o)))
+
+
+def command(args, console) -> int:
+    """`haloconv bench`: the benchmarks into a folder of markdown tables and PNG plots."""
+    import dataclasses
+    import importlib.util
+
+    from haloconv.model import cost, scaling
+    from haloconv.planning.spec import ConvSpec
+
+    parts = set(args.only.split(","))
+    if not parts or parts - {"accuracy", "peers", "scaling"}:
+        raise ValueError(f"--only takes accuracy, peers, scaling (comma-separated), got {args.only!r}")
+    if args.peers_size < 16:
+        raise ValueError(f"--peers-size must be >= 16, got {args.peers_size}")
+    accuracy = peer = scaled = None
+    if "accuracy" in parts:
+        accuracy = model_accuracy(args.profile, repeat=2 if args.quick else 5, quick=args.quick,
+                                  min_seconds=0.0 if args.quick else 0.3, log=console.say)
+    if "peers" in parts:
+        methods = [m for m in PEERS if m != "dask-image" or importlib.util.find_spec("dask_image")]
+        if "dask-image" not in methods:
+            console.warn("dask-image is not installed (pip install 'haloconv[bench]'): compared without it")
+        peer = peers(args.peers_size, (3, 15), 1 if args.quick else 3, methods, log=console.say)
+    if "scaling" in parts:
+        spec = ConvSpec.from_args((1, 64, 2048, 2048), (64, 64, 3, 3), None, padding=1)
+        counts = [2**i for i in range(11)]
+        sim = dataclasses.replace(cost.load_profile(args.profile), bandwidth_Bps=25e9, latency_s=5e-6, cores=1024)
+        proj = scaling.project(spec, counts, sim)
+        title = "1x64x2048x2048 * 64x64x3x3: predicted, 25 GB/s, 5 us, one core per worker"
+        scaled = (counts, proj, title, scaling.table(counts, proj))
+        console.say(scaled[3])
+    for path in write_folder(args.out, accuracy, peer, scaled):
+        console.say(f"wrote {path}")
+    return 0

@@ -245,3 +245,12 @@ def calibrate(quick: bool = False, log=print) -> Profile:
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     prof.source = f"calibrated {stamp}" + (" (quick)" if quick else "")
     return prof
+
+
+def command(args, console) -> int:
+    """`haloconv calibrate`: measure this machine into the profile the cost model reads."""
+    from haloconv.model import cost
+
+    prof = calibrate(quick=args.quick, log=console.say)
+    console.say(f"wrote {prof.save(args.profile or cost.default_profile_path())}")
+    return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -84,6 +85,25 @@ def traffic_table(report: dict) -> str:
                 f"{v['seconds']:.4f}",
             ])
     return text.table(head, rows)
+
+
+def header(args, name: str, how: str, shape: list[int], dtype: str, w_shape: list[int], groups: int) -> dict:
+    """What a report says about its run before any number: haloconv's version, the command
+    line, the input (how it was read) and the kernel."""
+    from haloconv import __version__
+
+    return {"haloconv": __version__, "argv": list(getattr(args, "argv", None) or sys.argv),
+            "input": {"name": str(name), "read_as": how, "shape": shape, "dtype": dtype},
+            "kernel": {"name": args.kernel, "shape": w_shape, "groups": groups}}
+
+
+def emit(report: dict, where: str, console) -> None:
+    """The run report: into the file ``where``, or to stdout for '-' (the console's lines
+    for people went to stderr, cli/console.py)."""
+    if where == "-":
+        print(dumps(report), flush=True)
+    else:
+        console.say(f"wrote {write_report(report, where)}")
 
 
 def dumps(report: dict) -> str:

@@ -22,6 +22,7 @@ from haloconv.engines.host import default_workers, empty
 from haloconv.engines.windows import assemble_window
 from haloconv.planning.boxes import Tile
 from haloconv.planning.plan import Plan
+from haloconv.progress import Counter, Progress
 
 
 def runs(plan: Plan) -> bool:
@@ -30,11 +31,11 @@ def runs(plan: Plan) -> bool:
 
 
 def run(plan: Plan, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
-        threads: int | None = None) -> Execution:
+        threads: int | None = None, progress: Progress | None = None) -> Execution:
     """Every tile of ``plan`` on a thread of this process, windows read from ``x`` (views
     where they can be), outputs written straight into the result (a numpy array in the
     returned Execution).  ``threads``: at most this many tiles at once (default: all);
-    the cores are shared among them."""
+    the cores are shared among them.  ``progress(done, total)``: called as each tile is done."""
     spec = plan.spec
     if not runs(plan):
         raise ValueError(f"backend {plan.backend!r} does not compute numpy arrays for this convolution; "
@@ -48,6 +49,7 @@ def run(plan: Plan, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None =
     out = empty(spec.output_shape, x.dtype)
     pool = min(threads or len(plan.tiles), len(plan.tiles))
     per = max(1, default_workers() // pool)
+    count = Counter(progress, len(plan.tiles))
 
     def work(tile: Tile) -> WorkerStats:
         t0 = time.perf_counter()
@@ -56,6 +58,7 @@ def run(plan: Plan, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None =
         t1 = time.perf_counter()
         compute_tile_array(plan, tile, window, weight[c0:c1], None if bias is None else bias[c0:c1],
                            out[tile.out.slices()], per)
+        count.tick()
         return WorkerStats(tile.rank, tile.out.shape, tile.halo_elements,
                            {"halo": t1 - t0, "compute": time.perf_counter() - t1})
 

@@ -10,6 +10,8 @@ each operation (master and worker halves) is in engines/ops/.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from haloconv.engines.cluster import Cluster, check_on_failure, retriable
@@ -20,6 +22,9 @@ from haloconv.engines.ops.resident import Sharded
 from haloconv.planning.partition import replanned
 from haloconv.planning.plan import Plan, make_plan
 from haloconv.planning.spec import ConvSpec
+from haloconv.progress import Progress
+
+log = logging.getLogger(__name__)
 
 __all__ = ["LocalCluster", "Sharded", "WorkerError", "run", "run_backward"]
 
@@ -36,9 +41,11 @@ class LocalCluster(Cluster):
     compute — a stand-in for unequal machines in benchmarks and tests.
     """
 
-    def run(self, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Execution:
-        """End to end: the master scatters, workers exchange halos and compute, the master gathers."""
-        return static.run(self, plan, x, weight, bias)
+    def run(self, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
+            progress: Progress | None = None) -> Execution:
+        """End to end: the master scatters, workers exchange halos and compute, the master
+        gathers (``progress(done, total)`` as their outputs arrive)."""
+        return static.run(self, plan, x, weight, bias, progress=progress)
 
     def backward(self, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  grad: torch.Tensor, needs: tuple[bool, bool, bool]) -> tuple:
@@ -51,9 +58,10 @@ class LocalCluster(Cluster):
 
     def run_dynamic(self, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
                     throttle: dict[int, float] | None = None, out: torch.Tensor | None = None,
-                    finished: set[int] | None = None) -> Execution:
+                    finished: set[int] | None = None, progress: Progress | None = None) -> Execution:
         """Master/worker with dynamic scheduling, for unequal workers (ops/dynamic.run_dynamic)."""
-        return dynamic.run_dynamic(self, plan, x, weight, bias, throttle=throttle, out=out, finished=finished)
+        return dynamic.run_dynamic(self, plan, x, weight, bias, throttle=throttle, out=out, finished=finished,
+                                   progress=progress)
 
     def speeds(self, spec: ConvSpec, dtype: torch.dtype = torch.float32, backend: str = "torch",
                repeat: int = 3) -> list[float]:
@@ -85,9 +93,9 @@ class LocalCluster(Cluster):
 
 
 def run(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
-        timeout: float = 60.0, on_failure: str = "retry", log=None, schedule: str = "static",
+        timeout: float = 60.0, on_failure: str = "retry", schedule: str = "static",
         tiles: int | None = None, measure_speeds: bool = False,
-        throttle: dict[int, float] | None = None) -> Execution:
+        throttle: dict[int, float] | None = None, progress: Progress | None = None) -> Execution:
     """engine='processes': start a LocalCluster for this one call, then stop it.
 
     ``schedule='static'``: each worker computes its tile of ``plan``; with
@@ -99,7 +107,9 @@ def run(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     workers left (one fewer per lost worker) on a fresh cluster — dynamic: only the tiles
     not finished yet (the others are kept); static: the plan re-made with the same
     partition, run again.  Exact either way.  ``'fail'``: raise WorkerError at once.
-    ``throttle``: see LocalCluster (benchmarks and tests)."""
+    ``throttle``: see LocalCluster (benchmarks and tests).  ``progress(done, total)``: called
+    as tiles finish (progress.py); a lost worker's retry starts the count again.  What the run
+    decides and survives is logged (logger ``haloconv.engines.processes``)."""
     check_on_failure(on_failure)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -114,8 +124,8 @@ def run(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         finished: set[int] = set()
 
         def body(cluster: LocalCluster) -> Execution:
-            _started(cluster, log)
-            return cluster.run_dynamic(fine, x, weight, bias, out=out, finished=finished)
+            _started(cluster)
+            return cluster.run_dynamic(fine, x, weight, bias, out=out, finished=finished, progress=progress)
 
         def go_on(survivors: int, error: WorkerError) -> str:
             return (f"going on with {survivors} process(es): {len(fine.tiles) - len(finished)} of "
@@ -124,37 +134,34 @@ def run(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         current = [plan]
 
         def body(cluster: LocalCluster) -> Execution:
-            _started(cluster, log)
+            _started(cluster)
             p = current[0]
             if measure_speeds:
                 speeds = cluster.speeds(p.spec, x.dtype, p.backend)
-                if log is not None:
-                    log("measured speeds (1 = fastest): " + ", ".join(f"{v:.2f}" for v in speeds))
+                log.info("measured speeds (1 = fastest): " + ", ".join(f"{v:.2f}" for v in speeds))
                 p = _replan(p, p.workers, speeds)
-            return cluster.run(p, x, weight, bias)
+            return cluster.run(p, x, weight, bias, progress=progress)
 
         go_on = _replanning(current)
-    ex, failures = on_fresh_clusters(plan.workers, on_failure, body, go_on, timeout=timeout, throttle=throttle,
-                                     log=log)
+    ex, failures = on_fresh_clusters(plan.workers, on_failure, body, go_on, timeout=timeout, throttle=throttle)
     ex.failures = failures
     return ex
 
 
 def run_backward(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  grad: torch.Tensor, needs: tuple[bool, bool, bool], *, timeout: float = 60.0,
-                 on_failure: str = "retry", log=None) -> tuple:
+                 on_failure: str = "retry") -> tuple:
     """The gradients of engine='processes' run of ``plan`` (LocalCluster.backward), on a
     LocalCluster started for this call; a lost worker is handled as in run (static)."""
     current = [plan]
     grads, _ = on_fresh_clusters(plan.workers, on_failure,
                                  lambda cluster: cluster.backward(current[0], x, weight, bias, grad, needs),
-                                 _replanning(current), timeout=timeout, log=log)
+                                 _replanning(current), timeout=timeout)
     return grads
 
 
-def _started(cluster: LocalCluster, log) -> None:
-    if log is not None:
-        log(f"started {cluster.workers} worker processes in {cluster.startup_seconds:.2f}s")
+def _started(cluster: LocalCluster) -> None:
+    log.info(f"started {cluster.workers} worker processes in {cluster.startup_seconds:.2f}s")
 
 
 def _replanning(current: list[Plan]):
@@ -166,12 +173,12 @@ def _replanning(current: list[Plan]):
 
 
 def on_fresh_clusters(workers: int, on_failure: str, body, go_on, *, timeout: float = 60.0,
-                      throttle: dict[int, float] | None = None, log=None) -> tuple[object, list[str]]:
+                      throttle: dict[int, float] | None = None) -> tuple[object, list[str]]:
     """The one failure loop of the runs that start their own processes (one-shot runs and
     streams): ``(body(cluster), failures survived)`` with ``body`` run on a LocalCluster of
     ``workers`` processes started for it.  When a worker is lost (died or hung; see
     ``retriable``) and on_failure='retry', ``go_on(survivors, error)`` adapts the job to the
-    processes left and says how (logged), and ``body`` runs again on a fresh cluster of the
+    processes left and says how (logged as a warning), and ``body`` runs again on a fresh cluster of the
     survivors; otherwise the WorkerError is raised.  (A cluster you hold heals itself and
     retries on the same processes instead: Cluster.retrying.)"""
     check_on_failure(on_failure)
@@ -185,9 +192,7 @@ def on_fresh_clusters(workers: int, on_failure: str, body, go_on, *, timeout: fl
             if not retriable(e, on_failure) or survivors < 1:
                 raise
             failures.append(str(e))
-            what = go_on(survivors, e)
-            if log is not None:
-                log(f"haloconv: {e}\n{what}")
+            log.warning(f"{e}\n{go_on(survivors, e)}")
             workers = survivors
 
 

@@ -19,6 +19,7 @@ from haloconv.engines.windows import assemble_window, piece_data
 from haloconv.planning.boxes import Box, Tile
 from haloconv.planning.messages import transfer_chunks
 from haloconv.planning.plan import Plan
+from haloconv.progress import Counter
 
 _DTYPES = [torch.float32, torch.float64]
 
@@ -476,16 +477,21 @@ def _post_output_receive(comm: Comm, out: torch.Tensor, box: Box, src: int) -> t
 
 
 def finish_gather(comm: Comm, plan: Plan, posted: list, out: torch.Tensor, y_local: torch.Tensor | None,
-                  dst: int = 0) -> torch.Tensor:
-    """On ``dst``: write its own output box, then wait for the others posted by post_gather."""
+                  dst: int = 0, progress: Counter | None = None) -> torch.Tensor:
+    """On ``dst``: write its own output box, then wait for the others posted by post_gather
+    (each one that lands, and its own, counted to ``progress``)."""
     with comm.phase("gather"):
         tile = plan.tile_of(dst)
         if tile is not None:
             out[tile.out.slices()] = y_local
+        if progress is not None:
+            progress.tick()
         for t, buf, works in posted:
             comm.wait(works)
             if buf is not None:
                 out[t.out.slices()] = buf
+            if progress is not None:
+                progress.tick()
     return out
 
 

@@ -12,6 +12,7 @@ The job, its journal and output, and a tile's read and compute: engines/stream_j
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -42,6 +43,9 @@ from haloconv.files import arrays
 from haloconv.files.arrays import DiskArray
 from haloconv.files.journal import Journal, journal_path
 from haloconv.planning.spec import ConvSpec
+from haloconv.progress import Counter, Progress
+
+log = logging.getLogger(__name__)
 
 
 def run_tile(job: Job, index: int, torch_backend) -> int:
@@ -83,19 +87,16 @@ def worker_loop(comm: Comm, job: Job, torch_backend) -> dict:
     return {"tiles": tiles, "bytes_read": nread}
 
 
-def run_on(cluster, job: Job, todo: list[int], journal: Journal, log=None) -> dict:
-    """The master's side on a started cluster: hand out ``todo``, journal what finishes.
-    Returns the reports per rank (tiles, bytes read, peak RSS)."""
+def run_on(cluster, job: Job, todo: list[int], journal: Journal, progress: Progress | None = None) -> dict:
+    """The master's side on a started cluster: hand out ``todo``, journal what finishes
+    (and count it to ``progress``).  Returns the reports per rank (tiles, bytes read, peak RSS)."""
     torch_backend = torch_backend_for(job)
-    start = time.perf_counter()
-    step = max(1, len(todo) // 10)
     stats = {"bytes_read": 0}
+    count = Counter(progress, len(job.plan.tiles), len(journal.done))
 
     def finished(index: int) -> None:
         journal.record(index)
-        n = len(journal.done)
-        if log is not None and (n % step == 0 or n == len(job.plan.tiles)):
-            log(f"  {n}/{len(job.plan.tiles)} tiles done ({time.perf_counter() - start:.1f}s)")
+        count.tick()
 
     def master(comm: Comm) -> None:
         def feed(rank: int, index: int, keep: list) -> None:
@@ -132,7 +133,7 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
         fmt: str, *, memory_budget: int, workers: int, backend: str = "torch", dtype: torch.dtype = torch.float32,
         resume: bool = False, on_failure: str = "retry", timeout: float = 60.0,
         throttle: dict[int, float] | None = None, block: tuple[int | None, ...] | None = None,
-        log=None) -> StreamResult:
+        progress: Progress | None = None) -> StreamResult:
     """Stream ``spec`` over the input file ``source`` into ``out`` (format ``fmt``) with
     ``workers`` processes, each within ``memory_budget`` bytes of resident memory.
 
@@ -152,10 +153,9 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
                               4 * workers, block)
                 job, journal = open_output(job, out, fmt, resume)
                 result = StreamResult(job.plan, out, 0.0, memory_budget, baseline, skipped=len(journal.done))
-                if log is not None:
-                    log(describe(job, journal, f"{workers} processes", memory_budget, baseline))
+                log.info(describe(job, journal, f"{workers} processes", memory_budget, baseline))
             todo = [i for i in range(len(job.plan.tiles)) if i not in journal.done]
-            reports = run_on(cluster, job, todo, journal, log)
+            reports = run_on(cluster, job, todo, journal, progress)
             for r, rep in reports.items():
                 result.tiles_done[r] = result.tiles_done.get(r, 0) + rep.get("tiles", 0)
                 result.bytes_read[r] = result.bytes_read.get(r, 0) + rep.get("bytes_read", 0)
@@ -168,8 +168,7 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
             return (f"going on with {survivors} process(es): "
                     f"{len(job.plan.tiles) - len(journal.done)} tiles left, finished ones kept")
 
-        _, failures = on_fresh_clusters(workers, on_failure, body, go_on, timeout=timeout, throttle=throttle,
-                                        log=log)
+        _, failures = on_fresh_clusters(workers, on_failure, body, go_on, timeout=timeout, throttle=throttle)
         result.failures.extend(failures)
         journal.close()
         arrays.promote(arrays.partial_path(out), out)
@@ -184,14 +183,14 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
 def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Tensor | None, out: Path,
              fmt: str, *, memory_budget: int, backend: str = "torch", dtype: torch.dtype = torch.float32,
              resume: bool = False, block: tuple[int | None, ...] | None = None, group=None,
-             log=None) -> StreamResult | None:
+             progress: Progress | None = None) -> StreamResult | None:
     """Under torchrun (torch.distributed initialised): every rank streams its share of the
     tiles through files all ranks see (a shared file system).  Rank 0 makes the output and
     the journal; rank r journals its tiles in OUT.journal.r<r> (folded into the main one
     by a resumed run); the output is renamed into place once every rank is done.  Tiles
     are dealt round robin (ranks are alike; a rank that dies stops the run after the
     process group's timeout, and ``resume`` goes on from the journals).  Returns the
-    result on rank 0, None elsewhere."""
+    result on rank 0, None elsewhere; ``progress``: rank 0's own tiles."""
     import torch.distributed as dist
 
     rank, world = dist.get_rank(group), dist.get_world_size(group)
@@ -207,8 +206,7 @@ def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torc
         try:
             job, journal = open_output(job, out, fmt, resume)
             shared = [(job.sink, sorted(journal.done), journal.resumed)]
-            if log is not None:
-                log(describe(job, journal, f"{world} ranks", memory_budget, baseline))
+            log.info(describe(job, journal, f"{world} ranks", memory_budget, baseline))
         except (ValueError, OSError) as e:
             shared = [f"{type(e).__name__}: {e}"]
     dist.broadcast_object_list(shared, src=0, group=group)
@@ -223,14 +221,14 @@ def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torc
     finished = set(done)
     todo = [i for i in range(len(job.plan.tiles)) if i not in finished]
     nread = tiles = 0
+    count = Counter(progress if rank == 0 else None, len(todo[::world]))
     try:
         for index in todo[rank::world]:
             nread += run_tile(job, index, torch_backend)
             job.sink.flush()
             journal.record(index)
             tiles += 1
-            if log is not None and rank == 0 and tiles % max(1, len(todo) // world // 10) == 0:
-                log(f"  rank 0: {tiles}/{len(todo[::world])} of its tiles done ({time.perf_counter() - t_start:.1f}s)")
+            count.tick()
     finally:
         arrays.close_all()
         journal.close()

@@ -20,6 +20,7 @@ keeps what finished; ``resume`` goes on from it).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +34,9 @@ from haloconv.engines.host import peak_rss
 from haloconv.files import arrays
 from haloconv.files.arrays import DiskArray
 from haloconv.planning.spec import ConvSpec
+from haloconv.progress import Counter, Progress
+
+log = logging.getLogger(__name__)
 
 # tiles in flight: one being read, one computed, one written; sized so that the three
 # stages together stay within the allowance of two tile peaks (see the module docstring)
@@ -44,11 +48,12 @@ MIN_TILES = 8
 
 def run(source: DiskArray, spec: ConvSpec, weight, bias, out: Path, fmt: str, *, memory_budget: int, threads: int,
         backend: str = "torch", dtype: object = np.float32, resume: bool = False,
-        block: tuple[int | None, ...] | None = None, log=None) -> stream.StreamResult:
+        block: tuple[int | None, ...] | None = None, progress: Progress | None = None) -> stream.StreamResult:
     """Stream ``spec`` over the input file ``source`` into ``out`` (format ``fmt``) in this
     process, its peak resident memory within ``memory_budget`` bytes; ``threads``: the
     cores the compute uses (OpenCV's, or torch's, thread count for the run).  ``weight``,
-    ``bias``: tensors or arrays; ``dtype``: float32 or float64 (torch or numpy)."""
+    ``bias``: tensors or arrays; ``dtype``: float32 or float64 (torch or numpy).
+    ``progress(done, total)``: called as each tile is written (progress.py)."""
     t_start = time.perf_counter()
     stream.load_libraries(backend, spec)  # counted in the baseline, not in the tiles' share
     baseline = stream.resident(os.getpid())
@@ -56,15 +61,14 @@ def run(source: DiskArray, spec: ConvSpec, weight, bias, out: Path, fmt: str, *,
     job = stream.job_for(source, spec, weight, bias, dtype, allowance, backend, MIN_TILES, block)
     job, journal = stream.open_output(job, out, fmt, resume)
     result = stream.StreamResult(job.plan, out, 0.0, memory_budget, baseline, skipped=len(journal.done))
-    if log is not None:
-        log(stream.describe(job, journal, f"1 process (read, compute and write overlapped; {threads} compute "
-                                          "threads)", memory_budget, baseline))
+    log.info(stream.describe(job, journal, f"1 process (read, compute and write overlapped; {threads} compute "
+                                           "threads)", memory_budget, baseline))
     todo = [i for i in range(len(job.plan.tiles)) if i not in journal.done]
     torch_backend = stream.torch_backend_for(job)  # None: the backend computes arrays, no torch
     try:
         with _torch_threads(threads, torch_backend is not None):
             nread = _pipeline(job, todo, journal, torch_backend, threads,
-                              _progress(log, len(job.plan.tiles), len(journal.done), t_start))
+                              Counter(progress, len(job.plan.tiles), len(journal.done)).tick)
         journal.close()
         arrays.promote(arrays.partial_path(out), out)
         journal.remove()
@@ -126,15 +130,3 @@ def _pipeline(job: stream.Job, todo: list[int], journal, torch_backend, threads:
             raise
     return nread
 
-
-def _progress(log, total: int, done: int, t_start: float):
-    """A callable counting finished tiles, logging about every tenth of the run."""
-    step = max(1, (total - done) // 10)
-    count = [done]
-
-    def tick() -> None:
-        count[0] += 1
-        if log is not None and ((count[0] - done) % step == 0 or count[0] == total):
-            log(f"  {count[0]}/{total} tiles done ({time.perf_counter() - t_start:.1f}s)")
-
-    return tick

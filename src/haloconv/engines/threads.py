@@ -19,6 +19,7 @@ from haloconv.engines.execution import Execution, WorkerStats
 from haloconv.engines.windows import assemble_window
 from haloconv.planning.boxes import Tile
 from haloconv.planning.plan import Plan
+from haloconv.progress import Counter, Progress
 
 
 def run(
@@ -28,11 +29,13 @@ def run(
     bias: torch.Tensor | None,
     *,
     threads: int | None = None,
+    progress: Progress | None = None,
 ) -> Execution:
     """Every tile in a thread of this process, windows read from ``x`` (views where they
     can be) and outputs written straight into the result.  ``threads``: at most this many
     tiles at once (default: all) — a plan of many more tiles than threads computes the
-    same result holding only that many tiles' windows and outputs at a time."""
+    same result holding only that many tiles' windows and outputs at a time.
+    ``progress(done, total)``: called as each tile is done."""
     _check_threads(threads)
     spec = plan.spec
     t_start = time.perf_counter()
@@ -41,6 +44,7 @@ def run(
     caller_threads = torch.get_num_threads()
     pool = min(threads or len(plan.tiles), len(plan.tiles))
     per = max(1, caller_threads // pool)
+    count = Counter(progress, len(plan.tiles))
 
     def work(tile: Tile) -> WorkerStats:
         torch.set_num_threads(per)
@@ -52,6 +56,7 @@ def run(
         t1 = time.perf_counter()
         compute_tile(plan, tile, window, w, b, torch_backend, out=out[tile.out.slices()])  # straight into the result
         t2 = t3 = time.perf_counter()
+        count.tick()
         return WorkerStats(
             tile.rank, tile.out.shape, tile.halo_elements,
             {"halo": t1 - t0, "compute": t2 - t1, "write": t3 - t2},

@@ -14,6 +14,7 @@ axis map says where each logical axis lives in the file (an RGB TIFF is H x W x 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -22,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from haloconv.files.pixels import TIFF_SUFFIXES, to_unit
+from haloconv.files.pixels import TIFF_SUFFIXES, integer_rule, to_float
 from haloconv.planning.boxes import Box
 
 FORMATS = ("npy", "tif", "zarr")  # streamed output formats
+LAYOUTS = ("auto", "chw", "hwc", "dhw")  # how a 3-D array's axes are read (logical_axes)
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class DiskArray:
     axes: tuple[int, ...]  # logical dim -> file axis, -1 for a dim of size 1 not in the file
     offset: int = 0  # raw: byte offset of element 0
     channels: int | None = None  # logical channels (an RGBA file keeps its first 3)
+    integers: str = "unit"  # 'unit' or 'keep': how integer values become floats (pixels.to_float)
+    layout: str = ""  # what the file's axes were read as, in words
 
     @property
     def logical_shape(self) -> tuple[int, ...]:
@@ -57,11 +61,7 @@ class DiskArray:
         return tuple(ranges)
 
     def _to_logical(self, a: np.ndarray) -> np.ndarray:
-        """File-ordered block -> logical (N, C, *spatial) block."""
-        present = [d for d, ax in enumerate(self.axes) if ax >= 0]
-        order = sorted(present, key=lambda d: self.axes[d])  # logical dims in file order
-        a = np.transpose(a, [order.index(d) for d in present])  # now in logical order
-        return a.reshape([a.shape[present.index(d)] if d in present else 1 for d in range(len(self.axes))])
+        return to_logical(a, self.axes)
 
     def _from_logical(self, a: np.ndarray) -> np.ndarray:
         present = [d for d, ax in enumerate(self.axes) if ax >= 0]
@@ -70,14 +70,14 @@ class DiskArray:
         return np.transpose(a, [present.index(d) for d in order])
 
     def read(self, box: Box, dtype: np.dtype | str = np.float32) -> np.ndarray:
-        """The logical ``box`` as ``dtype``, integers scaled to [0, 1] like io.read_input."""
+        """The logical ``box`` as ``dtype``, integers made floats by this array's rule
+        (pixels.to_float), as images.read_input makes them."""
         ranges = self._file_box(box)
         if self.kind == "raw":
             a = _raw_io(self, ranges, None)
         else:
             a = np.asarray(_zarr(self, "r")[tuple(slice(lo, hi) for lo, hi in ranges)])
-        # float32 first, then the run's dtype: the same values as io.read_input gives
-        return to_unit(self._to_logical(a)).astype(dtype, copy=False)
+        return to_float(self._to_logical(a), self.integers, dtype)
 
     def write(self, box: Box, block: np.ndarray) -> None:
         """Write the logical ``box`` (block in (N, C, *spatial), this array's dtype)."""
@@ -180,15 +180,50 @@ def _zarr(arr: DiskArray, mode: str):
 
 
 # -- opening inputs ----------------------------------------------------------------------------
-def _logical_axes(ndim: int, path: str) -> tuple[int, ...]:
-    """(H, W) -> (1, 1, H, W); (C, H, W) -> (1, C, H, W); 4-D and 5-D as they are."""
-    if ndim == 2:
-        return (-1, -1, 0, 1)
-    if ndim == 3:
-        return (-1, 0, 1, 2)
-    if ndim in (4, 5):
-        return tuple(range(ndim))
-    raise ValueError(f"input {path!r} has {ndim} dims; expected 2-D to 5-D")
+def to_logical(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """A file-ordered block -> the logical (N, C, *spatial) block (``axes``: logical dim ->
+    file axis, -1 for a dim of size 1 not in the file)."""
+    present = [d for d, ax in enumerate(axes) if ax >= 0]
+    order = sorted(present, key=lambda d: axes[d])  # logical dims in file order
+    a = np.transpose(a, [order.index(d) for d in present])  # now in logical order
+    return a.reshape([a.shape[present.index(d)] if d in present else 1 for d in range(len(axes))])
+
+
+def logical_axes(shape: tuple[int, ...], path: str, layout: str = "auto",
+                 pages: bool = False) -> tuple[tuple[int, ...], str]:
+    """How a file's array of ``shape`` is read as (N, C, *spatial): (axes, in words).
+
+    (H, W) -> (1, 1, H, W); 4-D and 5-D as they are (N, C, *spatial).  A 3-D array is
+    C x H x W ('chw'), H x W x C ('hwc', channels last) or a volume D x H x W ('dhw', one
+    channel); 'auto' reads H x W x C when its last axis has at most 4 entries and its first
+    more (an RGB(A) picture saved as an array), else C x H x W.  ``pages``: a TIFF's first
+    axis is its pages.
+
+    >>> logical_axes((512, 512, 3), "x.npy")
+    ((-1, 2, 0, 1), 'H x W x C, channels last: 3 channels')
+    >>> logical_axes((12, 64, 64), "stack.tif", pages=True)[1]
+    '12 pages x H x W: each page a channel (--layout dhw reads them as a volume)'
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    ndim = len(shape)
+    if ndim not in (2, 3, 4, 5):
+        raise ValueError(f"input {path!r} has shape {shape}; expected 2-D to 5-D")
+    if ndim != 3:
+        if layout != "auto":
+            raise ValueError(f"--layout {layout} applies to a 3-D array; {path!r} has shape {shape}")
+        if ndim == 2:
+            return (-1, -1, 0, 1), "H x W"
+        return tuple(range(ndim)), "N x C x H x W" if ndim == 4 else "N x C x D x H x W"
+    if layout == "auto":
+        layout = "hwc" if shape[-1] <= 4 < shape[0] else "chw"
+    if layout == "hwc":
+        return (-1, 2, 0, 1), f"H x W x C, channels last: {shape[-1]} channels"
+    if layout == "dhw":
+        return (-1, -1, 0, 1, 2), f"D x H x W: a volume of {shape[0]} slices, one channel"
+    if pages:
+        return (-1, 0, 1, 2), f"{shape[0]} pages x H x W: each page a channel (--layout dhw reads them as a volume)"
+    return (-1, 0, 1, 2), f"C x H x W: {shape[0]} channels"
 
 
 def _check_dtype(dtype: np.dtype, path: str) -> None:
@@ -196,9 +231,12 @@ def _check_dtype(dtype: np.dtype, path: str) -> None:
         raise ValueError(f"input {path!r} has an unsupported dtype {dtype} (use integer, bool or floating)")
 
 
-def open_input(path: str | os.PathLike) -> DiskArray:
+def open_input(path: str | os.PathLike, integers: str = "auto", layout: str = "auto") -> DiskArray:
     """Describe an input file for streaming: .npy, TIFF (contiguous, striped or tiled,
-    compressed or not), or a .zarr array.  ValueError naming the file when it cannot."""
+    compressed or not), or a .zarr array.  ``integers``: how integer values become floats
+    (pixels.integer_rule: 'auto' scales a TIFF's to [0, 1] and keeps an array's);
+    ``layout``: how a 3-D array's axes are read (logical_axes).  ValueError naming the file
+    when it cannot."""
     p = Path(path)
     name = str(p)
     if not p.exists():
@@ -206,13 +244,14 @@ def open_input(path: str | os.PathLike) -> DiskArray:
     suffix = p.suffix.lower()
     try:
         if suffix == ".npy":
-            arr = _open_npy(name)
+            arr = _open_npy(name, layout)
         elif suffix in TIFF_SUFFIXES:
-            arr = _open_tiff(name)
+            arr = _open_tiff(name, layout)
         elif suffix == ".zarr":
             z = _import_zarr().open_array(name, mode="r")
             _check_dtype(np.dtype(z.dtype), name)
-            arr = DiskArray(name, "zarr", tuple(z.shape), np.dtype(z.dtype).str, _logical_axes(z.ndim, name))
+            axes, words = logical_axes(tuple(z.shape), name, layout)
+            arr = DiskArray(name, "zarr", tuple(z.shape), np.dtype(z.dtype).str, axes, layout=words)
         else:
             raise ValueError(f"input {name!r}: streaming reads .npy, .tif/.tiff or .zarr, not {suffix!r}")
     except ValueError as e:
@@ -223,10 +262,10 @@ def open_input(path: str | os.PathLike) -> DiskArray:
         raise ValueError(f"cannot read input {name!r}: {e}") from None
     if 0 in arr.shape:
         raise ValueError(f"input {name!r} is empty: shape {arr.shape}")
-    return arr
+    return dataclasses.replace(arr, integers=integer_rule(integers, picture=suffix in TIFF_SUFFIXES))
 
 
-def _open_npy(name: str) -> DiskArray:
+def _open_npy(name: str, layout: str = "auto") -> DiskArray:
     with open(name, "rb") as f:
         version = np.lib.format.read_magic(f)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
@@ -235,14 +274,15 @@ def _open_npy(name: str) -> DiskArray:
     if fortran:
         raise ValueError(f"input {name!r} is Fortran-ordered; streaming needs a C-ordered .npy")
     _check_dtype(dtype, name)
-    arr = DiskArray(name, "raw", tuple(shape), dtype.str, _logical_axes(len(shape), name), offset)
+    axes, words = logical_axes(tuple(shape), name, layout)
+    arr = DiskArray(name, "raw", tuple(shape), dtype.str, axes, offset, layout=words)
     if os.path.getsize(name) < offset + arr.nbytes:
         raise ValueError(f"input {name!r} is truncated: {os.path.getsize(name)} bytes, "
                          f"its header needs {offset + arr.nbytes}")
     return arr
 
 
-def _open_tiff(name: str) -> DiskArray:
+def _open_tiff(name: str, layout: str = "auto") -> DiskArray:
     import tifffile
 
     with tifffile.TiffFile(name) as tf:
@@ -252,18 +292,15 @@ def _open_tiff(name: str) -> DiskArray:
         if dtype.itemsize > 1:
             dtype = dtype.newbyteorder(tf.byteorder)
     _check_dtype(dtype, name)
-    channels = None
-    if len(shape) == 2:
-        axes = (-1, -1, 0, 1)
-    elif len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4:
-        axes, channels = (-1, 2, 0, 1), 3  # H x W x RGB(A): alpha dropped, like io.read_input
-    elif len(shape) == 3:
-        axes = (-1, 0, 1, 2)
-    else:
+    if len(shape) not in (2, 3):
         raise ValueError(f"input {name!r} has shape {shape}; expected a 2-D or 3-D image")
+    axes, words = logical_axes(shape, name, layout, pages=True)
+    channels = None
+    if axes == (-1, 2, 0, 1) and shape[-1] == 4:  # RGBA: alpha dropped, as images.read_input drops it
+        channels, words = 3, "H x W x RGBA: 3 channels (alpha dropped)"
     if offset is not None:  # uncompressed and contiguous: read it like a .npy
-        return DiskArray(name, "raw", shape, dtype.str, axes, int(offset), channels)
-    return DiskArray(name, "tiff-zarr", shape, dtype.str, axes, 0, channels)
+        return DiskArray(name, "raw", shape, dtype.str, axes, int(offset), channels, layout=words)
+    return DiskArray(name, "tiff-zarr", shape, dtype.str, axes, 0, channels, layout=words)
 
 
 # -- creating outputs --------------------------------------------------------------------------

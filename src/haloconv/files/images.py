@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from haloconv.files import arrays
-from haloconv.files.pixels import IMAGE_SUFFIXES, TIFF_SUFFIXES, to_unit
+from haloconv.files.pixels import IMAGE_SUFFIXES, TIFF_SUFFIXES, conversion, integer_rule, to_float
 from haloconv.planning.boxes import Box
 
 SAMPLES = {"hopper": "grace_hopper.jpg"}
@@ -23,49 +24,63 @@ def sample_path(name: str) -> Path:
     return Path(cbook.get_sample_data(SAMPLES[name], asfileobj=False))
 
 
-def _channels_first(a: np.ndarray, path: Path) -> np.ndarray:
+def _channels_first(a: np.ndarray, path: Path) -> tuple[np.ndarray, str]:
+    """A picture's pixels as (C, H, W), and how they were read, in words."""
     if a.ndim == 2:
-        return a[None]
+        return a[None], "H x W, grayscale"
     if a.ndim == 3 and a.shape[-1] in (3, 4) and a.shape[0] > 4:
-        return np.moveaxis(a[..., :3], -1, 0)  # H x W x RGB(A); alpha dropped
-    if a.ndim == 3:
-        return a
+        dropped = " (alpha dropped)" if a.shape[-1] == 4 else ""
+        return np.moveaxis(a[..., :3], -1, 0), f"H x W x RGB{'A' if dropped else ''}: 3 channels{dropped}"
     raise ValueError(f"input {str(path)!r} has shape {a.shape}; expected a 2-D or 3-D image")
 
 
-def read_input(path: str | Path) -> tuple[np.ndarray, bool]:
-    """(x, is_image): x as float32 (N, C, *spatial).
+@dataclass(frozen=True)
+class Input:
+    """An input read whole: ``x`` (N, C, *spatial) floats, whether it is a ``picture``
+    (PNG/JPEG/BMP/GIF/TIFF: its output gets a picture beside it), and ``how`` it was read
+    (format, values, axes), in words for the run's summary."""
 
-    PNG/JPEG/BMP and TIFF images become (1, C, H, W) in [0, 1] for integer pixels
-    (grayscale C=1, RGB C=3).  A .npy array is taken as (H, W), (C, H, W), (N, C, H, W)
-    or (N, C, D, H, W).
+    x: np.ndarray
+    picture: bool
+    how: str
+
+
+def read_input(path: str | Path, dtype: object = np.float32, integers: str = "auto",
+               layout: str = "auto") -> Input:
+    """Read an image or array whole, as (N, C, *spatial) floats of ``dtype``.
+
+    PNG/JPEG/BMP/GIF pictures become (1, C, H, W): grayscale C=1, RGB C=3 (alpha dropped).
+    TIFF, .npy and .zarr arrays are read as arrays.logical_axes says (``layout``: 'auto',
+    'chw', 'hwc' or 'dhw' for a 3-D one).  Integer values are scaled to [0, 1] or kept
+    (``integers``, pixels.integer_rule: 'auto' scales pictures and TIFFs, keeps .npy and
+    .zarr).  The values equal those a streamed run reads (arrays.DiskArray.read).
     """
     p = Path(path)
     if not p.exists():
         raise ValueError(f"input file {str(p)!r} does not exist")
-    if p.suffix.lower() == ".zarr":  # a folder
-        src = arrays.open_input(p)
-        return src.read(Box((0,) * len(src.logical_shape), src.logical_shape)), False
+    suffix = p.suffix.lower()
+    if suffix == ".zarr":  # a folder
+        src = arrays.open_input(p, integers, layout)
+        return Input(src.read(Box((0,) * len(src.logical_shape), src.logical_shape), dtype), False,
+                     f"zarr: {conversion(src.dtype, src.integers)}, {src.layout}")
     if not p.is_file():
         raise ValueError(f"input {str(p)!r} is not a file")
-    suffix = p.suffix.lower()
     try:
-        if suffix == ".npy":
-            a = np.load(p, allow_pickle=False)
-            if a.ndim == 2:
-                a = a[None, None]
-            elif a.ndim == 3:
-                a = a[None]
-            elif a.ndim not in (4, 5):
-                raise ValueError(f"input {str(p)!r} has shape {a.shape}; expected 2-D to 5-D")
+        if suffix in (".npy", *TIFF_SUFFIXES):
+            if suffix == ".npy":
+                a, pages = np.load(p, allow_pickle=False), False
+            else:
+                import tifffile
+
+                a, pages = np.asarray(tifffile.imread(p)), True
             if a.size == 0:
                 raise ValueError(f"input {str(p)!r} is empty: shape {a.shape}")
-            return to_unit(a), False
-        if suffix in TIFF_SUFFIXES:
-            import tifffile
-
-            a = tifffile.imread(p)
-            return _channels_first(to_unit(np.asarray(a)), p)[None], True
+            axes, words = arrays.logical_axes(a.shape, str(p), layout, pages)
+            if pages and axes == (-1, 2, 0, 1) and a.shape[-1] == 4:  # RGBA: as arrays.open_input reads it
+                a, words = a[..., :3], "H x W x RGBA: 3 channels (alpha dropped)"
+            rule = integer_rule(integers, picture=pages)
+            return Input(to_float(arrays.to_logical(a, axes), rule, dtype), pages,
+                         f"{suffix[1:].upper()}: {conversion(a.dtype, rule)}, {words}")
         if suffix in IMAGE_SUFFIXES:
             from PIL import Image
 
@@ -73,9 +88,14 @@ def read_input(path: str | Path) -> tuple[np.ndarray, bool]:
                 if im.mode not in ("L", "I;16", "I", "F", "RGB"):
                     im = im.convert("RGB")
                 a = np.asarray(im)
-            return _channels_first(to_unit(a), p)[None], True
+            if layout != "auto":
+                raise ValueError(f"--layout applies to arrays (.npy, .tif, .zarr), not to {str(p)!r}")
+            rule = integer_rule(integers, picture=True)
+            chw, words = _channels_first(a, p)
+            return Input(to_float(chw, rule, dtype)[None], True,
+                         f"{suffix[1:].upper()}: {conversion(a.dtype, rule)}, {words}")
     except ValueError as e:
-        if str(p) in str(e):
+        if str(p) in str(e) or str(e).startswith("--layout"):
             raise
         raise ValueError(f"cannot read input {str(p)!r}: {e}") from None
     except Exception as e:  # corrupt files raise library-specific errors

@@ -139,6 +139,14 @@ class Plan:
         owned = sum(t.owned.volume for t in self.tiles)
         return self.halo_elements / owned if owned else 0.0
 
+    def summary(self) -> str:
+        """The plan in one line: partition, splits, tiles, workers, halo, backend."""
+        s = self.spec
+        idle = f" ({self.idle_workers} idle)" if self.idle_workers else ""
+        return (f"{self.partition} {'x'.join(map(str, self.splits))} over (N, C_out, "
+                f"{', '.join(_axis_names(s.ndim))}): {len(self.tiles)} tiles on {self.workers} workers{idle}, "
+                f"halo {100 * self.halo_ratio():.2f}% of the input, backend {self.backend}")
+
     def __str__(self) -> str:
         s = self.spec
         head = (

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from haloconv.planning import geometry
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+# scipy.ndimage's names for the same modes; its 'reflect' (the edge pixel repeated) is none of them
+SCIPY_MODES = {"constant": "zeros", "mirror": "reflect", "nearest": "replicate", "wrap": "circular"}
 IntOrTuple = int | Sequence[int]
 
 
@@ -105,7 +107,9 @@ class ConvSpec:
         if bias_shape is not None and tuple(bias_shape) != (c_out,):
             raise ValueError(f"bias must have shape ({c_out},), got {tuple(bias_shape)}")
         if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+            hint = SCIPY_MODES.get(padding_mode) if isinstance(padding_mode, str) else None
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}"
+                             + (f" (scipy.ndimage's {padding_mode!r} is {hint!r} here)" if hint else ""))
         stride_t = _tuple("stride", stride, ndim, 1)
         dilation_t = _tuple("dilation", dilation, ndim, 1)
         kernel = weight_shape[2:]

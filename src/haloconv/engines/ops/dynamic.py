@@ -16,6 +16,7 @@ from haloconv.engines.execution import Execution, WorkerStats
 from haloconv.engines.windows import assemble_window
 from haloconv.engines.worker import worker_op
 from haloconv.planning.plan import Plan
+from haloconv.progress import Counter, Progress
 
 
 def pull(cluster: Cluster, todo: list[int], feed, local) -> dict[int, int]:
@@ -69,14 +70,15 @@ def pull(cluster: Cluster, todo: list[int], feed, local) -> dict[int, int]:
 
 def run_dynamic(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
                 throttle: dict[int, float] | None = None, out: torch.Tensor | None = None,
-                finished: set[int] | None = None) -> Execution:
+                finished: set[int] | None = None, progress: Progress | None = None) -> Execution:
     """Master/worker with dynamic scheduling, for unequal workers: the plan's tiles (make
     many more than workers) are handed out one at a time to whichever worker is free; the
     master computes tiles too while no worker is waiting.  Exact like any plan.
 
     ``throttle``: {rank: factor} for this call (see LocalCluster).  ``out`` and
     ``finished`` (tile indices): go on with a run that a failure stopped — only the tiles
-    not in ``finished`` are computed, into ``out``; ``finished`` grows as tiles land."""
+    not in ``finished`` are computed, into ``out``; ``finished`` grows as tiles land.
+    ``progress(done, total)``: called as each tile lands."""
     if plan.splits[1] != 1:
         raise ValueError("dynamic scheduling hands out tiles of the whole filter bank; use a partition "
                          "without a channels split")
@@ -87,6 +89,7 @@ def run_dynamic(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Ten
     done: dict[int, int] = {}
     finished = set() if finished is None else finished
     out = torch.empty(plan.spec.output_shape, dtype=x.dtype) if out is None else out
+    count = Counter(progress, len(plan.tiles), len(finished))
 
     def master(comm: Comm) -> torch.Tensor:
         w, b = weight, bias
@@ -103,11 +106,13 @@ def run_dynamic(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Ten
                 out[plan.tiles[index].out.slices()] = buf
             if index >= 0:
                 finished.add(index)
+                count.tick()
 
         def local(index: int) -> None:
             tile = plan.tiles[index]
             out[tile.out.slices()] = spmd.compute(comm, plan, assemble_window(xc, tile), w, b, torch_backend, tile)
             finished.add(index)
+            count.tick()
 
         done.update(pull(cluster, [i for i in range(len(plan.tiles)) if i not in finished], feed, local))
         return out

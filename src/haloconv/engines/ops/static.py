@@ -14,10 +14,13 @@ from haloconv.engines.comm import Comm
 from haloconv.engines.execution import Execution
 from haloconv.engines.worker import tile_weights, worker_op
 from haloconv.planning.plan import Plan
+from haloconv.progress import Counter, Progress
 
 
-def run(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Execution:
-    """End to end: the master scatters, workers exchange halos and compute, the master gathers."""
+def run(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
+        progress: Progress | None = None) -> Execution:
+    """End to end: the master scatters, workers exchange halos and compute, the master
+    gathers; ``progress(done, total)`` counts the outputs that have arrived."""
     cluster.check_plan(plan)
     if x.device.type != "cpu":
         raise ValueError(f"the processes engine takes CPU tensors, got x on {x.device}")
@@ -34,7 +37,7 @@ def run(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bia
         out = torch.empty(plan.spec.output_shape, dtype=x.dtype)
         posted = spmd.post_gather(comm, plan, out)  # outputs land in `out` as workers finish
         y0 = spmd.compute(comm, plan, window, w, b, torch_backend)
-        spmd.finish_gather(comm, plan, posted, out, y0)
+        spmd.finish_gather(comm, plan, posted, out, y0, progress=Counter(progress, len(posted) + 1))
         with comm.phase("scatter"):
             for works, _ in in_flight:
                 comm.wait(works)

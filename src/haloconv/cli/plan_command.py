@@ -1,0 +1,78 @@
+"""`haloconv plan`: rank the candidate partitions by the cost model's prediction, draw the
+chosen one, project strong and weak scaling."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from haloconv import units
+from haloconv.compute import backends
+from haloconv.engines.host import default_workers
+from haloconv.files import filters, images
+from haloconv.model import cost, scaling
+
+from . import options, report
+from .console import Console
+
+
+def _problem_shapes(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[int, ...], int, str]:
+    """(x shape, weight shape, groups, name) without making data for --random."""
+    if args.random:
+        x_shape = options.random_shape(args.random)
+        name = f"random{'x'.join(map(str, x_shape))}"
+    else:
+        path = images.sample_path(args.sample) if args.sample else Path(args.input)
+        x_shape, name = images.read_input(path, args.dtype, args.integers, args.layout).x.shape, path.stem
+    if args.weight_shape:
+        w_shape = options.random_shape(args.weight_shape) if args.weight_shape.count("x") >= 3 else None
+        if w_shape is None or len(w_shape) != len(x_shape):
+            raise ValueError(f"--weight-shape must be C_out x C_in/groups x kernel... matching the input, "
+                             f"got {args.weight_shape!r}")
+        return tuple(x_shape), tuple(w_shape), x_shape[1] // w_shape[1], name
+    weight, groups = filters.load_kernel(args.kernel, x_shape[1], len(x_shape) - 2)
+    return tuple(x_shape), tuple(weight.shape), groups, name
+
+
+def command(args: argparse.Namespace, console: Console) -> int:
+    from . import plots
+
+    x_shape, w_shape, groups, name = _problem_shapes(args)
+    spec = options.spec(args, x_shape, w_shape, groups)
+    prof = cost.load_profile(args.profile)
+    workers = args.workers or default_workers()
+    itemsize = 8 if args.dtype == "float64" else 4
+    console.say(f"input {name} {list(x_shape)}, weight {list(w_shape)}, groups {groups}, {workers} workers, "
+                f"engine {args.engine}; profile: {prof.source}")
+    ranked = cost.candidates(spec, workers, prof, itemsize, backend=args.backend or backends.default_for(spec),
+                             engine=args.engine, memory_budget=options.budget(args))
+    if args.partition != "auto":
+        chosen = options.plan(args, x_shape, w_shape, groups, workers)
+        ranked = [cost.predict(chosen, prof, itemsize, args.engine)] + [
+            q for q in ranked if q.plan.splits != chosen.splits or q.plan.backend != chosen.backend]
+    if not ranked:
+        raise ValueError(f"no candidate fits --memory-budget {args.memory_budget}")
+    console.say(report.candidates_table(ranked[: args.top]))
+    best = ranked[0]
+    console.say(f"\nchosen: {best.label}")
+    console.say(str(best.plan))
+    if args.png:
+        console.say(f"wrote {plots.plan_png(best.plan, args.png)}")
+    if args.simulate_workers:
+        counts = options.int_list(args.simulate_workers, "--simulate-workers")
+        counts = (counts,) if isinstance(counts, int) else counts
+        if any(c < 1 for c in counts):
+            raise ValueError(f"--simulate-workers must be positive ints, got {args.simulate_workers!r}")
+        sim = dataclasses.replace(prof, cores=max(counts))
+        if args.bandwidth:
+            sim.bandwidth_Bps = units.quantity(args.bandwidth, units.BYTES, "--bandwidth")
+        if args.latency:
+            sim.latency_s = units.quantity(args.latency, units.SECONDS, "--latency")
+        proj = scaling.project(spec, counts, sim, itemsize)
+        console.say(scaling.table(counts, proj))
+        title = (f"{list(x_shape)} * {list(w_shape)}: predicted, {sim.bandwidth_Bps / 1e9:g} GB/s, "
+                 f"{sim.latency_s * 1e6:g} us, one core per worker")
+        if args.scaling_png:
+            console.say(f"wrote {plots.scaling_png(counts, proj, args.scaling_png, title)}")
+    return 0

@@ -1,0 +1,255 @@
+"""`haloconv run` in memory: read the input whole, plan, run on threads, worker processes or
+torchrun ranks, write the outputs, verify; the summary (or, with -v, the tables) says what
+was decided and what it cost."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+
+from haloconv.compute import backends
+from haloconv.engines import array_threads
+from haloconv.engines.execution import execution_from_reports
+from haloconv.files import filters, images
+from haloconv.model import cost
+
+from . import options, outputs, report
+from .console import Console
+
+# torch (and the engines that use it) are imported by the paths that compute with it: a
+# filter run on OpenCV in this process never imports it (docs/architecture.md, "Why filters
+# run without torch")
+
+
+@dataclass
+class Problem:
+    """What the command line asks to convolve: the input and its kernel."""
+
+    x: np.ndarray
+    picture: bool
+    name: str
+    how: str  # how the input was read, in words
+    weight: np.ndarray
+    groups: int
+
+
+def load(args: argparse.Namespace) -> Problem:
+    if args.random:
+        shape = options.random_shape(args.random)
+        x = np.random.default_rng(args.seed).standard_normal(shape, dtype=np.float32)
+        found = images.Input(x.astype(args.dtype, copy=False), False, f"random normal, seed {args.seed}")
+        name = f"random{'x'.join(map(str, shape))}"
+    else:
+        path = images.sample_path(args.sample) if args.sample else Path(args.input)
+        found = images.read_input(path, args.dtype, args.integers, args.layout)
+        name = path.stem
+    x = np.ascontiguousarray(found.x, dtype=np.dtype(args.dtype))
+    weight, groups = filters.load_kernel(args.kernel, x.shape[1], x.ndim - 2)
+    return Problem(x, found.picture, name, found.how, weight.astype(x.dtype), groups)
+
+
+def input_line(name: str, shape, dtype, how: str, kernel: str, w_shape, groups: int) -> str:
+    return (f"input: {name} {list(shape)} {np.dtype(dtype)} ({how})  kernel: {kernel} {list(w_shape)} "
+            f"groups={groups}")
+
+
+def _targets(args: argparse.Namespace, name: str, picture: bool, shape: tuple[int, ...]) -> list[outputs.Target]:
+    """The files this run writes (cli/outputs.py), refused before any compute if they exist
+    (without --overwrite) or their folder does not (without --mkdir)."""
+    found = outputs.targets(args.output, outputs.default_stem(name, args.kernel), image=picture,
+                            image_format=args.image_format, streamed=False, stream_format=args.out_format)
+    outputs.prepare(found, args.output, overwrite=args.overwrite, mkdir=args.mkdir, shape=shape)
+    return found
+
+
+def _finish(args, console: Console, ex, problem: Problem, x, w, found: list[outputs.Target]) -> int:
+    """The run's tables (-v) and summary, the outputs, the report, --verify (rank 0 / master)."""
+    console.detail(ex.table())
+    rep = report.run_report(ex, x.itemsize if isinstance(x, np.ndarray) else x.element_size())
+    rep.update(report.header(args, problem.name, problem.how, list(problem.x.shape), str(problem.x.dtype),
+                             list(problem.weight.shape), problem.groups))
+    if ex.engine != "threads":
+        console.detail(report.traffic_table(rep))
+    console.say(f"done in {ex.wall_seconds:.3f} s on {ex.engine}, compute {ex.backend}")
+    y = ex.output if isinstance(ex.output, np.ndarray) else ex.output.cpu().numpy()
+    for t in found:
+        images.write_output(y, t.path, t.fmt)
+        note = ""
+        if t.fmt == "png" and y.shape[1] not in (1, 3):
+            note = f" (channel 0 of {y.shape[1]}: a PNG shows 1 or 3; the .npy holds them all)"
+        console.say(f"wrote {t.path}{note}")
+    rep["outputs"] = [str(t.path) for t in found]
+    status = 0
+    if args.verify:
+        rep["verify"] = _verify(console, ex, x, w)
+        status = 0 if rep["verify"]["ok"] else 1
+        if status:
+            console.error(f"verify: the result differs from the single-node {ex.plan.backend} call by "
+                          f"{rep['verify']['max_abs_diff']:.3g}")
+    if args.report:
+        report.emit(rep, args.report, console)
+    return status
+
+
+def _verify(console: Console, ex, x, w) -> dict:
+    """The single-node call of the run's backend on the whole input, compared NaN-aware."""
+    import torch
+
+    method = ex.plan.backend
+    x, w, out = (torch.as_tensor(a) for a in (x, w, ex.output))
+    t1 = time.perf_counter()
+    ref = backends.single_node(method, x, w, None, ex.plan.spec)
+    t_ref = time.perf_counter() - t1
+    # NaN where the reference has NaN counts as equal (an input's NaN spreads alike)
+    both_nan = out.isnan() & ref.isnan()
+    equal = bool(((out == ref) | both_nan).all())
+    gap = (out - ref).abs().masked_fill(both_nan, 0)
+    diff = gap.nan_to_num(nan=float("inf")).max().item() if not equal else 0.0
+    console.say(f"verify: single-node {method} {t_ref:.4f}s vs haloconv {ex.wall_seconds:.4f}s; "
+                f"max |diff| = {diff:.3g}; bitwise equal: {equal}")
+    ok = equal
+    b = backends.get(method)
+    if not b.exact_for(ex.plan.spec):  # a transform's sizes differ per tile: compared within its stated tolerance
+        tolerance = b.tolerance[out.dtype]
+        ok = diff <= tolerance * ref.abs().nan_to_num(nan=0.0).max().item()
+        console.say(f"verify: {method} within {tolerance:g} x max|y|: {ok}")
+    return {"bitwise_equal": bool(equal), "max_abs_diff": diff, "single_node_seconds": t_ref,
+            "backend": method, "ok": bool(ok)}
+
+
+def _warn_not_finite(console: Console, x: np.ndarray, name: str) -> None:
+    """A warning when the input holds NaN or Inf: every output whose kernel reaches one is
+    NaN (or Inf) too, here as in the single-node call."""
+    if np.isfinite(x).all():  # one pass over the input; counted only when something is not finite
+        return
+    nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+    if nan or inf:
+        console.warn(f"input {name} holds {nan} NaN and {inf} infinite values; the outputs whose kernels reach "
+                     "them are not finite either (as in the single-node call)")
+
+
+def _say_why_fewer(args: argparse.Namespace, console: Console, plan, itemsize: int, weight: np.ndarray) -> None:
+    """When the cost model (--partition auto) runs on fewer workers than --workers asked
+    for: one line with its choice, the best split over all of them, and how to force it."""
+    if args.workers is None or args.partition != "auto" or plan.workers >= args.workers:
+        return
+    spec = plan.spec
+    ranked = cost.candidates(spec, args.workers, cost.load_profile(args.profile), itemsize,
+                             backend=args.backend or backends.default_for(spec), engine=args.engine,
+                             memory_budget=options.budget(args), weight=weight)
+    chosen = next(q for q in ranked if q.plan.splits == plan.splits and q.plan.backend == plan.backend)
+    line = (f"the cost model runs this on {plan.workers} of the {args.workers} workers asked for: "
+            f"{chosen.label}, predicted {chosen.total_s:.3g} s")
+    full = next((q for q in ranked if q.plan.workers == args.workers), None)
+    if full is not None:
+        line += (f"; the best split over all {args.workers}, {full.label}, is predicted {full.total_s:.3g} s "
+                 f"({full.total_s / chosen.total_s:.2f}x): --partition {full.plan.partition} forces it")
+    console.say(line)
+
+
+def pool_only(args: argparse.Namespace) -> None:
+    if args.engine != "processes" or options.under_torchrun():
+        if args.schedule != "static" or args.worker_speeds == "auto":
+            raise ValueError("--schedule dynamic and --worker-speeds auto run on the processes engine (not threads "
+                             "or torchrun)")
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    for flag, bad in (("--resume", args.resume), ("--out-format", args.out_format != "npy")):
+        if bad:
+            raise ValueError(f"{flag} applies to streamed runs (--stream, or an input over --memory-budget)")
+    if args.schedule == "static" and args.tiles is not None:
+        raise ValueError("--tiles applies to --schedule dynamic")
+    t0 = time.perf_counter()
+    problem = load(args)
+    x, weight = problem.x, problem.weight
+    if args.engine is None:  # filters in this process (OpenCV threads itself), layers on worker processes
+        pool = args.schedule != "static" or args.worker_speeds is not None
+        filt = backends.base.is_filter(options.spec(args, x.shape, weight.shape, problem.groups))
+        args.engine = "threads" if filt and not pool else "processes"
+    pool_only(args)
+    _warn_not_finite(console, x, problem.name)
+    plan = options.plan(args, x.shape, weight, problem.groups, args.workers)  # values: backends depend on them
+    found = _targets(args, problem.name, problem.picture, plan.spec.output_shape)
+    console.say(input_line(problem.name, x.shape, x.dtype, problem.how, args.kernel, weight.shape, problem.groups))
+    console.detail(f"(read in {time.perf_counter() - t0:.3f}s)")
+    console.detail(str(plan))
+    console.say(f"plan: {plan.summary()}, engine {args.engine}")
+    _say_why_fewer(args, console, plan, x.itemsize, weight)
+    console.say(f"backend {plan.backend}: {backends.get(plan.backend).guarantee}")
+    with console.tracker() as progress:
+        if args.engine == "threads" and array_threads.runs(plan):  # numpy in and out: torch is not imported
+            ex = array_threads.run(plan, x, weight, progress=progress)
+            return _finish(args, console, ex, problem, x, weight, found)
+        import torch
+
+        from haloconv import api
+        from haloconv.engines import processes
+
+        xt, wt = torch.from_numpy(x), torch.from_numpy(weight)
+        if args.engine == "processes":
+            ex = processes.run(plan, xt, wt, None, timeout=args.timeout, on_failure=args.on_failure,
+                               schedule=args.schedule, tiles=args.tiles,
+                               measure_speeds=args.worker_speeds == "auto", progress=progress)
+            if ex.failures:
+                console.say(f"survived {len(ex.failures)} worker fault(s); the result is from {ex.plan.workers} "
+                            "workers")
+        else:
+            ex = api.execute(plan, xt, wt, None, engine=args.engine, progress=progress)
+    return _finish(args, console, ex, problem, xt, wt, found)
+
+
+def run_spmd(args: argparse.Namespace, console: Console) -> int:
+    """Under torchrun: every rank runs this; rank 0 reads the input and writes the output."""
+    import torch
+    import torch.distributed as dist
+
+    from haloconv import distributed as hd
+    from haloconv.compute import kernels
+
+    pool_only(args)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    # a rank that dies or stalls makes the others fail after --timeout, not hang
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=args.timeout))
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        meta = [None]
+        if rank == 0:
+            problem = load(args)
+            found = _targets(args, problem.name, problem.picture, problem.x.shape)
+            meta = [(problem.x.shape, problem.weight, problem.groups)]
+        dist.broadcast_object_list(meta, src=0)
+        x_shape, weight, groups = meta[0]
+        plan = options.plan(args, x_shape, weight.shape, groups, world)
+        wt = torch.from_numpy(weight).to(device)
+        xt = torch.from_numpy(problem.x).to(device) if rank == 0 else None
+        if rank == 0:
+            console.say(input_line(problem.name, x_shape, problem.x.dtype, problem.how, args.kernel, weight.shape,
+                                   groups))
+            console.say(f"torchrun: {world} ranks, backend {dist.get_backend()}, device {device}")
+            console.detail(str(plan))
+            console.say(f"plan: {plan.summary()}")
+        t0 = time.perf_counter()
+        y = hd.gather(hd.conv(hd.scatter(xt, plan), wt, None, plan=plan), plan)
+        wall = time.perf_counter() - t0
+        stats = [None] * world
+        dist.gather_object(hd.traffic(), stats if rank == 0 else None, dst=0)
+        status = 0
+        if rank == 0:
+            backend = backends.label(plan.backend, kernels.select_backend(plan.spec, xt, wt, None))
+            ex = execution_from_reports(y, plan, "torchrun", backend, wall, dict(enumerate(stats)))
+            status = _finish(args, console, ex, problem, xt, wt, found)
+        flag = [status]
+        dist.broadcast_object_list(flag, src=0)
+        return int(flag[0])
+    finally:
+        dist.destroy_process_group()
