@@ -7,10 +7,11 @@ import argparse
 import logging
 import os
 import sys
+import threading
 
 from haloconv.engines.errors import WorkerError
 
-from . import options
+from . import interrupt, options
 from .console import DEBUG, NORMAL, QUIET, Console
 
 
@@ -52,7 +53,12 @@ class _ClosablePipe:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line (``argv``: sys.argv[1:] when None).  Returns the exit status: 0 done,
+    1 a verify mismatch or a worker fault, 2 bad input, 130 interrupted.  Run as the
+    command (``argv`` None), Ctrl-C stops it within a second (cli/interrupt.py); a Python
+    caller passing ``argv`` keeps its own signal handling."""
     args = build_parser().parse_args(argv)
+    guard = interrupt.Guard() if argv is None and threading.current_thread() is threading.main_thread() else None
     args.argv = ["haloconv", *(sys.argv[1:] if argv is None else argv)]
     caller_stdout = sys.stdout
     sys.stdout = _ClosablePipe(caller_stdout)
@@ -66,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     library.setLevel(handler.level)
     try:
         return _command(args, console)
+    except KeyboardInterrupt:
+        if guard is None or not guard.said:
+            print("haloconv: interrupted", file=sys.stderr, flush=True)
+        return interrupt.EXIT_CODE
     finally:
+        if guard is not None:
+            guard.close()
         library.removeHandler(handler)
         library.setLevel(level)
         sys.stdout = caller_stdout
@@ -101,9 +113,6 @@ def _command(args: argparse.Namespace, console: Console) -> int:
     except WorkerError as e:
         console.error(str(e))
         return 1
-    except KeyboardInterrupt:
-        print("haloconv: interrupted", file=sys.stderr, flush=True)
-        return 130
     return 0  # pragma: no cover
 
 

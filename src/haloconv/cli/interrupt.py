@@ -1,0 +1,72 @@
+"""Ctrl-C on the command line: said at once, and the command gone within STOP_GRACE_S.
+
+Python raises KeyboardInterrupt only when the main thread next runs Python code, which a
+tile's compute (one long OpenCV or torch call) may not do for many seconds.  So a thread
+watches for SIGINT through ``signal.set_wakeup_fd`` (the interpreter's C handler writes
+the signal's number there at once, whatever the main thread is doing): it says
+"interrupted", gives the main thread STOP_GRACE_S to unwind cleanly (stop its worker
+processes, close its files), and otherwise kills this process's children and exits
+with 130 itself.  Nothing is lost that a run keeps: a streamed run's journal counts only
+tiles whose output is durable (``--resume`` goes on from it), and every other output is
+written beside its name and renamed into place, so none is left half written.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+
+STOP_GRACE_S = 0.5
+EXIT_CODE = 130  # 128 + SIGINT, as shells report a command Ctrl-C stopped
+
+
+class Guard:
+    """Installed around a command run from the command line (in the main thread)."""
+
+    def __init__(self):
+        self.said = False
+        self._done = threading.Event()
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)
+        self._previous = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        self._thread = threading.Thread(target=self._watch, name="haloconv-interrupt", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                data = self._reader.recv(64)
+            except OSError:
+                return
+            if not data or self._done.is_set():
+                return
+            if signal.SIGINT not in data:
+                continue
+            self.said = True
+            print("haloconv: interrupted", file=sys.stderr, flush=True)
+            if self._done.wait(STOP_GRACE_S):
+                return
+            _stop_now()
+
+    def close(self) -> None:
+        self._done.set()
+        signal.set_wakeup_fd(self._previous)
+        self._writer.close()
+        self._thread.join(timeout=1.0)
+        self._reader.close()
+
+
+def _stop_now() -> None:
+    """The main thread is still inside a compute: stop the worker processes and leave."""
+    from haloconv.engines.host import children
+
+    for pid in children():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    sys.stderr.flush()
+    os._exit(EXIT_CODE)
