@@ -218,7 +218,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                         formatter_class=_Help)
     _add_problem_args(pl)
     pl.add_argument("--weight-shape", default=None, metavar="COxCIxKHxKW",
-                    help="a layer's weight shape instead of --kernel (e.g. 64x64x3x3)")
+                    help="a layer's weight shape instead of --kernel (e.g. 64x64x3x3; default: the --kernel's)")
     pl.add_argument("--engine", default="processes", choices=("processes", "threads"),
                     help="the engine whose costs rank the candidates")
     pl.add_argument("--top", type=int, default=12, help="candidates to print")

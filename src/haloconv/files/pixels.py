@@ -32,7 +32,7 @@ def integer_rule(integers: str, picture: bool) -> str:
 
 def to_float(a: np.ndarray, rule: str = "unit", dtype: object = np.float32) -> np.ndarray:
     """``a`` as floats of ``dtype``: integers scaled to [0, 1] by their dtype's maximum
-    (``rule='unit'``, computed in float32) or kept (``'keep'``); floats and bools as they are.
+    (``rule='unit'``, divided in ``dtype``) or kept (``'keep'``); floats and bools as they are.
 
     >>> to_float(np.array([0, 255], np.uint8)).tolist(), to_float(np.array([7], np.int32), "keep").tolist()
     ([0.0, 1.0], [7.0])
@@ -40,7 +40,7 @@ def to_float(a: np.ndarray, rule: str = "unit", dtype: object = np.float32) -> n
     dtype = np.dtype(dtype)
     if np.issubdtype(a.dtype, np.integer):
         if rule == "unit":
-            return (a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)).astype(dtype, copy=False)
+            return a.astype(dtype) / dtype.type(np.iinfo(a.dtype).max)
         return a.astype(dtype)
     if np.issubdtype(a.dtype, np.floating) or a.dtype == bool:
         return a.astype(dtype, copy=False)
