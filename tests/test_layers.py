@@ -14,7 +14,7 @@ LAYERS = [  # highest first; a module may import its own layer's package and tho
     {"haloconv.model", "haloconv.files"},
     {"haloconv.compute"},
     {"haloconv.planning"},
-    {"haloconv.text", "haloconv.units"},
+    {"haloconv.text", "haloconv.units", "haloconv.progress"},
 ]
 
 

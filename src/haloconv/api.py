@@ -64,23 +64,64 @@ def execute(
     tiles: int | None = None,
     progress: Progress | None = None,
 ) -> Execution:
-    """Run ``plan`` on data; returns the output tensor with per-worker statistics.
+    """Run a Plan on data: the output with what each worker moved and spent.
 
-    ``engine``: 'threads' (in this process), 'processes' (a LocalCluster started and
-    stopped for this call; with ``on_failure='retry'`` a worker lost mid-run makes the job
-    re-planned on the workers left and run again, exact either way; 'fail' raises
-    WorkerError), or a running LocalCluster (a lost worker raises WorkerError).
-    ``threads`` (engine 'threads'): compute at most this many tiles at once — with a plan
-    of many more tiles, memory holds only that many windows and tile outputs.
-    ``schedule`` (engine 'processes'): 'static' (a tile per worker) or 'dynamic' (``tiles``
-    tiles, default 4 per worker, pulled by whichever process is free; a lost worker's
-    unfinished tiles go to the others).
+    Parameters
+    ----------
+    plan : Plan
+        From haloconv.plan, for the shapes of ``x``, ``weight`` and ``bias``.
+    x, weight, bias : torch.Tensor or numpy.ndarray
+        As haloconv.conv takes them (4-D/5-D; no 2-D shorthand here).
+    engine : {'threads', 'processes'} or LocalCluster
+        'threads': in this process; 'processes': a LocalCluster started and stopped for
+        this call (with ``on_failure='retry'`` a worker lost mid-run makes the job
+        re-planned on the workers left and run again, exact either way; 'fail' raises
+        WorkerError); a running LocalCluster (a lost worker heals the cluster and the
+        call is retried on it, or raises with 'fail').
+    on_failure : {'retry', 'fail'}
+    threads : int, optional
+        engine 'threads': compute at most this many tiles at once; with a plan of many
+        more tiles, memory holds only that many windows and tile outputs.
+    schedule : {'static', 'dynamic'}
+        engine 'processes': a tile per worker, or ``tiles`` tiles (default 4 per worker)
+        pulled by whichever process is free (a lost worker's unfinished tiles go to the
+        others).
+    tiles : int, optional
+    progress : callable, optional
+        ``progress(done, total)``, called as tiles finish (from any thread).
 
+    Returns
+    -------
+    Execution
+        ``.output`` (a torch.Tensor), ``.plan``, ``.engine``, ``.backend`` (the compute
+        that ran, by its users' name), ``.wall_seconds``, ``.workers`` (per-worker
+        seconds per phase and bytes moved), ``.failures`` (worker faults survived);
+        ``.table()`` prints them.
+
+    Raises
+    ------
+    ValueError
+        A plan made for other shapes, a bias it was not made for, an unknown engine.
+    WorkerError
+        A worker lost and ``on_failure='fail'``.
+
+    Notes
+    -----
     Autograd: when x, weight or bias requires grad, the output carries a grad_fn on every
     engine; its backward runs on the same engine (a held cluster, a cluster started for
     the backward, or threads): each tile's gradients from torch's convolution_backward on
     its window, the halo parts added into their owners — torch.autograd's gradients of the
-    single-node call, up to the order of the sums where windows overlap."""
+    single-node call, up to the order of the sums where windows overlap.
+
+    Examples
+    --------
+    >>> import torch, haloconv
+    >>> x, w = torch.randn(1, 16, 40, 40), torch.randn(16, 16, 3, 3)
+    >>> p = haloconv.plan(x.shape, w.shape, padding=1, partition="rows", workers=2)
+    >>> ex = haloconv.execute(p, x, w, engine="threads")
+    >>> torch.equal(ex.output, torch.nn.functional.conv2d(x, w, padding=1)), len(ex.workers)
+    (True, 2)
+    """
     xt, wt, bt, _ = _inputs(x, weight, bias)
     if tuple(xt.shape) != plan.spec.input_shape or tuple(wt.shape) != plan.spec.weight_shape:
         raise ValueError(
@@ -151,21 +192,99 @@ def conv(
     schedule: str = "static",
     tiles: int | None = None,
 ) -> ArrayLike:
-    """N-D convolution split across workers, equal to the single-node call of the backend
-    that computes it: bit for bit torch.nn.Conv{1,2,3}d's result with backend 'torch'.
+    """N-D convolution (cross-correlation, as torch's and scipy.ndimage.correlate's) split
+    across workers, equal to the single-node call of the backend that computes it.
 
-    ``x`` is (N, C_in, *spatial) with 1-3 spatial dims, ``weight`` (C_out, C_in/groups,
-    *kernel), ``bias`` (C_out,) or None.  Returns the type (tensor/ndarray) and dtype of x.
-    ``backend``: 'torch' (bitwise torch), 'auto' (the cost model's fastest), or another of
-    haloconv.compute.backends.BACKENDS (each one's guarantee:
-    ``haloconv.compute.backends.get(name).guarantee``).  Default (None): 'torch' for layers
-    that mix channels and whenever an input requires grad; 'auto' for filters (one input
-    and one output channel per group: single-channel and depthwise), which OpenCV-class
-    backends compute many times faster than torch.
-    ``schedule``/``tiles``: engine='processes' only, see haloconv.execute.
-    A 2-D ``x`` with a 2-D ``weight`` is one single-channel image and its kernel (as
-    scipy.ndimage.correlate takes them): the result is 2-D too.
-    ``memory_budget``: bytes per worker, an int or a size such as '1GB' or '512MiB'.
+    The input is cut into tiles (by samples, rows, columns, 2-D/3-D grids or filters); each
+    worker gets its tile and the halo its kernel needs from its neighbours, so nothing at a
+    border is lost.  With backend 'torch' the result is bit for bit ``torch.nn.functional.
+    conv{1,2,3}d`` on the whole input (``padding_mode`` as ``torch.nn.Conv{1,2,3}d``'s).
+
+    Parameters
+    ----------
+    x : torch.Tensor or numpy.ndarray
+        (N, C_in, *spatial) with 1 to 3 spatial dims, float32 or float64; or a 2-D (H, W)
+        image when ``weight`` is 2-D too (as scipy.ndimage.correlate takes them).
+    weight : torch.Tensor or numpy.ndarray
+        (C_out, C_in / groups, *kernel), the dtype of ``x``; 2-D (kH, kW) with a 2-D ``x``.
+    bias : torch.Tensor or numpy.ndarray, optional
+        (C_out,).
+    stride, padding, dilation, groups
+        As torch.nn.functional.conv2d's; ``padding`` may be an int, one per spatial dim,
+        'same' or 'valid'.
+    padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}
+        torch's names; scipy.ndimage calls them 'constant' (cval 0), 'mirror', 'nearest'
+        and 'wrap'.  scipy's 'reflect' (the edge pixel repeated) is none of them.
+    partition : str, sequence of int or Partition
+        'auto' (the cost model chooses), 'batch', 'rows' ('horizontal'), 'cols'
+        ('vertical'), 'depth', 'grid', 'channels' (by filters), or split counts over
+        (N, C_out, *spatial) such as (1, 1, 2, 2).
+    workers : int, optional
+        How many workers (default: this machine's cores; a held LocalCluster's size).
+    worker_weights : sequence of float, optional
+        Relative speeds of unequal workers: each gets a share in proportion.
+    engine : {'threads', 'processes'} or LocalCluster
+        'threads': tiles on threads of this process; 'processes': worker processes in a
+        gloo group started for this call; a LocalCluster you hold: its processes.
+    ownership, exchange, pipeline
+        How the input is owned and halos travel (see haloconv.plan).
+    backend : str, optional
+        The tile compute: 'torch' (bitwise torch), 'auto' (the cost model's fastest) or
+        one of ``haloconv.compute.backends.BACKENDS``, each with its guarantee
+        (``haloconv.compute.backends.get(name).guarantee``).  Default: 'auto' for filters
+        (one input and one output channel per group: single-channel and depthwise),
+        which OpenCV-class backends compute many times faster; 'torch' for layers that
+        mix channels, and whenever an input requires grad.
+    memory_budget : int or str, optional
+        Data bytes per worker (an int, or a size such as '1GB' or '512MiB'): the cost
+        model keeps every worker's tile under it.
+    profile : Profile or str, optional
+        The cost model's measurements (default: what `haloconv calibrate` wrote).
+    on_failure : {'retry', 'fail'}
+        A worker lost mid-run: go on with the workers left (exact either way), or raise.
+    schedule, tiles
+        engine='processes' only: 'static' (a tile per worker) or 'dynamic' (``tiles``
+        tiles, pulled by whichever process is free); see haloconv.execute.
+
+    Returns
+    -------
+    torch.Tensor or numpy.ndarray
+        (N, C_out, *spatial_out), the type and dtype of ``x`` (2-D for a 2-D ``x``).
+
+    Raises
+    ------
+    TypeError
+        An input that is not a float32/float64 tensor or array, or dtypes that differ.
+    ValueError
+        Shapes, arguments or a partition that do not fit, each naming the parameter.
+    WorkerError
+        A worker process died or hung and ``on_failure='fail'`` (or none was left).
+
+    Notes
+    -----
+    Autograd: when x, weight or bias requires grad, the result carries a grad_fn on every
+    engine, and its backward runs distributed on the same engine: torch.autograd's
+    gradients of the single-node call, up to the order of the sums where windows overlap.
+
+    Examples
+    --------
+    >>> import numpy as np, haloconv
+    >>> img = np.random.default_rng(0).random((64, 48), dtype=np.float32)
+    >>> sobel = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], np.float32)
+    >>> edges = haloconv.conv(img, sobel, padding=1, partition="rows", workers=2)
+    >>> edges.shape
+    (64, 48)
+    >>> import scipy.ndimage
+    >>> bool(np.allclose(edges, scipy.ndimage.correlate(img, sobel, mode="constant"), atol=1e-5))
+    True
+
+    A layer that mixes channels, bit for bit torch's:
+
+    >>> import torch
+    >>> x, w = torch.randn(2, 16, 32, 32), torch.randn(32, 16, 3, 3)
+    >>> y = haloconv.conv(x, w, padding=1, partition="grid", workers=4)
+    >>> torch.equal(y, torch.nn.functional.conv2d(x, w, padding=1))
+    True
     """
     image = getattr(x, "ndim", 0) == 2 and getattr(weight, "ndim", 0) == 2
     if image:

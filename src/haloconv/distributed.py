@@ -27,7 +27,31 @@ _STATS: dict[int, dict] = {}
 
 def comm_for(group: object | None = None) -> Comm:
     """This rank's Comm on ``group`` (default: the default group), its accounting kept
-    per process group."""
+    per process group.
+
+    Parameters
+    ----------
+    group : ProcessGroup, optional
+
+    Returns
+    -------
+    Comm
+        Point-to-point sends and receives that count bytes, messages and seconds.
+
+    Raises
+    ------
+    RuntimeError
+        torch.distributed is not initialised.
+
+    Examples
+    --------
+    >>> import torch.distributed as dist, haloconv.distributed as hd
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    >>> comm = hd.comm_for()
+    >>> comm.rank, comm.world
+    (0, 1)
+    >>> dist.destroy_process_group()
+    """
     if not dist.is_initialized():
         raise RuntimeError("haloconv.distributed needs torch.distributed.init_process_group() first")
     pg = group if group is not None else dist.distributed_c10d._get_default_group()
@@ -48,7 +72,37 @@ def _comm(plan: Plan, group: object | None) -> Comm:
 
 
 def scatter(x: torch.Tensor | None, plan: Plan, src: int = 0, group: object | None = None) -> torch.Tensor | None:
-    """This rank's owned input box, sent from the full ``x`` on ``src``."""
+    """This rank's owned input box, sent from the full ``x`` on ``src``.
+
+    Parameters
+    ----------
+    x : torch.Tensor or None
+        The whole input on ``src``; None (or anything) elsewhere.
+    plan : Plan
+        The same on every rank, ``plan.workers`` at most the group's size.
+    src : int
+    group : ProcessGroup, optional
+
+    Returns
+    -------
+    torch.Tensor or None
+        The box ``plan.tile_of(rank).owned`` of ``x``; None on a rank without a tile.
+
+    Examples
+    --------
+    The whole SPMD path, here on a group of one rank (under torchrun, every rank runs it):
+
+    >>> import torch, torch.distributed as dist, haloconv, haloconv.distributed as hd
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    >>> x, w = torch.randn(1, 16, 40, 40), torch.randn(16, 16, 3, 3)
+    >>> p = haloconv.plan(x.shape, w.shape, padding=1, partition="rows", workers=dist.get_world_size())
+    >>> y = hd.gather(hd.conv(hd.scatter(x, p), w, plan=p), p)
+    >>> torch.equal(y, torch.nn.functional.conv2d(x, w, padding=1))
+    True
+    >>> sorted(hd.traffic())[:3]
+    ['compute', 'control', 'gather']
+    >>> dist.destroy_process_group()
+    """
     return spmd.scatter(_comm(plan, group), plan, x, src)
 
 
@@ -61,7 +115,43 @@ def conv(
     group: object | None = None,
 ) -> torch.Tensor | None:
     """This rank's output box: halo exchange with the neighbours, then the local conv.
-    ``weight``/``bias`` are the full tensors, the same on every rank."""
+
+    Forward only (use haloconv.nn to train: its backward is exact).
+
+    Parameters
+    ----------
+    x_local : torch.Tensor or None
+        This rank's owned input box (scatter's result, or read from a file).
+    weight, bias : torch.Tensor
+        The full tensors, the same on every rank.
+    plan : Plan
+    group : ProcessGroup, optional
+
+    Returns
+    -------
+    torch.Tensor or None
+        This rank's output box, ``plan.tile_of(rank).out``.
+
+    Raises
+    ------
+    ValueError
+        An input that requires grad; a plan of more workers than ranks.
+
+    Examples
+    --------
+    The whole SPMD path, here on a group of one rank (under torchrun, every rank runs it):
+
+    >>> import torch, torch.distributed as dist, haloconv, haloconv.distributed as hd
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    >>> x, w = torch.randn(1, 16, 40, 40), torch.randn(16, 16, 3, 3)
+    >>> p = haloconv.plan(x.shape, w.shape, padding=1, partition="rows", workers=dist.get_world_size())
+    >>> y = hd.gather(hd.conv(hd.scatter(x, p), w, plan=p), p)
+    >>> torch.equal(y, torch.nn.functional.conv2d(x, w, padding=1))
+    True
+    >>> sorted(hd.traffic())[:3]
+    ['compute', 'control', 'gather']
+    >>> dist.destroy_process_group()
+    """
     if needs_grad(x_local, weight, bias):
         raise ValueError("haloconv.distributed.conv is forward-only and an input requires grad: train with "
                          "haloconv.nn (DistributedConv, parallelize), whose backward is exact, or call this "
@@ -72,12 +162,68 @@ def conv(
 
 
 def gather(y_local: torch.Tensor | None, plan: Plan, dst: int = 0, group: object | None = None) -> torch.Tensor | None:
-    """The full output on ``dst`` (None on the other ranks)."""
+    """The full output on ``dst`` (None on the other ranks).
+
+    Parameters
+    ----------
+    y_local : torch.Tensor or None
+        This rank's output box (conv's result).
+    plan : Plan
+    dst : int
+    group : ProcessGroup, optional
+
+    Returns
+    -------
+    torch.Tensor or None
+
+    Examples
+    --------
+    The whole SPMD path, here on a group of one rank (under torchrun, every rank runs it):
+
+    >>> import torch, torch.distributed as dist, haloconv, haloconv.distributed as hd
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    >>> x, w = torch.randn(1, 16, 40, 40), torch.randn(16, 16, 3, 3)
+    >>> p = haloconv.plan(x.shape, w.shape, padding=1, partition="rows", workers=dist.get_world_size())
+    >>> y = hd.gather(hd.conv(hd.scatter(x, p), w, plan=p), p)
+    >>> torch.equal(y, torch.nn.functional.conv2d(x, w, padding=1))
+    True
+    >>> sorted(hd.traffic())[:3]
+    ['compute', 'control', 'gather']
+    >>> dist.destroy_process_group()
+    """
     return spmd.gather(_comm(plan, group), plan, y_local, dst)
 
 
 def traffic(group: object | None = None, reset: bool = True) -> dict[str, dict[str, float]]:
-    """This rank's bytes, messages and seconds per phase since the last reset."""
+    """This rank's bytes, messages and seconds per phase since the last reset.
+
+    Parameters
+    ----------
+    group : ProcessGroup, optional
+    reset : bool
+        Start counting afresh after this call.
+
+    Returns
+    -------
+    dict
+        {phase: {'bytes_sent', 'bytes_recv', 'messages_sent', 'messages_recv',
+        'seconds'}}, phases as haloconv.planning.messages.PHASES.
+
+    Examples
+    --------
+    The whole SPMD path, here on a group of one rank (under torchrun, every rank runs it):
+
+    >>> import torch, torch.distributed as dist, haloconv, haloconv.distributed as hd
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    >>> x, w = torch.randn(1, 16, 40, 40), torch.randn(16, 16, 3, 3)
+    >>> p = haloconv.plan(x.shape, w.shape, padding=1, partition="rows", workers=dist.get_world_size())
+    >>> y = hd.gather(hd.conv(hd.scatter(x, p), w, plan=p), p)
+    >>> torch.equal(y, torch.nn.functional.conv2d(x, w, padding=1))
+    True
+    >>> sorted(hd.traffic())[:3]
+    ['compute', 'control', 'gather']
+    >>> dist.destroy_process_group()
+    """
     pg = group if group is not None else dist.distributed_c10d._get_default_group()
     stats = _STATS.pop(id(pg), None) if reset else _STATS.get(id(pg))
     if not stats:

@@ -47,27 +47,79 @@ def conv_file(
     integers: str = "auto",
     layout: str = "auto",
 ):
-    """Convolve a file bigger than memory into a file, out of core (see engines/stream.py).
+    """Convolve a file bigger than memory into a file, out of core.
 
-    ``input``: .npy, TIFF (contiguous, striped or tiled) or .zarr, read as files.images.read_input
-    does ((H, W) -> (1, 1, H, W); ``layout`` for a 3-D array, files.arrays.logical_axes;
-    ``integers``: 'auto' scales a TIFF's integers to [0, 1] and keeps an array's values,
-    'unit' or 'keep' for any input, files.pixels).  ``output``: a path ending in
-    .npy, .tif or .zarr; it appears whole when the run ends (meanwhile OUTPUT.partial and
-    OUTPUT.journal).  ``memory_budget``: bytes of resident memory each of the ``workers``
-    processes may hold at its peak, Python and torch included (unlike plan's, which counts
-    a tile's data only: a stream sizes its tiles to what is left after the processes'
-    own footprint).  ``resume``: go on from an
-    interrupted run's journal.  Returns a StreamResult (tiles, peak RSS per process, ...).
-    ``engine``: 'threads' (default) streams in this process, reading, computing and writing
-    successive tiles at once (engines/stream_threads.py), ``workers`` being the cores its
-    compute uses; 'processes' has ``workers`` processes pull tiles, and a run that loses one
-    goes on with the others (``on_failure``, ``timeout``: that engine only).
-    ``spmd``: called by every rank of a torch.distributed job (torchrun) instead: the ranks
-    share the tiles through a file system they all see (``workers`` and ``on_failure`` do
-    not apply); the result comes back on rank 0, None elsewhere.
-    ``progress(done, total)``: called as tiles are written (rank 0's own, under spmd);
-    what the run decides is logged at INFO (logger ``haloconv``).
+    Tiles sized to ``memory_budget`` are read from ``input``, computed and written into
+    ``output``; on one machine in this process by default, reading, computing and writing
+    successive tiles at once (engines/stream_threads.py), or by worker processes or
+    torchrun ranks (engines/stream.py).  The output equals the single-node call of the
+    backend on the whole input.
+
+    Parameters
+    ----------
+    input : str or path
+        .npy, TIFF (contiguous, striped or tiled, compressed or not) or .zarr.  (H, W) is
+        read as (1, 1, H, W); a 3-D array as ``layout`` says (files.arrays.logical_axes:
+        'auto', 'chw', 'hwc' or 'dhw').
+    weight, bias : torch.Tensor or numpy.ndarray
+        As haloconv.conv's (4-D/5-D filters).
+    output : str or path
+        Ending in .npy, .tif or .zarr.  It appears whole when the run ends; meanwhile
+        OUTPUT.partial grows and OUTPUT.journal lists the tiles done.
+    memory_budget : int or str
+        Bytes of resident memory each process may hold at its peak, Python and its
+        libraries included (unlike haloconv.plan's, which counts a tile's data only).
+    stride, padding, dilation, groups, padding_mode
+        As haloconv.conv's.
+    workers : int, optional
+        engine 'threads': the cores the compute uses; 'processes': the processes.
+    backend : str, optional
+        As haloconv.conv's ('auto' for filters by default).
+    dtype : {'float32', 'float64'}
+        The compute's float type.
+    resume : bool
+        Go on from an interrupted run's journal (finished tiles are not computed again).
+    on_failure, timeout
+        engine 'processes': a lost worker's tiles go to the others ('retry'), or raise.
+    block : sequence of int or None, optional
+        The output tile per dim over (N, C_out, *spatial), instead of the largest the
+        budget allows (e.g. to match another file's chunks).
+    profile : Profile or str, optional
+    spmd : bool
+        Called by every rank of a torch.distributed job (torchrun): the ranks share the
+        tiles through a file system they all see.
+    engine : {'threads', 'processes'}
+    progress : callable, optional
+        ``progress(done, total)`` as tiles are written (rank 0's own under ``spmd``).
+    integers : {'auto', 'unit', 'keep'}
+        Integer values scaled to [0, 1] by their dtype's maximum, or kept; 'auto' scales
+        a TIFF's and keeps an array's (files.pixels).
+    layout : {'auto', 'chw', 'hwc', 'dhw'}
+
+    Returns
+    -------
+    StreamResult
+        ``.plan`` (its tiles), ``.wall_seconds``, ``.peak_rss`` per process,
+        ``.tiles_done``, ``.bytes_read``, ``.failures``; None on ranks other than 0.
+
+    Raises
+    ------
+    ValueError
+        An unreadable input, an output format or budget that cannot work, naming them.
+
+    Notes
+    -----
+    What the run decides is logged at INFO on the ``haloconv`` logger; nothing is printed.
+
+    Examples
+    --------
+    >>> import numpy as np, haloconv, tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> np.save(d / "slide.npy", np.random.default_rng(0).random((300, 200), dtype=np.float32))
+    >>> box = np.full((1, 1, 5, 5), 1 / 25, np.float32)
+    >>> res = haloconv.conv_file(d / "slide.npy", box, d / "out.npy", memory_budget="8GB", padding=2)
+    >>> np.load(d / "out.npy").shape, len(res.plan.tiles) >= 1
+    ((1, 1, 300, 200), True)
     """
     if engine not in ("threads", "processes"):
         raise ValueError(f"engine must be 'threads' or 'processes' for a streamed run, got {engine!r}")

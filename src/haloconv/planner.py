@@ -47,16 +47,65 @@ def plan(
     profile: cost.Profile | str | None = None,
     engine: str = "processes",
 ) -> Plan:
-    """The Plan for a convolution of these shapes (no data, no communication).
+    """The Plan for a convolution of these shapes: who computes which output box, from
+    which input, with which halo from whom (no data, no communication).
 
-    ``partition='auto'`` (or ``backend='auto'``) lets the cost model choose: the candidate
-    (partitions, hybrids, a single worker; backends) with the least predicted time on
-    ``engine`` under ``profile`` (default: the calibrated one, see `haloconv calibrate`),
-    within ``memory_budget`` bytes per worker — counted as the data a worker's tile holds
-    (its window, filters and output, as the cost model predicts them), not the process's
-    resident memory; conv_file's ``memory_budget`` is the whole process (see its docstring).
-    ``weight_shape`` may be the filters themselves (a tensor or array): then backends whose
-    use depends on the filter's values (compute/backends: separable) are considered too."""
+    Parameters
+    ----------
+    x_shape : sequence of int
+        (N, C_in, *spatial); a tensor or array is taken for its shape.
+    weight_shape : sequence of int, or the filters
+        (C_out, C_in / groups, *kernel).  The filters themselves (a tensor or array) let
+        backends whose use depends on their values (separable) be considered too.
+    bias_shape : sequence of int, optional
+    stride, padding, dilation, groups, padding_mode
+        As haloconv.conv's.
+    partition : str, sequence of int or Partition
+        As haloconv.conv's; 'auto' lets the cost model choose among the partitions,
+        hybrids and a single worker the one with the least predicted time.
+    workers : int, optional
+        Default: ``len(worker_weights)``, the product of explicit split counts, or the
+        cores.
+    worker_weights : sequence of float, optional
+        Relative worker speeds: shares in proportion.
+    ownership : {'aligned', 'even'}
+        'aligned': a tile owns the input its first outputs start on (one-sided halos);
+        'even': the input split like the output (consecutive layers chain their shards).
+    exchange : {'neighbours', 'master'}
+        Halos swapped between neighbours, or whole windows sent by the master.
+    pipeline : int
+        Pieces each halo message is cut into, so compute overlaps its arrival.
+    backend : str, optional
+        As haloconv.conv's; 'auto': the cost model's fastest.
+    memory_budget : int or str, optional
+        Data bytes per worker: a worker's window, filters and output as the cost model
+        counts them (not the process's resident memory; conv_file's budget is that).
+    profile : Profile or str, optional
+        The cost model's measurements (default: what `haloconv calibrate` wrote).
+    engine : {'processes', 'threads'}
+        The engine whose costs the cost model ranks by.
+
+    Returns
+    -------
+    Plan
+        Frozen; ``print(plan)`` shows its tiles, ``plan.summary()`` one line.
+
+    Raises
+    ------
+    ValueError
+        Shapes, arguments or a partition that do not fit, naming the parameter.
+    TypeError
+        Filters that are not a float32/float64 tensor or array.
+
+    Examples
+    --------
+    >>> import haloconv
+    >>> p = haloconv.plan((1, 1, 600, 512), (1, 1, 3, 3), padding=1, partition="grid", workers=4)
+    >>> p.summary()
+    'grid 1x1x2x2 over (N, C_out, H, W): 4 tiles on 4 workers, halo 0.73% of the input, backend opencv'
+    >>> [str(t.needed) for t in p.tiles][:2]  # the input each tile reads, halo included
+    ['[0:1, 0:1, -1:301, -1:257]', '[0:1, 0:1, -1:301, 255:513]']
+    """
     values = None  # the filters themselves, when given: backends that depend on their values can be chosen
     if hasattr(weight_shape, "shape"):
         values = check_filters(weight_shape)

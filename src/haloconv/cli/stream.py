@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from haloconv.compute import backends
 from haloconv.files import arrays, filters
 from haloconv.files.pixels import TIFF_SUFFIXES, conversion
 
@@ -90,6 +91,7 @@ def run(args: argparse.Namespace, console: Console, source: arrays.DiskArray) ->
     console.say(f"plan: {len(res.plan.tiles)} tiles of {'x'.join(map(str, res.plan.tiles[0].out.shape))}"
                 f"{f' ({res.skipped} done before)' if res.skipped else ''}, backend {res.plan.backend}; peak RSS "
                 f"{max(res.peak_rss.values()) / 2**20:.0f} MiB of the {res.budget / 2**20:.0f} MiB budget")
+    console.say(f"backend {res.plan.backend}: {backends.get(res.plan.backend).guarantee}")
     console.say(f"wrote {out} ({res.wall_seconds:.2f}s)")
     if args.report:
         rep = {"stream": True, "output": str(out), "outputs": [str(out)], "backend": res.plan.backend,

@@ -34,7 +34,30 @@ class WorkerStats:
 
 @dataclass
 class Execution:
-    """The result of running a Plan, with what it cost."""
+    """The result of running a Plan (haloconv.execute), with what it cost.
+
+    Attributes
+    ----------
+    output : torch.Tensor or numpy.ndarray
+        The whole output (a numpy array from the numpy engine of image filters).
+    plan : Plan
+    engine : str
+    backend : str
+        The compute that ran, by the name its users know (e.g. 'torch (oneDNN)').
+    wall_seconds : float
+    workers : list of WorkerStats
+        Per worker: its tile, halo elements, seconds per phase, bytes moved.
+    failures : list of str
+        Worker faults survived on the way (engine 'processes').
+
+    Examples
+    --------
+    >>> import numpy as np, haloconv
+    >>> x, w = np.ones((1, 1, 16, 16), np.float32), np.ones((1, 1, 3, 3), np.float32)
+    >>> ex = haloconv.execute(haloconv.plan(x.shape, w.shape, padding=1, partition="rows", workers=2), x, w)
+    >>> ex.engine, [s.tile_shape for s in ex.workers], float(ex.output[0, 0, 8, 8])
+    ('threads', [(1, 1, 8, 16), (1, 1, 8, 16)], 9.0)
+    """
 
     output: torch.Tensor | np.ndarray  # a numpy array from the array engine (engines/arrays.py)
     plan: Plan

@@ -13,7 +13,18 @@ import numpy as np
 
 
 def default_workers() -> int:
-    """The cores this process may use."""
+    """The cores this process may use (its CPU affinity): the default worker count.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> import os, haloconv
+    >>> haloconv.default_workers() == len(os.sched_getaffinity(0))
+    True
+    """
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux

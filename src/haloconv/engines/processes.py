@@ -30,15 +30,42 @@ __all__ = ["LocalCluster", "Sharded", "WorkerError", "run", "run_backward"]
 
 
 class LocalCluster(Cluster):
-    """A pool of worker processes on this machine, in one gloo process group.
+    """A pool of worker processes on this machine, in one gloo process group, kept
+    between calls (so the start-up, mostly importing torch, is paid once).
 
-    >>> with LocalCluster(workers=2) as cluster:          # doctest: +SKIP
-    ...     y = haloconv.conv(x, w, padding=1, engine=cluster)
+    Parameters
+    ----------
+    workers : int, optional
+        Processes, this one (the master, rank 0) included (default: the cores).
+    timeout : float
+        Seconds that bound every wait on a worker: one that dies or hangs makes the call
+        raise WorkerError within it.
+    threads_per_worker : int
+        torch threads of each process.
+    start_timeout : float
+        Seconds for the workers to start and join the group.
+    throttle : dict, optional
+        {rank: factor}: those processes (rank 0: the caller) that many times slower in
+        every compute, a stand-in for unequal machines in benchmarks and tests.
+    heal : bool
+        Replace a lost worker with a fresh process (and retry the call) instead of
+        shutting the pool down.
 
-    ``timeout`` (seconds) bounds every wait on a worker: a worker that dies or hangs makes
-    the call raise WorkerError within it, and the pool shuts down.  ``throttle``: {rank:
-    factor} makes those processes (rank 0: the caller) that many times slower in every
-    compute — a stand-in for unequal machines in benchmarks and tests.
+    Raises
+    ------
+    ValueError
+        Bad arguments, naming them.
+    WorkerError
+        Workers that do not start within ``start_timeout``.
+
+    Examples
+    --------
+    >>> import torch, haloconv
+    >>> x, w = torch.randn(1, 16, 48, 48), torch.randn(16, 16, 3, 3)
+    >>> with haloconv.LocalCluster(workers=2) as cluster:
+    ...     y = haloconv.conv(x, w, padding=1, partition="rows", engine=cluster)
+    >>> torch.equal(y, torch.nn.functional.conv2d(x, w, padding=1))
+    True
     """
 
     def run(self, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,

@@ -34,11 +34,47 @@ SUPPORTED = (*_CONV, *_BN, *_POOL, *_GLOBAL, *ELEMENTWISE, *HEAD)
 def parallelize(model: nn.Module, partition="grid", group=None, worker_weights=None) -> nn.Module:
     """Convert ``model`` (in place; returned) to run on activation shards.
 
-    Every rank calls it on the same model; the converted layers share the original
-    parameters.  ``partition``: 'grid' (default), 'rows', 'cols', 'depth', or split counts
-    over (N, C, *spatial) with N and C unsplit — the ranks hold parts of the same samples
-    (for batch parallelism, wrap the model in DistributedDataParallel instead).
-    Feed it ``haloconv.nn.shard(x)`` (or each rank's box of the input, ``local_box``).
+    Every rank calls it on the same model; its convolutions, batch norms and poolings
+    become their Distributed versions, sharing the original parameters; element-wise
+    layers run on shards as they are.  Training then matches one-process training:
+    forward and backward exchange halos, gradients are summed over the ranks.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    partition : str or sequence of int
+        'grid' (default), 'rows', 'cols', 'depth', or split counts over (N, C, *spatial)
+        with N and C unsplit: the ranks hold parts of the same samples (for batch
+        parallelism, wrap the model in DistributedDataParallel instead).
+    group : ProcessGroup, optional
+        Default: torch.distributed's default group.
+    worker_weights : sequence of float, optional
+        Relative rank speeds: shares in proportion.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model``, converted.  Feed it ``haloconv.nn.shard(x)`` (or each rank's box of
+        the input, ``local_box``); ``unshard`` its output, or end with GlobalAvgPool.
+
+    Raises
+    ------
+    ValueError
+        A partition that splits samples or filters; a layer that cannot run on shards
+        (e.g. a pooling with ceil_mode), naming where it is in the model.
+
+    Examples
+    --------
+    >>> import torch, torch.distributed as dist, haloconv.nn as hnn
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # torchrun makes yours
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+    ...                             torch.nn.MaxPool2d(2), torch.nn.Conv2d(16, 16, 3, padding=1))
+    >>> x = torch.randn(2, 3, 32, 32)
+    >>> ref = model(x)
+    >>> model = hnn.parallelize(model, partition="rows")
+    >>> torch.equal(hnn.unshard(model(hnn.shard(x, "rows")), "rows"), ref)
+    True
+    >>> dist.destroy_process_group()
     """
     part = Partition.of(partition)
     if part.kind in ("batch", "channels") or (part.kind == "counts" and len(part.split) > 1

@@ -21,15 +21,65 @@ def layout_for(partition, group=None, worker_weights=None) -> tuple[Layout, obje
 
 
 def local_box(shape: Sequence[int], partition="grid", group=None, worker_weights=None) -> tuple[slice, ...]:
-    """The slices of a tensor of ``shape`` this rank holds (read just those from a file)."""
+    """The slices of a tensor of ``shape`` this rank holds: read just those from a file.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The whole tensor's, (N, C, *spatial).
+    partition : str or sequence of int
+        As the layers' ('grid' by default).
+    group : ProcessGroup, optional
+        Default: torch.distributed's default group.
+    worker_weights : sequence of float, optional
+
+    Returns
+    -------
+    tuple of slice
+
+    Examples
+    --------
+    >>> import torch, torch.distributed as dist, haloconv.nn as hnn
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # torchrun makes yours
+    >>> hnn.local_box((1, 3, 64, 48), "rows")
+    (slice(0, 1, None), slice(0, 3, None), slice(0, 64, None), slice(0, 48, None))
+    >>> dist.destroy_process_group()
+    """
     layout, comm = layout_for(partition, group, worker_weights)
     return layout.boxes(tuple(shape))[comm.rank].slices()
 
 
 def shard(x: torch.Tensor, partition="grid", group=None, worker_weights=None) -> torch.Tensor:
-    """This rank's shard of ``x`` (the same whole tensor on every rank).  Differentiable:
-    the gradient of ``x`` is assembled from every rank's shard gradient.  With
-    partition='channels' every rank keeps all of ``x`` (the filters are split)."""
+    """This rank's shard of ``x`` (the same whole tensor on every rank).
+
+    Differentiable: the gradient of ``x`` is assembled from every rank's shard gradient.
+    With partition='channels' every rank keeps all of ``x`` (the filters are split).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        (N, C, *spatial), the same on every rank.
+    partition : str or sequence of int
+        As the layers' ('grid' by default).
+    group : ProcessGroup, optional
+        Default: torch.distributed's default group.
+    worker_weights : sequence of float, optional
+
+    Returns
+    -------
+    torch.Tensor
+        This rank's box of ``x`` (local_box).
+
+    Examples
+    --------
+    >>> import torch, torch.distributed as dist, haloconv.nn as hnn
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # torchrun makes yours
+    >>> x = torch.randn(1, 2, 16, 16, requires_grad=True)
+    >>> part = hnn.shard(x, "grid")
+    >>> part.shape, torch.equal(hnn.unshard(part, "grid"), x)
+    (torch.Size([1, 2, 16, 16]), True)
+    >>> dist.destroy_process_group()
+    """
     layout, comm = layout_for(partition, group, worker_weights)
     if layout.replicated_input:  # the layer sums its input's gradient over the ranks itself
         return x
@@ -38,7 +88,26 @@ def shard(x: torch.Tensor, partition="grid", group=None, worker_weights=None) ->
 
 def unshard(x: torch.Tensor, partition="grid", group=None, worker_weights=None) -> torch.Tensor:
     """The whole tensor, on every rank, from each rank's shard ``x``.  Differentiable.
-    With partition='channels', ``x`` is each rank's block of output channels."""
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        This rank's shard (with partition='channels': its block of output channels).
+    partition : str or sequence of int
+        As the layers' ('grid' by default).
+    group : ProcessGroup, optional
+        Default: torch.distributed's default group.
+    worker_weights : sequence of float, optional
+
+    Returns
+    -------
+    torch.Tensor
+        The whole tensor, the same on every rank.
+
+    Examples
+    --------
+    See shard.
+    """
     layout, comm = layout_for(partition, group, worker_weights)
     shapes = layout.gather_shapes(comm, x.shape)
     if layout.replicated_input:  # the filter blocks follow each other in rank order

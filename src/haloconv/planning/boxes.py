@@ -9,7 +9,21 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Box:
-    """A half-open N-D box [lo, hi)."""
+    """A half-open N-D box [lo, hi) of a tensor: what a tile owns, needs or computes.
+
+    Parameters
+    ----------
+    lo, hi : tuple of int
+        Per dim; ``lo`` may be negative and ``hi`` past the end for a window that
+        reaches into the padding.
+
+    Examples
+    --------
+    >>> from haloconv import Box
+    >>> b = Box((0, 0, 2, 0), (1, 3, 6, 5))
+    >>> b.shape, str(b)
+    ((1, 3, 4, 5), '[0:1, 0:3, 2:6, 0:5]')
+    """
 
     lo: tuple[int, ...]
     hi: tuple[int, ...]
@@ -43,6 +57,26 @@ class Piece:
     ``src`` is in input coordinates and lies inside the owner's owned box; ``dst`` is in
     window coordinates.  Per dim, step 1 copies, -1 copies reversed (reflect padding),
     0 broadcasts the single source index over dst (replicate padding).
+
+    Attributes
+    ----------
+    owner : int
+        The rank whose owned input it comes from.
+    src : Box
+        Input coordinates, inside the owner's owned box.
+    dst : Box
+        Window coordinates.
+    steps : tuple of int
+        Per dim: 1, -1 or 0, as above.
+
+    Examples
+    --------
+    >>> import haloconv
+    >>> t = haloconv.plan((1, 1, 10, 8), (1, 1, 3, 3), padding=1, padding_mode="reflect", partition="rows",
+    ...                   workers=2).tiles[0]
+    >>> p = t.pieces[0]  # the window's top-left corner: input row and column 1, mirrored
+    >>> p.owner, str(p.src), str(p.dst), p.steps
+    (0, '[0:1, 0:1, 1:2, 1:2]', '[0:1, 0:1, 0:1, 0:1]', (1, 1, -1, -1))
     """
 
     owner: int
@@ -58,7 +92,29 @@ class Piece:
 
 @dataclass(frozen=True)
 class Tile:
-    """One worker's share: its output box and everything its input is made of."""
+    """One worker's share of a Plan: its output box and everything its input is made of.
+
+    Attributes
+    ----------
+    rank : int
+        The worker.
+    out : Box
+        The output it computes.
+    owned : Box
+        The input it holds before any exchange.
+    needed : Box
+        The input window its outputs read (owned input plus halo; outside the input:
+        padding).
+    pieces : tuple of Piece
+        Where each block of the window comes from (``halo_sources``: the other owners).
+
+    Examples
+    --------
+    >>> import haloconv
+    >>> t = haloconv.plan((1, 1, 10, 8), (1, 1, 3, 3), padding=1, partition="rows", workers=2).tiles[0]
+    >>> str(t.out), str(t.owned), str(t.needed), t.halo_sources
+    ('[0:1, 0:1, 0:5, 0:8]', '[0:1, 0:1, 0:4, 0:8]', '[0:1, 0:1, -1:6, -1:9]', (1,))
+    """
 
     rank: int
     out: Box  # (N, C_out, *spatial) in output coordinates

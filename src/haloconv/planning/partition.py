@@ -81,7 +81,24 @@ class Partition:
     (kind 'counts').  A small value in the spirit of JAX's PartitionSpec; it knows nothing
     of shapes until asked for counts.  ``Partition.of`` accepts what the keyword
     ``partition=`` of haloconv.conv / haloconv.plan accepts: a name (aliases 'horizontal'
-    = 'rows', 'vertical' = 'cols'), a tuple or list of counts, or a Partition."""
+    = 'rows', 'vertical' = 'cols'), a tuple or list of counts, or a Partition.
+
+    Parameters
+    ----------
+    kind : str
+        One of the names above, or 'counts'.
+    split : tuple of int, optional
+        The counts over (N, C_out units, *spatial), for kind 'counts'.
+
+    Examples
+    --------
+    >>> from haloconv import Partition
+    >>> Partition.of("horizontal").kind, Partition.of((1, 1, 2, 2)).split
+    ('rows', (1, 1, 2, 2))
+    >>> Partition.of("diagonal")
+    Traceback (most recent call last):
+    ...
+    ValueError: partition must be one of ..."""
 
     kind: str
     split: tuple[int, ...] | None = None

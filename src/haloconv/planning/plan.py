@@ -40,6 +40,26 @@ class Plan:
     is one-sided) or 'even' (the input split like the output: consecutive layers chain
     their shards).  ``exchange``: 'neighbours' (the master scatters owned boxes, workers
     swap halos) or 'master' (the master sends each worker its whole window; no exchange).
+    Made by haloconv.plan; run by haloconv.execute.
+
+    Attributes
+    ----------
+    spec : ConvSpec
+    partition : str
+    splits : tuple of int
+        Split counts over (N, C_out, *spatial).
+    workers : int
+    tiles : tuple of Tile
+        One per worker (or more, for a dynamic schedule).
+    backend : str
+        The tile compute.
+
+    Examples
+    --------
+    >>> import haloconv
+    >>> p = haloconv.plan((2, 8, 64, 64), (16, 8, 3, 3), padding=1, partition="batch", workers=2)
+    >>> p.splits, [t.out.shape for t in p.tiles], p.halo_elements
+    ((2, 1, 1, 1), [(1, 16, 64, 64), (1, 16, 64, 64)], 0)
     """
 
     spec: ConvSpec

@@ -42,6 +42,31 @@ def _tuple(name: str, value: IntOrTuple, ndim: int, minimum: int) -> tuple[int, 
 class ConvSpec:
     """One convolution: shapes plus hyper-parameters, all per spatial axis.
 
+    Made by ``ConvSpec.from_args`` from what torch.nn.functional.conv2d takes; ``Plan.spec``
+    holds the one a plan was made for.
+
+    Parameters
+    ----------
+    input_shape, weight_shape, bias_shape
+        (N, C_in, *spatial), (C_out, C_in / groups, *kernel), (C_out,) or None.
+    stride, padding, dilation, groups, padding_mode
+        As torch.nn.functional.conv2d's (``from_args``; padding also 'same'/'valid').
+
+    Attributes
+    ----------
+    output_shape : tuple of int
+    pad_lo, pad_hi : tuple of int
+        The padding before and after, per spatial axis.
+
+    Examples
+    --------
+    >>> from haloconv import ConvSpec
+    >>> s = ConvSpec.from_args((1, 3, 32, 30), (8, 3, 5, 5), None, stride=2, padding="valid")
+    >>> s.output_shape, s.pad_lo
+    ((1, 8, 14, 13), (0, 0))
+
+    Notes
+    -----
     ``pad_lo``/``pad_hi`` is the total padding on each side.  torch applies part of it
     as an explicit pad of the input and passes the rest (symmetric) to the conv backend;
     ``backend_pad`` records that symmetric part, because the exact-result kernels must
