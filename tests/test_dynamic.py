@@ -89,7 +89,7 @@ def test_probe_computes_with_the_backend_the_caller_selected(monkeypatch):
     """speeds/throughput time a tile as a run computes it: with the torch backend selected at
     the caller's thread count, not the one torch would pick at the worker's single thread."""
     from haloconv.compute import kernels
-    from haloconv.engines import spmd
+    from haloconv.engines.ops import probes
 
     seen = []
     real = kernels.conv_tile
@@ -104,6 +104,6 @@ def test_probe_computes_with_the_backend_the_caller_selected(monkeypatch):
     spec = ConvSpec.from_args((1, 8, 16, 16), (8, 8, 1, 1), None)
     for name in ("Slow2d", "Mkldnn"):
         seen.clear()
-        best, total = spmd.probe(OneRank(), spec, torch.float32, "torch", 2, torch_backend=name)
+        best, total = probes.probe(OneRank(), spec, torch.float32, "torch", 2, torch_backend=name)
         assert 0 < best <= total
         assert seen and all(b == getattr(torch._C._ConvBackend, name) for b in seen), seen

@@ -90,17 +90,14 @@ def scatter(x: torch.Tensor | None, plan: Plan, src: int = 0, group: object | No
 
     Examples
     --------
-    The whole SPMD path, here on a group of one rank (under torchrun, every rank runs it):
+    On a group of one rank, which owns the whole input (under torchrun each rank gets its box):
 
     >>> import torch, torch.distributed as dist, haloconv, haloconv.distributed as hd
     >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    >>> x, w = torch.randn(1, 16, 40, 40), torch.randn(16, 16, 3, 3)
-    >>> p = haloconv.plan(x.shape, w.shape, padding=1, partition="rows", workers=dist.get_world_size())
-    >>> y = hd.gather(hd.conv(hd.scatter(x, p), w, plan=p), p)
-    >>> torch.equal(y, torch.nn.functional.conv2d(x, w, padding=1))
+    >>> x = torch.randn(1, 2, 30, 20)
+    >>> p = haloconv.plan(x.shape, (2, 2, 3, 3), padding=1, partition="rows", workers=1)
+    >>> torch.equal(hd.scatter(x, p), x)
     True
-    >>> sorted(hd.traffic())[:3]
-    ['compute', 'control', 'gather']
     >>> dist.destroy_process_group()
     """
     return spmd.scatter(_comm(plan, group), plan, x, src)
@@ -178,17 +175,12 @@ def gather(y_local: torch.Tensor | None, plan: Plan, dst: int = 0, group: object
 
     Examples
     --------
-    The whole SPMD path, here on a group of one rank (under torchrun, every rank runs it):
-
     >>> import torch, torch.distributed as dist, haloconv, haloconv.distributed as hd
     >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    >>> x, w = torch.randn(1, 16, 40, 40), torch.randn(16, 16, 3, 3)
-    >>> p = haloconv.plan(x.shape, w.shape, padding=1, partition="rows", workers=dist.get_world_size())
-    >>> y = hd.gather(hd.conv(hd.scatter(x, p), w, plan=p), p)
-    >>> torch.equal(y, torch.nn.functional.conv2d(x, w, padding=1))
+    >>> x = torch.randn(1, 2, 30, 20)
+    >>> p = haloconv.plan(x.shape, (2, 2, 1, 1), partition="rows", workers=1)  # 1x1: output boxes = input boxes
+    >>> torch.equal(hd.gather(hd.scatter(x, p), p), x)
     True
-    >>> sorted(hd.traffic())[:3]
-    ['compute', 'control', 'gather']
     >>> dist.destroy_process_group()
     """
     return spmd.gather(_comm(plan, group), plan, y_local, dst)
@@ -211,17 +203,13 @@ def traffic(group: object | None = None, reset: bool = True) -> dict[str, dict[s
 
     Examples
     --------
-    The whole SPMD path, here on a group of one rank (under torchrun, every rank runs it):
-
     >>> import torch, torch.distributed as dist, haloconv, haloconv.distributed as hd
     >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    >>> x, w = torch.randn(1, 16, 40, 40), torch.randn(16, 16, 3, 3)
-    >>> p = haloconv.plan(x.shape, w.shape, padding=1, partition="rows", workers=dist.get_world_size())
-    >>> y = hd.gather(hd.conv(hd.scatter(x, p), w, plan=p), p)
-    >>> torch.equal(y, torch.nn.functional.conv2d(x, w, padding=1))
+    >>> x, w = torch.randn(1, 16, 24, 24), torch.randn(16, 16, 3, 3)
+    >>> p = haloconv.plan(x.shape, w.shape, padding=1, workers=1)
+    >>> y = hd.conv(hd.scatter(x, p), w, plan=p)
+    >>> hd.traffic()["compute"]["seconds"] > 0
     True
-    >>> sorted(hd.traffic())[:3]
-    ['compute', 'control', 'gather']
     >>> dist.destroy_process_group()
     """
     pg = group if group is not None else dist.distributed_c10d._get_default_group()

@@ -1,4 +1,6 @@
-"""What each rank does with a Plan: scatter, halo exchange, compute, gather.
+"""What each rank does with a Plan: scatter, halo exchange, compute, gather (their
+adjoints: spmd_backward; windows sent whole by the master: spmd_windows; how a box
+travels: transfer).
 
 Every rank calls these with the same Plan (SPMD).  Worker ``r`` computes tile ``r``;
 ranks without a tile take part in collectives and hold nothing.  The data moved is
@@ -13,69 +15,20 @@ import torch
 
 from haloconv.compute import kernels
 from haloconv.compute import tile as one_tile
-from haloconv.engines.base import add_tile_grads, as_one_tile, piece_grad
 from haloconv.engines.comm import Comm
-from haloconv.engines.windows import assemble_window, piece_data
+from haloconv.engines.transfer import (
+    fill,
+    post_output_receive,
+    recv_box,
+    recv_dtype,
+    recv_in_place,
+    send_box,
+    send_to_workers,
+)
+from haloconv.engines.windows import piece_data
 from haloconv.planning.boxes import Box, Tile
-from haloconv.planning.messages import transfer_chunks
 from haloconv.planning.plan import Plan
 from haloconv.progress import Counter
-
-_DTYPES = [torch.float32, torch.float64]
-
-
-def _send_dtype(comm: Comm, x: torch.Tensor, dst: int, keep: list):
-    """Receivers allocate their buffers before data arrives: tell them the dtype."""
-    code = torch.tensor([_DTYPES.index(x.dtype)], dtype=torch.int64, device=x.device)
-    keep.append(code)
-    return comm.isend(code, dst, "control")
-
-
-def _recv_dtype(comm: Comm, src: int) -> torch.dtype:
-    code = torch.empty(1, dtype=torch.int64, device=comm.device)
-    comm.irecv(code, src, "control").wait()
-    return _DTYPES[int(code.item())]
-
-
-def send_box(comm: Comm, t: torch.Tensor, box: Box, dst: int, phase: str, keep: list,
-             held: Box | None = None, shape=None) -> list:
-    """Post the sends of ``box`` of a tensor of ``shape``, run by contiguous run (see
-    plan.transfer_chunks), from ``t``, which holds the box ``held`` (default: all of it)."""
-    shape = tuple(t.shape) if shape is None else shape
-    held = Box((0,) * len(shape), tuple(shape)) if held is None else held
-    works = []
-    for chunk in transfer_chunks(box, shape, t.element_size()):
-        data = t[chunk.within(held)].contiguous()  # a view when the run is contiguous: no copy
-        keep.append(data)
-        works.append(comm.isend(data, dst, phase))
-    return works
-
-
-def _send_to_workers(comm: Comm, plan: Plan, x: torch.Tensor, src: int, boxes) -> tuple[list, list]:
-    """From ``src``: the dtype, then ``boxes(tile)`` of ``x``, to every other worker."""
-    works, keep = [], []
-    for t in plan.tiles:
-        if t.rank != src:
-            works.append(_send_dtype(comm, x, t.rank, keep))
-            for box in boxes(t):
-                works += send_box(comm, x, box, t.rank, "scatter", keep)
-    return works, keep
-
-
-def _recv_in_place(comm: Comm, target: torch.Tensor, box: Box, shape, src: int, phase: str) -> list | None:
-    """Post the receives of ``box`` straight into the box-shaped view ``target`` when each
-    run lands contiguously there; None when it would not."""
-    chunks = transfer_chunks(box, shape, target.element_size())
-    views = [target[c.within(box)] for c in chunks]
-    if not all(v.is_contiguous() for v in views):
-        return None
-    return [comm.irecv(v, src, phase) for v in views]
-
-
-def recv_box(comm: Comm, buf: torch.Tensor, box: Box, shape, src: int, phase: str) -> list:
-    """Post the receives of a box of a tensor of ``shape`` into the box-shaped ``buf``."""
-    return [comm.irecv(buf[chunk.within(box)], src, phase)
-            for chunk in transfer_chunks(box, shape, buf.element_size())]
 
 
 def _room(tile: Tile, shape) -> Box:
@@ -135,17 +88,17 @@ def scatter(comm: Comm, plan: Plan, x: torch.Tensor | None, src: int = 0) -> tor
             if x is None or tuple(x.shape) != plan.spec.input_shape:
                 raise ValueError(f"x on the source rank must have shape {plan.spec.input_shape}")
             x = x.contiguous()
-            works, keep = _send_to_workers(comm, plan, x, src, lambda t: [t.owned])
+            works, keep = send_to_workers(comm, plan, x, src, lambda t: [t.owned])
             mine = x[tile.owned.slices()] if tile is not None else None
             comm.wait(works)
             return mine
         if tile is None:
             return None
-        dtype = _recv_dtype(comm, src)
+        dtype = recv_dtype(comm, src)
         room = _room(tile, plan.spec.input_shape)
         buffer = torch.empty(room.shape, dtype=dtype, device=comm.device)
         part = buffer[tile.owned.within(room)]
-        works = _recv_in_place(comm, part, tile.owned, plan.spec.input_shape, src, "scatter")
+        works = recv_in_place(comm, part, tile.owned, plan.spec.input_shape, src, "scatter")
         if works is not None:
             _mark_room(buffer)  # halos can later land around the shard
             comm.wait(works)
@@ -237,7 +190,7 @@ def build_window(tile: Tile, x_local: torch.Tensor, incoming: list, works: list 
         if p.owner == tile.rank:
             window[p.dst.slices()] = piece_data(x_local[p.src.within(tile.owned)], p)
     Comm.wait(works)
-    _fill(window, incoming)
+    fill(window, incoming)
     return window
 
 
@@ -260,173 +213,8 @@ def halo_exchange(comm: Comm, plan: Plan, x_local: torch.Tensor | None, copy: bo
         window, writable = in_place
         comm.wait(works)
         if writable:
-            _fill(window, incoming)
+            fill(window, incoming)
         return window
-
-
-def halo_reduce(comm: Comm, plan: Plan, g_window: torch.Tensor | None) -> torch.Tensor | None:
-    """Backward of halo_exchange: the gradient of every piece of this rank's window goes
-    back to the piece's owner, who adds it into the gradient of its shard."""
-    tile = plan.tile_of(comm.rank)
-    with comm.phase("halo"):
-        works, keep = [], []
-        if tile is None:
-            return None
-        for p in tile.halo_pieces:  # in the order the owner posts its receives
-            data = piece_grad(g_window[p.dst.slices()], p).contiguous()
-            keep.append(data)
-            works.append(comm.isend(data, p.owner, "halo"))
-        incoming = []
-        for t in plan.tiles:
-            if t.rank == comm.rank:
-                continue
-            for p in t.pieces:
-                if p.owner == comm.rank:
-                    buf = torch.empty(p.src.shape, dtype=g_window.dtype, device=g_window.device)
-                    incoming.append((p, buf))
-                    works.append(comm.irecv(buf, t.rank, "halo"))
-        g = g_window.new_zeros(tile.owned.shape)
-        for p in tile.pieces:
-            if p.owner == comm.rank:
-                g[p.src.within(tile.owned)] += piece_grad(g_window[p.dst.slices()], p)
-        comm.wait(works)
-        for p, buf in incoming:
-            g[p.src.within(tile.owned)] += buf
-        return g
-
-
-def scatter_windows(comm: Comm, plan: Plan, x: torch.Tensor | None, src: int = 0,
-                    pending: list | None = None) -> torch.Tensor | None:
-    """exchange='master': the source sends every rank each piece of its window.
-
-    On the source, with ``pending`` given, the sends are left in flight (appended to it)
-    so the source can compute meanwhile."""
-    tile = plan.tile_of(comm.rank)
-    with comm.phase("scatter"):
-        if comm.rank == src:
-            x = x.contiguous()
-            works, keep = _send_to_workers(
-                comm, plan, x, src, lambda t: [p.src for st in plan.subtiles(t, src) for p in st.pieces]
-            )
-            window = assemble_window(x, tile) if tile is not None else None  # a view when it can be
-            if pending is None:
-                comm.wait(works)
-            else:
-                pending.append((works, keep))
-            return window
-        if tile is None:
-            return None
-        (st, window, works, bufs), = _post_window_receives(comm, plan, tile, src)
-        comm.wait(works)
-        _fill(window, bufs)
-        return window
-
-
-def _post_window_receives(comm: Comm, plan: Plan, tile: Tile, src: int) -> list:
-    """Post the receives of every part of this rank's window (exchange='master')."""
-    dtype = _recv_dtype(comm, src)
-    return [_post_piece_receives(comm, plan, st, dtype, src) for st in plan.subtiles(tile, src)]
-
-
-def _post_piece_receives(comm: Comm, plan: Plan, st: Tile, dtype: torch.dtype, src: int) -> tuple:
-    """(tile, window, works, buffers): the receives of every piece of ``st``'s window from ``src``."""
-    shape = plan.spec.input_shape
-    covered = sum(p.dst.volume for p in st.pieces) == st.window.volume
-    window = (torch.empty if covered else torch.zeros)(st.window.shape, dtype=dtype, device=comm.device)
-    works, bufs = [], []
-    for p in st.pieces:
-        direct = None
-        if all(x == 1 for x in p.steps):
-            direct = _recv_in_place(comm, window[p.dst.slices()], p.src, shape, src, "scatter")
-        if direct is not None:
-            works += direct
-        else:
-            b = torch.empty(p.src.shape, dtype=dtype, device=comm.device)
-            bufs.append((p, b))
-            works += recv_box(comm, b, p.src, shape, src, "scatter")
-    return st, window, works, bufs
-
-
-# -- dynamic scheduling: tiles handed out one by one to whichever worker is free ----------------
-def broadcast_weights(comm: Comm, plan: Plan, weight, bias, dtype: torch.dtype, src: int = 0, to=None):
-    """The whole weight (and bias) from ``src`` to every rank (each may compute any tile);
-    on ``src``, ``to``: only to these ranks (a gloo send waits for its receiver, so one
-    stalled rank would hold up the others' sends)."""
-    with comm.phase("weights"):
-        if comm.rank == src:
-            parts = [weight.contiguous()] + ([bias.contiguous()] if bias is not None else [])
-            ranks = [r for r in range(comm.world) if r != src] if to is None else to
-            comm.wait([comm.isend(t, r, "weights") for r in ranks for t in parts])
-            return weight, bias
-        w = torch.empty(plan.spec.weight_shape, dtype=dtype, device=comm.device)
-        b = torch.empty(plan.spec.out_channels, dtype=dtype, device=comm.device) if plan.spec.has_bias else None
-        comm.wait([comm.irecv(t, src, "weights") for t in (w, b) if t is not None])
-        return w, b
-
-
-def hand_out(comm: Comm, plan: Plan, x: torch.Tensor | None, index: int, dst: int, out: torch.Tensor, keep: list):
-    """Master: tell ``dst`` to compute tile ``index`` (-1: stop), send its window's pieces and
-    post the receive of its output; returns the receive works and the buffer (or None)."""
-    code = torch.tensor([index], dtype=torch.int64, device=comm.device)
-    keep.append(code)
-    comm.wait([comm.isend(code, dst, "control")])
-    if index < 0:
-        return [], None
-    tile = plan.tiles[index]
-    works = []
-    for p in tile.pieces:
-        works += send_box(comm, x, p.src, dst, "scatter", keep)
-    comm.wait(works)
-    buf, works = _post_output_receive(comm, out, tile.out, dst)
-    return works, buf
-
-
-def dynamic_worker(comm: Comm, plan: Plan, weight, bias, torch_backend, dtype: torch.dtype, src: int = 0) -> int:
-    """A worker's side: tile after tile as the master hands them out, until told to stop.
-    Returns the tiles done."""
-    done = 0
-    while True:
-        code = torch.empty(1, dtype=torch.int64, device=comm.device)
-        comm.irecv(code, src, "control").wait()
-        index = int(code.item())
-        if index < 0:
-            return done
-        with comm.phase("scatter"):
-            st, window, works, bufs = _post_piece_receives(comm, plan, plan.tiles[index], dtype, src)
-            comm.wait(works)
-            _fill(window, bufs)
-        y = compute(comm, plan, window, weight, bias, torch_backend, tile=st)
-        with comm.phase("gather"):
-            keep: list = []
-            comm.wait(send_box(comm, y, st.out, src, "gather", keep, held=st.out, shape=plan.spec.output_shape))
-        done += 1
-
-
-def _fill(window: torch.Tensor, bufs: list) -> None:
-    for p, b in bufs:
-        window[p.dst.slices()] = piece_data(b, p)
-
-
-def windows_compute_gather(
-    comm: Comm, plan: Plan, weight, bias, torch_backend, src: int = 0
-) -> None:
-    """A worker's whole share with exchange='master': receive its window part by part,
-    compute each part as soon as it is in, send each output back as soon as it is done."""
-    tile = plan.tile_of(comm.rank)
-    if tile is None:
-        return
-    with comm.phase("scatter"):
-        entries = _post_window_receives(comm, plan, tile, src)
-    sends, keep = [], []
-    for st, window, works, bufs in entries:
-        with comm.phase("scatter"):
-            comm.wait(works)
-            _fill(window, bufs)
-        y = compute(comm, plan, window, weight, bias, torch_backend, tile=st)
-        with comm.phase("gather"):
-            sends += send_box(comm, y, st.out, src, "gather", keep, held=st.out, shape=plan.spec.output_shape)
-    with comm.phase("gather"):
-        comm.wait(sends)
 
 
 def compute(
@@ -462,18 +250,8 @@ def post_gather(comm: Comm, plan: Plan, out: torch.Tensor, dst: int = 0) -> list
         if tile.rank == dst:
             continue
         for t in plan.subtiles(tile, dst):
-            posted.append((t, *_post_output_receive(comm, out, t.out, t.rank)))
+            posted.append((t, *post_output_receive(comm, out, t.out, t.rank)))
     return posted
-
-
-def _post_output_receive(comm: Comm, out: torch.Tensor, box: Box, src: int) -> tuple:
-    """(buffer or None, works): the receive of ``box`` of ``out`` from ``src``, straight into
-    ``out`` by contiguous run, or into a buffer when the box travels packed."""
-    chunks = transfer_chunks(box, out.shape, out.element_size())
-    if len(chunks) == 1 and not out[box.slices()].is_contiguous():
-        buf = torch.empty(box.shape, dtype=out.dtype, device=out.device)
-        return buf, [comm.irecv(buf, src, "gather")]
-    return None, [comm.irecv(out[c.slices()], src, "gather") for c in chunks]
 
 
 def finish_gather(comm: Comm, plan: Plan, posted: list, out: torch.Tensor, y_local: torch.Tensor | None,
@@ -513,82 +291,3 @@ def gather(
     return finish_gather(comm, plan, posted, out, y_local, dst)
 
 
-# -- backward: the adjoint of scatter -> halo exchange -> compute -> gather --------------------
-def scatter_grad(comm: Comm, plan: Plan, grad: torch.Tensor | None, src: int = 0) -> torch.Tensor | None:
-    """Adjoint of gather: from the output's gradient on ``src``, every rank's output box of it."""
-    tile = plan.tile_of(comm.rank)
-    with comm.phase("scatter"):
-        if comm.rank == src:
-            grad = grad.contiguous()
-            works, keep = _send_to_workers(comm, plan, grad, src, lambda t: [t.out])
-            comm.wait(works)
-            return None if tile is None else grad[tile.out.slices()]
-        if tile is None:
-            return None
-        buf = torch.empty(tile.out.shape, dtype=_recv_dtype(comm, src), device=comm.device)
-        comm.wait(recv_box(comm, buf, tile.out, plan.spec.output_shape, src, "scatter"))
-        return buf
-
-
-def tile_backward(comm: Comm, plan: Plan, window: torch.Tensor | None, weight: torch.Tensor | None,
-                  grad: torch.Tensor | None, needs) -> tuple:
-    """This rank's (window, filter, bias) gradients from its output box's gradient."""
-    tile = plan.tile_of(comm.rank)
-    if tile is None:
-        return None, None, None
-    with comm.phase("compute"):
-        return one_tile.tile_backward(plan, tile, window, weight, grad, needs)
-
-
-def reduce_grads(comm: Comm, plan: Plan, grads: tuple, whole: tuple | None = None, dst: int = 0) -> None:
-    """Adjoint of scatter + halo exchange for the master's engine: every rank's window, filter
-    and bias gradients (``grads``, None where not wanted) go to ``dst``, which adds them into
-    ``whole`` = (gx, gw, gb) in rank order (the same bits every run)."""
-    tile = plan.tile_of(comm.rank)
-    with comm.phase("gather"):
-        if comm.rank != dst:
-            if tile is not None:
-                keep = [g.contiguous() for g in grads if g is not None]
-                comm.wait([comm.isend(g, dst, "gather") for g in keep])
-            return
-        incoming = {}
-        for t in plan.tiles:
-            if t.rank == dst:
-                incoming[t.rank] = grads
-                continue
-            c0, c1 = plan.weight_box(t)
-            shapes = (t.window.shape, (c1 - c0, *plan.spec.weight_shape[1:]), (c1 - c0,))
-            bufs = tuple(None if w is None else torch.empty(shape, dtype=w.dtype, device=w.device)
-                         for w, shape in zip(whole, shapes))
-            works = [comm.irecv(b, t.rank, "gather") for b in bufs if b is not None]
-            incoming[t.rank] = (bufs, works)
-        for t in plan.tiles:
-            if t.rank == dst:
-                add_tile_grads(plan, t, *whole, *grads)
-            else:
-                bufs, works = incoming[t.rank]
-                comm.wait(works)
-                add_tile_grads(plan, t, *whole, *bufs)
-
-
-def probe(comm: Comm, spec, dtype: torch.dtype, method: str, repeat: int, busy: int | None = None,
-          torch_backend: str | None = None) -> tuple[float, float]:
-    """(best, total) seconds of this rank computing ``spec`` ``repeat`` times back to back on
-    random data (at its pace): the measures behind LocalCluster.speeds and .throughput.
-    ``torch_backend``: the torch conv backend (kernels.backend_name) the caller selected, which
-    a tile computes with; torch itself would pick at this rank's thread count, and for some
-    1-D, 1x1 and 3-D shapes pick another.  Ranks from ``busy`` on stay idle and return (0, 0)."""
-    if busy is not None and comm.rank >= busy:
-        return 0.0, 0.0
-    g = torch.Generator().manual_seed(comm.rank)
-    x = torch.randn(spec.input_shape, generator=g, dtype=dtype)
-    w = torch.randn(spec.weight_shape, generator=g, dtype=dtype)
-    once = as_one_tile(method, spec, x, w, None if torch_backend is None else kernels.backend_of(torch_backend))
-    once()  # warm-up: buffers faulted in, the primitive built
-    best, t_start = float("inf"), time.perf_counter()
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        once()
-        comm.pace(t0)
-        best = min(best, time.perf_counter() - t0)
-    return best, time.perf_counter() - t_start

@@ -20,7 +20,7 @@ from torch.autograd.function import once_differentiable
 from haloconv.compute import kernels
 from haloconv.compute.tile import compute_tile, tile_backward
 from haloconv.distributed import comm_for
-from haloconv.engines import spmd
+from haloconv.engines import spmd, spmd_backward
 from haloconv.engines.comm import Comm
 from haloconv.planning.boxes import Box
 from haloconv.planning.plan import Plan
@@ -38,7 +38,7 @@ class _HaloWindow(Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
-        return spmd.halo_reduce(comm_for(ctx.group), ctx.plan, g), None, None
+        return spmd_backward.halo_reduce(comm_for(ctx.group), ctx.plan, g), None, None
 
 
 def _window_is_shard(plan: Plan) -> bool:
@@ -95,7 +95,7 @@ class _HaloConv(Function):
             g_window, gw, gb = tile_backward(ctx.plan, tile, window, weight, g,
                                              (need[0], need[1], ctx.has_bias and need[2]))
         del window
-        gx = spmd.halo_reduce(comm, ctx.plan, g_window) if need[0] else None
+        gx = spmd_backward.halo_reduce(comm, ctx.plan, g_window) if need[0] else None
         if ctx.reduce and (gw is not None or gb is not None):
             flat = torch.cat([t.reshape(-1) for t in (gw, gb) if t is not None])
             comm.allreduce(flat)  # one message for weight and bias

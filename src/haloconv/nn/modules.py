@@ -106,31 +106,51 @@ class _DistributedConvNd(_Sharded):
         return hf.halo_conv(x, weight, bias, comm, plan, reduce=not self.layout.replicated_input)
 
 
-class DistributedConv1d(_DistributedConvNd, nn.Conv1d):
-    """torch.nn.Conv1d on a shard (partition over (N, C, W)), as DistributedConv2d.
+# -- docstrings: one template for the layers that differ only in their torch class ----------
+_EXAMPLE = """
+    Examples
+    --------
+    >>> import torch, torch.distributed as dist, haloconv.nn as hnn
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # torchrun makes yours
+    >>> layer, x = hnn.{name}({args}), torch.randn{shape}
+    >>> bool(torch.{compare}(hnn.unshard(layer(hnn.shard(x, "{part}")), "{part}"), {ref}{tol}))
+    True
+    >>> dist.destroy_process_group()
+"""
 
-    Parameters
-    ----------
-    *args, **kwargs
-        torch.nn.Conv1d's.
-    partition : str or sequence of int
+
+def _layer_doc(base: str, summary: str, args: str, shape: str, part: str, ref: str | None = None,
+               partition: bool = True) -> str:
+    """A sharded layer's numpy docstring: ``summary``, torch's arguments and ours, and an
+    example that checks the layer on shards against ``ref`` (default: torch's ``base``
+    layer) on the whole input."""
+    ours = """    partition : str or sequence of int
         'grid' (default), 'rows', 'cols', 'depth' (3-D), 'batch', or split counts over
         (N, C, *spatial).
     group : ProcessGroup, optional
         The ranks that hold the shards (default: torch.distributed's default group).
     worker_weights : sequence of float, optional
         Relative rank speeds: shares in proportion.
+""" if partition else """    group : ProcessGroup, optional
+        The ranks that hold the shards (default: torch.distributed's default group).
+"""
+    exact = "Pool" in base or "Conv" in base
+    ref = f"torch.nn.{base}({args.split(', partition')[0]})(x)" if ref is None else ref
+    example = _EXAMPLE.format(name="Distributed" + base, args=args, shape=shape, part=part, ref=ref,
+                              compare="equal" if exact else "allclose", tol="" if exact else ", atol=1e-6")
+    return f"""{summary}
 
-    Examples
-    --------
-    >>> import torch, torch.distributed as dist, haloconv.nn as hnn
-    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # torchrun makes yours
-    >>> conv = hnn.DistributedConv1d(2, 4, 5, padding=2, partition="cols")
-    >>> x = torch.randn(1, 2, 100)
-    >>> hnn.unshard(conv(hnn.shard(x, "cols")), "cols").shape
-    torch.Size([1, 4, 100])
-    >>> dist.destroy_process_group()
-    """
+    Parameters
+    ----------
+    *args, **kwargs
+        torch.nn.{base}'s.
+{ours}{example}    """
+
+
+class DistributedConv1d(_DistributedConvNd, nn.Conv1d):
+    __doc__ = _layer_doc("Conv1d", "torch.nn.Conv1d on a shard, as DistributedConv2d.",
+                         '2, 4, 5, padding=2, partition="cols"', "(1, 2, 100)", "cols",
+                         "torch.nn.functional.conv1d(x, layer.weight, layer.bias, padding=2)")
 
     _ndim = 1
 
@@ -183,31 +203,12 @@ class DistributedConv2d(_DistributedConvNd, nn.Conv2d):
 
 
 class DistributedConv3d(_DistributedConvNd, nn.Conv3d):
-    """torch.nn.Conv3d on a shard (partition over (N, C, D, H, W)), as DistributedConv2d.
-
-    Parameters
-    ----------
-    *args, **kwargs
-        torch.nn.Conv3d's.
-    partition : str or sequence of int
-        'grid' (default), 'rows', 'cols', 'depth' (3-D), 'batch', or split counts over
-        (N, C, *spatial).
-    group : ProcessGroup, optional
-        The ranks that hold the shards (default: torch.distributed's default group).
-    worker_weights : sequence of float, optional
-        Relative rank speeds: shares in proportion.
-
-    Examples
-    --------
-    >>> import torch, torch.distributed as dist, haloconv.nn as hnn
-    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # torchrun makes yours
-    >>> conv = hnn.DistributedConv3d(1, 2, 3, padding=1, partition="depth")
-    >>> hnn.unshard(conv(hnn.shard(torch.randn(1, 1, 8, 8, 8), "depth")), "depth").shape
-    torch.Size([1, 2, 8, 8, 8])
-    >>> dist.destroy_process_group()
-    """
+    __doc__ = _layer_doc("Conv3d", "torch.nn.Conv3d on a shard, as DistributedConv2d.",
+                         '1, 2, 3, padding=1, partition="depth"', "(1, 1, 8, 8, 8)", "depth",
+                         "torch.nn.functional.conv3d(x, layer.weight, layer.bias, padding=1)")
 
     _ndim = 3
+
 
 
 # -- batch norm ---------------------------------------------------------------------------
@@ -242,76 +243,22 @@ class _DistributedBatchNormNd:
         return y
 
 
-
 class DistributedBatchNorm1d(_DistributedBatchNormNd, nn.BatchNorm1d):
-    """torch.nn.BatchNorm1d with its batch statistics summed over every shard: in
-    training equal to torch.nn.BatchNorm1d on the whole batch (running statistics
-    included); in eval the running statistics, as torch's.
-
-    Parameters
-    ----------
-    *args, **kwargs
-        torch.nn.BatchNorm1d's.
-    group : ProcessGroup, optional
-        The ranks that hold the shards (default: the default group).
-
-    Examples
-    --------
-    >>> import torch, torch.distributed as dist, haloconv.nn as hnn
-    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # torchrun makes yours
-    >>> layer, x = hnn.DistributedBatchNorm1d(2), torch.randn(4, 2, 30)
-    >>> bool(torch.allclose(hnn.unshard(layer(hnn.shard(x, "cols")), "cols"), torch.nn.BatchNorm1d(2)(x), atol=1e-6))
-    True
-    >>> dist.destroy_process_group()
-    """
+    __doc__ = _layer_doc("BatchNorm1d", "torch.nn.BatchNorm1d with its batch statistics summed over every shard: in "
+                         "training equal to it on the whole batch (running statistics included); in eval the "
+                         "running statistics, as torch's.", "2", "(4, 2, 30)", "cols", partition=False)
 
 
 class DistributedBatchNorm2d(_DistributedBatchNormNd, nn.BatchNorm2d):
-    """torch.nn.BatchNorm2d with its batch statistics summed over every shard: in
-    training equal to torch.nn.BatchNorm2d on the whole batch (running statistics
-    included); in eval the running statistics, as torch's.
-
-    Parameters
-    ----------
-    *args, **kwargs
-        torch.nn.BatchNorm2d's.
-    group : ProcessGroup, optional
-        The ranks that hold the shards (default: the default group).
-
-    Examples
-    --------
-    >>> import torch, torch.distributed as dist, haloconv.nn as hnn
-    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # torchrun makes yours
-    >>> bn = hnn.DistributedBatchNorm2d(3)
-    >>> x = torch.randn(4, 3, 16, 16)
-    >>> y = hnn.unshard(bn(hnn.shard(x, "rows")), "rows")
-    >>> bool(torch.allclose(y, torch.nn.BatchNorm2d(3)(x), atol=1e-6))
-    True
-    >>> dist.destroy_process_group()
-    """
+    __doc__ = _layer_doc("BatchNorm2d", "torch.nn.BatchNorm2d with its batch statistics summed over every shard: in "
+                         "training equal to it on the whole batch (running statistics included); in eval the "
+                         "running statistics, as torch's.", "2", "(4, 2, 16, 16)", "rows", partition=False)
 
 
 class DistributedBatchNorm3d(_DistributedBatchNormNd, nn.BatchNorm3d):
-    """torch.nn.BatchNorm3d with its batch statistics summed over every shard: in
-    training equal to torch.nn.BatchNorm3d on the whole batch (running statistics
-    included); in eval the running statistics, as torch's.
-
-    Parameters
-    ----------
-    *args, **kwargs
-        torch.nn.BatchNorm3d's.
-    group : ProcessGroup, optional
-        The ranks that hold the shards (default: the default group).
-
-    Examples
-    --------
-    >>> import torch, torch.distributed as dist, haloconv.nn as hnn
-    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # torchrun makes yours
-    >>> layer, x = hnn.DistributedBatchNorm3d(1), torch.randn(2, 1, 6, 6, 6)
-    >>> bool(torch.allclose(hnn.unshard(layer(hnn.shard(x, "depth")), "depth"), torch.nn.BatchNorm3d(1)(x), atol=1e-6))
-    True
-    >>> dist.destroy_process_group()
-    """
+    __doc__ = _layer_doc("BatchNorm3d", "torch.nn.BatchNorm3d with its batch statistics summed over every shard: in "
+                         "training equal to it on the whole batch (running statistics included); in eval the "
+                         "running statistics, as torch's.", "2", "(2, 2, 6, 6, 6)", "depth", partition=False)
 
 
 # -- pooling ------------------------------------------------------------------------------
@@ -361,179 +308,49 @@ class _DistributedPoolNd(_Sharded):
                             getattr(self, "count_include_pad", True), getattr(self, "divisor_override", None))
 
 
+def _pool_doc(base: str, args: str, shape: str, part: str) -> str:
+    return _layer_doc(base, f"torch.nn.{base} on a shard, with the halo its windows need from the neighbours: "
+                      "equal to torch's on the whole input (ceil_mode and return_indices are not supported).",
+                      args, shape, part)
+
+
 _MAX_ARGS = ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode")
 _AVG_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
 
 
 class DistributedMaxPool1d(_DistributedPoolNd, nn.MaxPool1d):
-    """torch.nn.MaxPool1d on a shard, with the halo its windows need from the neighbours:
-    equal to torch's on the whole input (ceil_mode and return_indices are not supported).
+    __doc__ = _pool_doc("MaxPool1d", '3, stride=2, partition="cols"', "(1, 2, 40)", "cols")
 
-    Parameters
-    ----------
-    *args, **kwargs
-        torch.nn.MaxPool1d's.
-    partition : str or sequence of int
-        'grid' (default), 'rows', 'cols', 'depth' (3-D), 'batch', or split counts over
-        (N, C, *spatial).
-    group : ProcessGroup, optional
-        The ranks that hold the shards (default: torch.distributed's default group).
-    worker_weights : sequence of float, optional
-        Relative rank speeds: shares in proportion.
-
-    Examples
-    --------
-    >>> import torch, torch.distributed as dist, haloconv.nn as hnn
-    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # torchrun makes yours
-    >>> layer, x = hnn.DistributedMaxPool1d(3, stride=2, partition="cols"), torch.randn(1, 2, 40)
-    >>> bool(torch.equal(hnn.unshard(layer(hnn.shard(x, "cols")), "cols"), torch.nn.MaxPool1d(3, stride=2)(x)))
-    True
-    >>> dist.destroy_process_group()
-    """
     _ndim, _kind, _args = 1, "max", _MAX_ARGS
 
 
 class DistributedMaxPool2d(_DistributedPoolNd, nn.MaxPool2d):
-    """torch.nn.MaxPool2d on a shard, with the halo its windows need from the neighbours:
-    equal to torch's on the whole input (ceil_mode and return_indices are not supported).
-
-    Parameters
-    ----------
-    *args, **kwargs
-        torch.nn.MaxPool2d's.
-    partition : str or sequence of int
-        'grid' (default), 'rows', 'cols', 'depth' (3-D), 'batch', or split counts over
-        (N, C, *spatial).
-    group : ProcessGroup, optional
-        The ranks that hold the shards (default: torch.distributed's default group).
-    worker_weights : sequence of float, optional
-        Relative rank speeds: shares in proportion.
-
-    Examples
-    --------
-    >>> import torch, torch.distributed as dist, haloconv.nn as hnn
-    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # torchrun makes yours
-    >>> pool = hnn.DistributedMaxPool2d(3, stride=2, padding=1, partition="grid")
-    >>> x = torch.randn(1, 2, 20, 20)
-    >>> torch.equal(hnn.unshard(pool(hnn.shard(x)), "grid"), torch.nn.MaxPool2d(3, stride=2, padding=1)(x))
-    True
-    >>> dist.destroy_process_group()
-    """
+    __doc__ = _pool_doc("MaxPool2d", '3, stride=2, padding=1, partition="grid"', "(1, 2, 20, 20)", "grid")
 
     _ndim, _kind, _args = 2, "max", _MAX_ARGS
 
 
 class DistributedMaxPool3d(_DistributedPoolNd, nn.MaxPool3d):
-    """torch.nn.MaxPool3d on a shard, with the halo its windows need from the neighbours:
-    equal to torch's on the whole input (ceil_mode and return_indices are not supported).
+    __doc__ = _pool_doc("MaxPool3d", '2, partition="depth"', "(1, 1, 8, 8, 8)", "depth")
 
-    Parameters
-    ----------
-    *args, **kwargs
-        torch.nn.MaxPool3d's.
-    partition : str or sequence of int
-        'grid' (default), 'rows', 'cols', 'depth' (3-D), 'batch', or split counts over
-        (N, C, *spatial).
-    group : ProcessGroup, optional
-        The ranks that hold the shards (default: torch.distributed's default group).
-    worker_weights : sequence of float, optional
-        Relative rank speeds: shares in proportion.
-
-    Examples
-    --------
-    >>> import torch, torch.distributed as dist, haloconv.nn as hnn
-    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # torchrun makes yours
-    >>> layer, x = hnn.DistributedMaxPool3d(2, partition="depth"), torch.randn(1, 1, 8, 8, 8)
-    >>> bool(torch.equal(hnn.unshard(layer(hnn.shard(x, "depth")), "depth"), torch.nn.MaxPool3d(2)(x)))
-    True
-    >>> dist.destroy_process_group()
-    """
     _ndim, _kind, _args = 3, "max", _MAX_ARGS
 
 
 class DistributedAvgPool1d(_DistributedPoolNd, nn.AvgPool1d):
-    """torch.nn.AvgPool1d on a shard, with the halo its windows need from the neighbours:
-    equal to torch's on the whole input (ceil_mode and return_indices are not supported).
+    __doc__ = _pool_doc("AvgPool1d", '3, stride=2, partition="cols"', "(1, 2, 40)", "cols")
 
-    Parameters
-    ----------
-    *args, **kwargs
-        torch.nn.AvgPool1d's.
-    partition : str or sequence of int
-        'grid' (default), 'rows', 'cols', 'depth' (3-D), 'batch', or split counts over
-        (N, C, *spatial).
-    group : ProcessGroup, optional
-        The ranks that hold the shards (default: torch.distributed's default group).
-    worker_weights : sequence of float, optional
-        Relative rank speeds: shares in proportion.
-
-    Examples
-    --------
-    >>> import torch, torch.distributed as dist, haloconv.nn as hnn
-    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # torchrun makes yours
-    >>> layer, x = hnn.DistributedAvgPool1d(3, stride=2, partition="cols"), torch.randn(1, 2, 40)
-    >>> bool(torch.equal(hnn.unshard(layer(hnn.shard(x, "cols")), "cols"), torch.nn.AvgPool1d(3, stride=2)(x)))
-    True
-    >>> dist.destroy_process_group()
-    """
     _ndim, _kind, _args = 1, "avg", _AVG_ARGS
 
 
 class DistributedAvgPool2d(_DistributedPoolNd, nn.AvgPool2d):
-    """torch.nn.AvgPool2d on a shard, with the halo its windows need from the neighbours:
-    equal to torch's on the whole input (ceil_mode and return_indices are not supported).
-
-    Parameters
-    ----------
-    *args, **kwargs
-        torch.nn.AvgPool2d's.
-    partition : str or sequence of int
-        'grid' (default), 'rows', 'cols', 'depth' (3-D), 'batch', or split counts over
-        (N, C, *spatial).
-    group : ProcessGroup, optional
-        The ranks that hold the shards (default: torch.distributed's default group).
-    worker_weights : sequence of float, optional
-        Relative rank speeds: shares in proportion.
-
-    Examples
-    --------
-    >>> import torch, torch.distributed as dist, haloconv.nn as hnn
-    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # torchrun makes yours
-    >>> pool = hnn.DistributedAvgPool2d(3, stride=2, padding=1, partition="grid")
-    >>> x = torch.randn(1, 2, 20, 20)
-    >>> torch.equal(hnn.unshard(pool(hnn.shard(x)), "grid"), torch.nn.AvgPool2d(3, stride=2, padding=1)(x))
-    True
-    >>> dist.destroy_process_group()
-    """
+    __doc__ = _pool_doc("AvgPool2d", '3, stride=2, padding=1, partition="grid"', "(1, 2, 20, 20)", "grid")
 
     _ndim, _kind, _args = 2, "avg", (*_AVG_ARGS, "divisor_override")
 
 
 class DistributedAvgPool3d(_DistributedPoolNd, nn.AvgPool3d):
-    """torch.nn.AvgPool3d on a shard, with the halo its windows need from the neighbours:
-    equal to torch's on the whole input (ceil_mode and return_indices are not supported).
+    __doc__ = _pool_doc("AvgPool3d", '2, partition="depth"', "(1, 1, 8, 8, 8)", "depth")
 
-    Parameters
-    ----------
-    *args, **kwargs
-        torch.nn.AvgPool3d's.
-    partition : str or sequence of int
-        'grid' (default), 'rows', 'cols', 'depth' (3-D), 'batch', or split counts over
-        (N, C, *spatial).
-    group : ProcessGroup, optional
-        The ranks that hold the shards (default: torch.distributed's default group).
-    worker_weights : sequence of float, optional
-        Relative rank speeds: shares in proportion.
-
-    Examples
-    --------
-    >>> import torch, torch.distributed as dist, haloconv.nn as hnn
-    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # torchrun makes yours
-    >>> layer, x = hnn.DistributedAvgPool3d(2, partition="depth"), torch.randn(1, 1, 8, 8, 8)
-    >>> bool(torch.equal(hnn.unshard(layer(hnn.shard(x, "depth")), "depth"), torch.nn.AvgPool3d(2)(x)))
-    True
-    >>> dist.destroy_process_group()
-    """
     _ndim, _kind, _args = 3, "avg", (*_AVG_ARGS, "divisor_override")
 
 

@@ -59,11 +59,8 @@ def shard(x: torch.Tensor, partition="grid", group=None, worker_weights=None) ->
     ----------
     x : torch.Tensor
         (N, C, *spatial), the same on every rank.
-    partition : str or sequence of int
-        As the layers' ('grid' by default).
-    group : ProcessGroup, optional
-        Default: torch.distributed's default group.
-    worker_weights : sequence of float, optional
+    partition, group, worker_weights
+        As local_box's.
 
     Returns
     -------
@@ -93,11 +90,8 @@ def unshard(x: torch.Tensor, partition="grid", group=None, worker_weights=None) 
     ----------
     x : torch.Tensor
         This rank's shard (with partition='channels': its block of output channels).
-    partition : str or sequence of int
-        As the layers' ('grid' by default).
-    group : ProcessGroup, optional
-        Default: torch.distributed's default group.
-    worker_weights : sequence of float, optional
+    partition, group, worker_weights
+        As local_box's.
 
     Returns
     -------

@@ -84,6 +84,19 @@ class Plan:
             cache[tile.rank] = _subtiles(self, tile)
         return cache[tile.rank]
 
+    def overlap_parts(self, tile: Tile) -> tuple[Tile | None, tuple[Tile, ...]]:
+        """(interior, borders): ``tile`` cut so that its halo can travel while it computes.
+
+        The interior computes the outputs whose windows read only the tile's own input (no
+        halo, and outside the input only zero padding); the borders, slabs peeled off axis
+        by axis, the rest, once the halos are in.  Each part is a tile of its own (exact
+        like any tile); together they compute the tile's output box once.  (None, (tile,))
+        when no output can do without a halo."""
+        cache = self.__dict__.setdefault("_overlap", {})
+        if tile.rank not in cache:
+            cache[tile.rank] = _overlap_parts(self, tile)
+        return cache[tile.rank]
+
     def tile_of(self, rank: int) -> Tile | None:
         """The tile worker ``rank`` computes, or None when it is idle."""
         return self.tiles[rank] if 0 <= rank < len(self.tiles) else None
@@ -293,6 +306,62 @@ def _subtiles(plan: Plan, tile: Tile) -> tuple[Tile, ...]:
         shell = _shell(spec, axes, out_r, owned_sp, split_c)
         parts.append(_tile(spec, axes, tile.rank, shell, shells))
     return tuple(parts)
+
+
+def _interior(ax: geometry.Axis, a: int, b: int, own_lo: int, own_hi: int, padding: bool) -> tuple[int, int]:
+    """The outputs of [a, b) on one axis whose inputs lie in [own_lo, own_hi), or in the
+    padding when ``padding`` (zeros, read from no one; or mirrored or wrapped input the
+    caller checks is this tile's own): a range, empty when none."""
+    def inside(o: int) -> tuple[bool, bool]:
+        lo, hi = ax.needed(o, o + 1)
+        if padding:
+            lo, hi = max(lo, 0), min(hi, ax.length)
+        return lo >= own_lo, hi <= own_hi
+
+    lo = next((o for o in range(a, b) if inside(o)[0]), b)  # needed grows with o: the first that fits below
+    hi = next((o + 1 for o in range(b - 1, lo - 1, -1) if inside(o)[1]), lo)  # and the last that fits above
+    return lo, max(lo, hi)
+
+
+def _overlap_parts(plan: Plan, tile: Tile) -> tuple[Tile | None, tuple[Tile, ...]]:
+    spec = plan.spec
+    if tile.out.volume == 0 or not tile.halo_pieces:
+        return None, (tile,)
+    axes = [spec.axis(i) for i in range(spec.ndim)]
+    split_c = plan.splits[1] > 1
+    cog = spec.out_channels // spec.groups
+
+    def units(c0: int, c1: int) -> tuple[int, int]:
+        return (c0 // cog, c1 // cog) if spec.groups > 1 else (c0, c1)
+
+    owned_sp = list(zip(tile.owned.lo[2:], tile.owned.hi[2:]))
+    full = [(l, h) for l, h in zip(tile.out.lo, tile.out.hi)]
+    full[1] = units(*full[1])
+    shells = [
+        (t.out, t.owned, t.needed, t.window, t.first, t.groups,
+         units(t.out.lo[1], t.out.hi[1]) if split_c else (0, 0))
+        for t in plan.tiles
+    ]
+
+    def part(ranges) -> Tile:
+        return _tile(spec, axes, tile.rank, _shell(spec, axes, ranges, owned_sp, split_c), shells)
+
+    # padding read as its own data first (zeros; mirrored or wrapped input this tile owns),
+    # then, when some of it comes from another rank, the outputs that read no padding
+    for padding in (True, False) if spec.padding_mode != "zeros" else (True,):
+        inner = [_interior(ax, *full[d + 2], *owned_sp[d], padding) for d, ax in enumerate(axes)]
+        if any(lo >= hi for lo, hi in inner):
+            continue
+        borders, rest = [], list(full)  # peel a slab below and above the interior, axis by axis
+        for d, (lo, hi) in enumerate(inner, start=2):
+            for r in ((rest[d][0], lo), (hi, rest[d][1])):
+                if r[0] < r[1]:
+                    borders.append(part([*rest[:d], r, *rest[d + 1:]]))
+            rest[d] = (lo, hi)
+        interior = part(rest)
+        if all(p.owner == tile.rank for p in interior.pieces):
+            return interior, tuple(borders)
+    return None, (tile,)
 
 
 def _shell(spec: ConvSpec, axes, out_r, owned_sp, split_c: bool) -> tuple:

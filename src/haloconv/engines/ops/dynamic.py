@@ -9,7 +9,7 @@ import time
 import torch
 
 from haloconv.compute import backends, kernels
-from haloconv.engines import spmd
+from haloconv.engines import spmd, spmd_windows
 from haloconv.engines.cluster import Cluster, check_throttle
 from haloconv.engines.comm import Comm
 from haloconv.engines.execution import Execution, WorkerStats
@@ -99,8 +99,8 @@ def run_dynamic(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Ten
         def feed(rank: int, index: int, keep: list) -> None:
             if rank not in armed:  # each worker its weights in its own feeder: a stalled one holds up no other
                 armed.add(rank)
-                spmd.broadcast_weights(comm, plan, weight, bias, x.dtype, to=(rank,))
-            works, buf = spmd.hand_out(comm, plan, xc, index, rank, out, keep)
+                spmd_windows.broadcast_weights(comm, plan, weight, bias, x.dtype, to=(rank,))
+            works, buf = spmd_windows.hand_out(comm, plan, xc, index, rank, out, keep)
             comm.wait(works)
             if buf is not None:
                 out[plan.tiles[index].out.slices()] = buf
@@ -131,5 +131,5 @@ def run_dynamic(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Ten
 @worker_op("dynamic")
 def _worker_dynamic(comm: Comm, cmd: dict, shards: dict) -> None:
     plan = cmd["plan"]
-    w, b = spmd.broadcast_weights(comm, plan, None, None, cmd["dtype"])
-    spmd.dynamic_worker(comm, plan, w, b, kernels.backend_of(cmd["torch_backend"]), cmd["dtype"])
+    w, b = spmd_windows.broadcast_weights(comm, plan, None, None, cmd["dtype"])
+    spmd_windows.dynamic_worker(comm, plan, w, b, kernels.backend_of(cmd["torch_backend"]), cmd["dtype"])

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import torch
 
 from haloconv.compute import kernels
-from haloconv.engines import spmd
+from haloconv.engines.base import as_one_tile
 from haloconv.engines.cluster import Cluster
 from haloconv.engines.comm import Comm
 from haloconv.engines.worker import worker_op
@@ -20,11 +21,11 @@ def speeds(cluster: Cluster, spec: ConvSpec, dtype: torch.dtype = torch.float32,
     """Relative compute speed of every process (1.0 = the fastest), measured by all of
     them at once on the same small problem like ``spec`` (about a 1/16 row band of it):
     weights for a static split over unequal workers (``worker_weights``)."""
-    probe = probe_spec(spec, cluster.workers)
-    tb = caller_backend(probe, dtype)
-    cmd = {"op": "probe", "module": __name__, "spec": probe, "dtype": dtype, "method": backend, "repeat": repeat,
+    small = probe_spec(spec, cluster.workers)
+    tb = caller_backend(small, dtype)
+    cmd = {"op": "probe", "module": __name__, "spec": small, "dtype": dtype, "method": backend, "repeat": repeat,
            "torch_backend": tb}
-    (seconds, _), reports = cluster.step(cmd, lambda comm: spmd.probe(comm, probe, dtype, backend, repeat,
+    (seconds, _), reports = cluster.step(cmd, lambda comm: probe(comm, small, dtype, backend, repeat,
                                                                     torch_backend=tb))
     times = [seconds] + [reports[r]["probe_seconds"] for r in range(1, cluster.workers)]
     return [min(times) / t for t in times]
@@ -40,13 +41,13 @@ def throughput(cluster: Cluster, spec: ConvSpec, busy: int, repeat: int, dtype: 
     tb = caller_backend(spec, dtype)
     cmd = {"op": "probe", "module": __name__, "spec": spec, "dtype": dtype, "method": backend, "repeat": repeat,
            "busy": busy, "torch_backend": tb}
-    (_, total), reports = cluster.step(cmd, lambda comm: spmd.probe(comm, spec, dtype, backend, repeat, busy, tb))
+    (_, total), reports = cluster.step(cmd, lambda comm: probe(comm, spec, dtype, backend, repeat, busy, tb))
     return max(total, *(reports[r]["probe_total"] for r in range(1, cluster.workers)))
 
 
 @worker_op("probe")
 def _worker_probe(comm: Comm, cmd: dict, shards: dict) -> dict:
-    best, total = spmd.probe(comm, cmd["spec"], cmd["dtype"], cmd["method"], cmd["repeat"], cmd.get("busy"),
+    best, total = probe(comm, cmd["spec"], cmd["dtype"], cmd["method"], cmd["repeat"], cmd.get("busy"),
                              cmd.get("torch_backend"))
     return {"probe_seconds": best, "probe_total": total}
 
@@ -65,3 +66,27 @@ def probe_spec(spec: ConvSpec, workers: int) -> ConvSpec:
     rows = max(4 * axis.span, spec.spatial[0] // (16 * workers))
     shape = (1, spec.in_channels, min(rows, spec.spatial[0]), *spec.spatial[1:])
     return dataclasses.replace(spec, input_shape=shape)
+
+
+def probe(comm: Comm, spec, dtype: torch.dtype, method: str, repeat: int, busy: int | None = None,
+          torch_backend: str | None = None) -> tuple[float, float]:
+    """(best, total) seconds of this rank computing ``spec`` ``repeat`` times back to back on
+    random data (at its pace): the measures behind LocalCluster.speeds and .throughput.
+    ``torch_backend``: the torch conv backend (kernels.backend_name) the caller selected, which
+    a tile computes with; torch itself would pick at this rank's thread count, and for some
+    1-D, 1x1 and 3-D shapes pick another.  Ranks from ``busy`` on stay idle and return (0, 0)."""
+    if busy is not None and comm.rank >= busy:
+        return 0.0, 0.0
+    g = torch.Generator().manual_seed(comm.rank)
+    x = torch.randn(spec.input_shape, generator=g, dtype=dtype)
+    w = torch.randn(spec.weight_shape, generator=g, dtype=dtype)
+    once = as_one_tile(method, spec, x, w, None if torch_backend is None else kernels.backend_of(torch_backend))
+    once()  # warm-up: buffers faulted in, the primitive built
+    best, t_start = float("inf"), time.perf_counter()
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        once()
+        comm.pace(t0)
+        best = min(best, time.perf_counter() - t0)
+    return best, time.perf_counter() - t_start
+

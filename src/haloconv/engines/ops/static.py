@@ -8,7 +8,7 @@ import time
 import torch
 
 from haloconv.compute import backends, kernels
-from haloconv.engines import spmd
+from haloconv.engines import spmd, spmd_backward, spmd_windows
 from haloconv.engines.cluster import Cluster, exec_of
 from haloconv.engines.comm import Comm
 from haloconv.engines.execution import Execution
@@ -31,7 +31,7 @@ def run(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bia
         w, b = spmd.distribute_weights(comm, plan, weight, bias, x.dtype)
         in_flight: list = []
         if plan.exchange == "master":  # the master computes while the windows travel
-            window = spmd.scatter_windows(comm, plan, x, pending=in_flight)
+            window = spmd_windows.scatter_windows(comm, plan, x, pending=in_flight)
         else:
             window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, x))
         out = torch.empty(plan.spec.output_shape, dtype=x.dtype)
@@ -54,7 +54,7 @@ def _worker_run(comm: Comm, cmd: dict, shards: dict) -> None:
     plan = cmd["plan"]
     w, b, torch_backend = tile_weights(comm, cmd)
     if plan.exchange == "master":  # part by part: compute while the rest arrives
-        spmd.windows_compute_gather(comm, plan, w, b, torch_backend)
+        spmd_windows.windows_compute_gather(comm, plan, w, b, torch_backend)
     else:
         window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, None))
         spmd.gather(comm, plan, spmd.compute(comm, plan, window, w, b, torch_backend))
@@ -76,8 +76,8 @@ def backward(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Tensor
     def master(comm: Comm):
         w, _ = spmd.distribute_weights(comm, plan, weight, bias, x.dtype)
         window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, x))
-        grads = spmd.tile_backward(comm, plan, window, w, spmd.scatter_grad(comm, plan, grad), needs)
-        spmd.reduce_grads(comm, plan, grads, whole)
+        grads = spmd_backward.tile_backward(comm, plan, window, w, spmd_backward.scatter_grad(comm, plan, grad), needs)
+        spmd_backward.reduce_grads(comm, plan, grads, whole)
 
     cluster.step({"op": "backward", "module": __name__, "plan": plan, "dtype": x.dtype, "needs": needs}, master)
     return whole
@@ -88,5 +88,6 @@ def _worker_backward(comm: Comm, cmd: dict, shards: dict) -> None:
     plan = cmd["plan"]
     w, _ = spmd.distribute_weights(comm, plan, None, None, cmd["dtype"])
     window = spmd.halo_exchange(comm, plan, spmd.scatter(comm, plan, None))
-    grads = spmd.tile_backward(comm, plan, window, w, spmd.scatter_grad(comm, plan, None), cmd["needs"])
-    spmd.reduce_grads(comm, plan, grads)
+    grad = spmd_backward.scatter_grad(comm, plan, None)
+    grads = spmd_backward.tile_backward(comm, plan, window, w, grad, cmd["needs"])
+    spmd_backward.reduce_grads(comm, plan, grads)

@@ -1,0 +1,44 @@
+"""Sharded training at scale (issue 18): what a rank keeps for backward, and a slower
+network stood in for on one machine (engines.comm.Link, $HALOCONV_LINK)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from haloconv.engines.comm import Link
+
+HERE = Path(__file__).parent
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+
+
+def _torchrun(*args, env=None):
+    r = subprocess.run([*TORCHRUN, str(HERE / "nn_memory_link.py"), *args], capture_output=True, text=True,
+                       timeout=240, env={**os.environ, **(env or {})})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def test_a_rank_keeps_its_shards_and_the_halos_it_received():
+    out = _torchrun("memory")
+    assert out.count("bytes kept = shards + halos") == 2, out
+
+
+def test_a_slow_link_delays_and_keeps_order_and_training_stays_exact():
+    out = _torchrun("link", env={"HALOCONV_LINK": "2ms,200MB/s"})
+    assert out.count("ordered, delayed, exact") == 2, out
+
+
+@pytest.mark.parametrize("text,want", [("100us", Link(1e-4, None)), ("1ms,1GB/s", Link(1e-3, 1e9)),
+                                       ("0,2GB/s", Link(0.0, 2e9))])
+def test_link_parses_what_benchmarks_write(text, want):
+    got = Link.parse(text)
+    assert got.latency_s == pytest.approx(want.latency_s) and got.bandwidth_Bps == want.bandwidth_Bps
+
+
+@pytest.mark.parametrize("text", ["", "fast", "1ms,2ms,3ms", "-1ms"])
+def test_a_bad_link_is_a_clear_error(text):
+    with pytest.raises(ValueError, match="HALOCONV_LINK"):
+        Link.parse(text)
