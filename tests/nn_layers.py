@@ -91,6 +91,36 @@ for layer, shape, part in CASES:
         want = p.grad if part != "channels" else p.grad[dlayer.filters[0]:dlayer.filters[1]]
         assert torch.allclose(got, want, rtol=1e-10, atol=1e-12), (layer, part, name)
         p.grad = None
+if not small:  # overlap=True: the blocking layer's results, forward and backward, on every conv case
+    overlapped = 0
+    f32 = [(nn.Conv2d(16, 16, 3, padding=1), (1, 16, 40, 36), "rows", torch.float32),  # oneDNN: bit for bit
+           (nn.Conv2d(16, 8, 5, padding=2, padding_mode="reflect"), (1, 16, 33, 30), "grid", torch.float32)]
+    for layer, shape, part, dtype in [(c[0], c[1], c[2], D) for c in CASES] + f32:
+        if not isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            continue
+        layer = layer.to(dtype)
+        x = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(5))
+        runs = []
+        for overlap in (False, True):
+            d = DIST[type(layer)].from_module(layer, partition=part, overlap=overlap)
+            xd = x.clone().requires_grad_()
+            y = hnn.unshard(d(hnn.shard(xd, part)), part)
+            g = torch.randn(y.shape, dtype=dtype, generator=torch.Generator().manual_seed(6))
+            (y * g).sum().backward()
+            runs.append((y.detach(), xd.grad, [p.grad.clone() for p in d.parameters()]))
+            for p in d.parameters():
+                p.grad = None
+            if overlap:
+                plan = d.layout.plan(d._spec(shape))
+                overlapped += plan.overlap_parts(plan.tile_of(rank))[0] is not None
+        (y0, gx0, gp0), (y1, gx1, gp1) = runs
+        gemm = dtype == torch.float64  # float64 convs run as im2col + GEMM (kernels.matches_single_node)
+        assert kernels.matches_single_node(y1, y0), (layer, part)
+        assert (torch.equal(gx1, gx0) if not gemm else torch.allclose(gx1, gx0, rtol=1e-12, atol=1e-13)), (layer, part)
+        for a, b in zip(gp1, gp0):
+            assert torch.equal(a, b) if not gemm else torch.allclose(a, b, rtol=1e-12, atol=1e-13), (layer, part)
+    assert overlapped >= 5, overlapped  # the cases reached the interior/border path
+
 if not small:  # shards that are not where the partition puts them: the same clear error on every rank
     conv = hnn.DistributedConv2d(1, 1, 3, partition="rows")
     try:

@@ -194,6 +194,25 @@ def build_window(tile: Tile, x_local: torch.Tensor, incoming: list, works: list 
     return window
 
 
+def part_window(part: Tile, tile: Tile, x_local: torch.Tensor, incoming: list, input_shape) -> torch.Tensor:
+    """The window of ``part``, a part of this rank's ``tile`` (Plan.overlap_parts): a view
+    of the shard where it lies there, else assembled from the shard and the halo pieces
+    received for the whole tile (``incoming``: [(piece, data)], each part's piece inside one
+    of them)."""
+    in_place = _in_place_window(part, x_local, input_shape, halo=False)
+    if in_place is not None:
+        return in_place[0]
+    window = x_local.new_zeros(part.window.shape)
+    for p in part.pieces:
+        if p.owner == tile.rank:
+            data = x_local[p.src.within(tile.owned)]
+        else:
+            q, buf = next((q, b) for q, b in incoming if q.owner == p.owner and q.src.contains(p.src))
+            data = buf[p.src.within(q.src)]
+        window[p.dst.slices()] = piece_data(data, p)
+    return window
+
+
 def halo_exchange(comm: Comm, plan: Plan, x_local: torch.Tensor | None, copy: bool = False) -> torch.Tensor | None:
     """This rank's conv window: its own input plus the halo pieces from their owners.
 

@@ -16,11 +16,18 @@ from haloconv.planning.plan import Plan
 def halo_reduce(comm: Comm, plan: Plan, g_window: torch.Tensor | None) -> torch.Tensor | None:
     """Backward of halo_exchange: the gradient of every piece of this rank's window goes
     back to the piece's owner, who adds it into the gradient of its shard."""
+    return finish_halo_reduce(comm, post_halo_reduce(comm, plan, g_window))
+
+
+def post_halo_reduce(comm: Comm, plan: Plan, g_window: torch.Tensor | None) -> tuple:
+    """The first half of halo_reduce: the halo gradients sent to their owners, the receives
+    of ours posted, our own pieces' gradients added up; finish_halo_reduce waits and adds
+    the rest (the caller computes meanwhile)."""
     tile = plan.tile_of(comm.rank)
     with comm.phase("halo"):
         works, keep = [], []
         if tile is None:
-            return None
+            return None, [], [], [], None
         for p in tile.halo_pieces:  # in the order the owner posts its receives
             data = piece_grad(g_window[p.dst.slices()], p).contiguous()
             keep.append(data)
@@ -38,6 +45,12 @@ def halo_reduce(comm: Comm, plan: Plan, g_window: torch.Tensor | None) -> torch.
         for p in tile.pieces:
             if p.owner == comm.rank:
                 g[p.src.within(tile.owned)] += piece_grad(g_window[p.dst.slices()], p)
+        return g, works, keep, incoming, tile
+
+
+def finish_halo_reduce(comm: Comm, posted: tuple) -> torch.Tensor | None:
+    g, works, keep, incoming, tile = posted
+    with comm.phase("halo"):
         comm.wait(works)
         for p, buf in incoming:
             g[p.src.within(tile.owned)] += buf

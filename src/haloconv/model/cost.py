@@ -45,6 +45,7 @@ class Profile:
     # the same for a plan of one tile: the master computes at once and waits on no worker
     # until the reports, so it costs less than a call with workers (calibrated)
     step1_s: float = 1.3e-3
+    call_s: float = 30e-6  # fixed cost of one conv call on a tile (dispatch, primitive lookup)
     bandwidth_Bps: float = 1.2e9
     copy_Bps: float = 2.4e9
     cores: float = field(default_factory=lambda: len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -356,6 +357,29 @@ def resident_seconds(plan: Plan, profile: Profile, itemsize: int = 4) -> tuple[f
         if halo + comp > worst:
             worst, halo_part = halo + comp, halo
     return worst, halo_part
+
+
+def overlap_seconds(plan: Plan, rank: int, profile: Profile, itemsize: int = 4) -> tuple[float, float]:
+    """(blocking, overlapped) seconds of ``rank``'s forward of one layer on shards in place:
+    blocking waits for its halos, builds its window and computes the tile; overlapped
+    computes the interior (Plan.overlap_parts) while the halos travel, then each border
+    slab from a window of its own — each part a call of its own (``call_s``) and a copy.
+    Overlap pays where the halo time it hides beats what the parts add: small shards and
+    fast links keep the layer blocking."""
+    tile = plan.tile_of(rank)
+    if tile is None or tile.out.volume == 0:
+        return 0.0, 0.0
+    halo = len(tile.halo_pieces) * profile.latency_s + tile.halo_elements * itemsize / profile.bandwidth_Bps
+
+    def seconds(t) -> float:
+        comp = profile.compute_seconds(plan.backend, plan.spec, t.window.shape, t.out.shape, t.groups)
+        return profile.call_s + comp + math.prod(t.window.shape) * itemsize / profile.copy_Bps
+
+    blocking = halo + seconds(tile)
+    inner, borders = plan.overlap_parts(tile)
+    if inner is None:
+        return blocking, blocking
+    return blocking, max(halo, seconds(inner)) + sum(seconds(b) for b in borders)
 
 
 # -- streaming (out of core): tiles sized by memory -------------------------------------------

@@ -22,7 +22,7 @@ from haloconv.compute.tile import compute_tile, tile_backward
 from haloconv.distributed import comm_for
 from haloconv.engines import spmd, spmd_backward
 from haloconv.engines.comm import Comm
-from haloconv.planning.boxes import Box
+from haloconv.planning.boxes import Box, Tile
 from haloconv.planning.plan import Plan
 
 
@@ -61,24 +61,44 @@ class _HaloConv(Function):
     the single-node forward.  Only the shard and the received halos are kept for backward
     (the window is rebuilt there), so a rank holds its 1/P of the activations plus halos.
     Backward: torch's convolution_backward on the window, the halos' gradients sent back
-    to their owners; with ``reduce``, weight and bias gradients summed over the ranks."""
+    to their owners; with ``reduce``, weight and bias gradients summed over the ranks.
+
+    ``overlap``: the halos travel while the rank computes.  Forward: the interior of the
+    tile (Plan.overlap_parts: the outputs that need no halo) is computed between posting the
+    halo messages and waiting for them, then the border slabs; each part a tile of its own,
+    so the same bits as one tile.  Backward: the window's gradient first, its halo parts
+    sent to their owners while the filters' gradients are computed."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, comm: Comm, plan: Plan, reduce: bool):
+    def forward(ctx, x, weight, bias, comm: Comm, plan: Plan, reduce: bool, overlap: bool = False):
         tile = plan.tile_of(comm.rank)
         spmd._check_shard(x, tile, "x")
+        inner, borders = plan.overlap_parts(tile) if overlap and tile.out.volume else (None, (tile,))
         with comm.phase("halo"):
             works, keep, incoming = spmd.post_halos(comm, plan, x)
-            window = spmd.build_window(tile, x, incoming, works)
         if tile.out.volume == 0:  # an empty shard: it only lent its input to the neighbours
-            y = window.new_zeros(tile.out.shape)
+            comm.wait(works)
+            y = x.new_zeros(tile.out.shape)
+        elif inner is None:
+            with comm.phase("halo"):
+                window = spmd.build_window(tile, x, incoming, works)
+            y = compute_tile(plan, tile, window, weight, bias, kernels.select_backend(plan.spec, x, weight, bias))
+            y = y.clone() if y._base is not None else y  # never hand out a view of the computed window
         else:
-            backend = kernels.select_backend(plan.spec, window, weight, bias)
-            y = compute_tile(plan, tile, window, weight, bias, backend)
+            backend = kernels.select_backend(plan.spec, x, weight, bias)
+            y = x.new_empty(tile.out.shape)
+            with comm.phase("compute"):
+                _compute_part(plan, tile, inner, x, [], weight, bias, backend, y)
+            with comm.phase("halo"):
+                comm.wait(works)
+            with comm.phase("compute"):
+                for part in borders:
+                    _compute_part(plan, tile, part, x, incoming, weight, bias, backend, y)
         ctx.save_for_backward(x, weight, *(b for _, b in incoming))
         ctx.pieces = [p for p, _ in incoming]
         ctx.group, ctx.plan, ctx.reduce, ctx.has_bias = comm.group, plan, reduce, bias is not None
-        return y.clone() if y._base is not None else y  # never hand out a view of the computed window
+        ctx.overlap = overlap
+        return y
 
     @staticmethod
     @once_differentiable
@@ -88,14 +108,22 @@ class _HaloConv(Function):
         tile = ctx.plan.tile_of(comm.rank)
         window = spmd.build_window(tile, x, list(zip(ctx.pieces, halos)))
         need = ctx.needs_input_grad
+        posted = None
         if tile.out.volume == 0:  # no output, no gradient of its own (it still reduces)
             g_window, gw = window, torch.zeros_like(weight) if need[1] else None
             gb = weight.new_zeros(weight.shape[0]) if ctx.has_bias and need[2] else None
+        elif ctx.overlap and need[0]:  # the halo gradients travel while the filters' are computed
+            g_window, _, _ = tile_backward(ctx.plan, tile, window, weight, g, (True, False, False))
+            posted = spmd_backward.post_halo_reduce(comm, ctx.plan, g_window)
+            _, gw, gb = tile_backward(ctx.plan, tile, window, weight, g, (False, need[1], ctx.has_bias and need[2]))
         else:
             g_window, gw, gb = tile_backward(ctx.plan, tile, window, weight, g,
                                              (need[0], need[1], ctx.has_bias and need[2]))
         del window
-        gx = spmd_backward.halo_reduce(comm, ctx.plan, g_window) if need[0] else None
+        if posted is not None:
+            gx = spmd_backward.finish_halo_reduce(comm, posted)
+        else:
+            gx = spmd_backward.halo_reduce(comm, ctx.plan, g_window) if need[0] else None
         if ctx.reduce and (gw is not None or gb is not None):
             flat = torch.cat([t.reshape(-1) for t in (gw, gb) if t is not None])
             comm.allreduce(flat)  # one message for weight and bias
@@ -103,11 +131,19 @@ class _HaloConv(Function):
                 gw = flat[: gw.numel()].view_as(gw)
             if gb is not None:
                 gb = flat[-gb.numel():]
-        return gx, gw, gb, None, None, None
+        return gx, gw, gb, None, None, None, None
 
 
-def halo_conv(x, weight, bias, comm: Comm, plan: Plan, reduce: bool) -> torch.Tensor:
-    return _HaloConv.apply(x, weight, bias, comm, plan, reduce)
+def _compute_part(plan: Plan, tile: Tile, part: Tile, x: torch.Tensor, incoming: list, weight, bias, backend,
+                  y: torch.Tensor) -> None:
+    """``part`` of ``tile`` (Plan.overlap_parts) into its box of ``y``, its window from the
+    shard ``x`` and the received halo pieces ``incoming`` [(piece, data)]."""
+    window = spmd.part_window(part, tile, x, incoming, plan.spec.input_shape)
+    compute_tile(plan, part, window, weight, bias, backend, out=y[part.out.within(tile.out)])
+
+
+def halo_conv(x, weight, bias, comm: Comm, plan: Plan, reduce: bool, overlap: bool = False) -> torch.Tensor:
+    return _HaloConv.apply(x, weight, bias, comm, plan, reduce, overlap)
 
 
 class _SumShards(Function):

@@ -7,6 +7,7 @@ kind; the 1/2/3-D classes only name the torch class they extend.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -15,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from haloconv import distributed
+from haloconv.engines.comm import Link
+from haloconv.model import cost
 from haloconv.nn import functional as hf
 from haloconv.nn.layout import Layout
 from haloconv.nn.sharding import layout_for
@@ -54,9 +57,10 @@ class _Sharded:
 class _DistributedConvNd(_Sharded):
     _ndim: int
 
-    def __init__(self, *args, partition="grid", group=None, worker_weights=None, **kwargs) -> None:
+    def __init__(self, *args, partition="grid", group=None, worker_weights=None, overlap="auto", **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._set_layout(partition, group, worker_weights)
+        self.overlap = _check_overlap(overlap)
         self._keep_filters()
 
     def _keep_filters(self) -> None:
@@ -75,7 +79,7 @@ class _DistributedConvNd(_Sharded):
             self.bias = nn.Parameter(self.bias.detach()[u0 * per:u1 * per].clone())
 
     @classmethod
-    def from_module(cls, conv: nn.Module, partition="grid", group=None, worker_weights=None):
+    def from_module(cls, conv: nn.Module, partition="grid", group=None, worker_weights=None, overlap="auto"):
         """Wrap an existing torch conv layer; it shares the layer's parameters (or, with
         the filter partition, copies its own filters)."""
         base = _torch_base(cls)
@@ -84,7 +88,7 @@ class _DistributedConvNd(_Sharded):
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
                   dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
                   padding_mode=conv.padding_mode, device="meta", dtype=conv.weight.dtype,
-                  partition=partition, group=group, worker_weights=worker_weights)
+                  partition=partition, group=group, worker_weights=worker_weights, overlap=overlap)
         new.weight, new.bias = conv.weight, conv.bias
         new._keep_filters()
         new.train(conv.training)
@@ -103,7 +107,8 @@ class _DistributedConvNd(_Sharded):
         if self.layout.replicated_input:  # every rank's filters read the whole input
             x = hf.replicate_grad(x, comm)[plan.tile_of(comm.rank).owned.slices()]
         # spatial/batch shards share the filters: their gradients are summed over the ranks
-        return hf.halo_conv(x, weight, bias, comm, plan, reduce=not self.layout.replicated_input)
+        overlap = self.overlap if self.overlap != "auto" else _overlap_pays(plan, comm.rank, x.element_size())
+        return hf.halo_conv(x, weight, bias, comm, plan, reduce=not self.layout.replicated_input, overlap=overlap)
 
 
 # -- docstrings: one template for the layers that differ only in their torch class ----------
@@ -145,6 +150,32 @@ def _layer_doc(base: str, summary: str, args: str, shape: str, part: str, ref: s
     *args, **kwargs
         torch.nn.{base}'s.
 {ours}{example}    """
+
+
+def _check_overlap(overlap):
+    if overlap not in ("auto", True, False):
+        raise ValueError(f"overlap must be 'auto', True or False, got {overlap!r}")
+    return overlap
+
+
+def _overlap_pays(plan, rank: int, itemsize: int) -> bool:
+    """overlap='auto': whether the cost model predicts this rank's layer faster overlapped,
+    at this process's link (the calibrated transport plus $HALOCONV_LINK's delay); kept
+    with the plan (the layout caches plans per shape)."""
+    known = plan.__dict__.setdefault("_overlap_pays", {})
+    if (rank, itemsize) not in known:
+        known[rank, itemsize] = _predict_overlap(plan, rank, itemsize)
+    return known[rank, itemsize]
+
+
+def _predict_overlap(plan, rank: int, itemsize: int) -> bool:
+    profile = cost.load_profile()
+    link = Link.from_env()
+    if link is not None:
+        profile = dataclasses.replace(profile, latency_s=profile.latency_s + link.latency_s,
+                                      bandwidth_Bps=min(profile.bandwidth_Bps, link.bandwidth_Bps or math.inf))
+    blocking, overlapped = cost.overlap_seconds(plan, rank, profile, itemsize)
+    return overlapped < blocking
 
 
 class DistributedConv1d(_DistributedConvNd, nn.Conv1d):

@@ -31,7 +31,7 @@ _GLOBAL = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3
 SUPPORTED = (*_CONV, *_BN, *_POOL, *_GLOBAL, *ELEMENTWISE, *HEAD)
 
 
-def parallelize(model: nn.Module, partition="grid", group=None, worker_weights=None) -> nn.Module:
+def parallelize(model: nn.Module, partition="grid", group=None, worker_weights=None, overlap="auto") -> nn.Module:
     """Convert ``model`` (in place; returned) to run on activation shards.
 
     Every rank calls it on the same model; its convolutions, batch norms and poolings
@@ -50,6 +50,11 @@ def parallelize(model: nn.Module, partition="grid", group=None, worker_weights=N
         Default: torch.distributed's default group.
     worker_weights : sequence of float, optional
         Relative rank speeds: shares in proportion.
+    overlap : {'auto', True, False}
+        Convolutions compute while their halos travel (forward: the interior of the
+        shard; backward: the filters' gradients), with the same results; 'auto': where
+        the cost model predicts it faster at this process's link (small shards and fast
+        links stay blocking).
 
     Returns
     -------
@@ -83,14 +88,15 @@ def parallelize(model: nn.Module, partition="grid", group=None, worker_weights=N
             f"parallelize: partition={partition!r} splits samples or filters; the model's shards must be parts of "
             "the same samples (use 'grid', 'rows', 'cols', 'depth' or spatial counts)"
         )
-    return _convert(model, "", partition, group, worker_weights)
+    m._check_overlap(overlap)
+    return _convert(model, "", partition, group, worker_weights, overlap)
 
 
-def _convert(mod: nn.Module, path: str, partition, group, weights) -> nn.Module:
+def _convert(mod: nn.Module, path: str, partition, group, weights, overlap="auto") -> nn.Module:
     t = type(mod)
     where = path or "model"
     if t in _CONV:
-        return _CONV[t].from_module(mod, partition=partition, group=group, worker_weights=weights)
+        return _CONV[t].from_module(mod, partition=partition, group=group, worker_weights=weights, overlap=overlap)
     if t in _BN:
         return _BN[t].from_module(mod, group=group)
     if t in _POOL:
@@ -116,5 +122,5 @@ def _convert(mod: nn.Module, path: str, partition, group, weights) -> nn.Module:
                 raise ValueError(f"parallelize: layer {sub} (Linear) would see sharded activations; put a global "
                                  "average pool (AdaptiveAvgPool(1)) before it")
             reduced = reduced or type(child) in _GLOBAL or isinstance(child, m.GlobalAvgPool)
-        setattr(mod, name, _convert(child, sub, partition, group, weights))
+        setattr(mod, name, _convert(child, sub, partition, group, weights, overlap))
     return mod

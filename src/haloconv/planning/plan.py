@@ -346,9 +346,10 @@ def _overlap_parts(plan: Plan, tile: Tile) -> tuple[Tile | None, tuple[Tile, ...
     def part(ranges) -> Tile:
         return _tile(spec, axes, tile.rank, _shell(spec, axes, ranges, owned_sp, split_c), shells)
 
-    # padding read as its own data first (zeros; mirrored or wrapped input this tile owns),
-    # then, when some of it comes from another rank, the outputs that read no padding
-    for padding in (True, False) if spec.padding_mode != "zeros" else (True,):
+    # the outputs that read no padding first: their window is a view of the shard (no
+    # copy); the padding rows, read by a slab or two, wait for the halos.  Else (a thin
+    # tile) the padding read as its own data (zeros; mirrored or wrapped input it owns).
+    for padding in (False, True):
         inner = [_interior(ax, *full[d + 2], *owned_sp[d], padding) for d, ax in enumerate(axes)]
         if any(lo >= hi for lo, hi in inner):
             continue
