@@ -113,7 +113,6 @@ class Tracker:
         self._lock = threading.Lock()
         self._bar = self._task = self._timer = None
         self._tenth = -1
-        self.lines = 0  # lines written (mode 'lines')
 
     def __enter__(self) -> Tracker:
         self._t0 = time.monotonic()
@@ -151,7 +150,6 @@ class Tracker:
         ran = self.done - self._first
         left = f", about {elapsed / ran * (self.total - self.done):.1f} s left" if self.done < self.total else ""
         print(f"  {self.done}/{self.total} {self.what} done, {elapsed:.1f} s{left}", file=self.stream, flush=True)
-        self.lines += 1
 
     def _show(self) -> None:
         from rich.console import Console as RichConsole
