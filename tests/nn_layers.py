@@ -114,6 +114,16 @@ if not small:  # overlap=True: the blocking layer's results, forward and backwar
                 plan = d.layout.plan(d._spec(shape))
                 overlapped += plan.overlap_parts(plan.tile_of(rank))[0] is not None
         (y0, gx0, gp0), (y1, gx1, gp1) = runs
+        xr = x.clone().requires_grad_()  # the single-node layer on the whole input
+        yr = layer(xr)
+        (yr * torch.randn(yr.shape, dtype=dtype, generator=torch.Generator().manual_seed(6))).sum().backward()
+        assert kernels.matches_single_node(y1, yr.detach(), gemm=True), (layer, part)
+        if dtype == torch.float64:  # gradients as the CASES loop checks them, against the single-node ones
+            assert torch.allclose(gx1, xr.grad, rtol=1e-10, atol=1e-12), (layer, part)
+            for a, (name, b) in zip(gp1, layer.named_parameters()):
+                want = b.grad if part != "channels" else b.grad[d.filters[0]:d.filters[1]]
+                assert torch.allclose(a, want, rtol=1e-10, atol=1e-12), (layer, part, name)
+        layer.zero_grad(set_to_none=True)
         gemm = dtype == torch.float64  # float64 convs run as im2col + GEMM (kernels.matches_single_node)
         assert kernels.matches_single_node(y1, y0), (layer, part)
         assert (torch.equal(gx1, gx0) if not gemm else torch.allclose(gx1, gx0, rtol=1e-12, atol=1e-13)), (layer, part)

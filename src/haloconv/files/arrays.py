@@ -180,6 +180,14 @@ def _zarr(arr: DiskArray, mode: str):
 
 
 # -- opening inputs ----------------------------------------------------------------------------
+def tiff_channels(shape: tuple[int, ...], axes: tuple[int, ...], words: str) -> tuple[int | None, str]:
+    """A TIFF read channels last with 4 channels is RGBA: its first 3 are kept (alpha
+    dropped), for whole reads (images.read_input) and streamed ones alike."""
+    if axes == (-1, 2, 0, 1) and shape[-1] == 4:
+        return 3, "H x W x RGBA: 3 channels (alpha dropped)"
+    return None, words
+
+
 def to_logical(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     """A file-ordered block -> the logical (N, C, *spatial) block (``axes``: logical dim ->
     file axis, -1 for a dim of size 1 not in the file)."""
@@ -295,9 +303,7 @@ def _open_tiff(name: str, layout: str = "auto") -> DiskArray:
     if len(shape) not in (2, 3):
         raise ValueError(f"input {name!r} has shape {shape}; expected a 2-D or 3-D image")
     axes, words = logical_axes(shape, name, layout, pages=True)
-    channels = None
-    if axes == (-1, 2, 0, 1) and shape[-1] == 4:  # RGBA: alpha dropped, as images.read_input drops it
-        channels, words = 3, "H x W x RGBA: 3 channels (alpha dropped)"
+    channels, words = tiff_channels(shape, axes, words)
     if offset is not None:  # uncompressed and contiguous: read it like a .npy
         return DiskArray(name, "raw", shape, dtype.str, axes, int(offset), channels, layout=words)
     return DiskArray(name, "tiff-zarr", shape, dtype.str, axes, 0, channels, layout=words)

@@ -76,8 +76,9 @@ def read_input(path: str | Path, dtype: object = np.float32, integers: str = "au
             if a.size == 0:
                 raise ValueError(f"input {str(p)!r} is empty: shape {a.shape}")
             axes, words = arrays.logical_axes(a.shape, str(p), layout, pages)
-            if pages and axes == (-1, 2, 0, 1) and a.shape[-1] == 4:  # RGBA: as arrays.open_input reads it
-                a, words = a[..., :3], "H x W x RGBA: 3 channels (alpha dropped)"
+            if pages:
+                channels, words = arrays.tiff_channels(a.shape, axes, words)
+                a = a if channels is None else a[..., :channels]
             rule = integer_rule(integers, picture=pages)
             return Input(to_float(arrays.to_logical(a, axes), rule, dtype), pages,
                          f"{suffix[1:].upper()}: {conversion(a.dtype, rule)}, {words}")
