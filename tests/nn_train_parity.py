@@ -10,6 +10,18 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import haloconv.nn as hnn
+from haloconv.nn import functional as hf
+
+LOCAL_CONVS = [0]  # convs computed inside a deep-halo run, counted apart from the code under test
+_local_conv = hf.local_conv
+
+
+def counted_local_conv(*args):
+    LOCAL_CONVS[0] += 1
+    return _local_conv(*args)
+
+
+hf.local_conv = counted_local_conv
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
@@ -45,21 +57,51 @@ def thin_model() -> nn.Module:  # downsampled until an activation has fewer rows
     )
 
 
+def deep_model() -> nn.Module:  # runs of convs for deep halos: BN, reflect, dilated groups, replicate, stride
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 5, padding=2, padding_mode="reflect"), nn.GELU(),
+        nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2, padding_mode="replicate"), nn.ReLU(),
+        nn.Conv2d(8, 6, 3, stride=2, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.Conv2d(6, 6, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(6, 6, 3, padding=1, bias=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5),
+    )
+
+
+def deep_model_3d() -> nn.Module:  # a 3-D run: BN between convs, a strided conv, replicate padding
+    return nn.Sequential(
+        nn.Conv3d(2, 4, 3, padding=1), nn.BatchNorm3d(4), nn.ReLU(),
+        nn.Conv3d(4, 4, 3, padding=1, padding_mode="replicate"), nn.SiLU(),
+        nn.Conv3d(4, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv3d(4, 4, 3, padding=1),
+        nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 5),
+    )
+
+
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
 worst = {}
-for make, shape in ((issue_model, (4, 3, 30, 34)), (harder_model, (2, 3, 45, 38)), (thin_model, (2, 3, 10, 13))):
+MODELS = [(issue_model, (4, 3, 30, 34)), (harder_model, (2, 3, 45, 38)), (thin_model, (2, 3, 10, 13)),
+          (deep_model, (2, 3, 37, 29))]
+if isinstance(partition, str):  # split counts name 2-D axes
+    MODELS.append((deep_model_3d, (1, 2, 11, 9, 10)))
+for make, shape in MODELS:
     # the thin model's few-element BatchNorm statistics amplify float32 reordering past
     # 1e-5: it checks the empty shards' structure in float64
-    # float64 twice: blocking, and with every conv overlapping its halos (the same results)
-    runs = [(torch.float64, False), (torch.float64, True)] if make is thin_model else \
-        [(torch.float32, "auto"), (torch.float64, False), (torch.float64, True)]
-    for dtype, overlap in runs:
+    # float64 twice: blocking, and with every conv overlapping its halos (the same results);
+    # the deep models with one halo per run of convs (halo_depth 3, then every run whole)
+    if make is thin_model:
+        runs = [(torch.float64, False, 1), (torch.float64, True, 1)]
+    elif make in (deep_model, deep_model_3d):
+        runs = [(torch.float64, False, 3), (torch.float64, "auto", 8)]
+    else:
+        runs = [(torch.float32, "auto", 1), (torch.float64, False, 1), (torch.float64, True, 1)]
+    for dtype, overlap, depth in runs:
         torch.manual_seed(0)
+        LOCAL_CONVS[0] = 0
         ref = make().to(dtype)
-        par = hnn.parallelize(copy.deepcopy(ref), partition=partition, overlap=overlap)
+        par = hnn.parallelize(copy.deepcopy(ref), partition=partition, overlap=overlap, halo_depth=depth)
         opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (ref, par)]
         empty = []  # shards of no element, seen at the layers' outputs
         for m in par.modules():
@@ -87,11 +129,14 @@ for make, shape in ((issue_model, (4, 3, 30, 34)), (harder_model, (2, 3, 45, 38)
             assert err <= TOL[dtype], f"{make.__name__} {dtype} step {step}: loss off by {err:.2e}"
         seen = torch.tensor([float(any(empty))])
         dist.all_reduce(seen)
-        assert (seen.item() > 0) == (make is thin_model), f"{make.__name__}: empty shards seen {seen.item()}"
-        worst[(make.__name__, str(dtype), overlap)] = err
+        # deep models: every step's forward ran convs inside runs (deep_model: 5 of its 7 convs)
+        assert (LOCAL_CONVS[0] >= 5 * 3) == (depth > 1), f"{make.__name__}: {LOCAL_CONVS[0]} convs in runs"
+        if make not in (deep_model, deep_model_3d):
+            assert (seen.item() > 0) == (make is thin_model), f"{make.__name__}: empty shards seen {seen.item()}"
+        worst[(make.__name__, str(dtype), overlap, depth)] = err
 if rank == 0:
     for k, v in worst.items():
-        print(f"{k[0]:13s} {k[1]:14s} overlap={k[2]!s:5s} max relative error over 5 steps: {v:.2e}")
+        print(f"{k[0]:13s} {k[1]:14s} overlap={k[2]!s:5s} halo_depth={k[3]} max relative error over 5 steps: {v:.2e}")
     print("TRAINING PARITY OK")
 dist.barrier()  # leave together: a rank tearing gloo down while a peer still works can abort at exit
 dist.destroy_process_group()

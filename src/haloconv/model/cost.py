@@ -18,6 +18,7 @@ from pathlib import Path
 
 from haloconv.compute import backends
 from haloconv.model import schedule
+from haloconv.planning.deep import DeepRun
 from haloconv.planning.geometry import compute_align
 from haloconv.planning.messages import PHASES, traffic_of
 from haloconv.planning.partition import _extents, named_kinds
@@ -380,6 +381,23 @@ def overlap_seconds(plan: Plan, rank: int, profile: Profile, itemsize: int = 4) 
     if inner is None:
         return blocking, blocking
     return blocking, max(halo, seconds(inner)) + sum(seconds(b) for b in borders)
+
+
+def deep_step_seconds(run: DeepRun, rank: int, profile: Profile, itemsize: int = 4) -> float:
+    """Seconds of ``rank``'s training step through a run of layers with one halo exchange
+    (planning/deep.py; a single conv is a run of one): the exchange and its adjoint (each
+    a message per piece from a neighbour, and its bytes), and per conv its window built
+    and the forward plus the two backward convolutions (input and filter gradients), on
+    the box it computes — its shard and the rows it computes for the neighbours."""
+    ex = run.exchange.tiles[rank]
+    halo = len(ex.halo_pieces) * profile.latency_s + ex.halo_elements * itemsize / profile.bandwidth_Bps
+    comp = 0.0
+    for spec, t in zip(run.steps, run.tiles[rank]):
+        if t is None or not t.out.volume:
+            continue
+        conv = profile.compute_seconds("torch", spec, t.window.shape, t.out.shape, t.groups)
+        comp += 3 * (profile.call_s + conv) + math.prod(t.window.shape) * itemsize / profile.copy_Bps
+    return 2 * halo + comp
 
 
 # -- streaming (out of core): tiles sized by memory -------------------------------------------

@@ -21,6 +21,7 @@ from haloconv.compute import kernels
 from haloconv.compute.tile import compute_tile, tile_backward
 from haloconv.distributed import comm_for
 from haloconv.engines import spmd, spmd_backward
+from haloconv.engines.base import piece_grad
 from haloconv.engines.comm import Comm
 from haloconv.planning.boxes import Box, Tile
 from haloconv.planning.plan import Plan
@@ -146,6 +147,50 @@ def halo_conv(x, weight, bias, comm: Comm, plan: Plan, reduce: bool, overlap: bo
     return _HaloConv.apply(x, weight, bias, comm, plan, reduce, overlap)
 
 
+class _LocalConv(Function):
+    """One conv of a deep-halo run (planning/deep.py): this rank's box of the output from its
+    box of the input, no messages — the tile's window built from that box alone (a view where
+    it can be), computed like any tile.  Backward: the window's gradient added back into the
+    input box's (the run's exchange sends the halo part to its owners), the filters'
+    gradients summed over the ranks."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, comm: Comm, plan: Plan, tile: Tile):
+        ctx.group, ctx.plan, ctx.tile, ctx.has_bias = comm.group, plan, tile, bias is not None
+        ctx.save_for_backward(x, weight)
+        if tile.out.volume == 0:
+            return x.new_zeros(tile.out.shape)
+        window = spmd.part_window(tile, tile, x, [], plan.spec.input_shape)
+        y = compute_tile(plan, tile, window, weight, bias, kernels.select_backend(plan.spec, x, weight, bias))
+        return y.clone() if y._base is not None else y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        tile, need = ctx.tile, ctx.needs_input_grad
+        if tile.out.volume == 0:
+            gx = torch.zeros_like(x) if need[0] else None
+            gw, gb = torch.zeros_like(weight), weight.new_zeros(weight.shape[0]) if ctx.has_bias else None
+        else:
+            window = spmd.part_window(tile, tile, x, [], ctx.plan.spec.input_shape)
+            g_window, gw, gb = tile_backward(ctx.plan, tile, window, weight, g, (need[0], True, ctx.has_bias))
+            gx = None
+            if need[0]:
+                gx = torch.zeros_like(x)
+                for p in tile.pieces:
+                    gx[p.src.within(tile.owned)] += piece_grad(g_window[p.dst.slices()], p)
+        flat = torch.cat([t.reshape(-1) for t in (gw, gb) if t is not None])
+        comm_for(ctx.group).allreduce(flat)  # one message for weight and bias, as _HaloConv's
+        gw = flat[: gw.numel()].view_as(gw)
+        gb = flat[-gb.numel():] if gb is not None else None
+        return gx, gw if need[1] else None, gb if need[2] else None, None, None, None
+
+
+def local_conv(x, weight, bias, comm: Comm, plan: Plan, tile: Tile) -> torch.Tensor:
+    return _LocalConv.apply(x, weight, bias, comm, plan, tile)
+
+
 class _SumShards(Function):
     """Sharded partial sums -> their replicated total.  Backward: every rank already holds
     the gradient of the replicated result, which is its partial's gradient."""
@@ -216,20 +261,22 @@ class _SyncBatchNorm(Function):
     forward two all-reduces (sums, then centred squares), backward one."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps: float, comm: Comm):
+    def forward(ctx, x, weight, bias, eps: float, comm: Comm, owned=None):
         dims = [0, *range(2, x.dim())]
         view = (1, -1) + (1,) * (x.dim() - 2)
-        s = torch.cat([x.sum(dims), x.new_tensor([x.numel() // x.shape[1]])])
+        xo = x if owned is None else x[owned]  # a deep run's box: the statistics of the shard only
+        s = torch.cat([xo.sum(dims), x.new_tensor([xo.numel() // x.shape[1]])])
         comm.allreduce(s)
         n = s[-1]
         mean = s[:-1] / n
         xc = x - mean.view(view)
-        var = comm.allreduce((xc * xc).sum(dims)) / n
+        xco = xc if owned is None else xc[owned]
+        var = comm.allreduce((xco * xco).sum(dims)) / n
         invstd = torch.rsqrt(var + eps)
         xhat = xc * invstd.view(view)
         y = xhat if weight is None else xhat * weight.view(view) + bias.view(view)
         ctx.save_for_backward(xhat, invstd, weight)
-        ctx.group, ctx.n = comm.group, n
+        ctx.group, ctx.n, ctx.owned = comm.group, n, owned
         ctx.mark_non_differentiable(mean, var, n)
         return y, mean, var, n
 
@@ -242,16 +289,23 @@ class _SyncBatchNorm(Function):
         sums = comm_for(ctx.group).allreduce(torch.cat([gy.sum(dims), (gy * xhat).sum(dims)]))
         sum_dy, sum_dy_xhat = sums.chunk(2)
         scale = invstd if weight is None else invstd * weight
-        gx = (gy - (sum_dy / ctx.n).view(view) - xhat * (sum_dy_xhat / ctx.n).view(view)) * scale.view(view)
+        if ctx.owned is None:
+            gx = (gy - (sum_dy / ctx.n).view(view) - xhat * (sum_dy_xhat / ctx.n).view(view)) * scale.view(view)
+        else:  # only the shard made the statistics: only it gets their gradient (every copy its own)
+            o = ctx.owned
+            gx = gy * scale.view(view)
+            gx[o] -= ((sum_dy / ctx.n).view(view) + xhat[o] * (sum_dy_xhat / ctx.n).view(view)) * scale.view(view)
         # the sums are over every shard already: each rank holds the full parameter gradient
         gw = sum_dy_xhat if weight is not None else None
         gb = sum_dy if weight is not None else None
-        return gx, gw, gb, None, None
+        return gx, gw, gb, None, None, None
 
 
-def sync_batch_norm(x, weight, bias, eps: float, comm: Comm):
-    """(y, batch mean, biased batch variance, count) over every shard."""
-    return _SyncBatchNorm.apply(x, weight, bias, eps, comm)
+def sync_batch_norm(x, weight, bias, eps: float, comm: Comm, owned=None):
+    """(y, batch mean, biased batch variance, count) over every shard; ``owned`` (slices):
+    of ``x``, a deep run's box, the part that is this rank's shard (the statistics' only
+    contribution; the rest is the neighbours' and normalised alike)."""
+    return _SyncBatchNorm.apply(x, weight, bias, eps, comm, owned)
 
 
 def pool_tile(window: torch.Tensor, plan: Plan, rank: int, kind: str, kernel, stride, dilation,

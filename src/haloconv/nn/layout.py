@@ -92,12 +92,16 @@ class Layout:
     def check(self, shapes: Sequence[Sequence[int]], plan: Plan, layer: str) -> None:
         """Every rank's shard must be where the plan expects it (the same error on every rank)."""
         for r, s in enumerate(shapes):
-            want = plan.spec.input_shape if self.replicated_input else plan.tiles[r].owned.shape
-            if tuple(s) != tuple(want):
-                raise ValueError(
-                    f"{layer}: rank {r} holds a shard of shape {tuple(s)} but partition={self.partition!r} puts "
-                    f"{tuple(want)} there (whole input {plan.spec.input_shape}); use haloconv.nn.shard or local_box"
-                )
+            self.check_local(s, plan, r, layer)
+
+    def check_local(self, shape: Sequence[int], plan: Plan, rank: int, layer: str) -> None:
+        """Rank ``rank``'s shard of ``shape`` must be where the plan expects it."""
+        want = plan.spec.input_shape if self.replicated_input else plan.tiles[rank].owned.shape
+        if tuple(shape) != tuple(want):
+            raise ValueError(
+                f"{layer}: rank {rank} holds a shard of shape {tuple(shape)} but partition={self.partition!r} puts "
+                f"{tuple(want)} there (whole input {plan.spec.input_shape}); use haloconv.nn.shard or local_box"
+            )
 
 
 @functools.lru_cache(maxsize=512)

@@ -44,6 +44,11 @@ class _Sharded:
         if x.dim() != self._ndim + 2:
             raise ValueError(f"{type(self).__name__} expects a {self._ndim + 2}-D shard, got shape {tuple(x.shape)}")
         comm = distributed.comm_for(self.group)
+        given = self.__dict__.pop("_given_shape", None)  # from a ShardedSequential (nn/deep.py)
+        if given is not None:
+            plan = self.layout.plan(spec_of(given))
+            self.layout.check_local(x.shape, plan, comm.rank, type(self).__name__)
+            return comm, plan
         shapes = self.layout.gather_shapes(comm, x.shape)
         plan = self.layout.plan(spec_of(self.layout.global_shape(shapes)))
         self.layout.check(shapes, plan, type(self).__name__)
@@ -262,9 +267,15 @@ class _DistributedBatchNormNd:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
+        return self.normalize(x)
+
+    def normalize(self, x: torch.Tensor, owned: tuple[slice, ...] | None = None) -> torch.Tensor:
+        """The forward on ``x``, of which ``owned`` (default: all) is this rank's shard and
+        the rest a deep-halo run's copy of the neighbours' (nn/deep.py)."""
         if not (self.training or self.running_mean is None):
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-        y, mean, var, n = hf.sync_batch_norm(x, self.weight, self.bias, self.eps, distributed.comm_for(self.group))
+        y, mean, var, n = hf.sync_batch_norm(x, self.weight, self.bias, self.eps, distributed.comm_for(self.group),
+                                             owned)
         if self.training and self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)

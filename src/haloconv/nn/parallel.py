@@ -11,13 +11,9 @@ from __future__ import annotations
 import torch.nn as nn
 
 from haloconv.nn import modules as m
+from haloconv.nn.deep import ELEMENTWISE, ShardedSequential, check_depth
 from haloconv.planning.partition import Partition
 
-ELEMENTWISE = (
-    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.Sigmoid, nn.Tanh,
-    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.Softplus, nn.Identity, nn.Dropout,
-    nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-)
 # run on replicated values only (after the global pool)
 HEAD = (nn.Flatten, nn.Linear)
 
@@ -31,7 +27,8 @@ _GLOBAL = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3
 SUPPORTED = (*_CONV, *_BN, *_POOL, *_GLOBAL, *ELEMENTWISE, *HEAD)
 
 
-def parallelize(model: nn.Module, partition="grid", group=None, worker_weights=None, overlap="auto") -> nn.Module:
+def parallelize(model: nn.Module, partition="grid", group=None, worker_weights=None, overlap="auto",
+                halo_depth=1) -> nn.Module:
     """Convert ``model`` (in place; returned) to run on activation shards.
 
     Every rank calls it on the same model; its convolutions, batch norms and poolings
@@ -55,6 +52,14 @@ def parallelize(model: nn.Module, partition="grid", group=None, worker_weights=N
         shard; backward: the filters' gradients), with the same results; 'auto': where
         the cost model predicts it faster at this process's link (small shards and fast
         links stay blocking).
+    halo_depth : int or 'auto'
+        In an nn.Sequential, runs of up to this many consecutive convolutions (with
+        element-wise layers and batch norms between them) exchange one halo deep enough
+        for the whole run and compute the neighbours' overlapping rows redundantly: fewer
+        messages for more compute, the same training.  1 (default): a halo per conv.
+        'auto': the depth the cost model predicts fastest at this process's link.  A
+        pooling, dropout or circular padding ends a run; a deep run's exchange is
+        blocking (``overlap`` applies to single convs).
 
     Returns
     -------
@@ -89,7 +94,14 @@ def parallelize(model: nn.Module, partition="grid", group=None, worker_weights=N
             "the same samples (use 'grid', 'rows', 'cols', 'depth' or spatial counts)"
         )
     m._check_overlap(overlap)
-    return _convert(model, "", partition, group, worker_weights, overlap)
+    check_depth(halo_depth)
+    model = _convert(model, "", partition, group, worker_weights, overlap)
+    for mod in model.modules():  # every plain nn.Sequential learns shapes once, runs deep halos
+        if type(mod) is nn.Sequential:
+            mod.__class__ = ShardedSequential
+        if isinstance(mod, ShardedSequential):
+            mod.halo_depth = halo_depth
+    return model
 
 
 def _convert(mod: nn.Module, path: str, partition, group, weights, overlap="auto") -> nn.Module:
