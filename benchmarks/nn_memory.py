@@ -1,9 +1,12 @@
 """Per-rank activation memory of a sharded conv stack (training), on 1, 2 and 4 ranks.
 
     .venv/bin/python benchmarks/nn_memory.py [--size 2048] [--channels 16] [--layers 3] [--ranks 1,2,4]
+        [--ndim 2|3] [--partition rows]
 
-Model: ``layers`` x (Conv2d C->C 3x3 padding 1 + ReLU) on a 1 x C x S x S float32 input,
-row partition, one forward + backward per rank count (launched with torchrun).  Per rank:
+Model: ``layers`` x (Conv C->C 3x3(x3) padding 1 + ReLU) on a 1 x C x S x S (x S) float32
+input, ``partition`` (default: rows in 2-D, depth in 3-D), one forward + backward per rank
+count (launched with torchrun).  E.g. issue 18's 3-D case: --ndim 3 --size 256 --channels 4.
+Per rank:
   activation MB  bytes of the tensors autograd keeps for backward (unique storages, at the
                  end of the forward, when they peak), measured with saved_tensors_hooks;
   RSS peak MB    the process's peak resident memory during forward+backward above its
@@ -32,10 +35,10 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _model(c: int, layers: int) -> nn.Module:
+def _model(c: int, layers: int, ndim: int = 2) -> nn.Module:
     mods = []
     for _ in range(layers):
-        mods += [nn.Conv2d(c, c, 3, padding=1), nn.ReLU()]
+        mods += [(nn.Conv2d if ndim == 2 else nn.Conv3d)(c, c, 3, padding=1), nn.ReLU()]
     return nn.Sequential(*mods)
 
 
@@ -64,12 +67,14 @@ def rank_main(args) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
-    shape = (1, args.channels, args.size, args.size)
-    model = hnn.parallelize(_model(args.channels, args.layers), partition="rows")
-    x = torch.randn(shape)[hnn.local_box(shape, "rows")].clone()  # this rank's rows only
+    shape = (1, args.channels, *(args.size,) * args.ndim)
+    model = hnn.parallelize(_model(args.channels, args.layers, args.ndim), partition=args.partition)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen)[hnn.local_box(shape, args.partition)].clone()  # this rank's box only
     r = measure(model, x, lambda y: hnn.sum_shards(y.sum()))
     # what a conv keeps beyond its shard: the halo pieces it received
-    plans = [m.layout.plan(m._spec(shape)) for m in model if isinstance(m, hnn.DistributedConv2d)]
+    plans = [m.layout.plan(m._spec(shape)) for m in model if isinstance(m, (hnn.DistributedConv2d,
+                                                                             hnn.DistributedConv3d))]
     r["halo_mb"] = sum(p.tile_of(rank).halo_elements for p in plans) * 4 / 2**20
     out = [None] * world
     dist.all_gather_object(out, r)
@@ -85,15 +90,18 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=16)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--ranks", default="1,2,4")
+    ap.add_argument("--ndim", type=int, choices=(2, 3), default=2)
+    ap.add_argument("--partition", default=None)
     ap.add_argument("--rank-main", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    args.partition = args.partition or ("rows" if args.ndim == 2 else "depth")
     if args.rank_main:
         return rank_main(args)
     torch.manual_seed(0)
-    shape = (1, args.channels, args.size, args.size)
-    plain = measure(_model(args.channels, args.layers), torch.randn(shape), lambda y: y.sum())
-    print(f"1 x {args.channels} x {args.size} x {args.size} float32, {args.layers} x (conv 3x3 + ReLU), rows, "
-          f"load average {os.getloadavg()}")
+    shape = (1, args.channels, *(args.size,) * args.ndim)
+    plain = measure(_model(args.channels, args.layers, args.ndim), torch.randn(shape), lambda y: y.sum())
+    print(f"{' x '.join(map(str, shape))} float32, {args.layers} x (conv 3{'x3' * (args.ndim - 1)} + ReLU), "
+          f"{args.partition}, load average {os.getloadavg()}")
     print(f"plain torch, 1 process: activation {plain['activation_mb']:.1f} MB, "
           f"RSS peak +{plain['rss_peak_mb']:.0f} MB")
     head = f"{'ranks':>5}  {'activation MB/rank (max)':>24}  {'x P / single':>12}  {'target MB':>9}  " \
@@ -102,7 +110,8 @@ def main() -> None:
     single = None
     for p in [int(v) for v in args.ranks.split(",")]:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={p}", __file__,
-               "--rank-main", "--size", str(args.size), "--channels", str(args.channels), "--layers", str(args.layers)]
+               "--rank-main", "--size", str(args.size), "--channels", str(args.channels), "--layers", str(args.layers),
+               "--ndim", str(args.ndim), "--partition", args.partition]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
         line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if r.returncode or line is None:

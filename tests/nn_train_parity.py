@@ -16,9 +16,9 @@ LOCAL_CONVS = [0]  # convs computed inside a deep-halo run, counted apart from t
 _local_conv = hf.local_conv
 
 
-def counted_local_conv(*args):
+def counted_local_conv(*args, **kw):
     LOCAL_CONVS[0] += 1
-    return _local_conv(*args)
+    return _local_conv(*args, **kw)
 
 
 hf.local_conv = counted_local_conv

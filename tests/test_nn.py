@@ -1,5 +1,6 @@
 """haloconv.nn: sharded layers and models on real torchrun ranks, and their layout math."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,18 +18,21 @@ HERE = Path(__file__).parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
 
-def _torchrun(ranks: int, *args: str, timeout: int = 240) -> str:
+def _torchrun(ranks: int, *args: str, timeout: int = 240, env: dict | None = None) -> str:
     """Any non-zero exit of any rank fails the test (no rerun: the abort at exit that once
     made one necessary had its cause removed, see haloconv/nn/__init__.py)."""
     r = subprocess.run([*TORCHRUN, f"--nproc-per-node={ranks}", *args], capture_output=True, text=True,
-                       timeout=timeout)
+                       timeout=timeout, env={**os.environ, **(env or {})})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-6000:]
     return r.stdout
 
 
-@pytest.mark.parametrize("ranks,partition", [(2, "rows"), (4, "rows"), (4, "grid"), (3, "1,1,1,3")])
-def test_training_parity(ranks, partition):
-    out = _torchrun(ranks, str(HERE / "nn_train_parity.py"), partition)
+@pytest.mark.parametrize("ranks,partition,p2p", [(2, "rows", ""), (4, "rows", ""), (4, "grid", "batched"),
+                                                 (3, "1,1,1,3", "")])
+def test_training_parity(ranks, partition, p2p):
+    """``p2p='batched'``: the halo messages posted as one group per exchange, as on NCCL
+    (engines/comm.Comm.post)."""
+    out = _torchrun(ranks, str(HERE / "nn_train_parity.py"), partition, env={"HALOCONV_P2P": p2p})
     assert "TRAINING PARITY OK" in out
 
 

@@ -42,3 +42,17 @@ def test_link_parses_what_benchmarks_write(text, want):
 def test_a_bad_link_is_a_clear_error(text):
     with pytest.raises(ValueError, match="HALOCONV_LINK"):
         Link.parse(text)
+
+
+def test_the_gpu_script_runs_its_checks_on_cpu_ranks():
+    """benchmarks/nn_gpu.py is for a machine with GPUs; on gloo ranks here it makes the same
+    checks (device placement, agreement with one process, throughput), so it cannot rot."""
+    script = HERE.parent / "benchmarks" / "nn_gpu.py"
+    r = subprocess.run([sys.executable, str(script), "--device", "cpu", "--size", "64", "--channels", "8",
+                        "--layers", "3", "--steps", "1", "--halo-depth", "auto"],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "GPU SCRIPT OK" in r.stdout and "every tensor stayed on cpu" in r.stdout, r.stdout
+    diffs = [float(v) for line in r.stdout.splitlines() if line.startswith(("conv:", "network"))
+             for v in line.replace(",", " ").split() if v[:1].isdigit() and "e" in v]
+    assert len(diffs) == 4 and max(diffs) < 1e-4, r.stdout

@@ -57,9 +57,11 @@ def comm_for(group: object | None = None) -> Comm:
     pg = group if group is not None else dist.distributed_c10d._get_default_group()
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     device = torch.device("cpu")
-    if dist.get_backend(group) == "nccl":
+    nccl = dist.get_backend(group) == "nccl"
+    if nccl:
         device = torch.device("cuda", torch.cuda.current_device())
     comm = Comm(pg, rank, world, device, stats=_STATS.get(id(pg)) or {}, group=group)
+    comm.batched = comm.batched or nccl
     _STATS[id(pg)] = comm.stats
     return comm
 

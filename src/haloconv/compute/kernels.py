@@ -253,6 +253,19 @@ def conv_tile(
     return y[(slice(None), slice(None), *(slice(f, f + n) for f, n in zip(first, out_shape)))]
 
 
+def full_grad(window_shape: Sequence[int], grad: torch.Tensor, spec: ConvSpec, first: Sequence[int]) -> torch.Tensor:
+    """``grad`` (of a tile's kept outputs) placed among all the outputs its window computes,
+    zeros elsewhere; ``grad`` itself when it is all of them.  A caller that calls
+    conv_tile_backward more than once on one tile makes it once."""
+    full = [output_length(n, k, s, d, p, p)
+            for n, k, s, d, p in zip(window_shape[2:], spec.kernel, spec.stride, spec.dilation, spec.backend_pad)]
+    if list(grad.shape[2:]) == full:
+        return grad
+    g_full = grad.new_zeros((*grad.shape[:2], *full))
+    g_full[(slice(None), slice(None), *(slice(f, f + n) for f, n in zip(first, grad.shape[2:])))] = grad
+    return g_full
+
+
 def conv_tile_backward(
     window: torch.Tensor,
     weight: torch.Tensor,
@@ -268,12 +281,7 @@ def conv_tile_backward(
     others get zero gradient.  Summed over the tiles (the window's pieces added into their
     owners' boxes, see engines.base.add_window_grad), these are the single-node gradients."""
     pad = list(spec.backend_pad)
-    full = [output_length(n, k, s, d, p, p)
-            for n, k, s, d, p in zip(window.shape[2:], spec.kernel, spec.stride, spec.dilation, pad)]
-    if list(grad.shape[2:]) != full:
-        g_full = grad.new_zeros((*grad.shape[:2], *full))
-        g_full[(slice(None), slice(None), *(slice(f, f + n) for f, n in zip(first, grad.shape[2:])))] = grad
-        grad = g_full
+    grad = full_grad(window.shape, grad, spec, first)
     g_window, gw, gb = torch.ops.aten.convolution_backward(
         grad.contiguous(), window, weight, [weight.shape[0]] if needs[2] else None,
         list(spec.stride), pad, list(spec.dilation), False, [0] * spec.ndim, groups,

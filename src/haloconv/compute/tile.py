@@ -44,3 +44,11 @@ def tile_backward(plan: Plan, tile: Tile, window: torch.Tensor, weight: torch.Te
     from haloconv.compute import kernels
 
     return kernels.conv_tile_backward(window, weight, grad, plan.spec, tile.groups, tile.first, needs)
+
+
+def tile_full_grad(plan: Plan, tile: Tile, window: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``grad`` as tile_backward hands it to torch (among all the outputs the window
+    computes, contiguous): made once for a tile whose gradients are computed in parts."""
+    from haloconv.compute import kernels
+
+    return kernels.full_grad(window.shape, grad, plan.spec, tile.first).contiguous()

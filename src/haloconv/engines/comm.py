@@ -24,6 +24,7 @@ TAGS = {"control": 1, "weights": 2, "scatter": 3, "halo": 4, "gather": 5}
 # a network stood in for by this machine's links (benchmarks and tests): "LATENCY[,BANDWIDTH]",
 # e.g. "100us" or "1ms,1GB/s"; read by every Comm a process makes (workers inherit it)
 LINK_ENV = "HALOCONV_LINK"
+P2P_ENV = "HALOCONV_P2P"
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,9 @@ class Comm:
     slowdown: float = 1.0
     # a slower network for benchmarks and tests (Link; default: $HALOCONV_LINK, else none)
     link: Link | None = field(default_factory=Link.from_env)
+    # post a step's point-to-point messages as one group (NCCL needs it, see post); gloo
+    # takes them one by one unless $HALOCONV_P2P=batched (which tests the grouped path on CPU)
+    batched: bool = field(default_factory=lambda: os.environ.get(P2P_ENV, "") == "batched")
 
     def __post_init__(self) -> None:
         if not self.stats:
@@ -183,6 +187,25 @@ class Comm:
         assert t.is_contiguous()
         self.stats[phase].add_recv(t.numel() * t.element_size())
         return self.pg.recv([t], src, TAGS[phase])
+
+    def post(self, sends: list, recvs: list, phase: str) -> list:
+        """Post sends [(tensor, dst)] and receives [(tensor, src)] at once.  With ``batched``
+        (NCCL) they go as one group (batch_isend_irecv): NCCL runs a pair's point-to-point
+        calls in order on one stream, so two ranks that each send to the other before
+        receiving would wait on each other for large messages; a group lets both proceed.
+        gloo matches messages by tag and order and takes them one by one."""
+        if not self.batched or (self.link is not None and (self.link.latency_s > 0 or self.link.bandwidth_Bps)):
+            return [self.isend(t, d, phase) for t, d in sends] + [self.irecv(t, s, phase) for t, s in recvs]
+        if not sends and not recvs:
+            return []
+        for t, _ in sends:
+            self.stats[phase].add_send(t.numel() * t.element_size())
+        for t, _ in recvs:
+            self.stats[phase].add_recv(t.numel() * t.element_size())
+        peer = (lambda r: r) if self.group is None else (lambda r: dist.get_global_rank(self.group, r))
+        ops = [dist.P2POp(dist.isend, t, peer(d), self.group, TAGS[phase]) for t, d in sends]
+        ops += [dist.P2POp(dist.irecv, t, peer(s), self.group, TAGS[phase]) for t, s in recvs]
+        return dist.batch_isend_irecv(ops)
 
     def allreduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """Reduce ``t`` over all ranks in place (accounted as phase 'reduce': one message of

@@ -165,9 +165,9 @@ def post_halos(comm: Comm, plan: Plan, x_local: torch.Tensor | None) -> tuple[li
     """Post the sends of what our neighbours need from our shard (in their pieces' order)
     and the receives of our halo pieces.  Returns (works, kept send buffers, [(piece, buffer)])."""
     tile = plan.tile_of(comm.rank)
-    works, keep, incoming = [], [], []
+    keep, incoming, sends = [], [], []
     if tile is None:
-        return works, keep, incoming
+        return [], keep, incoming
     for t in plan.tiles:
         if t.rank == comm.rank:
             continue
@@ -175,11 +175,11 @@ def post_halos(comm: Comm, plan: Plan, x_local: torch.Tensor | None) -> tuple[li
             if p.owner == comm.rank:
                 data = x_local[p.src.within(tile.owned)].contiguous()
                 keep.append(data)
-                works.append(comm.isend(data, t.rank, "halo"))
+                sends.append((data, t.rank))
     for p in tile.halo_pieces:
         buf = torch.empty(p.src.shape, dtype=x_local.dtype, device=x_local.device)
         incoming.append((p, buf))
-        works.append(comm.irecv(buf, p.owner, "halo"))
+    works = comm.post(sends, [(buf, p.owner) for p, buf in incoming], "halo")
     return works, keep, incoming
 
 

@@ -25,14 +25,14 @@ def post_halo_reduce(comm: Comm, plan: Plan, g_window: torch.Tensor | None) -> t
     the rest (the caller computes meanwhile)."""
     tile = plan.tile_of(comm.rank)
     with comm.phase("halo"):
-        works, keep = [], []
+        keep, sends = [], []
         if tile is None:
             return None, [], [], [], None
         for p in tile.halo_pieces:  # in the order the owner posts its receives
             data = piece_grad(g_window[p.dst.slices()], p).contiguous()
             keep.append(data)
-            works.append(comm.isend(data, p.owner, "halo"))
-        incoming = []
+            sends.append((data, p.owner))
+        incoming, recvs = [], []
         for t in plan.tiles:
             if t.rank == comm.rank:
                 continue
@@ -40,7 +40,8 @@ def post_halo_reduce(comm: Comm, plan: Plan, g_window: torch.Tensor | None) -> t
                 if p.owner == comm.rank:
                     buf = torch.empty(p.src.shape, dtype=g_window.dtype, device=g_window.device)
                     incoming.append((p, buf))
-                    works.append(comm.irecv(buf, t.rank, "halo"))
+                    recvs.append((buf, t.rank))
+        works = comm.post(sends, recvs, "halo")
         g = g_window.new_zeros(tile.owned.shape)
         for p in tile.pieces:
             if p.owner == comm.rank:

@@ -383,12 +383,14 @@ def overlap_seconds(plan: Plan, rank: int, profile: Profile, itemsize: int = 4) 
     return blocking, max(halo, seconds(inner)) + sum(seconds(b) for b in borders)
 
 
-def deep_step_seconds(run: DeepRun, rank: int, profile: Profile, itemsize: int = 4) -> float:
+def deep_step_seconds(run: DeepRun, rank: int, profile: Profile, itemsize: int = 4, busy: int = 1) -> float:
     """Seconds of ``rank``'s training step through a run of layers with one halo exchange
     (planning/deep.py; a single conv is a run of one): the exchange and its adjoint (each
     a message per piece from a neighbour, and its bytes), and per conv its window built
     and the forward plus the two backward convolutions (input and filter gradients), on
-    the box it computes — its shard and the rows it computes for the neighbours."""
+    the box it computes — its shard and the rows it computes for the neighbours.  ``busy``
+    ranks share this rank's machine (one thread each): they compute at the cores they get
+    together (Profile.effective_cores)."""
     ex = run.exchange.tiles[rank]
     halo = len(ex.halo_pieces) * profile.latency_s + ex.halo_elements * itemsize / profile.bandwidth_Bps
     comp = 0.0
@@ -396,8 +398,17 @@ def deep_step_seconds(run: DeepRun, rank: int, profile: Profile, itemsize: int =
         if t is None or not t.out.volume:
             continue
         conv = profile.compute_seconds("torch", spec, t.window.shape, t.out.shape, t.groups)
+        conv *= busy / profile.effective_cores(spec, busy)
         comp += 3 * (profile.call_s + conv) + math.prod(t.window.shape) * itemsize / profile.copy_Bps
     return 2 * halo + comp
+
+
+def allreduce_seconds(nbytes: int, ranks: int, profile: Profile) -> float:
+    """A ring all-reduce of ``nbytes`` over ``ranks``: 2 (P - 1) steps, each a message of
+    1/P of the bytes."""
+    if ranks <= 1:
+        return 0.0
+    return 2 * (ranks - 1) * (profile.latency_s + nbytes / ranks / profile.bandwidth_Bps)
 
 
 # -- streaming (out of core): tiles sized by memory -------------------------------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import torch
 import torch.nn as nn
@@ -116,9 +117,10 @@ def plan_run(layers, shape) -> tuple[deep.DeepRun, list]:
     return deep.deep_run(steps, tuple(tuple(layout.boxes(s)) for s in shapes)), shapes
 
 
-def run_forward(layers, x: torch.Tensor, shape) -> torch.Tensor:
+def run_forward(layers, x: torch.Tensor, shape, params: dict | None = None) -> torch.Tensor:
     """A deep run on this rank's shard ``x`` of an input of whole ``shape``: one exchange,
-    then every layer on this rank's (overlapping) boxes; returns the shard of the output."""
+    then every layer on this rank's (overlapping) boxes; returns the shard of the output.
+    ``params``: per layer, (weight, bias) whose gradients the caller reduces."""
     comm = distributed.comm_for(layers[0].group)
     layout = layers[0].layout
     run, shapes = plan_run(layers, shape)
@@ -126,7 +128,9 @@ def run_forward(layers, x: torch.Tensor, shape) -> torch.Tensor:
     x = hf.halo_window(x, comm, run.exchange)
     for i, (layer, spec) in enumerate(zip(layers, run.steps)):
         if spec is not None:
-            x = hf.local_conv(x, layer.weight, layer.bias, comm, layout.plan(spec), run.tiles[r][i])
+            given = (params or {}).get(id(layer))
+            w, b = given if given is not None else (layer.weight, layer.bias)
+            x = hf.local_conv(x, w, b, comm, layout.plan(spec), run.tiles[r][i], reduce=given is None)
         elif isinstance(layer, m._DistributedBatchNormNd):
             x = layer.normalize(x, layout.boxes(shapes[i])[r].within(run.boxes[r][i]))
         else:
@@ -145,9 +149,14 @@ def _link_profile() -> cost.Profile:
 
 
 def predict_depths(layers, shape, ranks: int, itemsize: int, profile: cost.Profile | None = None) -> dict[int, float]:
-    """Predicted seconds of a training step of ``layers`` (the slowest rank) per halo depth."""
+    """Predicted seconds of a training step of ``layers`` (the slowest rank) per halo depth:
+    each run's exchange and convs (cost.deep_step_seconds, with the ranks that share this
+    machine: torchrun's LOCAL_WORLD_SIZE) and the one all-reduce of the filters' gradients."""
     profile = profile or _link_profile()
     convs = sum(isinstance(x, m._DistributedConvNd) for x in layers)
+    busy = int(os.environ.get("LOCAL_WORLD_SIZE", ranks))
+    grads = sum(p.numel() for x in layers if isinstance(x, m._DistributedConvNd) for p in x.parameters())
+    reduce_s = cost.allreduce_seconds(grads * itemsize, ranks, profile)
     out = {}
     for depth in range(1, max(convs, 1) + 1):
         total, s = [0.0] * ranks, tuple(shape)
@@ -156,12 +165,12 @@ def predict_depths(layers, shape, ranks: int, itemsize: int, profile: cost.Profi
             if _role(part[0]) == "conv":  # one conv or a run: one exchange, its convs on boxes
                 run = plan_run(part, s)[0]
                 for r in range(ranks):
-                    total[r] += cost.deep_step_seconds(run, r, profile, itemsize)
+                    total[r] += cost.deep_step_seconds(run, r, profile, itemsize, busy)
             for layer in part:
                 s = output_shape(layer, s)
             if s is None:
                 break
-        out[depth] = max(total)
+        out[depth] = max(total) + reduce_s
     return out
 
 
@@ -184,14 +193,15 @@ class ShardedSequential(nn.Sequential):
             shape = _whole_shape(first, x)
         layers = list(self)
         depth = self._depth(layers, shape, x.element_size())
+        params = _reduced_once(layers)
         for seg in segments(layers, depth):
             if len(seg) > 1:
-                x = run_forward([layers[i] for i in seg], x, shape)
+                x = run_forward([layers[i] for i in seg], x, shape, params)
                 for i in seg:
                     shape = output_shape(layers[i], shape)
                 continue
             layer = layers[seg[0]]
-            x = _call_with_shape(layer, x, shape)
+            x = _call_with_shape(layer, x, shape, params.get(id(layer)))
             shape = output_shape(layer, shape)
         return x
 
@@ -228,12 +238,29 @@ def _whole_shape(layer, x: torch.Tensor) -> tuple[int, ...]:
     return shape
 
 
-def _call_with_shape(layer: nn.Module, x: torch.Tensor, shape) -> torch.Tensor:
-    """``layer(x)``, telling a sharded layer its input's whole shape (no all-reduce)."""
+def _reduced_once(layers) -> dict:
+    """{id(conv): (weight, bias)} for the sharded convs among ``layers`` that train: views
+    whose gradients one all-reduce sums over the ranks in backward (functional.reduce_once),
+    so the convs do not each reduce their own."""
+    convs = [c for c in layers if isinstance(c, m._DistributedConvNd) and not c.layout.replicated_input
+             and c.weight.requires_grad and (c.bias is None or c.bias.requires_grad)]
+    if not torch.is_grad_enabled() or not convs or any(c.group is not convs[0].group for c in convs):
+        return {}
+    flat = [t for c in convs for t in (c.weight, c.bias) if t is not None]
+    views = iter(hf.reduce_once(flat, distributed.comm_for(convs[0].group)))
+    return {id(c): (next(views), next(views) if c.bias is not None else None) for c in convs}
+
+
+def _call_with_shape(layer: nn.Module, x: torch.Tensor, shape, params=None) -> torch.Tensor:
+    """``layer(x)``, telling a sharded layer its input's whole shape (no all-reduce) and, for
+    a conv, the (weight, bias) views the Sequential reduces."""
     if shape is None or not isinstance(layer, (m._Sharded, ShardedSequential)):
         return layer(x)
     layer.__dict__["_given_shape"] = tuple(shape)
+    if params is not None:
+        layer.__dict__["_given_params"] = params
     try:
         return layer(x)
     finally:
         layer.__dict__.pop("_given_shape", None)
+        layer.__dict__.pop("_given_params", None)

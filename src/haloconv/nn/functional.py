@@ -18,7 +18,7 @@ from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
 from haloconv.compute import kernels
-from haloconv.compute.tile import compute_tile, tile_backward
+from haloconv.compute.tile import compute_tile, tile_backward, tile_full_grad
 from haloconv.distributed import comm_for
 from haloconv.engines import spmd, spmd_backward
 from haloconv.engines.base import piece_grad
@@ -114,6 +114,7 @@ class _HaloConv(Function):
             g_window, gw = window, torch.zeros_like(weight) if need[1] else None
             gb = weight.new_zeros(weight.shape[0]) if ctx.has_bias and need[2] else None
         elif ctx.overlap and need[0]:  # the halo gradients travel while the filters' are computed
+            g = tile_full_grad(ctx.plan, tile, window, g)  # once for both calls
             g_window, _, _ = tile_backward(ctx.plan, tile, window, weight, g, (True, False, False))
             posted = spmd_backward.post_halo_reduce(comm, ctx.plan, g_window)
             _, gw, gb = tile_backward(ctx.plan, tile, window, weight, g, (False, need[1], ctx.has_bias and need[2]))
@@ -155,8 +156,8 @@ class _LocalConv(Function):
     gradients summed over the ranks."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, comm: Comm, plan: Plan, tile: Tile):
-        ctx.group, ctx.plan, ctx.tile, ctx.has_bias = comm.group, plan, tile, bias is not None
+    def forward(ctx, x, weight, bias, comm: Comm, plan: Plan, tile: Tile, reduce: bool = True):
+        ctx.group, ctx.plan, ctx.tile, ctx.has_bias, ctx.reduce = comm.group, plan, tile, bias is not None, reduce
         ctx.save_for_backward(x, weight)
         if tile.out.volume == 0:
             return x.new_zeros(tile.out.shape)
@@ -180,15 +181,44 @@ class _LocalConv(Function):
                 gx = torch.zeros_like(x)
                 for p in tile.pieces:
                     gx[p.src.within(tile.owned)] += piece_grad(g_window[p.dst.slices()], p)
-        flat = torch.cat([t.reshape(-1) for t in (gw, gb) if t is not None])
-        comm_for(ctx.group).allreduce(flat)  # one message for weight and bias, as _HaloConv's
-        gw = flat[: gw.numel()].view_as(gw)
-        gb = flat[-gb.numel():] if gb is not None else None
-        return gx, gw if need[1] else None, gb if need[2] else None, None, None, None
+        if ctx.reduce:
+            flat = torch.cat([t.reshape(-1) for t in (gw, gb) if t is not None])
+            comm_for(ctx.group).allreduce(flat)  # one message for weight and bias, as _HaloConv's
+            gw = flat[: gw.numel()].view_as(gw)
+            gb = flat[-gb.numel():] if gb is not None else None
+        return gx, gw if need[1] else None, gb if need[2] else None, None, None, None, None
 
 
-def local_conv(x, weight, bias, comm: Comm, plan: Plan, tile: Tile) -> torch.Tensor:
-    return _LocalConv.apply(x, weight, bias, comm, plan, tile)
+def local_conv(x, weight, bias, comm: Comm, plan: Plan, tile: Tile, reduce: bool = True) -> torch.Tensor:
+    return _LocalConv.apply(x, weight, bias, comm, plan, tile, reduce)
+
+
+class _ReduceOnce(Function):
+    """Identity on the filters (and biases) of a sequence of sharded convs; in backward, once
+    every one of them has its gradient from this rank's shard, one all-reduce sums them all
+    over the ranks (the convs do not reduce their own): one message per step instead of one
+    per conv, as DistributedDataParallel's buckets."""
+
+    @staticmethod
+    def forward(ctx, group, *params):
+        ctx.group = group
+        return tuple(p.view_as(p) for p in params)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        comm_for(ctx.group).allreduce(flat)
+        out, at = [], 0
+        for g in grads:
+            out.append(flat[at:at + g.numel()].view_as(g))
+            at += g.numel()
+        return (None, *out)
+
+
+def reduce_once(params: list, comm: Comm) -> list:
+    """``params`` as tensors whose gradients are summed over the ranks in one all-reduce."""
+    return list(_ReduceOnce.apply(comm.group, *params))
 
 
 class _SumShards(Function):

@@ -109,11 +109,15 @@ class _DistributedConvNd(_Sharded):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         comm, plan = self._plan(x, self._spec)
         weight, bias = self.weight, self.bias
+        reduce = not self.layout.replicated_input
+        given = self.__dict__.pop("_given_params", None)  # a ShardedSequential reduces them (nn/deep.py)
+        if given is not None:
+            (weight, bias), reduce = given, False
         if self.layout.replicated_input:  # every rank's filters read the whole input
             x = hf.replicate_grad(x, comm)[plan.tile_of(comm.rank).owned.slices()]
         # spatial/batch shards share the filters: their gradients are summed over the ranks
         overlap = self.overlap if self.overlap != "auto" else _overlap_pays(plan, comm.rank, x.element_size())
-        return hf.halo_conv(x, weight, bias, comm, plan, reduce=not self.layout.replicated_input, overlap=overlap)
+        return hf.halo_conv(x, weight, bias, comm, plan, reduce=reduce, overlap=overlap)
 
 
 # -- docstrings: one template for the layers that differ only in their torch class ----------
