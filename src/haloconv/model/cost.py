@@ -47,6 +47,12 @@ class Profile:
     # until the reports, so it costs less than a call with workers (calibrated)
     step1_s: float = 1.3e-3
     call_s: float = 30e-6  # fixed cost of one conv call on a tile (dispatch, primitive lookup)
+    # what a rank loses at each blocking wait for a neighbour's message when ranks outnumber
+    # the cores: the waiting process gives its core away and waits for a scheduler slice to
+    # get it back.  Measured with benchmarks/nn_deep.py (4 ranks on 2 cores, no added
+    # latency): (step at depth 1 - step at depth 8 - the redundant compute) / the 14
+    # exchanges saved, 2.3-3.4 ms at 0, 100 us and 1 ms of link latency
+    wait_s: float = 2.5e-3
     bandwidth_Bps: float = 1.2e9
     copy_Bps: float = 2.4e9
     cores: float = field(default_factory=lambda: len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -390,9 +396,12 @@ def deep_step_seconds(run: DeepRun, rank: int, profile: Profile, itemsize: int =
     and the forward plus the two backward convolutions (input and filter gradients), on
     the box it computes — its shard and the rows it computes for the neighbours.  ``busy``
     ranks share this rank's machine (one thread each): they compute at the cores they get
-    together (Profile.effective_cores)."""
+    together (Profile.effective_cores), and more of them than cores lose a scheduler slice
+    at each wait (Profile.wait_s)."""
     ex = run.exchange.tiles[rank]
     halo = len(ex.halo_pieces) * profile.latency_s + ex.halo_elements * itemsize / profile.bandwidth_Bps
+    if ex.halo_pieces and busy > profile.cores:
+        halo += profile.wait_s
     comp = 0.0
     for spec, t in zip(run.steps, run.tiles[rank]):
         if t is None or not t.out.volume:

@@ -59,7 +59,9 @@ def parallelize(model: nn.Module, partition="grid", group=None, worker_weights=N
         messages for more compute, the same training.  1 (default): a halo per conv.
         'auto': the depth the cost model predicts fastest at this process's link.  A
         pooling, dropout or circular padding ends a run; a deep run's exchange is
-        blocking (``overlap`` applies to single convs).
+        blocking (``overlap`` applies to single convs).  Inside a run the run computes
+        the convs and batch norms (their forward hooks do not fire) and element-wise
+        layers see the rank's grown box, not its shard.
 
     Returns
     -------
