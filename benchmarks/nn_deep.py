@@ -23,13 +23,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 
 def _worker(args) -> None:
+    import nn_steps
     import torch
     import torch.distributed as dist
-    import torch.nn as nn
 
     import haloconv.nn as hnn
     from haloconv.engines import comm as comm_module
@@ -40,44 +39,21 @@ def _worker(args) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     os.environ[comm_module.LINK_ENV] = args.latency if args.latency not in ("0", "0s") else ""
     torch.manual_seed(0)
-    layers = []
-    for _ in range(args.layers):
-        layers += [nn.Conv2d(args.channels, args.channels, 3, padding=1), nn.ReLU()]
-    model = hnn.parallelize(nn.Sequential(*layers), partition="rows", overlap=False)
+    model = hnn.parallelize(nn_steps.conv_stack(args.channels, args.layers), partition="rows", overlap=False)
     shape = (1, args.channels, args.size, args.size)
     x = hnn.shard(torch.randn(shape), "rows")
-    real_isend, real_irecv = comm_module.Comm.isend, comm_module.Comm.irecv
-
-    class Done:
-        def wait(self, timeout=None):
-            return True
-
-    def skip_isend(self, t, dst, phase):
-        return Done() if phase == "halo" else real_isend(self, t, dst, phase)
-
-    def skip_irecv(self, t, src, phase):
-        if phase == "halo":
-            t.zero_()
-            return Done()
-        return real_irecv(self, t, src, phase)
 
     def step() -> float:
-        dist.barrier()
-        t0 = time.perf_counter()
-        model.zero_grad(set_to_none=True)
-        hnn.sum_shards(model(x).sum()).backward()
-        dist.barrier()
-        return time.perf_counter() - t0
+        return nn_steps.train_step(model, x)
 
     depths = [int(d) for d in args.depths.split(",")]
     measured = {}
     for name, depth in [("floor", 1)] + [(str(d), d) for d in depths]:
         model.halo_depth = depth
-        comm_module.Comm.isend = skip_isend if name == "floor" else real_isend
-        comm_module.Comm.irecv = skip_irecv if name == "floor" else real_irecv
+        nn_steps.skip_halos(name == "floor")
         step()  # warm-up
         measured[name] = min(step() for _ in range(args.repeat))
-    comm_module.Comm.isend, comm_module.Comm.irecv = real_isend, real_irecv
+    nn_steps.skip_halos(False)
     predicted = deep.predict_depths(list(model), shape, world, 4)
     model.halo_depth = "auto"
     with torch.no_grad():

@@ -26,13 +26,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 
 def _worker(args) -> None:
+    import nn_steps
     import torch
     import torch.distributed as dist
-    import torch.nn as nn
 
     import haloconv.nn as hnn
     from haloconv.engines import comm as comm_module
@@ -43,33 +42,11 @@ def _worker(args) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.manual_seed(0)
-    layers = []
-    for _ in range(args.layers):
-        layers += [nn.Conv2d(args.channels, args.channels, 3, padding=1), nn.ReLU()]
-    model = hnn.parallelize(nn.Sequential(*layers), partition="rows")
+    model = hnn.parallelize(nn_steps.conv_stack(args.channels, args.layers), partition="rows")
     x = hnn.shard(torch.randn(1, args.channels, args.size, args.size), "rows")
-    real_isend, real_irecv = comm_module.Comm.isend, comm_module.Comm.irecv
-
-    class Done:
-        def wait(self, timeout=None):
-            return True
-
-    def skip_isend(self, t, dst, phase):
-        return Done() if phase == "halo" else real_isend(self, t, dst, phase)
-
-    def skip_irecv(self, t, src, phase):
-        if phase == "halo":
-            t.zero_()
-            return Done()
-        return real_irecv(self, t, src, phase)
 
     def step() -> float:
-        dist.barrier()
-        t0 = time.perf_counter()
-        model.zero_grad(set_to_none=True)
-        hnn.sum_shards(model(x).sum()).backward()
-        dist.barrier()
-        return time.perf_counter() - t0
+        return nn_steps.train_step(model, x)
 
     results = {}
     for latency in args.latencies.split(","):
@@ -80,8 +57,7 @@ def _worker(args) -> None:
             for m in model.modules():
                 if isinstance(m, modules._DistributedConvNd):
                     m.overlap = mode == "overlapped"
-            comm_module.Comm.isend = skip_isend if mode == "floor" else real_isend
-            comm_module.Comm.irecv = skip_irecv if mode == "floor" else real_irecv
+            nn_steps.skip_halos(mode == "floor")
 
         for mode in times:  # warm-up
             use(mode)
@@ -90,7 +66,7 @@ def _worker(args) -> None:
             for mode in times:
                 use(mode)
                 times[mode].append(step())
-        comm_module.Comm.isend, comm_module.Comm.irecv = real_isend, real_irecv
+        nn_steps.skip_halos(False)
         for mode, ts in times.items():
             row[mode] = min(ts)
         # per round, each mode over that round's floor; the median over the rounds
