@@ -33,8 +33,35 @@ def test_import_haloconv_and_its_planner_do_not_import_torch(tmp_path):
                 "planner.plan((1, 1, 64, 64), (1, 1, 5, 5), padding=2)", tmp_path)
     assert r.returncode == 0, r.stderr
     assert "torch imported: False" in r.stdout
-    r = _python("import haloconv; haloconv.conv", tmp_path)  # the tensor API imports it on first use
+    r = _python("import haloconv; haloconv.conv", tmp_path)  # conv imports it on a tensor path only
+    assert "torch imported: False" in r.stdout
+    r = _python("import haloconv; haloconv.execute", tmp_path)  # the tensor API imports it on first use
     assert "torch imported: True" in r.stdout
+
+
+@pytest.mark.parametrize("kernel,mode", [("gaussian:2", "reflect"), ("sobel-x", "zeros"), ("random5", "replicate")])
+def test_haloconv_conv_on_numpy_filters_runs_without_torch_bitwise_the_tensor_path(tmp_path, kernel, mode):
+    """A numpy image and kernel through haloconv.conv: the array engine, no torch; the same
+    bits as the tensor path of the same plan."""
+    rng = np.random.default_rng(0)
+    x = rng.random((301, 257), dtype=np.float32)
+    k = rng.random((5, 5), dtype=np.float32) if kernel == "random5" else filters.named_kernel(kernel).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "k.npy", k)
+    pad = k.shape[0] // 2
+    body = ("import numpy as np, haloconv; x = np.load('x.npy'); k = np.load('k.npy'); "
+            f"y = haloconv.conv(x, k, padding={pad}, padding_mode={mode!r}, partition='rows', workers=3); "
+            "np.save('y.npy', y); print('backend', haloconv.plan((1, 1, *x.shape), k[None, None], "
+            f"padding={pad}, padding_mode={mode!r}, partition='rows', workers=3).backend)")
+    r = _python(body, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "torch imported: False" in r.stdout, r.stdout
+    backend = r.stdout.split("backend ")[1].split()[0]
+    y = np.load(tmp_path / "y.npy")
+    ref = haloconv.conv(torch.from_numpy(x), torch.from_numpy(k), padding=pad, padding_mode=mode, partition="rows",
+                        workers=3, backend=backend)
+    assert y.shape == x.shape and y.dtype == np.float32
+    assert np.array_equal(y, ref.numpy()), backend
 
 
 @pytest.mark.parametrize("kernel", ["gaussian:2", "sobel-x", "laplacian"])

@@ -23,8 +23,10 @@ __all__ = sorted(_WHERE)
 def __getattr__(name: str):
     if name not in _WHERE:
         raise AttributeError(f"module 'haloconv' has no attribute {name!r}")
-    if _WHERE[name] in ("haloconv.api", "haloconv.engines"):
-        importlib.import_module("haloconv.compute.kernels")  # first: puts MKL in reproducible mode early
+    if name != "conv" and _WHERE[name] in ("haloconv.api", "haloconv.engines"):
+        # first: puts MKL in reproducible mode early (conv does it on its tensor path: a
+        # numpy filter's path imports no torch)
+        importlib.import_module("haloconv.compute.kernels")
     value = getattr(importlib.import_module(_WHERE[name]), name)
     globals()[name] = value
     return value

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from haloconv.compute import backends, kernels
-from haloconv.engines import Execution, LocalCluster, processes
-from haloconv.engines import threads as threads_engine
-from haloconv.engines.differentiable import differentiable, needs_grad
+from haloconv.compute import backends
+from haloconv.engines import array_threads
+from haloconv.engines.execution import Execution
 from haloconv.model import cost
 from haloconv.outofcore import conv_file  # noqa: F401 - haloconv.conv_file, re-exported
 from haloconv.planner import plan
@@ -19,11 +18,20 @@ from haloconv.planning.plan import Plan
 from haloconv.planning.spec import IntOrTuple
 from haloconv.progress import Progress
 
-ArrayLike = torch.Tensor | np.ndarray
+if TYPE_CHECKING:  # torch is imported where a tensor path runs: a numpy filter never needs it
+    import torch
+
+    from haloconv.engines import LocalCluster
+
+ArrayLike = "torch.Tensor | np.ndarray"
 ENGINES = ("threads", "processes")  # by name; or a LocalCluster
 
 
 def _as_tensor(name: str, value: object) -> torch.Tensor:
+    import torch
+
+    from haloconv.compute import kernels
+
     if isinstance(value, torch.Tensor):
         t = value
     elif isinstance(value, np.ndarray):
@@ -49,6 +57,13 @@ def _inputs(x: object, weight: object, bias: object) -> tuple[torch.Tensor, torc
         if t is not None and t.device != xt.device:
             raise ValueError(f"{name} is on {t.device} but x is on {xt.device}")
     return xt, wt, bt, is_numpy
+
+
+def _arrays(x: object, weight: object, bias: object) -> bool:
+    """numpy arrays of one float dtype (float32 or float64): what the array engine takes."""
+    arrays = [v for v in (x, weight, bias) if v is not None]
+    return all(isinstance(v, np.ndarray) for v in arrays) and x.dtype in (np.float32, np.float64) and all(
+        v.dtype == x.dtype for v in arrays)
 
 
 def execute(
@@ -131,7 +146,11 @@ def execute(
     if (bt is not None) != plan.spec.has_bias:
         raise ValueError(f"plan was made {'with' if plan.spec.has_bias else 'without'} a bias")
     backends.check(plan.backend, plan.spec, wt)  # a backend that depends on the filter's values
-    if isinstance(engine, LocalCluster):
+    from haloconv.engines import processes
+    from haloconv.engines import threads as threads_engine
+    from haloconv.engines.differentiable import differentiable, needs_grad
+
+    if isinstance(engine, processes.LocalCluster):
         if schedule != "static" or tiles is not None:
             raise ValueError("schedule='dynamic' on a LocalCluster you hold: cluster.run_dynamic(plan, ...) with a "
                              "plan of many tiles")
@@ -289,19 +308,25 @@ def conv(
     image = getattr(x, "ndim", 0) == 2 and getattr(weight, "ndim", 0) == 2
     if image:
         x, weight = x[None, None], weight[None, None]
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, padding_mode=padding_mode,
+              partition=partition, workers=workers, worker_weights=worker_weights, ownership=ownership,
+              exchange=exchange, pipeline=pipeline, backend=backend, memory_budget=memory_budget, profile=profile)
+    if engine == "threads" and schedule == "static" and tiles is None and _arrays(x, weight, bias):
+        # numpy in, numpy out: a backend that computes arrays runs without torch
+        p = plan(tuple(x.shape), weight, None if bias is None else tuple(bias.shape), engine="threads", **kw)
+        if array_threads.runs(p):
+            y = array_threads.run(p, x, weight, bias).output
+            return y[0, 0] if image else y
+    from haloconv.engines import processes
+    from haloconv.engines.differentiable import needs_grad
+
     xt, wt, bt, is_numpy = _inputs(x, weight, bias)
+    if workers is None and isinstance(engine, processes.LocalCluster) and worker_weights is None:
+        kw["workers"] = engine.workers
     if backend is None and needs_grad(xt, wt, bt):
-        backend = "torch"  # training: bit for bit the layer autograd would run
-    if workers is None and isinstance(engine, LocalCluster) and worker_weights is None:
-        workers = engine.workers
-    p = plan(
-        tuple(xt.shape), wt, None if bt is None else tuple(bt.shape),
-        stride=stride, padding=padding, dilation=dilation, groups=groups,
-        padding_mode=padding_mode, partition=partition, workers=workers,
-        worker_weights=worker_weights, ownership=ownership, exchange=exchange, pipeline=pipeline,
-        backend=backend, memory_budget=memory_budget, profile=profile,
-        engine=engine if isinstance(engine, str) else "processes",
-    )
+        kw["backend"] = "torch"  # training: bit for bit the layer autograd would run
+    p = plan(tuple(xt.shape), wt, None if bt is None else tuple(bt.shape),
+             engine=engine if isinstance(engine, str) else "processes", **kw)
     y = execute(p, xt, wt, bt, engine=engine, on_failure=on_failure, schedule=schedule, tiles=tiles).output
     y = y[0, 0] if image else y
     return y.numpy() if is_numpy else y
