@@ -174,3 +174,26 @@ def test_large_results_are_ordinary_writable_arrays(tmp_path):
         a[...] = 1.5
         np.save(tmp_path / "a.npy", a)
         assert np.array_equal(np.load(tmp_path / "a.npy"), a)
+
+
+def test_conv_writes_into_a_given_output_on_both_paths():
+    """out=: the array engine writes the tiles into it (the same bits as a fresh result); the
+    tensor path copies its result there; a wrong out is a clear error."""
+    rng = np.random.default_rng(3)
+    x = rng.random((97, 83), dtype=np.float32)
+    k = rng.random((5, 5), dtype=np.float32)
+    ref = haloconv.conv(x, k, padding=2, partition="rows", workers=2)
+    out = np.full_like(x, np.nan)
+    got = haloconv.conv(x, k, padding=2, partition="rows", workers=2, out=out)
+    assert got is out and np.array_equal(out, ref)
+    t_out = torch.full((1, 1, 97, 83), float("nan"))
+    t_got = haloconv.conv(torch.from_numpy(x)[None, None], torch.from_numpy(k)[None, None], padding=2,
+                          backend="torch", out=t_out)
+    assert t_got is t_out and torch.equal(t_out, torch.nn.functional.conv2d(
+        torch.from_numpy(x)[None, None], torch.from_numpy(k)[None, None], padding=2))
+    with pytest.raises(ValueError, match="out must have shape"):
+        haloconv.conv(x, k, padding=2, out=np.empty((97, 82), np.float32))
+    with pytest.raises(ValueError, match="out must have shape"):
+        haloconv.conv(x, k, padding=2, out=np.empty((97, 83), np.float64))
+    with pytest.raises(TypeError, match="out must be a numpy"):
+        haloconv.conv(x, k, padding=2, out=torch.empty(97, 83))

@@ -210,6 +210,7 @@ def conv(
     on_failure: str = "retry",
     schedule: str = "static",
     tiles: int | None = None,
+    out: ArrayLike | None = None,
 ) -> ArrayLike:
     """N-D convolution (cross-correlation, as torch's and scipy.ndimage.correlate's) split
     across workers, equal to the single-node call of the backend that computes it.
@@ -264,6 +265,10 @@ def conv(
     schedule, tiles
         engine='processes' only: 'static' (a tile per worker) or 'dynamic' (``tiles``
         tiles, pulled by whichever process is free); see haloconv.execute.
+    out : numpy.ndarray or torch.Tensor, optional
+        Where to write the result (the result's shape and dtype, the type of ``x``); it is
+        returned.  A numpy filter on the array engine writes its tiles straight into it:
+        a buffer used again for many images costs no page faults (as OpenCV's ``dst``).
 
     Returns
     -------
@@ -315,8 +320,11 @@ def conv(
         # numpy in, numpy out: a backend that computes arrays runs without torch
         p = plan(tuple(x.shape), weight, None if bias is None else tuple(bias.shape), engine="threads", **kw)
         if array_threads.runs(p):
-            y = array_threads.run(p, x, weight, bias).output
-            return y[0, 0] if image else y
+            if out is not None:  # the 2-D image's out seen as (1, 1, H, W): the same memory
+                array_threads.check_out(out, p.spec.output_shape[2:] if image else p.spec.output_shape, x.dtype)
+            given = None if out is None else out[None, None] if image else out
+            y = array_threads.run(p, x, weight, bias, out=given).output
+            return out if out is not None else y[0, 0] if image else y
     from haloconv.engines import processes
     from haloconv.engines.differentiable import needs_grad
 
@@ -329,4 +337,11 @@ def conv(
              engine=engine if isinstance(engine, str) else "processes", **kw)
     y = execute(p, xt, wt, bt, engine=engine, on_failure=on_failure, schedule=schedule, tiles=tiles).output
     y = y[0, 0] if image else y
-    return y.numpy() if is_numpy else y
+    y = y.numpy() if is_numpy else y
+    if out is None:
+        return y
+    if type(out) is not type(y) or tuple(out.shape) != tuple(y.shape) or out.dtype != y.dtype:
+        raise ValueError(f"out must be a {type(y).__name__} of shape {tuple(y.shape)} and dtype {y.dtype}, got "
+                         f"{type(out).__name__} {tuple(out.shape)} {out.dtype}")
+    out[...] = y
+    return out

@@ -31,11 +31,13 @@ def runs(plan: Plan) -> bool:
 
 
 def run(plan: Plan, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
-        threads: int | None = None, progress: Progress | None = None) -> Execution:
+        threads: int | None = None, progress: Progress | None = None, out: np.ndarray | None = None) -> Execution:
     """Every tile of ``plan`` on a thread of this process, windows read from ``x`` (views
     where they can be), outputs written straight into the result (a numpy array in the
-    returned Execution).  ``threads``: at most this many tiles at once (default: all);
-    the cores are shared among them.  ``progress(done, total)``: called as each tile is done."""
+    returned Execution): ``out`` when given (the output's shape and x's dtype, writable;
+    a buffer used again costs no page faults), else a new array.  ``threads``: at most this
+    many tiles at once (default: all); the cores are shared among them.
+    ``progress(done, total)``: called as each tile is done."""
     spec = plan.spec
     if not runs(plan):
         raise ValueError(f"backend {plan.backend!r} does not compute numpy arrays for this convolution; "
@@ -45,8 +47,10 @@ def run(plan: Plan, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None =
                          f"got x{list(x.shape)} and weight{list(weight.shape)}")
     if x.dtype not in (np.float32, np.float64) or weight.dtype != x.dtype:
         raise TypeError(f"x and weight must be both float32 or both float64, got {x.dtype} and {weight.dtype}")
+    if out is not None:
+        check_out(out, spec.output_shape, x.dtype)
     t_start = time.perf_counter()
-    out = empty(spec.output_shape, x.dtype)
+    out = empty(spec.output_shape, x.dtype) if out is None else out
     pool = min(threads or len(plan.tiles), len(plan.tiles))
     per = max(1, default_workers() // pool)
     count = Counter(progress, len(plan.tiles))
@@ -69,3 +73,14 @@ def run(plan: Plan, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None =
             stats = list(ex.map(work, plan.tiles))
     return Execution(output=out, plan=plan, engine="threads", backend=plan.backend,
                      wall_seconds=time.perf_counter() - t_start, workers=stats)
+
+
+def check_out(out, shape, dtype) -> None:
+    """``out`` must be a writable numpy array of ``shape`` and ``dtype``."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray for numpy inputs, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(shape) or out.dtype != dtype:
+        raise ValueError(f"out must have shape {tuple(shape)} and dtype {np.dtype(dtype)}, "
+                         f"got {tuple(out.shape)} {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
