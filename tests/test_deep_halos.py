@@ -4,6 +4,7 @@ run's one exchange.  Training through runs on real ranks: tests/nn_train_parity.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 
 import pytest
@@ -162,6 +163,27 @@ def test_runs_break_at_pools_dropout_and_circular_padding():
         assert nn_deep.segments(layers, 2) == [(0, 1, 2), (3,), (4,), (5,), (6,), (7,), (8,), (9,), (10, 11, 12),
                                                (13,)]
         assert nn_deep.segments(layers, 1) == [(i,) for i in range(14)]
+        # a module of the user's own hides the shape; the run after it learns it again
+        class Block(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = conv()
+
+            def forward(self, x):
+                return x + self.conv(x)
+
+        torch.manual_seed(0)
+        ref = nn.Sequential(Block(), conv(), nn.ReLU(), conv(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3))
+        x = torch.randn(2, 2, 12, 10)
+        want = ref(x)
+        par = hnn.parallelize(copy.deepcopy(ref), "rows", halo_depth=2)
+        assert nn_deep.segments(list(par), 2)[1] == (1, 2, 3)
+        got = par(hnn.shard(x, "rows"))
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+        got.sum().backward()
+        want.sum().backward()
+        for a, b in zip(par.parameters(), ref.parameters()):
+            assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-5)
         with pytest.raises(ValueError, match="halo_depth"):
             hnn.parallelize(nn.Sequential(conv()), "rows", halo_depth=0)
     finally:

@@ -196,6 +196,8 @@ class ShardedSequential(nn.Sequential):
         params = _reduced_once(layers)
         for seg in segments(layers, depth):
             if len(seg) > 1:
+                if shape is None:  # after a module of the user's own: learn it again
+                    shape = _whole_shape(layers[seg[0]], x)
                 x = run_forward([layers[i] for i in seg], x, shape, params)
                 for i in seg:
                     shape = output_shape(layers[i], shape)
@@ -252,11 +254,12 @@ def _reduced_once(layers) -> dict:
 
 
 def _call_with_shape(layer: nn.Module, x: torch.Tensor, shape, params=None) -> torch.Tensor:
-    """``layer(x)``, telling a sharded layer its input's whole shape (no all-reduce) and, for
-    a conv, the (weight, bias) views the Sequential reduces."""
-    if shape is None or not isinstance(layer, (m._Sharded, ShardedSequential)):
+    """``layer(x)``, telling a sharded layer its input's whole shape (no all-reduce) when
+    known and, for a conv, the (weight, bias) views the Sequential reduces."""
+    if not isinstance(layer, (m._Sharded, ShardedSequential)):
         return layer(x)
-    layer.__dict__["_given_shape"] = tuple(shape)
+    if shape is not None:
+        layer.__dict__["_given_shape"] = tuple(shape)
     if params is not None:
         layer.__dict__["_given_params"] = params
     try:
