@@ -335,13 +335,17 @@ def conv(
         kw["backend"] = "torch"  # training: bit for bit the layer autograd would run
     p = plan(tuple(xt.shape), wt, None if bt is None else tuple(bt.shape),
              engine=engine if isinstance(engine, str) else "processes", **kw)
+    if out is not None:  # checked before the work: the type of x, the result's shape and dtype
+        kind = np.ndarray if is_numpy else type(xt)
+        shape = tuple(p.spec.output_shape[2:] if image else p.spec.output_shape)
+        dtype = x.dtype
+        if not isinstance(out, kind) or tuple(out.shape) != shape or out.dtype != dtype:
+            raise ValueError(f"out must be a {kind.__name__} of shape {shape} and dtype {dtype}, got "
+                             f"{type(out).__name__} {tuple(out.shape)} {out.dtype}")
     y = execute(p, xt, wt, bt, engine=engine, on_failure=on_failure, schedule=schedule, tiles=tiles).output
     y = y[0, 0] if image else y
     y = y.numpy() if is_numpy else y
     if out is None:
         return y
-    if type(out) is not type(y) or tuple(out.shape) != tuple(y.shape) or out.dtype != y.dtype:
-        raise ValueError(f"out must be a {type(y).__name__} of shape {tuple(y.shape)} and dtype {y.dtype}, got "
-                         f"{type(out).__name__} {tuple(out.shape)} {out.dtype}")
     out[...] = y
     return out

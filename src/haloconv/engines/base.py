@@ -8,7 +8,7 @@ import torch
 
 from haloconv.compute.tile import compute_tile
 from haloconv.engines.windows import assemble_window
-from haloconv.planning.boxes import Piece, Tile
+from haloconv.planning.boxes import Box, Piece, Tile
 from haloconv.planning.plan import Plan, make_plan
 
 
@@ -22,12 +22,14 @@ def piece_grad(g: torch.Tensor, piece: Piece) -> torch.Tensor:
     return torch.flip(g, flip) if flip else g
 
 
-def add_window_grad(gx: torch.Tensor, tile: Tile, g_window: torch.Tensor) -> None:
+def add_window_grad(gx: torch.Tensor, tile: Tile, g_window: torch.Tensor, origin: Box | None = None) -> None:
     """Adjoint of assemble_window: add the gradient of each piece of ``tile``'s window into
-    the whole input's gradient ``gx`` at the piece's source.  Zero-padding parts of the
-    window belong to no input and drop out."""
+    the input's gradient ``gx`` at the piece's source (``gx`` covers the whole input, or
+    the box ``origin`` of it).  Zero-padding parts of the window belong to no input and
+    drop out."""
     for piece in tile.pieces:
-        gx[piece.src.slices()] += piece_grad(g_window[piece.dst.slices()], piece)
+        at = piece.src.slices() if origin is None else piece.src.within(origin)
+        gx[at] += piece_grad(g_window[piece.dst.slices()], piece)
 
 
 def add_tile_grads(plan: Plan, tile: Tile, gx, gw, gb, g_window, g_w, g_b) -> None:

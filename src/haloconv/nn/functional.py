@@ -21,7 +21,7 @@ from haloconv.compute import kernels
 from haloconv.compute.tile import compute_tile, tile_backward, tile_full_grad
 from haloconv.distributed import comm_for
 from haloconv.engines import spmd, spmd_backward
-from haloconv.engines.base import piece_grad
+from haloconv.engines.base import add_window_grad
 from haloconv.engines.comm import Comm
 from haloconv.planning.boxes import Box, Tile
 from haloconv.planning.plan import Plan
@@ -175,12 +175,13 @@ class _LocalConv(Function):
             gw, gb = torch.zeros_like(weight), weight.new_zeros(weight.shape[0]) if ctx.has_bias else None
         else:
             window = spmd.part_window(tile, tile, x, [], ctx.plan.spec.input_shape)
-            g_window, gw, gb = tile_backward(ctx.plan, tile, window, weight, g, (need[0], True, ctx.has_bias))
+            # with ``reduce`` every rank computes and sums the filters' gradients (a collective)
+            needs = (need[0], need[1] or ctx.reduce, ctx.has_bias and (need[2] or ctx.reduce))
+            g_window, gw, gb = tile_backward(ctx.plan, tile, window, weight, g, needs)
             gx = None
             if need[0]:
                 gx = torch.zeros_like(x)
-                for p in tile.pieces:
-                    gx[p.src.within(tile.owned)] += piece_grad(g_window[p.dst.slices()], p)
+                add_window_grad(gx, tile, g_window, tile.owned)
         if ctx.reduce:
             flat = torch.cat([t.reshape(-1) for t in (gw, gb) if t is not None])
             comm_for(ctx.group).allreduce(flat)  # one message for weight and bias, as _HaloConv's
