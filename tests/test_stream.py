@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from haloconv.compute import backends, kernels
-from haloconv.engines import WorkerError, stream, stream_job, stream_threads
+from haloconv.engines import WorkerError, stream, stream_job, stream_threads, windows
 from haloconv.engines.host import children
 from haloconv.files import arrays
 from haloconv.files import images as io
@@ -106,6 +106,40 @@ def test_raw_box_write_then_read_round_trips(tmp_path_factory, shape, data):
     expect = np.zeros(logical, np.float32)
     expect[box.slices()] = block
     np.testing.assert_array_equal(whole, expect)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate"])
+def test_windows_read_into_a_buffer_used_again_equal_fresh_ones(tmp_path, monkeypatch, padding_mode):
+    """The threads stream reads every tile's window into a buffer the previous tile of its
+    shape used (NaN-filled here, as dirty as can be): every window equals the one assembled
+    from the whole input in memory, zero padding included; pieces the file holds as they land
+    (float32 .npy, row bands) are read straight in, the others (uint8 pixels converted,
+    reversed and broadcast borders) read and copied — both reached."""
+    rng = np.random.default_rng(3)
+    direct = []
+    read_into = arrays.DiskArray.read_into
+    monkeypatch.setattr(arrays.DiskArray, "read_into",
+                        lambda self, box, dest: direct.append(read_into(self, box, dest)) or direct[-1])
+    for name, a in (("f.npy", rng.standard_normal((1, 1, 37, 29)).astype(np.float32)),
+                    ("u.npy", rng.integers(0, 255, (1, 2, 37, 29), dtype=np.uint8))):
+        np.save(tmp_path / name, a)
+        src = arrays.open_input(tmp_path / name, integers="keep")
+        c = a.shape[1]
+        spec = ConvSpec.from_args(a.shape, (c, c, 5, 3), None, padding=(2, 1), padding_mode=padding_mode)
+        job = stream_job.Job(cost.stream_plan(spec, 60_000, "torch", 4, a.itemsize, min_tiles=4), src, None,
+                             np.ones((c, c, 5, 3), np.float32), None, np.dtype(np.float32))
+        x = a.astype(np.float32)
+        for index, tile in enumerate(job.plan.tiles):
+            buf = np.full(tile.window.shape, np.nan, np.float32)
+            window, nread = stream_job.read_window(job, index, buf)
+            assert window is buf
+            fresh = windows.fill_window(tile, lambda box: x[box.slices()], np.zeros(tile.window.shape, np.float32))
+            np.testing.assert_array_equal(window, fresh)
+            assert nread == sum(p.src.volume for p in tile.pieces) * a.itemsize
+        arrays.close_all()
+    # a reflected or replicated border widens every row of a window: only zero padding leaves
+    # whole rows of the file as they land
+    assert len(job.plan.tiles) >= 4 and False in direct and (True in direct) == (padding_mode == "zeros")
 
 
 def test_bad_stream_inputs_are_refused_naming_the_file(tmp_path):

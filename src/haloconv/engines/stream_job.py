@@ -18,7 +18,7 @@ from haloconv.compute import backends
 from haloconv.compute import tile as one_tile
 from haloconv.compute.backends.base import as_array
 from haloconv.engines.host import empty, proc_mb
-from haloconv.engines.windows import fill_window
+from haloconv.engines.windows import piece_data
 from haloconv.files import arrays
 from haloconv.files.arrays import DiskArray
 from haloconv.files.journal import Journal, journal_path
@@ -70,18 +70,26 @@ class StreamResult:
         return "\n".join(lines)
 
 
-def read_window(job: Job, index: int) -> tuple[np.ndarray, int]:
-    """Tile ``index``'s window, read from the input file; and the bytes read."""
+def read_window(job: Job, index: int, buf: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Tile ``index``'s window, read from the input file into ``buf`` (an array of the
+    window's shape and the job's dtype, used again from tile to tile: its pages are not
+    faulted in, zeroed and unmapped for every tile) or a new array; and the bytes read.
+    A piece the file holds as it lands in the window is read straight into it (no block in
+    between, DiskArray.read_into); reversed or broadcast pieces and converted pixels are
+    read, then copied."""
     tile = job.plan.tiles[index]
+    if buf is None:
+        buf = np.zeros(tile.window.shape, job.dtype)
+    elif sum(p.dst.volume for p in tile.pieces) != tile.window.volume:
+        buf.fill(0)  # zero padding where no piece lands (pieces never overlap)
     nread = 0
-
-    def read(box):
-        nonlocal nread
-        block = job.source.read(box, job.dtype)
-        nread += block.nbytes
-        return block
-
-    return fill_window(tile, read, np.zeros(tile.window.shape, job.dtype)), nread
+    for piece in tile.pieces:
+        dest = buf[piece.dst.slices()]
+        nread += piece.src.volume * np.dtype(job.source.dtype).itemsize
+        if all(s == 1 for s in piece.steps) and job.source.read_into(piece.src, dest):
+            continue
+        dest[...] = piece_data(job.source.read(piece.src, job.dtype), piece)
+    return buf, nread
 
 
 def load_libraries(backend: str, spec: ConvSpec) -> None:
@@ -109,15 +117,17 @@ def torch_backend_for(job: Job):
                                   torch.from_numpy(job.weight), bias)
 
 
-def compute_box(job: Job, index: int, window: np.ndarray, torch_backend, threads: int) -> np.ndarray:
+def compute_box(job: Job, index: int, window: np.ndarray, torch_backend, threads: int,
+                out: np.ndarray | None = None) -> np.ndarray:
     """Tile ``index``'s output box from its window (the caller drops the window after):
     numpy arrays through the backend's array path when it has one (``torch_backend`` None,
-    ``threads`` cores), else torch's tile compute on tensors sharing the arrays' memory."""
+    ``threads`` cores; into ``out`` when given, an array of the box's shape used again from
+    tile to tile), else torch's tile compute on tensors sharing the arrays' memory."""
     tile = job.plan.tiles[index]
     c0, c1 = job.plan.weight_box(tile)  # a block of output channels uses its filters
     weight, bias = job.weight[c0:c1], None if job.bias is None else job.bias[c0:c1]
     if torch_backend is None:
-        out = empty(tile.out.shape, job.dtype)
+        out = empty(tile.out.shape, job.dtype) if out is None else out
         one_tile.compute_tile_array(job.plan, tile, window, weight, bias, out, threads)
         return out
     import torch

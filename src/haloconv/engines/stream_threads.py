@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from haloconv.engines import stream_job as stream
-from haloconv.engines.host import peak_rss
+from haloconv.engines.host import empty, peak_rss
 from haloconv.files import arrays
 from haloconv.files.arrays import DiskArray
 from haloconv.planning.spec import ConvSpec
@@ -101,26 +101,36 @@ def _pipeline(job: stream.Job, todo: list[int], journal, torch_backend, threads:
     stage stops the run once the stages in flight have ended (no thread outlives it; a
     tile being written is finished and journaled)."""
     nread = 0
+    windows, outputs = _Buffers(job.dtype), _Buffers(job.dtype)
+    tiles = job.plan.tiles
 
     def write(index: int, y) -> None:
-        job.sink.write(job.plan.tiles[index].out, y)
+        job.sink.write(tiles[index].out, y)
         job.sink.flush()  # durable before it is journaled
         journal.record(index)
         progress()
 
+    def read(index: int) -> Future:
+        return reader.submit(stream.read_window, job, index, windows.take(tiles[index].window.shape))
+
     with ThreadPoolExecutor(1, "haloconv-read") as reader, ThreadPoolExecutor(1, "haloconv-write") as writer:
-        ahead: Future | None = reader.submit(stream.read_window, job, todo[0]) if todo else None
+        ahead: Future | None = read(todo[0]) if todo else None
         behind: Future | None = None
+        written = None  # the output being written
         try:
             for k, index in enumerate(todo):
                 window, n = ahead.result()
                 nread += n
-                ahead = reader.submit(stream.read_window, job, todo[k + 1]) if k + 1 < len(todo) else None
-                y = stream.compute_box(job, index, window, torch_backend, threads)
+                ahead = read(todo[k + 1]) if k + 1 < len(todo) else None
+                # the array path computes into a buffer used again; torch's makes its own
+                y = stream.compute_box(job, index, window, torch_backend, threads,
+                                       outputs.take(tiles[index].out.shape) if torch_backend is None else None)
+                windows.give(window)
                 del window
                 if behind is not None:
                     behind.result()  # one write in flight: its output is the third tile held
-                behind = writer.submit(write, index, y)
+                    outputs.give(written if torch_backend is None else None)
+                behind, written = writer.submit(write, index, y), y
                 del y
             if behind is not None:
                 behind.result()
@@ -130,3 +140,27 @@ def _pipeline(job: stream.Job, todo: list[int], journal, torch_backend, threads:
             raise
     return nread
 
+
+class _Buffers:
+    """Arrays used again from tile to tile (the windows being read and computed, the
+    outputs being computed and written): a tile's pages are faulted in once per run, not
+    once per tile, and never unmapped in between — with the reads straight into the
+    window (stream_job.read_window), most of what a streamed filter costs beyond the
+    copies in and out of the page cache.  Only the buffers in flight exist: a tile of
+    another shape (the last ones) lets the free ones go first.  Used from the pipeline's
+    own thread only."""
+
+    def __init__(self, dtype):
+        self.dtype, self.free = dtype, []
+
+    def take(self, shape) -> np.ndarray:
+        shape = tuple(shape)
+        for i, b in enumerate(self.free):
+            if b.shape == shape:
+                return self.free.pop(i)
+        self.free.clear()
+        return empty(shape, self.dtype)
+
+    def give(self, buf: np.ndarray | None) -> None:
+        if buf is not None:
+            self.free.append(buf)

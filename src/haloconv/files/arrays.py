@@ -79,6 +79,19 @@ class DiskArray:
             a = np.asarray(_zarr(self, "r")[tuple(slice(lo, hi) for lo, hi in ranges)])
         return to_float(self._to_logical(a), self.integers, dtype)
 
+    def read_into(self, box: Box, dest: np.ndarray) -> bool:
+        """Read the logical ``box`` straight into ``dest`` (its shape, C-contiguous) when
+        the file holds it as is — raw, in ``dest``'s dtype and byte order, axes in logical
+        order, no channel dropped: one pread per contiguous run, no block in between.
+        False (nothing read) otherwise: the caller reads (``read``) and copies."""
+        if (self.kind != "raw" or np.dtype(self.dtype) != dest.dtype or not dest.flags.c_contiguous
+                or self.channels is not None or not dest.dtype.isnative
+                or [a for a in self.axes if a >= 0] != sorted(a for a in self.axes if a >= 0)):
+            return False
+        ranges = self._file_box(box)
+        _raw_io(self, ranges, None, into=dest.reshape([hi - lo for lo, hi in ranges]))
+        return True
+
     def write(self, box: Box, block: np.ndarray) -> None:
         """Write the logical ``box`` (block in (N, C, *spatial), this array's dtype)."""
         ranges = self._file_box(box)
@@ -122,9 +135,10 @@ def close_all() -> None:
     _zarrs.clear()
 
 
-def _raw_io(arr: DiskArray, ranges, data: np.ndarray | None) -> np.ndarray:
-    """Read (data None) or write the file box ``ranges`` of a C-ordered raw array: one
-    pread/pwrite per contiguous run (the trailing dims a box spans whole merge into one)."""
+def _raw_io(arr: DiskArray, ranges, data: np.ndarray | None, into: np.ndarray | None = None) -> np.ndarray:
+    """Read (data None; into ``into`` when given, C-contiguous, else a new array) or write
+    the file box ``ranges`` of a C-ordered raw array: one pread/pwrite per contiguous run
+    (the trailing dims a box spans whole merge into one)."""
     shape, item = arr.shape, np.dtype(arr.dtype).itemsize
     ext = [hi - lo for lo, hi in ranges]
     j = len(shape) - 1  # the run axis: the innermost one the box does not span whole
@@ -132,7 +146,7 @@ def _raw_io(arr: DiskArray, ranges, data: np.ndarray | None) -> np.ndarray:
         j -= 1
     run = math.prod(ext[j:])
     strides = [math.prod(shape[a + 1:]) for a in range(len(shape))]
-    out = np.empty(ext, dtype=arr.dtype) if data is None else data
+    out = data if data is not None else into if into is not None else np.empty(ext, dtype=arr.dtype)
     flat = out.reshape(-1, run) if run else out.reshape(0, 0)
     fd = _fd(arr.path, data is not None)
     base = sum(lo * s for (lo, _), s in zip(ranges, strides))
