@@ -114,6 +114,28 @@ def test_calibrate_writes_a_profile_the_model_reads(tmp_path, capsys):
     assert len(prof.torch_rates_1d) == 12 and all(r[2] > 0 for r in prof.torch_rates_1d)
     spec = ConvSpec.from_args((1, 1, 512, 512), (1, 1, 9, 9), None, padding=4)
     assert cost.candidates(spec, 2, prof)[0].total_s > 0
+    if prof.cores >= 2:  # each OpenCV backend's calls on every core, per kernel volume
+        assert sorted(prof.call_efficiency) == ["opencv", "separable"]
+        assert all(len(pts) == 2 and all(v > 0 for _, v in pts) for pts in prof.call_efficiency.values())
+
+
+def test_threads_engine_keeps_one_tile_where_a_calls_own_threads_beat_tiles():
+    """The threads engine gives each of n tiles cores / n threads: where one call on every
+    core is faster than n calls on one (OpenCV's threaded separable passes on a big kernel),
+    the model keeps the image whole; where it is not (a small kernel), it splits."""
+    spec = ConvSpec.from_args((1, 1, 4096, 4096), (1, 1, 17, 17), None, padding=8)
+    weight = np.outer(np.hanning(19)[1:-1], np.hanning(19)[1:-1]).astype(np.float32)[None, None]
+
+    def chosen(eff):
+        prof = cost.Profile(cores=2, call_efficiency={"separable": [[25, eff], [289, eff]]})
+        return haloconv.plan(spec.input_shape, weight, padding=8, workers=2, engine="threads", profile=prof,
+                             backend="separable")
+
+    assert cost.Profile(cores=2).call_speedup(spec, "torch", 2) == 1.0  # torch's calls: one core
+    assert len(chosen(1.2).tiles) == 1 and len(chosen(0.6).tiles) == 2
+    prof = cost.Profile(cores=4, call_efficiency={"separable": [[25, 0.5], [289, 1.0]]})
+    assert prof.call_speedup(spec, "separable", 1) == 1.0 and prof.call_speedup(spec, "separable", 4) == 4.0
+    assert prof.call_speedup(spec, "separable", 2) == 2.0  # linear between one thread and every core
 
 
 @pytest.mark.parametrize("backend,marker", [("ndimage", "bitwise equal: True"), ("fft", "within")])

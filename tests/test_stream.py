@@ -133,7 +133,7 @@ def test_windows_read_into_a_buffer_used_again_equal_fresh_ones(tmp_path, monkey
             buf = np.full(tile.window.shape, np.nan, np.float32)
             window, nread = stream_job.read_window(job, index, buf)
             assert window is buf
-            fresh = windows.fill_window(tile, lambda box: x[box.slices()], np.zeros(tile.window.shape, np.float32))
+            fresh = windows.fill_window(tile, lambda box, x=x: x[box.slices()], np.zeros(tile.window.shape, np.float32))
             np.testing.assert_array_equal(window, fresh)
             assert nread == sum(p.src.volume for p in tile.pieces) * a.itemsize
         arrays.close_all()

@@ -149,11 +149,34 @@ def measure_compute(prof: Profile, quick: bool = False, log=print, passes: int |
             sol, _ = scipy.optimize.nnls(rows / ys[:, None], np.ones(len(keys)))
             prof.rates.update({c: float(max(v, 1e-14)) for c, v in zip(counts, sol)})
             log(f"  {name}: " + ", ".join(f"{prof.rates[c] * 1e9:.3g} ns per {c.split('.', 1)[1]}" for c in counts))
+        measure_call_efficiency(prof, grid, t, repeat, log)
         buf = torch.empty(64 * 2**20 // 4)
         prof.copy_Bps = buf.numel() * 4 / _best(lambda: buf.clone(), repeat)
         log(f"  memory copy: {prof.copy_Bps / 1e9:.2f} GB/s")
     finally:
         torch.set_num_threads(threads)
+
+
+def measure_call_efficiency(prof: Profile, grid: dict, alone: dict, repeat: int, log=print) -> None:
+    """How far one call of each backend that computes on the threads it is given speeds up
+    on every core: its calibration problems again with all the cores' threads, against
+    ``alone`` (their one-thread times), per kernel volume (Profile.call_efficiency)."""
+    cores = max(1, int(prof.cores))
+    if cores == 1:
+        return
+    torch.set_num_threads(cores)
+    try:
+        for name, b in backends.REGISTRY.items():
+            keys = [key for key in grid if key[0] == name and b.default_call_efficiency]
+            if not keys:
+                continue
+            pts = {math.prod(grid[k][1].kernel): alone[k] / _conv_seconds(name, grid[k][1], repeat) / cores
+                   for k in keys}
+            prof.call_efficiency[name] = sorted([k, v] for k, v in pts.items())
+            log(f"  {name} on {cores} threads: "
+                + ", ".join(f"{v * cores:.2f}x ({k} taps)" for k, v in sorted(pts.items())))
+    finally:
+        torch.set_num_threads(1)
 
 
 def measure_transport(prof: Profile, quick: bool = False, log=print) -> None:

@@ -81,6 +81,14 @@ class Profile:
     # (cores = the figure of 2 processes) meant.
     concurrency: dict = field(default_factory=dict)
     filter_cores_ratio: float = 1.0
+    # how far one call of a backend that computes on the threads it is given (OpenCV's) speeds
+    # up on every core: {backend: [[kernel volume, speedup / cores]]}, interpolated over the
+    # volume (calibrate measures it; defaults: compute/backends' default_call_efficiency).
+    # The threads engine gives each of n tiles cores / n threads, so one tile on every core
+    # can beat n tiles on one each (OpenCV's threaded separable passes do)
+    call_efficiency: dict = field(default_factory=lambda: {name: [list(p) for p in b.default_call_efficiency]
+                                                          for name, b in backends.REGISTRY.items()
+                                                          if b.default_call_efficiency})
     source: str = "defaults"
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -136,6 +144,17 @@ class Profile:
         if not self.concurrency:
             return min(busy, self.cores * (1.0 if curve == "torch" else self.filter_cores_ratio))
         return min(busy, _interp(sorted((n, c) for n, c in self.concurrency[curve]), busy))
+
+    def call_speedup(self, spec: ConvSpec, backend: str, threads: int) -> float:
+        """How much faster one call of ``backend`` computes ``spec`` on ``threads`` threads
+        than on one: measured on every core, linear in between; 1 for backends whose
+        calls are priced on one core."""
+        pts = self.call_efficiency.get(backend)
+        cores = max(1.0, float(self.cores))
+        if not pts or threads <= 1 or cores <= 1:
+            return 1.0
+        full = _interp(sorted((p[0], p[1]) for p in pts), math.prod(spec.kernel)) * cores
+        return 1.0 + (full - 1.0) * (min(threads, cores) - 1.0) / (cores - 1.0)
 
     # -- compute ------------------------------------------------------------------------
     def torch_rate(self, inner: int, cout_g: int, ndim: int = 2) -> float:
@@ -256,9 +275,13 @@ def predict(plan: Plan, profile: Profile | None = None, itemsize: int = 4, engin
 
     if engine == "threads":  # shared memory: nothing moves, outputs are copied into the result
         n = len(plan.tiles)
-        stretch = n / prof.effective_cores(spec, n, plan.backend)  # the tiles' threads time-share the cores
-        seconds = {t.rank: {"compute": compute_s(t) * stretch, "write": t.out.volume * itemsize / prof.copy_Bps}
-                   for t in plan.tiles}
+        # the tiles' threads time-share the cores; each tile's call runs on cores / n threads
+        # (engines/threads.py, array_threads.py), which a backend's own threads may use
+        stretch = n / prof.effective_cores(spec, n, plan.backend)
+        stretch /= prof.call_speedup(spec, plan.backend, max(1, int(prof.cores) // n))
+        # a backend that computes arrays writes its outputs straight into the result's box
+        copied = 0.0 if backends.get(plan.backend).computes_arrays(spec) else itemsize / prof.copy_Bps
+        seconds = {t.rank: {"compute": compute_s(t) * stretch, "write": t.out.volume * copied} for t in plan.tiles}
         total = max(sum(s.values()) for s in seconds.values())
     else:
         line = schedule.processes_timeline(plan, compute_s, prof.copy_Bps, prof.latency_s, prof.bandwidth_Bps,

@@ -48,6 +48,10 @@ class Backend:
     # the cost model's prices of this backend's operation counts (seconds per count) before
     # `haloconv calibrate` measured them; keys are "<name>.<count>"
     default_rates: dict[str, float] = {}
+    # one call computes on the threads the engine gives it (OpenCV's own pool): how far that
+    # speeds a call up, per kernel volume, as [[taps, speedup on every core / cores]] points
+    # before `haloconv calibrate` measured it; empty: a call is priced on one core
+    default_call_efficiency: tuple[tuple[int, float], ...] = ()
 
     def exact_for(self, spec: ConvSpec) -> bool:
         """Whether a split run of ``spec`` is bitwise equal to ``single_node`` (else within
