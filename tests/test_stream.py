@@ -4,6 +4,7 @@ single-node call on the whole input."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -306,6 +307,46 @@ def test_interrupted_stream_resumes_from_its_journal(tmp_path):
     assert torch.equal(_read_back(out, "zarr", spec.output_shape), kernels.single_node(x, w, None, spec))
     assert not journal.exists() and not arrays.partial_path(out).exists()
     assert not children()
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_sync_puts_each_tile_on_disk_and_a_journal_without_it_trusts_one_boot(tmp_path, monkeypatch, sync):
+    """With sync, every tile's output is fdatasync'ed before its line and the output fsync'ed
+    before its rename; without, nothing waits on the disk, and the journal names the boot it
+    was written in: resumed in another boot, its tiles are not trusted (they may never have
+    reached the disk) and are computed again; a synced journal is trusted across boots."""
+    x = np.random.default_rng(5).standard_normal((1, 1, 64, 40)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    w = np.ones((1, 1, 3, 3), np.float32) / 9
+    source = arrays.open_input(tmp_path / "x.npy")
+    spec = ConvSpec.from_args(source.logical_shape, w.shape, None, padding=1)
+    synced = {"fdatasync": 0, "fsync": 0}
+    for name in synced:
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda fd, name=name, real=real: synced.__setitem__(name, synced[name] + 1)
+                            or real(fd))
+    out = tmp_path / "y.npy"
+    res = stream_threads.run(source, spec, w, None, out, "npy", memory_budget=2 << 30, threads=2,
+                             backend="opencv", block=(None, None, 8, None), sync=sync)
+    tiles = len(res.plan.tiles)
+    ref = backends.single_node("opencv", torch.from_numpy(x), torch.from_numpy(w), None, spec).numpy()
+    assert tiles == 8 and np.array_equal(np.load(out), ref)
+    # with sync: a fdatasync per tile; the journal's header and lines, and the output before its rename
+    assert synced == ({"fdatasync": tiles, "fsync": 1 + tiles + 1} if sync else {"fdatasync": 0, "fsync": 0})
+    # a journal left by an interrupted run, resumed in this boot and in another one
+    job = stream_job.job_for(source, spec, w, None, np.float32, 2 << 30, "opencv", 1, (None, None, 8, None))
+    head = stream_job.header(job, out, "npy")
+    Journal(journal_path(out), head, resume=False, sync=sync).record(3)
+    assert Journal(journal_path(out), head, resume=True, sync=sync).done == {3}
+    lines = journal_path(out).read_text().split("\n")
+    first = json.loads(lines[0])
+    assert ("boot" in first) == (not sync)
+    journal_path(out).write_text("\n".join([json.dumps({**first, "boot": "another"} if not sync else first),
+                                             *lines[1:]]))
+    again = Journal(journal_path(out), head, resume=True, sync=sync)
+    assert again.done == ({3} if sync else set()) and again.restarted == (not sync)
+    again.record(5)  # the journal was written anew for this boot: what it records now is trusted
+    assert Journal(journal_path(out), head, resume=True, sync=sync).done == ({3, 5} if sync else {5})
 
 
 def test_journal_refuses_another_job_and_skips_torn_lines(tmp_path):

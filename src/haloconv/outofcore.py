@@ -37,6 +37,7 @@ def conv_file(
     backend: str | None = None,
     dtype: object = "float32",
     resume: bool = False,
+    sync: bool = False,
     on_failure: str = "retry",
     timeout: float = 60.0,
     block: Sequence[int | None] | None = None,
@@ -79,6 +80,14 @@ def conv_file(
         The compute's float type.
     resume : bool
         Go on from an interrupted run's journal (finished tiles are not computed again).
+    sync : bool
+        Make every finished tile durable on disk (fdatasync) before it is journaled, and
+        the output before it is renamed into place: the journal then survives a power loss
+        too.  Default: a tile is journaled once the operating system has it, which survives
+        the run's own end (Ctrl-C, a kill, a failure) at the page cache's speed, as
+        libvips and cp write; a journal from before the machine restarted is not trusted
+        (its tiles are computed again).  A sync waits for the disk, and on ext4 for other
+        files' dirty data too.
     on_failure, timeout
         engine 'processes': a lost worker's tiles go to the others ('retry'), or raise.
     block : sequence of int or None, optional
@@ -149,16 +158,17 @@ def conv_file(
         from haloconv.engines import stream
 
         return stream.run_spmd(source, spec, wt, bt, out, fmt, memory_budget=budget, backend=backend, dtype=dtype,
-                               resume=resume, block=None if block is None else tuple(block), progress=progress)
+                               resume=resume, sync=sync, block=None if block is None else tuple(block),
+                               progress=progress)
     workers = default_workers() if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     if engine == "threads":
         return stream_threads.run(source, spec, wt, bt, out, fmt, memory_budget=budget, threads=workers,
-                                  backend=backend, dtype=dtype, resume=resume,
+                                  backend=backend, dtype=dtype, resume=resume, sync=sync,
                                   block=None if block is None else tuple(block), progress=progress)
     from haloconv.engines import stream
 
     return stream.run(source, spec, wt, bt, out, fmt, memory_budget=budget, workers=workers, backend=backend,
-                      dtype=dtype, resume=resume, on_failure=on_failure, timeout=timeout,
+                      dtype=dtype, resume=resume, sync=sync, on_failure=on_failure, timeout=timeout,
                       block=None if block is None else tuple(block), progress=progress)

@@ -211,6 +211,11 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                    help="streamed output: PREFIX.npy, PREFIX.tif or PREFIX.zarr")
     r.add_argument("--resume", action="store_true",
                    help="streamed runs: go on from the journal of an interrupted run (finished tiles are kept)")
+    r.add_argument("--sync", action="store_true",
+                   help="streamed runs: every finished tile on disk (fdatasync) before it is journaled, and the output "
+                        "before it is renamed: --resume then survives a power loss too (default: a tile is journaled "
+                        "once the system has it, as fast as the page cache; a journal from before a restart is "
+                        "not trusted)")
     r.add_argument("--verify", action="store_true",
                    help="also run the single-node call of the backend and compare (fft: within its tolerance)")
     _add_output_args(r)

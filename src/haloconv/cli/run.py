@@ -161,7 +161,7 @@ def pool_only(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    for flag, bad in (("--resume", args.resume), ("--out-format", args.out_format != "npy")):
+    for flag, bad in (("--resume", args.resume), ("--sync", args.sync), ("--out-format", args.out_format != "npy")):
         if bad:
             raise ValueError(f"{flag} applies to streamed runs (--stream, or an input over --memory-budget)")
     if args.schedule == "static" and args.tiles is not None:

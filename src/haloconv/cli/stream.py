@@ -67,7 +67,7 @@ def run(args: argparse.Namespace, console: Console, source: arrays.DiskArray) ->
     kw = dict(memory_budget=budget, stride=options.int_list(args.stride, "--stride"),
               padding=options.padding(args.padding), dilation=options.int_list(args.dilation, "--dilation"),
               groups=groups, padding_mode=args.padding_mode, backend=args.backend, dtype=args.dtype,
-              resume=args.resume, profile=args.profile, integers=args.integers, layout=args.layout)
+              resume=args.resume, sync=args.sync, profile=args.profile, integers=args.integers, layout=args.layout)
     with console.tracker() as progress:
         if options.under_torchrun():  # every rank streams its share through the shared files
             import torch.distributed as dist

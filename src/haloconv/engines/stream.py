@@ -131,7 +131,7 @@ def run_on(cluster, job: Job, todo: list[int], journal: Journal, progress: Progr
 
 def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Tensor | None, out: Path,
         fmt: str, *, memory_budget: int, workers: int, backend: str = "torch", dtype: torch.dtype = torch.float32,
-        resume: bool = False, on_failure: str = "retry", timeout: float = 60.0,
+        resume: bool = False, sync: bool = False, on_failure: str = "retry", timeout: float = 60.0,
         throttle: dict[int, float] | None = None, block: tuple[int | None, ...] | None = None,
         progress: Progress | None = None) -> StreamResult:
     """Stream ``spec`` over the input file ``source`` into ``out`` (format ``fmt``) with
@@ -151,7 +151,7 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
                 baseline = max(resident(os.getpid()), *(resident(p) for p in cluster.pids()))
                 job = job_for(source, spec, weight, bias, dtype, data_allowance(memory_budget, baseline), backend,
                               4 * workers, block)
-                job, journal = open_output(job, out, fmt, resume)
+                job, journal = open_output(job, out, fmt, resume, sync)
                 result = StreamResult(job.plan, out, 0.0, memory_budget, baseline, skipped=len(journal.done))
                 log.info(describe(job, journal, f"{workers} processes", memory_budget, baseline))
             todo = [i for i in range(len(job.plan.tiles)) if i not in journal.done]
@@ -171,7 +171,7 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
         _, failures = on_fresh_clusters(workers, on_failure, body, go_on, timeout=timeout, throttle=throttle)
         result.failures.extend(failures)
         journal.close()
-        arrays.promote(arrays.partial_path(out), out)
+        arrays.promote(arrays.partial_path(out), out, sync)
         journal.remove()
     finally:
         if journal is not None:
@@ -182,7 +182,7 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
 
 def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Tensor | None, out: Path,
              fmt: str, *, memory_budget: int, backend: str = "torch", dtype: torch.dtype = torch.float32,
-             resume: bool = False, block: tuple[int | None, ...] | None = None, group=None,
+             resume: bool = False, sync: bool = False, block: tuple[int | None, ...] | None = None, group=None,
              progress: Progress | None = None) -> StreamResult | None:
     """Under torchrun (torch.distributed initialised): every rank streams its share of the
     tiles through files all ranks see (a shared file system).  Rank 0 makes the output and
@@ -204,7 +204,7 @@ def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torc
     journal = None
     if rank == 0:  # errors travel to every rank, so all of them raise alike
         try:
-            job, journal = open_output(job, out, fmt, resume)
+            job, journal = open_output(job, out, fmt, resume, sync)
             shared = [(job.sink, sorted(journal.done), journal.resumed)]
             log.info(describe(job, journal, f"{world} ranks", memory_budget, baseline))
         except (ValueError, OSError) as e:
@@ -216,7 +216,7 @@ def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torc
     job = Job(job.plan, job.source, sink, job.weight, job.bias, job.dtype)
     if rank != 0:
         main = journal_path(out)
-        journal = Journal(main.with_name(f"{main.name}.r{rank}"), header(job, out, fmt), resume=False)
+        journal = Journal(main.with_name(f"{main.name}.r{rank}"), header(job, out, fmt), resume=False, sync=sync)
     torch_backend = torch_backend_for(job)
     finished = set(done)
     todo = [i for i in range(len(job.plan.tiles)) if i not in finished]
@@ -236,7 +236,7 @@ def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torc
     dist.all_gather_object(stats, (tiles, nread, peak_rss()), group=group)  # also: every rank is done
     if rank != 0:
         return None
-    arrays.promote(arrays.partial_path(out), out)
+    arrays.promote(arrays.partial_path(out), out, sync)
     journal.remove()
     for part in journal_path(out).parent.glob(journal_path(out).name + ".r*"):
         part.unlink()

@@ -6,6 +6,7 @@ computes with it: a filter streamed on OpenCV never imports it."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import os
@@ -194,17 +195,20 @@ def job_for(source: DiskArray, spec: ConvSpec, weight, bias, dtype, allowance: i
                None if bias is None else np.ascontiguousarray(as_array(bias), dtype), dtype)
 
 
-def open_output(job: Job, out: Path, fmt: str, resume: bool) -> tuple[Job, Journal]:
+def open_output(job: Job, out: Path, fmt: str, resume: bool, sync: bool = False) -> tuple[Job, Journal]:
     """Create the .partial output and a fresh journal, or (``resume``, both there) open
     them and read which tiles are finished.  Journals of SPMD ranks (OUT.journal.rN) are
-    folded into the main one."""
+    folded into the main one.  ``sync``: the output's writes are made durable (its flush)
+    before a tile is journaled, and the journal's lines too; else a tile is journaled once
+    the operating system has its output, and the journal is trusted only until the
+    machine restarts (files/journal.py)."""
     head = header(job, out, fmt)
     partial, main = arrays.partial_path(out), journal_path(out)
     parts = sorted(main.parent.glob(main.name + ".r*"))
     if resume and partial.exists() and main.exists():
-        journal = Journal(main, head, resume=True)
+        journal = Journal(main, head, resume=True, sync=sync)
         for part in parts:
-            other = Journal(part, head, resume=True)
+            other = Journal(part, head, resume=True, sync=sync)
             other.close()
             for index in sorted(other.done - journal.done):
                 journal.record(index)
@@ -212,9 +216,10 @@ def open_output(job: Job, out: Path, fmt: str, resume: bool) -> tuple[Job, Journ
     else:
         block = job.plan.tiles[0].out.shape  # the zarr chunks: no two tiles share one
         sink = arrays.create_output(partial, fmt, job.plan.spec.output_shape, job.dtype, block)
-        journal = Journal(main, head, resume=False)
+        journal = Journal(main, head, resume=False, sync=sync)
     for part in parts:
         part.unlink()
+    sink = dataclasses.replace(sink, durable=sync)
     return Job(job.plan, job.source, sink, job.weight, job.bias, job.dtype), journal
 
 

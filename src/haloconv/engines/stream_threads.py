@@ -47,19 +47,20 @@ MIN_TILES = 8
 
 
 def run(source: DiskArray, spec: ConvSpec, weight, bias, out: Path, fmt: str, *, memory_budget: int, threads: int,
-        backend: str = "torch", dtype: object = np.float32, resume: bool = False,
+        backend: str = "torch", dtype: object = np.float32, resume: bool = False, sync: bool = False,
         block: tuple[int | None, ...] | None = None, progress: Progress | None = None) -> stream.StreamResult:
     """Stream ``spec`` over the input file ``source`` into ``out`` (format ``fmt``) in this
     process, its peak resident memory within ``memory_budget`` bytes; ``threads``: the
     cores the compute uses (OpenCV's, or torch's, thread count for the run).  ``weight``,
     ``bias``: tensors or arrays; ``dtype``: float32 or float64 (torch or numpy).
-    ``progress(done, total)``: called as each tile is written (progress.py)."""
+    ``progress(done, total)``: called as each tile is written (progress.py).  ``sync``:
+    every tile on disk before it is journaled (stream_job.open_output)."""
     t_start = time.perf_counter()
     stream.load_libraries(backend, spec)  # counted in the baseline, not in the tiles' share
     baseline = stream.resident(os.getpid())
     allowance = stream.data_allowance(memory_budget, baseline) // IN_FLIGHT_PEAKS
     job = stream.job_for(source, spec, weight, bias, dtype, allowance, backend, MIN_TILES, block)
-    job, journal = stream.open_output(job, out, fmt, resume)
+    job, journal = stream.open_output(job, out, fmt, resume, sync)
     result = stream.StreamResult(job.plan, out, 0.0, memory_budget, baseline, skipped=len(journal.done))
     log.info(stream.describe(job, journal, f"1 process (read, compute and write overlapped; {threads} compute "
                                            "threads)", memory_budget, baseline))
@@ -70,7 +71,7 @@ def run(source: DiskArray, spec: ConvSpec, weight, bias, out: Path, fmt: str, *,
             nread = _pipeline(job, todo, journal, torch_backend, threads,
                               Counter(progress, len(job.plan.tiles), len(journal.done)).tick)
         journal.close()
-        arrays.promote(arrays.partial_path(out), out)
+        arrays.promote(arrays.partial_path(out), out, sync)
         journal.remove()
     finally:
         journal.close()
@@ -106,7 +107,7 @@ def _pipeline(job: stream.Job, todo: list[int], journal, torch_backend, threads:
 
     def write(index: int, y) -> None:
         job.sink.write(tiles[index].out, y)
-        job.sink.flush()  # durable before it is journaled
+        job.sink.flush()  # with sync: on disk before it is journaled
         journal.record(index)
         progress()
 

@@ -41,6 +41,7 @@ class DiskArray:
     channels: int | None = None  # logical channels (an RGBA file keeps its first 3)
     integers: str = "unit"  # 'unit' or 'keep': how integer values become floats (pixels.to_float)
     layout: str = ""  # what the file's axes were read as, in words
+    durable: bool = False  # an output whose flush makes its writes durable on disk (a run's sync)
 
     @property
     def logical_shape(self) -> tuple[int, ...]:
@@ -105,8 +106,10 @@ class DiskArray:
 
     def flush(self) -> None:
         """Make what this process wrote durable (raw files: fdatasync) before a tile is
-        journaled as done."""
-        if self.kind == "raw":
+        journaled as done, when the output is ``durable`` (a run with sync); else the
+        operating system has it already (pwrite), which is what the journal needs while
+        the machine keeps running."""
+        if self.durable and self.kind == "raw":
             fd = _fds.get((self.path, True))
             if fd is not None:
                 os.fdatasync(fd)
@@ -396,7 +399,15 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
-def promote(partial: Path, final: Path) -> None:
-    """Rename a finished output into place (a folder for zarr)."""
+def promote(partial: Path, final: Path, sync: bool = False) -> None:
+    """Rename a finished output into place (a folder for zarr); ``sync``: its data made
+    durable first, so that the name never shows a file the disk does not hold whole."""
+    if sync:
+        for path in [partial] if partial.is_file() else sorted(p for p in partial.rglob("*") if p.is_file()):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     remove(final)
     os.replace(partial, final)

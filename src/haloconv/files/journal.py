@@ -1,8 +1,17 @@
 """The journal of a streamed run: which tiles are finished, so an interrupted run resumes.
 
 One JSON header line naming the job (input file, size and time stamp, conv, tiling,
-output), then one line per finished tile, appended (and fsync'ed) after the tile's output
-is durable in the output file.  A torn last line (a crash mid-write) is ignored.
+output), then one line per finished tile, appended once the tile's output is in the output
+file.  A torn last line (a crash mid-write) is ignored.
+
+How durable "in the output file" is depends on the run's ``sync``: with it, the output's
+writes reach the disk (fdatasync) before the line is appended, and the line is fsync'ed —
+the journal survives a power loss.  Without it (the default), the line follows the write
+into the page cache: the journal is right for as long as the machine runs, whatever
+becomes of the process (Ctrl-C, a kill, a failure), and costs no wait on the disk.  Such a
+journal names the boot it was written in (``boot``: the kernel's boot id), and a resume
+after the machine restarted does not trust its tiles — they may never have reached the
+disk — and computes them again.
 """
 
 from __future__ import annotations
@@ -17,13 +26,25 @@ def journal_path(output: Path) -> Path:
     return output.with_name(output.name + ".journal")
 
 
+def boot_id() -> str:
+    """This boot of the machine: the kernel's boot id (Linux; empty elsewhere, where a
+    restart goes unseen)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 class Journal:
-    def __init__(self, path: Path, header: dict, resume: bool):
+    def __init__(self, path: Path, header: dict, resume: bool, sync: bool = False):
         self.path = Path(path)
+        self.sync = sync
         header = json.loads(json.dumps(header))  # as it reads back (tuples become lists)
         self.done: set[int] = set()
+        self.restarted = False  # a resumed journal from before the machine restarted, unsynced: not trusted
         self._lock = threading.Lock()
-        if resume and self.path.exists():
+        self.resumed = bool(resume and self.path.exists())
+        if self.resumed:
             # every complete line ends with a newline: what follows the last one is torn
             lines = self.path.read_text().split("\n")[:-1]
             try:
@@ -38,24 +59,29 @@ class Journal:
                     raise ValueError(f"--resume: {str(self.path)!r} is the journal of another job "
                                      f"({key}: {old.get(key)!r} there, {header[key]!r} now); "
                                      "delete it (and the .partial output) to start over")
-            for line in lines[1:]:
-                if line.strip().isdigit():
-                    self.done.add(int(line))
-            self.resumed = True
-        else:
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps(header, sort_keys=True) + "\n")
-            os.replace(tmp, self.path)
-            self.resumed = False
+            self.restarted = "boot" in old and old["boot"] != boot_id()
+            if not self.restarted:
+                self.done = {int(line) for line in lines[1:] if line.strip().isdigit()}
+        # (re)written whole: this run's header (its boot, unless synced) and the tiles trusted
+        head = {**header, "boot": boot_id()} if not sync else header
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(json.dumps(head, sort_keys=True) + "\n" + "".join(f"{i}\n" for i in sorted(self.done)))
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, self.path)
         self._f = open(self.path, "a")
 
     def record(self, index: int) -> None:
-        """Tile ``index`` is finished and its output durable: never compute it again."""
+        """Tile ``index`` is finished and its output written (with sync: on disk): never
+        compute it again."""
         with self._lock:
             self.done.add(index)
             self._f.write(f"{index}\n")
             self._f.flush()
-            os.fsync(self._f.fileno())
+            if self.sync:
+                os.fsync(self._f.fileno())
 
     def close(self) -> None:
         if not self._f.closed:
