@@ -7,7 +7,7 @@ the signal's number there at once, whatever the main thread is doing): it says
 "interrupted", gives the main thread STOP_GRACE_S to unwind cleanly (stop its worker
 processes, close its files), and otherwise kills this process's children and exits
 with 130 itself.  Nothing is lost that a run keeps: a streamed run's journal counts only
-tiles whose output is durable (``--resume`` goes on from it), and every other output is
+tiles whose output is written (``--resume`` goes on from it), and every other output is
 written beside its name and renamed into place, so none is left half written.
 """
 
