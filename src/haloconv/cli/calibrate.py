@@ -167,8 +167,8 @@ def measure_call_efficiency(prof: Profile, grid: dict, alone: dict, repeat: int,
     torch.set_num_threads(cores)
     try:
         for name, b in backends.REGISTRY.items():
-            keys = [key for key in grid if key[0] == name and b.default_call_efficiency]
-            if not keys:
+            keys = [key for key in grid if key[0] == name]
+            if not keys or not b.default_call_efficiency:
                 continue
             pts = {math.prod(grid[k][1].kernel): alone[k] / _conv_seconds(name, grid[k][1], repeat) / cores
                    for k in keys}

@@ -86,7 +86,7 @@ def read_window(job: Job, index: int, buf: np.ndarray | None = None) -> tuple[np
     nread = 0
     for piece in tile.pieces:
         dest = buf[piece.dst.slices()]
-        nread += piece.src.volume * np.dtype(job.source.dtype).itemsize
+        nread += piece.elements * np.dtype(job.source.dtype).itemsize
         if all(s == 1 for s in piece.steps) and job.source.read_into(piece.src, dest):
             continue
         dest[...] = piece_data(job.source.read(piece.src, job.dtype), piece)

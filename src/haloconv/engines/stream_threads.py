@@ -104,6 +104,7 @@ def _pipeline(job: stream.Job, todo: list[int], journal, torch_backend, threads:
     nread = 0
     windows, outputs = _Buffers(job.dtype), _Buffers(job.dtype)
     tiles = job.plan.tiles
+    pooled = torch_backend is None  # the array path computes into an output buffer used again; torch's makes its own
 
     def write(index: int, y) -> None:
         job.sink.write(tiles[index].out, y)
@@ -123,14 +124,13 @@ def _pipeline(job: stream.Job, todo: list[int], journal, torch_backend, threads:
                 window, n = ahead.result()
                 nread += n
                 ahead = read(todo[k + 1]) if k + 1 < len(todo) else None
-                # the array path computes into a buffer used again; torch's makes its own
                 y = stream.compute_box(job, index, window, torch_backend, threads,
-                                       outputs.take(tiles[index].out.shape) if torch_backend is None else None)
+                                       outputs.take(tiles[index].out.shape) if pooled else None)
                 windows.give(window)
                 del window
                 if behind is not None:
                     behind.result()  # one write in flight: its output is the third tile held
-                    outputs.give(written if torch_backend is None else None)
+                    outputs.give(written if pooled else None)
                 behind, written = writer.submit(write, index, y), y
                 del y
             if behind is not None:

@@ -110,7 +110,11 @@ def _scratch(slot: int, shape: tuple[int, ...], dtype) -> np.ndarray:
     """A buffer of this thread's, used again by the next call of the same shape: the
     row-end strips a call computes again are as tall as its tile (a few MB at 8192 rows),
     and mapping, faulting in and unmapping fresh ones for every tile would cost more than
-    filtering them.  A thread keeps a few per slot, the last shapes it used."""
+    filtering them.  A thread keeps a few per slot, the last shapes it used, none larger
+    than SCRATCH_MAX_BYTES: a whole tile copied (padded past the kernel's centre) is not
+    kept once its call is done."""
+    if math.prod(shape) * np.dtype(dtype).itemsize > SCRATCH_MAX_BYTES:
+        return np.empty(shape, dtype)
     kept = _scratches.__dict__.setdefault(slot, {})
     key = (tuple(shape), np.dtype(dtype).str)
     if key not in kept:
@@ -121,6 +125,7 @@ def _scratch(slot: int, shape: tuple[int, ...], dtype) -> np.ndarray:
 
 
 SCRATCH_SHAPES = 4  # per thread and slot: a tile's row-end strip, its top and bottom rows, one more
+SCRATCH_MAX_BYTES = 16 << 20  # a row-end strip of a 16384-row tile in float64 is 13 MB
 
 
 class OpenCV(Backend):
