@@ -12,6 +12,18 @@ import torch.nn as nn
 import haloconv.nn as hnn
 
 
+def _thread_names() -> list[str]:
+    """The names of this process's live threads.  A thread listed in /proc/self/task may end
+    before its name is read (its entry is then gone): it is not alive, so it is left out."""
+    names = []
+    for t in os.listdir("/proc/self/task"):
+        try:
+            names.append(Path(f"/proc/self/task/{t}/comm").read_text().strip())
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return names
+
+
 def main() -> None:
     dist.init_process_group("gloo")
     torch.manual_seed(0)
@@ -33,7 +45,7 @@ def main() -> None:
     dist.destroy_process_group()  # `loss` and its graph are still alive here
     # the group is gone with its threads now, not torn down at interpreter exit (where gloo
     # now and then aborted the process): see haloconv/nn/__init__.py
-    names = [Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in os.listdir("/proc/self/task")]
+    names = _thread_names()
     assert not any(n.startswith(("pt_gloo", "gloo")) for n in names), names
     if rank == 0:
         print("GROUP FREED", flush=True)
