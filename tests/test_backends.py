@@ -74,7 +74,7 @@ def test_property_fft_within_tolerance_of_torch(case, dense):
 
 def test_property_opencv_split_is_bitwise_whole_opencv_where_it_filters_directly(monkeypatch):
     """Below opencv.DIRECT_TAPS taps a split run equals the same procedure on the whole image
-    bit for bit (every output from the SIMD body of a call); above, OpenCV may transform
+    bit for bit (every padding, mode, dilation); above, OpenCV may transform
     (within its tolerance of torch).  Both kinds of case are reached, and planes filtered in
     one call on the plane itself (opencv.direct) as well as from padded copies."""
     kinds: collections.Counter = collections.Counter()
@@ -97,6 +97,53 @@ def test_property_opencv_split_is_bitwise_whole_opencv_where_it_filters_directly
 
     check()
     assert kinds["direct"] >= 20 and kinds["transform"] >= 1 and kinds["one call"] >= 20, kinds
+
+
+def test_property_opencv_split_is_bitwise_opencv_own_call_on_the_whole_image():
+    """An odd kernel padded 'same' with zeros: a split run, and single_node, equal OpenCV's
+    own call on the whole image (filter2D, or sepFilter2D with the kernel's factors) bit for
+    bit, the image's last columns included, which OpenCV computes outside its SIMD body.
+    Reached: tiles that end the image's rows from a column opencv.ALIGN divides (their call is
+    the image's own there: every tile of a split by rows), from one it does not (split by
+    columns or tiles, the last ones again from a call aligned as the image's), and images
+    narrower than opencv.TAIL (every column among the image's last)."""
+    import cv2
+    import numpy as np
+
+    from haloconv.compute.backends import separable
+
+    reached: collections.Counter = collections.Counter()
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.sampled_from((np.float32, np.float64)), st.sampled_from((1, 3, 5, 7)), st.sampled_from((1, 3, 5, 7)),
+           st.integers(5, 90), st.integers(5, 300), st.booleans(), st.booleans(),
+           st.sampled_from((("rows", 3), ("cols", 2), ("cols", 3), ("cols", 5), ("grid", 4))), st.integers(0, 2**16))
+    def check(dtype, kh, kw, height, width, rank1, symmetric, split, seed):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((1, 1, height, width)).astype(dtype)
+        ky, kx, w = rng.standard_normal(kh), rng.standard_normal(kw), rng.standard_normal((kh, kw))
+        if symmetric:  # OpenCV sums a symmetric kernel in pairs
+            ky, kx, w = ky + ky[::-1], kx + kx[::-1], w + w[::-1, ::-1]
+        w = (np.outer(ky, kx) if rank1 else w).astype(dtype)[None, None]
+        if rank1:
+            fx, fy = separable.factors(w[0, 0])
+            whole = cv2.sepFilter2D(x[0, 0], -1, fx, fy, borderType=cv2.BORDER_CONSTANT)
+        else:
+            whole = cv2.filter2D(x[0, 0], -1, w[0, 0], borderType=cv2.BORDER_CONSTANT)
+        name = "separable" if rank1 else "opencv"
+        spec = ConvSpec.from_args(x.shape, w.shape, None, padding="same")
+        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+        assert np.array_equal(backends.single_node(name, xt, wt, None, spec)[0, 0].numpy(), whole)
+        plan = haloconv.plan(x.shape, wt, padding="same", partition=split[0], workers=split[1], backend=name)
+        for t in plan.tiles:  # counted from the plan, apart from the code under test
+            if t.out.hi[3] == width:
+                reached["aligned end" if t.out.lo[3] % opencv.ALIGN == 0 else "end elsewhere"] += 1
+        reached["narrow"] += width < opencv.TAIL
+        y = haloconv.conv(xt, wt, padding="same", partition=split[0], workers=split[1], backend=name)
+        assert np.array_equal(y[0, 0].numpy(), whole)
+
+    check()
+    assert min(reached["aligned end"], reached["end elsewhere"], reached["narrow"]) >= 5, reached
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -27,14 +27,15 @@ def compute_tile(plan: Plan, tile: Tile, window: torch.Tensor, weight: torch.Ten
     extra copy; else a view of the computed outputs when it can be (the caller copies it
     where it must)."""
     return backends.compute(plan.backend, window, weight, bias, plan.spec, tile.groups, torch_backend, tile.first,
-                            tile.out.shape[2:], out)
+                            tile.out.shape[2:], out, origin=tile.out.lo[2:])
 
 
 def compute_tile_array(plan: Plan, tile: Tile, window: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                        out: np.ndarray, threads: int) -> None:
     """``compute_tile`` on numpy arrays, into ``out`` (the tile's output box), with
     ``threads`` cores, for a plan whose backend computes arrays (no torch): the same bits."""
-    backends.get(plan.backend).compute_array(window, weight, bias, plan.spec, tile.first, out, threads)
+    backends.get(plan.backend).compute_array(window, weight, bias, plan.spec, tile.first, out, threads,
+                                             origin=tile.out.lo[2:])
 
 
 def tile_backward(plan: Plan, tile: Tile, window: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor,

@@ -85,9 +85,10 @@ def label(name: str, torch_backend: object) -> str:
 
 def compute(name: str, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec,
             groups: int, torch_backend: object, first: Sequence[int], out_shape: Sequence[int],
-            out: torch.Tensor | None = None) -> torch.Tensor:
-    """One tile's output box from its window with backend ``name`` (into ``out`` if given)."""
-    return get(name).compute(window, weight, bias, spec, groups, torch_backend, first, out_shape, out)
+            out: torch.Tensor | None = None, *, origin: Sequence[int]) -> torch.Tensor:
+    """One tile's output box from its window with backend ``name`` (into ``out`` if given);
+    ``origin``: the box's first output's index in the whole output."""
+    return get(name).compute(window, weight, bias, spec, groups, torch_backend, first, out_shape, out, origin=origin)
 
 
 def single_node(name: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -78,7 +78,7 @@ class Backend:
         return False
 
     def compute_array(self, window: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec,
-                      first: Sequence[int], out: np.ndarray, threads: int) -> None:
+                      first: Sequence[int], out: np.ndarray, threads: int, *, origin: Sequence[int]) -> None:
         """``compute`` on numpy arrays, into ``out`` (the tile's output box), with ``threads``
         cores: the same outputs, bit for bit, as ``compute`` on tensors of these values."""
         raise NotImplementedError
@@ -91,12 +91,14 @@ class Backend:
 
     def compute(self, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec,
                 groups: int, torch_backend: object, first: Sequence[int], out_shape: Sequence[int],
-                out: torch.Tensor | None = None) -> torch.Tensor:
+                out: torch.Tensor | None = None, *, origin: Sequence[int]) -> torch.Tensor:
         """One tile's output box from its window (geometry.Axis.compute_window) padded by
         the backend padding as kernels.conv_tile pads it, keeping the same outputs.  With
         ``out`` (a tensor of the box's shape, e.g. the box of the whole result) the outputs
         are written into it and it is returned; without, a view of the computed outputs
-        when it can be (no copy)."""
+        when it can be (no copy).  ``origin``: the index of the box's first output in the
+        whole output, per spatial axis (a backend whose arithmetic depends on where an
+        output falls in its call computes each as the call on the whole input would)."""
         y = self.correlate(window, weight, spec, groups)
         y = y[(slice(None), slice(None), *(slice(None, None, s) for s in spec.stride))]
         y = y[(slice(None), slice(None), *(slice(f, f + n) for f, n in zip(first, out_shape)))]
@@ -114,7 +116,8 @@ class Backend:
             pad += [lo - q, hi - q]  # the rest is the backend padding, applied like a tile's
         if any(pad):
             x = F.pad(x, pad, mode="constant" if spec.padding_mode == "zeros" else spec.padding_mode)
-        return self.compute(x, weight, bias, spec, spec.groups, None, (0,) * spec.ndim, spec.out_spatial)
+        return self.compute(x, weight, bias, spec, spec.groups, None, (0,) * spec.ndim, spec.out_spatial,
+                            origin=(0,) * spec.ndim)
 
     def label(self, torch_backend: object) -> str:
         """What computed the tiles, for reports."""

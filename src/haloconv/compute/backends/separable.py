@@ -72,7 +72,7 @@ class Separable(OpenCV):
         return None
 
     def fill_channels(self, window: np.ndarray, weight: np.ndarray, spec: ConvSpec, first: Sequence[int],
-                      out: np.ndarray, threads: int) -> None:
+                      out: np.ndarray, threads: int, origin: Sequence[int] | None) -> None:
         why = self.refuses(weight)
         if why is not None:
             raise ValueError(why)
@@ -83,7 +83,7 @@ class Separable(OpenCV):
             kx, ky = pairs[c]
             return lambda src, dst: cv2.sepFilter2D(src, -1, kx, ky, dst=dst, borderType=cv2.BORDER_CONSTANT)
 
-        fill(window, ks.shape[2:], spec, first, out, sep, threads)
+        fill(window, ks.shape[2:], spec, first, out, sep, threads, origin)
 
     def work(self, spec: ConvSpec, window: Sequence[int], out: Sequence[int], groups: int) -> dict[str, float]:
         pixels = out[0] * out[1] * math.prod(w + 2 * p for w, p in zip(window[2:], spec.backend_pad))

@@ -33,7 +33,7 @@ class TorchConv(Backend):
 
     def compute(self, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec,
                 groups: int, torch_backend: object, first: Sequence[int], out_shape: Sequence[int],
-                out: torch.Tensor | None = None) -> torch.Tensor:
+                out: torch.Tensor | None = None, *, origin: Sequence[int]) -> torch.Tensor:
         from haloconv.compute import kernels
 
         y = kernels.conv_tile(window, weight, bias, spec, groups, torch_backend, first, out_shape)
