@@ -219,7 +219,8 @@ def open_output(job: Job, out: Path, fmt: str, resume: bool, sync: bool = False)
         journal = Journal(main, head, resume=False, sync=sync)
     for part in parts:
         part.unlink()
-    sink = dataclasses.replace(sink, durable=sync)
+    # written around the page cache where the file system allows it (files/arrays.py)
+    sink = dataclasses.replace(sink, durable=sync, direct=True)
     return Job(job.plan, job.source, sink, job.weight, job.bias, job.dtype), journal
 
 

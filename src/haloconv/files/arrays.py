@@ -7,7 +7,11 @@ axis map says where each logical axis lives in the file (an RGB TIFF is H x W x 
 
 - raw: C-ordered data at a byte offset (.npy, and uncompressed contiguous TIFF) —
   read with pread and written with pwrite run by run: no memory map, so nothing of the
-  file counts towards the process's resident memory.
+  file counts towards the process's resident memory.  An output marked ``direct`` is
+  written around the page cache (O_DIRECT) where its file system allows it: the cache
+  would only hold a copy of an output bigger than memory, and filling it takes pages the
+  machine may first have to find (a virtual machine whose host took its free memory back
+  fills the cache 10x slower than its disk takes direct writes).
 - zarr: a zarr array (a .zarr folder), or a tiled/striped/compressed TIFF seen through
   tifffile's zarr store (read only).  Only the chunks a box touches are decoded.
 """
@@ -16,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import mmap
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +48,7 @@ class DiskArray:
     integers: str = "unit"  # 'unit' or 'keep': how integer values become floats (pixels.to_float)
     layout: str = ""  # what the file's axes were read as, in words
     durable: bool = False  # an output whose flush makes its writes durable on disk (a run's sync)
+    direct: bool = False  # an output written around the page cache where it can be (module docstring)
 
     @property
     def logical_shape(self) -> tuple[int, ...]:
@@ -110,13 +117,14 @@ class DiskArray:
         operating system has it already (pwrite), which is what the journal needs while
         the machine keeps running."""
         if self.durable and self.kind == "raw":
-            fd = _fds.get((self.path, True))
-            if fd is not None:
-                os.fdatasync(fd)
+            for key in ((self.path, True), (self.path, "direct")):
+                fd = _fds.get(key)
+                if fd is not None and fd >= 0:
+                    os.fdatasync(fd)
 
 
 # -- raw files: pread/pwrite, run by run ------------------------------------------------------
-_fds: dict[tuple[str, bool], int] = {}  # per process: (path, writable) -> fd, opened once
+_fds: dict[tuple[str, bool | str], int] = {}  # per process: (path, writable or 'direct') -> fd (-1: none), opened once
 
 
 def _fd(path: str, write: bool) -> int:
@@ -129,7 +137,8 @@ def _fd(path: str, write: bool) -> int:
 def close_all() -> None:
     """Close this process's open files (end of a streamed run)."""
     for fd in _fds.values():
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
     _fds.clear()
     for store in _zarrs.values():
         close = getattr(store[1], "close", None)
@@ -156,16 +165,75 @@ def _raw_io(arr: DiskArray, ranges, data: np.ndarray | None, into: np.ndarray | 
     for r, idx in enumerate(np.ndindex(*ext[:j])):
         pos = arr.offset + (base + sum(i * s for i, s in zip(idx, strides))) * item
         view = memoryview(flat[r]).cast("B")
-        done = 0
-        while done < len(view):  # a pread/pwrite may move fewer bytes than asked
-            if data is None:
-                n = os.preadv(fd, [view[done:]], pos + done)
-            else:
-                n = os.pwrite(fd, view[done:], pos + done)
-            if n <= 0:
-                raise ValueError(f"{arr.path!r} is shorter than its header says (truncated?)")
-            done += n
+        if data is not None and arr.direct:
+            view = _write_direct(arr.path, view, pos)  # the part around the page cache; the rest below
+        _move(arr.path, fd, view, pos, data is None)
     return out
+
+
+def _move(path: str, fd: int, view: memoryview, pos: int, read: bool) -> None:
+    done = 0
+    while done < len(view):  # a pread/pwrite may move fewer bytes than asked
+        n = os.preadv(fd, [view[done:]], pos + done) if read else os.pwrite(fd, view[done:], pos + done)
+        if n <= 0:
+            raise ValueError(f"{path!r} is shorter than its header says (truncated?)")
+        done += n
+
+
+DIRECT_ALIGN = 4096  # O_DIRECT: file offsets, lengths and memory aligned to the device's block (at most a page)
+DIRECT_MIN = 1 << 20  # runs shorter than this go through the page cache (a few rows of a column split)
+BOUNCE_BYTES = 4 << 20  # per thread: the aligned buffer direct writes go out from
+
+
+def _write_direct(path: str, view: memoryview, pos: int) -> memoryview:
+    """Write the blocks of ``view`` (bytes for file offset ``pos``) that lie whole in
+    DIRECT_ALIGN-aligned blocks of the file around the page cache, through a page-aligned
+    buffer of this thread's; return what is left for a buffered write: the bytes before
+    them, or all of ``view`` when the run is short or the file system refuses O_DIRECT.
+    The bytes after them are written buffered here.  Direct and buffered writes never share
+    a block, so the page cache and the disk never disagree about one."""
+    lo = -(-pos // DIRECT_ALIGN) * DIRECT_ALIGN
+    hi = (pos + len(view)) // DIRECT_ALIGN * DIRECT_ALIGN
+    if hi - lo < DIRECT_MIN:
+        return view
+    fd = _direct_fd(path)
+    if fd < 0:
+        return view
+    bounce = _bounce()
+    at = lo
+    while at < hi:
+        n = min(hi - at, len(bounce))
+        bounce[:n] = view[at - pos:at - pos + n]
+        try:
+            _move(path, fd, bounce[:n], at, read=False)
+        except OSError:  # refused after all (EINVAL): everything buffered from here on
+            if at != lo:
+                raise
+            os.close(fd)
+            _fds[(path, "direct")] = -1
+            return view
+        at += n
+    _move(path, _fd(path, True), view[hi - pos:], hi, read=False)
+    return view[:lo - pos]
+
+
+def _direct_fd(path: str) -> int:
+    key = (path, "direct")
+    if key not in _fds:
+        try:
+            _fds[key] = os.open(path, os.O_WRONLY | getattr(os, "O_DIRECT", 0)) if hasattr(os, "O_DIRECT") else -1
+        except OSError:  # a file system without direct I/O (tmpfs): the page cache then
+            _fds[key] = -1
+    return _fds[key]
+
+
+_bounces = threading.local()
+
+
+def _bounce() -> memoryview:
+    if not hasattr(_bounces, "buf"):
+        _bounces.buf = mmap.mmap(-1, BOUNCE_BYTES)  # page-aligned, and used again tile after tile
+    return memoryview(_bounces.buf)
 
 
 # -- zarr (and TIFF through tifffile's zarr store) ------------------------------------------
