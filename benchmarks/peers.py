@@ -13,9 +13,10 @@ S x S float32, a random k x k kernel, zero padding ('same'), 2 workers:
   torch        F.conv2d in one process, 2 threads
 Every run is a fresh process (its memory high-water mark is its own); methods interleaved,
 best of N and the median; --warm W also times W more calls in each process after its first
-(best reported: a process filtering image after image, apart from a fresh process's state).  Peak extra memory: the high-water mark above the process's resident memory once
-the input exists (for haloconv, plus each worker's growth over its idle size).  Outputs are
-compared with scipy's.  Load average beside every figure.  Not a test.  (haloconv.cli.bench.peers)
+(best reported: a process filtering image after image, apart from a fresh process's state).
+Peak extra memory: the high-water mark above the process's resident memory once the input
+exists (for haloconv, plus each worker's growth over its idle size). Outputs are compared
+with scipy's. Load average beside every figure. Not a test. (haloconv.cli.bench.peers)
 """
 
 import argparse
