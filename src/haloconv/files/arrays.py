@@ -220,10 +220,12 @@ def _write_direct(path: str, view: memoryview, pos: int) -> memoryview:
 def _direct_fd(path: str) -> int:
     key = (path, "direct")
     if key not in _fds:
-        try:
-            _fds[key] = os.open(path, os.O_WRONLY | getattr(os, "O_DIRECT", 0)) if hasattr(os, "O_DIRECT") else -1
-        except OSError:  # a file system without direct I/O (tmpfs): the page cache then
-            _fds[key] = -1
+        _fds[key] = -1  # a platform or file system without direct I/O (tmpfs): the page cache then
+        if hasattr(os, "O_DIRECT"):
+            try:
+                _fds[key] = os.open(path, os.O_WRONLY | os.O_DIRECT)
+            except OSError:
+                pass
     return _fds[key]
 
 
