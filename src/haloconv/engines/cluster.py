@@ -3,8 +3,8 @@ stop, faults, healing) and the collective step every operation of engines/ops/ i
 
 from __future__ import annotations
 
+import logging
 import os
-import pickle
 import subprocess
 import sys
 import time
@@ -18,8 +18,11 @@ from haloconv.engines.comm import Comm
 from haloconv.engines.errors import WorkerError
 from haloconv.engines.execution import Execution, execution_from_reports
 from haloconv.engines.host import default_workers
+from haloconv.engines.sealed import Forged, new_secret, seal, unseal
 from haloconv.engines.worker import HOST, group_of, keep_heap, shutdown
 from haloconv.planning.plan import Plan
+
+log = logging.getLogger(__name__)
 
 
 class Cluster:
@@ -57,6 +60,8 @@ class Cluster:
         self._procs: dict[int, subprocess.Popen] = {}
         self._comm: Comm | None = None
         self._store = None
+        self._secret = new_secret()  # seals every command and reply (engines/sealed.py)
+        self._forged: set[str] = set()  # keys where a forged reply was dropped (logged once each)
         self._seq = 0
         self._generation = 0
         self._next_id = 0
@@ -82,7 +87,13 @@ class Cluster:
             args = (rank, self.workers, self._store.port, self.timeout, self.threads_per_worker, self.start_timeout,
                     self._seq, self._generation)
             cmd = [sys.executable, "-c", f"from haloconv.engines.worker import worker_main; worker_main{args!r}"]
-            self._procs[rank] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=_worker_env())
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=_worker_env())
+            try:  # the secret goes through the pipe, seen by no other process (sealed.py)
+                proc.stdin.write(self._secret)
+                proc.stdin.close()
+            except OSError:  # the worker is already gone: found dead by the wait for it
+                pass
+            self._procs[rank] = proc
 
     def _join(self) -> None:
         """Wait until every worker of this generation is ready, form the group with them, and
@@ -115,7 +126,10 @@ class Cluster:
         for r in ranks:
             key = f"haloconv/error/{r}"
             if self._store.check([key]):
-                texts.append(f"\nworker {r}: {self._store.get(key).decode()}")
+                try:
+                    texts.append(f"\nworker {r}: {unseal(self._secret, key, self._store.get(key))}")
+                except Forged as e:
+                    log.warning("dropped %s (not sent by this cluster's workers)", e)
                 self._store.delete_key(key)
         return "".join(texts)
 
@@ -182,7 +196,8 @@ class Cluster:
         self._seq += 1
         for rank in range(1, self.workers) if ranks is None else ranks:
             c = cmd[rank] if rank in cmd else cmd
-            self._store.set(f"haloconv/cmd/{rank}/{seq}", pickle.dumps(c))
+            key = f"haloconv/cmd/{rank}/{seq}"
+            self._store.set(key, seal(self._secret, key, c))
         return seq
 
     def _require_alive(self) -> None:
@@ -258,10 +273,10 @@ class Cluster:
             progressed = False
             for rank in list(pending):  # in turn; once late, every silent one once more
                 key = f"haloconv/report/{rank}/{seq}"
-                if self._store.check([key]):
-                    replies[rank] = pickle.loads(self._store.get(key))
-                    self._store.delete_key(key)
-                    failed = failed or "error" in replies[rank]
+                reply = self._reply(key)
+                if reply is not None:
+                    replies[rank] = reply
+                    failed = failed or "error" in reply
                 elif self._procs[rank].poll() is not None:
                     dead.append(rank)
                     failed = True
@@ -279,6 +294,23 @@ class Cluster:
                 time.sleep(pause)
                 pause = min(2 * pause, 0.002)
         return replies, dead, pending
+
+    def _reply(self, key: str) -> dict | None:
+        """The worker's reply under ``key``, or None while there is none.  A value the
+        cluster's secret did not seal is left unread (logged once; the worker's own reply
+        replaces it under the same key)."""
+        if not self._store.check([key]):
+            return None
+        data = self._store.get(key)
+        try:
+            reply = unseal(self._secret, key, data)
+        except Forged as e:
+            if key not in self._forged:
+                self._forged.add(key)
+                log.warning("dropped %s (not sent by this cluster's workers)", e)
+            return None
+        self._store.delete_key(key)
+        return reply
 
     def _fault(self, errors: dict[int, str], dead: list[int], hung: list[int],
                master_error: BaseException | None) -> WorkerError | None:

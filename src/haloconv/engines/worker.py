@@ -6,8 +6,8 @@ import ctypes
 import gc
 import importlib
 import os
-import pickle
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -20,9 +20,11 @@ from haloconv.compute import kernels
 from haloconv.engines import spmd
 from haloconv.engines.comm import Comm
 from haloconv.engines.host import peak_rss
+from haloconv.engines.sealed import Forged, read_secret, seal, unseal
 
 HOST = "127.0.0.1"
 IDLE = timedelta(days=3650)  # how long an idle worker waits for its next command
+FORGED_PAUSE_S = 0.05  # after a forged command: the master's own replaces it under the same key
 
 
 def _die_with_parent() -> None:
@@ -57,6 +59,7 @@ def worker_main(rank: int, world: int, port: int, timeout: float, threads: int, 
     peer waiting on it fails at once); it then waits for the master's 'regroup'."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: die at once, the master cleans up
+    secret = read_secret(0)  # from the master, through the pipe on stdin (engines/sealed.py)
     torch.set_num_threads(threads)
     store = dist.TCPStore(HOST, port, world, False, timedelta(seconds=start_timeout))
     comm: Comm | None = _join(store, rank, world, timeout, start_timeout, generation)
@@ -67,9 +70,7 @@ def worker_main(rank: int, world: int, port: int, timeout: float, threads: int, 
             # commands come through the store: an idle worker waits without a timeout, and
             # the store (served by the master) vanishing ends the wait with an error
             key = f"haloconv/cmd/{rank}/{seq}"
-            store.wait([key], IDLE)
-            cmd = pickle.loads(store.get(key))
-            store.delete_key(key)
+            cmd = _next_command(store, key, secret)
             seq += 1
             op = cmd["op"]
             if op == "stop":
@@ -99,10 +100,32 @@ def worker_main(rank: int, world: int, port: int, timeout: float, threads: int, 
                 traceback.clear_frames(e.__traceback__)  # its frames' in-flight messages hold the group
                 shutdown(comm)
                 comm = None
-            store.set(f"haloconv/report/{rank}/{seq - 1}", pickle.dumps(report))
+            reply = f"haloconv/report/{rank}/{seq - 1}"
+            store.set(reply, seal(secret, reply, report))
     except Exception:
-        store.set(f"haloconv/error/{rank}", traceback.format_exc())
+        store.set(f"haloconv/error/{rank}", seal(secret, f"haloconv/error/{rank}", traceback.format_exc()))
         os._exit(1)
+
+
+def _next_command(store, key: str, secret: bytes) -> dict:
+    """The command the master posted under ``key``.  A value there that the cluster's secret
+    did not seal is dropped unread (logged once) and the wait goes on: the master's own
+    command replaces it under the same key."""
+    said = False
+    while True:
+        store.wait([key], IDLE)
+        data = store.get(key)
+        try:
+            cmd = unseal(secret, key, data)
+        except Forged as e:
+            if not said:  # a worker has no log handler of its own: its stderr is the master's
+                print(f"haloconv: warning: a worker dropped {e} (not sent by this cluster's master)",
+                      file=sys.stderr, flush=True)
+                said = True
+            time.sleep(FORGED_PAUSE_S)
+            continue
+        store.delete_key(key)
+        return cmd
 
 
 def _join(store, rank: int, world: int, timeout: float, start_timeout: float, generation: int) -> Comm:
