@@ -331,8 +331,9 @@ def test_sync_puts_each_tile_on_disk_and_a_journal_without_it_trusts_one_boot(tm
     tiles = len(res.plan.tiles)
     ref = backends.single_node("opencv", torch.from_numpy(x), torch.from_numpy(w), None, spec).numpy()
     assert tiles == 8 and np.array_equal(np.load(out), ref)
-    # with sync: a fdatasync per tile; the journal's header and lines, and the output before its rename
-    assert synced == ({"fdatasync": tiles, "fsync": 1 + tiles + 1} if sync else {"fdatasync": 0, "fsync": 0})
+    # with sync: a fdatasync per tile; the journal's header and lines, the receipt, and the output before
+    # its rename
+    assert synced == ({"fdatasync": tiles, "fsync": 1 + tiles + 1 + 1} if sync else {"fdatasync": 0, "fsync": 0})
     # a journal left by an interrupted run, resumed in this boot and in another one
     job = stream_job.job_for(source, spec, w, None, np.float32, 2 << 30, "opencv", 1, (None, None, 8, None))
     head = stream_job.header(job, out, "npy")

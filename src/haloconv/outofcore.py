@@ -6,19 +6,22 @@ torchrun ranks (engines/stream.py) do."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from haloconv import units
 from haloconv.compute import backends
-from haloconv.engines import stream_threads
+from haloconv.engines import stream_job, stream_threads
 from haloconv.engines.host import default_workers
 from haloconv.engines.stream_job import float_dtype
 from haloconv.files import arrays
 from haloconv.model import cost
 from haloconv.planner import check_filters
 from haloconv.planning.spec import ConvSpec, IntOrTuple
+
+log = logging.getLogger(__name__)
 
 
 def conv_file(
@@ -37,6 +40,7 @@ def conv_file(
     backend: str | None = None,
     dtype: object = "float32",
     resume: bool = False,
+    overwrite: bool = False,
     sync: bool = False,
     on_failure: str = "retry",
     timeout: float = 60.0,
@@ -79,7 +83,15 @@ def conv_file(
     dtype : {'float32', 'float64'}
         The compute's float type.
     resume : bool
-        Go on from an interrupted run's journal (finished tiles are not computed again).
+        Go on from an interrupted run's journal (finished tiles are not computed again).  On
+        a complete output whose receipt (OUTPUT.receipt.json: the input's path, size and
+        time stamp, the conv, the filters' digest, backend, dtype, format) says it is this
+        computation, nothing is done (the result's ``complete`` is True); another
+        computation's output, or one without a receipt, is refused.
+    overwrite : bool
+        Replace an existing output (a regular file, or a .zarr store haloconv wrote; never
+        a folder, device or FIFO), or start an interrupted run over.  Without it (or
+        ``resume``) an existing output or an interrupted run's journal is refused.
     sync : bool
         Make every finished tile durable on disk (fdatasync) before it is journaled, and
         the output before it is renamed into place: the journal then survives a power loss
@@ -114,7 +126,13 @@ def conv_file(
     Raises
     ------
     ValueError
-        An unreadable input, an output format or budget that cannot work, naming them.
+        Before anything is created: an unreadable input, an output format or budget that
+        cannot work, an output that exists (see ``resume``, ``overwrite``), a folder that
+        is read-only, a file system without room for the output, a library the files need
+        (zarr), naming them.
+    OSError
+        A write that fails during the run (a full disk, an I/O error): the journal keeps
+        the tiles finished, and ``resume=True`` goes on once the cause is fixed.
 
     Notes
     -----
@@ -139,6 +157,8 @@ def conv_file(
         raise ValueError(f"output must end in one of {['.' + f for f in arrays.FORMATS]}, got {str(out)!r}")
     dtype = float_dtype(dtype)
     source = arrays.open_input(input, integers, layout)
+    if source.kind != "raw" or fmt == "zarr":  # every library the files need, before anything is created
+        arrays.import_zarr()
     wt = check_filters(weight)
     bt = None if bias is None else check_filters(bias, "bias")
     spec = ConvSpec.from_args(source.logical_shape, tuple(wt.shape), None if bt is None else tuple(bt.shape),
@@ -153,16 +173,24 @@ def conv_file(
         backend = cost.stream_backend(spec, prof, wt)
     else:
         backends.check(backend, spec, wt)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if spmd:
+    if spmd:  # rank 0 checks the output (stream.run_spmd), and every rank hears its answer
         from haloconv.engines import stream
 
         return stream.run_spmd(source, spec, wt, bt, out, fmt, memory_budget=budget, backend=backend, dtype=dtype,
-                               resume=resume, sync=sync, block=None if block is None else tuple(block),
-                               progress=progress)
+                               resume=resume, overwrite=overwrite, sync=sync,
+                               block=None if block is None else tuple(block), progress=progress)
     workers = default_workers() if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    ident = stream_job.identity(source, spec, wt, bt, backend, dtype, fmt)
+    state = stream_job.prepare_output(out, ident, spec.output_shape, dtype.itemsize, resume=resume,
+                                      overwrite=overwrite)
+    if state == "complete":
+        log.info("%s is complete (its receipt is this computation's); nothing to do", out)
+        return stream_job.complete_result(source, spec, wt, bt, dtype, budget, backend, block, out)
+    if state == "fresh":
+        stream_job.start_over(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     if engine == "threads":
         return stream_threads.run(source, spec, wt, bt, out, fmt, memory_budget=budget, threads=workers,
                                   backend=backend, dtype=dtype, resume=resume, sync=sync,

@@ -18,9 +18,36 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
+from contextlib import contextmanager
 
 STOP_GRACE_S = 0.5
 EXIT_CODE = 130  # 128 + SIGINT, as shells report a command Ctrl-C stopped
+
+# what an interrupted command says, once (a streamed run: how far it got, and how to go on)
+_describe: Callable[[], str] | None = None
+
+
+@contextmanager
+def describing(describe: Callable[[], str]):
+    """While inside, Ctrl-C says ``describe()`` (read at that moment) instead of 'interrupted'."""
+    global _describe
+    previous, _describe = _describe, describe
+    try:
+        yield
+    finally:
+        _describe = previous
+
+
+def message() -> str:
+    """The one line an interrupted command prints."""
+    text = "interrupted"
+    if _describe is not None:
+        try:
+            text = _describe() or text
+        except Exception:  # noqa: BLE001 - a line about the interruption never fails it
+            pass
+    return f"haloconv: {text}"
 
 
 class Guard:
@@ -46,7 +73,7 @@ class Guard:
             if signal.SIGINT not in data:
                 continue
             self.said = True
-            print("haloconv: interrupted", file=sys.stderr, flush=True)
+            print(message(), file=sys.stderr, flush=True)
             if self._done.wait(STOP_GRACE_S):
                 return
             _stop_now()

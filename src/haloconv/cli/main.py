@@ -8,8 +8,10 @@ import logging
 import os
 import sys
 import threading
+import warnings
 
 from haloconv.engines.errors import WorkerError
+from haloconv.files import guard
 
 from . import interrupt, options
 from .console import DEBUG, NORMAL, QUIET, Console
@@ -71,10 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     library.addHandler(handler)
     library.setLevel(handler.level)
     try:
-        return _command(args, console)
+        with warnings.catch_warnings():  # a library's warning is one line on the warning channel
+            warnings.showwarning = lambda message, category, *rest, **kw: console.warn(
+                f"{message} ({category.__name__})")
+            return _command(args, console)
     except KeyboardInterrupt:
         if guard is None or not guard.said:
-            print("haloconv: interrupted", file=sys.stderr, flush=True)
+            print(interrupt.message(), file=sys.stderr, flush=True)
         return interrupt.EXIT_CODE
     finally:
         if guard is not None:
@@ -110,6 +115,9 @@ def _command(args: argparse.Namespace, console: Console) -> int:
     except (ValueError, TypeError) as e:
         console.error(str(e))
         return 2
+    except OSError as e:  # a full disk, an I/O error, a file system gone read-only: one line
+        console.error(guard.os_error_line(e))
+        return 1
     except WorkerError as e:
         console.error(str(e))
         return 1

@@ -152,9 +152,10 @@ def _add_problem_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--profile", default=None, metavar="PROFILE.json",
                    help="cost-model profile (default: the one `haloconv calibrate` wrote, else built-in defaults)")
     r.add_argument("--memory-budget", default=None, metavar="BYTES",
-                   help="per-process memory limit, e.g. 2GB or 500MB: partition=auto keeps each worker's data "
-                        "under it; an input that does not fit is streamed, each process's peak RSS under it "
-                        "(default: no limit)")
+                   help="the peak resident memory each process may hold, Python and its libraries included, "
+                        "e.g. 2GB or 500MB: a run that would exceed it in memory is streamed (a .npy, .tif or "
+                        ".zarr input; each process's peak RSS stays under it) or refused with what it needs; "
+                        "partition=auto keeps each worker's data under it (default: no limit)")
     r.add_argument("--worker-speeds", default=None, metavar="SPEEDS",
                    help="relative worker speeds, comma-separated, or 'auto': measured by the processes first "
                         "(default: equal)")
@@ -196,13 +197,20 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                         "bytes, messages, seconds, predicted bytes; outputs) as JSON; '-': to stdout "
                         "(default: none)")
     r.add_argument("-o", "--output", default=None,
-                   help="the output file, its suffix picking the format (.npy, .tif/.tiff, .png, .zarr); any other "
-                        "name is a prefix: PREFIX.npy (+ PREFIX.png/.tif for an image input; PREFIX.<--out-format> "
+                   help="the output file, its suffix picking the format (.npy, .tif/.tiff, .png, .jpg/.jpeg, .zarr: "
+                        "exactly that file is written; another format's suffix is refused); a name without one "
+                        "is a prefix: PREFIX.npy (+ PREFIX.png/.tif for an image input; PREFIX.<--out-format> "
                         "streamed); a folder holds <input>-<kernel> files (default: out/<input>-<kernel>)")
-    r.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: refuse)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace outputs that exist: regular files, and .zarr stores haloconv wrote (never a folder, "
+                        "device or FIFO); a streamed run starts over instead of resuming (default: refuse)")
     r.add_argument("--mkdir", action="store_true", help="create the folder -o names if it is missing (default: refuse)")
-    r.add_argument("--image-format", choices=("png", "tif"), default="png",
+    r.add_argument("--image-format", choices=("png", "tif", "jpeg"), default="png",
                    help="the picture written beside PREFIX.npy for an image input")
+    r.add_argument("--png-scale", choices=("auto", "clip", "minmax"), default="auto",
+                   help="how a PNG/JPEG output shows the values: clip to the input picture's range (as OpenCV "
+                        "saturates) or scale the output's min..max to 0..255; auto: clip for a picture or integer "
+                        "input, minmax for floats")
     r.add_argument("--stream", action="store_true",
                    help="out of core: tiles read from the input file and written into the output file, in this "
                         "process (--engine threads, the default) or by worker processes (--engine processes); "

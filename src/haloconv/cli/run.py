@@ -37,6 +37,7 @@ class Problem:
     how: str  # how the input was read, in words
     weight: np.ndarray
     groups: int
+    preview: images.Preview  # how a PNG/JPEG output shows the values (--png-scale; the input's alpha)
 
 
 def load(args: argparse.Namespace) -> Problem:
@@ -51,7 +52,8 @@ def load(args: argparse.Namespace) -> Problem:
         name = path.stem
     x = np.ascontiguousarray(found.x, dtype=np.dtype(args.dtype))
     weight, groups = filters.load_kernel(args.kernel, x.shape[1], x.ndim - 2)
-    return Problem(x, found.picture, name, found.how, weight.astype(x.dtype), groups)
+    return Problem(x, found.picture, name, found.how, weight.astype(x.dtype), groups,
+                   images.preview_for(found, args.png_scale))
 
 
 def input_line(name: str, shape, dtype, how: str, kernel: str, w_shape, groups: int) -> str:
@@ -59,12 +61,13 @@ def input_line(name: str, shape, dtype, how: str, kernel: str, w_shape, groups: 
             f"groups={groups}")
 
 
-def _targets(args: argparse.Namespace, name: str, picture: bool, shape: tuple[int, ...]) -> list[outputs.Target]:
+def _targets(args: argparse.Namespace, problem: Problem, shape: tuple[int, ...]) -> list[outputs.Target]:
     """The files this run writes (cli/outputs.py), refused before any compute if they exist
-    (without --overwrite) or their folder does not (without --mkdir)."""
-    found = outputs.targets(args.output, outputs.default_stem(name, args.kernel), image=picture,
+    (without --overwrite), their folder does not (without --mkdir) or cannot take them."""
+    found = outputs.targets(args.output, outputs.default_stem(problem.name, args.kernel), image=problem.picture,
                             image_format=args.image_format, streamed=False, stream_format=args.out_format)
-    outputs.prepare(found, args.output, overwrite=args.overwrite, mkdir=args.mkdir, shape=shape)
+    outputs.prepare(found, args.output, overwrite=args.overwrite, mkdir=args.mkdir, shape=shape,
+                    itemsize=problem.x.itemsize, preview=problem.preview)
     return found
 
 
@@ -78,12 +81,12 @@ def _finish(args, console: Console, ex, problem: Problem, x, w, found: list[outp
         console.detail(report.traffic_table(rep))
     console.say(f"done in {ex.wall_seconds:.3f} s on {ex.engine}, compute {ex.backend}")
     y = ex.output if isinstance(ex.output, np.ndarray) else ex.output.cpu().numpy()
-    for t in found:
-        images.write_output(y, t.path, t.fmt)
-        note = ""
-        if t.fmt == "png" and y.shape[1] not in (1, 3):
-            note = f" (channel 0 of {y.shape[1]}: a PNG shows 1 or 3; the .npy holds them all)"
-        console.say(f"wrote {t.path}{note}")
+    notes = images.write_outputs(y, [(t.path, t.fmt) for t in found], problem.preview)
+    for t, how in zip(found, notes):
+        note = [how] if how else []
+        if t.fmt in images.PICTURES and y.shape[1] not in (1, 3):
+            note.append(f"channel 0 of {y.shape[1]}: a picture shows 1 or 3; the .npy holds them all")
+        console.say(f"wrote {t.path}" + (f" ({'; '.join(note)})" if note else ""))
     rep["outputs"] = [str(t.path) for t in found]
     status = 0
     if args.verify:
@@ -176,7 +179,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     pool_only(args)
     _warn_not_finite(console, x, problem.name)
     plan = options.plan(args, x.shape, weight, problem.groups, args.workers)  # values: backends depend on them
-    found = _targets(args, problem.name, problem.picture, plan.spec.output_shape)
+    found = _targets(args, problem, plan.spec.output_shape)
     console.say(input_line(problem.name, x.shape, x.dtype, problem.how, args.kernel, weight.shape, problem.groups))
     console.detail(f"(read in {time.perf_counter() - t0:.3f}s)")
     console.detail(str(plan))
@@ -225,7 +228,7 @@ def run_spmd(args: argparse.Namespace, console: Console) -> int:
         meta = [None]
         if rank == 0:
             problem = load(args)
-            found = _targets(args, problem.name, problem.picture, problem.x.shape)
+            found = _targets(args, problem, problem.x.shape)
             meta = [(problem.x.shape, problem.weight, problem.groups)]
         dist.broadcast_object_list(meta, src=0)
         x_shape, weight, groups = meta[0]

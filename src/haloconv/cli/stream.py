@@ -13,33 +13,126 @@ from pathlib import Path
 import numpy as np
 
 from haloconv.compute import backends
-from haloconv.files import arrays, filters
+from haloconv.files import arrays, filters, guard, journal
 from haloconv.files.pixels import TIFF_SUFFIXES, conversion
 
-from . import options, outputs, report
+from . import interrupt, options, outputs, report
 from .console import Console
 from .run import input_line
 
 
 def source(args: argparse.Namespace) -> arrays.DiskArray | None:
-    """The input file to stream, when --stream is given or the input and output would not
-    fit --memory-budget in memory; None for an in-memory run."""
+    """The input file to stream, when --stream is given or an in-memory run would not keep
+    this process within --memory-budget; None for an in-memory run.  An input that would
+    not fit and cannot be streamed is refused, saying what the run would need."""
     budget = options.budget(args)
     streamable = args.input is not None and Path(args.input).suffix.lower() in (".npy", ".zarr", *TIFF_SUFFIXES)
-    if not args.stream and (budget is None or not streamable):
+    if not args.stream and budget is None:
         return None
-    if not streamable:
+    if args.stream and not streamable:
         raise ValueError("--stream reads its input from a .npy, .tif/.tiff or .zarr file (not --random/--sample "
                          f"or {args.input!r})")
-    found = arrays.open_input(args.input, args.integers, args.layout)
+    found = arrays.open_input(args.input, args.integers, args.layout) if streamable else None
+    if args.stream:
+        return found
+    need, parts = in_memory_need(args, found)
+    if need <= budget:
+        return None
+    why = (f"in memory it would need about {need / 2**20:.0f} MiB of the {budget / 2**20:.0f} MiB budget "
+           f"({parts})")
+    if found is None:
+        raise ValueError(f"--memory-budget {args.memory_budget}: {why}, and only .npy, .tif/.tiff and .zarr inputs "
+                         "stream: raise the budget, or convert the input to one of them")
+    args.stream_reason = why
+    return found
+
+
+def in_memory_need(args: argparse.Namespace, found: arrays.DiskArray | None) -> tuple[int, str]:
+    """The peak resident bytes of this process for an in-memory run, and its parts in words:
+    what it holds now with the libraries the run will import (imported here, as a streamed
+    run counts them: stream_job.load_libraries), the input as floats (and as read, when it
+    is converted), the output, and the streamed runs' margin for heap slack."""
+    from haloconv.engines import stream_job
+
     itemsize = 8 if args.dtype == "float64" else 4
-    in_memory = 2 * math.prod(found.logical_shape) * itemsize  # the input as floats, and an output as big
-    return found if args.stream or in_memory > budget else None
+    raw = 0
+    if found is not None:
+        shape = found.logical_shape
+        if np.dtype(found.dtype) != np.dtype(args.dtype):  # read as it is, then converted
+            raw = math.prod(found.shape) * np.dtype(found.dtype).itemsize
+    else:
+        shape = _picture_shape(args)
+        raw = math.prod(shape) * 2  # the decoded pixels (8 or 16 bits) before they become floats
+    weight, groups = filters.load_kernel(args.kernel, shape[1], len(shape) - 2)
+    spec = options.spec(args, shape, weight.shape, groups)
+    threads_filter = backends.base.is_filter(spec) and args.engine in (None, "threads") and \
+        (args.backend or backends.default_for(spec)) in ("auto", "opencv", "separable")
+    stream_job.load_libraries("opencv" if threads_filter else "torch", spec)
+    held = stream_job.resident(os.getpid())
+    data = math.prod(shape) * itemsize + math.prod(spec.output_shape) * itemsize + raw
+    return held + data + stream_job.MARGIN_BYTES, (
+        f"{held / 2**20:.0f} MiB for Python and its libraries, {data / 2**20:.0f} MiB of input and output, "
+        f"{stream_job.MARGIN_BYTES >> 20} MiB of slack")
+
+
+def _picture_shape(args: argparse.Namespace) -> tuple[int, ...]:
+    """The (N, C, H, W) an input that is not streamed will have, from its header alone."""
+    if args.random:
+        return options.random_shape(args.random)
+    from PIL import Image
+
+    from haloconv.files import images
+
+    path = images.sample_path(args.sample) if args.sample else Path(args.input)
+    try:
+        with Image.open(path) as im:
+            bands = len(im.getbands())
+            return (1, 1 if bands <= 2 else 3, im.height, im.width)
+    except Exception as e:  # noqa: BLE001 - the run itself says what is wrong with the file
+        raise ValueError(f"cannot read input {str(path)!r}: {e}") from None
+
+
+def _check_kernel(args: argparse.Namespace, out: Path) -> None:
+    """--resume on a complete output made with another named kernel: refused in the kernel's
+    own words (conv_file checks every part of the computation, in its own)."""
+    found = journal.read_receipt(out) if args.resume and not arrays.partial_path(out).exists() else None
+    if found is not None and found.get("kernel") not in (None, args.kernel):
+        raise ValueError(f"{out} was computed with {found['kernel']}; this run asks {args.kernel}: use --overwrite "
+                         "to replace it")
+
+
+def _stopped(what: str, out: Path) -> str:
+    """How far a stopped run got and how to go on, from its journal, in words."""
+    done = journal.progress_of(journal.journal_path(out))
+    if done is None:
+        return what or ""
+    lead = f"{what} after" if what else "; stopped after"
+    return (f"{lead} {done[0]}/{done[1]} tiles; run the same command with --resume to finish"
+            + (" once the cause is fixed" if not what else ", or --overwrite to start over"))
+
+
+def _stream(args: argparse.Namespace, console: Console, weight, out: Path, kw: dict):
+    """conv_file in this process, on worker processes, or as one rank of torchrun."""
+    from haloconv import outofcore
+
+    with console.tracker() as progress:
+        if options.under_torchrun():  # every rank streams its share through the shared files
+            import torch.distributed as dist
+
+            dist.init_process_group("gloo", timeout=timedelta(seconds=args.timeout))
+            try:
+                res = outofcore.conv_file(args.input, weight.astype(args.dtype), out, spmd=True, progress=progress,
+                                          **kw)
+                dist.barrier()
+            finally:
+                dist.destroy_process_group()
+            return res
+        return outofcore.conv_file(args.input, weight.astype(args.dtype), out, workers=args.workers,
+                                   engine=args.engine, on_failure=args.on_failure, timeout=args.timeout,
+                                   progress=progress, **kw)
 
 
 def run(args: argparse.Namespace, console: Console, source: arrays.DiskArray) -> int:
-    from haloconv import outofcore
-
     for flag, bad in (("--verify", args.verify), ("--partition", args.partition != "auto"),
                       ("--worker-speeds", args.worker_speeds is not None),
                       ("--exchange master", args.exchange == "master")):
@@ -55,36 +148,32 @@ def run(args: argparse.Namespace, console: Console, source: arrays.DiskArray) ->
     found = outputs.targets(args.output, outputs.default_stem(name, args.kernel), image=False,
                             image_format=args.image_format, streamed=True, stream_format=args.out_format)
     out = found[0].path
-    if args.resume and out.exists() and not arrays.partial_path(out).exists():
-        console.say(f"{out} is complete (no partial output to resume); nothing to do")
-        return 0
+    _check_kernel(args, out)
     how = (f"{Path(source.path).suffix[1:]}: {conversion(source.dtype, source.integers)}, {source.layout}; "
-           f"{source.nbytes / 2**20:.0f} MiB, streamed")
+           f"{source.nbytes / 2**20:.0f} MiB, streamed"
+           + (f": {args.stream_reason}" if getattr(args, "stream_reason", None) else ""))
     rank0 = os.environ.get("RANK", "0") == "0"
     if rank0:  # under torchrun, rank 0 checks the outputs and speaks
-        outputs.prepare(found, args.output, overwrite=args.overwrite, mkdir=args.mkdir)
+        outputs.prepare(found, args.output, overwrite=args.overwrite, mkdir=args.mkdir, streamed=True)
         console.say(input_line(args.input, shape, np.dtype(args.dtype), how, args.kernel, weight.shape, groups))
     kw = dict(memory_budget=budget, stride=options.int_list(args.stride, "--stride"),
               padding=options.padding(args.padding), dilation=options.int_list(args.dilation, "--dilation"),
               groups=groups, padding_mode=args.padding_mode, backend=args.backend, dtype=args.dtype,
-              resume=args.resume, sync=args.sync, profile=args.profile, integers=args.integers, layout=args.layout)
-    with console.tracker() as progress:
-        if options.under_torchrun():  # every rank streams its share through the shared files
-            import torch.distributed as dist
-
-            dist.init_process_group("gloo", timeout=timedelta(seconds=args.timeout))
-            try:
-                res = outofcore.conv_file(args.input, weight.astype(args.dtype), out, spmd=True, progress=progress,
-                                          **kw)
-                dist.barrier()
-            finally:
-                dist.destroy_process_group()
-            if res is None:  # not rank 0: rank 0 reports
-                return 0
-        else:
-            res = outofcore.conv_file(args.input, weight.astype(args.dtype), out, workers=args.workers,
-                                      engine=args.engine, on_failure=args.on_failure, timeout=args.timeout,
-                                      progress=progress, **kw)
+              resume=args.resume, overwrite=args.overwrite, sync=args.sync, profile=args.profile,
+              integers=args.integers, layout=args.layout)
+    try:
+        with interrupt.describing(lambda: _stopped("interrupted", out)):
+            res = _stream(args, console, weight, out, kw)
+    except OSError as e:
+        console.error(guard.os_error_line(e) + _stopped("", out))
+        return 1
+    if res is None:  # not rank 0: rank 0 reports
+        return 0
+    if res.complete:
+        console.say(f"{out} is complete (its receipt is this run's: same input, kernel and options); nothing to do")
+        return 0
+    if rank0:
+        journal.annotate_receipt(out, kernel=args.kernel)
     if res.failures:
         console.say(f"survived {len(res.failures)} worker fault(s); finished with {len(res.peak_rss)} processes")
     console.detail(res.table())

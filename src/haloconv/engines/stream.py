@@ -28,14 +28,19 @@ from haloconv.engines.processes import LocalCluster, on_fresh_clusters
 from haloconv.engines.stream_job import (
     Job,
     StreamResult,
+    complete_result,
     compute_box,
     data_allowance,
     describe,
+    finish,
     header,
+    identity,
     job_for,
     open_output,
+    prepare_output,
     read_window,
     resident,
+    start_over,
     torch_backend_for,
 )
 from haloconv.engines.worker import worker_op
@@ -170,9 +175,7 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
 
         _, failures = on_fresh_clusters(workers, on_failure, body, go_on, timeout=timeout, throttle=throttle)
         result.failures.extend(failures)
-        journal.close()
-        arrays.promote(arrays.partial_path(out), out, sync)
-        journal.remove()
+        finish(journal, out, sync)
     finally:
         if journal is not None:
             journal.close()
@@ -182,15 +185,17 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
 
 def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Tensor | None, out: Path,
              fmt: str, *, memory_budget: int, backend: str = "torch", dtype: torch.dtype = torch.float32,
-             resume: bool = False, sync: bool = False, block: tuple[int | None, ...] | None = None, group=None,
+             resume: bool = False, overwrite: bool = False, sync: bool = False,
+             block: tuple[int | None, ...] | None = None, group=None,
              progress: Progress | None = None) -> StreamResult | None:
     """Under torchrun (torch.distributed initialised): every rank streams its share of the
     tiles through files all ranks see (a shared file system).  Rank 0 makes the output and
     the journal; rank r journals its tiles in OUT.journal.r<r> (folded into the main one
     by a resumed run); the output is renamed into place once every rank is done.  Tiles
     are dealt round robin (ranks are alike; a rank that dies stops the run after the
-    process group's timeout, and ``resume`` goes on from the journals).  Returns the
-    result on rank 0, None elsewhere; ``progress``: rank 0's own tiles."""
+    process group's timeout, and ``resume`` goes on from the journals).  Rank 0 decides
+    what becomes of an existing output (stream_job.prepare_output) before anything is
+    created.  Returns the result on rank 0, None elsewhere; ``progress``: rank 0's own tiles."""
     import torch.distributed as dist
 
     rank, world = dist.get_rank(group), dist.get_world_size(group)
@@ -204,12 +209,23 @@ def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torc
     journal = None
     if rank == 0:  # errors travel to every rank, so all of them raise alike
         try:
-            job, journal = open_output(job, out, fmt, resume, sync)
-            shared = [(job.sink, sorted(journal.done), journal.resumed)]
-            log.info(describe(job, journal, f"{world} ranks", memory_budget, baseline))
+            state = prepare_output(out, identity(source, spec, weight, bias, backend, dtype, fmt),
+                                   spec.output_shape, job.dtype.itemsize, resume=resume, overwrite=overwrite)
+            if state == "complete":
+                shared = ["complete"]
+            else:
+                if state == "fresh":
+                    start_over(out)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                job, journal = open_output(job, out, fmt, resume, sync)
+                shared = [(job.sink, sorted(journal.done), journal.resumed)]
+                log.info(describe(job, journal, f"{world} ranks", memory_budget, baseline))
         except (ValueError, OSError) as e:
             shared = [f"{type(e).__name__}: {e}"]
     dist.broadcast_object_list(shared, src=0, group=group)
+    if shared[0] == "complete":
+        return complete_result(source, spec, weight, bias, dtype, memory_budget, backend, block, out) \
+            if rank == 0 else None
     if isinstance(shared[0], str):
         raise ValueError(shared[0])
     sink, done, _ = shared[0]
@@ -236,8 +252,7 @@ def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torc
     dist.all_gather_object(stats, (tiles, nread, peak_rss()), group=group)  # also: every rank is done
     if rank != 0:
         return None
-    arrays.promote(arrays.partial_path(out), out, sync)
-    journal.remove()
+    finish(journal, out, sync)
     for part in journal_path(out).parent.glob(journal_path(out).name + ".r*"):
         part.unlink()
     result = StreamResult(job.plan, out, time.perf_counter() - t_start, memory_budget, baseline, skipped=len(done))

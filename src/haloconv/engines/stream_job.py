@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,9 +21,17 @@ from haloconv.compute import tile as one_tile
 from haloconv.compute.backends.base import as_array
 from haloconv.engines.host import empty, proc_mb
 from haloconv.engines.windows import piece_data
-from haloconv.files import arrays
+from haloconv.files import arrays, guard
 from haloconv.files.arrays import DiskArray
-from haloconv.files.journal import Journal, journal_path
+from haloconv.files.journal import (
+    Journal,
+    journal_path,
+    progress_of,
+    read_receipt,
+    receipt_mismatch,
+    receipt_path,
+    write_json,
+)
 from haloconv.model import cost
 from haloconv.planning.plan import Plan
 from haloconv.planning.spec import ConvSpec
@@ -59,6 +68,7 @@ class StreamResult:
     skipped: int = 0  # tiles a resumed run found finished
     failures: list[str] = field(default_factory=list)
     kept: list[int] = field(default_factory=list)  # per failure: finished tiles the run went on from
+    complete: bool = False  # the output was found complete (resume, its receipt matching): nothing was done
 
     def table(self) -> str:
         lines = [f"{'rank':>4} {'tiles':>6} {'read MB':>9} {'peak RSS MB':>12}"]
@@ -156,19 +166,102 @@ def float_dtype(dtype: object) -> np.dtype:
     return np.dtype(name)
 
 
+def identity(source: DiskArray, spec: ConvSpec, weight, bias, backend: str, dtype, fmt: str) -> dict:
+    """What makes two streamed runs the same computation (files/journal.IDENTITY): the input
+    file (path, size, time stamp), the conv, the filters' bytes in the run's dtype, the
+    backend, the output's format."""
+    dtype = float_dtype(dtype)
+    st = os.stat(source.path)
+    digest = hashlib.sha256(np.ascontiguousarray(as_array(weight), dtype).tobytes())
+    if bias is not None:
+        digest.update(np.ascontiguousarray(as_array(bias), dtype).tobytes())
+    return {"input": os.path.abspath(source.path), "input_bytes": st.st_size, "input_mtime_ns": st.st_mtime_ns,
+            "spec": str(asdict(spec)), "weights_sha256": digest.hexdigest(), "backend": backend,
+            "dtype": str(dtype), "format": fmt}
+
+
 def header(job: Job, out: Path, fmt: str) -> dict:
     """What makes a journal this job's: resuming with another input, kernel or tiling is refused."""
-    st = os.stat(job.source.path)
-    digest = hashlib.sha256(np.ascontiguousarray(job.weight).tobytes())
-    if job.bias is not None:
-        digest.update(np.ascontiguousarray(job.bias).tobytes())
     plan = job.plan
-    return {
-        "input": os.path.abspath(job.source.path), "input_bytes": st.st_size, "input_mtime_ns": st.st_mtime_ns,
-        "spec": str(asdict(plan.spec)), "weights_sha256": digest.hexdigest(), "backend": plan.backend,
-        "dtype": str(job.dtype), "tiles": len(plan.tiles), "block": [t.out.shape for t in plan.tiles[:1]][0],
-        "output": os.path.abspath(out), "format": fmt,
-    }
+    return {**identity(job.source, plan.spec, job.weight, job.bias, plan.backend, job.dtype, fmt),
+            "tiles": len(plan.tiles), "block": [t.out.shape for t in plan.tiles[:1]][0],
+            "output": os.path.abspath(out)}
+
+
+def prepare_output(out: Path, ident: dict, shape: tuple[int, ...], itemsize: int, *, resume: bool,
+                   overwrite: bool) -> str:
+    """Decide, before anything is created, what a streamed run into ``out`` does, and check
+    that it can: 'resume' (an interrupted run's journal and partial output are there, and
+    ``resume``), 'complete' (``out`` is whole, ``resume``, and its receipt says it is this
+    computation: nothing to do), or 'fresh'.  Refused with a ValueError naming the way out:
+    an interrupted run without ``resume`` or ``overwrite``; an output that exists without
+    ``overwrite`` (or ``resume`` on a match); a complete output whose receipt is another
+    computation's, or that has none; anything files/guard.py may not replace; a folder
+    that is missing or read-only; a file system without room for what is left to write."""
+    partial, main, receipt = arrays.partial_path(out), journal_path(out), receipt_path(out)
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:  # conv_file makes the missing ones
+        folder = folder.parent
+    guard.check_folder(folder, out)
+    for path in (out, partial, main, receipt):
+        guard.check_replaceable(path, "overwrite")
+    interrupted = guard.describe(main) is not None and guard.describe(partial) is not None
+    if interrupted and resume:
+        state = "resume"
+    elif interrupted and not overwrite:
+        done = progress_of(main)
+        so_far = f" ({done[0]}/{done[1]} tiles done)" if done else ""
+        raise ValueError(f"{str(out)!r}: an interrupted run's journal is there{so_far}; run the same command with "
+                         "--resume (resume=True) to finish it, or --overwrite (overwrite=True) to start over")
+    elif guard.describe(out) is not None and resume:
+        found = read_receipt(out)
+        if found is None:
+            raise ValueError(f"{str(out)!r} exists without a receipt of a streamed haloconv run (nothing to resume, "
+                             "and no telling whether it is this computation's); --overwrite (overwrite=True) "
+                             "replaces it")
+        why = receipt_mismatch(found, ident)
+        if why is not None:
+            raise ValueError(f"{str(out)!r} was computed with {why}; this run asks for another result: "
+                             "--overwrite (overwrite=True) replaces it")
+        return "complete"
+    elif guard.describe(out) is not None and not overwrite:
+        raise ValueError(f"{str(out)!r} exists; pass --overwrite (overwrite=True) to replace it")
+    else:
+        state = "fresh"
+    needed = math.prod(shape) * itemsize
+    if state == "resume":  # the tiles written hold their blocks already (a fresh output is sparse)
+        needed = max(0, needed - guard.allocated(partial))
+    guard.check_space(folder, needed, f"the output {str(out)!r}")
+    return state
+
+
+def complete_result(source: DiskArray, spec: ConvSpec, weight, bias, dtype, budget: int, backend: str, block,
+                    out: Path) -> StreamResult:
+    """The result of a run that found its output complete: the tiles it would make now,
+    all of them skipped, nothing computed."""
+    baseline = resident(os.getpid())
+    allowance = max(budget - baseline - MARGIN_BYTES, 1 << 20)
+    job = job_for(source, spec, weight, bias, dtype, allowance, backend, 1, None if block is None else tuple(block))
+    result = StreamResult(job.plan, out, 0.0, budget, baseline, skipped=len(job.plan.tiles), complete=True)
+    result.peak_rss[0] = baseline
+    return result
+
+
+def start_over(out: Path) -> None:
+    """Discard what an earlier run into ``out`` left (its journal, the ranks' journals, its
+    partial output, the old receipt): only files and stores guard.py says are haloconv's."""
+    main = journal_path(out)
+    for path in (main, *sorted(main.parent.glob(main.name + ".r*")), arrays.partial_path(out), receipt_path(out)):
+        guard.remove_own(path)
+
+
+def finish(journal: Journal, out: Path, sync: bool) -> None:
+    """A run whose tiles are all written: its receipt (the journal's header) beside the
+    output, the output renamed into place, then the journal gone."""
+    journal.close()
+    write_json(receipt_path(out), journal.receipt(), sync)
+    arrays.promote(arrays.partial_path(out), out, sync)
+    journal.remove()
 
 
 def resident(pid: int) -> int:

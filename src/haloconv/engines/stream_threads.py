@@ -70,9 +70,7 @@ def run(source: DiskArray, spec: ConvSpec, weight, bias, out: Path, fmt: str, *,
         with _torch_threads(threads, torch_backend is not None):
             nread = _pipeline(job, todo, journal, torch_backend, threads,
                               Counter(progress, len(job.plan.tiles), len(journal.done)).tick)
-        journal.close()
-        arrays.promote(arrays.partial_path(out), out, sync)
-        journal.remove()
+        stream.finish(journal, out, sync)
     finally:
         journal.close()
         arrays.close_all()

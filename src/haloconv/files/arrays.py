@@ -22,13 +22,13 @@ import dataclasses
 import math
 import mmap
 import os
-import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from haloconv.files import guard
 from haloconv.files.pixels import TIFF_SUFFIXES, integer_rule, to_float
 from haloconv.planning.boxes import Box
 
@@ -242,7 +242,7 @@ def _bounce() -> memoryview:
 _zarrs: dict[tuple[str, str], tuple] = {}
 
 
-def _import_zarr():
+def import_zarr():
     try:
         import zarr
     except ImportError:
@@ -254,7 +254,7 @@ def _import_zarr():
 def _zarr(arr: DiskArray, mode: str):
     key = (arr.path, mode)
     if key not in _zarrs:
-        zarr = _import_zarr()
+        zarr = import_zarr()
 
         if arr.kind == "tiff-zarr":
             import tifffile
@@ -343,7 +343,7 @@ def open_input(path: str | os.PathLike, integers: str = "auto", layout: str = "a
         elif suffix in TIFF_SUFFIXES:
             arr = _open_tiff(name, layout)
         elif suffix == ".zarr":
-            z = _import_zarr().open_array(name, mode="r")
+            z = import_zarr().open_array(name, mode="r")
             _check_dtype(np.dtype(z.dtype), name)
             axes, words = logical_axes(tuple(z.shape), name, layout)
             arr = DiskArray(name, "zarr", tuple(z.shape), np.dtype(z.dtype).str, axes, layout=words)
@@ -413,7 +413,7 @@ def create_output(path: Path, fmt: str, shape: tuple[int, ...], dtype, chunks: t
     system allows (nothing is written until the tiles are); zarr chunks = ``chunks``."""
     dtype = np.dtype(dtype)
     name = str(path)
-    remove(path)
+    guard.remove_own(path)  # a leftover of an earlier run; never a folder or file haloconv did not write
     if fmt == "npy":
         m = np.lib.format.open_memmap(name, mode="w+", dtype=dtype, shape=shape)
         del m
@@ -425,7 +425,8 @@ def create_output(path: Path, fmt: str, shape: tuple[int, ...], dtype, chunks: t
         m = tifffile.memmap(name, shape=_tiff_shape(shape), dtype=dtype)
         del m
     else:
-        _import_zarr().create_array(store=name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+        import_zarr().create_array(store=name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+                                    attributes={guard.MARK: {"streamed": True}})
     return open_output(path, fmt, shape, dtype)
 
 
@@ -450,7 +451,7 @@ def open_output(path: Path, fmt: str, shape: tuple[int, ...], dtype) -> DiskArra
             axes = (-1, -1, 0, 1) if len(file_shape) == 2 else (-1, 0, 1, 2)
             arr = DiskArray(name, "raw", file_shape, fdtype.str, axes, int(offset))
         else:
-            z = _import_zarr().open_array(name, mode="r+")
+            z = import_zarr().open_array(name, mode="r+")
             arr = DiskArray(name, "zarr", tuple(z.shape), np.dtype(z.dtype).str, tuple(range(z.ndim)))
     except ValueError:
         raise
@@ -462,16 +463,10 @@ def open_output(path: Path, fmt: str, shape: tuple[int, ...], dtype) -> DiskArra
     return arr
 
 
-def remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
 def promote(partial: Path, final: Path, sync: bool = False) -> None:
-    """Rename a finished output into place (a folder for zarr); ``sync``: its data made
-    durable first, so that the name never shows a file the disk does not hold whole."""
+    """Rename a finished output into place (a folder for zarr), replacing only what
+    files/guard.py allows (a regular file, or a .zarr store haloconv wrote); ``sync``: its
+    data made durable first, so that the name never shows a file the disk does not hold whole."""
     if sync:
         for path in [partial] if partial.is_file() else sorted(p for p in partial.rglob("*") if p.is_file()):
             fd = os.open(path, os.O_RDONLY)
@@ -479,5 +474,7 @@ def promote(partial: Path, final: Path, sync: bool = False) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-    remove(final)
+    guard.check_replaceable(final)
+    if final.is_dir() and not final.is_symlink():  # a store of haloconv's: a folder is not replaced by a rename
+        guard.remove_own(final)
     os.replace(partial, final)

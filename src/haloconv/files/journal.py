@@ -21,9 +21,67 @@ import os
 import threading
 from pathlib import Path
 
+# What makes two streamed runs the same computation: a complete output's receipt must match
+# these for --resume to call it done (the tiling may differ: it does not change the result)
+IDENTITY = ("input", "input_bytes", "input_mtime_ns", "spec", "weights_sha256", "backend", "dtype", "format")
+
 
 def journal_path(output: Path) -> Path:
     return output.with_name(output.name + ".journal")
+
+
+def receipt_path(output: Path) -> Path:
+    """A complete streamed output's receipt: the journal's header, kept once the run is done."""
+    return output.with_name(output.name + ".receipt.json")
+
+
+def write_json(path: Path, data: dict, sync: bool = False) -> None:
+    """``data`` as one line of JSON at ``path``, whole or not at all (written beside it, renamed)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(data, sort_keys=True) + "\n")
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_receipt(output: Path) -> dict | None:
+    """The receipt of a complete streamed output, None when it has none (or an unreadable one)."""
+    try:
+        data = json.loads(receipt_path(output).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def receipt_mismatch(receipt: dict, identity: dict) -> str | None:
+    """The first way ``receipt`` is not this computation's, in words; None when it is."""
+    identity = json.loads(json.dumps(identity))  # as it reads back
+    for key in IDENTITY:
+        if receipt.get(key) != identity.get(key):
+            if key == "weights_sha256":
+                return (f"other filters (sha256 {str(receipt.get(key))[:12]}... there, "
+                        f"{str(identity.get(key))[:12]}... now)")
+            return f"another {key.replace('_', ' ')} ({receipt.get(key)!r} there, {identity.get(key)!r} now)"
+    return None
+
+
+def annotate_receipt(output: Path, **fields) -> None:
+    """Add ``fields`` (e.g. the command line's kernel name) to a complete output's receipt."""
+    found = read_receipt(output)
+    if found is not None:
+        write_json(receipt_path(output), {**found, **fields})
+
+
+def progress_of(path: Path) -> tuple[int, int] | None:
+    """(tiles finished, tiles in all) as the journal at ``path`` says now; None without one."""
+    try:
+        lines = Path(path).read_text().split("\n")[:-1]
+        total = int(json.loads(lines[0])["tiles"])
+    except (OSError, ValueError, IndexError, KeyError, TypeError):
+        return None
+    return len({line for line in lines[1:] if line.strip().isdigit()}), total
 
 
 def boot_id() -> str:
@@ -53,20 +111,21 @@ class Journal:
                 old = None
             if old is None:
                 raise ValueError(f"--resume: the journal {str(self.path)!r} has no readable header; "
-                                 "delete it to start over")
+                                 "--overwrite starts over")
             for key in header:
                 if old.get(key) != header[key]:
                     raise ValueError(f"--resume: {str(self.path)!r} is the journal of another job "
-                                     f"({key}: {old.get(key)!r} there, {header[key]!r} now); "
-                                     "delete it (and the .partial output) to start over")
+                                     f"({key}: {old.get(key)!r} there, {header[key]!r} now); resume with the "
+                                     "input, kernel and options it was started with (the tiles depend on "
+                                     "--memory-budget, --engine and --workers), or --overwrite to start over")
             self.restarted = "boot" in old and old["boot"] != boot_id()
             if not self.restarted:
                 self.done = {int(line) for line in lines[1:] if line.strip().isdigit()}
         # (re)written whole: this run's header (its boot, unless synced) and the tiles trusted
-        head = {**header, "boot": boot_id()} if not sync else header
+        self.header = {**header, "boot": boot_id()} if not sync else header
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w") as f:
-            f.write(json.dumps(head, sort_keys=True) + "\n" + "".join(f"{i}\n" for i in sorted(self.done)))
+            f.write(json.dumps(self.header, sort_keys=True) + "\n" + "".join(f"{i}\n" for i in sorted(self.done)))
             if sync:
                 f.flush()
                 os.fsync(f.fileno())
@@ -90,3 +149,9 @@ class Journal:
     def remove(self) -> None:
         self.close()
         self.path.unlink(missing_ok=True)
+
+    def receipt(self) -> dict:
+        """What the output's receipt says once the run is done: the header, and haloconv's version."""
+        from haloconv import __version__
+
+        return {**{k: v for k, v in self.header.items() if k != "boot"}, "complete": True, "haloconv": __version__}
