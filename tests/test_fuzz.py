@@ -134,15 +134,15 @@ def test_outputs_are_written_atomically(tmp_path, monkeypatch):
 
     y = np.zeros((1, 1, 8, 8), dtype=np.float32)
 
-    real_save = np.save
+    real_write = io._write
 
-    def boom(file, arr, *a, **k):
+    def boom(arr, path, fmt, preview):
         """Half of the bytes reach the file, then the disk is full: a write straight to the
         final path would leave them there."""
-        real_save(file, arr.reshape(-1)[: arr.size // 2], *a, **k)
+        real_write(arr.reshape(-1)[: arr.size // 2], path, fmt, preview)
         raise OSError("disk full")
 
-    monkeypatch.setattr(np, "save", boom)
+    monkeypatch.setattr(io, "_write", boom)
     with pytest.raises(OSError):
         io.write_output(y, tmp_path / "y.npy", "npy")
     assert list(tmp_path.iterdir()) == []

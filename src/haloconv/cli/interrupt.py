@@ -35,6 +35,9 @@ def describing(describe: Callable[[], str]):
     previous, _describe = _describe, describe
     try:
         yield
+    except KeyboardInterrupt:
+        previous = describe  # the command is leaving: main says it, from the journal as it is now
+        raise
     finally:
         _describe = previous
 

@@ -44,7 +44,7 @@ from haloconv.engines.stream_job import (
     torch_backend_for,
 )
 from haloconv.engines.worker import worker_op
-from haloconv.files import arrays
+from haloconv.files import arrays, guard
 from haloconv.files.arrays import DiskArray
 from haloconv.files.journal import Journal, journal_path
 from haloconv.planning.spec import ConvSpec
@@ -254,7 +254,7 @@ def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torc
         return None
     finish(journal, out, sync)
     for part in journal_path(out).parent.glob(journal_path(out).name + ".r*"):
-        part.unlink()
+        guard.remove_own(part)
     result = StreamResult(job.plan, out, time.perf_counter() - t_start, memory_budget, baseline, skipped=len(done))
     for r, (t, b, p) in enumerate(stats):
         result.tiles_done[r], result.bytes_read[r], result.peak_rss[r] = t, b, p

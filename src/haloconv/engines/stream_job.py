@@ -311,7 +311,7 @@ def open_output(job: Job, out: Path, fmt: str, resume: bool, sync: bool = False)
         sink = arrays.create_output(partial, fmt, job.plan.spec.output_shape, job.dtype, block)
         journal = Journal(main, head, resume=False, sync=sync)
     for part in parts:
-        part.unlink()
+        guard.remove_own(part)
     # written around the page cache where the file system allows it (files/arrays.py)
     sink = dataclasses.replace(sink, durable=sync, direct=True)
     return Job(job.plan, job.source, sink, job.weight, job.bias, job.dtype), journal

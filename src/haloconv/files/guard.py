@@ -107,15 +107,15 @@ def check_folder(folder: Path, output: Path) -> None:
         what = describe(folder)
         raise ValueError(f"the folder {str(folder)!r} of the output {str(output)!r} "
                          f"{'does not exist' if what is None else 'is ' + what}")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write the output {str(output)!r}: the folder {str(folder)!r} is not writable "
-                         "by this user")
     try:
         read_only = os.statvfs(folder).f_flag & os.ST_RDONLY
     except OSError:
         read_only = False
     if read_only:
         raise ValueError(f"cannot write the output {str(output)!r}: {str(folder)!r} is on a read-only file system")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write the output {str(output)!r}: the folder {str(folder)!r} is not writable "
+                         "by this user")
 
 
 def free_bytes(folder: Path) -> int:

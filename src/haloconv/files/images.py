@@ -219,9 +219,11 @@ def _picture(y: np.ndarray, preview: Preview | None) -> tuple[np.ndarray, str]:
 
 def _write(y: np.ndarray, tmp: Path, fmt: str, preview: Preview | None) -> str:
     """Write ``y`` as ``fmt`` to ``tmp``; what a picture's values became, in words ('' else)."""
-    if fmt == "npy":
+    if fmt == "npy":  # as np.save writes it, through write() so that a full disk raises ENOSPC (tofile does not)
+        y = np.ascontiguousarray(y)
         with open(tmp, "wb") as f:
-            np.save(f, y)
+            np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(y))
+            f.write(memoryview(y.reshape(-1)).cast("B"))
     elif fmt == "zarr":
         arrays.import_zarr().create_array(store=str(tmp), shape=y.shape, dtype=y.dtype, chunks=y.shape,
                                     attributes={guard.MARK: {"streamed": False}})[...] = y

@@ -21,6 +21,8 @@ import os
 import threading
 from pathlib import Path
 
+from haloconv.files import guard
+
 # What makes two streamed runs the same computation: a complete output's receipt must match
 # these for --resume to call it done (the tiling may differ: it does not change the result)
 IDENTITY = ("input", "input_bytes", "input_mtime_ns", "spec", "weights_sha256", "backend", "dtype", "format")
@@ -38,7 +40,9 @@ def receipt_path(output: Path) -> Path:
 def write_json(path: Path, data: dict, sync: bool = False) -> None:
     """``data`` as one line of JSON at ``path``, whole or not at all (written beside it, renamed)."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    guard.check_replaceable(path)
+    guard.remove_own(tmp)  # a crashed run's; "x" below: never through a link or into a FIFO left there
+    with open(tmp, "x") as f:
         f.write(json.dumps(data, sort_keys=True) + "\n")
         if sync:
             f.flush()
@@ -124,7 +128,9 @@ class Journal:
         # (re)written whole: this run's header (its boot, unless synced) and the tiles trusted
         self.header = {**header, "boot": boot_id()} if not sync else header
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as f:
+        guard.check_replaceable(self.path)
+        guard.remove_own(tmp)
+        with open(tmp, "x") as f:
             f.write(json.dumps(self.header, sort_keys=True) + "\n" + "".join(f"{i}\n" for i in sorted(self.done)))
             if sync:
                 f.flush()
@@ -148,7 +154,7 @@ class Journal:
 
     def remove(self) -> None:
         self.close()
-        self.path.unlink(missing_ok=True)
+        guard.remove_own(self.path)
 
     def receipt(self) -> dict:
         """What the output's receipt says once the run is done: the header, and haloconv's version."""
