@@ -58,6 +58,7 @@ class Guard:
 
     def __init__(self):
         self.said = False
+        self._lock = threading.Lock()
         self._done = threading.Event()
         self._reader, self._writer = socket.socketpair()
         self._writer.setblocking(False)
@@ -75,11 +76,19 @@ class Guard:
                 return
             if signal.SIGINT not in data:
                 continue
-            self.said = True
-            print(message(), file=sys.stderr, flush=True)
+            self.say()
             if self._done.wait(STOP_GRACE_S):
                 return
             _stop_now()
+
+    def say(self) -> None:
+        """Print the interruption's line, once: this thread and the main thread's unwinding
+        (cli/main.py) both call it, in either order."""
+        with self._lock:
+            if self.said:
+                return
+            self.said = True
+        print(message(), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self._done.set()

@@ -78,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{message} ({category.__name__})")
             return _command(args, console)
     except KeyboardInterrupt:
-        if guard is None or not guard.said:
+        if guard is None:
             print(interrupt.message(), file=sys.stderr, flush=True)
+        else:
+            guard.say()
         return interrupt.EXIT_CODE
     finally:
         if guard is not None:
