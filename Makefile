@@ -1,11 +1,12 @@
-# make demo: set up .venv and run the main job; make test: set up .venv (+dev) and run ruff + pytest.
+# make demo: set up .venv and run the main job; make test: set up .venv (+dev) and run ruff + pytest;
+# make stress: the long loops (tests marked stress) at full length.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # constraints.txt pins torch to the local CPU wheel (no multi-GB CUDA download)
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test stress lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,10 @@ lint: $(VENV)/.installed-dev
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# the long loops whole: ten clean exits of a training script, a thousand calls on one cluster, a soak
+stress: $(VENV)/.installed-dev
+	HALOCONV_STRESS=1 $(BIN)/python -m pytest -q -m stress
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -23,6 +23,15 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 _MODULES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
+# `make stress` (HALOCONV_STRESS=1) runs the long loops whole; `make test` runs each a few
+# times, which is what catches a change that breaks them, at a fraction of the time
+STRESS = os.environ.get("HALOCONV_STRESS") == "1"
+
+
+def repeat(quick: int, stress: int) -> int:
+    """How many times a loop runs: ``stress`` under `make stress`, ``quick`` in `make test`."""
+    return stress if STRESS else quick
+
 
 # haloconv on torch's backend.  A filter (one channel in and out per group) runs by default
 # on the fastest backend, equal to its own single-node call; the tests of the torch path,
@@ -102,3 +111,61 @@ def count_opencv_paths(monkeypatch, counts) -> None:
 
     monkeypatch.setattr(opencv, "direct", counted)
 
+
+
+class ClusterPool:
+    """LocalClusters shared by every test of a session, one per worker count, started on
+    first use: a pool's start-up (a torch import per worker) is paid once, not per file.
+    A test that injects faults, throttles or closes its cluster starts its own."""
+
+    def __init__(self):
+        self._held: dict[int, haloconv.LocalCluster] = {}
+
+    def __call__(self, workers: int) -> "haloconv.LocalCluster":
+        c = self._held.get(workers)
+        if c is None or not c.alive:
+            c = self._held[workers] = haloconv.LocalCluster(workers=workers, timeout=60)
+        return c
+
+    def close(self) -> list[int]:
+        pids = [p for c in self._held.values() for p in c.pids()]
+        for c in self._held.values():
+            c.close()
+        self._held.clear()
+        return pids
+
+
+_POOLS: list[ClusterPool] = []
+
+
+def own_children() -> list[int]:
+    """This process's children other than the workers of the session's shared clusters:
+    what a test started (and must not leave behind, or may kill)."""
+    from haloconv.engines.host import children
+
+    shared = {p for pool in _POOLS for c in pool._held.values() for p in c.pids()}
+    return [p for p in children() if p not in shared]
+
+
+@pytest.fixture(scope="session")
+def clusters():
+    pool = ClusterPool()
+    _POOLS.append(pool)
+    yield pool
+    pids = pool.close()
+    assert all(_gone(p) for p in pids), "a worker of a shared cluster outlived the session"
+
+
+def _gone(pid: int, wait: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split()[2] == "Z":
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False

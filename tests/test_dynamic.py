@@ -11,9 +11,8 @@ from haloconv.planning.spec import ConvSpec
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(3, timeout=60) as c:
-        yield c
+def cluster(clusters):
+    return clusters(3)
 
 
 @pytest.mark.parametrize("partition,tiles,kw", [

@@ -48,11 +48,14 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def record(engines=("threads",)) -> list[dict]:
+def record(engines=("threads",), cluster=None) -> list[dict]:
     """Per config: digests of the plan, its messages, and the output of each engine
-    ('processes': one LocalCluster of the largest worker count, held for every run)."""
+    ('processes': one LocalCluster of the largest worker count, held for every run: the
+    given ``cluster``, or one started here)."""
     out = []
-    cluster = haloconv.LocalCluster(max(c[3]["workers"] for c in CONFIGS)) if "processes" in engines else None
+    own = cluster is None and "processes" in engines
+    if own:
+        cluster = haloconv.LocalCluster(max(c[3]["workers"] for c in CONFIGS))
     try:
         for i, (xs, ws, ckw, pkw) in enumerate(CONFIGS):
             x, w, b = ints(xs, i), ints(ws, 100 + i), ints((ws[0],), 200 + i)
@@ -64,7 +67,7 @@ def record(engines=("threads",)) -> list[dict]:
                 entry[engine] = digest(y.contiguous().numpy().tobytes())
             out.append(entry)
     finally:
-        if cluster is not None:
+        if own:
             cluster.close()
     return out
 
@@ -74,10 +77,10 @@ def _recorded() -> list[dict]:
     return json.loads((Path(__file__).parent / "data" / "golden_runs.json").read_text())
 
 
-def test_plans_messages_and_outputs_are_as_recorded():
+def test_plans_messages_and_outputs_are_as_recorded(clusters):
     recorded = _recorded()
     assert len(recorded) == len(CONFIGS)
-    now = record(("threads", "processes"))
+    now = record(("threads", "processes"), clusters(max(c[3]["workers"] for c in CONFIGS)))
     diff = [(i, CONFIGS[i], a, b) for i, (a, b) in enumerate(zip(now, recorded)) if a != b]
     assert not diff, diff
 

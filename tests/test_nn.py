@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import haloconv.nn as hnn
+from conftest import repeat
 from haloconv.nn.layout import Layout
 from haloconv.planning.partition import Partition
 
@@ -152,10 +153,12 @@ def test_shard_shape_mismatch_is_a_clear_error(one_rank):
         conv(torch.zeros(1, 10, 10))
 
 
-def test_a_training_script_that_holds_its_last_loss_exits_cleanly_ten_times():
+@pytest.mark.stress
+def test_a_training_script_that_holds_its_last_loss_exits_cleanly_again_and_again():
     """3 ranks, a few SGD steps, barrier and destroy_process_group while the last loss (its
     autograd graph) is alive, as training scripts do: the group and its gloo threads are gone
-    after destroy (the script asserts it), and every rank exits 0, ten runs in a row."""
-    for _ in range(10):
+    after destroy (the script asserts it), and every rank exits 0, runs in a row (2; ten
+    under `make stress`)."""
+    for _ in range(repeat(2, 10)):
         out = _torchrun(3, str(HERE / "nn_train_exit.py"))
         assert "TRAINED loss" in out and "GROUP FREED" in out

@@ -18,9 +18,9 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import own_children
 from haloconv.compute import backends, kernels
 from haloconv.engines import WorkerError, stream, stream_job, stream_threads, windows
-from haloconv.engines.host import children
 from haloconv.files import arrays
 from haloconv.files import images as io
 from haloconv.files.journal import Journal, journal_path
@@ -249,7 +249,7 @@ def _kill_a_worker_when(journal, finished: int):
                 done = len(journal.read_text().split("\n")) - 2
             except FileNotFoundError:
                 done = 0
-            kids = children()
+            kids = own_children()
             if done >= finished and kids:
                 os.kill(kids[0], signal.SIGKILL)
                 return
@@ -277,7 +277,7 @@ def test_a_worker_killed_mid_stream_the_others_finish_keeping_finished_tiles(tmp
     assert sum(res.tiles_done.values()) == len(res.plan.tiles) - kept
     assert len(res.peak_rss) == 2
     assert torch.equal(_read_back(tmp_path / "y.npy", "npy", spec.output_shape), kernels.single_node(x, w, None, spec))
-    assert not children()
+    assert not own_children()
 
 
 def test_interrupted_stream_resumes_from_its_journal(tmp_path):
@@ -306,7 +306,7 @@ def test_interrupted_stream_resumes_from_its_journal(tmp_path):
     assert sum(res.tiles_done.values()) == 24 - finished
     assert torch.equal(_read_back(out, "zarr", spec.output_shape), kernels.single_node(x, w, None, spec))
     assert not journal.exists() and not arrays.partial_path(out).exists()
-    assert not children()
+    assert not own_children()
 
 
 @pytest.mark.parametrize("sync", [False, True])
@@ -436,7 +436,7 @@ def test_conv_file_refuses_bad_arguments_naming_them(tmp_path):
             haloconv.conv_file(tmp_path / "x.npy", w, tmp_path / "y.npy", **kw)
     with pytest.raises(ValueError, match="output must end"):
         haloconv.conv_file(tmp_path / "x.npy", w, tmp_path / "y.png", memory_budget=2**30)
-    assert not children() and not (tmp_path / "y.npy").exists()
+    assert not own_children() and not (tmp_path / "y.npy").exists()
 
 
 def test_resume_folds_the_journals_of_spmd_ranks(tmp_path):
