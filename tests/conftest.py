@@ -169,3 +169,11 @@ def _gone(pid: int, wait: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def pytest_configure(config):
+    """The suite's per-test timeout (pyproject's `timeout`) needs pytest-timeout, of the dev
+    extra that `make test` installs: without it a hung test would hang the suite."""
+    if not config.pluginmanager.hasplugin("timeout"):
+        raise pytest.UsageError("pytest-timeout is not installed: run `make test` (it installs the dev extra), "
+                                "or pip install -e '.[dev]'")

@@ -91,8 +91,59 @@ for layer, shape, part in CASES:
         want = p.grad if part != "channels" else p.grad[dlayer.filters[0]:dlayer.filters[1]]
         assert torch.allclose(got, want, rtol=1e-10, atol=1e-12), (layer, part, name)
         p.grad = None
+class Spy:
+    """The order of what an overlapped layer does, from inside the run (not from the plan):
+    halos posted, interior computed, wait, borders; in backward, the halo gradients posted
+    before the filters' gradients are computed.  A layer that waited for its halos before
+    the interior, or reduced them after the filters, shows another order."""
+
+    def __init__(self):
+        from haloconv.engines.comm import Comm
+        from haloconv.nn import functional
+
+        self.events, self.on = [], False
+        self.functional, self.comm_cls = functional, Comm
+        self.real = (functional.spmd.post_halos, functional._compute_part, Comm.wait,
+                     functional.spmd_backward.post_halo_reduce, functional.tile_backward)
+        post, part, wait, post_grad, backward = self.real
+
+        def log(name, real):
+            def spied(*a, **kw):
+                if self.on:
+                    self.events.append(name(*a, **kw) if callable(name) else name)
+                return real(*a, **kw)
+            return spied
+
+        functional.spmd.post_halos = log("post", post)
+        functional._compute_part = log(lambda plan, tile, part_, x, incoming, *a: "border" if incoming
+                                       else "interior", part)
+        Comm.wait = log("wait", wait)
+        functional.spmd_backward.post_halo_reduce = log("post grads", post_grad)
+        functional.tile_backward = log(lambda plan, tile, window, weight, g, need: "filters grads" if not need[0]
+                                       else "window grads", backward)
+
+    def restore(self):
+        f = self.functional
+        f.spmd.post_halos, f._compute_part, self.comm_cls.wait, f.spmd_backward.post_halo_reduce, \
+            f.tile_backward = self.real
+
+    def check(self) -> bool:
+        """The order held; True when this rank's tile went through the interior/border path."""
+        ev = self.events
+        if "interior" not in ev:
+            return False
+        ev = ev[ev.index("post"):]  # from this layer's halo exchange on
+        i = ev.index("interior")
+        assert ev[0] == "post" and "wait" in ev[i:] and "border" in ev[ev.index("wait", i):], ev
+        assert "wait" not in ev[1:i], ev  # nothing waited on before the interior was computed
+        if "post grads" in ev:
+            assert ev.index("window grads") < ev.index("post grads") < ev.index("filters grads"), ev
+        return True
+
+
 if not small:  # overlap=True: the blocking layer's results, forward and backward, on every conv case
-    overlapped = 0
+    overlapped = spied = 0
+    spy = Spy()
     f32 = [(nn.Conv2d(16, 16, 3, padding=1), (1, 16, 40, 36), "rows", torch.float32),  # oneDNN: bit for bit
            (nn.Conv2d(16, 8, 5, padding=2, padding_mode="reflect"), (1, 16, 33, 30), "grid", torch.float32)]
     for layer, shape, part, dtype in [(c[0], c[1], c[2], D) for c in CASES] + f32:
@@ -104,9 +155,15 @@ if not small:  # overlap=True: the blocking layer's results, forward and backwar
         for overlap in (False, True):
             d = DIST[type(layer)].from_module(layer, partition=part, overlap=overlap)
             xd = x.clone().requires_grad_()
-            y = hnn.unshard(d(hnn.shard(xd, part)), part)
+            xs = hnn.shard(xd, part)
+            spy.events.clear()
+            spy.on = overlap
+            ys = d(xs)
+            y = hnn.unshard(ys, part)
             g = torch.randn(y.shape, dtype=dtype, generator=torch.Generator().manual_seed(6))
             (y * g).sum().backward()
+            spy.on = False
+            spied += overlap and spy.check()
             runs.append((y.detach(), xd.grad, [p.grad.clone() for p in d.parameters()]))
             for p in d.parameters():
                 p.grad = None
@@ -130,6 +187,8 @@ if not small:  # overlap=True: the blocking layer's results, forward and backwar
         for a, b in zip(gp1, gp0):
             assert torch.equal(a, b) if not gemm else torch.allclose(a, b, rtol=1e-12, atol=1e-13), (layer, part)
     assert overlapped >= 5, overlapped  # the cases reached the interior/border path
+    assert spied == overlapped, (spied, overlapped)  # and did it in the order the overlap needs
+    spy.restore()
 
 if not small:  # shards that are not where the partition puts them: the same clear error on every rank
     conv = hnn.DistributedConv2d(1, 1, 3, partition="rows")

@@ -59,6 +59,7 @@ if what == "link":
     comm = comm_for()
     # order under a bandwidth cap: a big message then a small one on the same tag
     big, small = torch.arange(200_000, dtype=torch.float32), torch.full((3,), 7.0)
+    dist.barrier()  # both ranks start the exchange together: the receiver's wait is the link's delay
     if rank == 0:
         posted = time.monotonic()
         works = [comm.isend(big, 1, "halo"), comm.isend(small, 1, "halo")]
@@ -68,7 +69,11 @@ if what == "link":
         a, b = torch.empty_like(big), torch.empty_like(small)
         t0 = time.monotonic()
         comm.wait([comm.irecv(a, 0, "halo"), comm.irecv(b, 0, "halo")])
+        waited = time.monotonic() - t0
         assert torch.equal(a, big) and torch.equal(b, small)
+        # delivered no sooner than the link lets it (half of it: the ranks leave the barrier
+        # a little apart); loopback without the link takes well under a millisecond
+        assert waited >= 0.5 * link.seconds(big.numel() * 4), (waited, link)
     # training over the slow link: exact against one process
     torch.manual_seed(1)
     x = torch.randn(2, 3, 32, 24, dtype=torch.float64)

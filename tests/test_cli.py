@@ -142,8 +142,7 @@ def test_output_suffix_picks_the_format_and_a_plain_name_is_a_prefix(tmp_path):
         elif fmt == "tif":
             assert np.array_equal(tifffile.imread(tmp_path / out), ref[0, 0])
         elif fmt == "zarr":
-            import zarr
-
+            zarr = pytest.importorskip("zarr")
             assert np.array_equal(zarr.open_array(str(tmp_path / out), mode="r")[:], ref)
         else:
             with Image.open(tmp_path / out) as im:
@@ -250,3 +249,15 @@ def test_the_run_names_torchs_convolution_as_users_know_it(tmp_path):
     label = next(s for s in r.stdout.splitlines() if s.startswith("done in"))
     assert re.search(r"compute torch \((oneDNN|im2col \+ GEMM|dilated im2col \+ GEMM)\)", label), label
     assert "Mkldnn" not in r.stdout and "Slow2d" not in r.stdout
+
+
+def test_verify_exits_1_and_says_so_when_the_result_differs(tmp_path, capsys, monkeypatch):
+    """--verify compares with the single-node call: a reference that differs (here made to)
+    is exit 1 and one error line, not a pass."""
+    from haloconv.compute import backends
+
+    real = backends.single_node
+    monkeypatch.setattr(backends, "single_node", lambda *a, **kw: real(*a, **kw) + 1)
+    rc = main(["run", "--random", "32x32", "--kernel", "box:3", "--verify", "-o", str(tmp_path / "v")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "haloconv: error: verify: the result differs from the single-node" in err, err

@@ -27,7 +27,7 @@ def test_a_rank_keeps_its_shards_and_the_halos_it_received():
 
 
 def test_a_slow_link_delays_and_keeps_order_and_training_stays_exact():
-    out = _torchrun("link", env={"HALOCONV_LINK": "2ms,200MB/s"})
+    out = _torchrun("link", env={"HALOCONV_LINK": "30ms,200MB/s"})
     assert out.count("ordered, delayed, exact") == 2, out
 
 

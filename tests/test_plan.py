@@ -248,3 +248,27 @@ def test_property_plan_invariants(data):
         assert (cover[region] == 1).all()
         assert cover.sum() == cover[region].sum()
         assert t.halo_elements == sum(pc.src.volume for pc in t.pieces if pc.owner != t.rank)
+
+
+def _traffic(plan, itemsize, phase):
+    return [tuple(getattr(plan.traffic(itemsize)[r][phase], k) for k in
+                  ("bytes_sent", "bytes_recv", "messages_sent", "messages_recv")) for r in range(plan.workers)]
+
+
+def test_bytes_and_messages_equal_counts_worked_out_by_hand():
+    """The counts the engines' reports are compared with (Plan.messages), against arithmetic
+    done here from the geometry, not from the plan."""
+    # rows of a (1, 2, 10, 8) float32 input, 3x3 'same': tile 0 owns rows [0, 4) and needs [0, 6),
+    # tile 1 owns [4, 10) and needs [4, 10); 3 filters of 2x3x3
+    p = haloconv.plan((1, 2, 10, 8), (3, 2, 3, 3), padding=1, partition="rows", workers=2, backend="torch")
+    row = 8 * 2 * 4  # one input row of both channels, in bytes
+    assert _traffic(p, 4, "halo") == [(0, 2 * row, 0, 1), (2 * row, 0, 1, 0)]
+    assert _traffic(p, 4, "scatter") == [(6 * row, 0, 1, 0), (0, 6 * row, 0, 1)]
+    assert _traffic(p, 4, "gather") == [(0, 5 * 8 * 3 * 4, 0, 1), (5 * 8 * 3 * 4, 0, 1, 0)]
+    assert _traffic(p, 4, "weights") == [(3 * 2 * 9 * 4, 0, 1, 0), (0, 3 * 2 * 9 * 4, 0, 1)]
+    # a 2x2 grid of a 9x9 float64 image, 5x5 kernel, padding 4 (outputs 13x13): tile 0 owns
+    # [0, 3)^2 and needs [0, 7)^2 (40 elements from its three neighbours); tiles 1 and 2 own
+    # 3x6 / 6x3 and need 7x6 / 6x7 (24 from tile 3); tile 3 owns [3, 9)^2 and needs nothing
+    p = haloconv.plan((1, 1, 9, 9), (1, 1, 5, 5), padding=4, partition="grid", workers=4, backend="torch")
+    assert _traffic(p, 8, "halo") == [(0, 40 * 8, 0, 3), (3 * 4 * 8, 24 * 8, 1, 1), (4 * 3 * 8, 24 * 8, 1, 1),
+                                      ((4 * 4 + 24 + 24) * 8, 0, 3, 0)]

@@ -35,7 +35,10 @@ def test_thread_budget_is_restored_and_stats_reported():
     assert torch.get_num_threads() == before
     assert [s.rank for s in ex.workers] == [0, 1, 2, 3]
     assert all(s.seconds["compute"] > 0 for s in ex.workers)
-    assert [s.halo_elements for s in ex.workers] == p.halo_elements_per_worker()
+    # counted by hand: with aligned ownership tile (i, j) owns input rows/cols [0, 19) or [19, 40) and
+    # needs [0, 21) or [19, 40) of each: halo = needed 21x21 minus owned, times N*C = 6
+    assert [s.halo_elements for s in ex.workers] == [(441 - 19 * 19) * 6, (441 - 19 * 21) * 6,
+                                                     (441 - 21 * 19) * 6, 0]
     table = ex.table()
     assert "compute s" in table and "engine=threads" in table and "backend=" in table
 
