@@ -177,3 +177,17 @@ def pytest_configure(config):
     if not config.pluginmanager.hasplugin("timeout"):
         raise pytest.UsageError("pytest-timeout is not installed: run `make test` (it installs the dev extra), "
                                 "or pip install -e '.[dev]'")
+
+
+CALIBRATE_ARGS = ["calibrate", "--quick"]
+
+
+@pytest.fixture(scope="session")
+def calibrated(tmp_path_factory):
+    """`haloconv calibrate --quick` run once per session (it times every backend: the
+    slowest command the suite runs): the profile's path, for every test that needs one."""
+    from haloconv.cli.main import main
+
+    path = tmp_path_factory.mktemp("calibrate") / "profile.json"
+    assert main([*CALIBRATE_ARGS, "--profile", str(path)]) == 0
+    return path

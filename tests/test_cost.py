@@ -106,10 +106,8 @@ def test_plan_command_bad_input_exit_2(args, words, capsys, tmp_path):
     assert rc == 2 and all(w in err for w in words), err
 
 
-def test_calibrate_writes_a_profile_the_model_reads(tmp_path, capsys):
-    path = tmp_path / "profile.json"
-    assert main(["calibrate", "--quick", "--profile", str(path)]) == 0
-    prof = cost.Profile.load(path)
+def test_calibrate_writes_a_profile_the_model_reads(calibrated):
+    prof = cost.Profile.load(calibrated)
     assert prof.source.startswith("calibrated") and prof.bandwidth_Bps > 0 and prof.latency_s > 0
     assert len(prof.torch_rates) >= 10 and all(r[2] > 0 for r in prof.torch_rates)
     assert len(prof.torch_rates_1d) == 12 and all(r[2] > 0 for r in prof.torch_rates_1d)

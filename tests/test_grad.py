@@ -137,3 +137,20 @@ def test_empty_owned_tiles_differentiate_too(partition, workers):
                 padding=(3, 1), stride=(3, 1), spatial=(3, 8), dtype=torch.float64, bias=False,
                 workers=workers, partition=partition)
     assert _check(case, seed=8)
+
+
+@pytest.mark.parametrize("how", ["master exchange", "dynamic schedule"])
+def test_gradients_through_a_master_exchange_and_a_dynamic_schedule(clusters, how):
+    """The forwards the README lists beside the default one train too: windows sent whole by
+    the master (a held cluster), and tiles pulled by whichever process is free (a pool for
+    the call); the backward equals torch.autograd's."""
+    case = dict(n=2, c_in=3, c_out=4, groups=1, kernel=(3, 3), dilation=(1, 2), mode="reflect", padding=2,
+                stride=(1, 1), spatial=(23, 19), dtype=torch.float64, bias=True, workers=3, partition="rows")
+    kw = (dict(engine=clusters(3), workers=3, partition="rows", exchange="master", pipeline=2)
+          if how == "master exchange" else
+          dict(engine="processes", workers=2, partition="rows", schedule="dynamic", tiles=6))
+    x, w, b = _tensors(case, seed=9)
+    ref = _reference_or_none(x, w, b, case)
+    gy = torch.randn(ref.shape, dtype=ref.dtype, generator=torch.Generator().manual_seed(10))
+    got = haloconv_grads(x, w, b, gy, case, **kw)
+    assert_grads_close(got, reference_grads(x, w, b, gy, case), x.dtype)

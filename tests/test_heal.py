@@ -151,8 +151,34 @@ WORKERS_OUTLIVE = textwrap.dedent("""
 """)
 
 
-def test_workers_die_with_their_master():
-    p = subprocess.Popen([sys.executable, "-c", WORKERS_OUTLIVE], stdout=subprocess.PIPE, text=True,
+# a pool for each call (one-shot), and a streamed run on worker processes: the master says
+# when its workers are up (their pids, read from /proc), then computes on
+ONE_SHOT_OUTLIVE = textwrap.dedent("""
+    import os, sys, threading, time, torch, haloconv
+    from haloconv.engines.host import children
+    def say_workers():
+        while len(children()) < 2:
+            time.sleep(0.01)
+        print("pids", *children(), flush=True)
+        print("done 0", flush=True)
+    threading.Thread(target=say_workers, daemon=True).start()
+    x, w = torch.randn(1, 8, 1024, 1024), torch.randn(8, 8, 9, 9)
+    for i in range(10**6):
+        haloconv.conv(x, w, padding=4, partition="rows", workers=3, engine="processes")
+""")
+STREAM_OUTLIVE = ONE_SHOT_OUTLIVE.replace(
+    "for i in range(10**6):\n    haloconv.conv(x, w, padding=4, partition=\"rows\", workers=3, engine=\"processes\")",
+    "import numpy as np, tempfile\nd = tempfile.mkdtemp()\nnp.save(d + '/x.npy', np.zeros((4096, 4096), np.float32))\n"
+    "haloconv.conv_file(d + '/x.npy', np.ones((1, 1, 31, 31), np.float32), d + '/y.npy', memory_budget='2GB', "
+    "padding=15, engine='processes', workers=3, backend='torch')")
+
+
+@pytest.mark.parametrize("script", [WORKERS_OUTLIVE, ONE_SHOT_OUTLIVE, STREAM_OUTLIVE],
+                         ids=["held cluster", "one-shot processes", "processes stream"])
+def test_workers_die_with_their_master(script):
+    assert script != ONE_SHOT_OUTLIVE or "haloconv.conv(" in script
+    assert script != STREAM_OUTLIVE or "conv_file(" in script
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                          start_new_session=True)
     try:
         pids = [int(v) for v in p.stdout.readline().split()[1:]]

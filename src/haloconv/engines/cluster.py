@@ -86,7 +86,10 @@ class Cluster:
         for rank in ranks:
             args = (rank, self.workers, self._store.port, self.timeout, self.threads_per_worker, self.start_timeout,
                     self._seq, self._generation)
-            cmd = [sys.executable, "-c", f"from haloconv.engines.worker import worker_main; worker_main{args!r}"]
+            # bound to this process's life before anything slow (importing torch) runs
+            cmd = [sys.executable, "-c", f"from haloconv.engines.host import die_with_parent; "
+                   f"die_with_parent({os.getpid()}); "
+                   f"from haloconv.engines.worker import worker_main; worker_main{args!r}"]
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=_worker_env())
             try:  # the secret goes through the pipe, seen by no other process (sealed.py)
                 proc.stdin.write(self._secret)

@@ -12,6 +12,21 @@ from pathlib import Path
 import numpy as np
 
 
+def die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this process (SIGKILL) when the process ``parent`` dies, so a
+    worker never outlives its master.  The death signal only covers a parent alive when it
+    is set: a master that died before (while this process started) is seen here, and this
+    process exits at once instead of waiting for a store that is gone."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def default_workers() -> int:
     """The cores this process may use (its CPU affinity): the default worker count.
 

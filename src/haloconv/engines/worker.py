@@ -27,15 +27,6 @@ IDLE = timedelta(days=3650)  # how long an idle worker waits for its next comman
 FORGED_PAUSE_S = 0.05  # after a forged command: the master's own replaces it under the same key
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this worker if the master dies (no orphans)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:  # pragma: no cover - not Linux
-        pass
-
-
 def keep_heap() -> bool:
     """This process keeps freed blocks in its heap (no unmapping, no trimming), like the
     workers (processes._worker_env): a tile-sized buffer allocated again reuses warm pages
@@ -57,7 +48,6 @@ def worker_main(rank: int, world: int, port: int, timeout: float, threads: int, 
     """Serve commands from number ``seq`` on, in the group of ``generation``.  A command that
     raises is answered with the traceback, and this process's connections are closed (every
     peer waiting on it fails at once); it then waits for the master's 'regroup'."""
-    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: die at once, the master cleans up
     secret = read_secret(0)  # from the master, through the pipe on stdin (engines/sealed.py)
     torch.set_num_threads(threads)
