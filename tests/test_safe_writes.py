@@ -336,3 +336,22 @@ def test_memory_budget_streams_or_refuses_an_in_memory_run_that_would_exceed_it(
     assert res.returncode == 2 and "in memory it would need about" in res.stderr and "stream" in res.stderr
     res = cli("m.npy", "--kernel", "box:3", "-o", "z.npy", "--memory-budget", "2GB")
     assert res.returncode == 0 and "streamed" not in res.stdout
+
+
+def test_a_report_or_plot_path_that_is_a_fifo_or_a_folder_is_refused_not_written_into(cam, tmp_path):
+    """A report, plot or profile the user names replaces a file there, never writes into a
+    FIFO (which would block with no reader) or a folder; refused before any compute."""
+    src, _ = cam
+    os.mkfifo(tmp_path / "r.json")
+    (tmp_path / "p.png").mkdir()
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "haloconv", *map(str, args)], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+
+    res = cli("run", src, "--kernel", "box:3", "-o", "y.npy", "--report", "r.json")
+    assert res.returncode == 2 and "is a FIFO" in res.stderr and not (tmp_path / "y.npy").exists(), res.stderr
+    res = cli("plan", "--random", "64x64", "--weight-shape", "1x1x3x3", "--workers", "2", "--png", "p.png")
+    assert res.returncode == 2 and "is a directory" in res.stderr, res.stderr
+    res = cli("calibrate", "--quick", "--profile", "r.json")
+    assert res.returncode == 2 and "is a FIFO" in res.stderr, res.stderr

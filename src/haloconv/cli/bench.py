@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from haloconv import text
+from haloconv.files import guard
 
 # (name, input shape, weight shape, padding, stride, groups, workers)
 ACCURACY_CONFIGS = [
@@ -399,8 +400,7 @@ def write_folder(folder, accuracy: dict | None, peer: dict | None, scaling: tupl
 
 
 def _write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
+    return guard.write_whole(path, lambda tmp: tmp.write_text(text))
 
 
 if __name__ == "__main__":  # one peer run in a fresh process: METHOD SIZE K OUT.npy

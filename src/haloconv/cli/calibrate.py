@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import scipy.optimize
@@ -19,6 +20,7 @@ from haloconv.compute import backends, kernels
 from haloconv.engines import LocalCluster
 from haloconv.engines.base import as_one_tile
 from haloconv.engines.worker import keep_heap
+from haloconv.files import guard
 from haloconv.model.cost import Profile
 from haloconv.planning.messages import MIN_RUN_BYTES
 from haloconv.planning.plan import make_plan
@@ -274,6 +276,9 @@ def command(args, console) -> int:
     """`haloconv calibrate`: measure this machine into the profile the cost model reads."""
     from haloconv.model import cost
 
+    target = Path(args.profile or cost.default_profile_path())
+    guard.check_replaceable(target)  # before minutes of measuring, not after
     prof = calibrate(quick=args.quick, log=console.say)
-    console.say(f"wrote {prof.save(args.profile or cost.default_profile_path())}")
+    guard.write_whole(target, prof.save)
+    console.say(f"wrote {target}")
     return 0

@@ -71,6 +71,14 @@ def targets(output: str | None, stem: str, *, image: bool, image_format: str, st
     return found
 
 
+def check_side_files(args) -> None:
+    """The files a run writes beside its outputs (--report), checked before any compute as the
+    outputs are: a folder, FIFO or device there is refused (files/guard.py)."""
+    report = getattr(args, "report", None)
+    if report not in (None, "-"):
+        guard.check_replaceable(Path(report))
+
+
 def output_bytes(fmt: str, shape: tuple[int, ...], itemsize: int) -> int:
     """Bytes an output of ``shape`` takes on disk in ``fmt`` (an upper bound for pictures)."""
     n = math.prod(shape)

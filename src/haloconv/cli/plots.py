@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from haloconv.files import guard  # noqa: E402
 from haloconv.planning.plan import Plan  # noqa: E402
 
 
@@ -78,8 +79,8 @@ def scaling_png(workers: Sequence[int], series: dict[str, dict[str, list[float]]
 
 
 def _save(fig, path) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    try:
+        fmt = Path(path).suffix[1:] or "png"  # the temporary's name has no telling suffix
+        return guard.write_whole(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format=fmt))
+    finally:
+        plt.close(fig)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from haloconv import text
 from haloconv.engines.execution import Execution
+from haloconv.files import guard
 from haloconv.planning.messages import PHASES
 from haloconv.planning.plan import Plan
 
@@ -111,10 +112,7 @@ def dumps(report: dict) -> str:
 
 
 def write_report(report: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps(report))
-    return path
+    return guard.write_whole(Path(path), lambda tmp: tmp.write_text(dumps(report)))
 
 
 def candidates_table(preds) -> str:

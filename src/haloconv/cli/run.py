@@ -68,6 +68,7 @@ def _targets(args: argparse.Namespace, problem: Problem, shape: tuple[int, ...])
                             image_format=args.image_format, streamed=False, stream_format=args.out_format)
     outputs.prepare(found, args.output, overwrite=args.overwrite, mkdir=args.mkdir, shape=shape,
                     itemsize=problem.x.itemsize, preview=problem.preview)
+    outputs.check_side_files(args)
     return found
 
 

@@ -155,6 +155,7 @@ def run(args: argparse.Namespace, console: Console, source: arrays.DiskArray) ->
     rank0 = os.environ.get("RANK", "0") == "0"
     if rank0:  # under torchrun, rank 0 checks the outputs and speaks
         outputs.prepare(found, args.output, overwrite=args.overwrite, mkdir=args.mkdir, streamed=True)
+        outputs.check_side_files(args)
         console.say(input_line(args.input, shape, np.dtype(args.dtype), how, args.kernel, weight.shape, groups))
     kw = dict(memory_budget=budget, stride=options.int_list(args.stride, "--stride"),
               padding=options.padding(args.padding), dilation=options.int_list(args.dilation, "--dilation"),

@@ -88,6 +88,24 @@ def remove_own(path: Path) -> None:
         path.unlink()
 
 
+def write_whole(path: Path, write) -> Path:
+    """Write a file at ``path`` by ``write(tmp)`` into a fresh name beside it, renamed into
+    place: whole or not at all, replacing only what check_replaceable allows (a report, a
+    plot, a profile the user names: a folder, FIFO or device there is refused, never
+    written into)."""
+    path = Path(path)
+    check_replaceable(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    discard(tmp)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        discard(tmp)
+    return path
+
+
 def discard(path: Path) -> None:
     """Remove a file or folder this run created itself (a temporary beside an output), quietly."""
     path = Path(path)

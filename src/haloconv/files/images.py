@@ -221,7 +221,7 @@ def _write(y: np.ndarray, tmp: Path, fmt: str, preview: Preview | None) -> str:
     """Write ``y`` as ``fmt`` to ``tmp``; what a picture's values became, in words ('' else)."""
     if fmt == "npy":  # as np.save writes it, through write() so that a full disk raises ENOSPC (tofile does not)
         y = np.ascontiguousarray(y)
-        with open(tmp, "wb") as f:
+        with open(tmp, "xb") as f:  # a fresh name (_temporary): never through a link left there
             np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(y))
             f.write(memoryview(y.reshape(-1)).cast("B"))
     elif fmt == "zarr":
