@@ -117,15 +117,15 @@ class Spy:
         functional.spmd.post_halos = log("post", post)
         functional._compute_part = log(lambda plan, tile, part_, x, incoming, *a: "border" if incoming
                                        else "interior", part)
-        Comm.wait = log("wait", wait)
+        Comm.wait = staticmethod(log("wait", wait))
         functional.spmd_backward.post_halo_reduce = log("post grads", post_grad)
         functional.tile_backward = log(lambda plan, tile, window, weight, g, need: "filters grads" if not need[0]
                                        else "window grads", backward)
 
     def restore(self):
         f = self.functional
-        f.spmd.post_halos, f._compute_part, self.comm_cls.wait, f.spmd_backward.post_halo_reduce, \
-            f.tile_backward = self.real
+        f.spmd.post_halos, f._compute_part, wait, f.spmd_backward.post_halo_reduce, f.tile_backward = self.real
+        self.comm_cls.wait = staticmethod(wait)
 
     def check(self) -> bool:
         """The order held; True when this rank's tile went through the interior/border path."""

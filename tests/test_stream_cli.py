@@ -70,7 +70,7 @@ def test_streamed_cli_refuses_what_does_not_apply(tmp_path, args, message):
     assert not list(tmp_path.glob("out/*")) and not own_children()
 
 
-@pytest.mark.parametrize("engine, processes, mib", [("threads", 1, 160), ("processes", 2, 400)])
+@pytest.mark.parametrize("engine, processes, mib", [("threads", 1, 400), ("processes", 2, 400)])
 def test_peak_resident_memory_of_every_process_stays_within_the_budget(tmp_path, engine, processes, mib):
     """An input three times the budget (a job that could not run in memory): measured by
     psutil from outside while it runs, and by each process's own peak (VmHWM); on threads
