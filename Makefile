@@ -29,7 +29,8 @@ lint: $(VENV)/.installed-dev
 test: lint
 	$(BIN)/python -m pytest -q
 
-# the long loops whole: ten clean exits of a training script, a thousand calls on one cluster, a soak
+# the long loops whole: ten clean exits of a training script, a thousand calls on one cluster, a soak,
+# ten clusters with a worker killed as soon as each is built
 stress: $(VENV)/.installed-dev
 	HALOCONV_STRESS=1 $(BIN)/python -m pytest -q -m stress
 
