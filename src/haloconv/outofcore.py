@@ -182,15 +182,9 @@ def conv_file(
     workers = default_workers() if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
-    ident = stream_job.identity(source, spec, wt, bt, backend, dtype, fmt)
-    state = stream_job.prepare_output(out, ident, spec.output_shape, dtype.itemsize, resume=resume,
-                                      overwrite=overwrite)
-    if state == "complete":
+    if stream_job.claim_output(out, source, spec, wt, bt, backend, dtype, fmt, resume=resume, overwrite=overwrite):
         log.info("%s is complete (its receipt is this computation's); nothing to do", out)
         return stream_job.complete_result(source, spec, wt, bt, dtype, budget, backend, block, out)
-    if state == "fresh":
-        stream_job.start_over(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if engine == "threads":
         return stream_threads.run(source, spec, wt, bt, out, fmt, memory_budget=budget, threads=workers,
                                   backend=backend, dtype=dtype, resume=resume, sync=sync,

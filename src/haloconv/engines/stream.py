@@ -28,25 +28,23 @@ from haloconv.engines.processes import LocalCluster, on_fresh_clusters
 from haloconv.engines.stream_job import (
     Job,
     StreamResult,
+    claim_output,
     complete_result,
     compute_box,
     data_allowance,
     describe,
     finish,
     header,
-    identity,
     job_for,
     open_output,
-    prepare_output,
     read_window,
     resident,
-    start_over,
     torch_backend_for,
 )
 from haloconv.engines.worker import worker_op
 from haloconv.files import arrays, guard
 from haloconv.files.arrays import DiskArray
-from haloconv.files.journal import Journal, journal_path
+from haloconv.files.journal import Journal, journal_path, rank_journals
 from haloconv.planning.spec import ConvSpec
 from haloconv.progress import Counter, Progress
 
@@ -209,14 +207,9 @@ def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torc
     journal = None
     if rank == 0:  # errors travel to every rank, so all of them raise alike
         try:
-            state = prepare_output(out, identity(source, spec, weight, bias, backend, dtype, fmt),
-                                   spec.output_shape, job.dtype.itemsize, resume=resume, overwrite=overwrite)
-            if state == "complete":
+            if claim_output(out, source, spec, weight, bias, backend, dtype, fmt, resume=resume, overwrite=overwrite):
                 shared = ["complete"]
             else:
-                if state == "fresh":
-                    start_over(out)
-                out.parent.mkdir(parents=True, exist_ok=True)
                 job, journal = open_output(job, out, fmt, resume, sync)
                 shared = [(job.sink, sorted(journal.done), journal.resumed)]
                 log.info(describe(job, journal, f"{world} ranks", memory_budget, baseline))
@@ -253,7 +246,7 @@ def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torc
     if rank != 0:
         return None
     finish(journal, out, sync)
-    for part in journal_path(out).parent.glob(journal_path(out).name + ".r*"):
+    for part in rank_journals(out):
         guard.remove_own(part)
     result = StreamResult(job.plan, out, time.perf_counter() - t_start, memory_budget, baseline, skipped=len(done))
     for r, (t, b, p) in enumerate(stats):

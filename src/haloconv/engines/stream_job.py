@@ -27,6 +27,7 @@ from haloconv.files.journal import (
     Journal,
     journal_path,
     progress_of,
+    rank_journals,
     read_receipt,
     receipt_mismatch,
     receipt_path,
@@ -247,12 +248,22 @@ def complete_result(source: DiskArray, spec: ConvSpec, weight, bias, dtype, budg
     return result
 
 
-def start_over(out: Path) -> None:
-    """Discard what an earlier run into ``out`` left (its journal, the ranks' journals, its
-    partial output, the old receipt): only files and stores guard.py says are haloconv's."""
-    main = journal_path(out)
-    for path in (main, *sorted(main.parent.glob(main.name + ".r*")), arrays.partial_path(out), receipt_path(out)):
-        guard.remove_own(path)
+def claim_output(out: Path, source: DiskArray, spec: ConvSpec, weight, bias, backend: str, dtype, fmt: str, *,
+                 resume: bool, overwrite: bool) -> bool:
+    """prepare_output for this computation, then what it decided: True when ``out`` is
+    complete (nothing to do); else the output's folders made and, starting afresh, what an
+    earlier run left discarded (its journals, partial output and old receipt: only what
+    guard.py says is haloconv's)."""
+    dtype = float_dtype(dtype)
+    state = prepare_output(out, identity(source, spec, weight, bias, backend, dtype, fmt), spec.output_shape,
+                           dtype.itemsize, resume=resume, overwrite=overwrite)
+    if state == "complete":
+        return True
+    if state == "fresh":
+        for path in (journal_path(out), *rank_journals(out), arrays.partial_path(out), receipt_path(out)):
+            guard.remove_own(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return False
 
 
 def finish(journal: Journal, out: Path, sync: bool) -> None:
@@ -297,7 +308,7 @@ def open_output(job: Job, out: Path, fmt: str, resume: bool, sync: bool = False)
     machine restarts (files/journal.py)."""
     head = header(job, out, fmt)
     partial, main = arrays.partial_path(out), journal_path(out)
-    parts = sorted(main.parent.glob(main.name + ".r*"))
+    parts = rank_journals(out)
     if resume and partial.exists() and main.exists():
         journal = Journal(main, head, resume=True, sync=sync)
         for part in parts:

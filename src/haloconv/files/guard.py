@@ -88,18 +88,32 @@ def remove_own(path: Path) -> None:
         path.unlink()
 
 
-def write_whole(path: Path, write) -> Path:
+def temporary(path: Path) -> Path:
+    """A fresh name beside ``path`` to write it under until it is whole (refused when
+    something is there already: it is not this run's to remove)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    if describe(tmp) is not None:
+        raise ValueError(f"{str(tmp)!r} is in the way (a temporary of another run?): remove it to write {str(path)!r}")
+    return tmp
+
+
+def write_whole(path: Path, write, sync: bool = False) -> Path:
     """Write a file at ``path`` by ``write(tmp)`` into a fresh name beside it, renamed into
     place: whole or not at all, replacing only what check_replaceable allows (a report, a
-    plot, a profile the user names: a folder, FIFO or device there is refused, never
-    written into)."""
+    plot, a profile the user names, a journal, a receipt: a folder, FIFO or device there is
+    refused, never written into).  ``sync``: the file on disk (fsync) before its rename."""
     path = Path(path)
     check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    discard(tmp)
+    tmp = temporary(path)
     try:
         write(tmp)
+        if sync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
     finally:
         discard(tmp)
@@ -166,10 +180,8 @@ def allocated(path: Path) -> int:
         return 0
 
 
-def os_error_line(e: OSError, doing: str = "") -> str:
+def os_error_line(e: OSError) -> str:
     """One line for an OSError: the file it names, what failed, the errno's name."""
     name = errno.errorcode.get(e.errno, "") if e.errno is not None else ""
-    where = e.filename if e.filename is not None else ""
     text = e.strerror or str(e)
-    parts = [p for p in (doing, f"{where!s}" if where else "", text) if p]
-    return ": ".join(parts) + (f" ({name})" if name else "")
+    return (f"{e.filename}: {text}" if e.filename is not None else text) + (f" ({name})" if name else "")

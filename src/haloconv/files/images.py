@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,14 +171,6 @@ def to_uint8(y: np.ndarray, preview: Preview | None = None) -> tuple[np.ndarray,
     return np.clip(np.round(scaled), 0, 255).astype(np.uint8), words
 
 
-def _temporary(path: Path) -> Path:
-    """A fresh name beside ``path`` to write it under until it is whole."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    if guard.describe(tmp) is not None:
-        raise ValueError(f"{str(tmp)!r} is in the way (a temporary of another run?): remove it to write {str(path)!r}")
-    return tmp
-
-
 def check_one_image(path: Path, fmt: str, shape) -> None:
     """A .tif or .png holds one 2-D image (with channels): refuse any other output shape."""
     if fmt in ("tif", "png", "jpeg") and (len(shape) != 4 or shape[0] != 1):
@@ -221,7 +212,7 @@ def _write(y: np.ndarray, tmp: Path, fmt: str, preview: Preview | None) -> str:
     """Write ``y`` as ``fmt`` to ``tmp``; what a picture's values became, in words ('' else)."""
     if fmt == "npy":  # as np.save writes it, through write() so that a full disk raises ENOSPC (tofile does not)
         y = np.ascontiguousarray(y)
-        with open(tmp, "xb") as f:  # a fresh name (_temporary): never through a link left there
+        with open(tmp, "xb") as f:  # a fresh name (guard.temporary): never through a link left there
             np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(y))
             f.write(memoryview(y.reshape(-1)).cast("B"))
     elif fmt == "zarr":
@@ -257,7 +248,7 @@ def write_outputs(y: np.ndarray, paths: list[tuple[Path, str]], preview: Preview
         for path, fmt in paths:
             path = Path(path)
             guard.check_replaceable(path)
-            tmp = _temporary(path)
+            tmp = guard.temporary(path)
             staged.append((tmp, path))
             try:
                 notes.append(_write(y, tmp, fmt, preview))

@@ -32,22 +32,20 @@ def journal_path(output: Path) -> Path:
     return output.with_name(output.name + ".journal")
 
 
+def rank_journals(output: Path) -> list[Path]:
+    """The journals torchrun ranks other than 0 keep beside ``output`` (OUT.journal.r<k>)."""
+    main = journal_path(output)
+    return sorted(main.parent.glob(main.name + ".r*"))
+
+
 def receipt_path(output: Path) -> Path:
     """A complete streamed output's receipt: the journal's header, kept once the run is done."""
     return output.with_name(output.name + ".receipt.json")
 
 
 def write_json(path: Path, data: dict, sync: bool = False) -> None:
-    """``data`` as one line of JSON at ``path``, whole or not at all (written beside it, renamed)."""
-    tmp = path.with_name(path.name + ".tmp")
-    guard.check_replaceable(path)
-    guard.remove_own(tmp)  # a crashed run's; "x" below: never through a link or into a FIFO left there
-    with open(tmp, "x") as f:
-        f.write(json.dumps(data, sort_keys=True) + "\n")
-        if sync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``data`` as one line of JSON at ``path``, whole or not at all (guard.write_whole)."""
+    guard.write_whole(path, lambda tmp: tmp.write_text(json.dumps(data, sort_keys=True) + "\n"), sync)
 
 
 def read_receipt(output: Path) -> dict | None:
@@ -127,15 +125,8 @@ class Journal:
                 self.done = {int(line) for line in lines[1:] if line.strip().isdigit()}
         # (re)written whole: this run's header (its boot, unless synced) and the tiles trusted
         self.header = {**header, "boot": boot_id()} if not sync else header
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        guard.check_replaceable(self.path)
-        guard.remove_own(tmp)
-        with open(tmp, "x") as f:
-            f.write(json.dumps(self.header, sort_keys=True) + "\n" + "".join(f"{i}\n" for i in sorted(self.done)))
-            if sync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        text = json.dumps(self.header, sort_keys=True) + "\n" + "".join(f"{i}\n" for i in sorted(self.done))
+        guard.write_whole(self.path, lambda tmp: tmp.write_text(text), sync)
         self._f = open(self.path, "a")
 
     def record(self, index: int) -> None:
