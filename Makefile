@@ -27,7 +27,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/lint-imports
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # the long loops whole: ten clean exits of a training script, a thousand calls on one cluster, a soak,
 # ten clusters with a worker killed as soon as each is built

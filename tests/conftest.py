@@ -191,3 +191,76 @@ def calibrated(tmp_path_factory):
     path = tmp_path_factory.mktemp("calibrate") / "profile.json"
     assert main([*CALIBRATE_ARGS, "--profile", str(path)]) == 0
     return path
+
+
+# -- many torchrun scripts in one launch (tests/spmd_cases.py) ---------------------------------
+# A test that runs a script under torchrun takes a parameter ``spmd_case``: the case's command
+# line, ``[NAME=VALUE ...] RANKS SCRIPT [ARGS ...]`` (SCRIPT in tests/), e.g.
+# ``"HALOCONV_P2P=batched 4 nn_train_parity.py grid"``.  The ``spmd`` fixture runs every
+# selected case of one rank count in a single launch, on first use, and gives each test its
+# case's stdout (every rank's, in rank order); a case that failed on any rank fails its test
+# with that rank's traceback.  One-shot behaviour (exit codes, Ctrl-C, the CLI, the examples)
+# keeps a launch of its own.
+SPMD_LAUNCH_TIMEOUT = 280
+
+
+def _spmd_parse(spec: str) -> tuple[int, str, list[str], dict[str, str]]:
+    words = spec.split()
+    env = {}
+    while "=" in words[0]:
+        k, v = words.pop(0).split("=", 1)
+        env[k] = v
+    return int(words[0]), words[1], words[2:], env
+
+
+def _spmd_launch(ranks: int, specs: list[str], where) -> dict:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    cases = []
+    for spec in specs:
+        _, script, args, env = _spmd_parse(spec)
+        cases.append({"id": spec, "script": script, "args": args, "env": env})
+    (where / "cases.json").write_text(json.dumps(cases))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
+           str(here / "spmd_cases.py"), str(where / "cases.json"), str(where)]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=SPMD_LAUNCH_TIMEOUT)
+        launch = f"exit {r.returncode}; stderr:\n{r.stderr[-4000:]}"
+    except subprocess.TimeoutExpired as e:
+        launch = f"timed out after {SPMD_LAUNCH_TIMEOUT} s; stderr:\n{(e.stderr or b'')[-4000:]!r}"
+    per_rank = [json.loads(f.read_text()) if (f := where / f"r{k}.json").exists() else {} for k in range(ranks)]
+    return {"specs": specs, "ranks": per_rank, "launch": launch}
+
+
+@pytest.fixture(scope="session")
+def spmd(request, tmp_path_factory):
+    wanted: dict[int, list[str]] = {}
+    for item in request.session.items:
+        spec = getattr(item, "callspec", None) and item.callspec.params.get("spmd_case")
+        if spec and spec not in wanted.setdefault(_spmd_parse(spec)[0], []):
+            wanted[_spmd_parse(spec)[0]].append(spec)
+    launched: dict[int | str, dict] = {}
+
+    def result(spec: str) -> str:
+        ranks = _spmd_parse(spec)[0]
+        group = ranks if spec in wanted.get(ranks, ()) else spec  # a case not selected up front runs alone
+        if group not in launched:
+            launched[group] = _spmd_launch(ranks, wanted[ranks] if group == ranks else [spec],
+                                           tmp_path_factory.mktemp(f"spmd{ranks}"))
+        got = launched[group]
+        seen = [r.get(spec) for r in got["ranks"]]
+        for k, s in enumerate(seen):
+            if s is not None and not s["ok"]:
+                pytest.fail(f"{spec!r} failed on rank {k}:\n{s['error']}\n{s['out'][-2000:]}", pytrace=False)
+        if any(s is None for s in seen):
+            failed = [(k, c) for k, r in enumerate(got["ranks"]) for c, s in r.items() if not s["ok"]]
+            why = (f"case {failed[0][1]!r} failed on rank {failed[0][0]} before it" if failed
+                   else f"the launch ended: {got['launch']}")
+            pytest.fail(f"{spec!r} did not run on every rank: {why}", pytrace=False)
+        return "".join(s["out"] for s in seen)
+
+    return result

@@ -10,9 +10,10 @@ import torch.nn as nn
 import haloconv
 import haloconv.distributed as hd
 import haloconv.nn as hnn
+import spmd_group
 from haloconv.compute import kernels
 
-dist.init_process_group("gloo")
+spmd_group.join()
 rank, world = dist.get_rank(), dist.get_world_size()
 g = torch.Generator().manual_seed(0)
 # the reported case: H split in 3, the last tile owns rows 3:3
@@ -62,5 +63,4 @@ assert torch.allclose(x2d.grad, x2r.grad, rtol=1e-10, atol=1e-12), (x2d.grad - x
 assert torch.allclose(layer2.weight.grad, ref2.weight.grad, rtol=1e-10, atol=1e-12)
 if rank == 0:
     print("EMPTY TILES EXACT")
-dist.barrier()
-dist.destroy_process_group()
+spmd_group.leave()

@@ -15,10 +15,11 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import haloconv.nn as hnn
+import spmd_group
 from haloconv.distributed import comm_for
 from haloconv.engines.comm import Link
 
-dist.init_process_group("gloo")
+spmd_group.join()
 rank, world = dist.get_rank(), dist.get_world_size()
 what = sys.argv[1]
 
@@ -87,4 +88,4 @@ if what == "link":
         assert torch.allclose(p.grad, q.grad, rtol=1e-10, atol=1e-12), (p.grad - q.grad).abs().max()
     print(f"LINK rank {rank}: ordered, delayed, exact", flush=True)
 
-dist.destroy_process_group()
+spmd_group.leave()

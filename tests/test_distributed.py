@@ -26,14 +26,9 @@ def _port():
     return port
 
 
-@pytest.mark.parametrize("partition", ["rows", "grid", "batch"])
-def test_spmd_layers_stay_sharded_and_exact(partition):
-    r = subprocess.run(
-        [*TORCHRUN, "--nproc-per-node=3", f"--master-port={_port()}", str(HERE / "spmd_chain.py"), partition],
-        capture_output=True, text=True, timeout=180,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "SPMD CHAIN EXACT" in r.stdout
+@pytest.mark.parametrize("spmd_case", ["3 spmd_chain.py rows", "3 spmd_chain.py grid", "3 spmd_chain.py batch"])
+def test_spmd_layers_stay_sharded_and_exact(spmd, spmd_case):
+    assert "SPMD CHAIN EXACT" in spmd(spmd_case)
 
 
 def test_cli_on_two_torchrun_nodes(tmp_path):
@@ -116,19 +111,15 @@ def test_ctrl_c_stops_all_workers(tmp_path):
         p.wait()
 
 
-def test_tiles_that_own_no_input_under_torchrun():
+@pytest.mark.parametrize("spmd_case", ["3 empty_tiles_spmd.py"])
+def test_tiles_that_own_no_input_under_torchrun(spmd, spmd_case):
     """The SPMD face on a plan whose last tile owns no input rows; haloconv.nn refuses such a
     layout cleanly on every rank and draws halos from several owners exactly."""
-    r = subprocess.run([*TORCHRUN, "--nproc-per-node=3", f"--master-port={_port()}", str(HERE / "empty_tiles_spmd.py")],
-                       capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "EMPTY TILES EXACT" in r.stdout
+    assert "EMPTY TILES EXACT" in spmd(spmd_case)
 
 
-def test_bytes_crossing_the_group_are_the_report_and_the_plan():
+@pytest.mark.parametrize("spmd_case", ["3 traffic_spmd.py"])
+def test_bytes_crossing_the_group_are_the_report_and_the_plan(spmd, spmd_case):
     """Counted below haloconv's own accounting, at the process group: what crosses equals
     the report, and the report equals the Plan's prediction plus the dtype codes (control)."""
-    r = subprocess.run([*TORCHRUN, "--nproc-per-node=3", f"--master-port={_port()}", str(HERE / "traffic_spmd.py")],
-                       capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "TRAFFIC COUNTED" in r.stdout
+    assert "TRAFFIC COUNTED" in spmd(spmd_case)

@@ -28,27 +28,30 @@ def _torchrun(ranks: int, *args: str, timeout: int = 240, env: dict | None = Non
     return r.stdout
 
 
-@pytest.mark.parametrize("ranks,partition,p2p", [(2, "rows", ""), (4, "rows", ""), (4, "grid", "batched"),
-                                                 (3, "1,1,1,3", "")])
-def test_training_parity(ranks, partition, p2p):
-    """``p2p='batched'``: the halo messages posted as one group per exchange, as on NCCL
-    (engines/comm.Comm.post)."""
-    out = _torchrun(ranks, str(HERE / "nn_train_parity.py"), partition, env={"HALOCONV_P2P": p2p})
-    assert "TRAINING PARITY OK" in out
+# Each case is a torchrun script's command line (tests/conftest.py's ``spmd`` fixture runs
+# every case of one rank count in a single launch).
+@pytest.mark.parametrize("spmd_case", ["2 nn_train_parity.py rows", "4 nn_train_parity.py rows",
+                                       "HALOCONV_P2P=batched 4 nn_train_parity.py grid",
+                                       "3 nn_train_parity.py 1,1,1,3"])
+def test_training_parity(spmd, spmd_case):
+    """``HALOCONV_P2P=batched``: the halo messages posted as one group per exchange, as on
+    NCCL (engines/comm.Comm.post)."""
+    assert "TRAINING PARITY OK" in spmd(spmd_case)
 
 
-@pytest.mark.parametrize("ranks", [2, 4])
-def test_layers_equal_torch_layers(ranks):
-    assert "LAYERS OK" in _torchrun(ranks, str(HERE / "nn_layers.py"))
+@pytest.mark.parametrize("spmd_case", ["2 nn_layers.py", "4 nn_layers.py"])
+def test_layers_equal_torch_layers(spmd, spmd_case):
+    assert "LAYERS OK" in spmd(spmd_case)
 
 
-def test_property_sharded_layers_equal_torch_layers():
-    assert "PROPERTY OK" in _torchrun(3, str(HERE / "nn_property.py"), "40")
+@pytest.mark.parametrize("spmd_case", ["3 nn_property.py 40"])
+def test_property_sharded_layers_equal_torch_layers(spmd, spmd_case):
+    assert "PROPERTY OK" in spmd(spmd_case)
 
 
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_gradcheck(ranks):
-    assert "GRADCHECK OK" in _torchrun(ranks, str(HERE / "nn_layers.py"), "gradcheck")
+@pytest.mark.parametrize("spmd_case", ["2 nn_layers.py gradcheck", "3 nn_layers.py gradcheck"])
+def test_gradcheck(spmd, spmd_case):
+    assert "GRADCHECK OK" in spmd(spmd_case)
 
 
 def test_train_large_images_example_equals_one_process_training():

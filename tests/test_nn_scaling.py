@@ -1,7 +1,6 @@
 """Sharded training at scale (issue 18): what a rank keeps for backward, and a slower
 network stood in for on one machine (engines.comm.Link, $HALOCONV_LINK)."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,23 +10,17 @@ import pytest
 from haloconv.engines.comm import Link
 
 HERE = Path(__file__).parent
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
 
 
-def _torchrun(*args, env=None):
-    r = subprocess.run([*TORCHRUN, str(HERE / "nn_memory_link.py"), *args], capture_output=True, text=True,
-                       timeout=240, env={**os.environ, **(env or {})})
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r.stdout
-
-
-def test_a_rank_keeps_its_shards_and_the_halos_it_received():
-    out = _torchrun("memory")
+@pytest.mark.parametrize("spmd_case", ["2 nn_memory_link.py memory"])
+def test_a_rank_keeps_its_shards_and_the_halos_it_received(spmd, spmd_case):
+    out = spmd(spmd_case)
     assert out.count("bytes kept = shards + halos") == 2, out
 
 
-def test_a_slow_link_delays_and_keeps_order_and_training_stays_exact():
-    out = _torchrun("link", env={"HALOCONV_LINK": "30ms,200MB/s"})
+@pytest.mark.parametrize("spmd_case", ["HALOCONV_LINK=30ms,200MB/s 2 nn_memory_link.py link"])
+def test_a_slow_link_delays_and_keeps_order_and_training_stays_exact(spmd, spmd_case):
+    out = spmd(spmd_case)
     assert out.count("ordered, delayed, exact") == 2, out
 
 

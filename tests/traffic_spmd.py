@@ -8,6 +8,7 @@ import torch.distributed as dist
 
 import haloconv
 import haloconv.distributed as hd
+import spmd_group
 from haloconv.planning.messages import PHASES
 
 
@@ -32,7 +33,7 @@ class CountingGroup:
         return getattr(self.pg, name)
 
 
-dist.init_process_group("gloo")
+spmd_group.join()
 rank, world = dist.get_rank(), dist.get_world_size()
 counting = CountingGroup(dist.distributed_c10d._get_default_group())
 RealComm = hd.Comm
@@ -79,4 +80,4 @@ dist.barrier()
 # tears gloo's threads down there, which now and then aborts a rank (see haloconv/nn)
 hd.Comm = RealComm
 counting.pg = None
-dist.destroy_process_group()
+spmd_group.leave()
