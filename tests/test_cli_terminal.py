@@ -21,7 +21,7 @@ from haloconv.engines.host import children
 RUNS = {
     "threads": ["--random", "12288x12288", "--engine", "threads", "--partition", "rows", "--workers", "2"],
     "processes": ["--random", "12288x12288", "--engine", "processes", "--partition", "rows", "--workers", "2"],
-    "stream": ["x.npy", "--stream", "--memory-budget", "1GB", "--workers", "2"],
+    "stream": ["x.npy", "--stream", "--memory-budget", "400MB", "--workers", "2"],  # small tiles: one is soon done
 }
 
 
