@@ -202,8 +202,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
                                schedule=args.schedule, tiles=args.tiles,
                                measure_speeds=args.worker_speeds == "auto", progress=progress)
             if ex.failures:
-                console.say(f"survived {len(ex.failures)} worker fault(s); the result is from {ex.plan.workers} "
-                            "workers")
+                console.say(f"survived {len(ex.failures)} worker fault(s); finished on {len(ex.workers)} worker "
+                            "processes")
         else:
             ex = api.execute(plan, xt, wt, None, engine=args.engine, progress=progress)
     return _finish(args, console, ex, problem, xt, wt, found)
