@@ -1,5 +1,7 @@
 import functools
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -215,7 +217,6 @@ def _spmd_parse(spec: str) -> tuple[int, str, list[str], dict[str, str]]:
 
 def _spmd_launch(ranks: int, specs: list[str], where) -> dict:
     import json
-    import subprocess
     import sys
     from pathlib import Path
 
@@ -264,3 +265,32 @@ def spmd(request, tmp_path_factory):
         return "".join(s["out"] for s in seen)
 
     return result
+
+
+def cli(*args, cwd) -> subprocess.CompletedProcess:
+    """``haloconv ARGS`` run by its own main() in this process, in folder ``cwd``: the exit
+    status, stdout and stderr a command would give, without an interpreter start and a torch
+    import per call.  A command given a --memory-budget runs as its own process (the budget
+    counts the process, and this one holds the test session).  tests/test_cli.py runs the
+    entry point itself as a command; tests whose subject is the process (signals, pipes,
+    memory) start one of their own."""
+    import contextlib
+    import io
+
+    from haloconv.cli.main import main
+
+    argv = [str(a) for a in args]
+    if "--memory-budget" in argv:  # a budget of the command's own process, not of this test runner's
+        return subprocess.run([sys.executable, "-m", "haloconv", *argv], cwd=cwd, capture_output=True, text=True,
+                              timeout=300)
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main(argv)
+            except SystemExit as e:  # argparse's usage errors
+                rc = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(["haloconv", *argv], rc, out.getvalue(), err.getvalue())

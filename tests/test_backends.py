@@ -209,28 +209,28 @@ def test_property_opencv_split_is_bitwise_opencv_own_call_on_the_whole_image():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_opencv_on_worker_processes_strided_depthwise_and_wide(dtype):
+def test_opencv_on_worker_processes_strided_depthwise_and_wide(clusters, dtype):
     g = torch.Generator().manual_seed(4)
     x = torch.randn(2, 3, 203, 517, generator=g, dtype=dtype)
     for k, stride in ((3, 1), (5, 2), (15, 1)):  # 15x15: past DIRECT_TAPS
         w = torch.randn(3, 1, k, k, generator=g, dtype=dtype)
         spec = ConvSpec.from_args(x.shape, w.shape, None, padding=k // 2, stride=stride, groups=3)
         y = haloconv.conv(x, w, padding=k // 2, stride=stride, groups=3, partition="grid", workers=4,
-                          engine="processes", backend="opencv")
+                          engine=clusters(4), backend="opencv")
         if opencv.BACKEND.exact_for(spec):
             assert torch.equal(y, backends.single_node("opencv", x, w, None, spec))
         ref = torch.nn.functional.conv2d(x, w, padding=k // 2, stride=stride, groups=3)
         assert (y - ref).abs().max() <= opencv.BACKEND.tolerance[dtype] * ref.abs().max()
 
 
-def test_fft_strided_grouped_and_processes_engine():
+def test_fft_strided_grouped_and_processes_engine(clusters):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 4, 41, 37, generator=g)
     w = torch.randn(6, 2, 5, 5, generator=g)
     b = torch.randn(6, generator=g)
     ref = torch.nn.functional.conv2d(x, w, b, stride=2, padding=2, groups=2)
     y = haloconv.conv(x, w, b, stride=2, padding=2, groups=2, partition="grid", workers=3, backend="fft",
-                      engine="processes")
+                      engine=clusters(3))
     assert (y - ref).abs().max() <= fft.BACKEND.tolerance[torch.float32] * ref.abs().max()
 
 

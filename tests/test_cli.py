@@ -11,7 +11,7 @@ import tifffile
 import torch
 from PIL import Image
 
-from conftest import torch_reference
+from conftest import cli, torch_reference
 from haloconv.cli.main import main
 from haloconv.files import filters
 
@@ -121,9 +121,7 @@ def test_console_entry_point_subprocess(tmp_path):
     assert (tmp_path / "h.png").exists() and (tmp_path / "h.npy").exists()
 
 
-def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "haloconv", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+_cli = cli  # in this process (conftest.cli)
 
 
 def test_output_suffix_picks_the_format_and_a_plain_name_is_a_prefix(tmp_path):

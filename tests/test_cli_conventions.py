@@ -13,14 +13,11 @@ import torch
 from PIL import Image
 
 import haloconv
-from conftest import torch_reference
+from conftest import cli, torch_reference
 from haloconv.cli.options import build_parser
 from haloconv.files import filters
 
-
-def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "haloconv", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+_cli = cli  # in this process (conftest.cli)
 
 
 def test_quiet_by_default_detail_with_v_nothing_with_q(tmp_path):

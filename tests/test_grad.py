@@ -90,11 +90,12 @@ def test_property_gradients_local_cluster(cluster, case):
 
 
 @pytest.mark.parametrize("partition", ["rows", "grid", "channels"])
-def test_gradients_through_one_shot_processes(partition):
-    """engine='processes' starts a cluster for the forward and one for the backward."""
+def test_gradients_through_worker_processes(clusters, partition):
+    """engine='processes' starts a cluster for the forward and one for the backward (grid);
+    the other partitions on a held cluster."""
     case = dict(n=2, c_in=3, c_out=4, groups=1, kernel=(3, 3), dilation=(1, 2), mode="reflect", padding=2,
                 stride=(2, 1), spatial=(21, 17), dtype=torch.float64, bias=True, workers=2, partition=partition)
-    assert _check(case, seed=5, engine="processes")
+    assert _check(case, seed=5, engine="processes" if partition == "grid" else clusters(2))
 
 
 def test_issue_case_rows_on_processes_engine():

@@ -91,14 +91,14 @@ def test_refused_for_kernels_not_rank_one_and_never_chosen_for_them():
     assert haloconv.plan(x.shape, gauss, padding=8, backend="auto", profile=cheap).backend == "separable"
 
 
-def test_separable_on_worker_processes_and_the_cli_gaussian(tmp_path, capsys):
+def test_separable_on_worker_processes_and_the_cli_gaussian(clusters, tmp_path, capsys):
     g = torch.Generator().manual_seed(7)
     x = torch.randn(1, 3, 150, 333, generator=g)
     k = torch.from_numpy(filters.named_kernel("gaussian:2").astype(np.float32))
     w = k.expand(3, 1, *k.shape).contiguous()
     spec = ConvSpec.from_args(x.shape, w.shape, None, padding="same", groups=3, padding_mode="reflect")
     y = haloconv.conv(x, w, padding="same", groups=3, padding_mode="reflect", backend="separable",
-                      engine="processes", workers=3, partition="grid")
+                      engine=clusters(3), workers=3, partition="grid")
     assert torch.equal(y, backends.single_node("separable", x, w, None, spec))
     from haloconv.cli.main import main
 
