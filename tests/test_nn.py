@@ -49,6 +49,14 @@ def test_property_sharded_layers_equal_torch_layers(spmd, spmd_case):
     assert "PROPERTY OK" in spmd(spmd_case)
 
 
+@pytest.mark.parametrize("spmd_case", ["2 nn_auto.py"])
+def test_auto_overlap_and_halo_depth_decide_by_the_link(spmd, spmd_case):
+    """overlap='auto' overlaps a wide layer's halos on a slow link only, halo_depth='auto'
+    gives three convs one deep halo on a slow link only; the layers run as decided."""
+    out = spmd(spmd_case)
+    assert "AUTO slow: overlap=True halo_depth=3" in out and "AUTO fast: overlap=False halo_depth=1" in out, out
+
+
 @pytest.mark.parametrize("spmd_case", ["2 nn_layers.py gradcheck", "3 nn_layers.py gradcheck"])
 def test_gradcheck(spmd, spmd_case):
     assert "GRADCHECK OK" in spmd(spmd_case)

@@ -170,11 +170,12 @@ def _check_overlap(overlap):
 def _overlap_pays(plan, rank: int, itemsize: int) -> bool:
     """overlap='auto': whether the cost model predicts this rank's layer faster overlapped,
     at this process's link (the calibrated transport plus $HALOCONV_LINK's delay); kept
-    with the plan (the layout caches plans per shape)."""
+    with the plan (the layout caches plans per shape), per link, as halo_depth='auto' is."""
     known = plan.__dict__.setdefault("_overlap_pays", {})
-    if (rank, itemsize) not in known:
-        known[rank, itemsize] = _predict_overlap(plan, rank, itemsize)
-    return known[rank, itemsize]
+    key = (rank, itemsize, Link.from_env())
+    if key not in known:
+        known[key] = _predict_overlap(plan, rank, itemsize)
+    return known[key]
 
 
 def _predict_overlap(plan, rank: int, itemsize: int) -> bool:
