@@ -64,6 +64,44 @@ def test_ctrl_c_stops_the_command_at_once(tmp_path, how):
         assert "tiles; run the same command with --resume to finish, or --overwrite to start over" in err
 
 
+def test_resume_after_ctrl_c_finishes_the_stream_bitwise(tmp_path):
+    """Ctrl-C once the first of ten tiles is written, then the same command with --resume: the
+    tiles done before are kept (said), the rest computed, the output the single-node one."""
+    import torch
+
+    from haloconv.compute import kernels
+    from haloconv.planning.spec import ConvSpec
+
+    x = np.random.default_rng(1).random((1536, 1536), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    cmd = [sys.executable, "-m", "haloconv", "run", "x.npy", "--stream", "--memory-budget", "400MB", "--workers", "2",
+           "--kernel", "box:31", "--backend", "torch", "-o", "y.npy"]
+    p = subprocess.Popen([*cmd, "--progress", "lines"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in p.stderr:
+            if line.lstrip().startswith("1/"):
+                break
+        os.killpg(p.pid, signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert p.returncode == 130 and "run the same command with --resume" in err, err[-2000:]
+    done = int(err.split("interrupted after ")[1].split("/")[0])
+    assert 0 < done < 10 and not (tmp_path / "y.npy").exists()
+    r = subprocess.run([*cmd, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"({done} done before)" in r.stdout, r.stdout
+    w = torch.ones(1, 1, 31, 31) / 961
+    spec = ConvSpec.from_args((1, 1, *x.shape), tuple(w.shape), None, padding="same")
+    ref = kernels.single_node(torch.from_numpy(x)[None, None], w, None, spec)
+    assert torch.equal(torch.from_numpy(np.load(tmp_path / "y.npy")).reshape(ref.shape), ref)
+    assert not (tmp_path / "y.npy.journal").exists()
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/status") as f:
