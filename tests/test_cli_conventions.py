@@ -4,8 +4,6 @@ carries; and the library's own output (logging, never print)."""
 
 import json
 import logging
-import subprocess
-import sys
 
 import numpy as np
 import tifffile
@@ -50,8 +48,7 @@ def test_every_option_shows_its_default_and_help_runs():
             assert "default" in shown or "deprecated" in shown, (name, action.option_strings, shown)
         assert "(default: sobel-x)" in text if name in ("run", "plan") else True
     for name in (*commands, None):
-        r = subprocess.run([sys.executable, "-m", "haloconv", *([name] if name else []), "--help"],
-                           capture_output=True, text=True, timeout=60)
+        r = _cli(*([name] if name else []), "--help", cwd=".")
         assert r.returncode == 0 and "usage: haloconv" in r.stdout
 
 
