@@ -371,3 +371,43 @@ def test_predictions_of_held_out_configurations_are_within_a_band_of_their_measu
     print("measured / predicted:", ratios)
     assert all(0.25 <= r <= 4 for r in ratios.values()), ratios
     assert 0.4 <= sorted(ratios.values())[1] <= 2.5, ratios
+
+
+def test_the_schedule_simulator_equals_the_simple_one_it_replaced(monkeypatch):
+    """model/schedule._run revisits only what an event changes; on plans of every partition,
+    exchange and pipeline, with cores to spare or short, it gives the very timeline of the
+    simulator that scans every rank and message at every event (tests/schedule_reference.py)."""
+    import copy
+    import random
+
+    from haloconv.model import schedule
+    from schedule_reference import naive_run
+
+    seen = []
+    real = schedule._run
+
+    def both(programs, transfers, cores):
+        before = copy.deepcopy(transfers)
+        got = real(programs, transfers, cores)
+        seen.append((got, naive_run(programs, before, cores)))
+        return got
+
+    monkeypatch.setattr(schedule, "_run", both)
+    rng = random.Random(0)
+    prof = cost.Profile()
+    for part in ["rows", "cols", "grid", "batch", "channels", (1, 1, 2, 2), (2, 1, 2, 1)]:
+        for workers in (2, 3, 4, 6, 8):
+            for exchange, pipeline in (("neighbours", 1), ("master", 1), ("master", 3)):
+                xs = (2, 3, rng.randint(9, 60), rng.randint(9, 60))
+                ws = (4, 3, rng.choice([1, 3, 5]), rng.choice([1, 3]))
+                try:
+                    plan = haloconv.plan(xs, ws, padding=ws[2] // 2, partition=part, workers=workers,
+                                         exchange=exchange, pipeline=pipeline, backend="torch")
+                except ValueError:  # a tuple partition wider than the workers
+                    continue
+                for cores in (lambda k: k, lambda k: min(k, 2), lambda k: min(k, 1.5) * 0.9):
+                    schedule.processes_timeline(plan, lambda t: 1e-6 * t.out.volume, prof.copy_Bps, prof.latency_s,
+                                                prof.bandwidth_Bps, cores)
+    assert len(seen) > 250
+    for got, want in seen:
+        assert got.makespan == want.makespan and got.seconds == want.seconds

@@ -66,17 +66,25 @@ def processes_timeline(plan: Plan, compute_s, copy_Bps: float, latency_s: float,
     def packed_s(phase: str, src: int, dst: int, part: int = 0) -> float:
         return sum(m.nbytes for m in groups.get((phase, src, dst, part), ()) if m.packed) / copy_Bps
 
-    programs = {t.rank: _program(plan, t, master, tid, packed_s, compute_s, copy_Bps, itemsize) for t in plan.tiles}
+    # what every rank's program needs, made once (per rank it would cost every rank again)
+    workers = [t.rank for t in plan.tiles if t.rank != master]
+    parts = {t.rank: plan.subtiles(t, master) for t in plan.tiles}
+    order = {t.rank: k for k, t in enumerate(plan.tiles)}
+    halo_out: dict[int, list[int]] = defaultdict(list)  # src -> its halo transfers, in tile order
+    for (phase, src, dst, _), i in sorted(ids.items(), key=lambda kv: order.get(kv[0][2], 0)):
+        if phase == "halo" and src != dst:
+            halo_out[src].append(i)
+    programs = {t.rank: _program(plan, t, master, tid, packed_s, compute_s, copy_Bps, itemsize, workers, parts,
+                                 halo_out[t.rank]) for t in plan.tiles}
     return _run(programs, transfers, cores)
 
 
-def _program(plan: Plan, tile, master: int, tid, packed_s, compute_s, copy_Bps: float, itemsize: int) -> list[Step]:
-    """What rank ``tile.rank`` does, in the engine's order."""
+def _program(plan: Plan, tile, master: int, tid, packed_s, compute_s, copy_Bps: float, itemsize: int,
+             workers: list[int], parts: dict, halo_out: list[int]) -> list[Step]:
+    """What rank ``tile.rank`` does, in the engine's order (``workers``: the ranks other than
+    the master; ``parts``: each rank's subtiles; ``halo_out``: the halo transfers it sends)."""
     r = tile.rank
-    workers = [t.rank for t in plan.tiles if t.rank != master]
-    parts = {t.rank: plan.subtiles(t, master) for t in plan.tiles}
     halo_in = [i for p in tile.halo_pieces for i in tid("halo", p.owner, r)]
-    halo_out = [i for t in plan.tiles if t.rank != r for i in tid("halo", r, t.rank)]
     if r == master:
         prog: list[Step] = []
         w = [i for d in workers for i in tid("weights", master, d)]
@@ -120,7 +128,11 @@ def _program(plan: Plan, tile, master: int, tid, packed_s, compute_s, copy_Bps: 
 
 def _run(programs: dict[int, list[Step]], transfers: list[_Transfer], cores) -> Timeline:
     """Event by event: ranks run their programs until they block; posted messages move, in
-    order between each pair of ranks; every busy thread advances at its processor share."""
+    order between each pair of ranks; every busy thread advances at its processor share.
+
+    Each event revisits only what it can change (the ranks whose wait or compute ended, the
+    queues whose head finished or was posted), so the simulation costs about the events
+    times what moves at once, not the events times every rank and message."""
     pc = dict.fromkeys(programs, 0)
     cpu_left: dict[int, float] = {}  # rank -> seconds of its current cpu step still to run
     began: dict[int, float] = {}  # rank -> when its current blocking step began
@@ -128,18 +140,42 @@ def _run(programs: dict[int, list[Step]], transfers: list[_Transfer], cores) -> 
     # a message's time alone was measured (calibrate) with its two ends busy on their own
     reference = min(1.0, cores(2) / 2)
     now = 0.0
-    for t in transfers:
+    # a pair's messages of one tag arrive in the order they were posted: one queue per
+    # (src, dst, phase), in transfer order; only a queue's head may move
+    queues: dict[tuple, list[int]] = defaultdict(list)
+    for i, t in enumerate(transfers):
         t.left = t.seconds
+        queues[(t.src, t.dst, t.phase)].append(i)
+    heads = dict.fromkeys(queues, 0)
+    waiters: dict[int, list[int]] = defaultdict(list)  # transfer -> ranks blocked on it
+    moving: dict[int, _Transfer] = {}  # in the order they started (the old scan's order)
+    ready = list(programs)  # ranks that may run on now
+
+    def start_head(key) -> None:
+        h = heads[key]
+        q = queues[key]
+        if h < len(q):
+            t = transfers[q[h]]
+            if t.state == 0 and t.sent and t.received:
+                t.state = 1
+                moving[q[h]] = t
+
     while True:
-        for r, prog in programs.items():  # run each rank until it blocks
+        touched = set()
+        for r in ready:  # run each rank until it blocks
+            prog = programs[r]
             while pc[r] < len(prog):
                 kind, what, arg = prog[pc[r]]
                 if kind == "post":
                     for i in what:
                         setattr(transfers[i], "sent" if arg == "send" else "received", True)
+                        t = transfers[i]
+                        touched.add((t.src, t.dst, t.phase))
                 elif kind == "wait":
-                    if any(transfers[i].state != 2 for i in what):
+                    pending = [i for i in what if transfers[i].state != 2]
+                    if pending:
                         began.setdefault(r, now)
+                        waiters[pending[0]].append(r)
                         break
                     out.seconds[r][arg] += now - began.pop(r, now)
                 elif r not in cpu_left:
@@ -153,18 +189,11 @@ def _run(programs: dict[int, list[Step]], transfers: list[_Transfer], cores) -> 
                     del cpu_left[r]
                     out.seconds[r][arg] += now - began.pop(r)
                 pc[r] += 1
-        queued = set()  # a pair's messages of one tag arrive in the order they were posted
-        for t in transfers:
-            if t.state == 2:
-                continue
-            key = (t.src, t.dst, t.phase)
-            if t.state == 0 and t.sent and t.received and key not in queued:
-                t.state = 1
-            queued.add(key)
-        moving = [t for t in transfers if t.state == 1]
+        for key in touched:
+            start_head(key)
         computing = [r for r, left in cpu_left.items() if left > 0]
         ends: dict[int, int] = defaultdict(int)  # rank -> messages its communication thread moves
-        for t in moving:
+        for t in moving.values():
             ends[t.src] += 1
             ends[t.dst] += 1
         threads = len(computing) + len(ends)  # a rank computes on one thread, moves data on another
@@ -174,12 +203,23 @@ def _run(programs: dict[int, list[Step]], transfers: list[_Transfer], cores) -> 
             out.makespan = now
             return out
         share = min(1.0, cores(threads) / threads)
-        rates = [min(1.0, share / max(ends[t.src], ends[t.dst]) / reference) for t in moving]
-        dt = min([t.left / v for t, v in zip(moving, rates)] + [cpu_left[r] / share for r in computing])
+        order = sorted(moving)  # transfer order, as a scan of every transfer visits them
+        rates = [min(1.0, share / max(ends[transfers[i].src], ends[transfers[i].dst]) / reference) for i in order]
+        dt = min([transfers[i].left / v for i, v in zip(order, rates)] + [cpu_left[r] / share for r in computing])
         now += dt
-        for t, v in zip(moving, rates):
+        ready = []
+        for i, v in zip(order, rates):
+            t = transfers[i]
             t.left -= dt * v
             if t.left <= 1e-15:
                 t.state = 2
+                del moving[i]
+                key = (t.src, t.dst, t.phase)
+                heads[key] += 1
+                start_head(key)
+                ready += waiters.pop(i, [])
         for r in computing:
             cpu_left[r] = max(0.0, cpu_left[r] - dt * share)
+            if cpu_left[r] == 0.0:
+                ready.append(r)
+        ready = list(dict.fromkeys(ready))
