@@ -272,3 +272,38 @@ def test_bytes_and_messages_equal_counts_worked_out_by_hand():
     p = haloconv.plan((1, 1, 9, 9), (1, 1, 5, 5), padding=4, partition="grid", workers=4, backend="torch")
     assert _traffic(p, 8, "halo") == [(0, 40 * 8, 0, 3), (3 * 4 * 8, 24 * 8, 1, 1), (4 * 3 * 8, 24 * 8, 1, 1),
                                       ((4 * 4 + 24 + 24) * 8, 0, 3, 0)]
+
+
+def test_a_chosen_plan_is_kept_per_configuration_filters_and_profile(tmp_path):
+    """The cost model's choice is kept (a small call does not plan again), keyed by all it
+    depends on: the same call gets the same Plan; other filter values of the same shape
+    (separable or not), another profile, or the profile file rewritten get their own."""
+    import os
+
+    import numpy as np
+
+    from haloconv import planner
+    from haloconv.model import cost
+
+    x = (1, 1, 300, 300)
+    g = np.random.default_rng(0)
+    rank1 = (g.random((9, 1)) @ g.random((1, 9))).astype(np.float32)[None, None]
+    dense = g.random((1, 1, 9, 9)).astype(np.float32)
+    a = haloconv.plan(x, rank1, padding=4, workers=2, engine="threads")
+    assert haloconv.plan(x, rank1.copy(), padding=4, workers=2, engine="threads") is a  # equal values: kept
+    b = haloconv.plan(x, dense, padding=4, workers=2, engine="threads")
+    assert a.backend == "separable" and b.backend != "separable"
+    path = tmp_path / "p.json"
+    cost.Profile().save(path)
+    c = haloconv.plan(x, dense, padding=4, workers=2, profile=str(path))
+    assert haloconv.plan(x, dense, padding=4, workers=2, profile=str(path)) is c
+    cost.Profile(cores=7.0).save(path)  # recalibrated: another file
+    os.utime(path, ns=(1, 1))  # (its time changed whatever the clock's resolution)
+    assert haloconv.plan(x, dense, padding=4, workers=2, profile=str(path)) is not c
+    prof = cost.Profile()
+    d = haloconv.plan(x, dense, padding=4, workers=2, profile=prof)
+    assert haloconv.plan(x, dense, padding=4, workers=2, profile=cost.Profile(cores=3.0)) is not d
+    assert haloconv.plan(x, dense, padding=4, workers=2, profile=cost.Profile()) is d  # equal values: kept
+    # fresh, it is the same choice
+    planner._CHOSEN.clear()
+    assert haloconv.plan(x, rank1, padding=4, workers=2, engine="threads") == a

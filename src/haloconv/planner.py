@@ -4,8 +4,14 @@ torch: a command that filters an image with OpenCV plans here without importing 
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
 
 from haloconv import units
 from haloconv.compute import backends
@@ -135,11 +141,51 @@ def plan(
     if memory_budget is not None:
         memory_budget = units.byte_count(memory_budget, "memory_budget")
     if part.kind == "auto" or backend == "auto" or memory_budget is not None:
+        # what the cost model chose is kept, as cuDNN keeps its algorithm per configuration:
+        # a call of the same shapes, options, filters and profile takes the same plan again
+        key = (spec, part, workers, None if worker_weights is None else tuple(worker_weights), ownership, exchange,
+               pipeline, backend, memory_budget, engine, _profile_key(profile), _values_key(values))
+        chosen = _CHOSEN.get(key)
+        if chosen is not None:
+            _CHOSEN.move_to_end(key)
+            return chosen
         prof = profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
         if part.kind == "auto":
-            return cost.choose(spec, workers, prof, backend=backend, engine=engine, memory_budget=memory_budget,
-                               ownership=ownership, exchange=exchange, weights=worker_weights, weight=values)
-        # a given partition: the model picks the backend (and checks the budget)
-        base = make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline)
-        return cost.rank_backends(base, prof, backend, engine, memory_budget, weight=values)[0].plan
+            chosen = cost.choose(spec, workers, prof, backend=backend, engine=engine, memory_budget=memory_budget,
+                                 ownership=ownership, exchange=exchange, weights=worker_weights, weight=values)
+        else:  # a given partition: the model picks the backend (and checks the budget)
+            base = make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline)
+            chosen = cost.rank_backends(base, prof, backend, engine, memory_budget, weight=values)[0].plan
+        _CHOSEN[key] = chosen
+        if len(_CHOSEN) > CHOSEN_KEPT:
+            _CHOSEN.popitem(last=False)
+        return chosen
     return make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline, backend)
+
+
+# the plans the cost model chose, by configuration, the least recently used dropped first
+CHOSEN_KEPT = 256
+_CHOSEN: OrderedDict[tuple, Plan] = OrderedDict()
+
+
+def _profile_key(profile: cost.Profile | str | os.PathLike | None) -> tuple:
+    """What the profile a plan is chosen with depends on: its values, or its file as it is
+    now (a recalibration rewrites it: a new key)."""
+    if isinstance(profile, cost.Profile):
+        return ("values", repr(profile))
+    path = Path(profile) if profile is not None else cost.default_profile_path()
+    try:
+        st = path.stat()
+    except OSError:  # no file: the defaults (or, for a path given, the error load_profile raises)
+        return ("file", str(path), None)
+    return ("file", str(path), st.st_mtime_ns, st.st_size)
+
+
+def _values_key(values) -> tuple | None:
+    """The filters' values, for the backends whose use depends on them (separable)."""
+    if values is None:
+        return None
+    if type(values).__module__.split(".")[0] == "torch":
+        values = values.detach().cpu().numpy()
+    data = np.ascontiguousarray(values)
+    return (str(data.dtype), data.shape, hashlib.blake2b(data.tobytes(), digest_size=16).digest())
