@@ -164,7 +164,7 @@ def plan(
 
 
 # the plans the cost model chose, by configuration, the least recently used dropped first
-CHOSEN_KEPT = 256
+CHOSEN_KEPT = 64  # a plan of many workers holds every tile: a few MB
 _CHOSEN: OrderedDict[tuple, Plan] = OrderedDict()
 
 
