@@ -94,3 +94,21 @@ def test_a_small_pool_computes_many_tiles_exactly_and_threads_is_checked():
         haloconv.execute(p, x, w, engine="threads", threads=0)
     with pytest.raises(ValueError, match="threads applies"):
         haloconv.execute(p, x, w, engine="processes", threads=2)
+
+
+def test_conv_plans_once_when_the_array_engine_does_not_take_the_arrays(monkeypatch):
+    """numpy inputs of a layer (torch computes it): the plan made to ask the array engine is
+    the one that runs (issue 28: it was made twice)."""
+    import numpy as np
+
+    from haloconv import api
+
+    calls = []
+    real = api.plan
+    monkeypatch.setattr(api, "plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = np.random.default_rng(0).random((1, 3, 20, 20), dtype=np.float32)
+    w = np.random.default_rng(1).random((4, 3, 3, 3), dtype=np.float32)
+    y = haloconv.conv(x, w, padding=1, partition="rows", workers=2)
+    assert len(calls) == 1
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1).numpy()
+    assert isinstance(y, np.ndarray) and np.allclose(y, ref, rtol=1e-5, atol=1e-5)

@@ -316,6 +316,7 @@ def conv(
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, padding_mode=padding_mode,
               partition=partition, workers=workers, worker_weights=worker_weights, ownership=ownership,
               exchange=exchange, pipeline=pipeline, backend=backend, memory_budget=memory_budget, profile=profile)
+    p = None
     if engine == "threads" and schedule == "static" and tiles is None and _arrays(x, weight, bias):
         # numpy in, numpy out: a backend that computes arrays runs without torch
         p = plan(tuple(x.shape), weight, None if bias is None else tuple(bias.shape), engine="threads", **kw)
@@ -333,8 +334,9 @@ def conv(
         kw["workers"] = engine.workers
     if backend is None and needs_grad(xt, wt, bt):
         kw["backend"] = "torch"  # training: bit for bit the layer autograd would run
-    p = plan(tuple(xt.shape), wt, None if bt is None else tuple(bt.shape),
-             engine=engine if isinstance(engine, str) else "processes", **kw)
+    if p is None:  # (arrays the array engine does not take keep the plan made for them: planned once)
+        p = plan(tuple(xt.shape), wt, None if bt is None else tuple(bt.shape),
+                 engine=engine if isinstance(engine, str) else "processes", **kw)
     if out is not None:  # checked before the work: the type of x, the result's shape and dtype
         kind = np.ndarray if is_numpy else type(xt)
         shape = tuple(p.spec.output_shape[2:] if image else p.spec.output_shape)
