@@ -411,3 +411,26 @@ def test_the_schedule_simulator_equals_the_simple_one_it_replaced(monkeypatch):
     assert len(seen) > 250
     for got, want in seen:
         assert got.makespan == want.makespan and got.seconds == want.seconds
+
+
+def test_choose_skips_candidates_that_cannot_win_and_picks_what_ranking_them_all_picks():
+    """choose() leaves out candidates whose floor is above the best found so far; it picks
+    what ranking every candidate picks (candidates()[0]), layers and filters, 2-D and 3-D,
+    on both engines, with and without a memory budget."""
+    import itertools
+
+    prof = cost.Profile()
+    specs = [ConvSpec.from_args((1, 64, 256, 256), (64, 64, 3, 3), None, padding=1),
+             ConvSpec.from_args((4, 3, 128, 128), (16, 3, 5, 5), None, padding=2),
+             ConvSpec.from_args((1, 1, 1024, 1024), (1, 1, 15, 15), None, padding=7),
+             ConvSpec.from_args((2, 8, 32, 32, 32), (8, 8, 3, 3, 3), None, padding=1),
+             ConvSpec.from_args((1, 1, 300, 300), (1, 1, 3, 3), None, padding=1)]
+    checked = set()
+    for spec, workers, engine, budget in itertools.product(specs, (2, 3, 8), ("processes", "threads"), (None, 2**22)):
+        ranked = cost.candidates(spec, workers, prof, engine=engine, memory_budget=budget)
+        if not ranked:
+            continue
+        got = cost.choose(spec, workers, prof, engine=engine, memory_budget=budget)
+        assert got == ranked[0].plan, (spec.input_shape, workers, engine, budget)
+        checked.add((ranked[0].plan.partition == "single", engine))
+    assert len(checked) == 4  # a single worker and a split chosen, on each engine

@@ -267,11 +267,7 @@ def predict(plan: Plan, profile: Profile | None = None, itemsize: int = 4, engin
     memory = {t.rank: (t.window.volume + t.owned.volume + t.out.volume) * itemsize + weight_bytes for t in plan.tiles}
 
     def compute_s(tile) -> float:
-        # a window is copied together unless it can be a view (a band of whole rows: halos
-        # land in the room around it)
-        band = all(a == 0 and b == n for a, b, n in zip(tile.out.lo[3:], tile.out.hi[3:], spec.output_shape[3:]))
-        copy = 0.0 if band and engine != "threads" else tile.window.volume * itemsize / prof.copy_Bps
-        return prof.compute_seconds(plan.backend, spec, tile.window.shape, tile.out.shape, tile.groups) + copy
+        return _tile_seconds(plan, tile, prof, itemsize, engine)
 
     if engine == "threads":  # shared memory: nothing moves, outputs are copied into the result
         n = len(plan.tiles)
@@ -291,6 +287,43 @@ def predict(plan: Plan, profile: Profile | None = None, itemsize: int = 4, engin
         memory[0] = memory.get(0, 0) + (math.prod(spec.input_shape) + math.prod(spec.output_shape)) * itemsize
         total = (prof.step1_s if len(plan.tiles) == 1 else prof.step_s) + line.makespan
     return Prediction(plan, engine, seconds, moved, memory, total)
+
+
+def _tile_seconds(plan: Plan, tile, prof: Profile, itemsize: int, engine: str) -> float:
+    """One tile's compute on one core, its window's copy included."""
+    spec = plan.spec
+    # a window is copied together unless it can be a view (a band of whole rows: halos
+    # land in the room around it)
+    band = all(a == 0 and b == n for a, b, n in zip(tile.out.lo[3:], tile.out.hi[3:], spec.output_shape[3:]))
+    copy = 0.0 if band and engine != "threads" else tile.window.volume * itemsize / prof.copy_Bps
+    return prof.compute_seconds(plan.backend, spec, tile.window.shape, tile.out.shape, tile.groups) + copy
+
+
+def _floor_s(plan: Plan, prof: Profile, itemsize: int) -> float:
+    """A time the processes engine's prediction of ``plan`` cannot be below, for choose to
+    skip a candidate without simulating it (model/schedule.py): a cpu step runs at most at
+    one core's speed, so the makespan is at least the master's compute and, with halos
+    between neighbours, every tile's; the master's messages share its communication thread,
+    which moves them at most 1 / reference times a message's lone speed together."""
+    master = plan.tiles[0]
+    ts = [master] if plan.exchange == "master" else plan.tiles
+    compute = max(_tile_seconds(plan, t, prof, itemsize, "processes") for t in ts)
+    groups: dict[tuple, list[int]] = {}
+    for m in plan.messages(itemsize):
+        if 0 in (m.src, m.dst):
+            groups.setdefault((m.phase, m.src, m.dst, m.part), []).append(m.nbytes)
+    alone = sum(len(b) * prof.latency_s + sum(b) / prof.bandwidth_Bps for b in groups.values())
+    reference = min(1.0, prof.effective_cores(plan.spec, 2, plan.backend) / 2)
+    step = prof.step1_s if len(plan.tiles) == 1 else prof.step_s
+    return step + max(compute, reference * alone)
+
+
+def _count_floor_s(counts: Sequence[int], spec: ConvSpec, backend: str, prof: Profile) -> float:
+    """_floor_s before the plan is built: the master sends every other tile at least one
+    message (its filters)."""
+    tiles = math.prod(counts)
+    reference = min(1.0, prof.effective_cores(spec, 2, backend) / 2)
+    return (prof.step1_s if tiles == 1 else prof.step_s) + reference * (tiles - 1) * prof.latency_s
 
 
 # -- candidates and the choice ---------------------------------------------------------------
@@ -363,12 +396,33 @@ def candidates(spec: ConvSpec, workers: int, profile: Profile | None = None, ite
     return preds
 
 
-def choose(spec: ConvSpec, workers: int, profile: Profile | None = None, **kw) -> Plan:
-    """The plan with the least predicted time (partition='auto')."""
-    ranked = candidates(spec, workers, profile, **kw)
-    if not ranked:
-        raise ValueError(f"no partition fits memory_budget={kw.get('memory_budget')} bytes per worker")
-    return ranked[0].plan
+def choose(spec: ConvSpec, workers: int, profile: Profile | None = None, itemsize: int = 4,
+           backend: str = "auto", engine: str = "processes", memory_budget: int | None = None,
+           ownership: str = "aligned", exchange: str = "neighbours",
+           weights: Sequence[float] | None = None, weight=None) -> Plan:
+    """The plan with the least predicted time (partition='auto'): candidates()[0], without
+    simulating the candidates that cannot beat the best found so far (on the processes
+    engine, a candidate whose floor, _count_floor_s and then _floor_s, is above it)."""
+    prof = profile or load_profile()
+    best: Prediction | None = None
+    splits = [("single", (1,) * (spec.ndim + 2))] + candidate_splits(spec, workers)
+    for name, counts in splits:  # the order candidates() ranks ties in: the first cheapest wins
+        for b in _backends(spec, backend, weight):
+            floor = engine == "processes" and best is not None
+            if floor and _count_floor_s(counts, spec, b, prof) > best.total_s:
+                continue
+            w = 1 if name == "single" else workers
+            p = build(spec, counts, name, w, None if name == "single" else weights, ownership=ownership,
+                      exchange=exchange, backend=b)
+            if floor and _floor_s(p, prof, itemsize) > best.total_s:
+                continue
+            pred = predict(p, prof, itemsize, engine)
+            if (memory_budget is None or pred.peak_memory <= memory_budget) and (best is None or
+                                                                                pred.total_s < best.total_s):
+                best = pred
+    if best is None:
+        raise ValueError(f"no partition fits memory_budget={memory_budget} bytes per worker")
+    return best.plan
 
 
 def resident_seconds(plan: Plan, profile: Profile, itemsize: int = 4) -> tuple[float, float]:
