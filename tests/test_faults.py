@@ -83,10 +83,10 @@ def _worker_pid(rank: int) -> int:
 
 @pytest.mark.parametrize("schedule", ["static", "dynamic"])
 def test_a_throttled_worker_killed_once_the_first_tile_is_in_is_survived(schedule):
-    """Rank 2 sleeps 500x its compute time before it answers (throttle), and is killed by the
-    progress callback as soon as the first tile is in: it cannot have finished, however fast
-    the machine.  Static: the whole job is planned again on 2 workers; dynamic: only the
-    tiles not yet in are computed again."""
+    """Rank 2 sleeps 5000x its compute time before it answers (throttle: seconds, where the
+    others answer in milliseconds), and is killed by the progress callback as soon as the
+    first tile is in: it cannot have finished, however fast the machine.  Static: the whole
+    job is planned again on 2 workers; dynamic: only the tiles not yet in are computed again."""
     import torch
 
     import haloconv
@@ -102,7 +102,7 @@ def test_a_throttled_worker_killed_once_the_first_tile_is_in_is_survived(schedul
             killed.append(_worker_pid(2))
             os.kill(killed[0], signal.SIGKILL)
 
-    ex = processes.run(plan, x, w, None, timeout=30, on_failure="retry", throttle={2: 500.0}, progress=progress,
+    ex = processes.run(plan, x, w, None, timeout=30, on_failure="retry", throttle={2: 5000.0}, progress=progress,
                        schedule=schedule, **({"tiles": 12} if schedule == "dynamic" else {}))
     assert torch.equal(ex.output, torch.nn.functional.conv2d(x, w, padding=2))
     assert killed and len(ex.failures) == 1 and "exited" in ex.failures[0], ex.failures
