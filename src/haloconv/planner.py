@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -145,10 +146,11 @@ def plan(
         # a call of the same shapes, options, filters and profile takes the same plan again
         key = (spec, part, workers, None if worker_weights is None else tuple(worker_weights), ownership, exchange,
                pipeline, backend, memory_budget, engine, _profile_key(profile), _values_key(values))
-        chosen = _CHOSEN.get(key)
-        if chosen is not None:
-            _CHOSEN.move_to_end(key)
-            return chosen
+        with _CHOSEN_LOCK:  # calls from several threads share it
+            chosen = _CHOSEN.get(key)
+            if chosen is not None:
+                _CHOSEN.move_to_end(key)
+                return chosen
         prof = profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
         if part.kind == "auto":
             chosen = cost.choose(spec, workers, prof, backend=backend, engine=engine, memory_budget=memory_budget,
@@ -156,9 +158,10 @@ def plan(
         else:  # a given partition: the model picks the backend (and checks the budget)
             base = make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline)
             chosen = cost.rank_backends(base, prof, backend, engine, memory_budget, weight=values)[0].plan
-        _CHOSEN[key] = chosen
-        if len(_CHOSEN) > CHOSEN_KEPT:
-            _CHOSEN.popitem(last=False)
+        with _CHOSEN_LOCK:
+            _CHOSEN[key] = chosen
+            if len(_CHOSEN) > CHOSEN_KEPT:
+                _CHOSEN.popitem(last=False)
         return chosen
     return make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline, backend)
 
@@ -166,6 +169,7 @@ def plan(
 # the plans the cost model chose, by configuration, the least recently used dropped first
 CHOSEN_KEPT = 64  # a plan of many workers holds every tile: a few MB
 _CHOSEN: OrderedDict[tuple, Plan] = OrderedDict()
+_CHOSEN_LOCK = threading.Lock()
 
 
 def _profile_key(profile: cost.Profile | str | os.PathLike | None) -> tuple:
