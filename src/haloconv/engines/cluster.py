@@ -247,7 +247,7 @@ class Cluster:
         if master_error is None and not (errors or dead or hung):
             reports.update(replies)
             return result, reports
-        failure = self._fault(errors, dead, hung, master_error)
+        failure = self._fault(errors, dead, hung, master_error, time.perf_counter() - t0)
         lost = sorted(set(dead) | set(hung))
         if not self.heal:
             self._kill()
@@ -316,8 +316,10 @@ class Cluster:
         return reply
 
     def _fault(self, errors: dict[int, str], dead: list[int], hung: list[int],
-               master_error: BaseException | None) -> WorkerError | None:
-        """The WorkerError a failed step raises (None: the master's own error is the cause)."""
+               master_error: BaseException | None, waited: float) -> WorkerError | None:
+        """The WorkerError a failed step raises (None: the master's own error is the cause);
+        ``waited``: the step's seconds until then (a hang is found after the master's side
+        and the ranks blocked on the hung one have each had their timeout)."""
         # a worker that raised first; the others failed because it closed its connections
         first = {r: e for r, e in errors.items() if not _broken_link(e)}
         if master_error is not None and not (first or dead or hung):
@@ -327,7 +329,7 @@ class Cluster:
             what.append(f"worker(s) {dead} exited{self._exit_reasons(dead)}")
         if hung:
             what.append(f"worker(s) {hung} did not answer within the timeout of {self.timeout:g} s (hung, or "
-                        "waiting on one that hung)")
+                        f"waiting on one that hung; the call waited {waited:.1f} s)")
         if first:
             what.append(f"worker(s) {sorted(first)} raised")
         if master_error is not None and not _broken_link(str(master_error)):
