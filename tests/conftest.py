@@ -217,7 +217,6 @@ def _spmd_parse(spec: str) -> tuple[int, str, list[str], dict[str, str]]:
 
 def _spmd_launch(ranks: int, specs: list[str], where) -> dict:
     import json
-    import sys
     from pathlib import Path
 
     here = Path(__file__).parent
@@ -234,7 +233,7 @@ def _spmd_launch(ranks: int, specs: list[str], where) -> dict:
     except subprocess.TimeoutExpired as e:
         launch = f"timed out after {SPMD_LAUNCH_TIMEOUT} s; stderr:\n{(e.stderr or b'')[-4000:]!r}"
     per_rank = [json.loads(f.read_text()) if (f := where / f"r{k}.json").exists() else {} for k in range(ranks)]
-    return {"specs": specs, "ranks": per_rank, "launch": launch}
+    return {"ranks": per_rank, "launch": launch}
 
 
 @pytest.fixture(scope="session")
@@ -242,8 +241,8 @@ def spmd(request, tmp_path_factory):
     wanted: dict[int, list[str]] = {}
     for item in request.session.items:
         spec = getattr(item, "callspec", None) and item.callspec.params.get("spmd_case")
-        if spec and spec not in wanted.setdefault(_spmd_parse(spec)[0], []):
-            wanted[_spmd_parse(spec)[0]].append(spec)
+        if spec and spec not in (same := wanted.setdefault(_spmd_parse(spec)[0], [])):
+            same.append(spec)
     launched: dict[int | str, dict] = {}
 
     def result(spec: str) -> str:

@@ -31,28 +31,11 @@ def test_ctrl_c_stops_the_command_at_once(tmp_path, how):
         np.save(tmp_path / "x.npy", np.random.default_rng(0).random((6144, 6144), dtype=np.float32))
     cmd = [sys.executable, "-m", "haloconv", "run", *RUNS[how], "--kernel", "box:63", "--backend", "torch",
            "-o", "y.npy", "-v", "--progress", "lines"]
-    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True,
-                         # a shell that starts the suite in the background ignores SIGINT, and the ignoring is
-                         # inherited: give the command a terminal's Ctrl-C
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        # triggered by progress: the compute has begun (workers up, or the plan said)
-        ready = "started 2 worker processes" if how == "processes" else "backend torch:"
-        stream = p.stderr if how == "stream" else p.stdout
-        for line in stream:
-            if (line.lstrip().startswith("1/") if how == "stream" else line.startswith(ready)):
-                break
-        kids = children(p.pid)
-        t0 = time.monotonic()
-        os.killpg(p.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the command and its worker processes
-        out, err = p.communicate(timeout=120)
-        took = time.monotonic() - t0
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-    assert p.returncode == 130, err[-2000:]
+    # triggered by progress: the compute has begun (workers up, or the plan said, or a tile is done)
+    ready = "started 2 worker processes" if how == "processes" else "backend torch:"
+    rc, out, err, kids, took = _ctrl_c(cmd, tmp_path, lambda line: line.lstrip().startswith("1/") if how == "stream"
+                                       else line.startswith(ready), on_stderr=how == "stream")
+    assert rc == 130, err[-2000:]
     # the README promises a second (0.3-0.7 s measured); the bound leaves room for a loaded
     # machine and is still far below the minutes the compute had left
     assert took < 5, took
@@ -76,20 +59,9 @@ def test_resume_after_ctrl_c_finishes_the_stream_bitwise(tmp_path):
     np.save(tmp_path / "x.npy", x)
     cmd = [sys.executable, "-m", "haloconv", "run", "x.npy", "--stream", "--memory-budget", "400MB", "--workers", "2",
            "--kernel", "box:31", "--backend", "torch", "-o", "y.npy"]
-    p = subprocess.Popen([*cmd, "--progress", "lines"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        for line in p.stderr:
-            if line.lstrip().startswith("1/"):
-                break
-        os.killpg(p.pid, signal.SIGINT)
-        _, err = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-    assert p.returncode == 130 and "run the same command with --resume" in err, err[-2000:]
+    rc, _, err, _, _ = _ctrl_c([*cmd, "--progress", "lines"], tmp_path, lambda line: line.lstrip().startswith("1/"),
+                               on_stderr=True)
+    assert rc == 130 and "run the same command with --resume" in err, err[-2000:]
     done = int(err.split("interrupted after ")[1].split("/")[0])
     assert 0 < done < 10 and not (tmp_path / "y.npy").exists()
     r = subprocess.run([*cmd, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -100,6 +72,34 @@ def test_resume_after_ctrl_c_finishes_the_stream_bitwise(tmp_path):
     ref = kernels.single_node(torch.from_numpy(x)[None, None], w, None, spec)
     assert torch.equal(torch.from_numpy(np.load(tmp_path / "y.npy")).reshape(ref.shape), ref)
     assert not (tmp_path / "y.npy.journal").exists()
+
+
+def _ctrl_c(cmd, cwd, ready, on_stderr: bool) -> tuple[int, str, str, list[int], float]:
+    """``cmd`` run until a line of its stdout (stderr) is ``ready(line)``, then a terminal's
+    Ctrl-C to it and its worker processes: its exit status, stdout, stderr, the children it
+    had then, and the seconds it took to end."""
+    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True,
+                         # a shell that starts the suite in the background ignores SIGINT, and the ignoring is
+                         # inherited: give the command a terminal's Ctrl-C
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        seen = []
+        for line in p.stderr if on_stderr else p.stdout:
+            seen.append(line)
+            if ready(line):
+                break
+        kids = children(p.pid)
+        t0 = time.monotonic()
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    before = "".join(seen)
+    return p.returncode, out if on_stderr else before + out, before + err if on_stderr else err, kids, took
 
 
 def _alive(pid: int) -> bool:

@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 import time
 from collections import Counter
 
@@ -152,8 +153,6 @@ def test_worker_fault_raises_within_timeout_without_heal_and_cleans_up(kind):
     took = time.monotonic() - t0
     assert took < 15  # the 2 s timeout, not the 60 s default or a hang
     if kind == "hang":  # the message says how long the call waited, not only the timeout
-        import re
-
         waited = float(re.search(r"the call waited ([\d.]+) s", str(e.value)).group(1))
         assert 2 <= waited <= took, (waited, took, str(e.value))
     assert _gone(pids)

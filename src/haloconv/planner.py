@@ -189,7 +189,7 @@ def _values_key(values) -> tuple | None:
     """The filters' values, for the backends whose use depends on them (separable)."""
     if values is None:
         return None
-    if type(values).__module__.split(".")[0] == "torch":
+    if hasattr(values, "detach"):  # a torch.Tensor (check_filters let only tensors and arrays in)
         values = values.detach().cpu().numpy()
     data = np.ascontiguousarray(values)
     return (str(data.dtype), data.shape, hashlib.blake2b(data.tobytes(), digest_size=16).digest())

@@ -285,7 +285,7 @@ def predict(plan: Plan, profile: Profile | None = None, itemsize: int = 4, engin
                                            messages=messages)
         seconds = line.seconds
         memory[0] = memory.get(0, 0) + (math.prod(spec.input_shape) + math.prod(spec.output_shape)) * itemsize
-        total = (prof.step1_s if len(plan.tiles) == 1 else prof.step_s) + line.makespan
+        total = _step_s(prof, len(plan.tiles)) + line.makespan
     return Prediction(plan, engine, seconds, moved, memory, total)
 
 
@@ -308,22 +308,25 @@ def _floor_s(plan: Plan, prof: Profile, itemsize: int) -> float:
     master = plan.tiles[0]
     ts = [master] if plan.exchange == "master" else plan.tiles
     compute = max(_tile_seconds(plan, t, prof, itemsize, "processes") for t in ts)
-    groups: dict[tuple, list[int]] = {}
-    for m in plan.messages(itemsize):
-        if 0 in (m.src, m.dst):
-            groups.setdefault((m.phase, m.src, m.dst, m.part), []).append(m.nbytes)
-    alone = sum(len(b) * prof.latency_s + sum(b) / prof.bandwidth_Bps for b in groups.values())
-    reference = min(1.0, prof.effective_cores(plan.spec, 2, plan.backend) / 2)
-    step = prof.step1_s if len(plan.tiles) == 1 else prof.step_s
-    return step + max(compute, reference * alone)
+    _, transfers = schedule.transfers_of(plan.messages(itemsize), prof.latency_s, prof.bandwidth_Bps)
+    alone = sum(t.seconds for t in transfers if 0 in (t.src, t.dst))
+    return _step_s(prof, len(plan.tiles)) + max(compute, _reference(prof, plan.spec, plan.backend) * alone)
 
 
 def _count_floor_s(counts: Sequence[int], spec: ConvSpec, backend: str, prof: Profile) -> float:
     """_floor_s before the plan is built: the master sends every other tile at least one
     message (its filters)."""
     tiles = math.prod(counts)
-    reference = min(1.0, prof.effective_cores(spec, 2, backend) / 2)
-    return (prof.step1_s if tiles == 1 else prof.step_s) + reference * (tiles - 1) * prof.latency_s
+    return _step_s(prof, tiles) + _reference(prof, spec, backend) * (tiles - 1) * prof.latency_s
+
+
+def _step_s(prof: Profile, tiles: int) -> float:
+    """The processes engine's fixed cost of a call (less for one tile: no worker to wake)."""
+    return prof.step1_s if tiles == 1 else prof.step_s
+
+
+def _reference(prof: Profile, spec: ConvSpec, backend: str) -> float:
+    return schedule.reference_share(lambda n: prof.effective_cores(spec, n, backend))
 
 
 # -- candidates and the choice ---------------------------------------------------------------
@@ -381,19 +384,29 @@ def candidates(spec: ConvSpec, workers: int, profile: Profile | None = None, ite
     """Every candidate (partition x backend, plus a single worker), cheapest predicted first;
     those over ``memory_budget`` bytes per worker are left out."""
     prof = profile or load_profile()
-    names = _backends(spec, backend, weight)
     preds = []
-    splits = [("single", (1,) * (spec.ndim + 2))] + candidate_splits(spec, workers)
-    for name, counts in splits:
-        for b in names:
-            w = 1 if name == "single" else workers
-            p = build(spec, counts, name, w, None if name == "single" else weights, ownership=ownership,
-                      exchange=exchange, backend=b)
-            pred = predict(p, prof, itemsize, engine)
-            if memory_budget is None or pred.peak_memory <= memory_budget:
-                preds.append(pred)
+    for name, counts, b in _each_candidate(spec, workers, backend, weight):
+        pred = predict(_build(spec, name, counts, b, workers, weights, ownership, exchange), prof, itemsize, engine)
+        if memory_budget is None or pred.peak_memory <= memory_budget:
+            preds.append(pred)
     preds.sort(key=lambda q: q.total_s)
     return preds
+
+
+def _each_candidate(spec: ConvSpec, workers: int, backend: str, weight):
+    """(name, split counts, backend) of every candidate, in the order ties are ranked in:
+    a single worker first, then candidate_splits, each with every backend."""
+    names = _backends(spec, backend, weight)
+    for name, counts in [("single", (1,) * (spec.ndim + 2))] + candidate_splits(spec, workers):
+        for b in names:
+            yield name, counts, b
+
+
+def _build(spec: ConvSpec, name: str, counts, backend: str, workers: int, weights, ownership: str,
+           exchange: str) -> Plan:
+    single = name == "single"
+    return build(spec, counts, name, 1 if single else workers, None if single else weights, ownership=ownership,
+                 exchange=exchange, backend=backend)
 
 
 def choose(spec: ConvSpec, workers: int, profile: Profile | None = None, itemsize: int = 4,
@@ -405,21 +418,17 @@ def choose(spec: ConvSpec, workers: int, profile: Profile | None = None, itemsiz
     engine, a candidate whose floor, _count_floor_s and then _floor_s, is above it)."""
     prof = profile or load_profile()
     best: Prediction | None = None
-    splits = [("single", (1,) * (spec.ndim + 2))] + candidate_splits(spec, workers)
-    for name, counts in splits:  # the order candidates() ranks ties in: the first cheapest wins
-        for b in _backends(spec, backend, weight):
-            floor = engine == "processes" and best is not None
-            if floor and _count_floor_s(counts, spec, b, prof) > best.total_s:
-                continue
-            w = 1 if name == "single" else workers
-            p = build(spec, counts, name, w, None if name == "single" else weights, ownership=ownership,
-                      exchange=exchange, backend=b)
-            if floor and _floor_s(p, prof, itemsize) > best.total_s:
-                continue
-            pred = predict(p, prof, itemsize, engine)
-            if (memory_budget is None or pred.peak_memory <= memory_budget) and (best is None or
-                                                                                pred.total_s < best.total_s):
-                best = pred
+    for name, counts, b in _each_candidate(spec, workers, backend, weight):  # the first cheapest wins, as ranked
+        floor = engine == "processes" and best is not None
+        if floor and _count_floor_s(counts, spec, b, prof) > best.total_s:
+            continue
+        p = _build(spec, name, counts, b, workers, weights, ownership, exchange)
+        if floor and _floor_s(p, prof, itemsize) > best.total_s:
+            continue
+        pred = predict(p, prof, itemsize, engine)
+        if (memory_budget is None or pred.peak_memory <= memory_budget) and (best is None or
+                                                                            pred.total_s < best.total_s):
+            best = pred
     if best is None:
         raise ValueError(f"no partition fits memory_budget={memory_budget} bytes per worker")
     return best.plan
@@ -522,17 +531,10 @@ def stream_block(spec: ConvSpec, allowance: int, backend: str = "torch", itemsiz
     then the outer spatial axes (row bands read contiguous runs of the file).  Then cut
     finer along the first spatial axis until there are ``min_tiles`` (load balance)."""
     out = spec.output_shape
-    axes = [spec.axis(i) for i in range(spec.ndim)]
     block = list(out)
 
     def peak(blk) -> int:
-        win = []
-        for ax, b, o in zip(axes, blk[2:], out[2:]):
-            a = (o - b) // 2  # an inner block: halos on both sides
-            lo, hi, _ = ax.compute_window(a, a + b, compute_align(spec.ndim))
-            win.append(hi - lo)
-        return tile_peak_bytes(spec, (blk[0], spec.in_channels, *win), (blk[0], out[1], *blk[2:]), backend,
-                               itemsize, file_itemsize)
+        return block_peak(spec, blk, backend, itemsize, file_itemsize)
 
     for d in (0, *range(2, len(out))):
         if peak(block) <= allowance:
@@ -554,6 +556,20 @@ def stream_block(spec: ConvSpec, allowance: int, backend: str = "torch", itemsiz
         bands = -(-min_tiles // others)  # needed along the first spatial axis
         block[2] = max(1, min(block[2], -(-out[2] // bands)))
     return tuple(None if b == o else b for b, o in zip(block, out))
+
+
+def block_peak(spec: ConvSpec, block: Sequence[int], backend: str = "torch", itemsize: int = 4,
+               file_itemsize: int = 4) -> int:
+    """Peak bytes of a streamed tile whose output block is ``block`` (a size per dim over N,
+    C_out, *spatial), taken inside the output: halos on both sides (tile_peak_bytes)."""
+    out = spec.output_shape
+    win = []
+    for i, (b, o) in enumerate(zip(block[2:], out[2:])):
+        a = (o - b) // 2  # an inner block: halos on both sides
+        lo, hi, _ = spec.axis(i).compute_window(a, a + b, compute_align(spec.ndim))
+        win.append(hi - lo)
+    return tile_peak_bytes(spec, (block[0], spec.in_channels, *win), (block[0], out[1], *block[2:]), backend,
+                           itemsize, file_itemsize)
 
 
 def stream_plan(spec: ConvSpec, allowance: int, backend: str = "torch", itemsize: int = 4,

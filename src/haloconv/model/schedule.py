@@ -50,14 +50,10 @@ def processes_timeline(plan: Plan, compute_s, copy_Bps: float, latency_s: float,
     (or pipelined part's) compute on one core, window copy included; ``cores(n)``: the
     cores n busy tasks get together; ``messages``: plan.messages(itemsize, master), when the
     caller has them already."""
-    groups: dict[tuple, list[Message]] = defaultdict(list)
     if messages is None:
         messages = plan.messages(itemsize, master)
-    for m in messages:  # the runs of one box travel back to back
-        groups[(m.phase, m.src, m.dst, m.part)].append(m)
+    groups, transfers = transfers_of(messages, latency_s, bandwidth_Bps)
     ids = {key: i for i, key in enumerate(groups)}
-    transfers = [_Transfer(src, dst, phase, len(ms) * latency_s + sum(m.nbytes for m in ms) / bandwidth_Bps)
-                 for (phase, src, dst, _), ms in groups.items()]
 
     def tid(phase: str, src: int, dst: int, part: int = 0) -> list[int]:
         key = (phase, src, dst, part)
@@ -69,14 +65,32 @@ def processes_timeline(plan: Plan, compute_s, copy_Bps: float, latency_s: float,
     # what every rank's program needs, made once (per rank it would cost every rank again)
     workers = [t.rank for t in plan.tiles if t.rank != master]
     parts = {t.rank: plan.subtiles(t, master) for t in plan.tiles}
-    order = {t.rank: k for k, t in enumerate(plan.tiles)}
-    halo_out: dict[int, list[int]] = defaultdict(list)  # src -> its halo transfers, in tile order
-    for (phase, src, dst, _), i in sorted(ids.items(), key=lambda kv: order.get(kv[0][2], 0)):
+    halo_out: dict[int, list[int]] = defaultdict(list)  # src -> the halo transfers it sends
+    for (phase, src, dst, _), i in ids.items():
         if phase == "halo" and src != dst:
             halo_out[src].append(i)
     programs = {t.rank: _program(plan, t, master, tid, packed_s, compute_s, copy_Bps, itemsize, workers, parts,
                                  halo_out[t.rank]) for t in plan.tiles}
     return _run(programs, transfers, cores)
+
+
+def transfers_of(messages: list[Message], latency_s: float,
+                 bandwidth_Bps: float) -> tuple[dict[tuple, list[Message]], list[_Transfer]]:
+    """The messages grouped as they travel (the runs of one box back to back, per phase,
+    sender, receiver and part) and, per group in that order, its transfer: its seconds alone
+    are its messages' latencies plus its bytes over the bandwidth."""
+    groups: dict[tuple, list[Message]] = defaultdict(list)
+    for m in messages:
+        groups[(m.phase, m.src, m.dst, m.part)].append(m)
+    transfers = [_Transfer(src, dst, phase, len(ms) * latency_s + sum(m.nbytes for m in ms) / bandwidth_Bps)
+                 for (phase, src, dst, _), ms in groups.items()]
+    return groups, transfers
+
+
+def reference_share(cores) -> float:
+    """The share of a core a message's time alone was measured at (calibrate: its two ends
+    busy on their own); a transfer moves at most 1 / this times its lone speed."""
+    return min(1.0, cores(2) / 2)
 
 
 def _program(plan: Plan, tile, master: int, tid, packed_s, compute_s, copy_Bps: float, itemsize: int,
@@ -137,8 +151,7 @@ def _run(programs: dict[int, list[Step]], transfers: list[_Transfer], cores) -> 
     cpu_left: dict[int, float] = {}  # rank -> seconds of its current cpu step still to run
     began: dict[int, float] = {}  # rank -> when its current blocking step began
     out = Timeline({r: dict.fromkeys(PHASES, 0.0) for r in programs})
-    # a message's time alone was measured (calibrate) with its two ends busy on their own
-    reference = min(1.0, cores(2) / 2)
+    reference = reference_share(cores)
     now = 0.0
     # a pair's messages of one tag arrive in the order they were posted: one queue per
     # (src, dst, phase), in transfer order; only a queue's head may move
@@ -148,7 +161,7 @@ def _run(programs: dict[int, list[Step]], transfers: list[_Transfer], cores) -> 
         queues[(t.src, t.dst, t.phase)].append(i)
     heads = dict.fromkeys(queues, 0)
     waiters: dict[int, list[int]] = defaultdict(list)  # transfer -> ranks blocked on it
-    moving: dict[int, _Transfer] = {}  # in the order they started (the old scan's order)
+    moving: dict[int, _Transfer] = {}  # transfer id -> transfer, for those on their way
     ready = list(programs)  # ranks that may run on now
 
     def start_head(key) -> None:
@@ -203,13 +216,12 @@ def _run(programs: dict[int, list[Step]], transfers: list[_Transfer], cores) -> 
             out.makespan = now
             return out
         share = min(1.0, cores(threads) / threads)
-        order = sorted(moving)  # transfer order, as a scan of every transfer visits them
-        rates = [min(1.0, share / max(ends[transfers[i].src], ends[transfers[i].dst]) / reference) for i in order]
-        dt = min([transfers[i].left / v for i, v in zip(order, rates)] + [cpu_left[r] / share for r in computing])
+        # each transfer advances on its own: the order they are visited in changes no time
+        rates = [(i, t, min(1.0, share / max(ends[t.src], ends[t.dst]) / reference)) for i, t in moving.items()]
+        dt = min([t.left / v for _, t, v in rates] + [cpu_left[r] / share for r in computing])
         now += dt
         ready = []
-        for i, v in zip(order, rates):
-            t = transfers[i]
+        for i, t, v in rates:
             t.left -= dt * v
             if t.left <= 1e-15:
                 t.state = 2
