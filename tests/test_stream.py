@@ -511,3 +511,41 @@ def test_a_failure_in_a_threads_stream_stops_it_and_resume_goes_on(tmp_path, mon
 def _zarr():
     """zarr (the zarr extra): a test that reads or writes a store is skipped without it."""
     return pytest.importorskip("zarr")
+
+
+def test_resume_keeps_the_tiles_of_the_journal_when_the_process_holds_a_little_more(tmp_path, monkeypatch):
+    """The tiles are sized by what the process holds when a run starts, which moves a few MB
+    between two runs of the same command; a resumed run keeps the journal's tiles (they fit
+    within the budget's slack) instead of refusing the journal as another job's."""
+    x = torch.randn(1, 1, 600, 4096)
+    np.save(tmp_path / "x.npy", x.numpy())
+    w = torch.randn(1, 1, 9, 9)
+    source = arrays.open_input(tmp_path / "x.npy")
+    spec = ConvSpec.from_args(source.logical_shape, w.shape, None, padding=4)
+    out = tmp_path / "y.npy"
+    calls = {"n": 0}
+    real = Journal.record
+
+    def interrupted(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    budget = stream_job.resident(os.getpid()) + stream_job.MARGIN_BYTES + (24 << 20)
+    monkeypatch.setattr(Journal, "record", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        stream_threads.run(source, spec, w, None, out, "npy", memory_budget=budget, threads=2)
+    monkeypatch.undo()
+    before = stream_job.header_of(journal_path(out))["block"]
+    # the resumed run's process holds 3 MiB more: afresh, its tiles would be thinner
+    held = stream_job.resident
+    monkeypatch.setattr(stream_job, "resident", lambda pid: held(pid) + (3 << 20))
+    monkeypatch.setattr(stream, "resident", lambda pid: held(pid) + (3 << 20))
+    afresh = cost.stream_block(spec, stream.data_allowance(budget, held(os.getpid()) + (3 << 20))
+                               // stream_threads.IN_FLIGHT_PEAKS, "opencv")
+    assert afresh[2] != before[2]  # the case this is about: the tiles would differ
+    res = stream_threads.run(source, spec, w, None, out, "npy", memory_budget=budget, threads=2, resume=True)
+    assert res.skipped == 2 and list(res.plan.tiles[0].out.shape) == before
+    assert torch.equal(_read_back(out, "npy", spec.output_shape), backends.single_node(res.plan.backend, x, w, None,
+                                                                                        spec))

@@ -153,7 +153,7 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
             if job is None:  # the first start: size the tiles by what the processes hold now
                 baseline = max(resident(os.getpid()), *(resident(p) for p in cluster.pids()))
                 job = job_for(source, spec, weight, bias, dtype, data_allowance(memory_budget, baseline), backend,
-                              4 * workers, block)
+                              4 * workers, block, out if resume else None)
                 job, journal = open_output(job, out, fmt, resume, sync)
                 result = StreamResult(job.plan, out, 0.0, memory_budget, baseline, skipped=len(journal.done))
                 log.info(describe(job, journal, f"{workers} processes", memory_budget, baseline))
@@ -202,7 +202,7 @@ def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torc
     dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
     baseline = int(peak.item())
     job = job_for(source, spec, weight, bias, dtype, data_allowance(memory_budget, baseline), backend, 4 * world,
-                  block)
+                  block, out if resume else None)
     shared: list = [None]
     journal = None
     if rank == 0:  # errors travel to every rank, so all of them raise alike

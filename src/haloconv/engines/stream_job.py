@@ -25,6 +25,7 @@ from haloconv.files import arrays, guard
 from haloconv.files.arrays import DiskArray
 from haloconv.files.journal import (
     Journal,
+    header_of,
     journal_path,
     progress_of,
     rank_journals,
@@ -289,14 +290,34 @@ def data_allowance(memory_budget: int, baseline: int) -> int:
 
 
 def job_for(source: DiskArray, spec: ConvSpec, weight, bias, dtype, allowance: int, backend: str, min_tiles: int,
-            block) -> Job:
+            block, resume_at: Path | None = None) -> Job:
     """The Job without its output: the plan's tiles sized by the allowance (what one tile
-    may hold at its peak), at least ``min_tiles`` of them; the filters in ``dtype``."""
+    may hold at its peak), at least ``min_tiles`` of them; the filters in ``dtype``.
+    ``resume_at``: the output a resumed run goes on with, whose journal's tiles are kept
+    (resumed_block)."""
     dtype = float_dtype(dtype)
+    if block is None and resume_at is not None:
+        block = resumed_block(resume_at, spec, allowance, backend, dtype.itemsize, np.dtype(source.dtype).itemsize)
     plan = cost.stream_plan(spec, allowance, backend, dtype.itemsize, np.dtype(source.dtype).itemsize,
                             min_tiles=min_tiles, block=block)
     return Job(plan, source, None, np.ascontiguousarray(as_array(weight), dtype),
                None if bias is None else np.ascontiguousarray(as_array(bias), dtype), dtype)
+
+
+def resumed_block(out: Path, spec: ConvSpec, allowance: int, backend: str, itemsize: int,
+                  file_itemsize: int) -> tuple[int, ...] | None:
+    """The block of the interrupted run ``out``'s journal, for the resumed run to keep its
+    tiles: the tiles are sized by what the processes hold when a run starts, which moves a
+    few MB between two runs of the same command (and with it a tile by a row).  Kept while
+    it fits the allowance within a quarter of the budget's slack; None otherwise (the
+    tiles sized afresh, and a journal of other tiles is refused, files/journal.py)."""
+    head = header_of(journal_path(out))
+    block = None if head is None else head.get("block")
+    if not (isinstance(block, list) and len(block) == spec.ndim + 2 and all(isinstance(b, int) for b in block)):
+        return None
+    if cost.block_peak(spec, block, backend, itemsize, file_itemsize) > allowance + MARGIN_BYTES // 4:
+        return None
+    return tuple(block)
 
 
 def open_output(job: Job, out: Path, fmt: str, resume: bool, sync: bool = False) -> tuple[Job, Journal]:

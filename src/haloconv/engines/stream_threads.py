@@ -59,7 +59,8 @@ def run(source: DiskArray, spec: ConvSpec, weight, bias, out: Path, fmt: str, *,
     stream.load_libraries(backend, spec)  # counted in the baseline, not in the tiles' share
     baseline = stream.resident(os.getpid())
     allowance = stream.data_allowance(memory_budget, baseline) // IN_FLIGHT_PEAKS
-    job = stream.job_for(source, spec, weight, bias, dtype, allowance, backend, MIN_TILES, block)
+    job = stream.job_for(source, spec, weight, bias, dtype, allowance, backend, MIN_TILES, block,
+                         out if resume else None)
     job, journal = stream.open_output(job, out, fmt, resume, sync)
     result = stream.StreamResult(job.plan, out, 0.0, memory_budget, baseline, skipped=len(journal.done))
     log.info(stream.describe(job, journal, f"1 process (read, compute and write overlapped; {threads} compute "

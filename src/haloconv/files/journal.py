@@ -76,14 +76,31 @@ def annotate_receipt(output: Path, **fields) -> None:
         write_json(receipt_path(output), {**found, **fields})
 
 
-def progress_of(path: Path) -> tuple[int, int] | None:
-    """(tiles finished, tiles in all) as the journal at ``path`` says now; None without one."""
+def _read(path: Path) -> tuple[dict, list[str]] | None:
+    """The journal at ``path``: its header and its complete lines after it; None without one."""
     try:
         lines = Path(path).read_text().split("\n")[:-1]
-        total = int(json.loads(lines[0])["tiles"])
-    except (OSError, ValueError, IndexError, KeyError, TypeError):
+        head = json.loads(lines[0])
+    except (OSError, ValueError, IndexError):
         return None
-    return len({line for line in lines[1:] if line.strip().isdigit()}), total
+    return (head, lines[1:]) if isinstance(head, dict) else None
+
+
+def header_of(path: Path) -> dict | None:
+    """The header of the journal at ``path`` (what its run was: input, kernel, tiling); None
+    without a readable one."""
+    got = _read(path)
+    return None if got is None else got[0]
+
+
+def progress_of(path: Path) -> tuple[int, int] | None:
+    """(tiles finished, tiles in all) as the journal at ``path`` says now; None without one."""
+    got = _read(path)
+    try:
+        total = int(got[0]["tiles"])
+    except (TypeError, KeyError, ValueError):
+        return None
+    return len({line for line in got[1] if line.strip().isdigit()}), total
 
 
 def boot_id() -> str:
