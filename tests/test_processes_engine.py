@@ -154,7 +154,7 @@ def test_worker_fault_raises_within_timeout_without_heal_and_cleans_up(kind):
     assert took < 15  # the 2 s timeout, not the 60 s default or a hang
     if kind == "hang":  # the message says how long the call waited, not only the timeout
         waited = float(re.search(r"the call waited ([\d.]+) s", str(e.value)).group(1))
-        assert 2 <= waited <= took, (waited, took, str(e.value))
+        assert 2 <= waited <= took + 0.05, (waited, took, str(e.value))  # (waited: rounded to 0.1 s)
     assert _gone(pids)
     assert not c.alive
     with pytest.raises(haloconv.WorkerError, match="closed"):
