@@ -3,8 +3,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# constraints.txt pins torch to the local CPU wheel (no multi-GB CUDA download)
-PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+# constraints.txt pins torch to the local CPU wheel (no multi-GB CUDA download); --no-compile: the
+# modules imported are compiled on first import, not all of torch's at install (half the install's time)
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -c constraints.txt
 
 .PHONY: demo test stress lint bench clean
 
@@ -15,9 +16,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP_INSTALL) -e .
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+# one resolve for the package and its dev extra (a fresh `make test` installs once)
+$(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP_INSTALL) -e '.[dev]'
-	touch $@
+	touch $(VENV)/.installed $@
 
 demo: $(VENV)/.installed
 	$(BIN)/haloconv run --sample hopper --kernel sobel-x --workers 4 --partition grid --verify -o out/hopper-sobel-x --overwrite

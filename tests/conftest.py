@@ -141,12 +141,13 @@ _POOLS: list[ClusterPool] = []
 
 
 def own_children() -> list[int]:
-    """This process's children other than the workers of the session's shared clusters:
-    what a test started (and must not leave behind, or may kill)."""
-    from haloconv.engines.host import children
+    """This process's children other than the workers of the session's shared clusters and
+    the fork server (it serves the whole session, engines/forkserver.py): what a test
+    started (and must not leave behind, or may kill)."""
+    from haloconv.engines.host import workers_of
 
     shared = {p for pool in _POOLS for c in pool._held.values() for p in c.pids()}
-    return [p for p in children() if p not in shared]
+    return [p for p in workers_of() if p not in shared]
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from haloconv.engines.host import children
+from haloconv.engines.host import workers_of
 
 # each job computes for minutes on this machine's cores (a 63x63 dense kernel, torch), so
 # a command that waited for its compute would run into communicate()'s timeout
@@ -89,7 +89,7 @@ def _ctrl_c(cmd, cwd, ready, on_stderr: bool) -> tuple[int, str, str, list[int],
             seen.append(line)
             if ready(line):
                 break
-        kids = children(p.pid)
+        kids = workers_of(p.pid)
         t0 = time.monotonic()
         os.killpg(p.pid, signal.SIGINT)
         out, err = p.communicate(timeout=120)

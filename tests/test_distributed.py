@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from haloconv.engines.host import children
+from haloconv.engines.host import workers_of
 
 HERE = Path(__file__).parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
@@ -97,7 +97,7 @@ def test_ctrl_c_stops_all_workers(tmp_path):
         for line in p.stdout:  # wait until the workers run
             if line.startswith("started 3 worker processes"):
                 break
-        kids = children(p.pid)
+        kids = workers_of(p.pid)
         assert len(kids) == 2
         p.send_signal(signal.SIGINT)
         p.wait(timeout=60)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import own_children
-from haloconv.engines.host import children, proc_status
+from haloconv.engines.host import proc_status, workers_of
 
 
 def _run_and_kill_a_worker(tmp_path, on_failure: str):
@@ -29,7 +29,7 @@ def _run_and_kill_a_worker(tmp_path, on_failure: str):
             lines.append(line)
             if line.startswith("started 3 worker processes"):
                 break
-        workers = children(p.pid)
+        workers = workers_of(p.pid)
         assert len(workers) == 2, workers
         os.kill(workers[0], signal.SIGSTOP)
         os.kill(workers[0], signal.SIGKILL)
@@ -73,10 +73,10 @@ def test_on_failure_is_validated():
 
 
 def _worker_pid(rank: int) -> int:
-    """The pid of this process's worker of ``rank`` (its command line names it)."""
+    """The pid of this process's worker of ``rank`` (its process name says it)."""
     for pid in own_children():
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if f"worker_main({rank},".encode() in f.read():
+        with open(f"/proc/{pid}/comm") as f:
+            if f.read().strip() == f"haloconv-w{rank}":
                 return pid
     raise AssertionError(f"no worker of rank {rank} among {own_children()}")
 
@@ -126,7 +126,7 @@ def test_dynamic_schedule_keeps_finished_tiles_when_a_worker_hangs(tmp_path):
             lines.append(line)
             if "/48 tiles done" in line:
                 break
-        workers = children(p.pid)
+        workers = workers_of(p.pid)
         os.kill(workers[0], signal.SIGSTOP)
         out, err = p.communicate(timeout=180)
     finally:

@@ -147,8 +147,9 @@ def test_many_mixed_calls_on_one_cluster():
 WORKERS_OUTLIVE = textwrap.dedent("""
     import sys, torch, haloconv
     x, w = torch.randn(1, 8, 512, 512), torch.randn(8, 8, 5, 5)
+    from haloconv.engines.host import children, is_fork_server
     with haloconv.LocalCluster(workers=3, timeout=30) as c:
-        print("pids", *c.pids(), flush=True)
+        print("pids", *c.pids(), "servers", *[k for k in children() if is_fork_server(k)], flush=True)
         for i in range(10**6):
             haloconv.conv(x, w, padding=2, partition="rows", engine=c)
             print("done", i, flush=True)
@@ -159,11 +160,11 @@ WORKERS_OUTLIVE = textwrap.dedent("""
 # when its workers are up (their pids, read from /proc), then computes on
 ONE_SHOT_OUTLIVE = textwrap.dedent("""
     import os, sys, threading, time, torch, haloconv
-    from haloconv.engines.host import children
+    from haloconv.engines.host import children, is_fork_server, workers_of
     def say_workers():
-        while len(children()) < 2:
+        while len(workers_of()) < 2:
             time.sleep(0.01)
-        print("pids", *children(), flush=True)
+        print("pids", *workers_of(), "servers", *[k for k in children() if is_fork_server(k)], flush=True)
         print("done 0", flush=True)
     threading.Thread(target=say_workers, daemon=True).start()
     x, w = torch.randn(1, 8, 1024, 1024), torch.randn(8, 8, 9, 9)
@@ -185,12 +186,16 @@ def test_workers_die_with_their_master(script):
     p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                          start_new_session=True)
     try:
-        pids = [int(v) for v in p.stdout.readline().split()[1:]]
-        assert len(pids) == 2
+        workers, servers = p.stdout.readline().split()[1:], []
+        if "servers" in workers:
+            workers, servers = workers[:workers.index("servers")], workers[workers.index("servers") + 1:]
+        workers, servers = [int(v) for v in workers], [int(v) for v in servers]
+        assert len(workers) == 2 and len(servers) == (0 if os.environ.get("HALOCONV_FORKSERVER") == "0" else 1)
         assert p.stdout.readline().startswith("done")  # mid-run: calls are going on
         os.kill(p.pid, signal.SIGKILL)
         p.wait(10)
-        assert _gone(pids, wait=10), "a worker outlived its master"
+        assert _gone(workers, wait=10), "a worker outlived its master"
+        assert _gone(servers, wait=10), "the fork server outlived its master"
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)

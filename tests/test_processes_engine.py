@@ -122,17 +122,17 @@ def test_property_processes_engine(clusters):
 
 
 def test_one_shot_engine_leaves_no_process(monkeypatch):
-    import subprocess
+    from haloconv.engines import cluster
 
     started = []
-    real = subprocess.Popen
+    real = cluster.forkserver.start
 
     def spy(*a, **kw):
         p = real(*a, **kw)
         started.append(p.pid)
         return p
 
-    monkeypatch.setattr(subprocess, "Popen", spy)
+    monkeypatch.setattr(cluster.forkserver, "start", spy)
     x = torch.randn(1, 1, 30, 30)
     w = torch.randn(1, 1, 3, 3)
     y = torch_conv(x, w, padding=1, partition="rows", workers=2, engine="processes")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 import time
 import traceback
 from datetime import timedelta
@@ -14,6 +13,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from haloconv.engines import forkserver
 from haloconv.engines.comm import Comm
 from haloconv.engines.errors import WorkerError
 from haloconv.engines.execution import Execution, execution_from_reports
@@ -79,24 +79,15 @@ class Cluster:
         self.startup_seconds = time.perf_counter() - t0
 
     def _spawn(self, ranks) -> None:
-        """Start worker processes for ``ranks``: plain interpreters running
-        haloconv.engines.worker (nothing of the caller's __main__ is re-imported, so scripts
-        and notebooks need no main guard); they take commands from number self._seq on and
-        join the process group of this generation."""
+        """Start worker processes for ``ranks`` running haloconv.engines.worker (nothing of
+        the caller's __main__ is re-imported, so scripts and notebooks need no main guard):
+        forked from the warm fork server, or fresh interpreters (engines/forkserver.py); they
+        take commands from number self._seq on and join the process group of this generation."""
+        env = _worker_env()
         for rank in ranks:
             args = (rank, self.workers, self._store.port, self.timeout, self.threads_per_worker, self.start_timeout,
                     self._seq, self._generation)
-            # bound to this process's life before anything slow (importing torch) runs
-            cmd = [sys.executable, "-c", f"from haloconv.engines.host import die_with_parent; "
-                   f"die_with_parent({os.getpid()}); "
-                   f"from haloconv.engines.worker import worker_main; worker_main{args!r}"]
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=_worker_env())
-            try:  # the secret goes through the pipe, seen by no other process (sealed.py)
-                proc.stdin.write(self._secret)
-                proc.stdin.close()
-            except OSError:  # the worker is already gone: found dead by the wait for it
-                pass
-            self._procs[rank] = proc
+            self._procs[rank] = forkserver.start("haloconv.engines.worker", "worker_main", args, env, self._secret)
 
     def _join(self) -> None:
         """Wait until every worker of this generation is ready, form the group with them, and

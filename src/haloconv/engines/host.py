@@ -90,6 +90,33 @@ def children(pid: int | None = None) -> list[int]:
     return kids
 
 
+FORK_SERVER_NAME = "haloconv-fork"  # the fork server's name in ps and /proc/PID/comm (engines/forkserver.py)
+WORKER_NAME = "haloconv-worker"  # a worker's: the ones it forks take their own
+
+
+def set_name(name: str) -> None:
+    """This process's name as ps and /proc/PID/comm show it (Linux; 15 bytes at most)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def is_fork_server(pid: int) -> bool:
+    """Whether process ``pid`` is a haloconv fork server (engines/forkserver.py)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == FORK_SERVER_NAME
+    except OSError:
+        return False
+
+
+def workers_of(pid: int | None = None) -> list[int]:
+    """``children(pid)`` less the fork server: the worker processes of a master."""
+    return [k for k in children(pid) if not is_fork_server(k)]
+
+
 # below this, numpy's own allocation (small arrays come from its heap, not fresh pages)
 SMALL_PAGES_FROM = 1 << 22
 

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from haloconv.compute import kernels
 from haloconv.engines import spmd
 from haloconv.engines.comm import Comm
-from haloconv.engines.host import peak_rss
+from haloconv.engines.host import peak_rss, set_name
 from haloconv.engines.sealed import Forged, read_secret, seal, unseal
 
 HOST = "127.0.0.1"
@@ -49,6 +49,7 @@ def worker_main(rank: int, world: int, port: int, timeout: float, threads: int, 
     raises is answered with the traceback, and this process's connections are closed (every
     peer waiting on it fails at once); it then waits for the master's 'regroup'."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: die at once, the master cleans up
+    set_name(f"haloconv-w{rank}")  # in ps and top: which rank (forked from the server or spawned)
     secret = read_secret(0)  # from the master, through the pipe on stdin (engines/sealed.py)
     torch.set_num_threads(threads)
     store = dist.TCPStore(HOST, port, world, False, timedelta(seconds=start_timeout))
