@@ -10,6 +10,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from conftest import assert_bitwise, assert_single_node_exact, torch_conv, torch_reference
+from haloconv.compute import kernels
+from haloconv.planning.spec import ConvSpec
 
 DTYPES = (torch.float32, torch.float64)
 
@@ -73,12 +75,23 @@ def _reference_or_none(x, w, b, case):
 def test_property_bitwise_equal_to_single_node(case):
     x, w, b = _tensors(case)
     ref = _reference_or_none(x, w, b, case)
+    reference = lambda: _reference_or_none(x, w, b, case)  # noqa: E731
     if ref is None:
-        # haloconv must reject what torch rejects, with a ValueError
-        with pytest.raises(ValueError):
-            torch_conv(x, w, b, stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
-                          groups=case["groups"], padding_mode=case["mode"], workers=case["workers"])
-        return
+        # torch rejects it: a kernel beyond the padded input haloconv rejects too (ValueError);
+        # reflect or circular padding wider than the input it folds as scipy.ndimage extends a
+        # line, equal to its own single-node call (padded by index, compute/padding.py)
+        try:
+            spec = ConvSpec.from_args(x.shape, w.shape, None if b is None else b.shape, stride=case["stride"],
+                                      padding=case["padding"], dilation=case["dilation"], groups=case["groups"],
+                                      padding_mode=case["mode"])
+        except ValueError:
+            with pytest.raises(ValueError):
+                torch_conv(x, w, b, stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
+                           groups=case["groups"], padding_mode=case["mode"], workers=case["workers"])
+            return
+        assert case["mode"] in ("reflect", "circular"), case
+        ref = kernels.single_node(x, w, b, spec)
+        reference = lambda: ref  # noqa: E731
     part, workers = case["partition"], case["workers"]
     if isinstance(part, tuple):
         extents = (x.shape[0], case["groups"] if case["groups"] > 1 else case["c_out"], *ref.shape[2:])
@@ -88,7 +101,7 @@ def test_property_bitwise_equal_to_single_node(case):
         x, w, b, stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
         groups=case["groups"], padding_mode=case["mode"], partition=part, workers=workers,
     )
-    assert_single_node_exact(y, lambda: _reference_or_none(x, w, b, case))
+    assert_single_node_exact(y, reference)
 
 
 @given(conv_case(ndim=2), st.lists(st.floats(0.2, 5.0), min_size=1, max_size=6))

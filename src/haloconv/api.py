@@ -232,9 +232,11 @@ def conv(
     stride, padding, dilation, groups
         As torch.nn.functional.conv2d's; ``padding`` may be an int, one per spatial dim,
         'same' or 'valid'.
-    padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}
+    padding_mode : {'zeros', 'reflect', 'replicate', 'circular', 'symmetric'} or float
         torch's names; scipy.ndimage calls them 'constant' (cval 0), 'mirror', 'nearest'
-        and 'wrap'.  scipy's 'reflect' (the edge pixel repeated) is none of them.
+        and 'wrap'.  Beyond torch: 'symmetric' is scipy's 'reflect' (the edge pixel
+        repeated), a number pads with that value (scipy's cval), and padding wider than
+        the input folds under every mode as scipy.ndimage extends a line.
     partition : str, sequence of int or Partition
         'auto' (the cost model chooses), 'batch', 'rows' ('horizontal'), 'cols'
         ('vertical'), 'depth', 'grid', 'channels' (by filters), or split counts over

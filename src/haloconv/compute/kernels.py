@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from haloconv.compute.padding import pad_input
 from haloconv.planning.geometry import output_length
 from haloconv.planning.spec import ConvSpec
 
@@ -147,10 +148,8 @@ def _explicit_pad(spec: ConvSpec) -> list[int] | None:
 
 def single_node(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec) -> torch.Tensor:
     """What torch.nn.Conv{1,2,3}d computes on the whole input — the reference."""
-    pad = _explicit_pad(spec)
-    if pad is not None:
-        mode = "constant" if spec.padding_mode == "zeros" else spec.padding_mode
-        x = F.pad(x, pad, mode=mode)
+    x = pad_input(x, spec, [lo - q for lo, q in zip(spec.pad_lo, spec.backend_pad)],
+                  [hi - q for hi, q in zip(spec.pad_hi, spec.backend_pad)])
     return _CONV[spec.ndim](x, weight, bias, spec.stride, spec.backend_pad, spec.dilation, spec.groups)
 
 

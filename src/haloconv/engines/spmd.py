@@ -25,7 +25,7 @@ from haloconv.engines.transfer import (
     send_box,
     send_to_workers,
 )
-from haloconv.engines.windows import piece_data
+from haloconv.engines.windows import blank, piece_data
 from haloconv.planning.boxes import Box, Tile
 from haloconv.planning.plan import Plan
 from haloconv.progress import Counter
@@ -184,8 +184,9 @@ def post_halos(comm: Comm, plan: Plan, x_local: torch.Tensor | None) -> tuple[li
 
 
 def build_window(tile: Tile, x_local: torch.Tensor, incoming: list, works: list = ()) -> torch.Tensor:
-    """A new window: zeros, our own pieces, then (once ``works`` are done) the halo pieces."""
-    window = x_local.new_zeros(tile.window.shape)
+    """A new window: blank (zeros or the padding value), our own pieces, then (once
+    ``works`` are done) the halo pieces."""
+    window = blank(tile, x_local)
     for p in tile.pieces:
         if p.owner == tile.rank:
             window[p.dst.slices()] = piece_data(x_local[p.src.within(tile.owned)], p)
@@ -202,7 +203,7 @@ def part_window(part: Tile, tile: Tile, x_local: torch.Tensor, incoming: list, i
     in_place = _in_place_window(part, x_local, input_shape, halo=False)
     if in_place is not None:
         return in_place[0]
-    window = x_local.new_zeros(part.window.shape)
+    window = blank(part, x_local)
     for p in part.pieces:
         if p.owner == tile.rank:
             data = x_local[p.src.within(tile.owned)]

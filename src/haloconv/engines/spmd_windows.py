@@ -51,7 +51,9 @@ def post_piece_receives(comm: Comm, plan: Plan, st: Tile, dtype: torch.dtype, sr
     """(tile, window, works, buffers): the receives of every piece of ``st``'s window from ``src``."""
     shape = plan.spec.input_shape
     covered = sum(p.dst.volume for p in st.pieces) == st.window.volume
-    window = (torch.empty if covered else torch.zeros)(st.window.shape, dtype=dtype, device=comm.device)
+    window = torch.empty(st.window.shape, dtype=dtype, device=comm.device)
+    if not covered:
+        window.fill_(st.fill)
     works, bufs = [], []
     for p in st.pieces:
         direct = None

@@ -92,9 +92,9 @@ def read_window(job: Job, index: int, buf: np.ndarray | None = None) -> tuple[np
     read, then copied."""
     tile = job.plan.tiles[index]
     if buf is None:
-        buf = np.zeros(tile.window.shape, job.dtype)
+        buf = np.full(tile.window.shape, tile.fill, job.dtype)
     elif sum(p.dst.volume for p in tile.pieces) != tile.window.volume:
-        buf.fill(0)  # zero padding where no piece lands (pieces never overlap)
+        buf.fill(tile.fill)  # the padding value where no piece lands (pieces never overlap)
     nread = 0
     for piece in tile.pieces:
         dest = buf[piece.dst.slices()]

@@ -21,21 +21,29 @@ def piece_data(src, piece: Piece):
     return src
 
 
+def blank(tile: Tile, like, shape=None):
+    """A buffer for ``tile``'s window (or ``shape``), of ``like``'s kind, dtype and device:
+    zeros, or the padding value where the tile's padding reads one (Tile.fill)."""
+    shape = tuple(tile.window.shape if shape is None else shape)
+    if isinstance(like, np.ndarray):
+        return np.zeros(shape, like.dtype) if tile.fill == 0 else np.full(shape, tile.fill, like.dtype)
+    return like.new_zeros(shape) if tile.fill == 0 else like.new_full(shape, tile.fill)
+
+
 def assemble_window(x, tile: Tile):
     """The tile's window, read from the whole input ``x`` (a tensor or an array) held in
     this process.
 
     A view when the window is a plain slice of ``x``; otherwise one buffer of the
-    window's size (zeros where the window is zero padding), filled piece by piece.
+    window's size (zeros or the padding value where no piece lands), filled piece by piece.
     """
     if tile.window_is_view:
         return x[tile.window.slices()]
-    zeros = np.zeros(tile.window.shape, x.dtype) if isinstance(x, np.ndarray) else x.new_zeros(tile.window.shape)
-    return fill_window(tile, lambda box: x[box.slices()], zeros)
+    return fill_window(tile, lambda box: x[box.slices()], blank(tile, x))
 
 
 def fill_window(tile: Tile, read: Callable[[Box], object], buf):
-    """Fill the zeroed window ``buf`` piece by piece; ``read(box)`` returns input[box]
+    """Fill the blank window ``buf`` piece by piece; ``read(box)`` returns input[box]
     (a slice of a tensor or array in memory, or a block read from a file)."""
     for piece in tile.pieces:
         buf[piece.dst.slices()] = piece_data(read(piece.src), piece)

@@ -124,6 +124,9 @@ class Tile:
     first: tuple[int, ...]  # per spatial axis: first kept output of the computed window
     groups: int  # conv groups within this tile
     pieces: tuple[Piece, ...]
+    # what the window holds where no piece lands (padding_mode 'constant': its value; the
+    # spec shows it, so reprs of plans made before it existed stay as they were)
+    fill: float = field(default=0.0, repr=False)
 
     @property
     def halo_pieces(self) -> tuple[Piece, ...]:

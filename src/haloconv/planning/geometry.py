@@ -163,7 +163,7 @@ class Axis:
     def halo(self, a: int, b: int) -> tuple[int, int]:
         """(halo_lo, halo_hi): real data needed beyond the owned range; negative = unused."""
         n_lo, n_hi = self.needed(a, b)
-        if self.mode == "zeros":
+        if self.mode in VALUE_MODES:
             n_lo, n_hi = max(n_lo, 0), min(n_hi, self.length)
         o_lo, o_hi = self.owned(a, b)
         return o_lo - n_lo, n_hi - o_hi
@@ -207,28 +207,67 @@ class Axis:
         return lo, hi, first
 
     def runs(self, lo: int, hi: int) -> list[Run]:
-        """How window [lo, hi) reads the source: data runs and padding runs, in order."""
+        """How window [lo, hi) reads the source: data runs and padding runs, in order.
+        Padding wider than the input folds as many times as it takes (scipy.ndimage's
+        extension of a line by a longer kernel): see ``padding_runs``."""
         L = self.length
         out: list[Run] = []
-
-        def zone(u: int, v: int) -> None:
-            if u >= v:
-                return
-            dst = u - lo
-            if 0 <= u and v <= L:
-                out.append(Run(dst, v - u, u, 1))
-            elif self.mode == "zeros":
-                out.append(Run(dst, v - u, None, 0))
-            elif self.mode == "replicate":
-                out.append(Run(dst, v - u, 0 if v <= 0 else L - 1, 0))
-            elif self.mode == "circular":
-                out.append(Run(dst, v - u, u + L if v <= 0 else u - L, 1))
-            elif self.mode == "reflect":
-                out.append(Run(dst, v - u, -u if v <= 0 else 2 * (L - 1) - u, -1))
-            else:  # pragma: no cover - ConvSpec validates modes
-                raise ValueError(f"unknown padding mode {self.mode!r}")
-
-        zone(lo, min(hi, 0))
-        zone(max(lo, 0), min(hi, L))
-        zone(max(lo, L), hi)
+        if lo < min(hi, 0):
+            out += padding_runs(lo, min(hi, 0), L, self.mode, lo)
+        if max(lo, 0) < min(hi, L):
+            out.append(Run(max(lo, 0) - lo, min(hi, L) - max(lo, 0), max(lo, 0), 1))
+        if max(lo, L) < hi:
+            out += padding_runs(max(lo, L), hi, L, self.mode, lo)
         return out
+
+
+# the padding modes, by what a position p outside [0, L) reads (scipy.ndimage's name after the ':')
+#   zeros / constant: a value (0, or the spec's padding_value)          ('constant', 'grid-constant')
+#   replicate: the nearest edge               a a a | a b c d | d d d    ('nearest')
+#   reflect:   mirrored about the edge pixel  d c b | a b c d | c b a    ('mirror'; torch's 'reflect')
+#   symmetric: mirrored about the edge        c b a | a b c d | d c b    ('reflect', 'grid-mirror')
+#   circular:  wrapped around                 b c d | a b c d | a b c    ('wrap', 'grid-wrap')
+VALUE_MODES = ("zeros", "constant")
+
+
+def source_index(p: int, length: int, mode: str) -> int | None:
+    """The input index position ``p`` reads under ``mode`` (None: the padding value)."""
+    if 0 <= p < length:
+        return p
+    if mode in VALUE_MODES:
+        return None
+    if mode == "replicate" or length == 1:
+        return 0 if p < 0 else length - 1
+    if mode == "circular":
+        return p % length
+    period = 2 * length - 2 if mode == "reflect" else 2 * length
+    m = p % period
+    if m < length:
+        return m
+    return period - m if mode == "reflect" else period - 1 - m
+
+
+def padding_runs(u: int, v: int, length: int, mode: str, origin: int = 0) -> list[Run]:
+    """Runs for positions [u, v), all outside [0, length), at window positions counted from
+    ``origin``: one run per stretch that reads the input in one direction (padding longer
+    than the input reads it several times, back and forth or around)."""
+    if mode in VALUE_MODES:
+        return [Run(u - origin, v - u, None, 0)]
+    if mode == "replicate" or length == 1:
+        return [Run(u - origin, v - u, 0 if v <= 0 else length - 1, 0)]
+    out = []
+    p = u
+    while p < v:
+        if mode == "circular":
+            src, step, n = p % length, 1, length - p % length
+        else:  # a period of an ascending stretch (the whole input) and a descending one
+            period = 2 * length - 2 if mode == "reflect" else 2 * length
+            m = p % period
+            if m < length:
+                src, step, n = m, 1, length - m
+            else:  # reflect descends from L-2 to 1, symmetric from L-1 to 0
+                src, step, n = (period - m if mode == "reflect" else period - 1 - m), -1, period - m
+        n = min(n, v - p)
+        out.append(Run(p - origin, n, src, step))
+        p += n
+    return out

@@ -406,7 +406,8 @@ def _tile(spec: ConvSpec, axes, rank: int, shell: tuple, shells: Sequence[tuple]
     """A Tile from its shell, with the pieces of its window and their owners."""
     out, owned, needed, window, first, groups, c_key = shell
     if out.volume == 0:
-        return Tile(rank, out, owned, needed, window, first, groups, (), _input_spatial=spec.spatial)
+        return Tile(rank, out, owned, needed, window, first, groups, (), spec.padding_value,
+                    _input_spatial=spec.spatial)
     per_dim: list[list[geometry.Run]] = [
         [geometry.Run(0, window.hi[0] - window.lo[0], window.lo[0], 1)],
         [geometry.Run(0, window.hi[1] - window.lo[1], window.lo[1], 1)],
@@ -439,7 +440,8 @@ def _tile(spec: ConvSpec, axes, rank: int, shell: tuple, shells: Sequence[tuple]
             src = Box(tuple(p.src_range[0] for p in parts), tuple(p.src_range[1] for p in parts))
             dst = Box(tuple(p.dst for p in parts), tuple(p.dst + p.length for p in parts))
             pieces.append(Piece(rk, src, dst, tuple(p.step for p in parts)))
-    return Tile(rank, out, owned, needed, window, first, groups, tuple(pieces), _input_spatial=spec.spatial)
+    return Tile(rank, out, owned, needed, window, first, groups, tuple(pieces), spec.padding_value,
+                _input_spatial=spec.spatial)
 
 
 def build(

@@ -11,24 +11,29 @@ from dataclasses import dataclass
 
 from haloconv.planning import geometry
 
-PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-# scipy.ndimage's names for the same modes; its 'reflect' (the edge pixel repeated) is none of them
-SCIPY_MODES = {"constant": "zeros", "mirror": "reflect", "nearest": "replicate", "wrap": "circular"}
+# torch's four, then 'symmetric' (scipy.ndimage's 'reflect': mirrored about the edge, the edge
+# pixel repeated) and 'constant' (a value other than 0, given as padding_mode=<number>);
+# geometry.padding_runs says what each reads
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular", "symmetric", "constant")
+# scipy.ndimage's names for the same modes ('constant' with cval=0 is 'zeros')
+SCIPY_MODES = {"constant": "constant", "grid-constant": "constant", "mirror": "reflect", "nearest": "replicate",
+               "wrap": "circular", "grid-wrap": "circular", "reflect": "symmetric", "grid-mirror": "symmetric"}
 IntOrTuple = int | Sequence[int]
 
 
 def _tuple(name: str, value: IntOrTuple, ndim: int, minimum: int) -> tuple[int, ...]:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r}")
-    if isinstance(value, int):
-        out = (value,) * ndim
-    elif isinstance(value, (tuple, list)) and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
-        if len(value) == 1:
-            out = (value[0],) * ndim
-        elif len(value) == ndim:
-            out = tuple(value)
+    """An int or 1 or ``ndim`` ints (numpy's integers too), each >= ``minimum``."""
+    def is_int(v: object) -> bool:
+        return not isinstance(v, bool) and hasattr(v, "__index__") and not isinstance(v, (list, tuple))
+
+    if is_int(value):
+        out = (int(value.__index__()),) * ndim
+    elif isinstance(value, (tuple, list)) and all(is_int(v) for v in value):
+        ints = [int(v.__index__()) for v in value]
+        if len(ints) == 1:
+            out = (ints[0],) * ndim
+        elif len(ints) == ndim:
+            out = tuple(ints)
         else:
             raise ValueError(f"{name} must have 1 or {ndim} entries, got {value!r}")
     else:
@@ -36,6 +41,36 @@ def _tuple(name: str, value: IntOrTuple, ndim: int, minimum: int) -> tuple[int, 
     if any(v < minimum for v in out):
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return out
+
+
+def _index(name: str, value: object) -> int:
+    """An int (numpy's integers too) that is not a bool."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    return int(value.__index__())
+
+
+def _pairs(padding: object, ndim: int) -> bool:
+    """Whether ``padding`` is a (before, after) pair per spatial axis."""
+    return (isinstance(padding, (tuple, list)) and len(padding) == ndim
+            and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in padding))
+
+
+def _mode(padding_mode: object) -> tuple[str, float]:
+    """(mode, value) from a padding_mode: a name, or a number (constant padding of that value)."""
+    if isinstance(padding_mode, (int, float)) and not isinstance(padding_mode, bool) or (
+            hasattr(padding_mode, "dtype") and getattr(padding_mode, "ndim", 1) == 0):
+        value = float(padding_mode)
+        if value != value:
+            raise ValueError("padding_mode must not be NaN")
+        return ("zeros", 0.0) if value == 0 else ("constant", value)
+    if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES or padding_mode == "constant":
+        hint = SCIPY_MODES.get(padding_mode) if isinstance(padding_mode, str) else None
+        raise ValueError(
+            f"padding_mode must be one of {PADDING_MODES[:-1]} or a number (constant padding), got {padding_mode!r}"
+            + (" (give the value: padding_mode=cval)" if padding_mode == "constant" else "")
+            + (f" (scipy.ndimage's {padding_mode!r} is {hint!r} here)" if hint and padding_mode != "constant" else ""))
+    return padding_mode, 0.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +85,10 @@ class ConvSpec:
     input_shape, weight_shape, bias_shape
         (N, C_in, *spatial), (C_out, C_in / groups, *kernel), (C_out,) or None.
     stride, padding, dilation, groups, padding_mode
-        As torch.nn.functional.conv2d's (``from_args``; padding also 'same'/'valid').
+        As torch.nn.functional.conv2d's (``from_args``; padding also 'same'/'valid', or a
+        (before, after) pair per axis).  Beyond torch: padding_mode 'symmetric'
+        (scipy.ndimage's 'reflect') or a number (the padding reads that value), and padding
+        wider than the input under every mode (folded as scipy.ndimage extends a line).
 
     Attributes
     ----------
@@ -83,6 +121,7 @@ class ConvSpec:
     backend_pad: tuple[int, ...]
     groups: int
     padding_mode: str
+    padding_value: float = 0.0  # what padding_mode 'constant' reads
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -131,10 +170,7 @@ class ConvSpec:
             )
         if bias_shape is not None and tuple(bias_shape) != (c_out,):
             raise ValueError(f"bias must have shape ({c_out},), got {tuple(bias_shape)}")
-        if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
-            hint = SCIPY_MODES.get(padding_mode) if isinstance(padding_mode, str) else None
-            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}"
-                             + (f" (scipy.ndimage's {padding_mode!r} is {hint!r} here)" if hint else ""))
+        padding_mode, padding_value = _mode(padding_mode)
         stride_t = _tuple("stride", stride, ndim, 1)
         dilation_t = _tuple("dilation", dilation, ndim, 1)
         kernel = weight_shape[2:]
@@ -152,24 +188,17 @@ class ConvSpec:
                 hi = tuple(t - t // 2 for t in total)
             else:
                 raise ValueError(f"padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
+        elif _pairs(padding, ndim):
+            lo = tuple(_index("padding", a) for a, _ in padding)
+            hi = tuple(_index("padding", b) for _, b in padding)
+            if min(lo + hi) < 0:
+                raise ValueError(f"padding must be >= 0, got {padding!r}")
         else:
             lo = hi = _tuple("padding", padding, ndim, 0)
-        if padding_mode == "zeros":
-            # torch pads the odd extra of 'same' explicitly and passes the rest to the backend
-            backend = lo
-        else:
-            backend = (0,) * ndim
-            for i, (l, h, n) in enumerate(zip(lo, hi, spatial)):
-                if padding_mode == "reflect" and max(l, h) >= n:
-                    raise ValueError(
-                        f"padding {max(l, h)} must be < input size {n} on spatial axis {i} "
-                        "for padding_mode='reflect'"
-                    )
-                if padding_mode == "circular" and max(l, h) > n:
-                    raise ValueError(
-                        f"padding {max(l, h)} must be <= input size {n} on spatial axis {i} "
-                        "for padding_mode='circular'"
-                    )
+        # torch pads the odd extra of 'same' explicitly and passes the rest to the backend;
+        # every other mode is padded explicitly (and may be wider than the input: it folds)
+        # (the backend's part is the padding before, so all the explicit part comes after)
+        backend = (tuple(a if a <= b else 0 for a, b in zip(lo, hi)) if padding_mode == "zeros" else (0,) * ndim)
         spec = cls(
             input_shape=input_shape,
             weight_shape=weight_shape,
@@ -181,6 +210,7 @@ class ConvSpec:
             backend_pad=backend,
             groups=groups,
             padding_mode=padding_mode,
+            padding_value=padding_value,
         )
         for i in range(ndim):
             reach = geometry.effective_kernel(kernel[i], dilation_t[i])

@@ -109,13 +109,11 @@ class Backend:
     def single_node(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     spec: ConvSpec) -> torch.Tensor:
         """This backend on the whole input: the reference a split run of it is compared with."""
-        import torch.nn.functional as F
+        from haloconv.compute.padding import pad_input
 
-        pad: list[int] = []
-        for lo, hi, q in zip(reversed(spec.pad_lo), reversed(spec.pad_hi), reversed(spec.backend_pad)):
-            pad += [lo - q, hi - q]  # the rest is the backend padding, applied like a tile's
-        if any(pad):
-            x = F.pad(x, pad, mode="constant" if spec.padding_mode == "zeros" else spec.padding_mode)
+        # the rest is the backend padding, applied like a tile's
+        x = pad_input(x, spec, [lo - q for lo, q in zip(spec.pad_lo, spec.backend_pad)],
+                      [hi - q for hi, q in zip(spec.pad_hi, spec.backend_pad)])
         return self.compute(x, weight, bias, spec, spec.groups, None, (0,) * spec.ndim, spec.out_spatial,
                             origin=(0,) * spec.ndim)
 
