@@ -6,7 +6,7 @@ import grimp
 
 LAYERS = [  # highest first; a module may import its own layer's package and those below
     {"haloconv.cli"},
-    {"haloconv.api", "haloconv.nn"},
+    {"haloconv.api", "haloconv.nn", "haloconv.ndimage"},
     {"haloconv.outofcore"},
     {"haloconv.planner"},
     {"haloconv.distributed"},

@@ -129,7 +129,7 @@ def test_array_engine_refuses_what_it_cannot_run():
     plan = haloconv.plan(x.shape, w.shape, padding=1, backend="opencv", partition="rows", workers=2)
     with pytest.raises(ValueError, match="plan was made for"):
         array_threads.run(plan, x[:, :, :10], w)
-    with pytest.raises(TypeError, match="float32 or both float64"):
+    with pytest.raises(TypeError, match="all float32 or all float64"):
         array_threads.run(plan, x, w.astype(np.float64))
 
 

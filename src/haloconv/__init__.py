@@ -21,6 +21,8 @@ __all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str):
+    if name == "ndimage":  # the scipy.ndimage face (haloconv/ndimage.py), a module
+        return importlib.import_module("haloconv.ndimage")
     if name not in _WHERE:
         raise AttributeError(f"module 'haloconv' has no attribute {name!r}")
     if name != "conv" and _WHERE[name] in ("haloconv.api", "haloconv.engines"):

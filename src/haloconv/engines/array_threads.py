@@ -31,13 +31,15 @@ def runs(plan: Plan) -> bool:
 
 
 def run(plan: Plan, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
-        threads: int | None = None, progress: Progress | None = None, out: np.ndarray | None = None) -> Execution:
+        threads: int | None = None, progress: Progress | None = None, out: np.ndarray | None = None,
+        dtype=None) -> Execution:
     """Every tile of ``plan`` on a thread of this process, windows read from ``x`` (views
     where they can be), outputs written straight into the result (a numpy array in the
     returned Execution): ``out`` when given (the output's shape and x's dtype, writable;
     a buffer used again costs no page faults), else a new array.  ``threads``: at most this
     many tiles at once (default: all); the cores are shared among them.
-    ``progress(done, total)``: called as each tile is done."""
+    ``progress(done, total)``: called as each tile is done.  ``dtype``: the result's (default
+    x's; a backend may take other dtypes than float32/float64, Backend.array_dtypes)."""
     spec = plan.spec
     if not runs(plan):
         raise ValueError(f"backend {plan.backend!r} does not compute numpy arrays for this convolution; "
@@ -45,12 +47,14 @@ def run(plan: Plan, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None =
     if tuple(x.shape) != spec.input_shape or tuple(weight.shape) != spec.weight_shape:
         raise ValueError(f"plan was made for x{list(spec.input_shape)} and weight{list(spec.weight_shape)}, "
                          f"got x{list(x.shape)} and weight{list(weight.shape)}")
-    if x.dtype not in (np.float32, np.float64) or weight.dtype != x.dtype:
-        raise TypeError(f"x and weight must be both float32 or both float64, got {x.dtype} and {weight.dtype}")
+    dtype = np.dtype(x.dtype if dtype is None else dtype)
+    why = backends.get(plan.backend).array_dtypes(x.dtype, weight.dtype, dtype)
+    if why is not None:
+        raise TypeError(why)
     if out is not None:
-        check_out(out, spec.output_shape, x.dtype)
+        check_out(out, spec.output_shape, dtype)
     t_start = time.perf_counter()
-    out = empty(spec.output_shape, x.dtype) if out is None else out
+    out = empty(spec.output_shape, dtype) if out is None else out
     pool = min(threads or len(plan.tiles), len(plan.tiles))
     per = max(1, default_workers() // pool)
     count = Counter(progress, len(plan.tiles))

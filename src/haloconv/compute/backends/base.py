@@ -77,6 +77,15 @@ class Backend:
         """Whether ``compute_array`` computes ``spec`` (numpy in and out, no torch)."""
         return False
 
+    def array_dtypes(self, x_dtype, weight_dtype, out_dtype) -> str | None:
+        """Why ``compute_array`` cannot take an input, filters and output of these dtypes
+        (None when it can): float32 or float64, all alike, unless a backend says more."""
+        dts = {np.dtype(x_dtype), np.dtype(weight_dtype), np.dtype(out_dtype)}
+        if len(dts) != 1 or dts.pop() not in (np.float32, np.float64):
+            return (f"x, weight and the result must be all float32 or all float64, got {np.dtype(x_dtype)}, "
+                    f"{np.dtype(weight_dtype)} and {np.dtype(out_dtype)}")
+        return None
+
     def compute_array(self, window: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec,
                       first: Sequence[int], out: np.ndarray, threads: int, *, origin: Sequence[int]) -> None:
         """``compute`` on numpy arrays, into ``out`` (the tile's output box), with ``threads``

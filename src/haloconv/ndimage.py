@@ -1,0 +1,294 @@
+"""scipy.ndimage's correlations, split across workers: change one import.
+
+``from haloconv import ndimage as ndi`` and ``ndi.correlate(img, k)`` computes what
+``scipy.ndimage.correlate(img, k)`` computes — same signature, same defaults (mode
+'reflect'), same modes, ``cval``, ``origin``, ``axes``, ``output`` and dtypes — with the
+image split into tiles and each tile's halo read as the mode says (planning/geometry.py:
+a border is a halo like any other, the whole input is never padded).  The keyword extras
+``workers``, ``partition`` and ``backend`` say how it is split and computed.
+
+With ``backend='ndimage'`` (the default here) every tile is computed by scipy.ndimage
+itself, so the result is bit for bit scipy's on the whole input, split or not: scipy sums
+each output in float64 in an order that does not depend on the tile, then converts it to
+the output's dtype (an integer output truncated, as scipy's C cast does).  ``correlate1d``
+and ``convolve1d`` compute tiles with scipy's correlate1d (backend 'ndimage1d'), which
+adds a symmetric kernel's taps in pairs and so rounds unlike ``correlate``.
+
+Where this differs from scipy.ndimage: float16 inputs (scipy refuses them) are computed in
+float32 and converted back; more than three filtered axes (a kernel longer than 1 on four
+axes or more) run scipy.ndimage on the whole input, on one worker.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+
+import numpy as np
+
+# scipy.ndimage's mode names -> haloconv's padding modes (planning/spec.py)
+MODES = {"reflect": "symmetric", "grid-mirror": "symmetric", "mirror": "reflect", "nearest": "replicate",
+         "wrap": "circular", "grid-wrap": "circular", "constant": "constant", "grid-constant": "constant"}
+MAX_SPATIAL = 3  # the most axes a plan splits and filters (ConvSpec: 1-3 spatial dims)
+
+
+def correlate(input, weights, output=None, mode="reflect", cval=0.0, origin=0, *, axes=None,
+              workers: int | None = None, partition="auto", backend: str = "ndimage"):
+    """Multidimensional correlation, as ``scipy.ndimage.correlate``, split across workers.
+
+    Parameters
+    ----------
+    input, weights, output, mode, cval, origin, axes
+        As scipy.ndimage.correlate's: ``mode`` one of 'reflect' (the default),
+        'constant', 'nearest', 'mirror', 'wrap' and their 'grid-' spellings.
+    workers : int, optional
+        Tiles computed at once, on threads of this process (default: the cores).
+    partition : str or sequence of int, optional
+        How the image is split ('rows', 'cols', 'grid', or counts over the filtered axes);
+        'auto' (the default) lets the cost model choose.
+    backend : str
+        'ndimage' (default): every tile computed by scipy.ndimage, bit for bit scipy's
+        result on the whole input.
+
+    Returns
+    -------
+    numpy.ndarray
+        The correlation, ``input``'s shape; ``output`` itself when it is an array.
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.ndimage
+    >>> from haloconv import ndimage as ndi
+    >>> img = np.random.default_rng(0).random((64, 48)).astype(np.float32)
+    >>> k = np.ones((5, 3)) / 15
+    >>> y = ndi.correlate(img, k, mode="mirror", workers=4, partition="rows")
+    >>> bool((y == scipy.ndimage.correlate(img, k, mode="mirror")).all())
+    True
+    """
+    return _correlate_or_convolve(input, weights, output, mode, cval, origin, axes, False,
+                                  dict(workers=workers, partition=partition, backend=backend))
+
+
+def convolve(input, weights, output=None, mode="reflect", cval=0.0, origin=0, *, axes=None,
+             workers: int | None = None, partition="auto", backend: str = "ndimage"):
+    """Multidimensional convolution, as ``scipy.ndimage.convolve`` (the weights flipped,
+    the origin moved as scipy moves it), split across workers; parameters as ``correlate``."""
+    return _correlate_or_convolve(input, weights, output, mode, cval, origin, axes, True,
+                                  dict(workers=workers, partition=partition, backend=backend))
+
+
+def correlate1d(input, weights, axis=-1, output=None, mode="reflect", cval=0.0, origin=0, *,
+                workers: int | None = None, partition="auto", backend: str = "ndimage"):
+    """One-dimensional correlation along ``axis``, as ``scipy.ndimage.correlate1d``, split
+    across workers; ``backend='ndimage'`` computes tiles with scipy's correlate1d (bit for
+    bit its result).  Other parameters as ``correlate``."""
+    input, weights = np.asarray(input), np.asarray(weights)
+    opts = dict(workers=workers, partition=partition, backend=backend)
+    if input.dtype.kind == "c" or weights.dtype.kind == "c":
+        if weights.dtype.kind == "c":
+            weights = weights.conj().astype(np.complex128, copy=False)
+        return _complex(correlate1d, input, weights, _output(output, input, complex_output=True), cval,
+                        dict(axis=axis, mode=mode, origin=origin, **opts))
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim != 1 or weights.shape[0] < 1:
+        raise RuntimeError("no filter weights given")
+    axis = _axis(axis, input.ndim, "axis")
+    origin = _int(origin, "origin")
+    if _invalid_origin(origin, len(weights)):
+        raise ValueError("Invalid origin; origin must satisfy -(len(weights) // 2) <= origin <= "
+                         "(len(weights)-1) // 2")
+    shape = [1] * input.ndim
+    shape[axis] = len(weights)
+    origins = [0] * input.ndim
+    origins[axis] = origin
+    return _run(input, weights.reshape(shape), origins, list(range(input.ndim)), _output(output, input), mode, cval,
+                opts, one_d=True)
+
+
+def convolve1d(input, weights, axis=-1, output=None, mode="reflect", cval=0.0, origin=0, *,
+               workers: int | None = None, partition="auto", backend: str = "ndimage"):
+    """One-dimensional convolution along ``axis``, as ``scipy.ndimage.convolve1d``, split
+    across workers; parameters as ``correlate1d``."""
+    weights = np.asarray(weights)
+    weights = weights[::-1]
+    origin = -_int(origin, "origin")
+    if not weights.shape[0] & 1:
+        origin -= 1
+    if weights.dtype.kind == "c":  # pre-conjugate: correlate1d conjugates again
+        weights = weights.conj()
+    return correlate1d(input, weights, axis, output, mode, cval, origin, workers=workers, partition=partition,
+                       backend=backend)
+
+
+# -- scipy's semantics --------------------------------------------------------------------------
+def _correlate_or_convolve(input, weights, output, mode, cval, origin, axes, convolution: bool, opts: dict):
+    input, weights = np.asarray(input), np.asarray(weights)
+    if input.dtype.kind == "c" or weights.dtype.kind == "c":
+        if weights.dtype.kind == "c" and not convolution:
+            weights = weights.conj()  # as np.correlate: the weights conjugated, not the input
+        func = convolve if convolution else correlate
+        return _complex(func, input, weights, _output(output, input, complex_output=True), cval,
+                        dict(mode=mode, origin=origin, axes=axes, **opts))
+    axes = _axes(axes, input.ndim)
+    weights = np.asarray(weights, dtype=np.float64)
+    if len(axes) < input.ndim:
+        if weights.ndim != len(axes):
+            raise RuntimeError(f"weights.ndim ({weights.ndim}) must match len(axes) ({len(axes)})")
+        weights = np.expand_dims(weights, tuple(a for a in range(input.ndim) if a not in axes))
+    origins = [0] * input.ndim
+    for o, a in zip(_per_axis(origin, len(axes), "origin"), axes):
+        origins[a] = o
+    if weights.ndim != input.ndim or 0 in weights.shape:
+        raise RuntimeError(f"weights.ndim ({weights.ndim}) must match len(axes) ({len(axes)})")
+    if convolution:
+        weights = weights[(slice(None, None, -1),) * weights.ndim]
+        origins = [-o - (0 if k & 1 else 1) for o, k in zip(origins, weights.shape)]
+    for o, k in zip(origins, weights.shape):
+        if _invalid_origin(o, k):
+            raise ValueError("Invalid origin; origin must satisfy -(weights.shape[k] // 2) <= origin[k] <= "
+                             "(weights.shape[k]-1) // 2")
+    if not isinstance(mode, str) and isinstance(mode, Sequence):
+        raise RuntimeError("A sequence of modes is not supported")
+    return _run(input, weights, origins, axes, _output(output, input), mode, cval, opts, one_d=False)
+
+
+def _run(input: np.ndarray, weights: np.ndarray, origins: list[int], axes: list[int], output: np.ndarray, mode,
+         cval, opts: dict, one_d: bool) -> np.ndarray:
+    """The correlation of ``input`` with ``weights`` (both of input's ndim, float64
+    weights), written into ``output``.  The plan's spatial axes are ``axes`` (so 'rows'
+    and 'cols' are the image's), or where there are more than three of them the axes the
+    kernel is longer than 1 on (or has an origin); the other axes are its batch."""
+    from haloconv import planner
+    from haloconv.engines import array_threads
+
+    padding_mode = _padding_mode(mode, cval)
+    spatial = sorted(axes) if len(axes) <= MAX_SPATIAL else (
+        [a for a in range(input.ndim) if weights.shape[a] > 1 or origins[a] != 0] or [input.ndim - 1])
+    if input.size == 0:
+        return output
+    if len(spatial) > MAX_SPATIAL:
+        import scipy.ndimage
+
+        fn = scipy.ndimage.correlate1d if one_d else scipy.ndimage.correlate
+        if one_d:
+            (a,) = [a for a in range(input.ndim) if weights.shape[a] > 1] or [input.ndim - 1]
+            return fn(input, weights.reshape(-1), a, output, mode, cval, origins[a])
+        return fn(input, weights, output, mode, cval, origins)
+    batch = [a for a in range(input.ndim) if a not in spatial]
+    x = np.moveaxis(input, batch + spatial, range(input.ndim))
+    n = math.prod(x.shape[:len(batch)])
+    x = x.reshape(n, 1, *x.shape[len(batch):])
+    dtype = output.dtype
+    compute = x.dtype
+    if x.dtype == np.float16 or x.dtype == np.bool_:  # scipy takes no float16: float32 here
+        compute = np.dtype(np.float32) if x.dtype == np.float16 else np.dtype(np.uint8)
+        x = x.astype(compute)
+    if isinstance(padding_mode, float) and not _holds(compute, padding_mode):
+        # scipy reads cval as a float64 beside the input's values: a window of the input's
+        # dtype could not hold it (-1 in uint8), so the input is read as float64 (exactly)
+        x = x.astype(np.float64)
+    w = weights.transpose(spatial + batch).reshape(1, 1, *(weights.shape[a] for a in spatial))
+    pads = [(k // 2 + o, k - 1 - k // 2 - o) for k, o in ((weights.shape[a], origins[a]) for a in spatial)]
+    backend = opts["backend"]
+    if backend == "ndimage" and one_d:
+        backend = "ndimage1d"
+    plan = planner.plan(x.shape, w.shape, padding=pads, padding_mode=padding_mode, workers=opts["workers"],
+                        partition=opts["partition"], backend=backend)
+    result_dtype = dtype if dtype not in (np.float16, np.bool_) else (np.float32 if dtype == np.float16 else np.float64)
+    y = array_threads.run(plan, np.ascontiguousarray(x), w, dtype=result_dtype).output
+    y = y.reshape(*(input.shape[a] for a in batch), *(input.shape[a] for a in spatial))
+    y = np.moveaxis(y, range(input.ndim), batch + spatial)
+    output[...] = y if dtype != np.bool_ else (y != 0)
+    return output
+
+
+def _padding_mode(mode, cval):
+    if not isinstance(mode, str) or mode not in MODES:
+        raise RuntimeError("boundary mode not supported") if isinstance(mode, str) else TypeError(
+            f"mode must be one of {sorted(MODES)}, got {mode!r}")
+    if MODES[mode] != "constant":
+        return MODES[mode]
+    if np.iscomplexobj(cval):
+        raise ValueError("Cannot provide a complex-valued cval when the input is real.")
+    return float(cval)  # 0 is 'zeros' (ConvSpec)
+
+
+def _holds(dtype: np.dtype, value: float) -> bool:
+    """Whether ``dtype`` holds ``value`` exactly."""
+    with np.errstate(all="ignore"):
+        return bool(np.array(value).astype(dtype) == value)
+
+
+def _complex(func, input, weights, output, cval, kwargs):
+    """A complex correlation as real ones (scipy.ndimage's _complex_via_real_components)."""
+    ci, cw = input.dtype.kind == "c", weights.dtype.kind == "c"
+    if ci and cw:
+        func(input.real, weights.real, output=output.real, cval=np.real(cval), **kwargs)
+        output.real -= func(input.imag, weights.imag, output=None, cval=np.imag(cval), **kwargs)
+        func(input.real, weights.imag, output=output.imag, cval=np.real(cval), **kwargs)
+        output.imag += func(input.imag, weights.real, output=None, cval=np.imag(cval), **kwargs)
+    elif ci:
+        func(input.real, weights, output=output.real, cval=np.real(cval), **kwargs)
+        func(input.imag, weights, output=output.imag, cval=np.imag(cval), **kwargs)
+    else:
+        if np.iscomplexobj(cval):
+            raise ValueError("Cannot provide a complex-valued cval when the input is real.")
+        func(input, weights.real, output=output.real, cval=cval, **kwargs)
+        func(input, weights.imag, output=output.imag, cval=cval, **kwargs)
+    return output
+
+
+def _output(output, input: np.ndarray, complex_output: bool = False) -> np.ndarray:
+    """The array the result goes to, as scipy.ndimage makes it: a new one of input's dtype
+    (complex when ``complex_output``), of a given dtype, or ``output`` itself."""
+    if output is None:
+        dtype = np.promote_types(input.dtype, np.complex64) if complex_output else input.dtype
+        return np.zeros(input.shape, dtype)
+    if isinstance(output, (type, np.dtype, str)):
+        dtype = np.dtype(output)
+        if complex_output and dtype.kind != "c":
+            raise RuntimeError("output must have complex dtype")
+        return np.zeros(input.shape, dtype)
+    if not isinstance(output, np.ndarray):
+        raise TypeError(f"output must be None, a dtype or a numpy array, got {type(output).__name__}")
+    if output.shape != input.shape:
+        raise RuntimeError("output shape not correct")
+    if complex_output and output.dtype.kind != "c":
+        raise RuntimeError("output must have complex dtype")
+    return output
+
+
+def _int(value, name: str) -> int:
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {value!r}") from None
+
+
+def _axis(axis, ndim: int, name: str) -> int:
+    a = _int(axis, name)
+    if not -ndim <= a < ndim:
+        raise ValueError(f"{name} {a} is out of bounds for an array of dimension {ndim}")
+    return a % ndim
+
+
+def _axes(axes, ndim: int) -> list[int]:
+    if axes is None:
+        return list(range(ndim))
+    axes = [_axis(a, ndim, "axes") for a in ((axes,) if not isinstance(axes, (tuple, list)) else axes)]
+    if len(set(axes)) != len(axes):
+        raise ValueError("axes must be unique")
+    return axes
+
+
+def _per_axis(value, n: int, name: str) -> list[int]:
+    if isinstance(value, (tuple, list, np.ndarray)):
+        if len(value) != n:
+            raise RuntimeError("sequence argument must have length equal to input rank")
+        return [_int(v, name) for v in value]
+    return [_int(value, name)] * n
+
+
+def _invalid_origin(origin: int, k: int) -> bool:
+    return origin < -(k // 2) or origin > (k - 1) // 2

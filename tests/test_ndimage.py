@@ -1,0 +1,151 @@
+"""haloconv.ndimage: scipy.ndimage's correlate, convolve, correlate1d and convolve1d, split
+across workers, bit for bit scipy's own call on the whole input (backend 'ndimage')."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.ndimage as sndi
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import haloconv
+from haloconv import ndimage as ndi
+
+SCIPY_MODES = ["reflect", "mirror", "nearest", "wrap", "constant", "grid-mirror", "grid-wrap", "grid-constant"]
+DTYPES = [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64]
+reached: dict[str, int] = {}
+
+
+def _count(key: str) -> None:
+    reached[key] = reached.get(key, 0) + 1
+
+
+@settings(max_examples=120)
+@given(
+    shape=st.tuples(st.integers(1, 14), st.integers(1, 14)),
+    kernel=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    mode=st.sampled_from(SCIPY_MODES),
+    dtype=st.sampled_from(DTYPES),
+    out=st.sampled_from([None, np.float64, np.uint8]),
+    convolution=st.booleans(),
+    split=st.sampled_from([("rows", 2), ("rows", 3), ("cols", 2), ("grid", 4)]),
+    data=st.data(),
+)
+def test_correlate_and_convolve_are_scipys_bit_for_bit(shape, kernel, mode, dtype, out, convolution, split, data):
+    origin = tuple(data.draw(st.integers(-(k // 2), (k - 1) // 2)) for k in kernel)
+    seed = data.draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    img = (rng.random(shape) * 100 - (0 if np.dtype(dtype).kind == "u" else 50)).astype(dtype)
+    k = rng.random(kernel) - 0.4
+    cval = float(rng.integers(-3, 4))
+    ours, theirs = (ndi.convolve, sndi.convolve) if convolution else (ndi.correlate, sndi.correlate)
+    part, workers = split
+    y = ours(img, k, output=out, mode=mode, cval=cval, origin=origin, partition=part, workers=workers)
+    ref = theirs(img, k, output=out, mode=mode, cval=cval, origin=origin)
+    assert y.dtype == ref.dtype and np.array_equal(y, ref)
+    _count(mode)
+    _count(np.dtype(dtype).name)
+    if any(o != 0 for o in origin):
+        _count("origin")
+    if any(m > n for m, n in zip(kernel, shape)):
+        _count("kernel longer than the input")
+
+
+def test_the_property_reaches_every_mode_dtype_origin_and_long_kernels():
+    reached.clear()
+    test_correlate_and_convolve_are_scipys_bit_for_bit()
+    assert all(reached.get(m, 0) >= 4 for m in SCIPY_MODES), reached
+    assert all(reached.get(np.dtype(d).name, 0) >= 4 for d in DTYPES), reached
+    assert reached["origin"] >= 30 and reached["kernel longer than the input"] >= 10, reached
+
+
+@pytest.mark.parametrize("mode", ["reflect", "mirror", "nearest", "wrap", "constant"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+def test_correlate1d_and_convolve1d_are_scipys_bit_for_bit(mode, dtype):
+    """correlate1d adds a symmetric kernel's taps in pairs: tiles computed by scipy's
+    correlate1d (backend ndimage1d) are its result, not correlate's."""
+    rng = np.random.default_rng(1)
+    x = (rng.random((37, 29)) * 200).astype(dtype)
+    sym = np.array([0.1, 0.25, 0.3, 0.25, 0.1])
+    for axis, part in ((0, "rows"), (1, "cols"), (-1, "grid")):
+        y = ndi.correlate1d(x, sym, axis=axis, mode=mode, cval=1.5, workers=3 if part != "grid" else 4, partition=part)
+        assert np.array_equal(y, sndi.correlate1d(x, sym, axis=axis, mode=mode, cval=1.5))
+        y = ndi.convolve1d(x, [1, -2, 4, 3], axis=axis, origin=1, mode=mode, workers=2, partition=part)
+        assert np.array_equal(y, sndi.convolve1d(x, [1, -2, 4, 3], axis=axis, origin=1, mode=mode))
+
+
+def test_kernels_longer_than_the_input_under_every_mode():
+    assert ndi.convolve1d(np.ones(1), np.ones(5), mode="mirror")[0] == 5.0  # scipy gives 5 (the issue's case)
+    x = np.random.default_rng(2).random(7)
+    for mode in ["reflect", "mirror", "wrap", "nearest", "constant"]:
+        y = ndi.correlate1d(x, np.arange(23.0), mode=mode, cval=2, workers=2, partition="cols")
+        assert np.array_equal(y, sndi.correlate1d(x, np.arange(23.0), mode=mode, cval=2)), mode
+
+
+def test_an_rgb_photo_filtered_per_channel_in_one_line():
+    """A 2-D kernel on the (H, W) axes of an (H, W, C) image: each channel filtered, uint8 kept."""
+    rgb = (np.random.default_rng(3).random((50, 40, 3)) * 255).astype(np.uint8)
+    box = np.ones((5, 5)) / 25
+    y = ndi.correlate(rgb, box, axes=(0, 1), workers=4, partition="grid")
+    assert y.dtype == np.uint8 and np.array_equal(y, sndi.correlate(rgb, box, axes=(0, 1)))
+    chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))
+    assert np.array_equal(ndi.correlate(chw, box, axes=(1, 2), workers=2), sndi.correlate(chw, box, axes=(1, 2)))
+
+
+def test_complex_inputs_and_weights_volumes_and_given_outputs():
+    rng = np.random.default_rng(4)
+    z = rng.random((20, 21)) + 1j * rng.random((20, 21))
+    kz = rng.random((3, 4)) + 1j * rng.random((3, 4))
+    for ours, theirs in ((ndi.correlate, sndi.correlate), (ndi.convolve, sndi.convolve)):
+        for a, b in ((z, kz), (z, kz.real), (z.real, kz)):
+            assert np.array_equal(ours(a, b, workers=2, partition="rows"), theirs(a, b))
+    assert np.array_equal(ndi.correlate1d(z, [1 + 1j, 2, 3j], workers=2, partition="rows"),
+                          sndi.correlate1d(z, [1 + 1j, 2, 3j]))
+    v = rng.random((10, 12, 9))
+    k3 = rng.random((3, 2, 3))
+    assert np.array_equal(ndi.correlate(v, k3, mode="wrap", workers=4, partition="grid"),
+                          sndi.correlate(v, k3, mode="wrap"))
+    img = rng.random((30, 31)).astype(np.float32)
+    o = np.empty_like(img)
+    assert ndi.correlate(img, np.ones((3, 3)), output=o, workers=2) is o
+    assert np.array_equal(o, sndi.correlate(img, np.ones((3, 3))))
+    # more filtered axes than a plan splits: scipy on the whole input (said in the docstring)
+    h = rng.random((3, 4, 5, 6))
+    assert np.array_equal(ndi.correlate(h, np.ones((2, 2, 2, 2))), sndi.correlate(h, np.ones((2, 2, 2, 2))))
+
+
+def test_the_split_is_real():
+    """The filters above are split: the plan a call makes has the tiles asked for."""
+    from haloconv.engines import array_threads
+
+    seen = []
+    real = array_threads.run
+
+    def spy(plan, *a, **kw):
+        seen.append(len(plan.tiles))
+        return real(plan, *a, **kw)
+
+    array_threads.run = spy
+    try:
+        ndi.correlate(np.zeros((40, 40)), np.ones((3, 3)), workers=4, partition="grid")
+        ndi.correlate1d(np.zeros((40, 40)), np.ones(3), workers=3, partition="rows")
+    finally:
+        array_threads.run = real
+    assert seen == [4, 3]
+
+
+def test_bad_arguments_fail_as_scipy_fails():
+    x = np.zeros((8, 8))
+    for call in (ndi.correlate, sndi.correlate):
+        with pytest.raises(ValueError, match="origin"):
+            call(x, np.ones((3, 3)), origin=2)
+        with pytest.raises(RuntimeError, match="boundary mode not supported"):
+            call(x, np.ones((3, 3)), mode="bogus")
+        with pytest.raises(RuntimeError, match="must match"):
+            call(x, np.ones(3))
+    with pytest.raises(RuntimeError, match="no filter weights"):
+        ndi.correlate1d(x, [])
+    with pytest.raises(ValueError, match="complex-valued cval"):
+        ndi.correlate(x, np.ones((3, 3)) * 1j, mode="constant", cval=1j)
+    assert haloconv.ndimage is ndi
