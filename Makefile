@@ -3,9 +3,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# constraints.txt pins torch to the local CPU wheel (no multi-GB CUDA download); --no-compile: the
-# modules imported are compiled on first import, not all of torch's at install (half the install's time)
-PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -c constraints.txt
+# constraints.txt pins torch to the local CPU wheel (no multi-GB CUDA download).  pip compiles every
+# module at install: where PYTHONDONTWRITEBYTECODE is set (CI), nothing is compiled later, and each
+# interpreter would compile torch again as it imports it
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
 .PHONY: demo test stress lint bench clean
 
