@@ -1,11 +1,8 @@
-"""scipy.ndimage's correlations, split across workers: change one import.
-
-``from haloconv import ndimage as ndi`` and ``ndi.correlate(img, k)`` computes what
-``scipy.ndimage.correlate(img, k)`` computes — same signature, same defaults (mode
-'reflect'), same modes, ``cval``, ``origin``, ``axes``, ``output`` and dtypes — with the
-image split into tiles and each tile's halo read as the mode says (planning/geometry.py:
-a border is a halo like any other, the whole input is never padded).  The keyword extras
-``workers``, ``partition`` and ``backend`` say how it is split and computed.
+"""scipy.ndimage's correlations (correlate, convolve, correlate1d, convolve1d), split across
+workers, with scipy's signatures, defaults (mode 'reflect'), modes, ``cval``, ``origin``,
+``axes``, ``output`` and dtypes; each tile's halo is read as the mode says
+(planning/geometry.py: a border is a halo like any other, the whole input is never padded).
+The keyword extras ``workers``, ``partition`` and ``backend`` say how it is split and computed.
 
 With ``backend='ndimage'`` (the default here) every tile is computed by scipy.ndimage
 itself, so the result is bit for bit scipy's on the whole input, split or not: scipy sums
