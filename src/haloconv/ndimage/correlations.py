@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -237,19 +238,27 @@ def _complex(func, input, weights, output, cval, kwargs):
 
 
 def _output(output, input: np.ndarray, complex_output: bool = False) -> np.ndarray:
-    """The array the result goes to, as scipy.ndimage makes it: a new one of input's dtype
-    (complex when ``complex_output``), of a given dtype, or ``output`` itself."""
+    """The array the result goes to, made as scipy.ndimage makes it (its
+    _ni_support._get_output): a new one of input's dtype (complex when
+    ``complex_output``), of a given dtype, or ``output`` itself."""
+    shape = input.shape
     if output is None:
         dtype = np.promote_types(input.dtype, np.complex64) if complex_output else input.dtype
-        return np.zeros(input.shape, dtype)
-    if isinstance(output, (type, np.dtype, str)):
+        return np.zeros(shape, dtype)
+    if isinstance(output, type | np.dtype):
+        if complex_output and np.dtype(output).kind != "c":
+            warnings.warn("promoting specified output dtype to complex", stacklevel=3)
+            output = np.promote_types(output, np.complex64)
+        return np.zeros(shape, output)
+    if isinstance(output, str):
         dtype = np.dtype(output)
         if complex_output and dtype.kind != "c":
             raise RuntimeError("output must have complex dtype")
-        return np.zeros(input.shape, dtype)
-    if not isinstance(output, np.ndarray):
-        raise TypeError(f"output must be None, a dtype or a numpy array, got {type(output).__name__}")
-    if output.shape != input.shape:
+        if not issubclass(dtype.type, np.number):
+            raise RuntimeError("output must have numeric dtype")
+        return np.zeros(shape, dtype)
+    output = np.asarray(output)
+    if output.shape != shape:
         raise RuntimeError("output shape not correct")
     if complex_output and output.dtype.kind != "c":
         raise RuntimeError("output must have complex dtype")
@@ -271,12 +280,22 @@ def _axis(axis, ndim: int, name: str) -> int:
 
 
 def _axes(axes, ndim: int) -> list[int]:
+    """The filtered axes, checked as scipy.ndimage checks them (its _ni_support._check_axes)."""
     if axes is None:
         return list(range(ndim))
-    axes = [_axis(a, ndim, "axes") for a in ((axes,) if not isinstance(axes, (tuple, list)) else axes)]
+    if np.isscalar(axes):
+        axes = (operator.index(axes),)
+    elif isinstance(axes, Iterable):
+        axes = tuple(operator.index(a) for a in axes)
+        for a in axes:
+            if a < -ndim or a > ndim - 1:
+                raise ValueError(f"specified axis: {a} is out of range")
+        axes = tuple(a % ndim for a in axes)
+    else:
+        raise ValueError("axes must be an integer, iterable of integers, or None")
     if len(set(axes)) != len(axes):
         raise ValueError("axes must be unique")
-    return axes
+    return list(axes)
 
 
 def _per_axis(value, n: int, name: str) -> list[int]:
