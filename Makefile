@@ -6,9 +6,11 @@ BIN := $(VENV)/bin
 # constraints.txt pins torch to the CPU wheel in the machine's wheel store (no multi-GB CUDA download).
 # uv installs (unpacks and compiles every module) in a third of pip's time; where it cannot (no wheel
 # store, no uv), pip does.  Modules are compiled at install: where PYTHONDONTWRITEBYTECODE is set (CI),
-# nothing is compiled later, and each interpreter would compile torch again as it imports it.
+# nothing is compiled later, and each interpreter would compile torch again as it imports it.  Files
+# are copied, not linked to uv's cache: mapped from linked files, torch's libraries counted 60 MB more
+# resident memory per process here (which the memory-budget tests see).
 WHEELS ?= /opt/wheels
-UV_INSTALL = $(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt --compile-bytecode \
+UV_INSTALL = $(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt --compile-bytecode --link-mode=copy \
 	$(if $(wildcard $(WHEELS)),--find-links $(WHEELS))
 PIP_INSTALL = $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 INSTALL = $(UV_INSTALL) $(1) || $(PIP_INSTALL) $(1)
