@@ -18,6 +18,7 @@ axes or more) run scipy.ndimage on the whole input, on one worker.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import warnings
@@ -157,7 +158,6 @@ def _run(input: np.ndarray, weights: np.ndarray, origins: list[int], axes: list[
     weights), written into ``output``.  The plan's spatial axes are ``axes`` (so 'rows'
     and 'cols' are the image's), or where there are more than three of them the axes the
     kernel is longer than 1 on (or has an origin); the other axes are its batch."""
-    from haloconv import planner
     from haloconv.engines import array_threads
 
     padding_mode = _padding_mode(mode, cval)
@@ -191,14 +191,25 @@ def _run(input: np.ndarray, weights: np.ndarray, origins: list[int], axes: list[
     backend = opts["backend"]
     if backend == "ndimage" and one_d:
         backend = "ndimage1d"
-    plan = planner.plan(x.shape, w.shape, padding=pads, padding_mode=padding_mode, workers=opts["workers"],
-                        partition=opts["partition"], backend=backend)
+    partition = opts["partition"]
+    plan = _plan(tuple(x.shape), tuple(w.shape), tuple(pads), padding_mode, opts["workers"],
+                 tuple(partition) if isinstance(partition, list) else partition, backend)
     result_dtype = dtype if dtype not in (np.float16, np.bool_) else (np.float32 if dtype == np.float16 else np.float64)
     y = array_threads.run(plan, np.ascontiguousarray(x), w, dtype=result_dtype).output
     y = y.reshape(*(input.shape[a] for a in batch), *(input.shape[a] for a in spatial))
     y = np.moveaxis(y, range(input.ndim), batch + spatial)
     output[...] = y if dtype != np.bool_ else (y != 0)
     return output
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(x_shape, w_shape, pads, padding_mode, workers, partition, backend):
+    """The plan of a call, kept per configuration: a plan is made from shapes alone, and a
+    filter applied again to images of one size (a stack, a video, a test suite) plans once."""
+    from haloconv import planner
+
+    return planner.plan(x_shape, w_shape, padding=pads, padding_mode=padding_mode, workers=workers,
+                        partition=partition, backend=backend)
 
 
 def _padding_mode(mode, cval):
