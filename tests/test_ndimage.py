@@ -149,3 +149,17 @@ def test_bad_arguments_fail_as_scipy_fails():
     with pytest.raises(ValueError, match="complex-valued cval"):
         ndi.correlate(x, np.ones((3, 3)) * 1j, mode="constant", cval=1j)
     assert haloconv.ndimage is ndi
+
+
+@pytest.mark.parametrize("backend", ["torch", "fft", "ndimage", "opencv"])
+def test_reversed_arrays_are_taken_by_haloconv_conv_on_every_backend(backend):
+    """``x[..., ::-1]`` and ``k[..., ::-1, ::-1]`` (negative strides, which torch.from_numpy
+    refuses) are taken as their values, by every backend."""
+    rng = np.random.default_rng(6)
+    x = rng.random((1, 1, 30, 20)).astype(np.float32)
+    k = rng.random((1, 1, 3, 5)).astype(np.float32)
+    for xx, kk in ((x[..., ::-1], k), (x, k[..., ::-1, ::-1]), (x[:, :, ::-1], k[..., ::-1])):
+        y = haloconv.conv(xx, kk, padding=(1, 2), workers=2, partition="rows", backend=backend)
+        ref = haloconv.conv(np.ascontiguousarray(xx), np.ascontiguousarray(kk), padding=(1, 2), workers=2,
+                            partition="rows", backend=backend)
+        assert np.array_equal(y, ref)

@@ -35,6 +35,8 @@ def _as_tensor(name: str, value: object) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         t = value
     elif isinstance(value, np.ndarray):
+        if any(s < 0 for s in value.strides):  # a reversed view (x[::-1]): torch takes no negative strides
+            value = np.ascontiguousarray(value)
         t = torch.from_numpy(value)
     else:
         raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
