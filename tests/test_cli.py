@@ -259,3 +259,14 @@ def test_verify_exits_1_and_says_so_when_the_result_differs(tmp_path, capsys, mo
     rc = main(["run", "--random", "32x32", "--kernel", "box:3", "--verify", "-o", str(tmp_path / "v")])
     err = capsys.readouterr().err
     assert rc == 1 and "haloconv: error: verify: the result differs from the single-node" in err, err
+
+
+@pytest.mark.parametrize("mode", ["symmetric", "0.25", "reflect"])
+def test_every_padding_mode_through_the_command(mode, tmp_path, capsys):
+    """scipy's 'reflect' ('symmetric') and a constant value, with a kernel wider than the
+    image on one axis (the padding folds), split and verified against the single-node call."""
+    np.save(tmp_path / "x.npy", np.random.default_rng(2).random((40, 3), dtype=np.float32))
+    rc = main(["run", str(tmp_path / "x.npy"), "--kernel", "box:9", "--backend", "torch", "--workers", "3",
+               "--partition", "rows", "--padding-mode", mode, "--verify", "-o", str(tmp_path / "y")])
+    assert rc == 0, capsys.readouterr()
+    assert "bitwise equal: True" in capsys.readouterr().out

@@ -164,11 +164,20 @@ def _add_problem_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--stride", default="1", help="int, or one int per spatial dim, comma-separated")
     r.add_argument("--padding", default="same", help="int, ints, 'same' or 'valid'")
     r.add_argument("--dilation", default="1", help="int, or one int per spatial dim, comma-separated")
-    r.add_argument("--padding-mode", default="zeros",
-                   help="zeros, reflect, replicate or circular (torch's names; scipy.ndimage calls them constant, "
-                        "mirror, nearest and wrap: scipy's 'reflect' repeats the edge pixel, torch's does not)")
+    r.add_argument("--padding-mode", default="zeros", type=_padding_mode,
+                   help="zeros, reflect, replicate, circular or symmetric, or a number (padding of that value); "
+                        "scipy.ndimage calls them constant, mirror, nearest, wrap and reflect (scipy's 'reflect' "
+                        "repeats the edge pixel, torch's does not)")
     r.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="the compute's float type")
     r.add_argument("--seed", type=int, default=0, help="seed for --random")
+
+
+def _padding_mode(text: str) -> str | float:
+    """--padding-mode: a mode's name, or a number (constant padding of that value)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
