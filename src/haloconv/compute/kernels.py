@@ -148,8 +148,7 @@ def _explicit_pad(spec: ConvSpec) -> list[int] | None:
 
 def single_node(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec) -> torch.Tensor:
     """What torch.nn.Conv{1,2,3}d computes on the whole input — the reference."""
-    x = pad_input(x, spec, [lo - q for lo, q in zip(spec.pad_lo, spec.backend_pad)],
-                  [hi - q for hi, q in zip(spec.pad_hi, spec.backend_pad)])
+    x = pad_input(x, spec)
     return _CONV[spec.ndim](x, weight, bias, spec.stride, spec.backend_pad, spec.dilation, spec.groups)
 
 

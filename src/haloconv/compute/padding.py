@@ -4,20 +4,21 @@ than the input, reads exactly what a split run's windows read (geometry.source_i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from haloconv.planning import geometry
 from haloconv.planning.spec import ConvSpec
 
 
-def pad_input(x, spec: ConvSpec, lo: Sequence[int], hi: Sequence[int]):
-    """``x`` (a tensor (N, C, *spatial)) with ``lo``/``hi`` positions added before/after
-    each spatial axis: the padding value ('zeros', 'constant': torch's F.pad), or the input
-    positions the mode maps them to (taken by index: the same values F.pad's reflect,
-    replicate and circular copy, and also 'symmetric' and padding wider than the input)."""
+def pad_input(x, spec: ConvSpec):
+    """``x`` (a tensor (N, C, *spatial), the whole input) padded as torch pads it before the
+    conv backend (the spec's padding less the backend's part): the padding value ('zeros',
+    'constant': torch's F.pad), or the input positions the mode maps them to (taken by
+    index: the same values F.pad's reflect, replicate and circular copy, and also
+    'symmetric' and padding wider than the input)."""
     import torch
     import torch.nn.functional as F
 
+    lo = [a - q for a, q in zip(spec.pad_lo, spec.backend_pad)]
+    hi = [b - q for b, q in zip(spec.pad_hi, spec.backend_pad)]
     if not any(lo) and not any(hi):
         return x
     if spec.padding_mode in geometry.VALUE_MODES:

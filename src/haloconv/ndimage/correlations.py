@@ -136,8 +136,8 @@ def _correlate_or_convolve(input, weights, output, mode, cval, origin, axes, con
             raise RuntimeError(f"weights.ndim ({weights.ndim}) must match len(axes) ({len(axes)})")
         weights = np.expand_dims(weights, tuple(a for a in range(input.ndim) if a not in axes))
     origins = [0] * input.ndim
-    for o, a in zip(_per_axis(origin, len(axes), "origin"), axes):
-        origins[a] = o
+    for o, a in zip(_per_axis(origin, len(axes)), axes):
+        origins[a] = _int(o, "origin")
     if weights.ndim != input.ndim or 0 in weights.shape:
         raise RuntimeError(f"weights.ndim ({weights.ndim}) must match len(axes) ({len(axes)})")
     if convolution:
@@ -195,7 +195,14 @@ def _run(input: np.ndarray, weights: np.ndarray, origins: list[int], axes: list[
     plan = _plan(tuple(x.shape), tuple(w.shape), tuple(pads), padding_mode, opts["workers"],
                  tuple(partition) if isinstance(partition, list) else partition, backend)
     result_dtype = dtype if dtype not in (np.float16, np.bool_) else (np.float32 if dtype == np.float16 else np.float64)
-    y = array_threads.run(plan, np.ascontiguousarray(x), w, dtype=result_dtype).output
+    # tiles write straight into output where it is laid out as the plan's result and is
+    # not the input itself (scipy's filters pass the same array as both)
+    direct = (batch + spatial == list(range(input.ndim)) and output.dtype == result_dtype
+              and output.flags.c_contiguous and not np.may_share_memory(input, output))
+    out = output.reshape(x.shape) if direct else None
+    y = array_threads.run(plan, np.ascontiguousarray(x), w, dtype=result_dtype, out=out).output
+    if direct:
+        return output
     y = y.reshape(*(input.shape[a] for a in batch), *(input.shape[a] for a in spatial))
     y = np.moveaxis(y, range(input.ndim), batch + spatial)
     output[...] = y if dtype != np.bool_ else (y != 0)
@@ -309,12 +316,15 @@ def _axes(axes, ndim: int) -> list[int]:
     return list(axes)
 
 
-def _per_axis(value, n: int, name: str) -> list[int]:
-    if isinstance(value, (tuple, list, np.ndarray)):
-        if len(value) != n:
-            raise RuntimeError("sequence argument must have length equal to input rank")
-        return [_int(v, name) for v in value]
-    return [_int(value, name)] * n
+def _per_axis(value, n: int) -> list:
+    """One value per axis, from one value or a sequence of ``n`` (scipy.ndimage's
+    _ni_support._normalize_sequence)."""
+    if isinstance(value, str) or not np.iterable(value):
+        return [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise RuntimeError("sequence argument must have length equal to input rank")
+    return value
 
 
 def _invalid_origin(origin: int, k: int) -> bool:

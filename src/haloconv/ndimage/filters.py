@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from haloconv.ndimage.correlations import _axes, _axis, _output, correlate1d
+from haloconv.ndimage.correlations import _axes, _axis, _output, _per_axis, correlate1d
 
 _SPLIT = ("workers", "partition", "backend")
 
@@ -24,16 +24,6 @@ def _split(kw: dict) -> dict:
     if unknown:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
     return kw
-
-
-def _per_axis(value, n: int) -> list:
-    """scipy's _normalize_sequence: one value per axis, from one value or a sequence of n."""
-    if isinstance(value, str) or not isinstance(value, (list, tuple, np.ndarray)):
-        return [value] * n
-    value = list(value)
-    if len(value) != n:
-        raise RuntimeError("sequence argument must have length equal to input rank")
-    return value
 
 
 def _gaussian_kernel1d(sigma: float, order: int, radius: int) -> np.ndarray:
@@ -153,6 +143,13 @@ def gaussian_laplace(input, sigma, output=None, mode="reflect", cval=0.0, *, axe
 
 
 def _laplace(input, derivative2, output, mode, cval, axes):
+    return _over_axes(input, lambda x, axis, out, m: derivative2(x, axis, out, m, cval), output, mode, axes, False)
+
+
+def _over_axes(input, derivative, output, mode, axes, squares: bool):
+    """``derivative`` along each of ``axes``, summed into ``output`` (the first pass written
+    there, the others as new arrays of its dtype), or with ``squares`` the root of the sum of
+    their squares: scipy.ndimage's generic_laplace and generic_gradient_magnitude."""
     input = np.asarray(input)
     output = _output(output, input)
     axes = _axes(axes, input.ndim)
@@ -160,9 +157,16 @@ def _laplace(input, derivative2, output, mode, cval, axes):
         output[...] = input[...]
         return output
     modes = _per_axis(mode, len(axes))
-    derivative2(input, axes[0], output, modes[0], cval)
+    derivative(input, axes[0], output, modes[0])
+    if squares:
+        np.multiply(output, output, output)
     for ii in range(1, len(axes)):
-        output += derivative2(input, axes[ii], output.dtype, modes[ii], cval)
+        tmp = derivative(input, axes[ii], output.dtype, modes[ii])
+        if squares:
+            np.multiply(tmp, tmp, tmp)
+        output += tmp
+    if squares:
+        np.sqrt(output, output, casting="unsafe")
     return output
 
 
@@ -171,27 +175,13 @@ def gaussian_gradient_magnitude(input, sigma, output=None, mode="reflect", cval=
     """Gradient magnitude of Gaussian first derivatives, as
     ``scipy.ndimage.gaussian_gradient_magnitude``."""
     split = _split(split)
-    input = np.asarray(input)
-    output = _output(output, input)
-    axes = _axes(axes, input.ndim)
-    if not axes:
-        output[...] = input[...]
-        return output
-    modes = _per_axis(mode, len(axes))
 
-    def derivative(axis, out, m):
-        order = [0] * input.ndim
+    def derivative(x, axis, out, m):
+        order = [0] * x.ndim
         order[axis] = 1
-        return gaussian_filter(input, sigma, order, out, m, cval, truncate, radius=radius, **split)
+        return gaussian_filter(x, sigma, order, out, m, cval, truncate, radius=radius, **split)
 
-    derivative(axes[0], output, modes[0])
-    np.multiply(output, output, output)
-    for ii in range(1, len(axes)):
-        tmp = derivative(axes[ii], output.dtype, modes[ii])
-        np.multiply(tmp, tmp, tmp)
-        output += tmp
-    np.sqrt(output, output, casting="unsafe")
-    return output
+    return _over_axes(input, derivative, output, mode, axes, True)
 
 
 def uniform_filter1d(input, size, axis=-1, output=None, mode="reflect", cval=0.0, origin=0, **split):

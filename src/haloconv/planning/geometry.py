@@ -238,13 +238,22 @@ def source_index(p: int, length: int, mode: str) -> int | None:
         return None
     if mode == "replicate" or length == 1:
         return 0 if p < 0 else length - 1
+    return _fold(p, length, mode)[0]
+
+
+def _fold(p: int, length: int, mode: str) -> tuple[int, int, int]:
+    """(source, step, positions until it turns): where position ``p`` falls in the period
+    of a mode that reads the input back and forth (reflect, symmetric) or around
+    (circular), for an input longer than 1.  A period of reflect or symmetric is an
+    ascending stretch (the whole input) and a descending one (reflect from L-2 to 1,
+    symmetric from L-1 to 0)."""
     if mode == "circular":
-        return p % length
+        return p % length, 1, length - p % length
     period = 2 * length - 2 if mode == "reflect" else 2 * length
     m = p % period
     if m < length:
-        return m
-    return period - m if mode == "reflect" else period - 1 - m
+        return m, 1, length - m
+    return (period - m if mode == "reflect" else period - 1 - m), -1, period - m
 
 
 def padding_runs(u: int, v: int, length: int, mode: str, origin: int = 0) -> list[Run]:
@@ -258,15 +267,7 @@ def padding_runs(u: int, v: int, length: int, mode: str, origin: int = 0) -> lis
     out = []
     p = u
     while p < v:
-        if mode == "circular":
-            src, step, n = p % length, 1, length - p % length
-        else:  # a period of an ascending stretch (the whole input) and a descending one
-            period = 2 * length - 2 if mode == "reflect" else 2 * length
-            m = p % period
-            if m < length:
-                src, step, n = m, 1, length - m
-            else:  # reflect descends from L-2 to 1, symmetric from L-1 to 0
-                src, step, n = (period - m if mode == "reflect" else period - 1 - m), -1, period - m
+        src, step, n = _fold(p, length, mode)
         n = min(n, v - p)
         out.append(Run(p - origin, n, src, step))
         p += n

@@ -21,14 +21,16 @@ SCIPY_MODES = {"constant": "constant", "grid-constant": "constant", "mirror": "r
 IntOrTuple = int | Sequence[int]
 
 
+def _is_int(v: object) -> bool:
+    """An int, numpy's integers too, but not a bool."""
+    return not isinstance(v, bool) and hasattr(v, "__index__") and not isinstance(v, (list, tuple))
+
+
 def _tuple(name: str, value: IntOrTuple, ndim: int, minimum: int) -> tuple[int, ...]:
     """An int or 1 or ``ndim`` ints (numpy's integers too), each >= ``minimum``."""
-    def is_int(v: object) -> bool:
-        return not isinstance(v, bool) and hasattr(v, "__index__") and not isinstance(v, (list, tuple))
-
-    if is_int(value):
+    if _is_int(value):
         out = (int(value.__index__()),) * ndim
-    elif isinstance(value, (tuple, list)) and all(is_int(v) for v in value):
+    elif isinstance(value, (tuple, list)) and all(_is_int(v) for v in value):
         ints = [int(v.__index__()) for v in value]
         if len(ints) == 1:
             out = (ints[0],) * ndim
@@ -45,7 +47,7 @@ def _tuple(name: str, value: IntOrTuple, ndim: int, minimum: int) -> tuple[int, 
 
 def _index(name: str, value: object) -> int:
     """An int (numpy's integers too) that is not a bool."""
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
+    if not _is_int(value):
         raise TypeError(f"{name} must be an int, got {value!r}")
     return int(value.__index__())
 

@@ -120,9 +120,7 @@ class Backend:
         """This backend on the whole input: the reference a split run of it is compared with."""
         from haloconv.compute.padding import pad_input
 
-        # the rest is the backend padding, applied like a tile's
-        x = pad_input(x, spec, [lo - q for lo, q in zip(spec.pad_lo, spec.backend_pad)],
-                      [hi - q for hi, q in zip(spec.pad_hi, spec.backend_pad)])
+        x = pad_input(x, spec)  # the rest is the backend padding, applied like a tile's
         return self.compute(x, weight, bias, spec, spec.groups, None, (0,) * spec.ndim, spec.out_spatial,
                             origin=(0,) * spec.ndim)
 
@@ -167,12 +165,16 @@ def dilated(weight, dilation: Sequence[int]):
     return out
 
 
-def padded(window: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
-    """The window padded by the backend padding (zeros), as kernels.conv_tile's backend pads it."""
+def padded(window, spec: ConvSpec):
+    """The window (a tensor or an array) padded by the backend padding (zeros), as
+    kernels.conv_tile's backend pads it."""
+    if not any(spec.backend_pad):
+        return window
+    if isinstance(window, np.ndarray):
+        return np.pad(window, [(0, 0), (0, 0), *((p, p) for p in spec.backend_pad)])
     import torch.nn.functional as F
 
-    pad = [p for p in reversed(spec.backend_pad) for _ in range(2)]
-    return F.pad(window, pad) if any(pad) else window
+    return F.pad(window, [p for p in reversed(spec.backend_pad) for _ in range(2)])
 
 
 def is_filter(spec: ConvSpec) -> bool:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from haloconv.compute.backends.base import Backend, as_array, dilated, effective_kernel, is_filter
+from haloconv.compute.backends.base import Backend, as_array, dilated, effective_kernel, is_filter, padded
 from haloconv.planning.spec import ConvSpec
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class Ndimage(Backend):
         n_out = out.shape[2:]
         if not all(a >= 0 and a + v <= n for a, v, n in zip(lo, n_out, window.shape[2:])):
             # some outputs sit beyond ndimage's same-size output (even kernels, wide padding): pad for real
-            window = np.pad(window, [(0, 0), (0, 0), *((p, p) for p in pad)])
+            window = padded(window, spec)
             lo = [f + m // 2 for f, m in zip(first, kshape)]
         keep = tuple(slice(a, a + v) for a, v in zip(lo, n_out))
         # every output of the call is kept, and goes straight into out: no buffer
