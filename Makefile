@@ -37,8 +37,11 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/lint-imports
 
+# two pytest-xdist workers, each test group whole on one (tests/conftest.py: xdist_scope):
+# much of the suite waits on processes starting, so two keep the cores busy
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # the long loops whole: ten clean exits of a training script, a thousand calls on one cluster, a soak,
 # ten clusters with a worker killed as soon as each is built

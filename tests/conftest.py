@@ -1,5 +1,7 @@
 import functools
+import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -185,11 +187,56 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     """A test module may adjust its collected tests through its own ``swap_params(item)``
     (test_scipy_filters_suite.py: scipy's tests parametrized with scipy's functions get
-    haloconv's, and the ones expected to fail are marked)."""
+    haloconv's, and the ones expected to fail are marked).  Every test that shares a session's
+    set-up is in the group of workers that share it (`xdist_scope`)."""
     for item in items:
         swap = getattr(getattr(item, "module", None), "swap_params", None)
         if swap is not None:
             swap(item)
+        names = getattr(item, "fixturenames", ())
+        for fixture, group in (("spmd", "spmd"), ("calibrated", "calibrated")):
+            if fixture in names and xdist_scope(item.nodeid) != group:
+                raise pytest.UsageError(f"{item.nodeid} uses the session's {fixture!r} but xdist_scope puts it in "
+                                        f"{xdist_scope(item.nodeid)!r}: see tests/conftest.py")
+
+
+# -- make test runs on 2 pytest-xdist workers (Makefile) -----------------------------------------
+# A group of tests goes to one worker whole: a file's tests (its module fixtures and the counts
+# its reached-class checks sum), every torchrun case (the `spmd` fixture runs a rank count's
+# cases in one launch), every user of `calibrated` (calibrate runs once).  The longest groups
+# start first, so the two workers end together.  (pytest-xdist's own `--dist loadgroup` marks
+# no longer group under pytest >= 9.2, which keeps a node's id elsewhere.)
+_SPMD_CASE = re.compile(r"\[(\w+=\S+ )*\d+ \w+\.py\b")
+CALIBRATED_FILES = ("test_cost.py", "test_backend_registry.py", "test_plan.py", "test_readme.py")
+LONGEST_FIRST = ("spmd", "calibrated", "test_heal.py", "test_stream_cli.py", "test_faults.py",
+                 "test_cli_terminal.py", "test_hard_cases.py", "test_distributed.py", "test_scipy_filters_suite.py")
+
+
+def xdist_scope(nodeid: str) -> str:
+    path = nodeid.split("::")[0]
+    name = path.rsplit("/", 1)[-1]
+    if _SPMD_CASE.search(nodeid):
+        return "spmd"
+    return "calibrated" if name in CALIBRATED_FILES else name
+
+
+def _longest_first(group: str) -> int:
+    return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
+if importlib.util.find_spec("xdist"):  # the hook exists only with the plugin (pytest refuses unknown hooks)
+    def pytest_xdist_make_scheduler(config, log):
+        from xdist.scheduler import LoadScopeScheduling
+
+        class Groups(LoadScopeScheduling):
+            def _split_scope(self, nodeid):
+                return xdist_scope(nodeid)
+
+            def _assign_work_unit(self, node):
+                self.workqueue.move_to_end(min(self.workqueue, key=_longest_first), last=False)
+                super()._assign_work_unit(node)
+
+        return Groups(config, log)
 
 
 CALIBRATE_ARGS = ["calibrate", "--quick"]
