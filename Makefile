@@ -40,8 +40,18 @@ lint: $(VENV)/.installed-dev
 # two pytest-xdist workers, each test group whole on one (tests/conftest.py: xdist_scope):
 # much of the suite waits on processes starting, so two keep the cores busy
 TEST_WORKERS ?= 2
-test: lint
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
+test: lint $(VENV)/.peer-tests
+	HALOCONV_PEER_TESTS=required $(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+# dask-image ships its own tests in its sdist, not in its wheel: tests/test_dask_image_suite.py
+# runs its filter tests against haloconv.ndimage (scipy's come in scipy's wheel)
+PEER_TESTS := $(VENV)/peer-tests
+$(VENV)/.peer-tests: $(VENV)/.installed-dev
+	rm -rf $(PEER_TESTS) && mkdir -p $(PEER_TESTS)
+	$(BIN)/python -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: -d $(PEER_TESTS) \
+		"dask-image==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("dask-image"))')"
+	tar xzf $(PEER_TESTS)/dask_image-*.tar.gz -C $(PEER_TESTS) --wildcards '*/tests/test_dask_image/test_ndfilters/*'
+	touch $@
 
 # the long loops whole: ten clean exits of a training script, a thousand calls on one cluster, a soak,
 # ten clusters with a worker killed as soon as each is built

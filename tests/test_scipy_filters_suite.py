@@ -15,13 +15,10 @@ those run and must keep failing (strict xfail), so a fix is noticed.
 
 from __future__ import annotations
 
-import functools
-import types
-
 import numpy as np
 import pytest
 
-import haloconv.ndimage as hndi
+from peer_suites import Counts, Shim, Split
 
 scipy_tests = pytest.importorskip("scipy.ndimage.tests.test_filters")
 import scipy.ndimage as sndi  # noqa: E402
@@ -29,53 +26,13 @@ import scipy.ndimage as sndi  # noqa: E402
 COVERED = ("correlate", "convolve", "correlate1d", "convolve1d", "gaussian_filter", "gaussian_filter1d",
            "uniform_filter", "uniform_filter1d", "sobel", "prewitt", "laplace", "gaussian_laplace",
            "gaussian_gradient_magnitude")
-SPLIT_WORKERS = 4
 EXPECTED_TO_FAIL = {
     # scipy refuses float16 (RuntimeError); haloconv computes it in float32 (correlations.py)
     "test_gaussian_filter_float16": "float16 is computed, not refused",
 }
-calls = {"haloconv": 0, "split": 0}
-ran: dict[str, int] = {}  # test id -> calls of haloconv it made
-
-
-class Split:
-    """haloconv.ndimage's ``name`` split into up to SPLIT_WORKERS tiles; equal to scipy's
-    function of that name (the tests pick branches by ``filter_func == ndimage.X``)."""
-
-    def __init__(self, name: str):
-        self.name, self.ours, self.theirs = name, getattr(hndi, name), getattr(sndi, name)
-        functools.update_wrapper(self, self.theirs)
-
-    def __eq__(self, other):
-        return other is self or other is self.theirs
-
-    def __hash__(self):
-        return hash(self.theirs)
-
-    def __call__(self, *args, **kwargs):
-        calls["haloconv"] += 1
-        for workers in range(SPLIT_WORKERS, 0, -1):  # as many tiles as the image has room for
-            try:
-                result = self.ours(*args, workers=workers, partition="grid", **kwargs)
-            except ValueError as e:
-                if workers > 1 and "partition" in str(e):
-                    continue
-                raise
-            calls["split"] += workers > 1
-            return result
-
-
-class _Shim(types.ModuleType):
-    """scipy.ndimage with haloconv's correlations and linear filters."""
-
-    def __getattr__(self, name):
-        return getattr(sndi, name)
-
-
-shim = _Shim("ndimage")
-SPLITS = {getattr(sndi, name): Split(name) for name in COVERED}
-for _f in SPLITS.values():
-    setattr(shim, _f.name, _f)
+counts = Counts()
+SPLITS = {getattr(sndi, name): Split(name, getattr(sndi, name), counts) for name in COVERED}
+shim = Shim("ndimage", sndi, {name: SPLITS[getattr(sndi, name)] for name in COVERED})
 
 
 def swap_params(item) -> None:
@@ -102,9 +59,9 @@ def num_parallel_threads():
 @pytest.fixture(autouse=True)
 def _pointed_at_haloconv(monkeypatch, request):
     monkeypatch.setattr(scipy_tests, "ndimage", shim)
-    before = calls["haloconv"]
+    before = counts.calls["haloconv"]
     yield
-    ran[request.node.nodeid] = calls["haloconv"] - before
+    counts.ran[request.node.nodeid] = counts.calls["haloconv"] - before
 
 
 # every test of scipy's file, collected here
@@ -114,9 +71,9 @@ globals().update({k: v for k, v in vars(scipy_tests).items()
 
 def test_zz_scipys_tests_ran_haloconv_split():
     """Counted over the whole file (run alone or under -k, too few ran to count)."""
+    ran, calls, reached = counts.ran, counts.calls, counts.reached()
     if len(ran) < 1000:
         pytest.skip(f"only {len(ran)} of scipy's tests ran in this session")
-    reached = sum(1 for v in ran.values() if v)
     print(f"scipy's filter tests: {len(ran)} ran, {reached} called haloconv.ndimage; "
           f"{calls['haloconv']} calls, {calls['split']} of them split")
     # (a call on an image of one pixel, or thinner than 2 along every filtered axis, is not split)

@@ -1,0 +1,65 @@
+"""What runs a peer's own filter tests against haloconv.ndimage (test_scipy_filters_suite.py,
+test_dask_image_suite.py): the peer's functions swapped for haloconv's, each call split."""
+
+from __future__ import annotations
+
+import functools
+import types
+
+import haloconv.ndimage as hndi
+
+SPLIT_WORKERS = 4
+
+
+class Counts:
+    """Calls of haloconv per test, and how many of them were split."""
+
+    def __init__(self):
+        self.calls = {"haloconv": 0, "split": 0}
+        self.ran: dict[str, int] = {}  # test id -> calls of haloconv it made
+
+    def reached(self) -> int:
+        return sum(1 for v in self.ran.values() if v)
+
+
+class Split:
+    """haloconv.ndimage's ``name`` split into up to SPLIT_WORKERS tiles (a grid over the
+    filtered axes; fewer where the image has room for fewer), standing in for the peer's
+    function ``theirs``: equal to it, as tests that pick branches by ``func == peer.X`` expect."""
+
+    def __init__(self, name: str, theirs, counts: Counts):
+        self.name, self.ours, self.theirs, self.counts = name, getattr(hndi, name), theirs, counts
+        functools.update_wrapper(self, theirs)
+
+    def __eq__(self, other):
+        return other is self or other is self.theirs
+
+    def __hash__(self):
+        return hash(self.theirs)
+
+    def __call__(self, *args, **kwargs):
+        self.counts.calls["haloconv"] += 1
+        for workers in range(SPLIT_WORKERS, 0, -1):  # as many tiles as the image has room for
+            try:
+                result = self.ours(*args, workers=workers, partition="grid", **kwargs)
+            except ValueError as e:
+                if workers > 1 and "partition" in str(e):
+                    continue
+                raise
+            self.counts.calls["split"] += workers > 1
+            return result
+
+
+class Shim(types.ModuleType):
+    """The peer's module with the ``splits`` in place of its own functions of those names."""
+
+    def __init__(self, name: str, peer, splits: dict[str, Split]):
+        super().__init__(name)
+        self._peer = peer
+        for split in splits.values():
+            setattr(self, split.name, split)
+        for theirs_name, split in splits.items():
+            setattr(self, theirs_name, split)
+
+    def __getattr__(self, name):
+        return getattr(self._peer, name)
