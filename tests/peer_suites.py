@@ -15,8 +15,9 @@ class Counts:
     """Calls of haloconv per test, and how many of them were split."""
 
     def __init__(self):
-        self.calls = {"haloconv": 0, "split": 0}
+        self.calls = {"haloconv": 0, "split": 0, "processes": 0}
         self.ran: dict[str, int] = {}  # test id -> calls of haloconv it made
+        self.clusters = None  # set: calls run on these worker processes (workers -> LocalCluster)
 
     def reached(self) -> int:
         return sum(1 for v in self.ran.values() if v)
@@ -24,7 +25,8 @@ class Counts:
 
 class Split:
     """haloconv.ndimage's ``name`` split into up to SPLIT_WORKERS tiles (a grid over the
-    filtered axes; fewer where the image has room for fewer), standing in for the peer's
+    filtered axes; fewer where the image has room for fewer), on threads or, while
+    ``counts.clusters`` is set, on those worker processes, standing in for the peer's
     function ``theirs``: equal to it, as tests that pick branches by ``func == peer.X`` expect."""
 
     def __init__(self, name: str, theirs, counts: Counts):
@@ -40,13 +42,15 @@ class Split:
     def __call__(self, *args, **kwargs):
         self.counts.calls["haloconv"] += 1
         for workers in range(SPLIT_WORKERS, 0, -1):  # as many tiles as the image has room for
+            on = {} if self.counts.clusters is None else {"engine": self.counts.clusters(workers)}
             try:
-                result = self.ours(*args, workers=workers, partition="grid", **kwargs)
+                result = self.ours(*args, workers=workers, partition="grid", **on, **kwargs)
             except ValueError as e:
                 if workers > 1 and "partition" in str(e):
                     continue
                 raise
             self.counts.calls["split"] += workers > 1
+            self.counts.calls["processes"] += bool(on)
             return result
 
 

@@ -5,8 +5,9 @@ the installed version into ``.venv/peer-tests`` (Makefile).  This module loads t
 of the filters haloconv.ndimage has (correlate/convolve, the Gaussians, uniform, sobel and
 prewitt, laplace), swaps ``dask_image.ndfilters`` for a module whose functions of those names
 are haloconv.ndimage's, each call split into up to 4 tiles on threads, and collects every test
-here.  A dask array given to haloconv.ndimage is computed first, and the result is a numpy
-array (which dask's ``assert_eq`` compares like any other).
+here; the tests that compare with scipy run on worker processes (the session's shared
+clusters), the others on threads.  A dask array given to haloconv.ndimage is computed first,
+and the result is a numpy array (which dask's ``assert_eq`` compares like any other).
 """
 
 from __future__ import annotations
@@ -81,10 +82,15 @@ def swap_params(item) -> None:
             item.add_marker(pytest.mark.xfail(strict=True, raises=raises, reason=reason))
 
 
+ON_PROCESSES = ("compare", "modes")  # tests whose name has one of these run on worker processes
+
+
 @pytest.fixture(autouse=True)
 def _pointed_at_haloconv(monkeypatch, request):
     for module in modules:  # the calls in the tests' bodies
         monkeypatch.setattr(module, "dask_image", types.SimpleNamespace(ndfilters=shim))
+    if any(word in request.node.name for word in ON_PROCESSES):
+        monkeypatch.setattr(counts, "clusters", request.getfixturevalue("clusters"))
     before = counts.calls["haloconv"]
     yield
     counts.ran[request.node.nodeid] = counts.calls["haloconv"] - before
@@ -96,7 +102,8 @@ def test_zz_dask_images_tests_ran_haloconv_split():
     if len(ran) < 250:
         pytest.skip(f"only {len(ran)} of dask-image's tests ran in this session")
     print(f"dask-image's filter tests: {len(ran)} ran, {reached} called haloconv.ndimage; "
-          f"{calls['haloconv']} calls, {calls['split']} of them split")
+          f"{calls['haloconv']} calls, {calls['split']} of them split, {calls['processes']} on worker processes")
     # dask-image's own test skips 4 cases before its call (odd derivatives with truncate 0)
     # (calls its argument checks refuse are not split)
     assert reached >= len(ran) - 4 and calls["split"] >= 0.85 * calls["haloconv"], (len(ran), reached, calls)
+    assert calls["processes"] >= 150, calls

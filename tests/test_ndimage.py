@@ -163,3 +163,37 @@ def test_reversed_arrays_are_taken_by_haloconv_conv_on_every_backend(backend):
         ref = haloconv.conv(np.ascontiguousarray(xx), np.ascontiguousarray(kk), padding=(1, 2), workers=2,
                             partition="rows", backend=backend)
         assert np.array_equal(y, ref)
+
+
+def test_worker_processes_give_scipys_bits_for_every_dtype_and_mode():
+    """engine='processes' (a pool for the call) and a held LocalCluster: the image travels as
+    float64, the result is converted as scipy converts its sums; bit for bit scipy's, split,
+    for integer and float images (the peers' suites run a subset there too)."""
+    from haloconv.engines import processes
+
+    started = []
+    real = processes.run
+
+    def spy(plan, *a, **kw):
+        started.append(len(plan.tiles))
+        return real(plan, *a, **kw)
+
+    rng = np.random.default_rng(3)
+    k = rng.random((5, 3))
+    processes.run = spy
+    try:
+        for dtype in (np.uint8, np.uint16, np.int32, np.float32, np.float64):
+            x = (rng.random((37, 29)) * 200).astype(dtype)
+            for mode in ("reflect", "mirror", "wrap", "nearest", "constant"):
+                y = ndi.correlate(x, k, mode=mode, cval=3.5, engine="processes", workers=3, partition="grid")
+                ref = sndi.correlate(x, k, mode=mode, cval=3.5)
+                assert y.dtype == ref.dtype and np.array_equal(y, ref), (dtype, mode)
+    finally:
+        processes.run = real
+    assert started == [3] * 25
+    with haloconv.LocalCluster(2) as cluster:
+        rgb = rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)
+        assert np.array_equal(ndi.gaussian_filter(rgb, (2, 2, 0), engine=cluster, workers=2),
+                              sndi.gaussian_filter(rgb, (2, 2, 0)))
+    with pytest.raises(ValueError, match="engine must be"):
+        ndi.correlate(np.zeros((8, 8)), np.ones((3, 3)), engine="gpu")

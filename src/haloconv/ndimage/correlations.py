@@ -2,7 +2,8 @@
 workers, with scipy's signatures, defaults (mode 'reflect'), modes, ``cval``, ``origin``,
 ``axes``, ``output`` and dtypes; each tile's halo is read as the mode says
 (planning/geometry.py: a border is a halo like any other, the whole input is never padded).
-The keyword extras ``workers``, ``partition`` and ``backend`` say how it is split and computed.
+The keyword extras ``workers``, ``partition``, ``backend`` and ``engine`` say how it is split
+and computed, and where.
 
 With ``backend='ndimage'`` (the default here) every tile is computed by scipy.ndimage
 itself, so the result is bit for bit scipy's on the whole input, split or not: scipy sums
@@ -33,7 +34,7 @@ MAX_SPATIAL = 3  # the most axes a plan splits and filters (ConvSpec: 1-3 spatia
 
 
 def correlate(input, weights, output=None, mode="reflect", cval=0.0, origin=0, *, axes=None,
-              workers: int | None = None, partition="auto", backend: str = "ndimage"):
+              workers: int | None = None, partition="auto", backend: str = "ndimage", engine="threads"):
     """Multidimensional correlation, as ``scipy.ndimage.correlate``, split across workers.
 
     Parameters
@@ -49,6 +50,12 @@ def correlate(input, weights, output=None, mode="reflect", cval=0.0, origin=0, *
     backend : str
         'ndimage' (default): every tile computed by scipy.ndimage, bit for bit scipy's
         result on the whole input.
+    engine : {'threads', 'processes'} or LocalCluster
+        Where the tiles are computed: threads of this process (the default, every dtype),
+        or worker processes — a pool started for the call, or a ``haloconv.LocalCluster``
+        you hold.  On processes the image travels as float64 (every value of the integer
+        and float dtypes up to 32 bits is exact there; scipy computes in float64 too) and
+        the result is converted to the output's dtype as scipy converts it.
 
     Returns
     -------
@@ -66,24 +73,24 @@ def correlate(input, weights, output=None, mode="reflect", cval=0.0, origin=0, *
     True
     """
     return _correlate_or_convolve(input, weights, output, mode, cval, origin, axes, False,
-                                  dict(workers=workers, partition=partition, backend=backend))
+                                  dict(workers=workers, partition=partition, backend=backend, engine=engine))
 
 
 def convolve(input, weights, output=None, mode="reflect", cval=0.0, origin=0, *, axes=None,
-             workers: int | None = None, partition="auto", backend: str = "ndimage"):
+             workers: int | None = None, partition="auto", backend: str = "ndimage", engine="threads"):
     """Multidimensional convolution, as ``scipy.ndimage.convolve`` (the weights flipped,
     the origin moved as scipy moves it), split across workers; parameters as ``correlate``."""
     return _correlate_or_convolve(input, weights, output, mode, cval, origin, axes, True,
-                                  dict(workers=workers, partition=partition, backend=backend))
+                                  dict(workers=workers, partition=partition, backend=backend, engine=engine))
 
 
 def correlate1d(input, weights, axis=-1, output=None, mode="reflect", cval=0.0, origin=0, *,
-                workers: int | None = None, partition="auto", backend: str = "ndimage"):
+                workers: int | None = None, partition="auto", backend: str = "ndimage", engine="threads"):
     """One-dimensional correlation along ``axis``, as ``scipy.ndimage.correlate1d``, split
     across workers; ``backend='ndimage'`` computes tiles with scipy's correlate1d (bit for
     bit its result).  Other parameters as ``correlate``."""
     input, weights = np.asarray(input), np.asarray(weights)
-    opts = dict(workers=workers, partition=partition, backend=backend)
+    opts = dict(workers=workers, partition=partition, backend=backend, engine=engine)
     if input.dtype.kind == "c" or weights.dtype.kind == "c":
         if weights.dtype.kind == "c":
             weights = weights.conj().astype(np.complex128, copy=False)
@@ -106,7 +113,7 @@ def correlate1d(input, weights, axis=-1, output=None, mode="reflect", cval=0.0, 
 
 
 def convolve1d(input, weights, axis=-1, output=None, mode="reflect", cval=0.0, origin=0, *,
-               workers: int | None = None, partition="auto", backend: str = "ndimage"):
+               workers: int | None = None, partition="auto", backend: str = "ndimage", engine="threads"):
     """One-dimensional convolution along ``axis``, as ``scipy.ndimage.convolve1d``, split
     across workers; parameters as ``correlate1d``."""
     weights = np.asarray(weights)
@@ -117,7 +124,7 @@ def convolve1d(input, weights, axis=-1, output=None, mode="reflect", cval=0.0, o
     if weights.dtype.kind == "c":  # pre-conjugate: correlate1d conjugates again
         weights = weights.conj()
     return correlate1d(input, weights, axis, output, mode, cval, origin, workers=workers, partition=partition,
-                       backend=backend)
+                       backend=backend, engine=engine)
 
 
 # -- scipy's semantics --------------------------------------------------------------------------
@@ -199,14 +206,37 @@ def _run(input: np.ndarray, weights: np.ndarray, origins: list[int], axes: list[
     # not the input itself (scipy's filters pass the same array as both)
     direct = (batch + spatial == list(range(input.ndim)) and output.dtype == result_dtype
               and output.flags.c_contiguous and not np.may_share_memory(input, output))
-    out = output.reshape(x.shape) if direct else None
-    y = array_threads.run(plan, np.ascontiguousarray(x), w, dtype=result_dtype, out=out).output
+    engine = opts["engine"]
+    if isinstance(engine, str) and engine == "threads":
+        out = output.reshape(x.shape) if direct else None
+        y = array_threads.run(plan, np.ascontiguousarray(x), w, dtype=result_dtype, out=out).output
+    else:
+        direct = False
+        y = _on_processes(plan, x, w, engine).astype(result_dtype, copy=False)
     if direct:
         return output
     y = y.reshape(*(input.shape[a] for a in batch), *(input.shape[a] for a in spatial))
     y = np.moveaxis(y, range(input.ndim), batch + spatial)
     output[...] = y if dtype != np.bool_ else (y != 0)
     return output
+
+
+def _on_processes(plan, x: np.ndarray, w: np.ndarray, engine) -> np.ndarray:
+    """The plan run on worker processes (``engine`` 'processes': a pool for this call, or
+    a LocalCluster), in float64: the input's values are exact there (up to 32-bit integers),
+    scipy's tiles sum in float64 as they do on threads, and the caller converts the result
+    as scipy converts its float64 sums."""
+    import torch
+
+    from haloconv.engines import processes
+
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    wt = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float64))
+    if isinstance(engine, processes.LocalCluster):
+        return engine.run(plan, xt, wt, None).output.numpy()
+    if engine != "processes":
+        raise ValueError(f"engine must be 'threads', 'processes' or a LocalCluster, got {engine!r}")
+    return processes.run(plan, xt, wt, None).output.numpy()
 
 
 @functools.lru_cache(maxsize=256)

@@ -14,11 +14,11 @@ import numpy as np
 
 from haloconv.ndimage.correlations import _axes, _axis, _output, _per_axis, correlate1d
 
-_SPLIT = ("workers", "partition", "backend")
+_SPLIT = ("workers", "partition", "backend", "engine")
 
 
 def _split(kw: dict) -> dict:
-    """The keyword extras (workers, partition, backend) out of ``kw``; anything else is an
+    """The keyword extras (workers, partition, backend, engine) out of ``kw``; anything else is an
     unexpected keyword, as for any Python function."""
     unknown = sorted(set(kw) - set(_SPLIT))
     if unknown:
@@ -50,7 +50,7 @@ def _gaussian_kernel1d(sigma: float, order: int, radius: int) -> np.ndarray:
 def gaussian_filter1d(input, sigma, axis=-1, order=0, output=None, mode="reflect", cval=0.0, truncate=4.0, *,
                       radius=None, **split):
     """1-D Gaussian filter along ``axis``, as ``scipy.ndimage.gaussian_filter1d``, split
-    across workers (``workers``, ``partition``, ``backend`` as haloconv.ndimage.correlate)."""
+    across workers (``workers``, ``partition``, ``backend``, ``engine`` as haloconv.ndimage.correlate)."""
     sd = float(sigma)
     lw = int(truncate * sd + 0.5)
     if radius is not None:
