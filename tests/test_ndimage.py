@@ -197,3 +197,28 @@ def test_worker_processes_give_scipys_bits_for_every_dtype_and_mode():
                               sndi.gaussian_filter(rgb, (2, 2, 0)))
     with pytest.raises(ValueError, match="engine must be"):
         ndi.correlate(np.zeros((8, 8)), np.ones((3, 3)), engine="gpu")
+
+
+@pytest.mark.parametrize("backend", ["opencv", "auto"])
+def test_the_fast_backends_take_every_mode_within_float32_of_scipy(backend):
+    """backend='opencv' / 'auto' (the cost model's pick): every mode's halo read by haloconv,
+    tiles filtered in float32 (float64 for float64 images), the result converted as scipy
+    converts: within float32 rounding of scipy's float64 sums; integers truncated, so at most
+    one unit off where a float32 sum lands just below an integer."""
+    rng = np.random.default_rng(4)
+    k = rng.random((5, 3))
+    for dtype in (np.uint8, np.uint16, np.float32, np.float64):
+        x = (rng.random((61, 47)) * 200).astype(dtype)
+        for mode in ("reflect", "mirror", "wrap", "nearest", "constant"):
+            y = ndi.correlate(x, k, mode=mode, cval=2.0, backend=backend, workers=3, partition="grid")
+            ref = sndi.correlate(x, k, mode=mode, cval=2.0)
+            diff = np.abs(y.astype(np.float64) - ref)
+            assert y.dtype == ref.dtype, (dtype, mode)
+            if dtype == np.float64:
+                assert diff.max() <= 1e-12 * np.abs(ref).max(), (dtype, mode)
+            elif dtype == np.float32:
+                assert diff.max() <= 8 * np.finfo(np.float32).eps * np.abs(ref).max(), (dtype, mode)
+            else:
+                assert diff.max() <= 1 and (diff == 0).mean() > 0.9, (dtype, mode)
+    y = ndi.gaussian_filter(x.astype(np.float32), 2, backend=backend, workers=2)
+    assert np.abs(y - sndi.gaussian_filter(x.astype(np.float32), 2)).max() <= 1e-4 * 200

@@ -49,7 +49,12 @@ def correlate(input, weights, output=None, mode="reflect", cval=0.0, origin=0, *
         'auto' (the default) lets the cost model choose.
     backend : str
         'ndimage' (default): every tile computed by scipy.ndimage, bit for bit scipy's
-        result on the whole input.
+        result on the whole input.  'opencv', 'separable' (a rank-1 kernel) or 'auto' (the
+        cost model picks): computed in float32 (images of up to 16-bit values and float32) or float64,
+        within that backend's tolerance of scipy (OpenCV's border types are scipy's modes:
+        BORDER_REFLECT is 'reflect'; every mode's halo is read by haloconv), then converted
+        to the output's dtype as scipy converts (integers truncated, so a sum that float32
+        rounds just below an integer truncates one lower than scipy's float64 sum).
     engine : {'threads', 'processes'} or LocalCluster
         Where the tiles are computed: threads of this process (the default, every dtype),
         or worker processes — a pool started for the call, or a ``haloconv.LocalCluster``
@@ -198,10 +203,19 @@ def _run(input: np.ndarray, weights: np.ndarray, origins: list[int], axes: list[
     backend = opts["backend"]
     if backend == "ndimage" and one_d:
         backend = "ndimage1d"
+    if backend not in ("ndimage", "ndimage1d"):
+        # the float backends (OpenCV, separable, 'auto'): float32 for images of up to 16-bit
+        # values and float32 inputs, float64 otherwise, weights of the same dtype; the result is
+        # converted to the output's dtype as scipy converts its sums (integers truncated)
+        fast = np.dtype(np.float32) if x.dtype.itemsize <= 2 or x.dtype == np.float32 else np.dtype(np.float64)
+        x, w = x.astype(fast, copy=False), w.astype(fast)
+        result_dtype = fast
     partition = opts["partition"]
     plan = _plan(tuple(x.shape), tuple(w.shape), tuple(pads), padding_mode, opts["workers"],
                  tuple(partition) if isinstance(partition, list) else partition, backend)
-    result_dtype = dtype if dtype not in (np.float16, np.bool_) else (np.float32 if dtype == np.float16 else np.float64)
+    if backend in ("ndimage", "ndimage1d"):
+        result_dtype = dtype if dtype not in (np.float16, np.bool_) else (
+            np.float32 if dtype == np.float16 else np.float64)
     # tiles write straight into output where it is laid out as the plan's result and is
     # not the input itself (scipy's filters pass the same array as both)
     direct = (batch + spatial == list(range(input.ndim)) and output.dtype == result_dtype
