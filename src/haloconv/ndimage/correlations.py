@@ -213,6 +213,9 @@ def _run(input: np.ndarray, weights: np.ndarray, origins: list[int], axes: list[
     partition = opts["partition"]
     plan = _plan(tuple(x.shape), tuple(w.shape), tuple(pads), padding_mode, opts["workers"],
                  tuple(partition) if isinstance(partition, list) else partition, backend)
+    if backend == "auto" and not array_threads.runs(plan):  # the cost model's pick takes no arrays (fft)
+        plan = _plan(tuple(x.shape), tuple(w.shape), tuple(pads), padding_mode, opts["workers"],
+                     tuple(partition) if isinstance(partition, list) else partition, "ndimage")
     if backend in ("ndimage", "ndimage1d"):
         result_dtype = dtype if dtype not in (np.float16, np.bool_) else (
             np.float32 if dtype == np.float16 else np.float64)
