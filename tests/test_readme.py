@@ -68,6 +68,36 @@ def test_torchrun_example_runs(tmp_path):
             assert "bitwise equal to single-process torch: True" in out
 
 
+def test_two_host_recipe_runs_as_two_nodes_here(tmp_path):
+    """The quick start's two-host torchrun line, both nodes on this machine: node 0 at
+    MASTER_ADDR=127.0.0.1 (a free port for the README's), node 1 the same line with
+    --node-rank=1; both exit 0 and rank 0's check says bitwise equal."""
+    import socket
+
+    (line,) = [line.split("#")[0].strip() for block in _blocks("console") for line in block.splitlines()
+               if line.startswith("torchrun --nnodes=2 --node-rank=0")]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    line = line.replace("$MASTER_ADDR", "127.0.0.1").replace("--master-port=29511", f"--master-port={port}")
+    args = shlex.split(line)
+    procs = []
+    try:
+        for rank in (0, 1):
+            argv = [a.replace("--node-rank=0", f"--node-rank={rank}") for a in args[1:]]
+            procs.append(subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *argv], cwd=tmp_path,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                          start_new_session=True))
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:  # never leave a launcher's workers behind
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(err[-3000:] for _, err in outs)
+    assert "bitwise equal: True" in outs[0][0], outs[0][0][-3000:]
+
+
 def test_cli_examples_run(tmp_path, monkeypatch, capsys, calibrated):
     """Each `haloconv ...` line of the README, run by the command's own main() in this
     process (the entry point itself is run as a command by tests/test_cli.py): the same
