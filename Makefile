@@ -15,7 +15,7 @@ UV_INSTALL = $(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints
 PIP_INSTALL = $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 INSTALL = $(UV_INSTALL) $(1) || $(PIP_INSTALL) $(1)
 
-.PHONY: demo test stress lint bench clean
+.PHONY: demo test stress lint docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ $(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt
 
 demo: $(VENV)/.installed
 	$(BIN)/haloconv run --sample hopper --kernel sobel-x --workers 4 --partition grid --verify -o out/hopper-sobel-x --overwrite
+
+# the site (docs/, mkdocs.yml): the internals and the API reference from the docstrings, strict
+# (a warning fails it); tests/test_docs.py builds it in `make test` too
+docs: $(VENV)/.installed-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks examples
@@ -59,4 +64,4 @@ stress: $(VENV)/.installed-dev
 	HALOCONV_STRESS=1 $(BIN)/python -m pytest -q -m stress
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .hypothesis
+	rm -rf $(VENV) out site .pytest_cache .hypothesis

@@ -4,7 +4,7 @@
 ``convolve1d`` (``correlations``) and the filters built on them, ``gaussian_filter(1d)``,
 ``uniform_filter(1d)``, ``sobel``, ``prewitt``, ``laplace``, ``gaussian_laplace``,
 ``gaussian_gradient_magnitude`` (``filters``), with scipy.ndimage's signatures, defaults
-and semantics, and the keyword extras ``workers``, ``partition`` and ``backend``.  On
+and semantics, and the keyword extras ``workers``, ``partition``, ``backend`` and ``engine``.  On
 backend 'ndimage' (the default) each result is bit for bit scipy's on the whole input but
 the uniform filters' (see ``filters``); where this differs from scipy is said in
 ``correlations``.
