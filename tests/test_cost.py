@@ -86,6 +86,36 @@ def test_plan_command_ranks_draws_and_projects(tmp_path, capsys):
             assert im.size[0] > 300 and np.asarray(im).std() > 0
 
 
+@pytest.mark.parametrize("args", [
+    ["img.npy", "--kernel", "gaussian:2", "--workers", "4"],              # a rank-1 filter: separable, threads
+    ["img.npy", "--kernel", "sharpen", "--workers", "3"],                 # a dense filter
+    ["img.npy", "--kernel", "box:5", "--workers", "2", "--partition", "rows"],
+    ["rgb.npy", "--kernel", "gaussian:1", "--workers", "2", "--engine", "processes"],
+    ["img.npy", "--kernel", "laplacian", "--workers", "2", "--schedule", "dynamic"],   # a pool: processes
+])
+def test_plan_says_what_run_does(tmp_path, capsys, calibrated, args):
+    """`haloconv plan` with run's arguments chooses the partition, backend and engine that
+    `haloconv run` then runs (one profile for both)."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "img.npy", rng.random((600, 500)).astype(np.float32))
+    np.save(tmp_path / "rgb.npy", rng.random((1, 3, 300, 200)).astype(np.float32))
+    args = [str(tmp_path / args[0]), *args[1:], "--profile", str(calibrated)]
+    plan_only = [a for a in args if a not in ("--schedule", "dynamic")]
+    if "--schedule" in args:  # plan has no --schedule: a dynamic schedule's pool is --engine processes there
+        plan_only += ["--engine", "processes"]
+    assert main(["plan", *plan_only]) == 0
+    planned = capsys.readouterr().out
+    chosen = planned.split("chosen: ")[1].split("\n")[0]  # e.g. "grid 1x1x2x2 4w separable"
+    engine = planned.split("engine ")[1].split(";")[0]
+    assert main(["run", *args, "-o", str(tmp_path / "y.npy"), "--overwrite"]) == 0
+    ran = capsys.readouterr().out
+    line = ran.split("plan: ")[1].split("\n")[0]  # "grid 1x1x2x2 over ...: 4 tiles on 4 workers, ..., engine threads"
+    partition, splits, workers, backend = chosen.split()
+    assert line.startswith(f"{partition} {splits} over"), (chosen, line)
+    assert f"on {workers[:-1]} workers" in line and f"backend {backend}" in line, (chosen, line)
+    assert line.endswith(f"engine {engine}"), (engine, line)
+
+
 def test_plan_command_named_partition_comes_first(tmp_path, capsys):
     rc = main(["plan", "--random", "1x16x128x128", "--weight-shape", "16x16x3x3", "--workers", "2",
                "--partition", "cols", "--png", str(tmp_path / "p.png")])

@@ -85,6 +85,16 @@ def plan(args: argparse.Namespace, x_shape, w_shape, groups: int, workers: int |
     )
 
 
+def default_engine(args: argparse.Namespace, spec: ConvSpec) -> str:
+    """The engine `haloconv run` (and `haloconv plan`, which says what run will do) uses when
+    --engine is not given: a filter in this process (OpenCV threads itself), unless options
+    only a pool has ask for one; a layer that mixes channels on worker processes."""
+    if getattr(args, "engine", None) is not None:
+        return args.engine
+    pool = getattr(args, "schedule", "static") != "static" or getattr(args, "worker_speeds", None) is not None
+    return "threads" if backends.base.is_filter(spec) and not pool else "processes"
+
+
 def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
@@ -241,8 +251,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     _add_problem_args(pl)
     pl.add_argument("--weight-shape", default=None, metavar="COxCIxKHxKW",
                     help="a layer's weight shape instead of --kernel (e.g. 64x64x3x3; default: the --kernel's)")
-    pl.add_argument("--engine", default="processes", choices=("processes", "threads"),
-                    help="the engine whose costs rank the candidates")
+    pl.add_argument("--engine", default=None, choices=("processes", "threads"),
+                    help="the engine whose costs rank the candidates (default: the one `haloconv run` picks with "
+                         "these arguments: threads for filters, processes for layers that mix channels)")
     pl.add_argument("--top", type=int, default=12, help="candidates to print")
     pl.add_argument("--png", default=None, metavar="PLAN.png",
                     help="draw the chosen partition into this file (default: no picture)")

@@ -7,6 +7,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+import numpy as np
+
 from haloconv import units
 from haloconv.compute import backends
 from haloconv.engines.host import default_workers
@@ -17,8 +19,10 @@ from . import options, report
 from .console import Console
 
 
-def _problem_shapes(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[int, ...], int, str]:
-    """(x shape, weight shape, groups, name) without making data for --random."""
+def _problem_shapes(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[int, ...] | np.ndarray, int, str]:
+    """(x shape, the filter: --kernel's values, or --weight-shape's shape, groups, name)
+    without making data for --random.  The values, as `haloconv run` has them: which
+    backends apply can depend on them (separable: rank-1 kernels)."""
     if args.random:
         x_shape = options.random_shape(args.random)
         name = f"random{'x'.join(map(str, x_shape))}"
@@ -32,23 +36,26 @@ def _problem_shapes(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[in
                              f"got {args.weight_shape!r}")
         return tuple(x_shape), tuple(w_shape), x_shape[1] // w_shape[1], name
     weight, groups = filters.load_kernel(args.kernel, x_shape[1], len(x_shape) - 2)
-    return tuple(x_shape), tuple(weight.shape), groups, name
+    return tuple(x_shape), weight, groups, name
 
 
 def command(args: argparse.Namespace, console: Console) -> int:
     from . import plots
 
-    x_shape, w_shape, groups, name = _problem_shapes(args)
+    x_shape, weight, groups, name = _problem_shapes(args)
+    w_shape = tuple(weight.shape) if isinstance(weight, np.ndarray) else weight
+    values = weight if isinstance(weight, np.ndarray) else None
     spec = options.spec(args, x_shape, w_shape, groups)
+    args.engine = options.default_engine(args, spec)  # the one `haloconv run` would use
     prof = cost.load_profile(args.profile)
     workers = args.workers or default_workers()
     itemsize = 8 if args.dtype == "float64" else 4
     console.say(f"input {name} {list(x_shape)}, weight {list(w_shape)}, groups {groups}, {workers} workers, "
                 f"engine {args.engine}; profile: {prof.source}")
     ranked = cost.candidates(spec, workers, prof, itemsize, backend=args.backend or backends.default_for(spec),
-                             engine=args.engine, memory_budget=options.budget(args))
+                             engine=args.engine, memory_budget=options.budget(args), weight=values)
     if args.partition != "auto":
-        chosen = options.plan(args, x_shape, w_shape, groups, workers)
+        chosen = options.plan(args, x_shape, weight, groups, workers)
         ranked = [cost.predict(chosen, prof, itemsize, args.engine)] + [
             q for q in ranked if q.plan.splits != chosen.splits or q.plan.backend != chosen.backend]
     if not ranked:

@@ -173,10 +173,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     t0 = time.perf_counter()
     problem = load(args)
     x, weight = problem.x, problem.weight
-    if args.engine is None:  # filters in this process (OpenCV threads itself), layers on worker processes
-        pool = args.schedule != "static" or args.worker_speeds is not None
-        filt = backends.base.is_filter(options.spec(args, x.shape, weight.shape, problem.groups))
-        args.engine = "threads" if filt and not pool else "processes"
+    args.engine = options.default_engine(args, options.spec(args, x.shape, weight.shape, problem.groups))
     pool_only(args)
     _warn_not_finite(console, x, problem.name)
     plan = options.plan(args, x.shape, weight, problem.groups, args.workers)  # values: backends depend on them
