@@ -1,5 +1,6 @@
 """The threads engine: views where possible, thread budget restored, per-worker stats."""
 
+import numpy as np
 import torch
 
 import haloconv
@@ -112,3 +113,31 @@ def test_conv_plans_once_when_the_array_engine_does_not_take_the_arrays(monkeypa
     assert len(calls) == 1
     ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1).numpy()
     assert isinstance(y, np.ndarray) and np.allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_results_go_on_the_pages_the_probe_times_faster(monkeypatch):
+    """host.page_kind(): each kind's first touch timed once per process, the faster taken;
+    HALOCONV_PAGES names one instead; a large result is allocated on that kind."""
+    from haloconv.engines import host
+
+    slow = {"huge": host._huge, "ordinary": host._ordinary}
+
+    def slower(kind):  # the same allocation, sixteen times the bytes to touch: the slower kind
+        return lambda nbytes: slow[kind](nbytes * 16)
+
+    for loser, winner in (("huge", "ordinary"), ("ordinary", "huge")):
+        monkeypatch.setattr(host, "_PAGES", [])
+        monkeypatch.setattr(host, f"_{loser}", slower(loser))
+        monkeypatch.delenv("HALOCONV_PAGES", raising=False)
+        assert host.page_kind() == winner
+        monkeypatch.setattr(host, f"_{loser}", slow[loser])
+    for forced in ("huge", "ordinary"):
+        monkeypatch.setattr(host, "_PAGES", [])
+        monkeypatch.setenv("HALOCONV_PAGES", forced)
+        assert host.page_kind() == forced
+        a = host.empty((1, 1, 1024, 1100), np.float32)
+        assert a.shape == (1, 1, 1024, 1100) and a.dtype == np.float32 and a.flags.writeable
+        a.fill(2)
+        assert float(a.sum()) == 2 * a.size
+        # numpy's own (huge-page advice) or a mapping of ours (ordinary pages)
+        assert isinstance(a.base, np.ndarray) if forced == "huge" else a.base is not None

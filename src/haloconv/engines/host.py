@@ -119,17 +119,56 @@ def workers_of(pid: int | None = None) -> list[int]:
 
 # below this, numpy's own allocation (small arrays come from its heap, not fresh pages)
 SMALL_PAGES_FROM = 1 << 22
+# what page_kind() times: each kind's first touch of this many bytes, best of PROBE_ROUNDS
+PROBE_BYTES = 16 << 20
+PROBE_ROUNDS = 3
+_PAGES: list[str] = []  # the probe's answer, once per process
+
+
+def _huge(nbytes: int) -> np.ndarray:
+    """numpy's own: large arrays come with the transparent-huge-page advice (madvise)."""
+    return np.empty(nbytes, np.uint8)
+
+
+def _ordinary(nbytes: int) -> np.ndarray:
+    """An anonymous mapping without the advice: ordinary pages, whatever THP is set to."""
+    return np.frombuffer(mmap.mmap(-1, nbytes), np.uint8)
+
+
+def page_kind() -> str:
+    """'huge' or 'ordinary': the pages a large result is allocated on, whichever this host
+    first-touches faster, measured once per process (``HALOCONV_PAGES`` names one instead).
+
+    Huge pages fault 512 times fewer pages in, so where the kernel has free huge pages a
+    fresh result costs a fraction of ordinary pages' first touch; where memory is fragmented
+    and THP's defrag is 'madvise', the first touch of an advised mapping compacts memory
+    synchronously and costs more than the filter that writes it.  Which of the two holds is
+    the host's current state, not a property of its name, so it is timed: each kind's first
+    touch of PROBE_BYTES, interleaved, best of PROBE_ROUNDS."""
+    if not _PAGES:
+        forced = os.environ.get("HALOCONV_PAGES", "")
+        if forced in ("huge", "ordinary"):
+            _PAGES.append(forced)
+        else:
+            import time
+
+            best = {"huge": math.inf, "ordinary": math.inf}
+            for _ in range(PROBE_ROUNDS):
+                for kind, alloc in (("huge", _huge), ("ordinary", _ordinary)):
+                    t0 = time.perf_counter()
+                    alloc(PROBE_BYTES).fill(1)
+                    best[kind] = min(best[kind], time.perf_counter() - t0)
+            _PAGES.append("huge" if best["huge"] < best["ordinary"] else "ordinary")
+    return _PAGES[0]
 
 
 def empty(shape, dtype) -> np.ndarray:
-    """An uninitialised array for a large result, on ordinary pages.  numpy asks the kernel
-    for transparent huge pages for large arrays (madvise); where THP defragmentation is
-    'madvise', the first touch of such memory may compact memory synchronously, which on a
-    machine whose memory is fragmented (a big page cache) costs more than the filter that
-    writes it.  An anonymous mapping without the advice gets ordinary pages, as OpenCV's
-    own outputs do."""
+    """An uninitialised array for a large result, on the pages this host first-touches
+    faster (page_kind): a fresh result is written once, by the filter, so its page faults
+    are part of the call's time."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < SMALL_PAGES_FROM:
         return np.empty(shape, dtype)
-    return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape)
+    buf = _huge(nbytes) if page_kind() == "huge" else _ordinary(nbytes)
+    return buf.view(dtype).reshape(shape)
