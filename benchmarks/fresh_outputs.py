@@ -10,7 +10,7 @@ each call in this process after a warm-up:
   cv2 default...  OpenCV's default border (BORDER_REFLECT_101), for reference: its
                   constant border is the slower of the two
   haloconv        haloconv.conv(x, w, padding='same'): every default, a fresh output on the
-                  pages host.page_kind() measured as faster here
+                  pages host.page_kind() picks from the kernel's free huge-page blocks
   haloconv <kind> the same with the other page kind forced
   haloconv out=   into an output made (and touched) before
   copy            np.copyto of the image into a touched buffer: the memory's limit
@@ -35,22 +35,22 @@ ap.add_argument("--repeat", type=int, default=5)
 args = ap.parse_args()
 x = np.random.default_rng(0).random((args.size, args.size)).astype(np.float32)
 x4 = x[None, None]
-probed = host.page_kind()
+probed = host.page_kind(x.nbytes)
 other = "ordinary" if probed == "huge" else "huge"
 
 
 def with_pages(kind, fn):
     def run():
-        saved = host._PAGES[:]
-        host._PAGES[:] = [kind]
+        os.environ["HALOCONV_PAGES"] = kind
         try:
             return fn()
         finally:
-            host._PAGES[:] = saved
+            del os.environ["HALOCONV_PAGES"]
     return run
 
 
-print(f"{args.size}^2 float32, best of {args.repeat}; pages probed: {probed}; cv2 threads {cv2.getNumThreads()}")
+print(f"{args.size}^2 float32, best of {args.repeat}; pages for a fresh result: {probed} "
+      f"({(host.free_huge_bytes() or 0) / 2**30:.1f} GiB free in huge-page blocks); cv2 threads {cv2.getNumThreads()}")
 print("| kernel | method | seconds | cv2 / this | load |")
 print("|---|---|---|---|---|")
 copy_dst = np.empty_like(x)

@@ -115,29 +115,26 @@ def test_conv_plans_once_when_the_array_engine_does_not_take_the_arrays(monkeypa
     assert isinstance(y, np.ndarray) and np.allclose(y, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_results_go_on_the_pages_the_probe_times_faster(monkeypatch):
-    """host.page_kind(): each kind's first touch timed once per process, the faster taken;
-    HALOCONV_PAGES names one instead; a large result is allocated on that kind."""
+def test_results_go_on_huge_pages_while_the_kernel_has_free_huge_blocks(monkeypatch):
+    """host.page_kind(n): huge pages while /proc/buddyinfo's free blocks of a huge page or
+    more hold 2n bytes (no compaction to fault them in), else ordinary pages;
+    HALOCONV_PAGES names one; a large result is allocated on that kind."""
     from haloconv.engines import host
 
-    slow = {"huge": host._huge, "ordinary": host._ordinary}
-
-    def slower(kind):  # the same allocation, sixteen times the bytes to touch: the slower kind
-        return lambda nbytes: slow[kind](nbytes * 16)
-
-    for loser, winner in (("huge", "ordinary"), ("ordinary", "huge")):
-        monkeypatch.setattr(host, "_PAGES", [])
-        monkeypatch.setattr(host, f"_{loser}", slower(loser))
-        monkeypatch.delenv("HALOCONV_PAGES", raising=False)
-        assert host.page_kind() == winner
-        monkeypatch.setattr(host, f"_{loser}", slow[loser])
+    # order 9 (2 MiB of 4 KiB pages) and up: 2 blocks of 2^9 pages and 3 of 2^10 = 16 MiB
+    table = ["Node 0, zone   Normal      5      4      3      2      1      0      0      0      0      2      3"]
+    assert host.free_in_blocks(table, 9, 4096) == (2 * 512 + 3 * 1024) * 4096 == 16 << 20
+    monkeypatch.delenv("HALOCONV_PAGES", raising=False)
+    monkeypatch.setattr(host, "free_huge_bytes", lambda: 16 << 20)
+    assert host.page_kind(8 << 20) == "huge" and host.page_kind(9 << 20) == "ordinary"
+    monkeypatch.setattr(host, "free_huge_bytes", lambda: None)  # THP off, or not Linux
+    assert host.page_kind(8 << 20) == "ordinary"
     for forced in ("huge", "ordinary"):
-        monkeypatch.setattr(host, "_PAGES", [])
         monkeypatch.setenv("HALOCONV_PAGES", forced)
-        assert host.page_kind() == forced
+        assert host.page_kind(1 << 40) == forced
         a = host.empty((1, 1, 1024, 1100), np.float32)
         assert a.shape == (1, 1, 1024, 1100) and a.dtype == np.float32 and a.flags.writeable
         a.fill(2)
         assert float(a.sum()) == 2 * a.size
-        # numpy's own (huge-page advice) or a mapping of ours (ordinary pages)
-        assert isinstance(a.base, np.ndarray) if forced == "huge" else a.base is not None
+        # numpy's own allocation (with its huge-page advice) or a mapping of ours (ordinary pages)
+        assert isinstance(a.base, np.ndarray) and (a.base.base is None) == (forced == "huge")

@@ -119,12 +119,6 @@ def workers_of(pid: int | None = None) -> list[int]:
 
 # below this, numpy's own allocation (small arrays come from its heap, not fresh pages)
 SMALL_PAGES_FROM = 1 << 22
-# what page_kind() times: each kind's first touch of this many bytes, best of PROBE_ROUNDS
-PROBE_BYTES = 16 << 20
-PROBE_ROUNDS = 3
-_PAGES: list[str] = []  # the probe's answer, once per process
-
-
 def _huge(nbytes: int) -> np.ndarray:
     """numpy's own: large arrays come with the transparent-huge-page advice (madvise)."""
     return np.empty(nbytes, np.uint8)
@@ -135,40 +129,50 @@ def _ordinary(nbytes: int) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, nbytes), np.uint8)
 
 
-def page_kind() -> str:
-    """'huge' or 'ordinary': the pages a large result is allocated on, whichever this host
-    first-touches faster, measured once per process (``HALOCONV_PAGES`` names one instead).
+def free_huge_bytes() -> int | None:
+    """Bytes the kernel holds free in blocks of a huge page or more (/proc/buddyinfo, every
+    zone): what huge pages can be faulted in from without compacting memory.  None where
+    transparent huge pages are off or the files are not there (not Linux)."""
+    try:
+        if "[never]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text():
+            return None
+        huge = int(Path("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size").read_text())
+        lines = Path("/proc/buddyinfo").read_text().splitlines()
+    except (OSError, ValueError):
+        return None
+    return free_in_blocks(lines, (huge // mmap.PAGESIZE).bit_length() - 1, mmap.PAGESIZE)
 
-    Huge pages fault 512 times fewer pages in, so where the kernel has free huge pages a
-    fresh result costs a fraction of ordinary pages' first touch; where memory is fragmented
-    and THP's defrag is 'madvise', the first touch of an advised mapping compacts memory
-    synchronously and costs more than the filter that writes it.  Which of the two holds is
-    the host's current state, not a property of its name, so it is timed: each kind's first
-    touch of PROBE_BYTES, interleaved, best of PROBE_ROUNDS."""
-    if not _PAGES:
-        forced = os.environ.get("HALOCONV_PAGES", "")
-        if forced in ("huge", "ordinary"):
-            _PAGES.append(forced)
-        else:
-            import time
 
-            best = {"huge": math.inf, "ordinary": math.inf}
-            for _ in range(PROBE_ROUNDS):
-                for kind, alloc in (("huge", _huge), ("ordinary", _ordinary)):
-                    t0 = time.perf_counter()
-                    alloc(PROBE_BYTES).fill(1)
-                    best[kind] = min(best[kind], time.perf_counter() - t0)
-            _PAGES.append("huge" if best["huge"] < best["ordinary"] else "ordinary")
-    return _PAGES[0]
+def free_in_blocks(buddyinfo: list[str], order: int, page: int) -> int:
+    """Bytes free in blocks of 2^``order`` pages or more, from /proc/buddyinfo's lines
+    ("Node 0, zone Normal" then the count of free blocks of order 0, 1, 2, ...)."""
+    return sum(int(c) << k for line in buddyinfo for k, c in enumerate(line.split()[4:]) if k >= order) * page
+
+
+def page_kind(nbytes: int) -> str:
+    """'huge' or 'ordinary': the pages a fresh result of ``nbytes`` goes on
+    (``HALOCONV_PAGES`` names one instead).
+
+    Huge pages fault 512 times fewer pages in: where the kernel has free huge-page blocks, a
+    fresh result on them costs a fraction of ordinary pages' first touch.  Where it has not
+    (memory fragmented, a big page cache), the first touch of memory advised for huge pages
+    compacts memory synchronously (THP defrag 'madvise') and costs more than the filter that
+    writes it.  Which holds is the host's state at the call, so it is read at the call: huge
+    pages while the free huge-page blocks (/proc/buddyinfo) hold twice the result."""
+    forced = os.environ.get("HALOCONV_PAGES", "")
+    if forced in ("huge", "ordinary"):
+        return forced
+    free = free_huge_bytes()
+    return "huge" if free is not None and free >= 2 * nbytes else "ordinary"
 
 
 def empty(shape, dtype) -> np.ndarray:
-    """An uninitialised array for a large result, on the pages this host first-touches
-    faster (page_kind): a fresh result is written once, by the filter, so its page faults
+    """An uninitialised array for a large result, on the pages its first touch costs least
+    on now (page_kind): a fresh result is written once, by the filter, so its page faults
     are part of the call's time."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < SMALL_PAGES_FROM:
         return np.empty(shape, dtype)
-    buf = _huge(nbytes) if page_kind() == "huge" else _ordinary(nbytes)
+    buf = _huge(nbytes) if page_kind(nbytes) == "huge" else _ordinary(nbytes)
     return buf.view(dtype).reshape(shape)
