@@ -21,13 +21,20 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	-$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
 
+# haloconv's own modules (an editable install: src/) compiled once here, as the installer
+# compiles the dependencies: where PYTHONDONTWRITEBYTECODE is set (CI) every interpreter would
+# compile them again as it imports them (each worker, each command)
+COMPILE_SRC = $(BIN)/python -m compileall -q src
+
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(call INSTALL,-e .)
+	$(COMPILE_SRC)
 	touch $@
 
 # one resolve for the package and its dev extra (a fresh `make test` installs once)
 $(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt
 	$(call INSTALL,-e '.[dev]')
+	$(COMPILE_SRC)
 	touch $(VENV)/.installed $@
 
 demo: $(VENV)/.installed
@@ -46,6 +53,7 @@ lint: $(VENV)/.installed-dev
 # much of the suite waits on processes starting, so two keep the cores busy
 TEST_WORKERS ?= 2
 test: lint $(VENV)/.peer-tests
+	$(COMPILE_SRC)
 	HALOCONV_PEER_TESTS=required $(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # dask-image ships its own tests in its sdist, not in its wheel: tests/test_dask_image_suite.py
