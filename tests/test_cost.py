@@ -464,3 +464,23 @@ def test_choose_skips_candidates_that_cannot_win_and_picks_what_ranking_them_all
         assert got == ranked[0].plan, (spec.input_shape, workers, engine, budget)
         checked.add((ranked[0].plan.partition == "single", engine))
     assert len(checked) == 4  # a single worker and a split chosen, on each engine
+
+
+def test_scaling_projections_price_a_filter_at_its_backends_rates(tmp_path, capsys):
+    """--simulate-workers projects with the chosen candidate's backend, not torch's: one
+    worker's projected time of a filter is within 3x of the ranked single-worker candidate's
+    (the projection's shards are resident), and far under torch's rate."""
+    from haloconv.model import scaling
+
+    spec = ConvSpec.from_args((1, 1, 1024, 1024), (1, 1, 7, 7), None, padding=3)
+    prof = cost.Profile()
+    single = cost.predict(haloconv.plan(spec.input_shape, spec.weight_shape, padding=3, workers=1,
+                                        backend="opencv", partition="rows"), prof)
+    ours = scaling.project(spec, [1, 2], prof, backend="opencv")["rows"]["strong"][0]
+    torchs = scaling.project(spec, [1, 2], prof)["rows"]["strong"][0]
+    assert single.total_s / 3 <= ours <= 3 * single.total_s and ours < torchs / 5, (ours, single.total_s, torchs)
+    # weak scaling over channels makes the filter a layer: torch there, no error
+    assert all(v > 0 for v in scaling.project(spec, [1, 2], prof, backend="opencv")["channels"]["weak"])
+    np.save(tmp_path / "img.npy", np.zeros((512, 512), np.float32))
+    assert main(["plan", str(tmp_path / "img.npy"), "--kernel", "box:7", "--simulate-workers", "1,2"]) == 0
+    assert "each tile on backend separable" in capsys.readouterr().out

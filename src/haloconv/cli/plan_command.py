@@ -76,8 +76,9 @@ def command(args: argparse.Namespace, console: Console) -> int:
             sim.bandwidth_Bps = units.quantity(args.bandwidth, units.BYTES, "--bandwidth")
         if args.latency:
             sim.latency_s = units.quantity(args.latency, units.SECONDS, "--latency")
-        proj = scaling.project(spec, counts, sim, itemsize)
+        proj = scaling.project(spec, counts, sim, itemsize, backend=best.plan.backend)
         console.say(scaling.table(counts, proj))
+        console.say(f"(each tile on backend {best.plan.backend} where it applies, the chosen candidate's)")
         title = (f"{list(x_shape)} * {list(w_shape)}: predicted, {sim.bandwidth_Bps / 1e9:g} GB/s, "
                  f"{sim.latency_s * 1e6:g} us, one core per worker")
         if args.scaling_png:

@@ -12,6 +12,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
+from haloconv.compute import backends
 from haloconv.model.cost import Profile, resident_seconds
 from haloconv.planning.partition import Partition, even_grid
 from haloconv.planning.plan import build
@@ -38,9 +39,16 @@ def _grown(name: str, spec: ConvSpec, p: int) -> ConvSpec:
                                groups=groups)
 
 
-def project(spec: ConvSpec, workers: Sequence[int], profile: Profile, itemsize: int = 4) -> dict:
+def project(spec: ConvSpec, workers: Sequence[int], profile: Profile, itemsize: int = 4,
+            backend: str = "torch") -> dict:
     """name -> {'strong': [s], 'weak': [s], 'halo_share': [0..1]} over ``workers`` (NaN where
-    the partition cannot use that many workers)."""
+    the partition cannot use that many workers), each tile computed by ``backend`` (a filter
+    is priced at its own backend's rates, not torch's) where it applies to the problem, else
+    by torch (weak scaling over channels makes a single-channel filter a layer)."""
+
+    def priced(s: ConvSpec) -> str:
+        return backend if backends.get(backend).unsupported(s) is None else "torch"
+
     names = ["batch", "rows", "grid", "channels"] + (["batch+grid"] if spec.batch > 1 else [])
     if spec.ndim == 1:
         names.remove("grid")
@@ -53,13 +61,15 @@ def project(spec: ConvSpec, workers: Sequence[int], profile: Profile, itemsize: 
                 s["strong"].append(float("nan"))
                 s["halo_share"].append(float("nan"))
             else:
-                t, h = resident_seconds(build(spec, counts, name, p, ownership="even"), profile, itemsize)
+                t, h = resident_seconds(build(spec, counts, name, p, ownership="even", backend=priced(spec)), profile,
+                                        itemsize)
                 s["strong"].append(t)
                 s["halo_share"].append(h / t if t else 0.0)
             big = _grown(name if name != "batch+grid" else "grid", spec, p)
             wc = Partition(name if name != "batch+grid" else "grid").exact_counts(big, p)
             s["weak"].append(float("nan") if wc is None else
-                             resident_seconds(build(big, wc, name, p, ownership="even"), profile, itemsize)[0])
+                             resident_seconds(build(big, wc, name, p, ownership="even", backend=priced(big)), profile,
+                                              itemsize)[0])
         out[name] = s
     return out
 
