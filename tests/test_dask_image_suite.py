@@ -6,8 +6,8 @@ of the filters haloconv.ndimage has (correlate/convolve, the Gaussians, uniform,
 prewitt, laplace), swaps ``dask_image.ndfilters`` for a module whose functions of those names
 are haloconv.ndimage's, each call split into up to 4 tiles on threads, and collects every test
 here; the tests that compare with scipy run on worker processes (the session's shared
-clusters), the others on threads.  A dask array given to haloconv.ndimage is computed first,
-and the result is a numpy array (which dask's ``assert_eq`` compares like any other).
+clusters), the others on threads.  A dask array given to haloconv.ndimage gives a dask array
+(haloconv/ndimage/lazy.py), as dask-image's functions do.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 and semantics, and the keyword extras ``workers``, ``partition``, ``backend`` and ``engine``.  On
 backend 'ndimage' (the default) each result is bit for bit scipy's on the whole input but
 the uniform filters' (see ``filters``); where this differs from scipy is said in
-``correlations``.
+``correlations``.  A dask array in gives a dask array out, lazily, chunk by chunk (``lazy``).
 """
 
 from haloconv.ndimage.correlations import convolve, convolve1d, correlate, correlate1d

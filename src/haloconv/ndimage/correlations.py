@@ -27,12 +27,15 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from haloconv.ndimage import lazy
+
 # scipy.ndimage's mode names -> haloconv's padding modes (planning/spec.py)
 MODES = {"reflect": "symmetric", "grid-mirror": "symmetric", "mirror": "reflect", "nearest": "replicate",
          "wrap": "circular", "grid-wrap": "circular", "constant": "constant", "grid-constant": "constant"}
 MAX_SPATIAL = 3  # the most axes a plan splits and filters (ConvSpec: 1-3 spatial dims)
 
 
+@lazy.dask_aware(lazy.reach_correlate)
 def correlate(input, weights, output=None, mode="reflect", cval=0.0, origin=0, *, axes=None,
               workers: int | None = None, partition="auto", backend: str = "ndimage", engine="threads"):
     """Multidimensional correlation, as ``scipy.ndimage.correlate``, split across workers.
@@ -81,6 +84,7 @@ def correlate(input, weights, output=None, mode="reflect", cval=0.0, origin=0, *
                                   dict(workers=workers, partition=partition, backend=backend, engine=engine))
 
 
+@lazy.dask_aware(lazy.reach_correlate)
 def convolve(input, weights, output=None, mode="reflect", cval=0.0, origin=0, *, axes=None,
              workers: int | None = None, partition="auto", backend: str = "ndimage", engine="threads"):
     """Multidimensional convolution, as ``scipy.ndimage.convolve`` (the weights flipped,
@@ -89,6 +93,7 @@ def convolve(input, weights, output=None, mode="reflect", cval=0.0, origin=0, *,
                                   dict(workers=workers, partition=partition, backend=backend, engine=engine))
 
 
+@lazy.dask_aware(lazy.reach_correlate1d)
 def correlate1d(input, weights, axis=-1, output=None, mode="reflect", cval=0.0, origin=0, *,
                 workers: int | None = None, partition="auto", backend: str = "ndimage", engine="threads"):
     """One-dimensional correlation along ``axis``, as ``scipy.ndimage.correlate1d``, split
@@ -117,6 +122,7 @@ def correlate1d(input, weights, axis=-1, output=None, mode="reflect", cval=0.0, 
                 opts, one_d=True)
 
 
+@lazy.dask_aware(lazy.reach_correlate1d)
 def convolve1d(input, weights, axis=-1, output=None, mode="reflect", cval=0.0, origin=0, *,
                workers: int | None = None, partition="auto", backend: str = "ndimage", engine="threads"):
     """One-dimensional convolution along ``axis``, as ``scipy.ndimage.convolve1d``, split

@@ -12,6 +12,7 @@ import numbers
 
 import numpy as np
 
+from haloconv.ndimage import lazy
 from haloconv.ndimage.correlations import _axes, _axis, _output, _per_axis, correlate, correlate1d
 
 _SPLIT = ("workers", "partition", "backend", "engine")
@@ -47,6 +48,7 @@ def _gaussian_kernel1d(sigma: float, order: int, radius: int) -> np.ndarray:
     return q * phi_x
 
 
+@lazy.dask_aware(lazy.reach_gaussian1d)
 def gaussian_filter1d(input, sigma, axis=-1, order=0, output=None, mode="reflect", cval=0.0, truncate=4.0, *,
                       radius=None, **split):
     """1-D Gaussian filter along ``axis``, as ``scipy.ndimage.gaussian_filter1d``, split
@@ -61,6 +63,7 @@ def gaussian_filter1d(input, sigma, axis=-1, order=0, output=None, mode="reflect
     return correlate1d(input, weights, axis, output, mode, cval, 0, **_split(split))
 
 
+@lazy.dask_aware(lazy.reach_gaussian)
 def gaussian_filter(input, sigma, order=0, output=None, mode="reflect", cval=0.0, truncate=4.0, *, radius=None,
                     axes=None, **split):
     """Multidimensional Gaussian filter, as ``scipy.ndimage.gaussian_filter``: one
@@ -102,11 +105,13 @@ def gaussian_filter(input, sigma, order=0, output=None, mode="reflect", cval=0.0
     return output
 
 
+@lazy.dask_aware(lazy.reach_one)
 def prewitt(input, axis=-1, output=None, mode="reflect", cval=0.0, **split):
     """Prewitt filter, as ``scipy.ndimage.prewitt``, split across workers."""
     return _gradient(input, axis, output, mode, cval, [1, 1, 1], _split(split))
 
 
+@lazy.dask_aware(lazy.reach_one)
 def sobel(input, axis=-1, output=None, mode="reflect", cval=0.0, **split):
     """Sobel filter, as ``scipy.ndimage.sobel``, split across workers."""
     return _gradient(input, axis, output, mode, cval, [1, 2, 1], _split(split))
@@ -123,6 +128,7 @@ def _gradient(input, axis, output, mode, cval, smooth, split):
     return output
 
 
+@lazy.dask_aware(lazy.reach_one)
 def laplace(input, output=None, mode="reflect", cval=0.0, *, axes=None, **split):
     """Laplace filter ([1, -2, 1] along each axis, summed), as ``scipy.ndimage.laplace``."""
     split = _split(split)
@@ -133,6 +139,7 @@ def laplace(input, output=None, mode="reflect", cval=0.0, *, axes=None, **split)
     return _laplace(input, derivative2, output, mode, cval, axes)
 
 
+@lazy.dask_aware(lazy.reach_gaussian)
 def gaussian_laplace(input, sigma, output=None, mode="reflect", cval=0.0, *, axes=None, truncate=4.0, radius=None,
                      **split):
     """Laplace filter of Gaussian second derivatives, as ``scipy.ndimage.gaussian_laplace``."""
@@ -182,6 +189,7 @@ def _over_axes(input, derivative, output, mode, axes, squares: bool):
     return output
 
 
+@lazy.dask_aware(lazy.reach_gaussian)
 def gaussian_gradient_magnitude(input, sigma, output=None, mode="reflect", cval=0.0, *, axes=None, truncate=4.0,
                                 radius=None, **split):
     """Gradient magnitude of Gaussian first derivatives, as
@@ -196,6 +204,7 @@ def gaussian_gradient_magnitude(input, sigma, output=None, mode="reflect", cval=
     return _over_axes(input, derivative, output, mode, axes, True)
 
 
+@lazy.dask_aware(lazy.reach_uniform1d)
 def uniform_filter1d(input, size, axis=-1, output=None, mode="reflect", cval=0.0, origin=0, **split):
     """1-D uniform filter, as ``scipy.ndimage.uniform_filter1d``: each output the sum of its
     ``size`` inputs divided by ``size`` (scipy keeps a running sum; see the module)."""
@@ -218,6 +227,7 @@ def uniform_filter1d(input, size, axis=-1, output=None, mode="reflect", cval=0.0
     return output
 
 
+@lazy.dask_aware(lazy.reach_uniform)
 def uniform_filter(input, size=3, output=None, mode="reflect", cval=0.0, origin=0, *, axes=None, **split):
     """Multidimensional uniform filter, as ``scipy.ndimage.uniform_filter``: one
     uniform_filter1d per axis, each into ``output``."""

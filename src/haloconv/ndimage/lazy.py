@@ -1,0 +1,207 @@
+"""Dask arrays in, Dask arrays out: a haloconv.ndimage function given a ``dask.array.Array``
+returns one, lazily, with the input's chunks.
+
+The graph has one task per output chunk.  The task receives exactly the input chunks that
+hold the chunk's box grown by the filter's reach (the halo) on each filtered axis, where the
+mode says to read them: beyond the image's edge, ``reflect``, ``mirror``, ``wrap`` and
+``nearest`` read the image folded back (planning/geometry.source_index: a border is a halo
+like any other, so a chunk at an edge may read chunks from the far side or several chunks
+away, and kernels longer than a chunk or the image are read as scipy reads them), and
+``constant`` reads ``cval``.  The task assembles that window, runs the same haloconv.ndimage
+function on it and keeps the chunk's outputs: those read only the window, the same values
+in the same order as a call on the whole image, so each chunk is bit for bit the whole
+call's (on backend 'ndimage'; a fast backend keeps its own guarantee).  No padded copy of
+the array is made and nothing is rechunked; a task holds its window, the input chunks it
+reads and its output chunk.
+
+The graph is plain Dask: it runs on any scheduler (threads, processes, dask.distributed).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+
+from haloconv.planning.geometry import source_index
+
+# scipy.ndimage's mode names -> haloconv's (as correlations.MODES; kept here so this module
+# needs nothing above planning)
+_MODES = {"reflect": "symmetric", "grid-mirror": "symmetric", "mirror": "reflect", "nearest": "replicate",
+          "wrap": "circular", "grid-wrap": "circular", "constant": "constant", "grid-constant": "constant"}
+
+
+def is_dask(x) -> bool:
+    """Whether ``x`` is a dask array (without importing dask)."""
+    return type(x).__module__.split(".")[0] == "dask" and hasattr(x, "chunks") and hasattr(x, "__dask_graph__")
+
+
+def dask_aware(reach: Callable[[dict, int], list[int]]):
+    """A haloconv.ndimage function that, given a dask array, returns one (see the module
+    docstring).  ``reach(arguments, ndim)``: how far an output reads, per input axis, at
+    most (more is harmless: the window is only larger), from the call's bound arguments."""
+
+    def wrap(func):
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def call(*args, **kwargs):
+            if not args or not is_dask(args[0]):
+                return func(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            extras = arguments.pop(next(reversed(signature.parameters)), {}) \
+                if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()) else {}
+            return _lazily(func, arguments, extras, reach)
+
+        return call
+
+    return wrap
+
+
+def _lazily(func, arguments: dict, extras: dict, reach):
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    d = arguments.pop("input")
+    if arguments.get("output") is not None and not isinstance(arguments["output"], type | np.dtype | str):
+        raise TypeError("output must be None or a dtype for a dask array input (the result is a new dask array)")
+    kw = {**arguments, **extras}
+    output = kw.pop("output", None)
+    if kw.get("workers") is None:
+        kw["workers"] = 1  # a task per chunk: Dask's workers run the chunks side by side
+    call = functools.partial(func, **kw)
+    # the result's dtype: the function on a one-element array (an argument error surfaces here)
+    dtype = call(np.zeros((1,) * d.ndim, d.dtype), output=output).dtype
+    lo_hi = reach(dict(arguments), d.ndim)
+    modes = _modes(arguments.get("mode", "reflect"), d.ndim, arguments)
+    cval = arguments.get("cval", 0.0)
+    starts = [np.cumsum((0, *c)) for c in d.chunks]
+    name = f"haloconv-{func.__name__}-" + tokenize(d, func.__name__, kw, str(dtype), lo_hi)
+    dsk = {}
+    for block in itertools.product(*(range(n) for n in d.numblocks)):
+        sources = []
+        for a in range(d.ndim):
+            r = lo_hi[a]
+            b0, b1 = int(starts[a][block[a]]), int(starts[a][block[a] + 1])
+            s = [source_index(p, d.shape[a], modes[a]) for p in range(b0 - r, b1 + r)]
+            sources.append(np.array([-1 if v is None else v for v in s], dtype=np.int64))
+        held = [np.unique(np.searchsorted(starts[a], s[s >= 0], side="right") - 1) for a, s in enumerate(sources)]
+        parts = list(itertools.product(*held))
+        crop = tuple(slice(r, r + int(starts[a][block[a] + 1] - starts[a][block[a]])) for a, r in enumerate(lo_hi))
+        task = functools.partial(_chunk, call=call, parts=parts, starts=starts, sources=sources, cval=cval,
+                                 dtype=d.dtype, out_dtype=dtype, crop=crop)
+        dsk[(name, *block)] = (task, [(d.name, *p) for p in parts])
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[d])
+    return da.Array(graph, name, chunks=d.chunks, dtype=dtype)
+
+
+def _modes(mode, ndim: int, arguments: dict) -> list[str]:
+    """haloconv's mode per input axis: one mode for all, or a sequence over the input's axes
+    or over the filtered ones (``axes``)."""
+    if isinstance(mode, str):
+        return [_MODES.get(mode, "constant")] * ndim
+    mode = list(mode)
+    if len(mode) == ndim:
+        return [_MODES.get(m, "constant") for m in mode]
+    axes = _filtered_axes(arguments, ndim)
+    out = ["constant"] * ndim  # axes not filtered read nothing beyond the chunk
+    for a, m in zip(axes, mode):
+        out[a] = _MODES.get(m, "constant")
+    return out
+
+
+def _chunk(arrays, *, call, parts, starts, sources, cval, dtype, out_dtype, crop):
+    """One output chunk: its window assembled from the input chunks it reads (``arrays``, in
+    the order of ``parts``), the function on the window, the chunk's outputs kept."""
+    shape = tuple(len(s) for s in sources)
+    window_dtype = dtype
+    if any((s < 0).any() for s in sources) and not _holds(dtype, cval):
+        window_dtype = np.float64  # scipy reads cval as a float64 beside the input's values
+    window = np.empty(shape, window_dtype)
+    if any((s < 0).any() for s in sources):
+        window.fill(cval)
+    for arr, part in zip(arrays, parts):
+        pos, off = [], []
+        for a, c in enumerate(part):
+            c0, c1 = starts[a][c], starts[a][c + 1]
+            inside = (sources[a] >= c0) & (sources[a] < c1)
+            pos.append(np.nonzero(inside)[0])
+            off.append(sources[a][inside] - c0)
+        window[np.ix_(*pos)] = arr[np.ix_(*off)]
+    return call(window, output=out_dtype)[crop]
+
+
+def _holds(dtype, value) -> bool:
+    with np.errstate(all="ignore"):
+        return bool(np.array(value).astype(dtype) == value)
+
+
+# -- how far each function reads -----------------------------------------------------------------
+def _filtered_axes(arguments: dict, ndim: int) -> list[int]:
+    axes = arguments.get("axes")
+    if axes is None:
+        return list(range(ndim))
+    axes = [axes] if np.isscalar(axes) else list(axes)
+    return [int(a) % ndim for a in axes]
+
+
+def _per(value, n: int) -> list:
+    return [value] * n if isinstance(value, str) or not np.iterable(value) else list(value)
+
+
+def _gaussian_radius(arguments: dict, n: int) -> list[int]:
+    sigmas = _per(arguments["sigma"], n)
+    radius = arguments.get("radius")
+    radii = _per(radius, n) if radius is not None else [None] * n
+    return [int(r) if r is not None else int(arguments.get("truncate", 4.0) * float(s) + 0.5)
+            for s, r in zip(sigmas, radii)]
+
+
+def _on_axes(values: list[int], axes: list[int], ndim: int) -> list[int]:
+    out = [0] * ndim
+    for a, v in zip(axes, values):
+        out[a] = max(out[a], v)
+    return out
+
+
+def reach_correlate(arguments: dict, ndim: int) -> list[int]:
+    weights = np.asarray(arguments["weights"])
+    axes = _filtered_axes(arguments, ndim) if weights.ndim != ndim else list(range(ndim))
+    origins = _per(arguments.get("origin", 0), len(axes))
+    return _on_axes([k + abs(int(o)) for k, o in zip(weights.shape, origins)], axes, ndim)
+
+
+def reach_correlate1d(arguments: dict, ndim: int) -> list[int]:
+    k = len(np.atleast_1d(np.asarray(arguments["weights"])))
+    return _on_axes([k + abs(int(arguments.get("origin", 0)))], [int(arguments.get("axis", -1)) % ndim], ndim)
+
+
+def reach_gaussian1d(arguments: dict, ndim: int) -> list[int]:
+    return _on_axes(_gaussian_radius(arguments, 1), [int(arguments.get("axis", -1)) % ndim], ndim)
+
+
+def reach_gaussian(arguments: dict, ndim: int) -> list[int]:
+    axes = _filtered_axes(arguments, ndim)
+    return _on_axes(_gaussian_radius(arguments, len(axes)), axes, ndim)
+
+
+def reach_uniform(arguments: dict, ndim: int) -> list[int]:
+    axes = _filtered_axes(arguments, ndim)
+    sizes, origins = _per(arguments.get("size", 3), len(axes)), _per(arguments.get("origin", 0), len(axes))
+    return _on_axes([int(s) + abs(int(o)) for s, o in zip(sizes, origins)], axes, ndim)
+
+
+def reach_uniform1d(arguments: dict, ndim: int) -> list[int]:
+    size = int(arguments["size"]) + abs(int(arguments.get("origin", 0)))
+    return _on_axes([size], [int(arguments.get("axis", -1)) % ndim], ndim)
+
+
+def reach_one(arguments: dict, ndim: int) -> list[int]:
+    """sobel, prewitt (every axis), laplace (the filtered axes): 3-tap kernels."""
+    return _on_axes([1] * ndim, _filtered_axes(arguments, ndim), ndim)

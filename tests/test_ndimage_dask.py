@@ -1,0 +1,111 @@
+"""haloconv.ndimage on dask arrays: a dask array out, lazily, with the input's chunks; each
+chunk computed from exactly the input chunks its halo reaches (the mode's folding included);
+bit for bit scipy's call on the whole array, for odd chunkings (uneven last chunks, chunks
+thinner than the halo, kernels longer than the array)."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+import scipy.ndimage as sndi
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from haloconv import ndimage as ndi
+
+da = pytest.importorskip("dask.array")
+dask = pytest.importorskip("dask")
+
+MODES = ("reflect", "mirror", "wrap", "nearest", "constant")
+REACHED: collections.Counter = collections.Counter()
+
+
+@st.composite
+def case(draw):
+    ndim = draw(st.integers(1, 3))
+    shape = tuple(draw(st.integers(1, 24 if ndim < 3 else 9)) for _ in range(ndim))
+    chunks = tuple(draw(st.integers(1, n)) for n in shape)
+    dtype = draw(st.sampled_from((np.float64, np.float32, np.uint8, np.int32)))
+    mode = draw(st.sampled_from(MODES))
+    which = draw(st.sampled_from(("correlate", "convolve", "correlate1d", "gaussian_filter", "sobel",
+                                  "laplace", "uniform_filter1d")))
+    k = tuple(draw(st.integers(1, 7)) for _ in range(ndim))
+    origin = tuple(draw(st.integers(-(n // 2), (n - 1) // 2)) for n in k)
+    sigma = draw(st.sampled_from((0.7, 1.5, 4.0)))
+    return dict(shape=shape, chunks=chunks, dtype=dtype, mode=mode, which=which, k=k, origin=origin, sigma=sigma,
+                cval=draw(st.sampled_from((0.0, 2.5, -1.0))))
+
+
+def _call(mod, c, x, rng_weights):
+    which, mode, cval = c["which"], c["mode"], c["cval"]
+    if which in ("correlate", "convolve"):
+        return getattr(mod, which)(x, rng_weights, mode=mode, cval=cval, origin=c["origin"])
+    if which == "correlate1d":
+        return mod.correlate1d(x, rng_weights.reshape(-1)[:c["k"][0]], axis=-1, mode=mode, cval=cval,
+                               origin=c["origin"][0])
+    if which == "gaussian_filter":
+        return mod.gaussian_filter(x, c["sigma"], mode=mode, cval=cval)
+    if which == "uniform_filter1d":
+        return mod.uniform_filter1d(x, c["k"][0], axis=0, mode=mode, cval=cval, origin=c["origin"][0])
+    return getattr(mod, which)(x, mode=mode, cval=cval)
+
+
+@settings(max_examples=150, deadline=None)
+@given(case())
+def test_dask_arrays_give_scipys_bits_chunk_by_chunk(c):
+    rng = np.random.default_rng(0)
+    a = (rng.random(c["shape"]) * 100).astype(c["dtype"])
+    w = rng.random(c["k"])
+    d = da.from_array(a, chunks=c["chunks"])
+    y = _call(ndi, c, d, w)
+    assert isinstance(y, da.Array) and y.chunks == d.chunks
+    got = y.compute(scheduler="threads")
+    ref = _call(sndi, c, a, w)
+    assert got.dtype == ref.dtype
+    if c["which"] == "uniform_filter1d" and a.dtype.kind == "f":  # a window's sum, not scipy's running one
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+    else:
+        assert np.array_equal(got, ref), c
+    reach = max(c["k"]) if c["which"] != "gaussian_filter" else int(4 * c["sigma"] + 0.5)
+    REACHED[c["mode"]] += 1
+    if any(n < reach for n in c["chunks"]):
+        REACHED["chunk thinner than the halo"] += 1
+    if any(n < reach for n in c["shape"]):
+        REACHED["kernel longer than the array"] += 1
+    if any(n % ch for n, ch in zip(c["shape"], c["chunks"])):
+        REACHED["uneven last chunk"] += 1
+
+
+def test_the_property_reached_its_cases():
+    if not REACHED:
+        pytest.skip("run with the property test")
+    need = (*MODES, "chunk thinner than the halo", "kernel longer than the array", "uneven last chunk")
+    assert all(REACHED[k] >= 3 for k in need), REACHED
+
+
+def test_a_chunk_reads_only_the_chunks_its_halo_reaches_and_runs_anywhere():
+    """A 3x3 correlate on 4x4 chunks of 6 x 6 blocks: an interior chunk's task depends on its
+    3 x 3 neighbourhood, an edge chunk under 'wrap' on the far side's chunks too; no other
+    tasks (no padded copy, no rechunk); the same values on the synchronous scheduler."""
+    a = np.arange(24 * 24, dtype=np.float64).reshape(24, 24)
+    d = da.from_array(a, chunks=4)
+    y = ndi.correlate(d, np.ones((3, 3)), mode="wrap")
+    graph = dict(y.__dask_graph__())
+    ours = {k: v for k, v in graph.items() if k[0] == y.name}
+    assert len(ours) == 36 and len(graph) == 36 + 36  # the input's 36 chunks and one task per output chunk
+    deps = y.__dask_graph__().dependencies if hasattr(y.__dask_graph__(), "dependencies") else None
+    assert deps is not None
+    from dask.core import get_dependencies
+
+    interior = {k[1:] for k in get_dependencies(graph, (y.name, 2, 3))}
+    assert interior == {(i, j) for i in (1, 2, 3) for j in (2, 3, 4)}
+    corner = {k[1:] for k in get_dependencies(graph, (y.name, 0, 0))}
+    assert corner == {(i, j) for i in (5, 0, 1) for j in (5, 0, 1)}
+    with dask.config.set(scheduler="sync"):
+        assert np.array_equal(y.compute(), sndi.correlate(a, np.ones((3, 3)), mode="wrap"))
+    with pytest.raises(TypeError, match="output must be None or a dtype"):
+        ndi.correlate(d, np.ones((3, 3)), output=np.zeros((24, 24)))
+    with pytest.raises(RuntimeError, match="boundary mode"):
+        ndi.correlate(d, np.ones((3, 3)), mode="bogus")
