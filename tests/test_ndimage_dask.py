@@ -109,3 +109,26 @@ def test_a_chunk_reads_only_the_chunks_its_halo_reaches_and_runs_anywhere():
         ndi.correlate(d, np.ones((3, 3)), output=np.zeros((24, 24)))
     with pytest.raises(RuntimeError, match="boundary mode"):
         ndi.correlate(d, np.ones((3, 3)), mode="bogus")
+
+
+def test_a_dask_distributed_cluster_of_worker_processes_computes_it_exactly():
+    """The graph is plain Dask: a dask.distributed LocalCluster of 2 worker processes (TCP
+    between them and the scheduler) computes it, every output chunk held by one of the two
+    workers, bit for bit scipy's whole call, for each mode, thin chunks and integers."""
+    distributed = pytest.importorskip("distributed")
+    rng = np.random.default_rng(1)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
+            distributed.Client(lc) as client:
+        for mode, dtype, chunks in (("reflect", np.float32, (64, 48)), ("wrap", np.uint8, (7, 5)),
+                                    ("mirror", np.float64, (3, 100)), ("constant", np.int32, (50, 1))):
+            a = (rng.random((150, 100)) * 200).astype(dtype)
+            d = da.from_array(a, chunks=chunks)
+            k = rng.random((5, 7))
+            y = client.persist(ndi.correlate(d, k, mode=mode, cval=-1.0))
+            distributed.wait(y)
+            held = client.has_what()
+            ours = {k for keys in held.values() for k in keys if y.name in str(k)}
+            assert len(held) == 2 and len(ours) == int(np.prod(y.numblocks))  # every chunk on a worker
+            assert np.array_equal(y.compute(), sndi.correlate(a, k, mode=mode, cval=-1.0)), (mode, dtype)
+        g = ndi.gaussian_filter(da.from_array(a.astype(np.float32), chunks=(40, 30)), 3)
+        assert np.array_equal(client.compute(g).result(), sndi.gaussian_filter(a.astype(np.float32), 3))
