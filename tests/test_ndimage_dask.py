@@ -86,22 +86,34 @@ def test_the_property_reached_its_cases():
 
 
 def test_a_chunk_reads_only_the_chunks_its_halo_reaches_and_runs_anywhere():
-    """A 3x3 correlate on 4x4 chunks of 6 x 6 blocks: an interior chunk's task depends on its
-    3 x 3 neighbourhood, an edge chunk under 'wrap' on the far side's chunks too; no other
-    tasks (no padded copy, no rechunk); the same values on the synchronous scheduler."""
+    """A 3x3 correlate on 4x4 chunks of 6 x 6 blocks: an interior chunk's task reads its own
+    chunk and strips of its 3 x 3 neighbourhood (slicing tasks where the neighbours are, so
+    only the strips travel), an edge chunk under 'wrap' strips of the far side's chunks; the
+    same values on the synchronous scheduler."""
+    from dask.core import get_dependencies
+
     a = np.arange(24 * 24, dtype=np.float64).reshape(24, 24)
     d = da.from_array(a, chunks=4)
     y = ndi.correlate(d, np.ones((3, 3)), mode="wrap")
     graph = dict(y.__dask_graph__())
-    ours = {k: v for k, v in graph.items() if k[0] == y.name}
-    assert len(ours) == 36 and len(graph) == 36 + 36  # the input's 36 chunks and one task per output chunk
-    deps = y.__dask_graph__().dependencies if hasattr(y.__dask_graph__(), "dependencies") else None
-    assert deps is not None
-    from dask.core import get_dependencies
+    assert sum(1 for k in graph if k[0] == y.name) == 36  # one task per output chunk
 
-    interior = {k[1:] for k in get_dependencies(graph, (y.name, 2, 3))}
+    def reads(key):
+        inputs, strips = set(), 0
+        for dep in get_dependencies(graph, key):
+            if dep[0] == d.name:
+                inputs.add(dep[1:])
+            else:  # a slicing task on one input chunk
+                (src,) = get_dependencies(graph, dep)
+                inputs.add(src[1:])
+                strips += dask.get(graph, dep).size
+        return inputs, strips
+
+    interior, strips = reads((y.name, 2, 3))
     assert interior == {(i, j) for i in (1, 2, 3) for j in (2, 3, 4)}
-    corner = {k[1:] for k in get_dependencies(graph, (y.name, 0, 0))}
+    # the window is the chunk grown by the reach bound (3) on each side: 10 x 10 = 16 own + 84 from strips
+    assert strips == 10 * 10 - 16
+    corner, _ = reads((y.name, 0, 0))
     assert corner == {(i, j) for i in (5, 0, 1) for j in (5, 0, 1)}
     with dask.config.set(scheduler="sync"):
         assert np.array_equal(y.compute(), sndi.correlate(a, np.ones((3, 3)), mode="wrap"))
@@ -119,8 +131,8 @@ def test_a_dask_distributed_cluster_of_worker_processes_computes_it_exactly():
     rng = np.random.default_rng(1)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
             distributed.Client(lc) as client:
-        for mode, dtype, chunks in (("reflect", np.float32, (64, 48)), ("wrap", np.uint8, (7, 5)),
-                                    ("mirror", np.float64, (3, 100)), ("constant", np.int32, (50, 1))):
+        for mode, dtype, chunks in (("reflect", np.float32, (64, 48)), ("wrap", np.uint8, (23, 17)),
+                                    ("mirror", np.float64, (3, 100)), ("constant", np.int32, (50, 6))):
             a = (rng.random((150, 100)) * 200).astype(dtype)
             d = da.from_array(a, chunks=chunks)
             k = rng.random((5, 7))

@@ -11,8 +11,9 @@ away, and kernels longer than a chunk or the image are read as scipy reads them)
 function on it and keeps the chunk's outputs: those read only the window, the same values
 in the same order as a call on the whole image, so each chunk is bit for bit the whole
 call's (on backend 'ndimage'; a fast backend keeps its own guarantee).  No padded copy of
-the array is made and nothing is rechunked; a task holds its window, the input chunks it
-reads and its output chunk.
+the array is made and nothing is rechunked: where a task reads part of a neighbouring
+chunk, a slicing task beside that chunk cuts the strip it needs, so only strips travel
+between workers; a task holds its own chunk, the strips, its window and its output chunk.
 
 The graph is plain Dask: it runs on any scheduler (threads, processes, dask.distributed).
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import operator
 from collections.abc import Callable
 
 import numpy as np
@@ -92,11 +94,31 @@ def _lazily(func, arguments: dict, extras: dict, reach):
             s = [source_index(p, d.shape[a], modes[a]) for p in range(b0 - r, b1 + r)]
             sources.append(np.array([-1 if v is None else v for v in s], dtype=np.int64))
         held = [np.unique(np.searchsorted(starts[a], s[s >= 0], side="right") - 1) for a, s in enumerate(sources)]
-        parts = list(itertools.product(*held))
+        pieces, places = [], []
+        for part in itertools.product(*held):
+            # the box of this input chunk the window reads (a slice per axis where it reads it
+            # forwards in one run, else indices), and where in the window it goes
+            pos, off = [], []
+            for a, c in enumerate(part):
+                c0, c1 = starts[a][c], starts[a][c + 1]
+                inside = (sources[a] >= c0) & (sources[a] < c1)
+                pos.append(_as_slice(np.nonzero(inside)[0]))
+                off.append(_as_slice(sources[a][inside] - c0))
+            whole = all(isinstance(o, slice) and o == slice(0, int(starts[a][c + 1] - starts[a][c]))
+                        for a, (o, c) in enumerate(zip(off, part)))
+            if whole:  # the chunk itself (the block's own, or a neighbour thinner than the halo)
+                pieces.append((d.name, *part))
+            else:  # only the strip it needs travels: a slicing task where the chunk is
+                key = (f"{name}-halo", *block, *part)
+                index = tuple(off) if all(isinstance(o, slice) for o in off) else np.ix_(*map(_as_index, off))
+                dsk[key] = (operator.getitem, (d.name, *part), index)
+                pieces.append(key)
+            places.append(tuple(pos))
         crop = tuple(slice(r, r + int(starts[a][block[a] + 1] - starts[a][block[a]])) for a, r in enumerate(lo_hi))
-        task = functools.partial(_chunk, call=call, parts=parts, starts=starts, sources=sources, cval=cval,
-                                 dtype=d.dtype, out_dtype=dtype, crop=crop)
-        dsk[(name, *block)] = (task, [(d.name, *p) for p in parts])
+        task = functools.partial(_chunk, call=call, places=places, shape=tuple(len(s) for s in sources),
+                                 constant=any((s < 0).any() for s in sources), cval=cval, dtype=d.dtype,
+                                 out_dtype=dtype, crop=crop)
+        dsk[(name, *block)] = (task, pieces)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[d])
     return da.Array(graph, name, chunks=d.chunks, dtype=dtype)
 
@@ -116,25 +138,33 @@ def _modes(mode, ndim: int, arguments: dict) -> list[str]:
     return out
 
 
-def _chunk(arrays, *, call, parts, starts, sources, cval, dtype, out_dtype, crop):
-    """One output chunk: its window assembled from the input chunks it reads (``arrays``, in
-    the order of ``parts``), the function on the window, the chunk's outputs kept."""
-    shape = tuple(len(s) for s in sources)
+def _chunk(arrays, *, call, places, shape, constant, cval, dtype, out_dtype, crop):
+    """One output chunk: its window assembled from the boxes of the input chunks it reads
+    (``arrays``, each going to its ``places`` entry), the function on the window, the
+    chunk's outputs kept."""
     window_dtype = dtype
-    if any((s < 0).any() for s in sources) and not _holds(dtype, cval):
+    if constant and not _holds(dtype, cval):
         window_dtype = np.float64  # scipy reads cval as a float64 beside the input's values
     window = np.empty(shape, window_dtype)
-    if any((s < 0).any() for s in sources):
+    if constant:
         window.fill(cval)
-    for arr, part in zip(arrays, parts):
-        pos, off = [], []
-        for a, c in enumerate(part):
-            c0, c1 = starts[a][c], starts[a][c + 1]
-            inside = (sources[a] >= c0) & (sources[a] < c1)
-            pos.append(np.nonzero(inside)[0])
-            off.append(sources[a][inside] - c0)
-        window[np.ix_(*pos)] = arr[np.ix_(*off)]
+    for arr, pos in zip(arrays, places):
+        if all(isinstance(p, slice) for p in pos):
+            window[pos] = arr
+        else:  # a box the mode reads backwards or in pieces
+            window[np.ix_(*map(_as_index, pos))] = arr
     return call(window, output=out_dtype)[crop]
+
+
+def _as_slice(index: np.ndarray):
+    """``index`` as a slice where it is a run of consecutive ascending integers, else itself."""
+    if len(index) and index[-1] - index[0] == len(index) - 1 and (len(index) < 2 or (np.diff(index) == 1).all()):
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return index
+
+
+def _as_index(index) -> np.ndarray:
+    return np.arange(index.start, index.stop) if isinstance(index, slice) else index
 
 
 def _holds(dtype, value) -> bool:

@@ -1,0 +1,111 @@
+"""haloconv.ndimage on Dask against dask-image, side by side on one dask.distributed
+LocalCluster (issue 30's benchmark).
+
+    .venv/bin/python benchmarks/dask_peers.py [--size 16384] [--chunk 2048] [--repeat 1]
+
+An S x S float32 Zarr array of uniform noise (chunks C x C), written once; then, per filter
+(box 5x5, gaussian:2, a dense random 15x15; mode 'reflect'), each method reads the Zarr
+array as a dask array, filters it and writes a Zarr array of the same chunks, on a
+LocalCluster of 2 worker processes x 1 thread:
+  haloconv     haloconv.ndimage.correlate / gaussian_filter (backend 'ndimage': bit for bit
+               scipy; one task per output chunk reading the chunks its halo reaches)
+  haloconv-auto  the same with backend='auto' (OpenCV per chunk, within float32 of scipy)
+  dask-image   dask_image.ndfilters.correlate / gaussian_filter (map_overlap)
+and, on the threaded scheduler (2 threads) in this process, the same haloconv graph
+(haloconv-threads). Wall time (best of --repeat), each worker's peak resident memory (psutil,
+sampled every 20 ms from here), the outputs' largest difference from each other, the load
+average. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import dask
+import dask.array as da
+import dask_image.ndfilters as dndf
+import numpy as np
+import psutil
+import zarr
+from distributed import Client, LocalCluster
+
+from haloconv import ndimage as hndi
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--size", type=int, default=16384)
+ap.add_argument("--chunk", type=int, default=2048)
+ap.add_argument("--repeat", type=int, default=1)
+args = ap.parse_args()
+
+
+def peak_watch(pids: list[int], stop: threading.Event, peaks: dict) -> None:
+    procs = [psutil.Process(p) for p in pids]
+    while not stop.is_set():
+        for p in procs:
+            try:
+                peaks[p.pid] = max(peaks.get(p.pid, 0), p.memory_info().rss)
+            except psutil.Error:
+                pass
+        time.sleep(0.02)
+
+
+def main() -> None:
+    rng = np.random.default_rng(0)
+    k15 = rng.random((15, 15))
+    k15 /= k15.sum()
+    filters = {
+        "box 5x5": (lambda m, d, **kw: m.correlate(d, np.full((5, 5), 1 / 25), **kw)),
+        "gaussian:2": (lambda m, d, **kw: m.gaussian_filter(d, 2, **kw)),
+        "dense 15x15": (lambda m, d, **kw: m.correlate(d, k15, **kw)),
+    }
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
+        src = Path(tmp) / "in.zarr"
+        z = zarr.create_array(str(src), shape=(args.size, args.size), chunks=(args.chunk, args.chunk), dtype="f4")
+        for r0 in range(0, args.size, args.chunk):
+            z[r0:r0 + args.chunk] = rng.random((min(args.chunk, args.size - r0), args.size), dtype=np.float32)
+        print(f"{args.size}^2 float32 Zarr, chunks {args.chunk}^2 ({args.size ** 2 * 4 / 2**30:.1f} GiB); "
+              f"LocalCluster 2 workers x 1 thread")
+        print("| filter | method | seconds | x dask-image | peak MiB per worker | max diff | load |")
+        print("|---|---|---|---|---|---|---|")
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                          memory_limit=None) as lc, Client(lc) as client:
+            pids = list(client.run(os.getpid).values())
+            for fname, f in filters.items():
+                results = {}
+                for method, mod, kw in (("haloconv", hndi, {}), ("haloconv-auto", hndi, {"backend": "auto"}),
+                                        ("dask-image", dndf, {}), ("haloconv-threads", hndi, {})):
+                    best, peak = np.inf, {}
+                    out = Path(tmp) / f"{method}.zarr"
+                    for _ in range(args.repeat):
+                        d = da.from_zarr(str(src))
+                        y = f(mod, d, **kw)
+                        stop, peaks = threading.Event(), {}
+                        watcher = threading.Thread(target=peak_watch, args=(pids, stop, peaks))
+                        watcher.start()
+                        t0 = time.perf_counter()
+                        if method == "haloconv-threads":
+                            with dask.config.set(scheduler="threads", num_workers=2):
+                                y.to_zarr(str(out), overwrite=True, compute=True)
+                        else:
+                            client.compute(y.to_zarr(str(out), overwrite=True, compute=False)).result()
+                        best = min(best, time.perf_counter() - t0)
+                        stop.set()
+                        watcher.join()
+                        peak = peaks
+                    results[method] = (best, peak, out)
+                ref = da.from_zarr(str(results["dask-image"][2]))
+                for method, (t, peak, out) in results.items():
+                    diff = float(abs(da.from_zarr(str(out)) - ref).max().compute(scheduler="threads"))
+                    per = "-" if method == "haloconv-threads" else \
+                        " / ".join(f"{v / 2**20:.0f}" for v in peak.values())
+                    print(f"| {fname} | {method} | {t:.2f} | {results['dask-image'][0] / t:.2f} | {per} | "
+                          f"{diff:.3g} | {os.getloadavg()[0]:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
