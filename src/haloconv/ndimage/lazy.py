@@ -80,6 +80,15 @@ def _lazily(func, arguments: dict, extras: dict, reach):
     call = functools.partial(func, **kw)
     # the result's dtype: the function on a one-element array (an argument error surfaces here)
     dtype = call(np.zeros((1,) * d.ndim, d.dtype), output=output).dtype
+    if (kw.get("backend", "ndimage") == "ndimage" and kw.get("engine", "threads") == "threads"
+            and d.dtype != np.float16 and not func.__name__.startswith("uniform")):
+        # backend 'ndimage' is bit for bit scipy.ndimage's own call, and a chunk is one tile:
+        # scipy on the window directly, without splitting it again (the uniform filters stay
+        # haloconv's, a window's plain sum, as on numpy arrays; scipy takes no float16)
+        import scipy.ndimage
+
+        theirs = {k: v for k, v in kw.items() if k not in ("workers", "partition", "backend", "engine")}
+        call = functools.partial(getattr(scipy.ndimage, func.__name__), **theirs)
     lo_hi = reach(dict(arguments), d.ndim)
     modes = _modes(arguments.get("mode", "reflect"), d.ndim, arguments)
     cval = arguments.get("cval", 0.0)
