@@ -119,14 +119,28 @@ def workers_of(pid: int | None = None) -> list[int]:
 
 # below this, numpy's own allocation (small arrays come from its heap, not fresh pages)
 SMALL_PAGES_FROM = 1 << 22
+def _mapping(nbytes: int, advice: int | None) -> np.ndarray:
+    """A private anonymous mapping with ``advice``: given back to the kernel when the array
+    goes (unlike the C heap, which keeps what a long-running process frees), and private
+    (a shared one is shmem, which THP's ``shmem_enabled``, not its advice, governs)."""
+    m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if advice is not None:
+        try:
+            m.madvise(advice)
+        except OSError:  # pragma: no cover - a kernel without THP
+            pass
+    return np.frombuffer(m, np.uint8)
+
+
 def _huge(nbytes: int) -> np.ndarray:
-    """numpy's own: large arrays come with the transparent-huge-page advice (madvise)."""
-    return np.empty(nbytes, np.uint8)
+    """Memory advised for transparent huge pages (MADV_HUGEPAGE), as numpy advises its own
+    large arrays."""
+    return _mapping(nbytes, getattr(mmap, "MADV_HUGEPAGE", None))
 
 
 def _ordinary(nbytes: int) -> np.ndarray:
-    """An anonymous mapping without the advice: ordinary pages, whatever THP is set to."""
-    return np.frombuffer(mmap.mmap(-1, nbytes), np.uint8)
+    """Memory advised against huge pages (ordinary pages whatever THP is set to)."""
+    return _mapping(nbytes, getattr(mmap, "MADV_NOHUGEPAGE", None))
 
 
 def free_huge_bytes() -> int | None:
@@ -158,7 +172,8 @@ def page_kind(nbytes: int) -> str:
     (memory fragmented, a big page cache), the first touch of memory advised for huge pages
     compacts memory synchronously (THP defrag 'madvise') and costs more than the filter that
     writes it.  Which holds is the host's state at the call, so it is read at the call: huge
-    pages while the free huge-page blocks (/proc/buddyinfo) hold twice the result."""
+    pages while the free huge-page blocks (/proc/buddyinfo) hold twice the result.  Either
+    way the result is a mapping of its own, given back when it goes."""
     forced = os.environ.get("HALOCONV_PAGES", "")
     if forced in ("huge", "ordinary"):
         return forced
