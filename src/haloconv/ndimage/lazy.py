@@ -16,6 +16,11 @@ chunk, a slicing task beside that chunk cuts the strip it needs, so only strips 
 between workers; a task holds its own chunk, the strips, its window and its output chunk.
 
 The graph is plain Dask: it runs on any scheduler (threads, processes, dask.distributed).
+
+One exception: the filters that chain passes along axes (``CHAINED``) under mode
+'constant' with a nonzero ``cval``.  scipy pads each pass's result with ``cval``; a window
+would hold the earlier passes applied to ``cval`` instead (equal only when ``cval`` is 0).
+There the function runs on the whole array as one task: still lazy and exact, not split.
 """
 
 from __future__ import annotations
@@ -92,6 +97,12 @@ def _lazily(func, arguments: dict, extras: dict, reach):
     lo_hi = reach(dict(arguments), d.ndim)
     modes = _modes(arguments.get("mode", "reflect"), d.ndim, arguments)
     cval = arguments.get("cval", 0.0)
+    if func.__name__ in CHAINED and "constant" in modes and cval != 0:
+        # scipy pads each pass's result with cval, where a window holds the earlier passes
+        # applied to cval: equal only for cval 0; here the function runs on the array whole
+        # (one task, still lazy)
+        whole = d.rechunk(d.shape)
+        return whole.map_blocks(lambda b: call(b, output=dtype), dtype=dtype).rechunk(d.chunks)
     starts = [np.cumsum((0, *c)) for c in d.chunks]
     name = f"haloconv-{func.__name__}-" + tokenize(d, func.__name__, kw, str(dtype), lo_hi)
     dsk = {}
@@ -130,6 +141,11 @@ def _lazily(func, arguments: dict, extras: dict, reach):
         dsk[(name, *block)] = (task, pieces)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[d])
     return da.Array(graph, name, chunks=d.chunks, dtype=dtype)
+
+
+# the filters that run passes along axes one after another, each on the last one's result
+CHAINED = ("gaussian_filter", "uniform_filter", "sobel", "prewitt", "gaussian_laplace",
+           "gaussian_gradient_magnitude")
 
 
 def _modes(mode, ndim: int, arguments: dict) -> list[str]:
