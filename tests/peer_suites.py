@@ -3,6 +3,7 @@ test_dask_image_suite.py): the peer's functions swapped for haloconv's, each cal
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import types
 
@@ -21,6 +22,22 @@ class Counts:
 
     def reached(self) -> int:
         return sum(1 for v in self.ran.values() if v)
+
+    @contextlib.contextmanager
+    def counting(self, nodeid: str):
+        """The calls of haloconv the test ``nodeid`` makes while inside."""
+        before = self.calls["haloconv"]
+        yield
+        self.ran[nodeid] = self.calls["haloconv"] - before
+
+
+def swap_peer_functions(item, by_theirs: dict) -> None:
+    """A test parametrized with one of the peer's functions gets its Split in its place
+    (``by_theirs``: the peer's function -> Split; called from conftest through swap_params)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    for key, value in list(params.items()):
+        if callable(value) and value in by_theirs:
+            params[key] = by_theirs[value]
 
 
 class Split:

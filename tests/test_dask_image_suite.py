@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from peer_suites import Counts, Shim, Split
+from peer_suites import Counts, Shim, Split, swap_peer_functions
 
 dask_ndf = pytest.importorskip("dask_image.ndfilters")
 FILES = ("test__conv.py", "test__gaussian.py", "test__smooth.py", "test__edge.py", "test__diff.py")
@@ -73,10 +73,7 @@ BY_THEIRS = {split.theirs: split for split in SPLITS.values()}
 
 def swap_params(item) -> None:
     """A test parametrized with dask-image's function gets haloconv's (called from conftest)."""
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    for key, value in list(params.items()):
-        if callable(value) and value in BY_THEIRS:
-            params[key] = BY_THEIRS[value]
+    swap_peer_functions(item, BY_THEIRS)
     for start, (reason, raises) in DIFFERS_FROM_SCIPY.items():
         if item.name == start or (start.endswith("-") and item.name.startswith(start)):
             item.add_marker(pytest.mark.xfail(strict=True, raises=raises, reason=reason))
@@ -91,9 +88,8 @@ def _pointed_at_haloconv(monkeypatch, request):
         monkeypatch.setattr(module, "dask_image", types.SimpleNamespace(ndfilters=shim))
     if any(word in request.node.name for word in ON_PROCESSES):
         monkeypatch.setattr(counts, "clusters", request.getfixturevalue("clusters"))
-    before = counts.calls["haloconv"]
-    yield
-    counts.ran[request.node.nodeid] = counts.calls["haloconv"] - before
+    with counts.counting(request.node.nodeid):
+        yield
 
 
 def test_zz_dask_images_tests_ran_haloconv_split():

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from peer_suites import Counts, Shim, Split
+from peer_suites import Counts, Shim, Split, swap_peer_functions
 
 scipy_tests = pytest.importorskip("scipy.ndimage.tests.test_filters")
 import scipy.ndimage as sndi  # noqa: E402
@@ -37,10 +37,7 @@ shim = Shim("ndimage", sndi, {name: SPLITS[getattr(sndi, name)] for name in COVE
 
 def swap_params(item) -> None:
     """A test parametrized with scipy's function gets haloconv's (called from conftest)."""
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    for key, value in list(params.items()):
-        if callable(value) and value in SPLITS:
-            params[key] = SPLITS[value]
+    swap_peer_functions(item, SPLITS)
     for name, reason in EXPECTED_TO_FAIL.items():
         if item.name.split("[")[0] == name:
             item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
@@ -59,9 +56,8 @@ def num_parallel_threads():
 @pytest.fixture(autouse=True)
 def _pointed_at_haloconv(monkeypatch, request):
     monkeypatch.setattr(scipy_tests, "ndimage", shim)
-    before = counts.calls["haloconv"]
-    yield
-    counts.ran[request.node.nodeid] = counts.calls["haloconv"] - before
+    with counts.counting(request.node.nodeid):
+        yield
 
 
 # every test of scipy's file, collected here

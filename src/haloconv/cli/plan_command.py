@@ -19,10 +19,10 @@ from . import options, report
 from .console import Console
 
 
-def _problem_shapes(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[int, ...] | np.ndarray, int, str]:
-    """(x shape, the filter: --kernel's values, or --weight-shape's shape, groups, name)
-    without making data for --random.  The values, as `haloconv run` has them: which
-    backends apply can depend on them (separable: rank-1 kernels)."""
+def _problem_shapes(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[int, ...], np.ndarray | None, int, str]:
+    """(x shape, weight shape, the filter's values (--kernel's; None for --weight-shape),
+    groups, name) without making data for --random.  The values, as `haloconv run` has
+    them: which backends apply can depend on them (separable: rank-1 kernels)."""
     if args.random:
         x_shape = options.random_shape(args.random)
         name = f"random{'x'.join(map(str, x_shape))}"
@@ -34,17 +34,15 @@ def _problem_shapes(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[in
         if w_shape is None or len(w_shape) != len(x_shape):
             raise ValueError(f"--weight-shape must be C_out x C_in/groups x kernel... matching the input, "
                              f"got {args.weight_shape!r}")
-        return tuple(x_shape), tuple(w_shape), x_shape[1] // w_shape[1], name
+        return tuple(x_shape), tuple(w_shape), None, x_shape[1] // w_shape[1], name
     weight, groups = filters.load_kernel(args.kernel, x_shape[1], len(x_shape) - 2)
-    return tuple(x_shape), weight, groups, name
+    return tuple(x_shape), tuple(weight.shape), weight, groups, name
 
 
 def command(args: argparse.Namespace, console: Console) -> int:
     from . import plots
 
-    x_shape, weight, groups, name = _problem_shapes(args)
-    w_shape = tuple(weight.shape) if isinstance(weight, np.ndarray) else weight
-    values = weight if isinstance(weight, np.ndarray) else None
+    x_shape, w_shape, values, groups, name = _problem_shapes(args)
     spec = options.spec(args, x_shape, w_shape, groups)
     args.engine = options.default_engine(args, spec)  # the one `haloconv run` would use
     prof = cost.load_profile(args.profile)
@@ -55,7 +53,7 @@ def command(args: argparse.Namespace, console: Console) -> int:
     ranked = cost.candidates(spec, workers, prof, itemsize, backend=args.backend or backends.default_for(spec),
                              engine=args.engine, memory_budget=options.budget(args), weight=values)
     if args.partition != "auto":
-        chosen = options.plan(args, x_shape, weight, groups, workers)
+        chosen = options.plan(args, x_shape, w_shape if values is None else values, groups, workers)
         ranked = [cost.predict(chosen, prof, itemsize, args.engine)] + [
             q for q in ranked if q.plan.splits != chosen.splits or q.plan.backend != chosen.backend]
     if not ranked:

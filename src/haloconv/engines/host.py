@@ -119,6 +119,10 @@ def workers_of(pid: int | None = None) -> list[int]:
 
 # below this, numpy's own allocation (small arrays come from its heap, not fresh pages)
 SMALL_PAGES_FROM = 1 << 22
+# the advice each page kind is asked for (None where this Python's mmap has no such advice)
+ADVICE = {"huge": getattr(mmap, "MADV_HUGEPAGE", None), "ordinary": getattr(mmap, "MADV_NOHUGEPAGE", None)}
+
+
 def _mapping(nbytes: int, advice: int | None) -> np.ndarray:
     """A private anonymous mapping with ``advice``: given back to the kernel when the array
     goes (unlike the C heap, which keeps what a long-running process frees), and private
@@ -130,17 +134,6 @@ def _mapping(nbytes: int, advice: int | None) -> np.ndarray:
         except OSError:  # pragma: no cover - a kernel without THP
             pass
     return np.frombuffer(m, np.uint8)
-
-
-def _huge(nbytes: int) -> np.ndarray:
-    """Memory advised for transparent huge pages (MADV_HUGEPAGE), as numpy advises its own
-    large arrays."""
-    return _mapping(nbytes, getattr(mmap, "MADV_HUGEPAGE", None))
-
-
-def _ordinary(nbytes: int) -> np.ndarray:
-    """Memory advised against huge pages (ordinary pages whatever THP is set to)."""
-    return _mapping(nbytes, getattr(mmap, "MADV_NOHUGEPAGE", None))
 
 
 def free_huge_bytes() -> int | None:
@@ -189,5 +182,4 @@ def empty(shape, dtype) -> np.ndarray:
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < SMALL_PAGES_FROM:
         return np.empty(shape, dtype)
-    buf = _huge(nbytes) if page_kind(nbytes) == "huge" else _ordinary(nbytes)
-    return buf.view(dtype).reshape(shape)
+    return _mapping(nbytes, ADVICE[page_kind(nbytes)]).view(dtype).reshape(shape)

@@ -21,17 +21,22 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
-import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from haloconv.ndimage import lazy
+from haloconv.ndimage.arguments import (
+    as_int,
+    axes_of,
+    haloconv_mode,
+    holds,
+    invalid_origin,
+    new_output,
+    one_axis,
+    per_axis,
+)
 
-# scipy.ndimage's mode names -> haloconv's padding modes (planning/spec.py)
-MODES = {"reflect": "symmetric", "grid-mirror": "symmetric", "mirror": "reflect", "nearest": "replicate",
-         "wrap": "circular", "grid-wrap": "circular", "constant": "constant", "grid-constant": "constant"}
 MAX_SPATIAL = 3  # the most axes a plan splits and filters (ConvSpec: 1-3 spatial dims)
 
 
@@ -104,21 +109,21 @@ def correlate1d(input, weights, axis=-1, output=None, mode="reflect", cval=0.0, 
     if input.dtype.kind == "c" or weights.dtype.kind == "c":
         if weights.dtype.kind == "c":
             weights = weights.conj().astype(np.complex128, copy=False)
-        return _complex(correlate1d, input, weights, _output(output, input, complex_output=True), cval,
+        return _complex(correlate1d, input, weights, new_output(output, input, complex_output=True), cval,
                         dict(axis=axis, mode=mode, origin=origin, **opts))
     weights = np.asarray(weights, dtype=np.float64)
     if weights.ndim != 1 or weights.shape[0] < 1:
         raise RuntimeError("no filter weights given")
-    axis = _axis(axis, input.ndim, "axis")
-    origin = _int(origin, "origin")
-    if _invalid_origin(origin, len(weights)):
+    axis = one_axis(axis, input.ndim, "axis")
+    origin = as_int(origin, "origin")
+    if invalid_origin(origin, len(weights)):
         raise ValueError("Invalid origin; origin must satisfy -(len(weights) // 2) <= origin <= "
                          "(len(weights)-1) // 2")
     shape = [1] * input.ndim
     shape[axis] = len(weights)
     origins = [0] * input.ndim
     origins[axis] = origin
-    return _run(input, weights.reshape(shape), origins, list(range(input.ndim)), _output(output, input), mode, cval,
+    return _run(input, weights.reshape(shape), origins, list(range(input.ndim)), new_output(output, input), mode, cval,
                 opts, one_d=True)
 
 
@@ -129,7 +134,7 @@ def convolve1d(input, weights, axis=-1, output=None, mode="reflect", cval=0.0, o
     across workers; parameters as ``correlate1d``."""
     weights = np.asarray(weights)
     weights = weights[::-1]
-    origin = -_int(origin, "origin")
+    origin = -as_int(origin, "origin")
     if not weights.shape[0] & 1:
         origin -= 1
     if weights.dtype.kind == "c":  # pre-conjugate: correlate1d conjugates again
@@ -145,29 +150,29 @@ def _correlate_or_convolve(input, weights, output, mode, cval, origin, axes, con
         if weights.dtype.kind == "c" and not convolution:
             weights = weights.conj()  # as np.correlate: the weights conjugated, not the input
         func = convolve if convolution else correlate
-        return _complex(func, input, weights, _output(output, input, complex_output=True), cval,
+        return _complex(func, input, weights, new_output(output, input, complex_output=True), cval,
                         dict(mode=mode, origin=origin, axes=axes, **opts))
-    axes = _axes(axes, input.ndim)
+    axes = axes_of(axes, input.ndim)
     weights = np.asarray(weights, dtype=np.float64)
     if len(axes) < input.ndim:
         if weights.ndim != len(axes):
             raise RuntimeError(f"weights.ndim ({weights.ndim}) must match len(axes) ({len(axes)})")
         weights = np.expand_dims(weights, tuple(a for a in range(input.ndim) if a not in axes))
     origins = [0] * input.ndim
-    for o, a in zip(_per_axis(origin, len(axes)), axes):
-        origins[a] = _int(o, "origin")
+    for o, a in zip(per_axis(origin, len(axes)), axes):
+        origins[a] = as_int(o, "origin")
     if weights.ndim != input.ndim or 0 in weights.shape:
         raise RuntimeError(f"weights.ndim ({weights.ndim}) must match len(axes) ({len(axes)})")
     if convolution:
         weights = weights[(slice(None, None, -1),) * weights.ndim]
         origins = [-o - (0 if k & 1 else 1) for o, k in zip(origins, weights.shape)]
     for o, k in zip(origins, weights.shape):
-        if _invalid_origin(o, k):
+        if invalid_origin(o, k):
             raise ValueError("Invalid origin; origin must satisfy -(weights.shape[k] // 2) <= origin[k] <= "
                              "(weights.shape[k]-1) // 2")
     if not isinstance(mode, str) and isinstance(mode, Sequence):
         raise RuntimeError("A sequence of modes is not supported")
-    return _run(input, weights, origins, axes, _output(output, input), mode, cval, opts, one_d=False)
+    return _run(input, weights, origins, axes, new_output(output, input), mode, cval, opts, one_d=False)
 
 
 def _run(input: np.ndarray, weights: np.ndarray, origins: list[int], axes: list[int], output: np.ndarray, mode,
@@ -178,7 +183,7 @@ def _run(input: np.ndarray, weights: np.ndarray, origins: list[int], axes: list[
     kernel is longer than 1 on (or has an origin); the other axes are its batch."""
     from haloconv.engines import array_threads
 
-    padding_mode = _padding_mode(mode, cval)
+    padding_mode = haloconv_mode(mode, cval)
     spatial = sorted(axes) if len(axes) <= MAX_SPATIAL else (
         [a for a in range(input.ndim) if weights.shape[a] > 1 or origins[a] != 0] or [input.ndim - 1])
     if input.size == 0:
@@ -200,7 +205,7 @@ def _run(input: np.ndarray, weights: np.ndarray, origins: list[int], axes: list[
     if x.dtype == np.float16 or x.dtype == np.bool_:  # scipy takes no float16: float32 here
         compute = np.dtype(np.float32) if x.dtype == np.float16 else np.dtype(np.uint8)
         x = x.astype(compute)
-    if isinstance(padding_mode, float) and not _holds(compute, padding_mode):
+    if isinstance(padding_mode, float) and not holds(compute, padding_mode):
         # scipy reads cval as a float64 beside the input's values: a window of the input's
         # dtype could not hold it (-1 in uint8), so the input is read as float64 (exactly)
         x = x.astype(np.float64)
@@ -216,12 +221,10 @@ def _run(input: np.ndarray, weights: np.ndarray, origins: list[int], axes: list[
         fast = np.dtype(np.float32) if x.dtype.itemsize <= 2 or x.dtype == np.float32 else np.dtype(np.float64)
         x, w = x.astype(fast, copy=False), w.astype(fast)
         result_dtype = fast
-    partition = opts["partition"]
-    plan = _plan(tuple(x.shape), tuple(w.shape), tuple(pads), padding_mode, opts["workers"],
-                 tuple(partition) if isinstance(partition, list) else partition, backend)
+    partition = tuple(opts["partition"]) if isinstance(opts["partition"], list) else opts["partition"]
+    plan = _plan(tuple(x.shape), tuple(w.shape), tuple(pads), padding_mode, opts["workers"], partition, backend)
     if backend == "auto" and not array_threads.runs(plan):  # the cost model's pick takes no arrays (fft)
-        plan = _plan(tuple(x.shape), tuple(w.shape), tuple(pads), padding_mode, opts["workers"],
-                     tuple(partition) if isinstance(partition, list) else partition, "ndimage")
+        plan = _plan(tuple(x.shape), tuple(w.shape), tuple(pads), padding_mode, opts["workers"], partition, "ndimage")
     if backend in ("ndimage", "ndimage1d"):
         result_dtype = dtype if dtype not in (np.float16, np.bool_) else (
             np.float32 if dtype == np.float16 else np.float64)
@@ -272,23 +275,6 @@ def _plan(x_shape, w_shape, pads, padding_mode, workers, partition, backend):
                         partition=partition, backend=backend)
 
 
-def _padding_mode(mode, cval):
-    if not isinstance(mode, str) or mode not in MODES:
-        raise RuntimeError("boundary mode not supported") if isinstance(mode, str) else TypeError(
-            f"mode must be one of {sorted(MODES)}, got {mode!r}")
-    if MODES[mode] != "constant":
-        return MODES[mode]
-    if np.iscomplexobj(cval):
-        raise ValueError("Cannot provide a complex-valued cval when the input is real.")
-    return float(cval)  # 0 is 'zeros' (ConvSpec)
-
-
-def _holds(dtype: np.dtype, value: float) -> bool:
-    """Whether ``dtype`` holds ``value`` exactly."""
-    with np.errstate(all="ignore"):
-        return bool(np.array(value).astype(dtype) == value)
-
-
 def _complex(func, input, weights, output, cval, kwargs):
     """A complex correlation as real ones (scipy.ndimage's _complex_via_real_components)."""
     ci, cw = input.dtype.kind == "c", weights.dtype.kind == "c"
@@ -308,77 +294,3 @@ def _complex(func, input, weights, output, cval, kwargs):
     return output
 
 
-def _output(output, input: np.ndarray, complex_output: bool = False) -> np.ndarray:
-    """The array the result goes to, made as scipy.ndimage makes it (its
-    _ni_support._get_output): a new one of input's dtype (complex when
-    ``complex_output``), of a given dtype, or ``output`` itself."""
-    shape = input.shape
-    if output is None:
-        dtype = np.promote_types(input.dtype, np.complex64) if complex_output else input.dtype
-        return np.zeros(shape, dtype)
-    if isinstance(output, type | np.dtype):
-        if complex_output and np.dtype(output).kind != "c":
-            warnings.warn("promoting specified output dtype to complex", stacklevel=3)
-            output = np.promote_types(output, np.complex64)
-        return np.zeros(shape, output)
-    if isinstance(output, str):
-        dtype = np.dtype(output)
-        if complex_output and dtype.kind != "c":
-            raise RuntimeError("output must have complex dtype")
-        if not issubclass(dtype.type, np.number):
-            raise RuntimeError("output must have numeric dtype")
-        return np.zeros(shape, dtype)
-    output = np.asarray(output)
-    if output.shape != shape:
-        raise RuntimeError("output shape not correct")
-    if complex_output and output.dtype.kind != "c":
-        raise RuntimeError("output must have complex dtype")
-    return output
-
-
-def _int(value, name: str) -> int:
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {value!r}") from None
-
-
-def _axis(axis, ndim: int, name: str) -> int:
-    a = _int(axis, name)
-    if not -ndim <= a < ndim:
-        raise ValueError(f"{name} {a} is out of bounds for an array of dimension {ndim}")
-    return a % ndim
-
-
-def _axes(axes, ndim: int) -> list[int]:
-    """The filtered axes, checked as scipy.ndimage checks them (its _ni_support._check_axes)."""
-    if axes is None:
-        return list(range(ndim))
-    if np.isscalar(axes):
-        axes = (operator.index(axes),)
-    elif isinstance(axes, Iterable):
-        axes = tuple(operator.index(a) for a in axes)
-        for a in axes:
-            if a < -ndim or a > ndim - 1:
-                raise ValueError(f"specified axis: {a} is out of range")
-        axes = tuple(a % ndim for a in axes)
-    else:
-        raise ValueError("axes must be an integer, iterable of integers, or None")
-    if len(set(axes)) != len(axes):
-        raise ValueError("axes must be unique")
-    return list(axes)
-
-
-def _per_axis(value, n: int) -> list:
-    """One value per axis, from one value or a sequence of ``n`` (scipy.ndimage's
-    _ni_support._normalize_sequence)."""
-    if isinstance(value, str) or not np.iterable(value):
-        return [value] * n
-    value = list(value)
-    if len(value) != n:
-        raise RuntimeError("sequence argument must have length equal to input rank")
-    return value
-
-
-def _invalid_origin(origin: int, k: int) -> bool:
-    return origin < -(k // 2) or origin > (k - 1) // 2

@@ -8,12 +8,11 @@ within a few units in the last place of scipy's running sum for floats)."""
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from haloconv.ndimage import lazy
-from haloconv.ndimage.correlations import _axes, _axis, _output, _per_axis, correlate, correlate1d
+from haloconv.ndimage.arguments import axes_of, gaussian_radius, new_output, one_axis, per_axis
+from haloconv.ndimage.correlations import correlate, correlate1d
 
 _SPLIT = ("workers", "partition", "backend", "engine")
 
@@ -53,14 +52,13 @@ def gaussian_filter1d(input, sigma, axis=-1, order=0, output=None, mode="reflect
                       radius=None, **split):
     """1-D Gaussian filter along ``axis``, as ``scipy.ndimage.gaussian_filter1d``, split
     across workers (``workers``, ``partition``, ``backend``, ``engine`` as haloconv.ndimage.correlate)."""
-    sd = float(sigma)
-    lw = int(truncate * sd + 0.5)
-    if radius is not None:
-        lw = radius
-    if not isinstance(lw, numbers.Integral) or lw < 0:
-        raise ValueError("Radius must be a nonnegative integer.")
-    weights = _gaussian_kernel1d(sigma, order, lw)[::-1]  # correlate, not convolve: reversed
-    return correlate1d(input, weights, axis, output, mode, cval, 0, **_split(split))
+    return correlate1d(input, _gaussian_weights(sigma, order, truncate, radius), axis, output, mode, cval, 0,
+                       **_split(split))
+
+
+def _gaussian_weights(sigma, order, truncate, radius) -> np.ndarray:
+    """gaussian_filter1d's weights, to correlate with (the kernel reversed: scipy convolves)."""
+    return _gaussian_kernel1d(sigma, order, gaussian_radius(sigma, truncate, radius))[::-1]
 
 
 @lazy.dask_aware(lazy.reach_gaussian)
@@ -80,22 +78,18 @@ def gaussian_filter(input, sigma, order=0, output=None, mode="reflect", cval=0.0
     """
     split = _split(split)
     input = np.asarray(input)
-    output = _output(output, input)
-    axes = _axes(axes, input.ndim)
+    output = new_output(output, input)
+    axes = axes_of(axes, input.ndim)
     n = len(axes)
     passes = [(axes[i], s, o, m, r) for i, (s, o, m, r) in enumerate(zip(
-        _per_axis(sigma, n), _per_axis(order, n), _per_axis(mode, n), _per_axis(radius, n))) if s > 1e-15]
+        per_axis(sigma, n), per_axis(order, n), per_axis(mode, n), per_axis(radius, n))) if s > 1e-15]
     if not passes:
         output[...] = input[...]
     if len(passes) == 2 and split.get("backend", "ndimage") != "ndimage" and len({m for *_, m, _ in passes}) == 1:
         # a float backend on an image: the passes' kernels as one separable kernel in one split call (the
         # 'separable' backend filters it as OpenCV's sepFilter2D does, rows then columns)
         # instead of a full pass over the image per axis; within float32 of scipy's passes
-        kernel = np.ones([1] * len(passes))
-        for i, (_, s_, o, _, r) in enumerate(passes):
-            lw = r if r is not None else int(truncate * float(s_) + 0.5)
-            k1 = _gaussian_kernel1d(s_, o, lw)[::-1]
-            kernel = kernel * k1.reshape([-1 if j == i else 1 for j in range(len(passes))])
+        kernel = np.outer(*(_gaussian_weights(s_, o, truncate, r) for _, s_, o, _, r in passes))
         if split["backend"] == "auto":  # rank 1 by construction
             split = dict(split, backend="separable")
         return correlate(input, kernel, output, passes[0][3], cval, axes=[a for a, *_ in passes], **split)
@@ -119,9 +113,9 @@ def sobel(input, axis=-1, output=None, mode="reflect", cval=0.0, **split):
 
 def _gradient(input, axis, output, mode, cval, smooth, split):
     input = np.asarray(input)
-    axis = _axis(axis, input.ndim, "axis")
-    output = _output(output, input)
-    modes = _per_axis(mode, input.ndim)
+    axis = one_axis(axis, input.ndim, "axis")
+    output = new_output(output, input)
+    modes = per_axis(mode, input.ndim)
     correlate1d(input, [-1, 0, 1], axis, output, modes[axis], cval, 0, **split)
     for ii in (a for a in range(input.ndim) if a != axis):
         correlate1d(output, smooth, ii, output, modes[ii], cval, 0, **split)
@@ -145,8 +139,8 @@ def gaussian_laplace(input, sigma, output=None, mode="reflect", cval=0.0, *, axe
     """Laplace filter of Gaussian second derivatives, as ``scipy.ndimage.gaussian_laplace``."""
     split = _split(split)
     input = np.asarray(input)
-    axes_ = _axes(axes, input.ndim)
-    sigmas = _per_axis(sigma, len(axes_))
+    axes_ = axes_of(axes, input.ndim)
+    sigmas = per_axis(sigma, len(axes_))
     if len(axes_) < input.ndim:  # sigma 0 on the axes not filtered
         full = [0] * input.ndim
         for s, a in zip(sigmas, axes_):
@@ -170,12 +164,12 @@ def _over_axes(input, derivative, output, mode, axes, squares: bool):
     there, the others as new arrays of its dtype), or with ``squares`` the root of the sum of
     their squares: scipy.ndimage's generic_laplace and generic_gradient_magnitude."""
     input = np.asarray(input)
-    output = _output(output, input)
-    axes = _axes(axes, input.ndim)
+    output = new_output(output, input)
+    axes = axes_of(axes, input.ndim)
     if not axes:
         output[...] = input[...]
         return output
-    modes = _per_axis(mode, len(axes))
+    modes = per_axis(mode, len(axes))
     derivative(input, axes[0], output, modes[0])
     if squares:
         np.multiply(output, output, output)
@@ -210,13 +204,13 @@ def uniform_filter1d(input, size, axis=-1, output=None, mode="reflect", cval=0.0
     ``size`` inputs divided by ``size`` (scipy keeps a running sum; see the module)."""
     split = _split(split)
     input = np.asarray(input)
-    axis = _axis(axis, input.ndim, "axis")
+    axis = one_axis(axis, input.ndim, "axis")
     if size < 1:
         raise RuntimeError("incorrect filter size")
     if (size // 2 + origin < 0) or (size // 2 + origin >= size):
         raise ValueError("invalid origin")
     complex_output = input.dtype.kind == "c"
-    output = _output(output, input, complex_output=complex_output)
+    output = new_output(output, input, complex_output=complex_output)
     if complex_output:
         uniform_filter1d(input.real, size, axis, output.real, mode, np.real(cval), origin, **split)
         uniform_filter1d(input.imag, size, axis, output.imag, mode, np.imag(cval), origin, **split)
@@ -233,11 +227,11 @@ def uniform_filter(input, size=3, output=None, mode="reflect", cval=0.0, origin=
     uniform_filter1d per axis, each into ``output``."""
     split = _split(split)
     input = np.asarray(input)
-    output = _output(output, input, complex_output=input.dtype.kind == "c")
-    axes = _axes(axes, input.ndim)
+    output = new_output(output, input, complex_output=input.dtype.kind == "c")
+    axes = axes_of(axes, input.ndim)
     n = len(axes)
     passes = [(axes[i], s, o, m) for i, (s, o, m) in enumerate(zip(
-        _per_axis(size, n), _per_axis(origin, n), _per_axis(mode, n))) if s > 1]
+        per_axis(size, n), per_axis(origin, n), per_axis(mode, n))) if s > 1]
     if not passes:
         output[...] = input[...]
     for axis, s, o, m in passes:

@@ -33,12 +33,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from haloconv.ndimage.arguments import axes_of, gaussian_radius, holds, per_axis
 from haloconv.planning.geometry import source_index
-
-# scipy.ndimage's mode names -> haloconv's (as correlations.MODES; kept here so this module
-# needs nothing above planning)
-_MODES = {"reflect": "symmetric", "grid-mirror": "symmetric", "mirror": "reflect", "nearest": "replicate",
-          "wrap": "circular", "grid-wrap": "circular", "constant": "constant", "grid-constant": "constant"}
+from haloconv.planning.spec import SCIPY_MODES
 
 
 def is_dask(x) -> bool:
@@ -53,6 +50,8 @@ def dask_aware(reach: Callable[[dict, int], list[int]]):
 
     def wrap(func):
         signature = inspect.signature(func)
+        # the filters' **split: the keyword extras, passed on as they came
+        var_kw = next((n for n, p in signature.parameters.items() if p.kind is p.VAR_KEYWORD), None)
 
         @functools.wraps(func)
         def call(*args, **kwargs):
@@ -61,8 +60,7 @@ def dask_aware(reach: Callable[[dict, int], list[int]]):
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             arguments = dict(bound.arguments)
-            extras = arguments.pop(next(reversed(signature.parameters)), {}) \
-                if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()) else {}
+            extras = arguments.pop(var_kw, {}) if var_kw else {}
             return _lazily(func, arguments, extras, reach)
 
         return call
@@ -152,14 +150,14 @@ def _modes(mode, ndim: int, arguments: dict) -> list[str]:
     """haloconv's mode per input axis: one mode for all, or a sequence over the input's axes
     or over the filtered ones (``axes``)."""
     if isinstance(mode, str):
-        return [_MODES.get(mode, "constant")] * ndim
+        return [SCIPY_MODES.get(mode, "constant")] * ndim
     mode = list(mode)
     if len(mode) == ndim:
-        return [_MODES.get(m, "constant") for m in mode]
-    axes = _filtered_axes(arguments, ndim)
+        return [SCIPY_MODES.get(m, "constant") for m in mode]
+    axes = axes_of(arguments.get("axes"), ndim)
     out = ["constant"] * ndim  # axes not filtered read nothing beyond the chunk
     for a, m in zip(axes, mode):
-        out[a] = _MODES.get(m, "constant")
+        out[a] = SCIPY_MODES.get(m, "constant")
     return out
 
 
@@ -168,7 +166,7 @@ def _chunk(arrays, *, call, places, shape, constant, cval, dtype, out_dtype, cro
     (``arrays``, each going to its ``places`` entry), the function on the window, the
     chunk's outputs kept."""
     window_dtype = dtype
-    if constant and not _holds(dtype, cval):
+    if constant and not holds(dtype, cval):
         window_dtype = np.float64  # scipy reads cval as a float64 beside the input's values
     window = np.empty(shape, window_dtype)
     if constant:
@@ -192,30 +190,10 @@ def _as_index(index) -> np.ndarray:
     return np.arange(index.start, index.stop) if isinstance(index, slice) else index
 
 
-def _holds(dtype, value) -> bool:
-    with np.errstate(all="ignore"):
-        return bool(np.array(value).astype(dtype) == value)
-
-
 # -- how far each function reads -----------------------------------------------------------------
-def _filtered_axes(arguments: dict, ndim: int) -> list[int]:
-    axes = arguments.get("axes")
-    if axes is None:
-        return list(range(ndim))
-    axes = [axes] if np.isscalar(axes) else list(axes)
-    return [int(a) % ndim for a in axes]
-
-
-def _per(value, n: int) -> list:
-    return [value] * n if isinstance(value, str) or not np.iterable(value) else list(value)
-
-
-def _gaussian_radius(arguments: dict, n: int) -> list[int]:
-    sigmas = _per(arguments["sigma"], n)
-    radius = arguments.get("radius")
-    radii = _per(radius, n) if radius is not None else [None] * n
-    return [int(r) if r is not None else int(arguments.get("truncate", 4.0) * float(s) + 0.5)
-            for s, r in zip(sigmas, radii)]
+def _gaussian_radii(arguments: dict, n: int) -> list[int]:
+    return [gaussian_radius(s, arguments.get("truncate", 4.0), r)
+            for s, r in zip(per_axis(arguments["sigma"], n), per_axis(arguments.get("radius"), n))]
 
 
 def _on_axes(values: list[int], axes: list[int], ndim: int) -> list[int]:
@@ -227,8 +205,8 @@ def _on_axes(values: list[int], axes: list[int], ndim: int) -> list[int]:
 
 def reach_correlate(arguments: dict, ndim: int) -> list[int]:
     weights = np.asarray(arguments["weights"])
-    axes = _filtered_axes(arguments, ndim) if weights.ndim != ndim else list(range(ndim))
-    origins = _per(arguments.get("origin", 0), len(axes))
+    axes = axes_of(arguments.get("axes"), ndim) if weights.ndim != ndim else list(range(ndim))
+    origins = per_axis(arguments.get("origin", 0), len(axes))
     return _on_axes([k + abs(int(o)) for k, o in zip(weights.shape, origins)], axes, ndim)
 
 
@@ -238,17 +216,17 @@ def reach_correlate1d(arguments: dict, ndim: int) -> list[int]:
 
 
 def reach_gaussian1d(arguments: dict, ndim: int) -> list[int]:
-    return _on_axes(_gaussian_radius(arguments, 1), [int(arguments.get("axis", -1)) % ndim], ndim)
+    return _on_axes(_gaussian_radii(arguments, 1), [int(arguments.get("axis", -1)) % ndim], ndim)
 
 
 def reach_gaussian(arguments: dict, ndim: int) -> list[int]:
-    axes = _filtered_axes(arguments, ndim)
-    return _on_axes(_gaussian_radius(arguments, len(axes)), axes, ndim)
+    axes = axes_of(arguments.get("axes"), ndim)
+    return _on_axes(_gaussian_radii(arguments, len(axes)), axes, ndim)
 
 
 def reach_uniform(arguments: dict, ndim: int) -> list[int]:
-    axes = _filtered_axes(arguments, ndim)
-    sizes, origins = _per(arguments.get("size", 3), len(axes)), _per(arguments.get("origin", 0), len(axes))
+    axes = axes_of(arguments.get("axes"), ndim)
+    sizes, origins = per_axis(arguments.get("size", 3), len(axes)), per_axis(arguments.get("origin", 0), len(axes))
     return _on_axes([int(s) + abs(int(o)) for s, o in zip(sizes, origins)], axes, ndim)
 
 
@@ -259,4 +237,4 @@ def reach_uniform1d(arguments: dict, ndim: int) -> list[int]:
 
 def reach_one(arguments: dict, ndim: int) -> list[int]:
     """sobel, prewitt (every axis), laplace (the filtered axes): 3-tap kernels."""
-    return _on_axes([1] * ndim, _filtered_axes(arguments, ndim), ndim)
+    return _on_axes([1] * ndim, axes_of(arguments.get("axes"), ndim), ndim)
