@@ -208,7 +208,11 @@ def pytest_collection_modifyitems(config, items):
 # no longer group under pytest >= 9.2, which keeps a node's id elsewhere.)
 _SPMD_CASE = re.compile(r"\[(\w+=\S+ )*\d+ \w+\.py\b")
 CALIBRATED_FILES = ("test_cost.py", "test_backend_registry.py", "test_plan.py", "test_readme.py")
-LONGEST_FIRST = ("spmd", "calibrated", "test_heal.py", "test_stream_cli.py", "test_faults.py",
+# streams run in the test process with a 2 GB memory budget, which counts that process's own
+# resident memory: they go first, on a worker that has run nothing else (a worker that has
+# run the peers' suites can hold more than 2 GB)
+FRESH_PROCESS_FILES = ("test_stream.py", "test_safe_writes.py")
+LONGEST_FIRST = ("fresh process", "spmd", "calibrated", "test_heal.py", "test_stream_cli.py", "test_faults.py",
                  "test_cli_terminal.py", "test_hard_cases.py", "test_distributed.py", "test_scipy_filters_suite.py")
 
 
@@ -217,6 +221,8 @@ def xdist_scope(nodeid: str) -> str:
     name = path.rsplit("/", 1)[-1]
     if _SPMD_CASE.search(nodeid):
         return "spmd"
+    if name in FRESH_PROCESS_FILES:
+        return "fresh process"
     return "calibrated" if name in CALIBRATED_FILES else name
 
 
