@@ -141,16 +141,22 @@ def plan(
                "torch" if backend == "auto" else backend)
     if memory_budget is not None:
         memory_budget = units.byte_count(memory_budget, "memory_budget")
-    if part.kind == "auto" or backend == "auto" or memory_budget is not None:
-        # what the cost model chose is kept, as cuDNN keeps its algorithm per configuration:
-        # a call of the same shapes, options, filters and profile takes the same plan again
-        key = (spec, part, workers, None if worker_weights is None else tuple(worker_weights), ownership, exchange,
-               pipeline, backend, memory_budget, engine, _profile_key(profile), _values_key(values))
-        with _CHOSEN_LOCK:  # calls from several threads share it
-            chosen = _CHOSEN.get(key)
-            if chosen is not None:
-                _CHOSEN.move_to_end(key)
-                return chosen
+    chosen_by_model = part.kind == "auto" or backend == "auto" or memory_budget is not None
+    # a plan is kept, as cuDNN keeps its algorithm per configuration: a call of the same
+    # shapes and options (and, where the cost model chooses, filters and profile) takes the
+    # same plan again instead of making it anew
+    key = (spec, part, workers, None if worker_weights is None else tuple(worker_weights), ownership, exchange,
+           pipeline, backend, memory_budget, engine)
+    if chosen_by_model:
+        key += (_profile_key(profile), _values_key(values))
+    with _CHOSEN_LOCK:  # calls from several threads share it
+        chosen = _CHOSEN.get(key)
+        if chosen is not None:
+            _CHOSEN.move_to_end(key)
+            return chosen
+    if not chosen_by_model:
+        chosen = make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline, backend)
+    else:
         prof = profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
         if part.kind == "auto":
             chosen = cost.choose(spec, workers, prof, backend=backend, engine=engine, memory_budget=memory_budget,
@@ -158,15 +164,14 @@ def plan(
         else:  # a given partition: the model picks the backend (and checks the budget)
             base = make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline)
             chosen = cost.rank_backends(base, prof, backend, engine, memory_budget, weight=values)[0].plan
-        with _CHOSEN_LOCK:
-            _CHOSEN[key] = chosen
-            if len(_CHOSEN) > CHOSEN_KEPT:
-                _CHOSEN.popitem(last=False)
-        return chosen
-    return make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline, backend)
+    with _CHOSEN_LOCK:
+        _CHOSEN[key] = chosen
+        if len(_CHOSEN) > CHOSEN_KEPT:
+            _CHOSEN.popitem(last=False)
+    return chosen
 
 
-# the plans the cost model chose, by configuration, the least recently used dropped first
+# the plans made, by configuration, the least recently used dropped first
 CHOSEN_KEPT = 64  # a plan of many workers holds every tile: a few MB
 _CHOSEN: OrderedDict[tuple, Plan] = OrderedDict()
 _CHOSEN_LOCK = threading.Lock()

@@ -19,6 +19,7 @@ import torch
 from haloconv.compute import backends, kernels
 from haloconv.engines import LocalCluster
 from haloconv.engines.base import as_one_tile
+from haloconv.engines.pool import helpers
 from haloconv.engines.worker import keep_heap
 from haloconv.files import guard
 from haloconv.model.cost import Profile
@@ -222,6 +223,20 @@ def measure_transport(prof: Profile, quick: bool = False, log=print) -> None:
         f"fixed cost per call {prof.step_s * 1e3:.2f} ms ({prof.step1_s * 1e3:.2f} ms for one tile)")
 
 
+def measure_handoff(prof: Profile, quick: bool = False, log=print) -> None:
+    """How long a parked helper of the threads engine's pool takes to start what it is
+    handed (Profile.handoff_s): the median from submitting to its start, each after the
+    helper has parked again."""
+    pool = helpers()
+    waits = []
+    for _ in range(50 if quick else 200):
+        time.sleep(0.002)  # let the helper park, as between a user's calls
+        t0 = time.perf_counter()
+        waits.append(pool.submit(time.perf_counter).result() - t0)
+    prof.handoff_s = float(np.median(waits))
+    log(f"  threads engine: a helper thread starts a tile {prof.handoff_s * 1e6:.0f} us after it is handed over")
+
+
 def _busy_counts(cores: float) -> list[int]:
     """Process counts the concurrency curve is measured at: 1, powers of 2 up to the cores,
     the cores, one more, twice as many (at most 16)."""
@@ -267,6 +282,7 @@ def calibrate(quick: bool = False, log=print) -> Profile:
     log("processes engine transport:")
     measure_transport(prof, quick, log)
     measure_concurrency(prof, quick, log)
+    measure_handoff(prof, quick, log)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     prof.source = f"calibrated {stamp}" + (" (quick)" if quick else "")
     return prof

@@ -11,7 +11,6 @@ import alone takes longer than filtering a large image with OpenCV (docs/archite
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -19,6 +18,7 @@ from haloconv.compute import backends
 from haloconv.compute.tile import compute_tile_array
 from haloconv.engines.execution import Execution, WorkerStats
 from haloconv.engines.host import default_workers, empty
+from haloconv.engines.pool import run_each
 from haloconv.engines.windows import assemble_window
 from haloconv.planning.boxes import Tile
 from haloconv.planning.plan import Plan
@@ -70,11 +70,7 @@ def run(plan: Plan, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None =
         return WorkerStats(tile.rank, tile.out.shape, tile.halo_elements,
                            {"halo": t1 - t0, "compute": time.perf_counter() - t1})
 
-    if len(plan.tiles) == 1:
-        stats = [work(plan.tiles[0])]
-    else:
-        with ThreadPoolExecutor(max_workers=pool, thread_name_prefix="haloconv") as ex:
-            stats = list(ex.map(work, plan.tiles))
+    stats = run_each(work, plan.tiles, pool)
     return Execution(output=out, plan=plan, engine="threads", backend=plan.backend,
                      wall_seconds=time.perf_counter() - t_start, workers=stats)
 

@@ -7,6 +7,8 @@ import math
 import mmap
 import os
 import resource
+import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -126,14 +128,53 @@ ADVICE = {"huge": getattr(mmap, "MADV_HUGEPAGE", None), "ordinary": getattr(mmap
 def _mapping(nbytes: int, advice: int | None) -> np.ndarray:
     """A private anonymous mapping with ``advice``: given back to the kernel when the array
     goes (unlike the C heap, which keeps what a long-running process frees), and private
-    (a shared one is shmem, which THP's ``shmem_enabled``, not its advice, governs)."""
-    m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if advice is not None:
-        try:
-            m.madvise(advice)
-        except OSError:  # pragma: no cover - a kernel without THP
-            pass
-    return np.frombuffer(m, np.uint8)
+    (a shared one is shmem, which THP's ``shmem_enabled``, not its advice, governs).
+    Mappings up to REUSED_UP_TO are kept for the next result of their size instead
+    (_give_back)."""
+    with _kept_lock:
+        kept = _kept.get(nbytes)
+        m = kept.pop() if kept else None
+    if m is None:
+        m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if advice is not None:
+            try:
+                m.madvise(advice)
+            except OSError:  # pragma: no cover - a kernel without THP
+                pass
+    root = np.frombuffer(m, np.uint8)
+    if nbytes <= REUSED_UP_TO:
+        weakref.finalize(root, _give_back, m).atexit = False  # the root goes once every view of it has
+    return root
+
+
+# A result of a few MiB is written in about the time its fresh pages take to fault in, and
+# a caller filtering many images of one size frees one result as it asks for the next:
+# mappings up to REUSED_UP_TO are kept, KEPT_BYTES in all, for the next result of their
+# size (as glibc's heap keeps what numpy frees below its mmap threshold, 32 MiB at most),
+# bounded so a long-running process does not hold freed memory.
+REUSED_UP_TO = 32 << 20
+KEPT_BYTES = 64 << 20
+_kept: dict[int, list[mmap.mmap]] = {}
+_kept_lock = threading.Lock()
+
+
+def _forget_kept() -> None:  # a forked child: the lock may have been held by a thread it lacks
+    global _kept_lock
+    _kept_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_kept)
+
+
+def _give_back(m: mmap.mmap) -> None:
+    """The array over ``m`` is gone: keep ``m`` for the next result of its size while the
+    kept mappings stay under KEPT_BYTES, else unmap it."""
+    with _kept_lock:
+        if sum(n * len(ms) for n, ms in _kept.items()) + len(m) <= KEPT_BYTES:
+            _kept.setdefault(len(m), []).append(m)
+            return
+    m.close()
 
 
 def free_huge_bytes() -> int | None:

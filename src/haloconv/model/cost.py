@@ -47,6 +47,10 @@ class Profile:
     # until the reports, so it costs less than a call with workers (calibrated)
     step1_s: float = 1.3e-3
     call_s: float = 30e-6  # fixed cost of one conv call on a tile (dispatch, primitive lookup)
+    # the threads engine: how long a parked helper thread takes to start the tile it is
+    # handed (engines/pool.py; a wake-up, the median measured by calibrate): what splitting
+    # costs a call that one thread would finish in about that time
+    handoff_s: float = 50e-6
     # what a rank loses at each blocking wait for a neighbour's message when ranks outnumber
     # the cores: the waiting process gives its core away and waits for a scheduler slice to
     # get it back.  Measured with benchmarks/nn_deep.py (4 ranks on 2 cores, no added
@@ -278,7 +282,7 @@ def predict(plan: Plan, profile: Profile | None = None, itemsize: int = 4, engin
         # a backend that computes arrays writes its outputs straight into the result's box
         copied = 0.0 if backends.get(plan.backend).computes_arrays(spec) else itemsize / prof.copy_Bps
         seconds = {t.rank: {"compute": compute_s(t) * stretch, "write": t.out.volume * copied} for t in plan.tiles}
-        total = max(sum(s.values()) for s in seconds.values())
+        total = max(sum(s.values()) for s in seconds.values()) + (prof.handoff_s if n > 1 else 0.0)
     else:
         line = schedule.processes_timeline(plan, compute_s, prof.copy_Bps, prof.latency_s, prof.bandwidth_Bps,
                                            lambda n: prof.effective_cores(spec, n, plan.backend), itemsize,
@@ -292,10 +296,14 @@ def predict(plan: Plan, profile: Profile | None = None, itemsize: int = 4, engin
 def _tile_seconds(plan: Plan, tile, prof: Profile, itemsize: int, engine: str) -> float:
     """One tile's compute on one core, its window's copy included."""
     spec = plan.spec
-    # a window is copied together unless it can be a view (a band of whole rows: halos
+    # a window is copied together unless it can be a view: on threads, of the input where
+    # the window lies in it (Tile.window_is_view); in a worker, a band of whole rows (halos
     # land in the room around it)
-    band = all(a == 0 and b == n for a, b, n in zip(tile.out.lo[3:], tile.out.hi[3:], spec.output_shape[3:]))
-    copy = 0.0 if band and engine != "threads" else tile.window.volume * itemsize / prof.copy_Bps
+    if engine == "threads":
+        view = tile.window_is_view
+    else:
+        view = all(a == 0 and b == n for a, b, n in zip(tile.out.lo[3:], tile.out.hi[3:], spec.output_shape[3:]))
+    copy = 0.0 if view else tile.window.volume * itemsize / prof.copy_Bps
     return prof.compute_seconds(plan.backend, spec, tile.window.shape, tile.out.shape, tile.groups) + copy
 
 
