@@ -484,3 +484,23 @@ def test_scaling_projections_price_a_filter_at_its_backends_rates(tmp_path, caps
     np.save(tmp_path / "img.npy", np.zeros((512, 512), np.float32))
     assert main(["plan", str(tmp_path / "img.npy"), "--kernel", "box:7", "--simulate-workers", "1,2"]) == 0
     assert "each tile on backend separable" in capsys.readouterr().out
+
+
+def test_threads_prediction_charges_copies_only_for_windows_that_are_not_views_and_a_handoff_per_split():
+    """On threads a window inside the input is a view (no copy); one reaching into a
+    padding the backend does not pad itself is copied.  A split call pays a helper's start."""
+    w = np.ones((1, 1, 3, 3), np.float32)
+    one = haloconv.plan((1, 1, 512, 512), w, padding=1, partition=(1, 1, 1, 1), backend="opencv", engine="threads")
+    assert one.tiles[0].window_is_view
+    pred = cost.predict(one, PROF, engine="threads")
+    speedup = PROF.call_speedup(one.spec, "opencv", int(PROF.cores))
+    compute = PROF.compute_seconds("opencv", one.spec, one.tiles[0].window.shape, one.tiles[0].out.shape, 1)
+    assert pred.total_s == pytest.approx(compute / speedup)  # no copy, no handoff
+    mirrored = haloconv.plan((1, 1, 512, 512), w, padding=1, padding_mode="reflect", partition=(1, 1, 1, 1),
+                             backend="torch", engine="threads")
+    assert not mirrored.tiles[0].window_is_view
+    copy = mirrored.tiles[0].window.volume * 4 / PROF.copy_Bps
+    assert cost.predict(mirrored, PROF, engine="threads").seconds[0]["compute"] >= copy
+    two = haloconv.plan((1, 1, 512, 512), w, padding=1, partition=(1, 1, 2, 1), backend="opencv", engine="threads")
+    halves = cost.predict(two, PROF, engine="threads")
+    assert halves.total_s == pytest.approx(max(sum(s.values()) for s in halves.seconds.values()) + PROF.handoff_s)

@@ -307,3 +307,31 @@ def test_a_chosen_plan_is_kept_per_configuration_filters_and_profile(tmp_path):
     # fresh, it is the same choice
     planner._CHOSEN.clear()
     assert haloconv.plan(x, rank1, padding=4, workers=2, engine="threads") == a
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_grid_owner_lookup_finds_the_boxes_a_brute_force_search_finds(data):
+    """Plans of many tiles find a window's owners by bisection per axis (_GridOwners); it
+    must name exactly the ranks whose owned boxes overlap, in rank order, as checking every
+    box does; boxes that do not form a grid are left to that search."""
+    from haloconv.planning.boxes import Box
+    from haloconv.planning.plan import _GridOwners
+
+    dims = data.draw(st.integers(1, 3))
+    cuts = [sorted(set(data.draw(st.lists(st.integers(1, 19), max_size=4)))) for _ in range(dims)]
+    intervals = [list(zip([0, *c], [*c, 20])) for c in cuts]
+    boxes = [(rk, Box(tuple(iv[0] for iv in combo), tuple(iv[1] for iv in combo)))
+             for rk, combo in enumerate(itertools.product(*intervals))]
+    order = data.draw(st.permutations(range(len(boxes))))  # ranks need not follow the grid's order
+    boxes = [(order[rk], b) for rk, b in boxes]
+    grid = _GridOwners.of(boxes)
+    assert grid is not None
+    for _ in range(10):
+        lo = [data.draw(st.integers(-2, 21)) for _ in range(dims)]
+        hi = [a + data.draw(st.integers(1, 12)) for a in lo]
+        brute = sorted(rk for rk, b in boxes if all(bl < h and bh > a for bl, bh, a, h in zip(b.lo, b.hi, lo, hi)))
+        assert grid.owners(lo, hi) == brute
+    if len(boxes) > 1:  # two boxes overlapping on an axis: not a grid
+        a, b = boxes[0][1], boxes[1][1]
+        assert _GridOwners.of([(0, a), (1, Box(a.lo, tuple(h + 1 for h in a.hi))), (2, b)]) is None

@@ -169,12 +169,11 @@ if hasattr(os, "register_at_fork"):
 
 def _give_back(m: mmap.mmap) -> None:
     """The array over ``m`` is gone: keep ``m`` for the next result of its size while the
-    kept mappings stay under KEPT_BYTES, else unmap it."""
+    kept mappings stay under KEPT_BYTES, else let it go (unmapped once the array's hold on
+    it, released just after this runs, is gone)."""
     with _kept_lock:
         if sum(n * len(ms) for n, ms in _kept.items()) + len(m) <= KEPT_BYTES:
             _kept.setdefault(len(m), []).append(m)
-            return
-    m.close()
 
 
 def free_huge_bytes() -> int | None:

@@ -9,6 +9,7 @@ Engines only move the boxes listed here.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections.abc import Sequence
@@ -391,15 +392,48 @@ def _shell(spec: ConvSpec, axes, out_r, owned_sp, split_c: bool) -> tuple:
 
 
 def _owner_index(shells: Sequence[tuple]) -> dict:
-    """Per channel-block key: (ranks, lo, hi) arrays of the owned boxes, for a vectorised
-    search of the owners a window reads from (plans of thousands of tiles)."""
+    """Per channel-block key, how to find the owners a window reads from: a _GridOwners
+    where the owned boxes form a grid (a bisection per axis: plans of thousands of tiles
+    cost no more per tile than small ones), else (ranks, lo, hi) arrays of the owned boxes
+    for a vectorised search (unequal workers' tiles need not form a grid)."""
     index: dict = {}
     for rk, sh in enumerate(shells):
         index.setdefault(sh[6], []).append((rk, sh[1]))
-    return {
-        key: (np.array([rk for rk, _ in v]), np.array([b.lo for _, b in v]), np.array([b.hi for _, b in v]))
-        for key, v in index.items()
-    }
+    return {key: _GridOwners.of(v) or (np.array([rk for rk, _ in v]), np.array([b.lo for _, b in v]),
+                                       np.array([b.hi for _, b in v]))
+            for key, v in index.items()}
+
+
+class _GridOwners:
+    """Owned boxes that form a grid: per axis, disjoint intervals; every box the product
+    of one interval per axis.  Boxes empty on some axis own nothing and are left out."""
+
+    def __init__(self, lows: list[list[int]], highs: list[list[int]], rank_of: dict[tuple, int]):
+        self.lows, self.highs, self.rank_of = lows, highs, rank_of
+
+    @classmethod
+    def of(cls, boxes: Sequence[tuple[int, Box]]) -> _GridOwners | None:
+        boxes = [(rk, b) for rk, b in boxes if all(lo < hi for lo, hi in zip(b.lo, b.hi))]
+        dims = len(boxes[0][1].lo) if boxes else 0
+        intervals = [sorted({(b.lo[d], b.hi[d]) for _, b in boxes}) for d in range(dims)]
+        if any(h > nxt[0] for iv in intervals for (_, h), nxt in zip(iv, iv[1:])):
+            return None  # intervals that overlap on an axis: not a grid
+        where = [{v: i for i, v in enumerate(iv)} for iv in intervals]
+        rank_of = {tuple(w[(b.lo[d], b.hi[d])] for d, w in enumerate(where)): rk for rk, b in boxes}
+        if len(rank_of) != len(boxes) or len(boxes) != math.prod(len(iv) for iv in intervals):
+            return None
+        return cls([[lo for lo, _ in iv] for iv in intervals], [[hi for _, hi in iv] for iv in intervals], rank_of)
+
+    def owners(self, src_lo: Sequence[int], src_hi: Sequence[int]) -> list[int]:
+        """The ranks whose boxes overlap [src_lo, src_hi), in rank order."""
+        per_axis = []
+        for lows, highs, a, b in zip(self.lows, self.highs, src_lo, src_hi):
+            first = bisect.bisect_right(highs, a)  # the first interval ending past a
+            last = bisect.bisect_left(lows, b)  # the intervals starting before b
+            if first >= last:
+                return []
+            per_axis.append(range(first, last))
+        return sorted(self.rank_of[k] for k in itertools.product(*per_axis))
 
 
 def _tile(spec: ConvSpec, axes, rank: int, shell: tuple, shells: Sequence[tuple], index: dict | None = None) -> Tile:
@@ -425,14 +459,18 @@ def _tile(spec: ConvSpec, axes, rank: int, shell: tuple, shells: Sequence[tuple]
                 kept.append(r2)
         per_dim.append(kept)
     index = index if index is not None else _owner_index(shells)
-    ranks, lo_arr, hi_arr = index[c_key]
+    owners = index[c_key]
     pieces = []
     for combo in itertools.product(*per_dim):
-        src_lo = np.array([r.src_range[0] for r in combo])
-        src_hi = np.array([r.src_range[1] for r in combo])
-        hit = np.all((lo_arr < src_hi) & (hi_arr > src_lo), axis=1)
+        src_lo = [r.src_range[0] for r in combo]
+        src_hi = [r.src_range[1] for r in combo]
+        if isinstance(owners, _GridOwners):
+            hits = owners.owners(src_lo, src_hi)
+        else:
+            ranks, lo_arr, hi_arr = owners
+            hits = (int(r) for r in ranks[np.all((lo_arr < np.array(src_hi)) & (hi_arr > np.array(src_lo)), axis=1)])
         # own data first, then neighbours by rank
-        for rk in sorted((int(r) for r in ranks[hit]), key=lambda r: (r != rank, r)):
+        for rk in sorted(hits, key=lambda r: (r != rank, r)):
             obox = shells[rk][1]
             parts = [r.restrict(lo, hi) for r, lo, hi in zip(combo, obox.lo, obox.hi)]
             if any(p is None for p in parts):
