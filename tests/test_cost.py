@@ -504,3 +504,28 @@ def test_threads_prediction_charges_copies_only_for_windows_that_are_not_views_a
     two = haloconv.plan((1, 1, 512, 512), w, padding=1, partition=(1, 1, 2, 1), backend="opencv", engine="threads")
     halves = cost.predict(two, PROF, engine="threads")
     assert halves.total_s == pytest.approx(max(sum(s.values()) for s in halves.seconds.values()) + PROF.handoff_s)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_threads_quotes_equal_the_built_candidates_predictions(seed):
+    """quotes prices the threads engine's candidates from their tiles' shapes: the same
+    figures, in the same order, as predicting every built candidate; choose builds the first."""
+    import random
+
+    rng = random.Random(seed)
+    for _ in range(25):
+        filt = rng.random() < 0.5
+        cin, cout, groups = (1, 1, 1) if filt else (2, 4, 2)
+        spec = ConvSpec.from_args((rng.randint(1, 3), cin, rng.randint(5, 60), rng.randint(5, 60)),
+                                  (cout, cin // groups, rng.randint(1, 5), rng.randint(1, 5)), None,
+                                  padding=rng.randint(0, 2), groups=groups,
+                                  padding_mode=rng.choice(["zeros", "reflect", "symmetric"]))
+        kw = dict(backend=rng.choice(["auto", "torch"]), engine="threads", ownership=rng.choice(["aligned", "even"]),
+                  memory_budget=rng.choice([None, 20_000]))
+        workers = rng.randint(1, 9)
+        full = [cost.Quote.of(q) for q in cost.candidates(spec, workers, PROF, **kw)]
+        fast = cost.quotes(spec, workers, PROF, **kw)
+        assert [(q.label, q.total_s, q.peak_memory) for q in fast] == [(q.label, q.total_s, q.peak_memory)
+                                                                       for q in full]
+        if fast:
+            assert cost.choose(spec, workers, PROF, **kw) == full[0].build()

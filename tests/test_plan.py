@@ -335,3 +335,48 @@ def test_grid_owner_lookup_finds_the_boxes_a_brute_force_search_finds(data):
     if len(boxes) > 1:  # two boxes overlapping on an axis: not a grid
         a, b = boxes[0][1], boxes[1][1]
         assert _GridOwners.of([(0, a), (1, Box(a.lo, tuple(h + 1 for h in a.hi))), (2, b)]) is None
+
+
+def _random_spec(data, min_side=1):
+    dims = data.draw(st.integers(1, 3))
+    g = data.draw(st.sampled_from([1, 2]))
+    cin, cout = g * data.draw(st.integers(1, 2)), g * data.draw(st.integers(1, 3))
+    kernel = [data.draw(st.integers(1, 5)) for _ in range(dims)]
+    try:
+        return haloconv.planning.spec.ConvSpec.from_args(
+            (data.draw(st.integers(1, 3)), cin, *(data.draw(st.integers(min_side, 20)) for _ in range(dims))),
+            (cout, cin // g, *kernel), None, padding=tuple(data.draw(st.integers(0, k)) for k in kernel),
+            stride=tuple(data.draw(st.integers(1, 2)) for _ in kernel),
+            dilation=tuple(data.draw(st.integers(1, 2)) for _ in kernel), groups=g,
+            padding_mode=data.draw(st.sampled_from(["zeros", "reflect", "replicate", "circular", "symmetric"])))
+    except ValueError:
+        return None
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_tile_shapes_and_grid_halo_are_those_of_the_built_plan(data):
+    """The cost model prices many-tile candidates from tile_shapes and ranks grids by
+    grid_halo without building them: both must equal what the built plan holds, shape for
+    shape and count for count, halo element for element."""
+    import collections
+    import math
+
+    from haloconv.planning import plan as plans
+
+    spec = _random_spec(data)
+    if spec is None:
+        return
+    ownership = data.draw(st.sampled_from(["aligned", "even"]))
+    extra = 1 if ownership == "even" else 0  # even ownership may leave tiles empty
+    counts = [data.draw(st.integers(1, max(1, min(e, 4)) + extra)) for e in plans._extents(spec)]
+    try:
+        built = plans.build(spec, counts, "x", math.prod(counts), ownership=ownership)
+    except ValueError:
+        return
+    want = collections.Counter((t.out.shape, t.owned.shape, t.window.shape, t.groups, t.window_is_view)
+                               for t in built.tiles)
+    got = collections.Counter({(s.out, s.owned, s.window, s.groups, s.view): s.count
+                               for s in plans.tile_shapes(spec, counts, ownership)})
+    assert got == want
+    assert plans.grid_halo(spec, counts, ownership) == (built.halo_elements, max(t.out.volume for t in built.tiles))

@@ -144,16 +144,16 @@ def _say_why_fewer(args: argparse.Namespace, console: Console, plan, itemsize: i
     if args.workers is None or args.partition != "auto" or plan.workers >= args.workers:
         return
     spec = plan.spec
-    ranked = cost.candidates(spec, args.workers, cost.load_profile(args.profile), itemsize,
-                             backend=args.backend or backends.default_for(spec), engine=args.engine,
-                             memory_budget=options.budget(args), weight=weight)
-    chosen = next(q for q in ranked if q.plan.splits == plan.splits and q.plan.backend == plan.backend)
+    ranked = cost.quotes(spec, args.workers, cost.load_profile(args.profile), itemsize,
+                         backend=args.backend or backends.default_for(spec), engine=args.engine,
+                         memory_budget=options.budget(args), weight=weight)
+    chosen = next(q for q in ranked if q.splits == plan.splits and q.backend == plan.backend)
     line = (f"the cost model runs this on {plan.workers} of the {args.workers} workers asked for: "
             f"{chosen.label}, predicted {chosen.total_s:.3g} s")
-    full = next((q for q in ranked if q.plan.workers == args.workers), None)
+    full = next((q for q in ranked if q.workers == args.workers), None)
     if full is not None:
         line += (f"; the best split over all {args.workers}, {full.label}, is predicted {full.total_s:.3g} s "
-                 f"({full.total_s / chosen.total_s:.2f}x): --partition {full.plan.partition} forces it")
+                 f"({full.total_s / chosen.total_s:.2f}x): --partition {full.partition} forces it")
     console.say(line)
 
 

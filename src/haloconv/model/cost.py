@@ -22,7 +22,7 @@ from haloconv.planning.deep import DeepRun
 from haloconv.planning.geometry import compute_align
 from haloconv.planning.messages import PHASES, traffic_of
 from haloconv.planning.partition import _extents, named_kinds
-from haloconv.planning.plan import Plan, build, resolve_splits
+from haloconv.planning.plan import Plan, build, resolve_splits, tile_shapes
 from haloconv.planning.spec import ConvSpec
 
 # Uncalibrated defaults: measured on the 2-core development machine (1 thread per worker,
@@ -271,17 +271,12 @@ def predict(plan: Plan, profile: Profile | None = None, itemsize: int = 4, engin
     memory = {t.rank: (t.window.volume + t.owned.volume + t.out.volume) * itemsize + weight_bytes for t in plan.tiles}
 
     def compute_s(tile) -> float:
-        return _tile_seconds(plan, tile, prof, itemsize, engine)
+        return _tile_seconds(plan, tile, prof, itemsize)
 
     if engine == "threads":  # shared memory: nothing moves, outputs are copied into the result
         n = len(plan.tiles)
-        # the tiles' threads time-share the cores; each tile's call runs on cores / n threads
-        # (engines/threads.py, array_threads.py), which a backend's own threads may use
-        stretch = n / prof.effective_cores(spec, n, plan.backend)
-        stretch /= prof.call_speedup(spec, plan.backend, max(1, int(prof.cores) // n))
-        # a backend that computes arrays writes its outputs straight into the result's box
-        copied = 0.0 if backends.get(plan.backend).computes_arrays(spec) else itemsize / prof.copy_Bps
-        seconds = {t.rank: {"compute": compute_s(t) * stretch, "write": t.out.volume * copied} for t in plan.tiles}
+        seconds = {t.rank: _threads_tile_s(prof, spec, plan.backend, n, t.window.shape, t.out.shape, t.groups,
+                                           t.window_is_view, itemsize) for t in plan.tiles}
         total = max(sum(s.values()) for s in seconds.values()) + (prof.handoff_s if n > 1 else 0.0)
     else:
         line = schedule.processes_timeline(plan, compute_s, prof.copy_Bps, prof.latency_s, prof.bandwidth_Bps,
@@ -293,17 +288,28 @@ def predict(plan: Plan, profile: Profile | None = None, itemsize: int = 4, engin
     return Prediction(plan, engine, seconds, moved, memory, total)
 
 
-def _tile_seconds(plan: Plan, tile, prof: Profile, itemsize: int, engine: str) -> float:
-    """One tile's compute on one core, its window's copy included."""
+def _threads_tile_s(prof: Profile, spec: ConvSpec, backend: str, n: int, window: Sequence[int],
+                    out: Sequence[int], groups: int, view: bool, itemsize: int) -> dict[str, float]:
+    """One of ``n`` tiles on the threads engine: its compute (its window's copy included,
+    unless the window is a view of the input) and the copy of its output into the result."""
+    # the tiles' threads time-share the cores; each tile's call runs on cores / n threads
+    # (engines/threads.py, array_threads.py), which a backend's own threads may use
+    stretch = n / prof.effective_cores(spec, n, backend)
+    stretch /= prof.call_speedup(spec, backend, max(1, int(prof.cores) // n))
+    copy = 0.0 if view else math.prod(window) * itemsize / prof.copy_Bps
+    # a backend that computes arrays writes its outputs straight into the result's box
+    copied = 0.0 if backends.get(backend).computes_arrays(spec) else itemsize / prof.copy_Bps
+    return {"compute": (prof.compute_seconds(backend, spec, window, out, groups) + copy) * stretch,
+            "write": math.prod(out) * copied}
+
+
+def _tile_seconds(plan: Plan, tile, prof: Profile, itemsize: int) -> float:
+    """One tile's compute on one core in a worker process, its window's copy included."""
     spec = plan.spec
-    # a window is copied together unless it can be a view: on threads, of the input where
-    # the window lies in it (Tile.window_is_view); in a worker, a band of whole rows (halos
+    # a window is copied together unless it can be a view (a band of whole rows: halos
     # land in the room around it)
-    if engine == "threads":
-        view = tile.window_is_view
-    else:
-        view = all(a == 0 and b == n for a, b, n in zip(tile.out.lo[3:], tile.out.hi[3:], spec.output_shape[3:]))
-    copy = 0.0 if view else tile.window.volume * itemsize / prof.copy_Bps
+    band = all(a == 0 and b == n for a, b, n in zip(tile.out.lo[3:], tile.out.hi[3:], spec.output_shape[3:]))
+    copy = 0.0 if band else tile.window.volume * itemsize / prof.copy_Bps
     return prof.compute_seconds(plan.backend, spec, tile.window.shape, tile.out.shape, tile.groups) + copy
 
 
@@ -315,7 +321,7 @@ def _floor_s(plan: Plan, prof: Profile, itemsize: int) -> float:
     which moves them at most 1 / reference times a message's lone speed together."""
     master = plan.tiles[0]
     ts = [master] if plan.exchange == "master" else plan.tiles
-    compute = max(_tile_seconds(plan, t, prof, itemsize, "processes") for t in ts)
+    compute = max(_tile_seconds(plan, t, prof, itemsize) for t in ts)
     _, transfers = schedule.transfers_of(plan.messages(itemsize), prof.latency_s, prof.bandwidth_Bps)
     alone = sum(t.seconds for t in transfers if 0 in (t.src, t.dst))
     return _step_s(prof, len(plan.tiles)) + max(compute, _reference(prof, plan.spec, plan.backend) * alone)
@@ -417,14 +423,80 @@ def _build(spec: ConvSpec, name: str, counts, backend: str, workers: int, weight
                  exchange=exchange, backend=backend)
 
 
+@dataclass(frozen=True)
+class Quote:
+    """A candidate's predicted time and peak data bytes per worker, before its Plan is built
+    (``build()`` builds it): what choosing needs of a candidate."""
+
+    partition: str
+    splits: tuple[int, ...]
+    workers: int
+    backend: str
+    total_s: float
+    peak_memory: int
+    spec: ConvSpec = field(repr=False)
+    weights: tuple[float, ...] | None = field(default=None, repr=False)
+    ownership: str = field(default="aligned", repr=False)
+    exchange: str = field(default="neighbours", repr=False)
+
+    @property
+    def label(self) -> str:  # as Prediction.label
+        return f"{self.partition} {'x'.join(map(str, self.splits))} {self.workers}w {self.backend}"
+
+    def build(self) -> Plan:
+        return _build(self.spec, self.partition, self.splits, self.backend, self.workers, self.weights,
+                      self.ownership, self.exchange)
+
+    @classmethod
+    def of(cls, pred: Prediction) -> Quote:
+        p = pred.plan
+        return cls(p.partition, p.splits, p.workers, p.backend, pred.total_s, pred.peak_memory, p.spec, p.weights,
+                   p.ownership, p.exchange)
+
+
+def quotes(spec: ConvSpec, workers: int, profile: Profile | None = None, itemsize: int = 4,
+           backend: str = "auto", engine: str = "processes", memory_budget: int | None = None,
+           ownership: str = "aligned", exchange: str = "neighbours",
+           weights: Sequence[float] | None = None, weight=None) -> list[Quote]:
+    """Every candidate's Quote, cheapest first (ties in candidate order), those over
+    ``memory_budget`` left out: ``candidates`` without building the candidates' Plans on
+    the threads engine with equal workers, whose prediction needs only the tiles' shapes
+    (planning/plan.tile_shapes: the same figures, in the time of a few tiles)."""
+    if engine != "threads" or weights is not None:
+        return [Quote.of(q) for q in candidates(spec, workers, profile, itemsize, backend, engine, memory_budget,
+                                                ownership, exchange, weights, weight)]
+    prof = profile or load_profile()
+    weight_bytes = math.prod(spec.weight_shape) * itemsize
+    out = []
+    for name, counts, b in _each_candidate(spec, workers, backend, weight):
+        shapes = tile_shapes(spec, counts, ownership)
+        n = math.prod(counts)
+        peak = max((math.prod(t.window) + math.prod(t.owned) + math.prod(t.out)) * itemsize for t in shapes)
+        if memory_budget is not None and peak + weight_bytes > memory_budget:
+            continue
+        total = max(sum(_threads_tile_s(prof, spec, b, n, t.window, t.out, t.groups, t.view, itemsize).values())
+                    for t in shapes) + (prof.handoff_s if n > 1 else 0.0)
+        single = name == "single"
+        out.append(Quote(name, tuple(counts), 1 if single else workers, b, total, peak + weight_bytes, spec, None,
+                         ownership, exchange))
+    return sorted(out, key=lambda q: q.total_s)
+
+
 def choose(spec: ConvSpec, workers: int, profile: Profile | None = None, itemsize: int = 4,
            backend: str = "auto", engine: str = "processes", memory_budget: int | None = None,
            ownership: str = "aligned", exchange: str = "neighbours",
            weights: Sequence[float] | None = None, weight=None) -> Plan:
     """The plan with the least predicted time (partition='auto'): candidates()[0], without
-    simulating the candidates that cannot beat the best found so far (on the processes
-    engine, a candidate whose floor, _count_floor_s and then _floor_s, is above it)."""
+    building the losers on the threads engine with equal workers (quotes), or simulating
+    the candidates that cannot beat the best found so far on the processes engine (a
+    candidate whose floor, _count_floor_s and then _floor_s, is above it)."""
     prof = profile or load_profile()
+    if engine == "threads" and weights is None:  # priced from the tiles' shapes: one plan built
+        ranked = quotes(spec, workers, prof, itemsize, backend, engine, memory_budget, ownership, exchange, None,
+                        weight)
+        if not ranked:
+            raise ValueError(f"no partition fits memory_budget={memory_budget} bytes per worker")
+        return ranked[0].build()
     best: Prediction | None = None
     for name, counts, b in _each_candidate(spec, workers, backend, weight):  # the first cheapest wins, as ranked
         floor = engine == "processes" and best is not None

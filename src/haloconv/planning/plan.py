@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -232,15 +233,65 @@ def _best_grid(spec: ConvSpec, workers: int, ownership: str = "aligned") -> tupl
         if not cands:
             continue
 
-        def key(f: tuple[int, ...], w: int = w) -> tuple:
-            counts = (1, 1, *f)
-            plan = build(spec, counts, "grid", w, ownership=ownership)
-            biggest = max(t.out.volume for t in plan.tiles)
+        def key(f: tuple[int, ...]) -> tuple:
+            halo, biggest = grid_halo(spec, (1, 1, *f), ownership)
             # fewer splits of the inner (contiguous) axes on ties: row bands copy less
-            return (plan.halo_elements, biggest, tuple(-c for c in f))
+            return (halo, biggest, tuple(-c for c in f))
 
         return (1, 1, *min(cands, key=key))
     raise AssertionError("unreachable: a 1x...x1 grid always fits")
+
+
+def grid_halo(spec: ConvSpec, counts: Sequence[int], ownership: str = "aligned") -> tuple[int, int]:
+    """(halo elements, the biggest tile's output volume) of ``build(spec, counts, ...)`` for
+    equal workers, without building it.  A tile reads from each owner the product, over
+    the spatial axes, of what its window's runs on that axis take from the owner's
+    interval, so the elements it reads from all owners are the product of per-axis sums,
+    its own the product of its own interval's parts, and the sums over the grid's tiles
+    factor by axis too (tile_shapes' reasoning; tests check it against built plans)."""
+    out_ext = _extents(spec)
+    if ownership == "even":
+        in_ext = (*out_ext[:2], *spec.spatial)
+        ranges = [list(zip(geometry.split_extent(o, c, None, True), geometry.split_extent(i, c, None, True)))
+                  for o, i, c in zip(out_ext, in_ext, counts)]
+    else:
+        ranges = [[(r, None) for r in geometry.split_extent(o, c)] for o, c in zip(out_ext, counts)]
+    if any(a == b for rs in ranges for (a, b), _ in rs):  # empty tiles (even ownership): built ones say
+        plan = build(spec, counts, "grid", math.prod(counts), ownership=ownership)
+        return plan.halo_elements, max(t.out.volume for t in plan.tiles)
+    axes = [spec.axis(i) for i in range(spec.ndim)]
+    align = geometry.compute_align(spec.ndim)
+    all_reads, own_reads = 1, 1  # sums over the tiles of the per-axis factors
+    for ax, rs in zip(axes, ranges[2:]):
+        owned = [ax.owned(a, b) if i is None else i for (a, b), i in rs]
+        held = [j for j, (o_lo, o_hi) in enumerate(owned) if o_lo < o_hi]  # in order, disjoint: bisected
+        lows, highs = [owned[j][0] for j in held], [owned[j][1] for j in held]
+        reads_all, reads_own = 0, 0
+        for k, ((a, b), _) in enumerate(rs):
+            lo, hi, _ = ax.compute_window(a, b, align)
+            n_lo, n_hi = ax.needed(a, b)
+            for r in ax.runs(lo, hi):
+                if r.src is None:
+                    continue
+                r = r.clip(n_lo - lo, n_hi - lo)
+                if r is None:
+                    continue
+                a_src, b_src = r.src_range
+                for j in held[bisect.bisect_right(highs, a_src):bisect.bisect_left(lows, b_src)]:
+                    part = r.restrict(*owned[j])
+                    if part is not None:  # what moves is the source (Piece.elements): a replicated index once
+                        lo_src, hi_src = part.src_range
+                        reads_all += hi_src - lo_src
+                        reads_own += hi_src - lo_src if j == k else 0
+        all_reads, own_reads = all_reads * reads_all, own_reads * reads_own
+    # per tile the N and C factors: its samples and its input channels (its own channel
+    # block's owners only, so the channel axis adds no halo)
+    cig = spec.in_channels // spec.groups
+    c_in = sum((u1 - u0) * cig if spec.groups > 1 else spec.in_channels for (u0, u1), _ in ranges[1])
+    halo = spec.batch * c_in * (all_reads - own_reads)
+    cog = spec.out_channels // spec.groups if spec.groups > 1 else 1
+    biggest = math.prod(max(b - a for (a, b), _ in rs) for rs in ranges) * cog
+    return halo, biggest
 
 
 def _tile_ranges(
@@ -537,6 +588,61 @@ def build(
         pipeline=pipeline,
         backend=backend,
     )
+
+
+@dataclass(frozen=True)
+class TileShape:
+    """``count`` tiles of one shape, as build makes them (Tile's boxes' shapes); ``view``:
+    their window lies inside the input (Tile.window_is_view)."""
+
+    count: int
+    out: tuple[int, ...]
+    owned: tuple[int, ...]
+    window: tuple[int, ...]
+    groups: int
+    view: bool
+
+
+def tile_shapes(spec: ConvSpec, counts: Sequence[int], ownership: str = "aligned") -> list[TileShape]:
+    """The tiles ``build(spec, counts, ..., ownership=ownership)`` makes for equal workers,
+    by shape, without making them: a grid's tiles take one range per axis, and the shapes
+    on an axis depend on its range alone, so the shapes are the products of each axis's
+    few distinct ones (the cost model prices a candidate of thousands of tiles in the time
+    of a few).  Equal, shape for shape and count for count, to the built plan's tiles."""
+    out_ext = _extents(spec)
+    even = ownership == "even"
+    if even:
+        in_ext = (*out_ext[:2], *spec.spatial)
+        ranges = [list(zip(geometry.split_extent(o, c, None, True), geometry.split_extent(i, c, None, True)))
+                  for o, i, c in zip(out_ext, in_ext, counts)]
+    else:
+        ranges = [[(r, None) for r in geometry.split_extent(o, c)] for o, c in zip(out_ext, counts)]
+    axes = [spec.axis(i) for i in range(spec.ndim)]
+    align = geometry.compute_align(spec.ndim)
+    cog, cig = spec.out_channels // spec.groups, spec.in_channels // spec.groups
+
+    def channel(u0: int, u1: int) -> tuple:  # (out channels, in channels, groups) of units [u0, u1)
+        if spec.groups > 1:
+            return (u1 - u0) * cog, (u1 - u0) * cig, u1 - u0
+        return u1 - u0, spec.in_channels, 1
+
+    def spatial(ax, out_r, in_r) -> tuple:  # (out, owned, (window, inside), (window, inside) of an empty tile)
+        a, b = out_r
+        lo, hi = ax.owned(a, b) if in_r is None else in_r
+        c0, c1, _ = ax.compute_window(a, b, align)
+        return b - a, hi - lo, (c1 - c0, 0 <= c0 and c1 <= ax.length), (0, 0 <= a <= ax.length)
+
+    per_dim = [Counter((b - a,) for (a, b), _ in ranges[0]), Counter(channel(*r) for r, _ in ranges[1])]
+    per_dim += [Counter(spatial(ax, r, i) for r, i in rs) for ax, rs in zip(axes, ranges[2:])]
+    shapes: Counter = Counter()
+    for combo in itertools.product(*(c.items() for c in per_dim)):
+        (n,), (c_out, c_in, groups), *sp = (key for key, _ in combo)
+        empty = n == 0 or c_out == 0 or any(o == 0 for o, *_ in sp)
+        windows = [w[3] if empty else w[2] for w in sp]
+        key = ((n, c_out, *(o for o, *_ in sp)), (n, c_in, *(w[1] for w in sp)), (n, c_in, *(w for w, _ in windows)),
+               groups, all(v for _, v in windows))
+        shapes[key] += math.prod(k for _, k in combo)
+    return [TileShape(k, *key) for key, k in shapes.items()]
 
 
 def check_args(spec: ConvSpec, partition, workers, worker_weights, ownership: str, exchange: str, pipeline,
