@@ -150,6 +150,14 @@ if __name__ == "__main__":
                   np.array_equal(y.compute(), sndi.correlate(a, k, mode=mode, cval=-1.0)))
         g = ndi.gaussian_filter(da.from_array(a.astype(np.float32), chunks=(40, 30)), 3)
         print("gaussian", np.array_equal(client.compute(g).result(), sndi.gaussian_filter(a.astype(np.float32), 3)))
+        # haloconv.conv on an (N, C, H, W) dask array: a layer, torch's bits
+        import torch, haloconv
+        x = rng.standard_normal((2, 3, 61, 47)).astype(np.float32)
+        w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+        y = haloconv.conv(da.from_array(x, chunks=(1, 3, 20, 16)), w, stride=2, padding=1, padding_mode="reflect")
+        ref = haloconv.conv(torch.from_numpy(x), torch.from_numpy(w), stride=2, padding=1, padding_mode="reflect",
+                            partition=(1, 1, 1, 1), backend="torch").numpy()
+        print("conv", np.array_equal(client.compute(y).result(), ref))
 """
 
 
@@ -170,4 +178,4 @@ def test_a_dask_distributed_cluster_of_worker_processes_computes_it_exactly(tmp_
     lines = r.stdout.split("\n")
     for mode in ("reflect", "wrap", "mirror", "constant"):
         assert f"{mode} 2 True True" in lines, r.stdout
-    assert "gaussian True" in lines, r.stdout
+    assert "gaussian True" in lines and "conv True" in lines, r.stdout

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from haloconv.compute import backends
-from haloconv.engines import array_threads
+from haloconv.engines import array_threads, dask_graph
 from haloconv.engines.execution import Execution
 from haloconv.model import cost
 from haloconv.outofcore import conv_file  # noqa: F401 - haloconv.conv_file, re-exported
 from haloconv.planner import plan
 from haloconv.planning.partition import Partition
-from haloconv.planning.plan import Plan
+from haloconv.planning.plan import Plan, chunk_plan
 from haloconv.planning.spec import IntOrTuple
 from haloconv.progress import Progress
 
@@ -59,6 +59,25 @@ def _inputs(x: object, weight: object, bias: object) -> tuple[torch.Tensor, torc
         if t is not None and t.device != xt.device:
             raise ValueError(f"{name} is on {t.device} but x is on {xt.device}")
     return xt, wt, bt, is_numpy
+
+
+def _on_dask(x, weight, bias, asked: list[str], kw: dict):
+    """conv on a dask array: a dask array, one task per output chunk (engines/dask_graph);
+    the chunks are the partition and Dask's scheduler runs it, so the arguments that say
+    how to split or run are refused."""
+    if asked:
+        raise ValueError(f"{', '.join(asked)} do not apply to a dask array input: its chunks are the partition and "
+                         "Dask's scheduler runs the tasks")
+    if not all(v is None or isinstance(v, np.ndarray) for v in (weight, bias)):
+        raise TypeError("weight and bias must be numpy arrays for a dask array input")
+    if np.dtype(x.dtype) not in (np.float32, np.float64) or any(
+            v is not None and v.dtype != x.dtype for v in (weight, bias)):
+        raise TypeError(f"x, weight and bias must be one dtype, float32 or float64, got {x.dtype}, {weight.dtype}"
+                        + ("" if bias is None else f", {bias.dtype}"))
+    # the backend the single-tile call would take, then the tiles on the chunks
+    one = plan(tuple(x.shape), weight, None if bias is None else tuple(bias.shape), engine="threads",
+               **{**kw, "partition": (1,) * x.ndim})
+    return dask_graph.run(chunk_plan(one.spec, x.chunks, one.backend), x, weight, bias)
 
 
 def _arrays(x: object, weight: object, bias: object) -> bool:
@@ -224,9 +243,13 @@ def conv(
 
     Parameters
     ----------
-    x : torch.Tensor or numpy.ndarray
+    x : torch.Tensor, numpy.ndarray or dask.array.Array
         (N, C_in, *spatial) with 1 to 3 spatial dims, float32 or float64; or a 2-D (H, W)
-        image when ``weight`` is 2-D too (as scipy.ndimage.correlate takes them).
+        image when ``weight`` is 2-D too (as scipy.ndimage.correlate takes them).  A dask
+        array gives a dask array back, lazily: a task per output chunk (the input's chunks,
+        scaled by the stride), which Dask's scheduler runs; ``weight`` and ``bias`` are then
+        numpy arrays, and the arguments that say how to split or run (partition, workers,
+        engine, out, ...) do not apply.
     weight : torch.Tensor or numpy.ndarray
         (C_out, C_in / groups, *kernel), the dtype of ``x``; 2-D (kH, kW) with a 2-D ``x``.
     bias : torch.Tensor or numpy.ndarray, optional
@@ -320,6 +343,12 @@ def conv(
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, padding_mode=padding_mode,
               partition=partition, workers=workers, worker_weights=worker_weights, ownership=ownership,
               exchange=exchange, pipeline=pipeline, backend=backend, memory_budget=memory_budget, profile=profile)
+    if dask_graph.is_dask(x):
+        asked = {"partition": partition != "auto", "workers": workers is not None, "engine": engine != "threads",
+                 "worker_weights": worker_weights is not None, "schedule": schedule != "static",
+                 "tiles": tiles is not None, "out": out is not None}
+        y = _on_dask(x, weight, bias, [k for k, v in asked.items() if v], kw)
+        return y[0, 0] if image else y
     p = None
     if engine == "threads" and schedule == "static" and tiles is None and _arrays(x, weight, bias):
         # numpy in, numpy out: a backend that computes arrays runs without torch

@@ -33,14 +33,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from haloconv.engines.dask_graph import is_dask
 from haloconv.ndimage.arguments import axes_of, gaussian_radius, holds, per_axis
 from haloconv.planning.geometry import source_index
 from haloconv.planning.spec import SCIPY_MODES
-
-
-def is_dask(x) -> bool:
-    """Whether ``x`` is a dask array (without importing dask)."""
-    return type(x).__module__.split(".")[0] == "dask" and hasattr(x, "chunks") and hasattr(x, "__dask_graph__")
 
 
 def dask_aware(reach: Callable[[dict, int], list[int]]):

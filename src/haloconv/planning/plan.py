@@ -645,6 +645,56 @@ def tile_shapes(spec: ConvSpec, counts: Sequence[int], ownership: str = "aligned
     return [TileShape(k, *key) for key, k in shapes.items()]
 
 
+def chunk_ranges(chunks: Sequence[int], in_len: int, out_len: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(output range, input range) pairs along an axis for input chunks of these lengths:
+    chunk boundary c maps to output c * out_len // in_len (a same-size convolution keeps
+    the input's chunks; a strided one scales them); a chunk whose outputs are none joins
+    its neighbour's input range, so the input ranges still cover the axis."""
+    edges = np.cumsum((0, *chunks)).tolist()
+    pairs: list[list[int]] = []  # [o0, o1, i0, i1]
+    for k, (i0, i1) in enumerate(zip(edges, edges[1:])):
+        o0, o1 = i0 * out_len // in_len, out_len if k == len(chunks) - 1 else i1 * out_len // in_len
+        if pairs and (o0 == o1 or pairs[-1][0] == pairs[-1][1]):  # an empty one joins its neighbour
+            pairs[-1][1], pairs[-1][3] = o1, i1
+        else:
+            pairs.append([o0, o1, i0, i1])
+    return [((o0, o1), (i0, i1)) for o0, o1, i0, i1 in pairs]
+
+
+def chunk_plan(spec: ConvSpec, chunks: Sequence[Sequence[int]], backend: str = "torch") -> Plan:
+    """The Plan with a tile per output chunk of an input chunked as ``chunks`` (dask's
+    ``.chunks``: per input dim, the chunks' lengths), each tile owning its input chunks:
+    samples as the input's, the output channels whole, spatial axes by chunk_ranges.  The
+    input's channel chunks do not split the work (every tile reads all its input channels)."""
+    spatial = [chunk_ranges(c, n, o) for c, n, o in zip(chunks[2:], spec.spatial, spec.out_spatial)]
+    ranges = [[r for r, _ in chunk_ranges(chunks[0], spec.batch, spec.batch)], [(0, _extents(spec)[1])],
+              *([r for r, _ in pairs] for pairs in spatial)]
+    return build_on_ranges(spec, ranges, "chunks", backend, owned=[[i for _, i in pairs] for pairs in spatial])
+
+
+def build_on_ranges(spec: ConvSpec, ranges: Sequence[Sequence[tuple[int, int]]], partition: str,
+                    backend: str = "torch", owned: Sequence[Sequence[tuple[int, int]]] | None = None) -> Plan:
+    """The Plan whose tiles compute the products of ``ranges`` (per dim over (N, C_out
+    units, *spatial), consecutive ranges covering each dim), one worker each: tiles given
+    from outside, such as a dask array's chunks.  ``owned``: per spatial axis, the input
+    range each of its tiles owns (consecutive, covering the axis); default aligned."""
+    out_ext = _extents(spec)
+    for d, (rs, e) in enumerate(zip(ranges, out_ext)):
+        if not rs or rs[0][0] != 0 or rs[-1][1] != e or any(b != c or a >= b for (a, b), (c, _) in zip(rs, rs[1:])):
+            raise ValueError(f"ranges of dim {d} must be consecutive, non-empty and cover [0, {e}), got {list(rs)}")
+    axes = [spec.axis(i) for i in range(spec.ndim)]
+    if owned is None:
+        owned = [[ax.owned(a, b) for a, b in rs] for ax, rs in zip(axes, ranges[2:])]
+    own_of = [dict(zip(rs, own)) for rs, own in zip(ranges[2:], owned)]
+    split_c = len(ranges[1]) > 1
+    shells = [_shell(spec, axes, list(out_r), [o[r] for o, r in zip(own_of, out_r[2:])], split_c)
+              for out_r in itertools.product(*ranges)]
+    index = _owner_index(shells)
+    tiles = tuple(_tile(spec, axes, rank, shell, shells, index) for rank, shell in enumerate(shells))
+    return Plan(spec=spec, partition=partition, splits=tuple(len(rs) for rs in ranges), workers=len(tiles),
+                tiles=tiles, backend=backend)
+
+
 def check_args(spec: ConvSpec, partition, workers, worker_weights, ownership: str, exchange: str, pipeline,
                backend: str) -> list[float] | None:
     """Validate the arguments of a plan (ValueError/TypeError naming the bad one); returns
