@@ -96,6 +96,10 @@ def _command(args: argparse.Namespace, console: Console) -> int:
 
     try:
         if args.command == "run":
+            if args.dask:
+                from . import dask_run
+
+                return dask_run.run(args, console)
             source = stream.source(args)
             if source is not None:
                 args.engine = args.engine or "threads"

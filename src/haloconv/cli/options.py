@@ -234,6 +234,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                    help="out of core: tiles read from the input file and written into the output file, in this "
                         "process (--engine threads, the default) or by worker processes (--engine processes); "
                         "automatic when the input and output do not fit --memory-budget")
+    r.add_argument("--dask", metavar="local:N|ADDRESS",
+                   help="run on a dask.distributed cluster: N worker processes started for the run (local:N) or the "
+                        "scheduler at ADDRESS (tcp://host:8786); the input file (.npy, .tif, .zarr) is read chunk by "
+                        "chunk, the output written as a .zarr chunk by chunk: memory per worker bounded by the chunks")
     r.add_argument("--out-format", choices=arrays.FORMATS, default="npy",
                    help="streamed output: PREFIX.npy, PREFIX.tif or PREFIX.zarr")
     r.add_argument("--resume", action="store_true",

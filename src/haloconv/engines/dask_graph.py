@@ -67,9 +67,39 @@ def run(plan: Plan, x, weight: np.ndarray, bias: np.ndarray | None):
         block = np.unravel_index(k, plan.splits)
         dsk[(name, *map(int, block))] = (functools.partial(tile_output, one, places), f"{name}-weight",
                                          f"{name}-bias", keys)
-    chunks = [sorted({(t.out.lo[d], t.out.hi[d]) for t in plan.tiles}) for d in range(len(plan.splits))]
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[x])
-    return da.Array(graph, name, chunks=tuple(tuple(b - a for a, b in rs) for rs in chunks), dtype=x.dtype)
+    return da.Array(graph, name, chunks=_output_chunks(plan), dtype=x.dtype)
+
+
+def from_reader(plan: Plan, read, dtype, weight: np.ndarray, bias: np.ndarray | None):
+    """The dask array of ``plan``'s output on an input that ``read(box)`` returns box by box
+    (a file, say: a picklable callable, run on the worker): each tile's task reads exactly
+    its pieces itself and depends on no other task, so a worker holds only the tiles it is
+    computing — their windows, pieces and outputs — whatever the input's size."""
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    name = "haloconv-conv-" + tokenize(read, weight, bias, plan.spec, plan.backend, plan.splits)
+    dsk: dict = {f"{name}-weight": weight, f"{name}-bias": bias}
+    for k, tile in enumerate(plan.tiles):
+        one = Plan(spec=plan.spec, partition=plan.partition, splits=plan.splits, workers=1, tiles=(tile,),
+                   backend=plan.backend)
+        places = [(p, tuple(slice(0, n) for n in piece.src.shape)) for p, piece in enumerate(tile.pieces)]
+        dsk[(name, *map(int, np.unravel_index(k, plan.splits)))] = (
+            functools.partial(_read_tile, one, places, read), f"{name}-weight", f"{name}-bias")
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[])
+    return da.Array(graph, name, chunks=_output_chunks(plan), dtype=np.dtype(dtype))
+
+
+def _read_tile(plan: Plan, places: list, read, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    return tile_output(plan, places, weight, bias, [read(piece.src) for piece in plan.tiles[0].pieces])
+
+
+def _output_chunks(plan: Plan) -> tuple[tuple[int, ...], ...]:
+    """The output's chunks: the lengths of the tiles' ranges along each dim."""
+    ranges = [sorted({(t.out.lo[d], t.out.hi[d]) for t in plan.tiles}) for d in range(len(plan.splits))]
+    return tuple(tuple(b - a for a, b in rs) for rs in ranges)
 
 
 def tile_output(plan: Plan, places: list, weight: np.ndarray, bias: np.ndarray | None,

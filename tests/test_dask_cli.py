@@ -1,0 +1,62 @@
+"""`haloconv run INPUT --dask local:N -o OUT.zarr`: the input file filtered on a
+dask.distributed cluster of worker processes, chunk by chunk, into a Zarr output: the
+streamed run's bits, each worker's memory within the chunks' bound whatever the input's
+size, the flags that do not apply refused, and an existing output kept."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+zarr = pytest.importorskip("zarr")
+pytest.importorskip("distributed")
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "haloconv", "run", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _zarr_input(path, n: int, chunk: int, channels: int = 0):
+    shape = (n, n, channels) if channels else (n, n)
+    z = zarr.open_array(str(path), mode="w", shape=shape, chunks=(chunk, chunk, *shape[2:]), dtype=np.uint8)
+    z[:] = np.random.default_rng(n).integers(0, 255, shape, dtype=np.uint8)
+
+
+def test_a_dask_run_writes_the_streamed_runs_bits_within_its_memory_bound(tmp_path):
+    _zarr_input(tmp_path / "in.zarr", 1000, 96)
+    _zarr_input(tmp_path / "rgb.zarr", 300, 70, channels=3)
+    for name, extra in (("in.zarr", ["--kernel", "gaussian:2", "--padding-mode", "reflect"]),
+                        ("in.zarr", ["--kernel", "box:3", "--stride", "2", "--padding", "1"]),
+                        ("rgb.zarr", ["--kernel", "sobel-x", "--padding-mode", "replicate"])):
+        r = _cli(name, *extra, "--dask", "local:2", "-o", "out.zarr", "--overwrite", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        ref = _cli(name, *extra, "--stream", "--memory-budget", "1GB", "--out-format", "zarr", "-o", "ref",
+                   "--overwrite", cwd=tmp_path)
+        assert ref.returncode == 0, ref.stderr[-3000:]
+        got, want = (np.asarray(zarr.open_array(str(tmp_path / p), mode="r")[:]) for p in ("out.zarr", "ref.zarr"))
+        assert got.shape == want.shape and np.array_equal(got, want), extra
+        grew, bound = map(int, re.search(r"at most (\d+) MiB over its start \(the chunks' bound: (\d+) MiB\)",
+                                         r.stdout).groups())
+        assert 0 < grew <= bound, r.stdout
+    assert not (tmp_path / "out.zarr.partial").exists()
+
+
+def test_flags_that_do_not_apply_are_refused_and_an_existing_output_kept(tmp_path):
+    _zarr_input(tmp_path / "in.zarr", 64, 32)
+    for flag in (["--workers", "2"], ["--partition", "rows"], ["--engine", "processes"], ["--resume"]):
+        r = _cli("in.zarr", "--kernel", "box:3", "--dask", "local:1", "-o", "out.zarr", *flag, cwd=tmp_path)
+        assert r.returncode == 2 and "does not apply to a --dask run" in r.stderr, (flag, r.stderr)
+    r = _cli("in.zarr", "--kernel", "box:3", "--dask", "local:1", "-o", "out.npy", cwd=tmp_path)
+    assert r.returncode == 2 and "writes a .zarr output" in r.stderr, r.stderr
+    (tmp_path / "out.zarr").mkdir()
+    (tmp_path / "out.zarr" / "mine.txt").write_text("not haloconv's")
+    r = _cli("in.zarr", "--kernel", "box:3", "--dask", "local:1", "-o", "out.zarr", cwd=tmp_path)
+    assert r.returncode == 2 and "--overwrite" in r.stderr, r.stderr
+    assert (tmp_path / "out.zarr" / "mine.txt").read_text() == "not haloconv's"
+    r = _cli("in.zarr", "--kernel", "box:3", "--dask", "local:0", "-o", "o2.zarr", cwd=tmp_path)
+    assert r.returncode == 2 and "N >= 1" in r.stderr, r.stderr
