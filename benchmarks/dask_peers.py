@@ -10,6 +10,9 @@ LocalCluster of 2 worker processes x 1 thread:
   haloconv     haloconv.ndimage.correlate / gaussian_filter (backend 'ndimage': bit for bit
                scipy; one task per output chunk reading the chunks its halo reaches)
   haloconv-auto  the same with backend='auto' (OpenCV per chunk, within float32 of scipy)
+  haloconv-file  what `haloconv run in.zarr --dask ...` runs: haloconv.conv's plan on the
+               Zarr chunks, each task reading its own window from the file (engines/
+               dask_graph.from_reader; backend as the CLI picks it: OpenCV / separable)
   dask-image   dask_image.ndfilters.correlate / gaussian_filter (map_overlap)
 and, on the threaded scheduler (2 threads) in this process, the same haloconv graph
 (haloconv-threads). Wall time (best of --repeat), each worker's peak resident memory (psutil,
@@ -35,6 +38,11 @@ import zarr
 from distributed import Client, LocalCluster
 
 from haloconv import ndimage as hndi
+from haloconv import planner
+from haloconv.cli.dask_run import Reader
+from haloconv.engines import dask_graph
+from haloconv.files import arrays, filters
+from haloconv.planning.plan import chunk_plan
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--size", type=int, default=16384)
@@ -58,7 +66,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     k15 = rng.random((15, 15))
     k15 /= k15.sum()
-    filters = {
+    kernels = {"box 5x5": np.full((5, 5), 1 / 25), "gaussian:2": filters.load_kernel("gaussian:2", 1, 2)[0][0, 0],
+               "dense 15x15": k15}
+    jobs = {
         "box 5x5": (lambda m, d, **kw: m.correlate(d, np.full((5, 5), 1 / 25), **kw)),
         "gaussian:2": (lambda m, d, **kw: m.gaussian_filter(d, 2, **kw)),
         "dense 15x15": (lambda m, d, **kw: m.correlate(d, k15, **kw)),
@@ -75,15 +85,16 @@ def main() -> None:
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                           memory_limit=None) as lc, Client(lc) as client:
             pids = list(client.run(os.getpid).values())
-            for fname, f in filters.items():
+            for fname, f in jobs.items():
                 results = {}
                 for method, mod, kw in (("haloconv", hndi, {}), ("haloconv-auto", hndi, {"backend": "auto"}),
-                                        ("dask-image", dndf, {}), ("haloconv-threads", hndi, {})):
+                                        ("haloconv-file", None, {}), ("dask-image", dndf, {}),
+                                        ("haloconv-threads", hndi, {})):
                     best, peak = np.inf, {}
                     out = Path(tmp) / f"{method}.zarr"
                     for _ in range(args.repeat):
                         d = da.from_zarr(str(src))
-                        y = f(mod, d, **kw)
+                        y = f(mod, d, **kw) if mod is not None else from_file(src, kernels[fname])
                         stop, peaks = threading.Event(), {}
                         watcher = threading.Thread(target=peak_watch, args=(pids, stop, peaks))
                         watcher.start()
@@ -105,6 +116,18 @@ def main() -> None:
                         " / ".join(f"{v / 2**20:.0f}" for v in peak.values())
                     print(f"| {fname} | {method} | {t:.2f} | {results['dask-image'][0] / t:.2f} | {per} | "
                           f"{diff:.3g} | {os.getloadavg()[0]:.2f} |", flush=True)
+
+
+def from_file(src: Path, kernel: np.ndarray):
+    """The graph `haloconv run --dask` builds (cli/dask_run): mode 'reflect' is scipy's, the
+    'symmetric' padding, 'same' size; float32 filters."""
+    source = arrays.open_input(str(src), "keep", "auto")
+    w = kernel.astype(np.float32)[None, None]
+    one = planner.plan(source.logical_shape, w, padding="same", padding_mode="symmetric",
+                       partition=(1, 1, 1, 1), engine="threads")
+    plan = chunk_plan(one.spec, [(1,), (1,), *(tuple(min(args.chunk, args.size - a) for a in
+                                                      range(0, args.size, args.chunk)),) * 2], one.backend)
+    return dask_graph.from_reader(plan, Reader(source, "float32"), np.float32, w, None)[0, 0]
 
 
 if __name__ == "__main__":

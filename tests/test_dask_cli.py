@@ -60,3 +60,41 @@ def test_flags_that_do_not_apply_are_refused_and_an_existing_output_kept(tmp_pat
     assert (tmp_path / "out.zarr" / "mine.txt").read_text() == "not haloconv's"
     r = _cli("in.zarr", "--kernel", "box:3", "--dask", "local:0", "-o", "o2.zarr", cwd=tmp_path)
     assert r.returncode == 2 and "N >= 1" in r.stderr, r.stderr
+
+
+def test_the_readme_recipe_runs_on_a_scheduler_and_a_worker_started_as_a_user_starts_them(tmp_path):
+    """`dask scheduler` and `dask worker` as separate commands, the run given the scheduler's
+    address (`--dask tcp://...`): the same bits as local workers; both stopped after."""
+    import json
+    import os
+    import signal
+    import time
+
+    _zarr_input(tmp_path / "in.zarr", 200, 64)
+    info = tmp_path / "scheduler.json"
+    dask_cli = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    procs = [subprocess.Popen([*dask_cli, "--scheduler-file", str(info), "--port", "0", "--no-dashboard"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)]
+    try:
+        for _ in range(600):  # the scheduler writes its address once it listens
+            if info.exists() and info.read_text().strip():
+                break
+            assert procs[0].poll() is None, "the scheduler exited"
+            time.sleep(0.05)
+        address = json.loads(info.read_text())["address"]
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads",
+                                       "1", "--no-dashboard"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True))
+        r = _cli("in.zarr", "--kernel", "gaussian:1", "--dask", address, "-o", "out.zarr", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "on 1 Dask workers" in r.stdout, r.stdout
+        local = _cli("in.zarr", "--kernel", "gaussian:1", "--dask", "local:2", "-o", "ref.zarr", cwd=tmp_path)
+        assert local.returncode == 0, local.stderr[-3000:]
+        got, want = (np.asarray(zarr.open_array(str(tmp_path / p), mode="r")[:]) for p in ("out.zarr", "ref.zarr"))
+        assert np.array_equal(got, want)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()

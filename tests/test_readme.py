@@ -108,6 +108,10 @@ def test_cli_examples_run(tmp_path, monkeypatch, capsys, calibrated):
     # the files the examples name
     rng = np.random.default_rng(0)
     tifffile.imwrite(tmp_path / "slide.tif", (rng.random((256, 256)) * 65535).astype(np.uint16))
+    import zarr
+
+    zarr.open_array(str(tmp_path / "slide.zarr"), mode="w", shape=(300, 200), chunks=(128, 128), dtype=np.uint16)[:] = \
+        (rng.random((300, 200)) * 65535).astype(np.uint16)
     np.save(tmp_path / "image.npy", rng.standard_normal((1, 3, 64, 64)).astype(np.float32))
     np.save(tmp_path / "weights.npy", rng.standard_normal((8, 3, 3, 3)))
     lines = [
@@ -125,7 +129,9 @@ def test_cli_examples_run(tmp_path, monkeypatch, capsys, calibrated):
             Path(args[i + 1]).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(calibrated, args[i + 1])
             continue
-        if "--memory-budget" in args:  # a budget of the command's own process, not of this test runner
+        if "--dask" in args:  # the scheduler's address: tests/test_dask_cli.py runs one; here local workers
+            args[args.index("--dask") + 1] = "local:2"
+        if "--memory-budget" in args or "--dask" in args:  # the command's own process (and its Dask cluster)
             r = subprocess.run([sys.executable, "-m", "haloconv", *args], capture_output=True, text=True,
                                timeout=300)
             rc, stdout, stderr = r.returncode, r.stdout, r.stderr

@@ -68,15 +68,27 @@ def chunks_of(source: arrays.DiskArray) -> tuple[int, ...]:
 def cluster(address: str):
     """A distributed Client: on N worker processes started for this run ('local:N'), or on
     the scheduler at ``address``."""
-    import distributed
-
+    try:
+        import distributed
+    except ImportError:
+        raise ValueError("--dask runs on dask.distributed: pip install 'haloconv[dask]'") from None
     if address.startswith("local:"):
         n = options.int_list(address.removeprefix("local:"), "--dask local:N")
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"--dask local:N needs N >= 1 workers, got {address!r}")
         lc = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
         return distributed.Client(lc), lc
-    return distributed.Client(address, timeout="10s"), None
+    client = distributed.Client(address, timeout="10s")
+    try:  # a scheduler without workers would wait for them for ever
+        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+    except TimeoutError:
+        client.close()
+        raise ValueError(f"--dask {address}: no worker joined the scheduler in {WORKER_WAIT_S} s (start them with "
+                         f"`dask worker {address}`)") from None
+    return client, None
+
+
+WORKER_WAIT_S = 60
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

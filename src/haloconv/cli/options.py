@@ -237,7 +237,8 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("--dask", metavar="local:N|ADDRESS",
                    help="run on a dask.distributed cluster: N worker processes started for the run (local:N) or the "
                         "scheduler at ADDRESS (tcp://host:8786); the input file (.npy, .tif, .zarr) is read chunk by "
-                        "chunk, the output written as a .zarr chunk by chunk: memory per worker bounded by the chunks")
+                        "chunk, the output written as a .zarr chunk by chunk: memory per worker bounded by the chunks "
+                        "(default: no Dask; this process, or --engine's workers)")
     r.add_argument("--out-format", choices=arrays.FORMATS, default="npy",
                    help="streamed output: PREFIX.npy, PREFIX.tif or PREFIX.zarr")
     r.add_argument("--resume", action="store_true",
