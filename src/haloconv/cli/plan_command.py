@@ -50,8 +50,13 @@ def command(args: argparse.Namespace, console: Console) -> int:
     itemsize = 8 if args.dtype == "float64" else 4
     console.say(f"input {name} {list(x_shape)}, weight {list(w_shape)}, groups {groups}, {workers} workers, "
                 f"engine {args.engine}; profile: {prof.source}")
-    ranked = cost.candidates(spec, workers, prof, itemsize, backend=args.backend or backends.default_for(spec),
-                             engine=args.engine, memory_budget=options.budget(args), weight=values)
+    how = dict(backend=args.backend or backends.default_for(spec), engine=args.engine,
+               memory_budget=options.budget(args), weight=values)
+    if args.engine == "threads":  # every candidate quoted from its tiles' shapes; the rows shown built
+        ranked = [cost.predict(q.build(), prof, itemsize, args.engine)
+                  for q in cost.quotes(spec, workers, prof, itemsize, **how)[: args.top]]
+    else:
+        ranked = cost.candidates(spec, workers, prof, itemsize, **how)
     if args.partition != "auto":
         chosen = options.plan(args, x_shape, w_shape if values is None else values, groups, workers)
         ranked = [cost.predict(chosen, prof, itemsize, args.engine)] + [
