@@ -166,13 +166,13 @@ TASK_BYTES = 32 << 10
 
 def worker_bound(plan, itemsize: int, threads: int, workers: int) -> int:
     """The most a worker's resident memory grows by in a run (docs/architecture.md, "Dask"):
-    per thread, one tile at a time — its pieces as read, their copies in the window's
-    sources and the window (3 windows), its output computed and encoded for the store (2
-    outputs) — whatever the input's size; plus RUNTIME_BYTES and TASK_BYTES for each of
-    its share of the tasks (a tile and its write)."""
+    per thread, one tile at a time — its pieces as read and the window they are copied
+    into (2 windows), its output computed and encoded for the store (2 outputs) — whatever
+    the input's size; plus RUNTIME_BYTES and TASK_BYTES for each of its share of the tasks
+    (a tile and its write)."""
     window = max(math.prod(t.window.shape) for t in plan.tiles) * itemsize
     out = max(math.prod(t.out.shape) for t in plan.tiles) * itemsize
-    return threads * (3 * window + 2 * out) + RUNTIME_BYTES + TASK_BYTES * -(-2 * len(plan.tiles) // workers)
+    return threads * (2 * window + 2 * out) + RUNTIME_BYTES + TASK_BYTES * -(-2 * len(plan.tiles) // workers)
 
 
 def _warm(plan, weight: np.ndarray) -> None:

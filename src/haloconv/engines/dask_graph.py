@@ -23,7 +23,7 @@ import numpy as np
 
 from haloconv.compute import backends
 from haloconv.compute.tile import compute_tile, compute_tile_array
-from haloconv.engines.windows import blank, fill_window
+from haloconv.engines.windows import blank, piece_data
 from haloconv.planning.plan import Plan
 
 
@@ -108,11 +108,16 @@ def tile_output(plan: Plan, places: list, weight: np.ndarray, bias: np.ndarray |
     its pieces read: ``places[i]`` = (piece, where in the piece's source box strips[i] goes)."""
     (tile,) = plan.tiles
     dtype = weight.dtype
-    sources = [np.empty(p.src.shape, dtype) for p in tile.pieces]
+    window = blank(tile, np.empty(0, dtype))
+    flipped: dict[int, np.ndarray] = {}  # the pieces read reversed or repeated, assembled first
     for strip, (p, where) in zip(strips, places):
-        sources[p][where] = strip
-    data = iter(sources)
-    window = fill_window(tile, lambda box: next(data), blank(tile, np.empty(0, dtype)))
+        piece = tile.pieces[p]
+        if all(s == 1 for s in piece.steps):  # straight into its place in the window
+            window[piece.dst.slices()][where] = strip
+        else:
+            flipped.setdefault(p, np.empty(piece.src.shape, dtype))[where] = strip
+    for p, source in flipped.items():
+        window[tile.pieces[p].dst.slices()] = piece_data(source, tile.pieces[p])
     c0, c1 = plan.weight_box(tile)
     w, b = weight[c0:c1], None if bias is None else bias[c0:c1]
     if backends.get(plan.backend).computes_arrays(plan.spec):
