@@ -10,7 +10,6 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -182,12 +181,12 @@ def _profile_key(profile: cost.Profile | str | os.PathLike | None) -> tuple:
     now (a recalibration rewrites it: a new key)."""
     if isinstance(profile, cost.Profile):
         return ("values", repr(profile))
-    path = Path(profile) if profile is not None else cost.default_profile_path()
+    path = os.fspath(profile) if profile is not None else cost.default_profile_file()
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:  # no file: the defaults (or, for a path given, the error load_profile raises)
-        return ("file", str(path), None)
-    return ("file", str(path), st.st_mtime_ns, st.st_size)
+        return ("file", path, None)
+    return ("file", path, st.st_mtime_ns, st.st_size)
 
 
 def _values_key(values) -> tuple | None:

@@ -214,8 +214,13 @@ def _interp2(points: Sequence[Sequence[float]], x: float, level: float) -> float
 
 
 def default_profile_path() -> Path:
+    return Path(default_profile_file())
+
+
+def default_profile_file() -> str:
+    """default_profile_path as a str: what every planned call stats (no pathlib on that path)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "haloconv" / "profile.json"
+    return os.path.join(base, "haloconv", "profile.json")
 
 
 def load_profile(path: str | os.PathLike | None = None) -> Profile:
