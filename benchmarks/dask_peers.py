@@ -127,7 +127,8 @@ def from_file(src: Path, kernel: np.ndarray):
                        partition=(1, 1, 1, 1), engine="threads")
     plan = chunk_plan(one.spec, [(1,), (1,), *(tuple(min(args.chunk, args.size - a) for a in
                                                       range(0, args.size, args.chunk)),) * 2], one.backend)
-    return dask_graph.from_reader(plan, Reader(source, "float32"), np.float32, w, None)[0, 0]
+    return dask_graph.from_reader(plan, Reader(source, "float32", (1, 1, args.chunk, args.chunk)), np.float32, w,
+                                  None)[0, 0]
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ runs do, files/arrays.promote); the checks before writing are every run's (cli/o
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -36,13 +38,59 @@ CHUNK_VALUES = 1 << 22
 
 class Reader:
     """A box of the file's logical (N, C, *spatial) floats, read on the worker that computes
-    with it (files/arrays.DiskArray.read): picklable, so it travels in the tasks."""
+    with it (files/arrays.DiskArray.read): picklable, so it travels in the tasks.
 
-    def __init__(self, source: arrays.DiskArray, dtype: str):
-        self.source, self.dtype = source, np.dtype(dtype)
+    A Zarr chunk is decoded whole whatever part of it is read, and a tile's window reaches
+    into its neighbours' chunks: read box by box, every chunk would be decoded by each of
+    the ~9 tiles that read it.  So a Zarr input is read a chunk at a time (``chunks``, its
+    logical chunk shape) through a worker's cache of the last KEPT_CHUNKS chunks: tiles
+    taken in order share most of their neighbours (a bounded memory, counted in
+    worker_bound)."""
+
+    def __init__(self, source: arrays.DiskArray, dtype: str, chunks: tuple[int, ...] | None = None):
+        self.source, self.dtype, self.chunks = source, np.dtype(dtype), chunks
 
     def __call__(self, box: Box) -> np.ndarray:
-        return self.source.read(box, self.dtype)
+        if self.chunks is None:
+            return self.source.read(box, self.dtype)
+        out = np.empty(box.shape, self.dtype)
+        spans = [range(lo // c, -(-hi // c)) for lo, hi, c in zip(box.lo, box.hi, self.chunks)]
+        for index in itertools.product(*spans):
+            c_lo = [i * c for i, c in zip(index, self.chunks)]
+            block = self._chunk(index, c_lo)
+            lo = [max(a, b) for a, b in zip(box.lo, c_lo)]
+            hi = [min(a, b + n) for a, b, n in zip(box.hi, c_lo, block.shape)]
+            out[tuple(slice(a - b, h - b) for a, h, b in zip(lo, hi, box.lo))] = \
+                block[tuple(slice(a - b, h - b) for a, h, b in zip(lo, hi, c_lo))]
+        return out
+
+    def _chunk(self, index: tuple[int, ...], c_lo: list[int]) -> np.ndarray:
+        key = (self.source.path, self.dtype.str, index)
+        with _kept_lock:
+            block = _kept.pop(key, None)
+            if block is not None:
+                _kept[key] = block  # the most recently used last
+                return block
+        shape = self.source.logical_shape
+        block = self.source.read(Box(tuple(c_lo), tuple(min(a + c, n) for a, c, n in zip(c_lo, self.chunks, shape))),
+                                 self.dtype)
+        with _kept_lock:
+            _kept[key] = block
+            while len(_kept) > KEPT_CHUNKS:
+                _kept.pop(next(iter(_kept)))
+        return block
+
+
+def forget_chunks() -> None:
+    """Drop the chunks this worker keeps (at a run's start and end)."""
+    with _kept_lock:
+        _kept.clear()
+
+
+# decoded chunks a worker keeps (Reader): a tile's 3 x 3 neighbourhood
+KEPT_CHUNKS = 9
+_kept: dict = {}
+_kept_lock = threading.Lock()
 
 
 def _lengths(n: int, chunk: int) -> tuple[int, ...]:
@@ -119,7 +167,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     chunks = chunks_of(source)
     plan = chunk_plan(one.spec, [_lengths(n, c) for n, c in zip(shape, chunks)], one.backend)
     # each task reads its own window from the file: no task holds an input chunk for another
-    y = dask_graph.from_reader(plan, Reader(source, args.dtype), args.dtype, weight, None)
+    reader = Reader(source, args.dtype, chunks if source.kind == "zarr" else None)
+    y = dask_graph.from_reader(plan, reader, args.dtype, weight, None)
     # Zarr chunks of the output's (regular) chunks, so no two tasks write one Zarr chunk
     regular = tuple(max(c) for c in y.chunks)
     y = y.rechunk(regular) if any(len(set(c[:-1])) > 1 or c[-1] > c[0] for c in y.chunks) else y
@@ -139,6 +188,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         start = client.run(_reset_peak)
         _compute(client, y, target, console)
         peaks = client.run(_peak)
+        client.run(forget_chunks)
         arrays.promote(partial, out, sync=args.sync)
     except OSError as e:
         console.error(guard.os_error_line(e))
@@ -148,7 +198,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         if local is not None:
             local.close()
     threads = max(w["nthreads"] for w in info["workers"].values())
-    bound = worker_bound(plan, np.dtype(args.dtype).itemsize, threads, workers)
+    cached = KEPT_CHUNKS * math.prod(chunks) * np.dtype(args.dtype).itemsize if reader.chunks else 0
+    bound = worker_bound(plan, np.dtype(args.dtype).itemsize, threads, workers, cached)
     grew = max(peaks[w] - start[w] for w in start)
     console.say(f"peak RSS per worker: {', '.join(f'{peaks[w] / 2**20:.0f}' for w in sorted(peaks))} MiB, at most "
                 f"{grew / 2**20:.0f} MiB over its start (the chunks' bound: {bound / 2**20:.0f} MiB)")
@@ -164,21 +215,23 @@ RUNTIME_BYTES = 16 << 20
 TASK_BYTES = 32 << 10
 
 
-def worker_bound(plan, itemsize: int, threads: int, workers: int) -> int:
+def worker_bound(plan, itemsize: int, threads: int, workers: int, cached: int = 0) -> int:
     """The most a worker's resident memory grows by in a run (docs/architecture.md, "Dask"):
     per thread, one tile at a time — its pieces as read and the window they are copied
     into (2 windows), its output computed and encoded for the store (2 outputs) — whatever
     the input's size; plus RUNTIME_BYTES and TASK_BYTES for each of its share of the tasks
-    (a tile and its write)."""
+    (a tile and its write); and ``cached``, the bytes of the chunks Reader keeps."""
     window = max(math.prod(t.window.shape) for t in plan.tiles) * itemsize
     out = max(math.prod(t.out.shape) for t in plan.tiles) * itemsize
-    return threads * (2 * window + 2 * out) + RUNTIME_BYTES + TASK_BYTES * -(-2 * len(plan.tiles) // workers)
+    return (threads * (2 * window + 2 * out) + cached + RUNTIME_BYTES
+            + TASK_BYTES * -(-2 * len(plan.tiles) // workers))
 
 
 def _warm(plan, weight: np.ndarray) -> None:
     """Compute the plan's first tile on zeros, so a worker's start is measured with what a
     task's first call sets up (the backend's library, torch's thread pools): the run's
     growth is then its data's."""
+    forget_chunks()  # a worker that ran before may hold chunks of a file since rewritten
     tile = plan.tiles[0]
     one = replace(plan, tiles=(tile,), workers=1)
     dask_graph.tile_output(one, [(p, tuple(slice(0, n) for n in piece.src.shape)) for p, piece in
