@@ -51,7 +51,7 @@ def plan(
     backend: str | None = None,
     memory_budget: int | None = None,
     profile: cost.Profile | str | None = None,
-    engine: str = "processes",
+    engine: str = "threads",
 ) -> Plan:
     """The Plan for a convolution of these shapes: who computes which output box, from
     which input, with which halo from whom (no data, no communication).
@@ -88,8 +88,10 @@ def plan(
         counts them (not the process's resident memory; conv_file's budget is that).
     profile : Profile or str, optional
         The cost model's measurements (default: what `haloconv calibrate` wrote).
-    engine : {'processes', 'threads'}
-        The engine whose costs the cost model ranks by.
+    engine : {'threads', 'processes'}
+        The engine whose costs the cost model ranks by: as haloconv.conv's and
+        haloconv.execute's default, 'threads'; 'processes' for worker processes (a
+        LocalCluster, torchrun ranks).
 
     Returns
     -------

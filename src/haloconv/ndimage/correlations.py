@@ -222,9 +222,13 @@ def _run(input: np.ndarray, weights: np.ndarray, origins: list[int], axes: list[
         x, w = x.astype(fast, copy=False), w.astype(fast)
         result_dtype = fast
     partition = tuple(opts["partition"]) if isinstance(opts["partition"], list) else opts["partition"]
-    plan = _plan(tuple(x.shape), tuple(w.shape), tuple(pads), padding_mode, opts["workers"], partition, backend)
+    # priced for the engine that runs it: threads, or worker processes
+    priced = "threads" if isinstance(opts["engine"], str) and opts["engine"] == "threads" else "processes"
+    plan = _plan(tuple(x.shape), tuple(w.shape), tuple(pads), padding_mode, opts["workers"], partition, backend,
+                 priced)
     if backend == "auto" and not array_threads.runs(plan):  # the cost model's pick takes no arrays (fft)
-        plan = _plan(tuple(x.shape), tuple(w.shape), tuple(pads), padding_mode, opts["workers"], partition, "ndimage")
+        plan = _plan(tuple(x.shape), tuple(w.shape), tuple(pads), padding_mode, opts["workers"], partition, "ndimage",
+                     priced)
     if backend in ("ndimage", "ndimage1d"):
         result_dtype = dtype if dtype not in (np.float16, np.bool_) else (
             np.float32 if dtype == np.float16 else np.float64)
@@ -266,13 +270,13 @@ def _on_processes(plan, x: np.ndarray, w: np.ndarray, engine) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=256)
-def _plan(x_shape, w_shape, pads, padding_mode, workers, partition, backend):
+def _plan(x_shape, w_shape, pads, padding_mode, workers, partition, backend, engine):
     """The plan of a call, kept per configuration: a plan is made from shapes alone, and a
     filter applied again to images of one size (a stack, a video, a test suite) plans once."""
     from haloconv import planner
 
     return planner.plan(x_shape, w_shape, padding=pads, padding_mode=padding_mode, workers=workers,
-                        partition=partition, backend=backend)
+                        partition=partition, backend=backend, engine=engine)
 
 
 def _complex(func, input, weights, output, cval, kwargs):
