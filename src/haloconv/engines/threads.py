@@ -8,7 +8,6 @@ equal share of this process's intra-op threads.  Tiles read the shared input dir
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -16,6 +15,7 @@ from haloconv.compute import backends, kernels
 from haloconv.compute.tile import compute_tile, tile_backward
 from haloconv.engines.base import add_tile_grads
 from haloconv.engines.execution import Execution, WorkerStats
+from haloconv.engines.pool import run_each
 from haloconv.engines.windows import assemble_window
 from haloconv.planning.boxes import Tile
 from haloconv.planning.plan import Plan
@@ -116,12 +116,8 @@ def _each_tile(plan: Plan, pool: int, work):
         with torch.no_grad():
             return work(tile)
 
-    try:
-        if len(plan.tiles) == 1:
-            yield untracked(plan.tiles[0])
-            return
-        with ThreadPoolExecutor(max_workers=pool, thread_name_prefix="haloconv") as ex:
-            yield from ex.map(untracked, plan.tiles)
+    try:  # on the threads kept for the process (engines/pool), this one among them
+        yield from run_each(untracked, plan.tiles, pool)
     finally:
         torch.set_num_threads(caller_threads)
 
