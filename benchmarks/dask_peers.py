@@ -82,14 +82,16 @@ def main() -> None:
               f"LocalCluster 2 workers x 1 thread")
         print("| filter | method | seconds | x dask-image | peak MiB per worker | max diff | load |")
         print("|---|---|---|---|---|---|---|")
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                          memory_limit=None) as lc, Client(lc) as client:
-            pids = list(client.run(os.getpid).values())
-            for fname, f in jobs.items():
-                results = {}
-                for method, mod, kw in (("haloconv", hndi, {}), ("haloconv-auto", hndi, {"backend": "auto"}),
-                                        ("haloconv-file", None, {}), ("dask-image", dndf, {}),
-                                        ("haloconv-threads", hndi, {})):
+        for fname, f in jobs.items():
+            results = {}
+            for method, mod, kw in (("haloconv", hndi, {}), ("haloconv-auto", hndi, {"backend": "auto"}),
+                                    ("haloconv-file", None, {}), ("dask-image", dndf, {}),
+                                    ("haloconv-threads", hndi, {})):
+                # a cluster per method: a worker's peak is then this method's, not what an
+                # earlier one left in its heap
+                with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  memory_limit=None) as lc, Client(lc) as client:
+                    pids = list(client.run(os.getpid).values())
                     best, peak = np.inf, {}
                     out = Path(tmp) / f"{method}.zarr"
                     for _ in range(args.repeat):
@@ -109,13 +111,13 @@ def main() -> None:
                         watcher.join()
                         peak = peaks
                     results[method] = (best, peak, out)
-                ref = da.from_zarr(str(results["dask-image"][2]))
-                for method, (t, peak, out) in results.items():
-                    diff = float(abs(da.from_zarr(str(out)) - ref).max().compute(scheduler="threads"))
-                    per = "-" if method == "haloconv-threads" else \
-                        " / ".join(f"{v / 2**20:.0f}" for v in peak.values())
-                    print(f"| {fname} | {method} | {t:.2f} | {results['dask-image'][0] / t:.2f} | {per} | "
-                          f"{diff:.3g} | {os.getloadavg()[0]:.2f} |", flush=True)
+            ref = da.from_zarr(str(results["dask-image"][2]))
+            for method, (t, peak, out) in results.items():
+                diff = float(abs(da.from_zarr(str(out)) - ref).max().compute(scheduler="threads"))
+                per = "-" if method == "haloconv-threads" else \
+                    " / ".join(f"{v / 2**20:.0f}" for v in peak.values())
+                print(f"| {fname} | {method} | {t:.2f} | {results['dask-image'][0] / t:.2f} | {per} | "
+                      f"{diff:.3g} | {os.getloadavg()[0]:.2f} |", flush=True)
 
 
 def from_file(src: Path, kernel: np.ndarray):
