@@ -4,7 +4,6 @@ torch: a command that filters an image with OpenCV plans here without importing 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import threading
@@ -198,4 +197,11 @@ def _values_key(values) -> tuple | None:
     if hasattr(values, "detach"):  # a torch.Tensor (check_filters let only tensors and arrays in)
         values = values.detach().cpu().numpy()
     data = np.ascontiguousarray(values)
+    if data.nbytes <= VALUES_KEPT_WHOLE:  # a filter's few values are their own key (exact, no hash)
+        return (str(data.dtype), data.shape, data.tobytes())
+    import hashlib  # only here: its import (OpenSSL's) costs more than a small filter's call
+
     return (str(data.dtype), data.shape, hashlib.blake2b(data.tobytes(), digest_size=16).digest())
+
+
+VALUES_KEPT_WHOLE = 4096  # bytes: a 32x32 float32 kernel

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -60,16 +59,17 @@ class Guard:
         self.said = False
         self._lock = threading.Lock()
         self._done = threading.Event()
-        self._reader, self._writer = socket.socketpair()
-        self._writer.setblocking(False)
-        self._previous = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        # a pipe the signal's number is written to (a socket pair would do, at socket's import)
+        self._reader, self._writer = os.pipe()
+        os.set_blocking(self._writer, False)
+        self._previous = signal.set_wakeup_fd(self._writer, warn_on_full_buffer=False)
         self._thread = threading.Thread(target=self._watch, name="haloconv-interrupt", daemon=True)
         self._thread.start()
 
     def _watch(self) -> None:
         while True:
             try:
-                data = self._reader.recv(64)
+                data = os.read(self._reader, 64)
             except OSError:
                 return
             if not data or self._done.is_set():
@@ -93,9 +93,9 @@ class Guard:
     def close(self) -> None:
         self._done.set()
         signal.set_wakeup_fd(self._previous)
-        self._writer.close()
+        os.close(self._writer)
         self._thread.join(timeout=1.0)
-        self._reader.close()
+        os.close(self._reader)
 
 
 def _stop_now() -> None:
