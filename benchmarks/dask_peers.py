@@ -39,7 +39,7 @@ from distributed import Client, LocalCluster
 
 from haloconv import ndimage as hndi
 from haloconv import planner
-from haloconv.cli.dask_run import Reader
+from haloconv.cli.dask_run import Reader, chunk_lengths
 from haloconv.engines import dask_graph
 from haloconv.files import arrays, filters
 from haloconv.planning.plan import chunk_plan
@@ -127,8 +127,7 @@ def from_file(src: Path, kernel: np.ndarray):
     w = kernel.astype(np.float32)[None, None]
     one = planner.plan(source.logical_shape, w, padding="same", padding_mode="symmetric",
                        partition=(1, 1, 1, 1), engine="threads")
-    plan = chunk_plan(one.spec, [(1,), (1,), *(tuple(min(args.chunk, args.size - a) for a in
-                                                      range(0, args.size, args.chunk)),) * 2], one.backend)
+    plan = chunk_plan(one.spec, [(1,), (1,), *(chunk_lengths(args.size, args.chunk),) * 2], one.backend)
     return dask_graph.from_reader(plan, Reader(source, "float32", (1, 1, args.chunk, args.chunk)), np.float32, w,
                                   None)[0, 0]
 

@@ -15,7 +15,6 @@ import itertools
 import math
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from haloconv.engines import dask_graph
 from haloconv.files import arrays, filters, guard
 from haloconv.files.pixels import conversion
 from haloconv.planning.boxes import Box
+from haloconv.planning.geometry import block_extent
 from haloconv.planning.plan import chunk_plan
 
 from . import options, outputs
@@ -93,8 +93,9 @@ _kept: dict = {}
 _kept_lock = threading.Lock()
 
 
-def _lengths(n: int, chunk: int) -> tuple[int, ...]:
-    return tuple(min(chunk, n - a) for a in range(0, n, chunk))
+def chunk_lengths(n: int, chunk: int) -> tuple[int, ...]:
+    """The lengths of an axis of ``n`` cut every ``chunk`` (geometry.block_extent)."""
+    return tuple(b - a for a, b in block_extent(n, chunk))
 
 
 def write(out: arrays.DiskArray, box: Box, block: np.ndarray) -> None:
@@ -165,7 +166,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                        groups=groups, padding_mode=args.padding_mode, backend=args.backend,
                        partition=(1,) * len(shape), engine="threads")  # the backend a tile takes
     chunks = chunks_of(source)
-    plan = chunk_plan(one.spec, [_lengths(n, c) for n, c in zip(shape, chunks)], one.backend)
+    plan = chunk_plan(one.spec, [chunk_lengths(n, c) for n, c in zip(shape, chunks)], one.backend)
     # each task reads its own window from the file: no task holds an input chunk for another
     reader = Reader(source, args.dtype, chunks if source.kind == "zarr" else None)
     y = dask_graph.from_reader(plan, reader, args.dtype, weight, None)
@@ -232,11 +233,8 @@ def _warm(plan, weight: np.ndarray) -> None:
     task's first call sets up (the backend's library, torch's thread pools): the run's
     growth is then its data's."""
     forget_chunks()  # a worker that ran before may hold chunks of a file since rewritten
-    tile = plan.tiles[0]
-    one = replace(plan, tiles=(tile,), workers=1)
-    dask_graph.tile_output(one, [(p, tuple(slice(0, n) for n in piece.src.shape)) for p, piece in
-                                 enumerate(tile.pieces)], weight, None,
-                           [np.zeros(piece.src.shape, weight.dtype) for piece in tile.pieces])
+    dask_graph.read_tile(dask_graph.one_tile(plan, plan.tiles[0]), lambda box: np.zeros(box.shape, weight.dtype),
+                         weight, None)
 
 
 def _reset_peak() -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import itertools
 import operator
+from dataclasses import replace
 
 import numpy as np
 
@@ -62,8 +63,7 @@ def run(plan: Plan, x, weight: np.ndarray, bias: np.ndarray | None):
                                 tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, c_lo)))
                 keys.append(key)
                 places.append((p, tuple(slice(a - s0, b - s0) for a, b, s0 in zip(lo, hi, piece.src.lo))))
-        one = Plan(spec=plan.spec, partition=plan.partition, splits=plan.splits, workers=1, tiles=(tile,),
-                   backend=plan.backend)  # what the task needs of the plan: small to ship
+        one = one_tile(plan, tile)
         block = np.unravel_index(k, plan.splits)
         dsk[(name, *map(int, block))] = (functools.partial(tile_output, one, places), f"{name}-weight",
                                          f"{name}-bias", keys)
@@ -83,17 +83,22 @@ def from_reader(plan: Plan, read, dtype, weight: np.ndarray, bias: np.ndarray | 
     name = "haloconv-conv-" + tokenize(read, weight, bias, plan.spec, plan.backend, plan.splits)
     dsk: dict = {f"{name}-weight": weight, f"{name}-bias": bias}
     for k, tile in enumerate(plan.tiles):
-        one = Plan(spec=plan.spec, partition=plan.partition, splits=plan.splits, workers=1, tiles=(tile,),
-                   backend=plan.backend)
-        places = [(p, tuple(slice(0, n) for n in piece.src.shape)) for p, piece in enumerate(tile.pieces)]
         dsk[(name, *map(int, np.unravel_index(k, plan.splits)))] = (
-            functools.partial(_read_tile, one, places, read), f"{name}-weight", f"{name}-bias")
+            functools.partial(read_tile, one_tile(plan, tile), read), f"{name}-weight", f"{name}-bias")
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[])
     return da.Array(graph, name, chunks=_output_chunks(plan), dtype=np.dtype(dtype))
 
 
-def _read_tile(plan: Plan, places: list, read, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-    return tile_output(plan, places, weight, bias, [read(piece.src) for piece in plan.tiles[0].pieces])
+def one_tile(plan: Plan, tile) -> Plan:
+    """``plan`` cut to one of its tiles: what a task needs of the plan, small to ship."""
+    return replace(plan, tiles=(tile,), workers=1)
+
+
+def read_tile(plan: Plan, read, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """The output box of ``plan``'s one tile, each piece of its window read by ``read(box)``."""
+    pieces = plan.tiles[0].pieces
+    places = [(p, tuple(slice(0, n) for n in piece.src.shape)) for p, piece in enumerate(pieces)]
+    return tile_output(plan, places, weight, bias, [read(piece.src) for piece in pieces])
 
 
 def _output_chunks(plan: Plan) -> tuple[tuple[int, ...], ...]:

@@ -242,6 +242,18 @@ def _best_grid(spec: ConvSpec, workers: int, ownership: str = "aligned") -> tupl
     raise AssertionError("unreachable: a 1x...x1 grid always fits")
 
 
+def _axis_ranges(spec: ConvSpec, counts: Sequence[int], ownership: str) -> list[list[tuple]]:
+    """Per dim over (N, C_out units, *spatial), the (output range, input range) of each of
+    its ``counts`` parts, as build splits them for equal workers (_tile_ranges, one axis at
+    a time); the input range None for aligned ownership (Axis.owned gives it)."""
+    out_ext = _extents(spec)
+    if ownership == "even":
+        in_ext = (*out_ext[:2], *spec.spatial)
+        return [list(zip(geometry.split_extent(o, c, None, True), geometry.split_extent(i, c, None, True)))
+                for o, i, c in zip(out_ext, in_ext, counts)]
+    return [[(r, None) for r in geometry.split_extent(o, c)] for o, c in zip(out_ext, counts)]
+
+
 def grid_halo(spec: ConvSpec, counts: Sequence[int], ownership: str = "aligned") -> tuple[int, int]:
     """(halo elements, the biggest tile's output volume) of ``build(spec, counts, ...)`` for
     equal workers, without building it.  A tile reads from each owner the product, over
@@ -249,13 +261,7 @@ def grid_halo(spec: ConvSpec, counts: Sequence[int], ownership: str = "aligned")
     interval, so the elements it reads from all owners are the product of per-axis sums,
     its own the product of its own interval's parts, and the sums over the grid's tiles
     factor by axis too (tile_shapes' reasoning; tests check it against built plans)."""
-    out_ext = _extents(spec)
-    if ownership == "even":
-        in_ext = (*out_ext[:2], *spec.spatial)
-        ranges = [list(zip(geometry.split_extent(o, c, None, True), geometry.split_extent(i, c, None, True)))
-                  for o, i, c in zip(out_ext, in_ext, counts)]
-    else:
-        ranges = [[(r, None) for r in geometry.split_extent(o, c)] for o, c in zip(out_ext, counts)]
+    ranges = _axis_ranges(spec, counts, ownership)
     if any(a == b for rs in ranges for (a, b), _ in rs):  # empty tiles (even ownership): built ones say
         plan = build(spec, counts, "grid", math.prod(counts), ownership=ownership)
         return plan.halo_elements, max(t.out.volume for t in plan.tiles)
@@ -609,14 +615,7 @@ def tile_shapes(spec: ConvSpec, counts: Sequence[int], ownership: str = "aligned
     on an axis depend on its range alone, so the shapes are the products of each axis's
     few distinct ones (the cost model prices a candidate of thousands of tiles in the time
     of a few).  Equal, shape for shape and count for count, to the built plan's tiles."""
-    out_ext = _extents(spec)
-    even = ownership == "even"
-    if even:
-        in_ext = (*out_ext[:2], *spec.spatial)
-        ranges = [list(zip(geometry.split_extent(o, c, None, True), geometry.split_extent(i, c, None, True)))
-                  for o, i, c in zip(out_ext, in_ext, counts)]
-    else:
-        ranges = [[(r, None) for r in geometry.split_extent(o, c)] for o, c in zip(out_ext, counts)]
+    ranges = _axis_ranges(spec, counts, ownership)
     axes = [spec.axis(i) for i in range(spec.ndim)]
     align = geometry.compute_align(spec.ndim)
     cog, cig = spec.out_channels // spec.groups, spec.in_channels // spec.groups
