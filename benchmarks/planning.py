@@ -34,7 +34,7 @@ def main() -> None:
             for n in (int(v) for v in args.workers.split(",")):
                 if engine == "processes" and n > args.processes_up_to:
                     continue
-                planner._CHOSEN.clear()  # afresh: not the plan kept from the last call
+                planner.forget()  # afresh: not the plan kept from the last call
                 t0 = time.perf_counter()
                 p = haloconv.plan(xs, ws, padding=1, workers=n, engine=engine)
                 took = time.perf_counter() - t0

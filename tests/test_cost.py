@@ -10,9 +10,16 @@ from PIL import Image
 import haloconv
 from haloconv.cli.main import main
 from haloconv.model import cost
+from haloconv.planner import choice
+from haloconv.planning.options import PlanOptions
 from haloconv.planning.spec import ConvSpec
 
 PROF = cost.Profile()  # the documented defaults: tests never depend on a calibration
+
+
+def how(workers: int, backend: str = "auto", engine: str = "processes", **kw) -> PlanOptions:
+    """The planner's options for the choice functions: the workers and backend given."""
+    return PlanOptions.of(workers=workers, backend=backend, engine=engine, **kw)
 
 
 def test_profile_round_trip_and_bad_files(tmp_path):
@@ -41,12 +48,12 @@ def test_prediction_moves_the_plans_bytes_and_splits_the_compute():
 
 def test_candidates_ranked_and_memory_budget_respected():
     spec = ConvSpec.from_args((4, 32, 256, 256), (32, 32, 3, 3), None, padding=1)
-    ranked = cost.candidates(spec, 4, PROF)
+    ranked = choice.candidates(spec, how(4), PROF)
     assert [q.total_s for q in ranked] == sorted(q.total_s for q in ranked)
     labels = {q.plan.partition for q in ranked}
     assert {"single", "batch", "rows", "cols", "grid", "channels"} <= labels
     budget = sorted(q.peak_memory for q in ranked)[len(ranked) // 2]
-    assert all(q.peak_memory <= budget for q in cost.candidates(spec, 4, PROF, memory_budget=budget))
+    assert all(q.peak_memory <= budget for q in choice.candidates(spec, how(4, memory_budget=budget), PROF))
     with pytest.raises(ValueError, match="memory_budget"):
         haloconv.plan(spec.input_shape, spec.weight_shape, padding=1, workers=4, memory_budget=1000, profile=PROF)
     with pytest.raises(ValueError, match="memory_budget must be a positive"):
@@ -58,7 +65,7 @@ def test_auto_partition_is_the_cheapest_candidate_and_exact():
 
     x, w = torch.randn(2, 8, 96, 80), torch.randn(8, 8, 3, 3)
     p = haloconv.plan(x.shape, w.shape, padding=1, workers=3, profile=PROF)
-    best = cost.candidates(p.spec, 3, PROF, backend="torch", engine="threads")[0].plan  # plan prices threads
+    best = choice.candidates(p.spec, how(3, "torch", "threads"), PROF)[0].plan  # plan prices threads
     assert (p.partition, p.splits, p.backend) == (best.partition, best.splits, best.backend)
     y = haloconv.conv(x, w, padding=1, workers=3, profile=PROF)
     assert torch.equal(y, torch.nn.functional.conv2d(x, w, padding=1))
@@ -106,14 +113,13 @@ def test_plan_says_what_run_does(tmp_path, capsys, calibrated, args):
     assert main(["plan", *plan_only]) == 0
     planned = capsys.readouterr().out
     chosen = planned.split("chosen: ")[1].split("\n")[0]  # e.g. "grid 1x1x2x2 4w separable"
-    engine = planned.split("engine ")[1].split(";")[0]
     assert main(["run", *args, "-o", str(tmp_path / "y.npy"), "--overwrite"]) == 0
     ran = capsys.readouterr().out
-    line = ran.split("plan: ")[1].split("\n")[0]  # "grid 1x1x2x2 over ...: 4 tiles on 4 workers, ..., engine threads"
+    line = "plan: " + ran.split("plan: ")[1].split("\n")[0]  # "plan: grid 1x1x2x2 over ...: 4 tiles ..., engine ..."
+    assert planned.splitlines()[0] == line, (planned.splitlines()[0], line)  # plan's first line is run's
     partition, splits, workers, backend = chosen.split()
-    assert line.startswith(f"{partition} {splits} over"), (chosen, line)
+    assert line.startswith(f"plan: {partition} {splits} over"), (chosen, line)
     assert f"on {workers[:-1]} workers" in line and f"backend {backend}" in line, (chosen, line)
-    assert line.endswith(f"engine {engine}"), (engine, line)
 
 
 def test_plan_command_named_partition_comes_first(tmp_path, capsys):
@@ -142,7 +148,7 @@ def test_calibrate_writes_a_profile_the_model_reads(calibrated):
     assert len(prof.torch_rates) >= 10 and all(r[2] > 0 for r in prof.torch_rates)
     assert len(prof.torch_rates_1d) == 12 and all(r[2] > 0 for r in prof.torch_rates_1d)
     spec = ConvSpec.from_args((1, 1, 512, 512), (1, 1, 9, 9), None, padding=4)
-    assert cost.candidates(spec, 2, prof)[0].total_s > 0
+    assert choice.candidates(spec, how(2), prof)[0].total_s > 0
     if prof.cores >= 2:  # each OpenCV backend's calls on every core, per kernel volume
         assert sorted(prof.call_efficiency) == ["opencv", "separable"]
         assert all(len(pts) == 2 and all(v > 0 for _, v in pts) for pts in prof.call_efficiency.values())
@@ -387,7 +393,7 @@ def test_predictions_of_held_out_configurations_are_within_a_band_of_their_measu
         if name not in HELD_OUT_SAMPLE:
             continue
         spec = ConvSpec.from_args(xs, ws, (ws[0],), stride=stride, padding=pad, groups=groups)
-        chosen = cost.candidates(spec, workers, prof, backend="auto")[0]
+        chosen = choice.candidates(spec, how(workers), prof)[0]
         g = torch.Generator().manual_seed(0)
         x, w, b = (torch.randn(s, generator=g) for s in (xs, ws, (ws[0],)))
         cluster = clusters(workers)
@@ -457,10 +463,10 @@ def test_choose_skips_candidates_that_cannot_win_and_picks_what_ranking_them_all
              ConvSpec.from_args((1, 1, 300, 300), (1, 1, 3, 3), None, padding=1)]
     checked = set()
     for spec, workers, engine, budget in itertools.product(specs, (2, 3, 8), ("processes", "threads"), (None, 2**22)):
-        ranked = cost.candidates(spec, workers, prof, engine=engine, memory_budget=budget)
+        ranked = choice.candidates(spec, how(workers, engine=engine, memory_budget=budget), prof)
         if not ranked:
             continue
-        got = cost.choose(spec, workers, prof, engine=engine, memory_budget=budget)
+        got = choice.choose(spec, how(workers, engine=engine, memory_budget=budget), prof)
         assert got == ranked[0].plan, (spec.input_shape, workers, engine, budget)
         checked.add((ranked[0].plan.partition == "single", engine))
     assert len(checked) == 4  # a single worker and a split chosen, on each engine
@@ -523,9 +529,9 @@ def test_threads_quotes_equal_the_built_candidates_predictions(seed):
         kw = dict(backend=rng.choice(["auto", "torch"]), engine="threads", ownership=rng.choice(["aligned", "even"]),
                   memory_budget=rng.choice([None, 20_000]))
         workers = rng.randint(1, 9)
-        full = [cost.Quote.of(q) for q in cost.candidates(spec, workers, PROF, **kw)]
-        fast = cost.quotes(spec, workers, PROF, **kw)
+        full = [choice.Quote.of(q, how(workers, **kw)) for q in choice.candidates(spec, how(workers, **kw), PROF)]
+        fast = choice.quotes(spec, how(workers, **kw), PROF)
         assert [(q.label, q.total_s, q.peak_memory) for q in fast] == [(q.label, q.total_s, q.peak_memory)
                                                                        for q in full]
         if fast:
-            assert cost.choose(spec, workers, PROF, **kw) == full[0].build()
+            assert choice.choose(spec, how(workers, **kw), PROF) == full[0].build()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from haloconv.engines import LocalCluster
+from haloconv.planning.options import RunOptions
 from haloconv.planning.plan import make_plan
 from haloconv.planning.spec import ConvSpec
 
@@ -62,7 +63,7 @@ def test_measured_speeds_follow_a_throttled_process_and_weight_the_split(caplog)
     x, w = torch.randn(1, 8, 256, 256), torch.randn(8, 8, 3, 3)
     plan = haloconv.plan(x.shape, w.shape, padding=1, partition="rows", workers=2)
     with caplog.at_level(logging.INFO, logger="haloconv"):
-        ex = processes.run(plan, x, w, None, measure_speeds=True, throttle={1: 5.0})
+        ex = processes.run(plan, x, w, None, RunOptions.of(engine="processes", measure_speeds=True), throttle={1: 5.0})
     logs = [r.getMessage() for r in caplog.records]
     assert torch.equal(ex.output, torch.nn.functional.conv2d(x, w, padding=1))
     rows = [t.out.shape[2] for t in ex.plan.tiles]

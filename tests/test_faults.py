@@ -12,6 +12,7 @@ import pytest
 
 from conftest import own_children
 from haloconv.engines.host import proc_status, workers_of
+from haloconv.planning.options import RunOptions
 
 
 def _run_and_kill_a_worker(tmp_path, on_failure: str):
@@ -102,8 +103,9 @@ def test_a_throttled_worker_killed_once_the_first_tile_is_in_is_survived(schedul
             killed.append(_worker_pid(2))
             os.kill(killed[0], signal.SIGKILL)
 
-    ex = processes.run(plan, x, w, None, timeout=30, on_failure="retry", throttle={2: 5000.0}, progress=progress,
-                       schedule=schedule, **({"tiles": 12} if schedule == "dynamic" else {}))
+    how = RunOptions.of(engine="processes", timeout=30, on_failure="retry", progress=progress, schedule=schedule,
+                        tiles=12 if schedule == "dynamic" else None)
+    ex = processes.run(plan, x, w, None, how, throttle={2: 5000.0})
     assert torch.equal(ex.output, torch.nn.functional.conv2d(x, w, padding=2))
     assert killed and len(ex.failures) == 1 and "exited" in ex.failures[0], ex.failures
     assert seen[0][0] < seen[0][1]  # killed mid-run

@@ -7,8 +7,7 @@ import grimp
 LAYERS = [  # highest first; a module may import its own layer's package and those below
     {"haloconv.cli"},
     {"haloconv.api", "haloconv.nn", "haloconv.ndimage"},
-    {"haloconv.outofcore"},
-    {"haloconv.planner"},
+    {"haloconv.planner", "haloconv.dispatch"},
     {"haloconv.distributed"},
     {"haloconv.engines"},
     {"haloconv.model", "haloconv.files"},
@@ -138,3 +137,34 @@ def test_tables_are_rendered_in_one_place():
     own = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
                  if p.name != "text.py" and re.search(r"widths = \[max\(len\(", p.read_text()))
     assert own == [], own
+
+
+# the faces take a user's keywords; below them, functions take values (planning/options.py)
+FACES = ("haloconv.cli", "haloconv.api", "haloconv.ndimage", "haloconv.nn")
+FACE_FUNCTIONS = {("haloconv.planner.plans", "plan")}  # haloconv.plan
+
+
+def _parameters(fn) -> int:
+    a = fn.args
+    n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) + bool(a.vararg) + bool(a.kwarg)
+    return n - bool(a.args and a.args[0].arg in ("self", "cls"))
+
+
+def test_functions_below_the_faces_take_at_most_ten_parameters():
+    """Options are values: no function below the faces takes more than 10 parameters."""
+    import ast
+    import pathlib
+
+    import haloconv
+
+    root = pathlib.Path(haloconv.__file__).parent
+    wide = []
+    for path in root.rglob("*.py"):
+        module = "haloconv." + ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        if module.startswith(FACES):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _parameters(node) > 10 and \
+                    (module, node.name) not in FACE_FUNCTIONS:
+                wide.append(f"{module}.{node.name}: {_parameters(node)}")
+    assert not wide, wide

@@ -8,8 +8,8 @@ import torch
 
 import haloconv
 from haloconv import Partition
-from haloconv.model import cost
 from haloconv.nn.layout import Layout
+from haloconv.planner import choice
 from haloconv.planning.partition import named_kinds, replanned
 from haloconv.planning.spec import ConvSpec
 
@@ -87,7 +87,7 @@ def test_plan_and_conv_take_a_partition_value():
 
 def test_the_cost_models_candidates_come_from_the_partition_kinds():
     spec = ConvSpec.from_args((1, 2, 40, 40), (2, 2, 3, 3), None, padding=1)
-    names = {n for n, _ in cost.candidate_splits(spec, 4)} - {"hybrid"}
+    names = {n for n, _ in choice.candidate_splits(spec, 4)} - {"hybrid"}
     assert names <= set(named_kinds(2)) and {"rows", "cols", "grid"} <= names
 
 

@@ -305,7 +305,7 @@ def test_a_chosen_plan_is_kept_per_configuration_filters_and_profile(tmp_path):
     assert haloconv.plan(x, dense, padding=4, workers=2, profile=cost.Profile(cores=3.0)) is not d
     assert haloconv.plan(x, dense, padding=4, workers=2, profile=cost.Profile()) is d  # equal values: kept
     # fresh, it is the same choice
-    planner._CHOSEN.clear()
+    planner.forget()
     assert haloconv.plan(x, rank1, padding=4, workers=2, engine="threads") == a
 
 
@@ -369,7 +369,7 @@ def test_tile_shapes_and_grid_halo_are_those_of_the_built_plan(data):
         return
     ownership = data.draw(st.sampled_from(["aligned", "even"]))
     extra = 1 if ownership == "even" else 0  # even ownership may leave tiles empty
-    counts = [data.draw(st.integers(1, max(1, min(e, 4)) + extra)) for e in plans._extents(spec)]
+    counts = [data.draw(st.integers(1, max(1, min(e, 4)) + extra)) for e in plans.split_extents(spec)]
     try:
         built = plans.build(spec, counts, "x", math.prod(counts), ownership=ownership)
     except ValueError:

@@ -4,6 +4,7 @@ single-node call on the whole input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -22,9 +23,11 @@ from haloconv.compute import backends, kernels
 from haloconv.engines import WorkerError, stream, stream_job, stream_threads, windows
 from haloconv.files import arrays
 from haloconv.files import images as io
-from haloconv.files.journal import Journal, journal_path
+from haloconv.files.journal import Journal, header_of, journal_path
 from haloconv.model import cost
+from haloconv.planner.streaming import StreamTiler, stream_block, stream_plan
 from haloconv.planning.boxes import Box
+from haloconv.planning.options import StreamOptions, float_dtype
 from haloconv.planning.spec import ConvSpec
 
 
@@ -126,7 +129,7 @@ def test_windows_read_into_a_buffer_used_again_equal_fresh_ones(tmp_path, monkey
         src = arrays.open_input(tmp_path / name, integers="keep")
         c = a.shape[1]
         spec = ConvSpec.from_args(a.shape, (c, c, 5, 3), None, padding=(2, 1), padding_mode=padding_mode)
-        job = stream_job.Job(cost.stream_plan(spec, 60_000, "torch", 4, a.itemsize, min_tiles=4), src, None,
+        job = stream_job.Job(stream_plan(spec, 60_000, "torch", 4, a.itemsize, min_tiles=4), src, None,
                              np.ones((c, c, 5, 3), np.float32), None, np.dtype(np.float32))
         x = a.astype(np.float32)
         for index, tile in enumerate(job.plan.tiles):
@@ -164,7 +167,7 @@ def test_bad_stream_inputs_are_refused_naming_the_file(tmp_path):
 def test_stream_blocks_fit_the_allowance_and_cover_the_output():
     spec = ConvSpec.from_args((3, 2, 300, 200), (4, 2, 5, 5), None, padding=2)
     for allowance in (20e6, 5e6, 1e6, 2e5):
-        plan = cost.stream_plan(spec, int(allowance), "torch", min_tiles=8)
+        plan = stream_plan(spec, int(allowance), "torch", min_tiles=8)
         seen = np.zeros(spec.output_shape, dtype=np.int32)
         for t in plan.tiles:
             seen[t.out.slices()] += 1
@@ -172,7 +175,7 @@ def test_stream_blocks_fit_the_allowance_and_cover_the_output():
         assert (seen == 1).all()
         assert len(plan.tiles) >= 8
     with pytest.raises(ValueError, match="memory_budget"):
-        cost.stream_plan(spec, 1000, "torch")
+        stream_plan(spec, 1000, "torch")
 
 
 CASES = [
@@ -189,13 +192,35 @@ CASES = [
 ]
 
 
+def _tiler_and_options(source, spec, kw: dict) -> tuple[StreamTiler, StreamOptions]:
+    """The engines' values from a run's keywords: the tiler (backend, default torch; block)
+    and the StreamOptions (the rest)."""
+    tiler = StreamTiler(spec, kw.pop("backend", "torch"), float_dtype(kw.get("dtype") or np.float32).itemsize,
+                        np.dtype(source.dtype).itemsize, kw.pop("block", None))
+    throttle = kw.pop("throttle", None)  # a test's slowed workers: not an option a user sets
+    return tiler, dataclasses.replace(StreamOptions.of(**kw), throttle=throttle)
+
+
+def _processes(source, spec, w, b, out, fmt, **kw):
+    """stream.run (worker processes) with keywords."""
+    tiler, how = _tiler_and_options(source, spec, kw)
+    return stream.run(source, tiler, w, b, out, fmt, how)
+
+
+def _threads(source, spec, w, b, out, fmt, **kw):
+    """stream_threads.run (this process) with keywords; ``threads``: the compute's cores."""
+    kw["workers"] = kw.pop("threads", 1)
+    tiler, how = _tiler_and_options(source, spec, kw)
+    return stream_threads.run(source, tiler, w, b, out, fmt, how)
+
+
 def _stream(engine: str, *args, **kw):
     """A streamed run on ``engine``: worker processes (stream.run) or this process's
     threads (stream_threads.run); ``workers`` is their count / the compute's cores."""
     if engine == "threads":
         kw = {k: v for k, v in kw.items() if k not in ("on_failure", "timeout", "throttle")}
-        return stream_threads.run(*args, threads=kw.pop("workers"), **kw)
-    return stream.run(*args, **kw)
+        return _threads(*args, threads=kw.pop("workers"), **kw)
+    return _processes(*args, **kw)
 
 
 # every case on threads; on worker processes (a fresh pool per stream) the cases whose tiles
@@ -270,7 +295,7 @@ def test_a_worker_killed_mid_stream_the_others_finish_keeping_finished_tiles(tmp
     spec = ConvSpec.from_args(source.logical_shape, w.shape, None, padding=1)
     killer = _kill_a_worker_when(journal_path(tmp_path / "y.npy"), 3)
     # every process 40x slower: tiles take long enough for the kill to land mid-run
-    res = stream.run(source, spec, w, None, tmp_path / "y.npy", "npy", memory_budget=2 << 30, workers=3,
+    res = _processes(source, spec, w, None, tmp_path / "y.npy", "npy", memory_budget=2 << 30, workers=3,
                      block=(None, None, 4, None), throttle={0: 40, 1: 40, 2: 40}, timeout=20)
     killer.join()
     assert len(res.failures) == 1 and "exited" in res.failures[0]
@@ -293,7 +318,7 @@ def test_interrupted_stream_resumes_from_its_journal(tmp_path):
     kw = dict(memory_budget=2 << 30, block=(None, None, 4, None), timeout=20)
     killer = _kill_a_worker_when(journal_path(out), 3)
     with pytest.raises(WorkerError):
-        stream.run(source, spec, w, None, out, "zarr", workers=2, on_failure="fail",
+        _processes(source, spec, w, None, out, "zarr", workers=2, on_failure="fail",
                    throttle={0: 30, 1: 30}, **kw)
     killer.join()
     assert not out.exists() and arrays.partial_path(out).exists()  # never a partial file under the name
@@ -303,8 +328,8 @@ def test_interrupted_stream_resumes_from_its_journal(tmp_path):
     with open(journal, "a") as f:
         f.write("2")  # a torn last line (no newline): ignored
     with pytest.raises(ValueError, match="another job"):
-        stream.run(source, spec, w * 2, None, out, "zarr", workers=2, resume=True, **kw)
-    res = stream.run(source, spec, w, None, out, "zarr", workers=2, resume=True, **kw)
+        _processes(source, spec, w * 2, None, out, "zarr", workers=2, resume=True, **kw)
+    res = _processes(source, spec, w, None, out, "zarr", workers=2, resume=True, **kw)
     assert res.skipped == finished
     assert sum(res.tiles_done.values()) == 24 - finished
     assert torch.equal(_read_back(out, "zarr", spec.output_shape), kernels.single_node(x, w, None, spec))
@@ -329,7 +354,7 @@ def test_sync_puts_each_tile_on_disk_and_a_journal_without_it_trusts_one_boot(tm
         monkeypatch.setattr(os, name, lambda fd, name=name, real=real: synced.__setitem__(name, synced[name] + 1)
                             or real(fd))
     out = tmp_path / "y.npy"
-    res = stream_threads.run(source, spec, w, None, out, "npy", memory_budget=2 << 30, threads=2,
+    res = _threads(source, spec, w, None, out, "npy", memory_budget=2 << 30, threads=2,
                              backend="opencv", block=(None, None, 8, None), sync=sync)
     tiles = len(res.plan.tiles)
     ref = backends.single_node("opencv", torch.from_numpy(x), torch.from_numpy(w), None, spec).numpy()
@@ -338,7 +363,8 @@ def test_sync_puts_each_tile_on_disk_and_a_journal_without_it_trusts_one_boot(tm
     # its rename
     assert synced == ({"fdatasync": tiles, "fsync": 1 + tiles + 1 + 1} if sync else {"fdatasync": 0, "fsync": 0})
     # a journal left by an interrupted run, resumed in this boot and in another one
-    job = stream_job.job_for(source, spec, w, None, np.float32, 2 << 30, "opencv", 1, (None, None, 8, None))
+    job = stream_job.job_for(source, StreamTiler(spec, "opencv", 4, 4, (None, None, 8, None)), w, None, np.float32,
+                             2 << 30, 1)
     head = stream_job.header(job, out, "npy")
     Journal(journal_path(out), head, resume=False, sync=sync).record(3)
     assert Journal(journal_path(out), head, resume=True, sync=sync).done == {3}
@@ -400,7 +426,7 @@ def test_outputs_are_written_around_the_page_cache_in_aligned_blocks(tmp_path, m
     source = arrays.open_input(tmp_path / "x.npy")
     spec = ConvSpec.from_args(source.logical_shape, w.shape, None, padding=2)
     out = tmp_path / "y.npy"
-    res = stream_threads.run(source, spec, w, None, out, "npy", memory_budget=2 << 30, threads=2,
+    res = _threads(source, spec, w, None, out, "npy", memory_budget=2 << 30, threads=2,
                              backend="opencv", block=(None, None, 32, None))
     ref = backends.single_node("opencv", torch.from_numpy(x), torch.from_numpy(w), None, spec).numpy()
     assert len(res.plan.tiles) == 7 and np.array_equal(np.load(out), ref)
@@ -452,7 +478,7 @@ def test_resume_folds_the_journals_of_spmd_ranks(tmp_path):
     spec = ConvSpec.from_args(source.logical_shape, w.shape, None, padding=1)
     out = tmp_path / "y.npy"
     block = (None, None, 4, None)  # 10 tiles
-    job = stream.job_for(source, spec, w, None, torch.float32, 1 << 30, "torch", 8, block)
+    job = stream.job_for(source, StreamTiler(spec, "torch", 4, 4, block), w, None, torch.float32, 1 << 30, 8)
     job, journal = stream.open_output(job, out, "npy", resume=False)
     backend = kernels.select_backend(spec, x, w, None)
     header = stream_job.header(job, out, "npy")
@@ -463,7 +489,7 @@ def test_resume_folds_the_journals_of_spmd_ranks(tmp_path):
     journal.close()
     part.close()
     arrays.close_all()
-    res = stream.run(source, spec, w, None, out, "npy", memory_budget=2 << 30, workers=2, resume=True, block=block)
+    res = _processes(source, spec, w, None, out, "npy", memory_budget=2 << 30, workers=2, resume=True, block=block)
     assert res.skipped == 4 and sum(res.tiles_done.values()) == 6
     assert torch.equal(_read_back(out, "npy", spec.output_shape), kernels.single_node(x, w, None, spec))
     assert not list(tmp_path.glob("y.npy.journal*"))
@@ -496,13 +522,13 @@ def test_a_failure_in_a_threads_stream_stops_it_and_resume_goes_on(tmp_path, mon
         monkeypatch.setattr(Journal, "record", failing)
     before = threading.active_count()
     with pytest.raises(OSError, match=f"injected {stage} failure"):
-        stream_threads.run(source, spec, w, None, out, "npy", **kw)
+        _threads(source, spec, w, None, out, "npy", **kw)
     assert threading.active_count() == before
     assert not out.exists() and arrays.partial_path(out).exists()
     finished = len(journal_path(out).read_text().splitlines()) - 1
     assert finished == 5  # tiles 0-4: the write in flight when a read fails is finished
     monkeypatch.undo()
-    res = stream_threads.run(source, spec, w, None, out, "npy", resume=True, **kw)
+    res = _threads(source, spec, w, None, out, "npy", resume=True, **kw)
     assert res.skipped == finished and res.tiles_done[0] == 24 - finished
     assert torch.equal(_read_back(out, "npy", spec.output_shape), kernels.single_node(x, w, None, spec))
     assert not journal_path(out).exists() and not arrays.partial_path(out).exists()
@@ -535,17 +561,17 @@ def test_resume_keeps_the_tiles_of_the_journal_when_the_process_holds_a_little_m
     budget = stream_job.resident(os.getpid()) + stream_job.MARGIN_BYTES + (24 << 20)
     monkeypatch.setattr(Journal, "record", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        stream_threads.run(source, spec, w, None, out, "npy", memory_budget=budget, threads=2)
+        _threads(source, spec, w, None, out, "npy", memory_budget=budget, threads=2)
     monkeypatch.undo()
-    before = stream_job.header_of(journal_path(out))["block"]
+    before = header_of(journal_path(out))["block"]
     # the resumed run's process holds 3 MiB more: afresh, its tiles would be thinner
     held = stream_job.resident
     monkeypatch.setattr(stream_job, "resident", lambda pid: held(pid) + (3 << 20))
     monkeypatch.setattr(stream, "resident", lambda pid: held(pid) + (3 << 20))
-    afresh = cost.stream_block(spec, stream.data_allowance(budget, held(os.getpid()) + (3 << 20))
+    afresh = stream_block(spec, stream.data_allowance(budget, held(os.getpid()) + (3 << 20))
                                // stream_threads.IN_FLIGHT_PEAKS, "opencv")
     assert afresh[2] != before[2]  # the case this is about: the tiles would differ
-    res = stream_threads.run(source, spec, w, None, out, "npy", memory_budget=budget, threads=2, resume=True)
+    res = _threads(source, spec, w, None, out, "npy", memory_budget=budget, threads=2, resume=True)
     assert res.skipped == 2 and list(res.plan.tiles[0].out.shape) == before
     assert torch.equal(_read_back(out, "npy", spec.output_shape), backends.single_node(res.plan.backend, x, w, None,
                                                                                         spec))

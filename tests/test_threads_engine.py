@@ -102,11 +102,11 @@ def test_conv_plans_once_when_the_array_engine_does_not_take_the_arrays(monkeypa
     the one that runs (issue 28: it was made twice)."""
     import numpy as np
 
-    from haloconv import api
+    from haloconv.api import in_memory
 
     calls = []
-    real = api.plan
-    monkeypatch.setattr(api, "plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = in_memory.plan_for
+    monkeypatch.setattr(in_memory, "plan_for", lambda *a, **k: calls.append(1) or real(*a, **k))
     x = np.random.default_rng(0).random((1, 3, 20, 20), dtype=np.float32)
     w = np.random.default_rng(1).random((4, 3, 3, 3), dtype=np.float32)
     y = haloconv.conv(x, w, padding=1, partition="rows", workers=2)

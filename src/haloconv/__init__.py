@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 
 # name -> the module that defines it
 _WHERE = {
-    "conv": "haloconv.api", "execute": "haloconv.api", "conv_file": "haloconv.outofcore", "plan": "haloconv.planner",
+    "conv": "haloconv.api", "execute": "haloconv.api", "conv_file": "haloconv.api.out_of_core",
+    "plan": "haloconv.planner",
     "Execution": "haloconv.engines", "LocalCluster": "haloconv.engines", "WorkerError": "haloconv.engines",
     "default_workers": "haloconv.engines.host",
     "Box": "haloconv.planning.boxes", "Piece": "haloconv.planning.boxes", "Tile": "haloconv.planning.boxes",

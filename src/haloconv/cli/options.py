@@ -9,9 +9,9 @@ import sys
 
 from haloconv import planner, units
 from haloconv.compute import backends
-from haloconv.engines.execution import SCHEDULES
 from haloconv.files import arrays, filters, images
 from haloconv.files.pixels import INTEGERS
+from haloconv.planning.options import SCHEDULES, PlanOptions, RunOptions
 from haloconv.planning.partition import Partition
 from haloconv.planning.spec import ConvSpec
 
@@ -71,18 +71,31 @@ def spec(args: argparse.Namespace, x_shape, w_shape, groups: int) -> ConvSpec:
                               groups=groups, padding_mode=args.padding_mode)
 
 
+def plan_options(args: argparse.Namespace, workers: int | None) -> PlanOptions:
+    """What the options ask of the planner (run and plan read them alike), with ``workers``
+    (--workers, or a torchrun job's ranks) and the engine (default_engine) already decided."""
+    return PlanOptions.of(partition=partition(args.partition), workers=workers, worker_weights=worker_speeds(args),
+                          exchange=getattr(args, "exchange", "neighbours"), backend=args.backend,
+                          memory_budget=budget(args), profile=args.profile,
+                          engine=getattr(args, "engine", None) or "processes")
+
+
+def run_options(args: argparse.Namespace, engine: str, progress=None) -> RunOptions:
+    """What the options ask of the engine: ``engine`` ('threads', 'processes' or
+    'torchrun'), what a lost worker does, the schedule, the silence limit, whether the
+    workers' speeds are measured first, and the console's progress callback."""
+    pool = engine == "processes"
+    return RunOptions.of(engine=engine, on_failure=args.on_failure, schedule=args.schedule if pool else "static",
+                         tiles=args.tiles if pool else None, timeout=args.timeout,
+                         measure_speeds=pool and args.worker_speeds == "auto", progress=progress)
+
+
 def plan(args: argparse.Namespace, x_shape, w_shape, groups: int, workers: int | None):
     """The Plan the options describe, for an input of ``x_shape`` and a filter (an array,
     or a shape) with ``groups``."""
-    return planner.plan(
-        x_shape, w_shape, None,
-        stride=int_list(args.stride, "--stride"), padding=padding(args.padding),
-        dilation=int_list(args.dilation, "--dilation"), groups=groups,
-        padding_mode=args.padding_mode, partition=partition(args.partition),
-        workers=workers, worker_weights=worker_speeds(args), exchange=getattr(args, "exchange", "neighbours"),
-        backend=args.backend, memory_budget=budget(args), profile=args.profile,
-        engine=getattr(args, "engine", "processes"),
-    )
+    values = w_shape if hasattr(w_shape, "shape") else None
+    w = tuple(values.shape) if values is not None else tuple(w_shape)
+    return planner.plan_for(spec(args, x_shape, w, groups), plan_options(args, workers), values)
 
 
 def default_engine(args: argparse.Namespace, spec: ConvSpec) -> str:

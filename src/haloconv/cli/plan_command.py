@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from haloconv import units
-from haloconv.compute import backends
-from haloconv.engines.host import default_workers
 from haloconv.files import filters, images
 from haloconv.model import cost, scaling
 
@@ -40,31 +38,29 @@ def _problem_shapes(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[in
 
 
 def command(args: argparse.Namespace, console: Console) -> int:
+    """A dry run of `haloconv run`: the plan it would make (its first line is run's `plan:`
+    line for the same arguments), the candidates ranked at the prices run's planner sees,
+    the chosen plan's tiles, and, asked, a drawing and scaling projections."""
+    from haloconv.planner import plans
+
     from . import plots
 
     x_shape, w_shape, values, groups, name = _problem_shapes(args)
     spec = options.spec(args, x_shape, w_shape, groups)
     args.engine = options.default_engine(args, spec)  # the one `haloconv run` would use
-    prof = cost.load_profile(args.profile)
-    workers = args.workers or default_workers()
+    how = plans.resolved(spec, options.plan_options(args, args.workers))
+    chosen = plans.plan_for(spec, how, values)  # what `haloconv run` makes of the same arguments
+    console.say(f"plan: {chosen.summary()}, engine {args.engine}")
+    prof = plans.load(how.profile)
     itemsize = 8 if args.dtype == "float64" else 4
-    console.say(f"input {name} {list(x_shape)}, weight {list(w_shape)}, groups {groups}, {workers} workers, "
+    console.say(f"input {name} {list(x_shape)}, weight {list(w_shape)}, groups {groups}, {how.workers} workers, "
                 f"engine {args.engine}; profile: {prof.source}")
-    how = dict(backend=args.backend or backends.default_for(spec), engine=args.engine,
-               memory_budget=options.budget(args), weight=values)
-    if args.engine == "threads":  # every candidate quoted from its tiles' shapes; the rows shown built
-        ranked = [cost.predict(q.build(), prof, itemsize, args.engine)
-                  for q in cost.quotes(spec, workers, prof, itemsize, **how)[: args.top]]
-    else:
-        ranked = cost.candidates(spec, workers, prof, itemsize, **how)
-    if args.partition != "auto":
-        chosen = options.plan(args, x_shape, w_shape if values is None else values, groups, workers)
-        ranked = [cost.predict(chosen, prof, itemsize, args.engine)] + [
-            q for q in ranked if q.plan.splits != chosen.splits or q.plan.backend != chosen.backend]
-    if not ranked:
-        raise ValueError(f"no candidate fits --memory-budget {args.memory_budget}")
+    ranked = [cost.predict(q.build(), prof, itemsize, how.engine) for q in _quotes(args, spec, how, prof, itemsize,
+                                                                                    values)[: args.top]]
+    mine = cost.predict(chosen, prof, itemsize, how.engine)
+    ranked = [mine] + [q for q in ranked if q.plan.splits != chosen.splits or q.plan.backend != chosen.backend]
     console.say(report.candidates_table(ranked[: args.top]))
-    best = ranked[0]
+    best = mine
     console.say(f"\nchosen: {best.label}")
     console.say(str(best.plan))
     if args.png:
@@ -87,3 +83,17 @@ def command(args: argparse.Namespace, console: Console) -> int:
         if args.scaling_png:
             console.say(f"wrote {plots.scaling_png(counts, proj, args.scaling_png, title)}")
     return 0
+
+
+def _quotes(args: argparse.Namespace, spec, how, prof, itemsize: int, values) -> list:
+    """The candidates `haloconv run`'s planner weighs (every split when --partition is auto;
+    else the given split with each backend), cheapest first."""
+    from haloconv.planner import choice
+
+    if how.partition.kind == "auto":
+        return choice.quotes(spec, how, prof, itemsize, values)
+    base = options.plan(args, spec.input_shape, values if values is not None else spec.weight_shape, spec.groups,
+                        how.workers)
+    if how.backend == "auto" or how.memory_budget is not None:
+        return [choice.Quote.of(p, how) for p in choice.rank_backends(base, prof, how, itemsize, values)]
+    return [choice.Quote.of(cost.predict(base, prof, itemsize, how.engine), how)]

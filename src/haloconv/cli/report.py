@@ -115,8 +115,16 @@ def write_report(report: dict, path: str | Path) -> Path:
     return guard.write_whole(Path(path), lambda tmp: tmp.write_text(dumps(report)))
 
 
+def quotes_table(quotes) -> str:
+    """The planner's ranking as `haloconv run -v` shows it: one line per candidate with its
+    predicted time and peak data bytes per worker (planner.choice.quotes)."""
+    rows = [(str(i), q.label, f"{q.total_s:.4f}", f"{q.peak_memory / 2**20:.1f}") for i, q in enumerate(quotes, 1)]
+    return text.table(("rank", "candidate", "predicted s", "peak MB/worker"), rows)
+
+
 def candidates_table(preds) -> str:
-    """The cost model's ranking: one line per candidate (see cost.candidates)."""
+    """The cost model's ranking: one line per candidate, built and predicted
+    (planner.choice.candidates)."""
     head = ("rank", "candidate", "predicted s", "compute s", "comm s", "halo MB", "moved MB", "peak MB/worker")
     rows = []
     for i, q in enumerate(preds, 1):

@@ -13,18 +13,20 @@ from pathlib import Path
 
 import numpy as np
 
+from haloconv import dispatch
 from haloconv.compute import backends
-from haloconv.engines import array_threads
-from haloconv.engines.execution import execution_from_reports
 from haloconv.files import filters, images
-from haloconv.model import cost
 
+from . import console as console_module
 from . import options, outputs, report
 from .console import Console
 
 # torch (and the engines that use it) are imported by the paths that compute with it: a
 # filter run on OpenCV in this process never imports it (docs/architecture.md, "Why filters
 # run without torch")
+
+
+TOP = 12  # candidates `-v` lists, as `haloconv plan` lists by default
 
 
 @dataclass
@@ -138,19 +140,28 @@ def _warn_not_finite(console: Console, x: np.ndarray, name: str) -> None:
                      "them are not finite either (as in the single-node call)")
 
 
+def ranked(args: argparse.Namespace, spec, workers: int | None, itemsize: int, weight) -> list:
+    """Every candidate the cost model weighs for these options on ``workers`` workers (None:
+    the planner's default),
+    cheapest first, priced as `haloconv run` prices them (planner.choice.quotes)."""
+    from haloconv.planner import choice, plans
+
+    how = plans.resolved(spec, options.plan_options(args, workers))
+    if how.backend != "auto":
+        backends.check(how.backend, spec, weight)
+    return choice.quotes(spec, how, plans.load(how.profile), itemsize, weight)
+
+
 def _say_why_fewer(args: argparse.Namespace, console: Console, plan, itemsize: int, weight: np.ndarray) -> None:
     """When the cost model (--partition auto) runs on fewer workers than --workers asked
     for: one line with its choice, the best split over all of them, and how to force it."""
     if args.workers is None or args.partition != "auto" or plan.workers >= args.workers:
         return
-    spec = plan.spec
-    ranked = cost.quotes(spec, args.workers, cost.load_profile(args.profile), itemsize,
-                         backend=args.backend or backends.default_for(spec), engine=args.engine,
-                         memory_budget=options.budget(args), weight=weight)
-    chosen = next(q for q in ranked if q.splits == plan.splits and q.backend == plan.backend)
+    quotes = ranked(args, plan.spec, args.workers, itemsize, weight)
+    chosen = next(q for q in quotes if q.splits == plan.splits and q.backend == plan.backend)
     line = (f"the cost model runs this on {plan.workers} of the {args.workers} workers asked for: "
             f"{chosen.label}, predicted {chosen.total_s:.3g} s")
-    full = next((q for q in ranked if q.workers == args.workers), None)
+    full = next((q for q in quotes if q.workers == args.workers), None)
     if full is not None:
         line += (f"; the best split over all {args.workers}, {full.label}, is predicted {full.total_s:.3g} s "
                  f"({full.total_s / chosen.total_s:.2f}x): --partition {full.partition} forces it")
@@ -182,37 +193,21 @@ def run(args: argparse.Namespace, console: Console) -> int:
     console.detail(f"(read in {time.perf_counter() - t0:.3f}s)")
     console.detail(str(plan))
     console.say(f"plan: {plan.summary()}, engine {args.engine}")
+    if console.verbosity > console_module.NORMAL and args.partition == "auto":  # the prices the choice saw
+        console.detail(report.quotes_table(ranked(args, plan.spec, args.workers, x.itemsize, weight)[:TOP]))
     _say_why_fewer(args, console, plan, x.itemsize, weight)
     console.say(f"backend {plan.backend}: {backends.get(plan.backend).guarantee}")
     with console.tracker() as progress:
-        if args.engine == "threads" and array_threads.runs(plan):  # numpy in and out: torch is not imported
-            ex = array_threads.run(plan, x, weight, progress=progress)
-            return _finish(args, console, ex, problem, x, weight, found)
-        import torch
-
-        from haloconv import api
-        from haloconv.engines import processes
-
-        xt, wt = torch.from_numpy(x), torch.from_numpy(weight)
-        if args.engine == "processes":
-            ex = processes.run(plan, xt, wt, None, timeout=args.timeout, on_failure=args.on_failure,
-                               schedule=args.schedule, tiles=args.tiles,
-                               measure_speeds=args.worker_speeds == "auto", progress=progress)
-            if ex.failures:
-                console.say(f"survived {len(ex.failures)} worker fault(s); finished on {len(ex.workers)} worker "
-                            "processes")
-        else:
-            ex = api.execute(plan, xt, wt, None, engine=args.engine, progress=progress)
-    return _finish(args, console, ex, problem, xt, wt, found)
+        ex = dispatch.run(plan, x, weight, None, options.run_options(args, args.engine, progress))
+    if ex.failures:
+        console.say(f"survived {len(ex.failures)} worker fault(s); finished on {len(ex.workers)} worker processes")
+    return _finish(args, console, ex, problem, x, weight, found)
 
 
 def run_spmd(args: argparse.Namespace, console: Console) -> int:
     """Under torchrun: every rank runs this; rank 0 reads the input and writes the output."""
     import torch
     import torch.distributed as dist
-
-    from haloconv import distributed as hd
-    from haloconv.compute import kernels
 
     pool_only(args)
     cuda = torch.cuda.is_available()
@@ -231,24 +226,15 @@ def run_spmd(args: argparse.Namespace, console: Console) -> int:
         dist.broadcast_object_list(meta, src=0)
         x_shape, weight, groups = meta[0]
         plan = options.plan(args, x_shape, weight.shape, groups, world)
-        wt = torch.from_numpy(weight).to(device)
-        xt = torch.from_numpy(problem.x).to(device) if rank == 0 else None
         if rank == 0:
             console.say(input_line(problem.name, x_shape, problem.x.dtype, problem.how, args.kernel, weight.shape,
                                    groups))
             console.say(f"torchrun: {world} ranks, backend {dist.get_backend()}, device {device}")
             console.detail(str(plan))
-            console.say(f"plan: {plan.summary()}")
-        t0 = time.perf_counter()
-        y = hd.gather(hd.conv(hd.scatter(xt, plan), wt, None, plan=plan), plan)
-        wall = time.perf_counter() - t0
-        stats = [None] * world
-        dist.gather_object(hd.traffic(), stats if rank == 0 else None, dst=0)
-        status = 0
-        if rank == 0:
-            backend = backends.label(plan.backend, kernels.select_backend(plan.spec, xt, wt, None))
-            ex = execution_from_reports(y, plan, "torchrun", backend, wall, dict(enumerate(stats)))
-            status = _finish(args, console, ex, problem, xt, wt, found)
+            console.say(f"plan: {plan.summary()}, engine torchrun")
+        ex = dispatch.run(plan, problem.x if rank == 0 else None, weight, None,
+                          options.run_options(args, "torchrun"))
+        status = _finish(args, console, ex, problem, problem.x, weight, found) if rank == 0 else 0
         flag = [status]
         dist.broadcast_object_list(flag, src=0)
         return int(flag[0])

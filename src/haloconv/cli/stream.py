@@ -111,25 +111,37 @@ def _stopped(what: str, out: Path) -> str:
             + (" once the cause is fixed" if not what else ", or --overwrite to start over"))
 
 
-def _stream(args: argparse.Namespace, console: Console, weight, out: Path, kw: dict):
-    """conv_file in this process, on worker processes, or as one rank of torchrun."""
-    from haloconv import outofcore
+def _stream(args: argparse.Namespace, console: Console, source: arrays.DiskArray, spec, weight, out: Path):
+    """The streamed run in this process, on worker processes, or as one rank of torchrun:
+    the options read into values once, the tiles cut by the planner, run by the one
+    dispatch (as haloconv.conv_file runs)."""
+    from haloconv import dispatch
+    from haloconv.engines.host import default_workers
+    from haloconv.planner import streaming
+    from haloconv.planning.options import StreamOptions
 
+    if source.kind != "raw" or out.suffix == ".zarr":  # every library the files need, before anything is created
+        arrays.import_zarr()
+    spmd = options.under_torchrun()
     with console.tracker() as progress:
-        if options.under_torchrun():  # every rank streams its share through the shared files
-            import torch.distributed as dist
+        how = StreamOptions.of(memory_budget=options.budget(args), workers=1 if spmd else
+                               args.workers or default_workers(), dtype=args.dtype, resume=args.resume,
+                               overwrite=args.overwrite, sync=args.sync, on_failure=args.on_failure,
+                               timeout=args.timeout, progress=progress)
+        w = weight.astype(args.dtype)
+        tiler = streaming.tiler_for(spec, w, args.backend, args.profile, how.dtype, source.dtype, None)
+        fmt = out.suffix.lower().lstrip(".")
+        if not spmd:
+            return dispatch.stream(source, tiler, w, None, out, fmt, how, args.engine)
+        import torch.distributed as dist  # every rank streams its share through the shared files
 
-            dist.init_process_group("gloo", timeout=timedelta(seconds=args.timeout))
-            try:
-                res = outofcore.conv_file(args.input, weight.astype(args.dtype), out, spmd=True, progress=progress,
-                                          **kw)
-                dist.barrier()
-            finally:
-                dist.destroy_process_group()
-            return res
-        return outofcore.conv_file(args.input, weight.astype(args.dtype), out, workers=args.workers,
-                                   engine=args.engine, on_failure=args.on_failure, timeout=args.timeout,
-                                   progress=progress, **kw)
+        dist.init_process_group("gloo", timeout=timedelta(seconds=args.timeout))
+        try:
+            res = dispatch.stream(source, tiler, w, None, out, fmt, how, "torchrun")
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+        return res
 
 
 def run(args: argparse.Namespace, console: Console, source: arrays.DiskArray) -> int:
@@ -157,14 +169,10 @@ def run(args: argparse.Namespace, console: Console, source: arrays.DiskArray) ->
         outputs.prepare(found, args.output, overwrite=args.overwrite, mkdir=args.mkdir, streamed=True)
         outputs.check_side_files(args)
         console.say(input_line(args.input, shape, np.dtype(args.dtype), how, args.kernel, weight.shape, groups))
-    kw = dict(memory_budget=budget, stride=options.int_list(args.stride, "--stride"),
-              padding=options.padding(args.padding), dilation=options.int_list(args.dilation, "--dilation"),
-              groups=groups, padding_mode=args.padding_mode, backend=args.backend, dtype=args.dtype,
-              resume=args.resume, overwrite=args.overwrite, sync=args.sync, profile=args.profile,
-              integers=args.integers, layout=args.layout)
+    spec = options.spec(args, shape, weight.shape, groups)
     try:
         with interrupt.describing(lambda: _stopped("interrupted", out)):
-            res = _stream(args, console, weight, out, kw)
+            res = _stream(args, console, source, spec, weight, out)
     except OSError as e:
         console.error(guard.os_error_line(e) + _stopped("", out))
         return 1

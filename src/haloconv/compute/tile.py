@@ -26,8 +26,8 @@ def compute_tile(plan: Plan, tile: Tile, window: torch.Tensor, weight: torch.Ten
     box of the result, say) when given, which backends that can write there do without an
     extra copy; else a view of the computed outputs when it can be (the caller copies it
     where it must)."""
-    return backends.compute(plan.backend, window, weight, bias, plan.spec, tile.groups, torch_backend, tile.first,
-                            tile.out.shape[2:], out, origin=tile.out.lo[2:])
+    return backends.get(plan.backend).compute(window, weight, bias, plan.spec, tile.groups, torch_backend,
+                                              tile.first, tile.out.shape[2:], out, origin=tile.out.lo[2:])
 
 
 def compute_tile_array(plan: Plan, tile: Tile, window: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,

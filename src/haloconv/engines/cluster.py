@@ -20,6 +20,7 @@ from haloconv.engines.execution import Execution, execution_from_reports
 from haloconv.engines.host import default_workers
 from haloconv.engines.sealed import Forged, new_secret, seal, unseal
 from haloconv.engines.worker import HOST, group_of, keep_heap, shutdown
+from haloconv.planning.options import ON_FAILURE
 from haloconv.planning.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -372,9 +373,6 @@ class Cluster:
         """A fresh id for a set of resident shards."""
         self._next_id += 1
         return self._next_id
-
-
-ON_FAILURE = ("retry", "fail")
 
 
 def check_on_failure(on_failure: object) -> None:

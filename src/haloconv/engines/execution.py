@@ -8,9 +8,6 @@ from typing import TYPE_CHECKING
 from haloconv import text
 from haloconv.planning.plan import Plan
 
-# how a pool of processes hands out tiles: one per worker, or pulled by whichever is free
-SCHEDULES = ("static", "dynamic")
-
 if TYPE_CHECKING:
     import numpy as np
     import torch

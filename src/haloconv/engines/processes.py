@@ -16,9 +16,10 @@ import torch
 
 from haloconv.engines.cluster import Cluster, check_on_failure, retriable
 from haloconv.engines.errors import WorkerError
-from haloconv.engines.execution import SCHEDULES, Execution
+from haloconv.engines.execution import Execution
 from haloconv.engines.ops import dynamic, probes, resident, static
 from haloconv.engines.ops.resident import Sharded
+from haloconv.planning.options import RunOptions
 from haloconv.planning.partition import replanned
 from haloconv.planning.plan import Plan, make_plan
 from haloconv.planning.spec import ConvSpec
@@ -119,11 +120,13 @@ class LocalCluster(Cluster):
 
 
 
-def run(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
-        timeout: float = 60.0, on_failure: str = "retry", schedule: str = "static",
-        tiles: int | None = None, measure_speeds: bool = False,
-        throttle: dict[int, float] | None = None, progress: Progress | None = None) -> Execution:
-    """engine='processes': start a LocalCluster for this one call, then stop it.
+POOL_DEFAULTS = RunOptions("processes")
+
+
+def run(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+        how: RunOptions = POOL_DEFAULTS, throttle: dict[int, float] | None = None) -> Execution:
+    """engine='processes': start a LocalCluster for this one call, then stop it; ``how``:
+    the run's options (planning/options.RunOptions).
 
     ``schedule='static'``: each worker computes its tile of ``plan``; with
     ``measure_speeds`` the processes first time the same small problem
@@ -137,12 +140,8 @@ def run(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     ``throttle``: see LocalCluster (benchmarks and tests).  ``progress(done, total)``: called
     as tiles finish (progress.py); a lost worker's retry starts the count again.  What the run
     decides and survives is logged (logger ``haloconv.engines.processes``)."""
-    check_on_failure(on_failure)
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    if tiles is not None and (isinstance(tiles, bool) or not isinstance(tiles, int) or tiles < 1):
-        raise ValueError(f"tiles must be an int >= 1, got {tiles!r}")
-    if schedule == "dynamic":
+    on_failure, tiles, progress, measure_speeds = how.on_failure, how.tiles, how.progress, how.measure_speeds
+    if how.schedule == "dynamic":
         if plan.splits[1] != 1:
             raise ValueError("schedule='dynamic' hands out tiles of the whole filter bank; use a partition "
                              "without a channels split")
@@ -170,7 +169,7 @@ def run(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
             return cluster.run(p, x, weight, bias, progress=progress)
 
         go_on = _replanning(current)
-    ex, failures = on_fresh_clusters(plan.workers, on_failure, body, go_on, timeout=timeout, throttle=throttle)
+    ex, failures = on_fresh_clusters(plan.workers, on_failure, body, go_on, timeout=how.timeout, throttle=throttle)
     ex.failures = failures
     return ex
 

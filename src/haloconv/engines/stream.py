@@ -3,7 +3,7 @@
 Every process of a LocalCluster reads the windows of the tiles it computes straight from
 the input file and writes their output boxes straight into a preallocated output file;
 nothing but tile numbers (8 bytes) passes through the master.  Tiles are sized by the
-memory budget (cost.stream_plan) and handed out to whichever process is free (the master
+memory budget (planner/streaming.StreamTiler, handed down) and handed out to whichever process is free (the master
 computes too).  Each finished tile is journaled once its output is durable, so a run that
 loses a worker goes on with the others, and an interrupted run resumes (``resume=True``),
 without computing a finished tile again.  The output appears under its name only whole.
@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from haloconv.compute import kernels
-from haloconv.engines.cluster import check_on_failure
 from haloconv.engines.comm import Comm
 from haloconv.engines.errors import WorkerError
 from haloconv.engines.host import peak_rss
@@ -45,7 +44,7 @@ from haloconv.engines.worker import worker_op
 from haloconv.files import arrays, guard
 from haloconv.files.arrays import DiskArray
 from haloconv.files.journal import Journal, journal_path, rank_journals
-from haloconv.planning.spec import ConvSpec
+from haloconv.planning.options import StreamOptions
 from haloconv.progress import Counter, Progress
 
 log = logging.getLogger(__name__)
@@ -132,17 +131,12 @@ def run_on(cluster, job: Job, todo: list[int], journal: Journal, progress: Progr
     return reports
 
 
-def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Tensor | None, out: Path,
-        fmt: str, *, memory_budget: int, workers: int, backend: str = "torch", dtype: torch.dtype = torch.float32,
-        resume: bool = False, sync: bool = False, on_failure: str = "retry", timeout: float = 60.0,
-        throttle: dict[int, float] | None = None, block: tuple[int | None, ...] | None = None,
-        progress: Progress | None = None) -> StreamResult:
-    """Stream ``spec`` over the input file ``source`` into ``out`` (format ``fmt``) with
-    ``workers`` processes, each within ``memory_budget`` bytes of resident memory.
-
-    ``block``: the output tile per dim over (N, C_out, *spatial) (None: whole), instead of
-    the largest tiles the budget allows (e.g. to match the chunks of another file)."""
-    check_on_failure(on_failure)
+def run(source: DiskArray, tiler, weight, bias, out: Path, fmt: str, how: StreamOptions) -> StreamResult:
+    """Stream ``tiler.spec`` over the input file ``source`` into ``out`` (format ``fmt``)
+    with ``how.workers`` processes, each within ``how.memory_budget`` bytes of resident
+    memory: once they have started, the tiles are cut by ``tiler`` (planner/streaming.
+    StreamTiler: its block when given, else the largest tiles the budget allows)."""
+    workers, memory_budget, progress = how.workers, how.memory_budget, how.progress
     t_start = time.perf_counter()
     result: StreamResult | None = None
     job: Job | None = None
@@ -152,9 +146,9 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
             nonlocal job, journal, result
             if job is None:  # the first start: size the tiles by what the processes hold now
                 baseline = max(resident(os.getpid()), *(resident(p) for p in cluster.pids()))
-                job = job_for(source, spec, weight, bias, dtype, data_allowance(memory_budget, baseline), backend,
-                              4 * workers, block, out if resume else None)
-                job, journal = open_output(job, out, fmt, resume, sync)
+                job = job_for(source, tiler, weight, bias, how.dtype, data_allowance(memory_budget, baseline),
+                              4 * workers, out if how.resume else None)
+                job, journal = open_output(job, out, fmt, how.resume, how.sync)
                 result = StreamResult(job.plan, out, 0.0, memory_budget, baseline, skipped=len(journal.done))
                 log.info(describe(job, journal, f"{workers} processes", memory_budget, baseline))
             todo = [i for i in range(len(job.plan.tiles)) if i not in journal.done]
@@ -171,9 +165,10 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
             return (f"going on with {survivors} process(es): "
                     f"{len(job.plan.tiles) - len(journal.done)} tiles left, finished ones kept")
 
-        _, failures = on_fresh_clusters(workers, on_failure, body, go_on, timeout=timeout, throttle=throttle)
+        _, failures = on_fresh_clusters(workers, how.on_failure, body, go_on, timeout=how.timeout,
+                                        throttle=how.throttle)
         result.failures.extend(failures)
-        finish(journal, out, sync)
+        finish(journal, out, how.sync)
     finally:
         if journal is not None:
             journal.close()
@@ -181,11 +176,8 @@ def run(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Ten
     return result
 
 
-def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torch.Tensor | None, out: Path,
-             fmt: str, *, memory_budget: int, backend: str = "torch", dtype: torch.dtype = torch.float32,
-             resume: bool = False, overwrite: bool = False, sync: bool = False,
-             block: tuple[int | None, ...] | None = None, group=None,
-             progress: Progress | None = None) -> StreamResult | None:
+def run_spmd(source: DiskArray, tiler, weight, bias, out: Path, fmt: str, how: StreamOptions,
+             group=None) -> StreamResult | None:
     """Under torchrun (torch.distributed initialised): every rank streams its share of the
     tiles through files all ranks see (a shared file system).  Rank 0 makes the output and
     the journal; rank r journals its tiles in OUT.journal.r<r> (folded into the main one
@@ -196,18 +188,21 @@ def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torc
     created.  Returns the result on rank 0, None elsewhere; ``progress``: rank 0's own tiles."""
     import torch.distributed as dist
 
+    memory_budget, resume, sync, dtype = how.memory_budget, how.resume, how.sync, how.dtype
+    spec, backend, progress = tiler.spec, tiler.backend, how.progress
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     t_start = time.perf_counter()
     peak = torch.tensor([resident(os.getpid())], dtype=torch.int64)
     dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
     baseline = int(peak.item())
-    job = job_for(source, spec, weight, bias, dtype, data_allowance(memory_budget, baseline), backend, 4 * world,
-                  block, out if resume else None)
+    job = job_for(source, tiler, weight, bias, dtype, data_allowance(memory_budget, baseline), 4 * world,
+                  out if resume else None)
     shared: list = [None]
     journal = None
     if rank == 0:  # errors travel to every rank, so all of them raise alike
         try:
-            if claim_output(out, source, spec, weight, bias, backend, dtype, fmt, resume=resume, overwrite=overwrite):
+            if claim_output(out, source, spec, weight, bias, backend, dtype, fmt, resume=resume,
+                            overwrite=how.overwrite):
                 shared = ["complete"]
             else:
                 job, journal = open_output(job, out, fmt, resume, sync)
@@ -217,8 +212,7 @@ def run_spmd(source: DiskArray, spec: ConvSpec, weight: torch.Tensor, bias: torc
             shared = [f"{type(e).__name__}: {e}"]
     dist.broadcast_object_list(shared, src=0, group=group)
     if shared[0] == "complete":
-        return complete_result(source, spec, weight, bias, dtype, memory_budget, backend, block, out) \
-            if rank == 0 else None
+        return complete_result(source, tiler, weight, bias, dtype, memory_budget, out) if rank == 0 else None
     if isinstance(shared[0], str):
         raise ValueError(shared[0])
     sink, done, _ = shared[0]

@@ -1,6 +1,6 @@
 """A streamed (out-of-core) run's job, shared by every engine that streams (engines/
 stream.py: worker processes and torchrun ranks; engines/stream_threads.py: one process):
-the tiles sized by the memory budget, the output and its journal, a tile's window read
+the tiles (cut by the planner's StreamTiler to the memory budget), the output and its journal, a tile's window read
 from the input file and its output box computed.  No torch unless a tile's backend
 computes with it: a filter streamed on OpenCV never imports it."""
 
@@ -25,7 +25,6 @@ from haloconv.files import arrays, guard
 from haloconv.files.arrays import DiskArray
 from haloconv.files.journal import (
     Journal,
-    header_of,
     journal_path,
     progress_of,
     rank_journals,
@@ -34,7 +33,7 @@ from haloconv.files.journal import (
     receipt_path,
     write_json,
 )
-from haloconv.model import cost
+from haloconv.planning.options import float_dtype
 from haloconv.planning.plan import Plan
 from haloconv.planning.spec import ConvSpec
 
@@ -155,19 +154,6 @@ def _torch_dtype(dtype: np.dtype):
     return {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[np.dtype(dtype)]
 
 
-def float_dtype(dtype: object) -> np.dtype:
-    """The run's dtype, given as a torch or numpy dtype or a name: float32 or float64."""
-    try:  # a torch dtype prints as 'torch.float32'; numpy takes its types, dtypes and names
-        name = str(dtype).removeprefix("torch.") if type(dtype).__module__ == "torch" else np.dtype(dtype).name
-    except TypeError:
-        name = None
-    if dtype is None:  # numpy would read None as float64
-        name = None
-    if name not in ("float32", "float64"):
-        raise TypeError(f"dtype must be float32 or float64 (a torch or numpy dtype), got {dtype}")
-    return np.dtype(name)
-
-
 def identity(source: DiskArray, spec: ConvSpec, weight, bias, backend: str, dtype, fmt: str) -> dict:
     """What makes two streamed runs the same computation (files/journal.IDENTITY): the input
     file (path, size, time stamp), the conv, the filters' bytes in the run's dtype, the
@@ -237,13 +223,12 @@ def prepare_output(out: Path, ident: dict, shape: tuple[int, ...], itemsize: int
     return state
 
 
-def complete_result(source: DiskArray, spec: ConvSpec, weight, bias, dtype, budget: int, backend: str, block,
-                    out: Path) -> StreamResult:
+def complete_result(source: DiskArray, tiler, weight, bias, dtype, budget: int, out: Path) -> StreamResult:
     """The result of a run that found its output complete: the tiles it would make now,
     all of them skipped, nothing computed."""
     baseline = resident(os.getpid())
     allowance = max(budget - baseline - MARGIN_BYTES, 1 << 20)
-    job = job_for(source, spec, weight, bias, dtype, allowance, backend, 1, None if block is None else tuple(block))
+    job = job_for(source, tiler, weight, bias, dtype, allowance, 1)
     result = StreamResult(job.plan, out, 0.0, budget, baseline, skipped=len(job.plan.tiles), complete=True)
     result.peak_rss[0] = baseline
     return result
@@ -289,35 +274,16 @@ def data_allowance(memory_budget: int, baseline: int) -> int:
     return allowance
 
 
-def job_for(source: DiskArray, spec: ConvSpec, weight, bias, dtype, allowance: int, backend: str, min_tiles: int,
-            block, resume_at: Path | None = None) -> Job:
-    """The Job without its output: the plan's tiles sized by the allowance (what one tile
-    may hold at its peak), at least ``min_tiles`` of them; the filters in ``dtype``.
-    ``resume_at``: the output a resumed run goes on with, whose journal's tiles are kept
-    (resumed_block)."""
+def job_for(source: DiskArray, tiler, weight, bias, dtype, allowance: int, min_tiles: int,
+            resume_at: Path | None = None) -> Job:
+    """The Job without its output: the plan's tiles cut by ``tiler`` (planner/streaming.
+    StreamTiler, handed down by the planner) to fit the allowance (what one tile may hold at
+    its peak), at least ``min_tiles`` of them; the filters in ``dtype``.  ``resume_at``:
+    the output a resumed run goes on with, whose journal's tiles are kept."""
     dtype = float_dtype(dtype)
-    if block is None and resume_at is not None:
-        block = resumed_block(resume_at, spec, allowance, backend, dtype.itemsize, np.dtype(source.dtype).itemsize)
-    plan = cost.stream_plan(spec, allowance, backend, dtype.itemsize, np.dtype(source.dtype).itemsize,
-                            min_tiles=min_tiles, block=block)
+    plan = tiler.plan(allowance, min_tiles, resume_at)
     return Job(plan, source, None, np.ascontiguousarray(as_array(weight), dtype),
                None if bias is None else np.ascontiguousarray(as_array(bias), dtype), dtype)
-
-
-def resumed_block(out: Path, spec: ConvSpec, allowance: int, backend: str, itemsize: int,
-                  file_itemsize: int) -> tuple[int, ...] | None:
-    """The block of the interrupted run ``out``'s journal, for the resumed run to keep its
-    tiles: the tiles are sized by what the processes hold when a run starts, which moves a
-    few MB between two runs of the same command (and with it a tile by a row).  Kept while
-    it fits the allowance within a quarter of the budget's slack; None otherwise (the
-    tiles sized afresh, and a journal of other tiles is refused, files/journal.py)."""
-    head = header_of(journal_path(out))
-    block = None if head is None else head.get("block")
-    if not (isinstance(block, list) and len(block) == spec.ndim + 2 and all(isinstance(b, int) for b in block)):
-        return None
-    if cost.block_peak(spec, block, backend, itemsize, file_itemsize) > allowance + MARGIN_BYTES // 4:
-        return None
-    return tuple(block)
 
 
 def open_output(job: Job, out: Path, fmt: str, resume: bool, sync: bool = False) -> tuple[Job, Journal]:

@@ -33,8 +33,8 @@ from haloconv.engines import stream_job as stream
 from haloconv.engines.host import empty, peak_rss
 from haloconv.files import arrays
 from haloconv.files.arrays import DiskArray
-from haloconv.planning.spec import ConvSpec
-from haloconv.progress import Counter, Progress
+from haloconv.planning.options import StreamOptions
+from haloconv.progress import Counter
 
 log = logging.getLogger(__name__)
 
@@ -46,22 +46,20 @@ IN_FLIGHT_PEAKS = 2
 MIN_TILES = 8
 
 
-def run(source: DiskArray, spec: ConvSpec, weight, bias, out: Path, fmt: str, *, memory_budget: int, threads: int,
-        backend: str = "torch", dtype: object = np.float32, resume: bool = False, sync: bool = False,
-        block: tuple[int | None, ...] | None = None, progress: Progress | None = None) -> stream.StreamResult:
-    """Stream ``spec`` over the input file ``source`` into ``out`` (format ``fmt``) in this
-    process, its peak resident memory within ``memory_budget`` bytes; ``threads``: the
-    cores the compute uses (OpenCV's, or torch's, thread count for the run).  ``weight``,
-    ``bias``: tensors or arrays; ``dtype``: float32 or float64 (torch or numpy).
-    ``progress(done, total)``: called as each tile is written (progress.py).  ``sync``:
-    every tile on disk before it is journaled (stream_job.open_output)."""
+def run(source: DiskArray, tiler, weight, bias, out: Path, fmt: str, how: StreamOptions) -> stream.StreamResult:
+    """Stream ``tiler.spec`` over the input file ``source`` into ``out`` (format ``fmt``) in
+    this process, its peak resident memory within ``how.memory_budget`` bytes, the tiles cut
+    by ``tiler`` (planner/streaming.StreamTiler); ``how.workers``: the cores the compute uses
+    (OpenCV's, or torch's, thread count for the run).  ``weight``, ``bias``: tensors or
+    arrays.  ``how.progress(done, total)``: called as each tile is written (progress.py).
+    ``how.sync``: every tile on disk before it is journaled (stream_job.open_output)."""
+    spec, backend, memory_budget, threads, sync = tiler.spec, tiler.backend, how.memory_budget, how.workers, how.sync
     t_start = time.perf_counter()
     stream.load_libraries(backend, spec)  # counted in the baseline, not in the tiles' share
     baseline = stream.resident(os.getpid())
     allowance = stream.data_allowance(memory_budget, baseline) // IN_FLIGHT_PEAKS
-    job = stream.job_for(source, spec, weight, bias, dtype, allowance, backend, MIN_TILES, block,
-                         out if resume else None)
-    job, journal = stream.open_output(job, out, fmt, resume, sync)
+    job = stream.job_for(source, tiler, weight, bias, how.dtype, allowance, MIN_TILES, out if how.resume else None)
+    job, journal = stream.open_output(job, out, fmt, how.resume, sync)
     result = stream.StreamResult(job.plan, out, 0.0, memory_budget, baseline, skipped=len(journal.done))
     log.info(stream.describe(job, journal, f"1 process (read, compute and write overlapped; {threads} compute "
                                            "threads)", memory_budget, baseline))
@@ -70,7 +68,7 @@ def run(source: DiskArray, spec: ConvSpec, weight, bias, out: Path, fmt: str, *,
     try:
         with _torch_threads(threads, torch_backend is not None):
             nread = _pipeline(job, todo, journal, torch_backend, threads,
-                              Counter(progress, len(job.plan.tiles), len(journal.done)).tick)
+                              Counter(how.progress, len(job.plan.tiles), len(journal.done)).tick)
         stream.finish(journal, out, sync)
     finally:
         journal.close()

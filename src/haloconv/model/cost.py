@@ -1,5 +1,5 @@
-"""The cost model: a machine profile -> predicted time, bytes and memory of a Plan, and the
-choice of partition='auto' / backend='auto'.
+"""The cost model: a machine profile -> predicted time, bytes and memory of a Plan.  It
+prices; the planner (haloconv/planner/) chooses.
 
 alpha-beta-gamma (docs/architecture.md, "Cost model"): a message costs latency + bytes / bandwidth; the master's
 link carries scatter and gather one worker after another; halos move in parallel; a
@@ -13,7 +13,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from haloconv.compute import backends
@@ -21,8 +21,7 @@ from haloconv.model import schedule
 from haloconv.planning.deep import DeepRun
 from haloconv.planning.geometry import compute_align
 from haloconv.planning.messages import PHASES, traffic_of
-from haloconv.planning.partition import _extents, named_kinds
-from haloconv.planning.plan import Plan, build, resolve_splits, tile_shapes
+from haloconv.planning.plan import Plan
 from haloconv.planning.spec import ConvSpec
 
 # Uncalibrated defaults: measured on the 2-core development machine (1 thread per worker,
@@ -280,7 +279,7 @@ def predict(plan: Plan, profile: Profile | None = None, itemsize: int = 4, engin
 
     if engine == "threads":  # shared memory: nothing moves, outputs are copied into the result
         n = len(plan.tiles)
-        seconds = {t.rank: _threads_tile_s(prof, spec, plan.backend, n, t.window.shape, t.out.shape, t.groups,
+        seconds = {t.rank: threads_tile_seconds(prof, spec, plan.backend, n, t.window.shape, t.out.shape, t.groups,
                                            t.window_is_view, itemsize) for t in plan.tiles}
         total = max(sum(s.values()) for s in seconds.values()) + (prof.handoff_s if n > 1 else 0.0)
     else:
@@ -289,11 +288,11 @@ def predict(plan: Plan, profile: Profile | None = None, itemsize: int = 4, engin
                                            messages=messages)
         seconds = line.seconds
         memory[0] = memory.get(0, 0) + (math.prod(spec.input_shape) + math.prod(spec.output_shape)) * itemsize
-        total = _step_s(prof, len(plan.tiles)) + line.makespan
+        total = step_seconds(prof, len(plan.tiles)) + line.makespan
     return Prediction(plan, engine, seconds, moved, memory, total)
 
 
-def _threads_tile_s(prof: Profile, spec: ConvSpec, backend: str, n: int, window: Sequence[int],
+def threads_tile_seconds(prof: Profile, spec: ConvSpec, backend: str, n: int, window: Sequence[int],
                     out: Sequence[int], groups: int, view: bool, itemsize: int) -> dict[str, float]:
     """One of ``n`` tiles on the threads engine: its compute (its window's copy included,
     unless the window is a view of the input) and the copy of its output into the result."""
@@ -318,7 +317,7 @@ def _tile_seconds(plan: Plan, tile, prof: Profile, itemsize: int) -> float:
     return prof.compute_seconds(plan.backend, spec, tile.window.shape, tile.out.shape, tile.groups) + copy
 
 
-def _floor_s(plan: Plan, prof: Profile, itemsize: int) -> float:
+def floor_seconds(plan: Plan, prof: Profile, itemsize: int) -> float:
     """A time the processes engine's prediction of ``plan`` cannot be below, for choose to
     skip a candidate without simulating it (model/schedule.py): a cpu step runs at most at
     one core's speed, so the makespan is at least the master's compute and, with halos
@@ -329,194 +328,23 @@ def _floor_s(plan: Plan, prof: Profile, itemsize: int) -> float:
     compute = max(_tile_seconds(plan, t, prof, itemsize) for t in ts)
     _, transfers = schedule.transfers_of(plan.messages(itemsize), prof.latency_s, prof.bandwidth_Bps)
     alone = sum(t.seconds for t in transfers if 0 in (t.src, t.dst))
-    return _step_s(prof, len(plan.tiles)) + max(compute, _reference(prof, plan.spec, plan.backend) * alone)
+    return step_seconds(prof, len(plan.tiles)) + max(compute, reference_share(prof, plan.spec, plan.backend) * alone)
 
 
-def _count_floor_s(counts: Sequence[int], spec: ConvSpec, backend: str, prof: Profile) -> float:
-    """_floor_s before the plan is built: the master sends every other tile at least one
+def count_floor_seconds(counts: Sequence[int], spec: ConvSpec, backend: str, prof: Profile) -> float:
+    """floor_seconds before the plan is built: the master sends every other tile at least one
     message (its filters)."""
     tiles = math.prod(counts)
-    return _step_s(prof, tiles) + _reference(prof, spec, backend) * (tiles - 1) * prof.latency_s
+    return step_seconds(prof, tiles) + reference_share(prof, spec, backend) * (tiles - 1) * prof.latency_s
 
 
-def _step_s(prof: Profile, tiles: int) -> float:
+def step_seconds(prof: Profile, tiles: int) -> float:
     """The processes engine's fixed cost of a call (less for one tile: no worker to wake)."""
     return prof.step1_s if tiles == 1 else prof.step_s
 
 
-def _reference(prof: Profile, spec: ConvSpec, backend: str) -> float:
+def reference_share(prof: Profile, spec: ConvSpec, backend: str) -> float:
     return schedule.reference_share(lambda n: prof.effective_cores(spec, n, backend))
-
-
-# -- candidates and the choice ---------------------------------------------------------------
-def candidate_splits(spec: ConvSpec, workers: int) -> list[tuple[str, tuple[int, ...] | str]]:
-    """(name, partition) of every candidate: named partitions, grid, and two-axis hybrids."""
-    out: list[tuple[str, tuple[int, ...] | str]] = []
-    seen = set()
-    for name in named_kinds(spec.ndim):
-        try:
-            _, counts = resolve_splits(spec, name, workers)
-        except ValueError:
-            continue
-        if math.prod(counts) > 1 and counts not in seen:
-            seen.add(counts)
-            out.append((name, counts))
-    ext = _extents(spec)
-    dims = len(ext)
-    for a in range(dims):
-        for b in range(a + 1, dims):
-            for f in range(2, workers):
-                if workers % f:
-                    continue
-                counts = [1] * dims
-                counts[a], counts[b] = f, workers // f
-                counts = tuple(counts)
-                if counts not in seen and all(c <= e for c, e in zip(counts, ext)):
-                    seen.add(counts)
-                    out.append(("hybrid", counts))
-    return out
-
-
-def _backends(spec: ConvSpec, backend: str, weight=None) -> list[str]:
-    if backend == "auto":
-        return backends.supported(spec, weight)
-    backends.check(backend, spec, weight)
-    return [backend]
-
-
-def rank_backends(plan: Plan, profile: Profile | None, backend: str = "auto", engine: str = "processes",
-                  memory_budget: int | None = None, itemsize: int = 4, weight=None) -> list[Prediction]:
-    """``plan``'s partition with each candidate backend (those for the filter values
-    ``weight`` when given), cheapest predicted first."""
-    prof = profile or load_profile()
-    preds = [predict(replace(plan, backend=b), prof, itemsize, engine) for b in _backends(plan.spec, backend, weight)]
-    preds = [q for q in preds if memory_budget is None or q.peak_memory <= memory_budget]
-    if not preds:
-        raise ValueError(f"partition {plan.partition!r} does not fit memory_budget={memory_budget} bytes per worker")
-    return sorted(preds, key=lambda q: q.total_s)
-
-
-def candidates(spec: ConvSpec, workers: int, profile: Profile | None = None, itemsize: int = 4,
-               backend: str = "auto", engine: str = "processes", memory_budget: int | None = None,
-               ownership: str = "aligned", exchange: str = "neighbours",
-               weights: Sequence[float] | None = None, weight=None) -> list[Prediction]:
-    """Every candidate (partition x backend, plus a single worker), cheapest predicted first;
-    those over ``memory_budget`` bytes per worker are left out."""
-    prof = profile or load_profile()
-    preds = []
-    for name, counts, b in _each_candidate(spec, workers, backend, weight):
-        pred = predict(_build(spec, name, counts, b, workers, weights, ownership, exchange), prof, itemsize, engine)
-        if memory_budget is None or pred.peak_memory <= memory_budget:
-            preds.append(pred)
-    preds.sort(key=lambda q: q.total_s)
-    return preds
-
-
-def _each_candidate(spec: ConvSpec, workers: int, backend: str, weight):
-    """(name, split counts, backend) of every candidate, in the order ties are ranked in:
-    a single worker first, then candidate_splits, each with every backend."""
-    names = _backends(spec, backend, weight)
-    for name, counts in [("single", (1,) * (spec.ndim + 2))] + candidate_splits(spec, workers):
-        for b in names:
-            yield name, counts, b
-
-
-def _build(spec: ConvSpec, name: str, counts, backend: str, workers: int, weights, ownership: str,
-           exchange: str) -> Plan:
-    single = name == "single"
-    return build(spec, counts, name, 1 if single else workers, None if single else weights, ownership=ownership,
-                 exchange=exchange, backend=backend)
-
-
-@dataclass(frozen=True)
-class Quote:
-    """A candidate's predicted time and peak data bytes per worker, before its Plan is built
-    (``build()`` builds it): what choosing needs of a candidate."""
-
-    partition: str
-    splits: tuple[int, ...]
-    workers: int
-    backend: str
-    total_s: float
-    peak_memory: int
-    spec: ConvSpec = field(repr=False)
-    weights: tuple[float, ...] | None = field(default=None, repr=False)
-    ownership: str = field(default="aligned", repr=False)
-    exchange: str = field(default="neighbours", repr=False)
-
-    @property
-    def label(self) -> str:  # as Prediction.label
-        return f"{self.partition} {'x'.join(map(str, self.splits))} {self.workers}w {self.backend}"
-
-    def build(self) -> Plan:
-        return _build(self.spec, self.partition, self.splits, self.backend, self.workers, self.weights,
-                      self.ownership, self.exchange)
-
-    @classmethod
-    def of(cls, pred: Prediction) -> Quote:
-        p = pred.plan
-        return cls(p.partition, p.splits, p.workers, p.backend, pred.total_s, pred.peak_memory, p.spec, p.weights,
-                   p.ownership, p.exchange)
-
-
-def quotes(spec: ConvSpec, workers: int, profile: Profile | None = None, itemsize: int = 4,
-           backend: str = "auto", engine: str = "processes", memory_budget: int | None = None,
-           ownership: str = "aligned", exchange: str = "neighbours",
-           weights: Sequence[float] | None = None, weight=None) -> list[Quote]:
-    """Every candidate's Quote, cheapest first (ties in candidate order), those over
-    ``memory_budget`` left out: ``candidates`` without building the candidates' Plans on
-    the threads engine with equal workers, whose prediction needs only the tiles' shapes
-    (planning/plan.tile_shapes: the same figures, in the time of a few tiles)."""
-    if engine != "threads" or weights is not None:
-        return [Quote.of(q) for q in candidates(spec, workers, profile, itemsize, backend, engine, memory_budget,
-                                                ownership, exchange, weights, weight)]
-    prof = profile or load_profile()
-    weight_bytes = math.prod(spec.weight_shape) * itemsize
-    out = []
-    for name, counts, b in _each_candidate(spec, workers, backend, weight):
-        shapes = tile_shapes(spec, counts, ownership)
-        n = math.prod(counts)
-        peak = max((math.prod(t.window) + math.prod(t.owned) + math.prod(t.out)) * itemsize for t in shapes)
-        if memory_budget is not None and peak + weight_bytes > memory_budget:
-            continue
-        total = max(sum(_threads_tile_s(prof, spec, b, n, t.window, t.out, t.groups, t.view, itemsize).values())
-                    for t in shapes) + (prof.handoff_s if n > 1 else 0.0)
-        single = name == "single"
-        out.append(Quote(name, tuple(counts), 1 if single else workers, b, total, peak + weight_bytes, spec, None,
-                         ownership, exchange))
-    return sorted(out, key=lambda q: q.total_s)
-
-
-def choose(spec: ConvSpec, workers: int, profile: Profile | None = None, itemsize: int = 4,
-           backend: str = "auto", engine: str = "processes", memory_budget: int | None = None,
-           ownership: str = "aligned", exchange: str = "neighbours",
-           weights: Sequence[float] | None = None, weight=None) -> Plan:
-    """The plan with the least predicted time (partition='auto'): candidates()[0], without
-    building the losers on the threads engine with equal workers (quotes), or simulating
-    the candidates that cannot beat the best found so far on the processes engine (a
-    candidate whose floor, _count_floor_s and then _floor_s, is above it)."""
-    prof = profile or load_profile()
-    if engine == "threads" and weights is None:  # priced from the tiles' shapes: one plan built
-        ranked = quotes(spec, workers, prof, itemsize, backend, engine, memory_budget, ownership, exchange, None,
-                        weight)
-        if not ranked:
-            raise ValueError(f"no partition fits memory_budget={memory_budget} bytes per worker")
-        return ranked[0].build()
-    best: Prediction | None = None
-    for name, counts, b in _each_candidate(spec, workers, backend, weight):  # the first cheapest wins, as ranked
-        floor = engine == "processes" and best is not None
-        if floor and _count_floor_s(counts, spec, b, prof) > best.total_s:
-            continue
-        p = _build(spec, name, counts, b, workers, weights, ownership, exchange)
-        if floor and _floor_s(p, prof, itemsize) > best.total_s:
-            continue
-        pred = predict(p, prof, itemsize, engine)
-        if (memory_budget is None or pred.peak_memory <= memory_budget) and (best is None or
-                                                                            pred.total_s < best.total_s):
-            best = pred
-    if best is None:
-        raise ValueError(f"no partition fits memory_budget={memory_budget} bytes per worker")
-    return best.plan
 
 
 def resident_seconds(plan: Plan, profile: Profile, itemsize: int = 4) -> tuple[float, float]:
@@ -609,40 +437,6 @@ def tile_peak_bytes(spec: ConvSpec, window_shape: Sequence[int], out_shape: Sequ
     return window + max(read, work) + 2 * output
 
 
-def stream_block(spec: ConvSpec, allowance: int, backend: str = "torch", itemsize: int = 4,
-                 file_itemsize: int = 4, min_tiles: int = 1) -> tuple[int | None, ...]:
-    """The block (per dim over N, C_out, *spatial; None = whole) of the largest output
-    tiles whose peak memory (tile_peak_bytes) fits ``allowance`` bytes: samples first,
-    then the outer spatial axes (row bands read contiguous runs of the file).  Then cut
-    finer along the first spatial axis until there are ``min_tiles`` (load balance)."""
-    out = spec.output_shape
-    block = list(out)
-
-    def peak(blk) -> int:
-        return block_peak(spec, blk, backend, itemsize, file_itemsize)
-
-    for d in (0, *range(2, len(out))):
-        if peak(block) <= allowance:
-            break
-        lo, hi = 1, block[d]  # the largest size along d that fits (peak grows with it)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if peak([*block[:d], mid, *block[d + 1:]]) <= allowance:
-                lo = mid
-            else:
-                hi = mid - 1
-        block[d] = lo
-    if peak(block) > allowance:
-        raise ValueError(f"memory_budget leaves {allowance / 2**20:.0f} MiB for data, less than the smallest tile "
-                         f"needs ({peak(block) / 2**20:.0f} MiB); raise the budget")
-    tiles = math.prod(-(-o // b) for o, b in zip(out, block))
-    if tiles < min_tiles and len(out) > 2:
-        others = tiles // -(-out[2] // block[2])  # tiles over the other dims
-        bands = -(-min_tiles // others)  # needed along the first spatial axis
-        block[2] = max(1, min(block[2], -(-out[2] // bands)))
-    return tuple(None if b == o else b for b, o in zip(block, out))
-
-
 def block_peak(spec: ConvSpec, block: Sequence[int], backend: str = "torch", itemsize: int = 4,
                file_itemsize: int = 4) -> int:
     """Peak bytes of a streamed tile whose output block is ``block`` (a size per dim over N,
@@ -655,29 +449,3 @@ def block_peak(spec: ConvSpec, block: Sequence[int], backend: str = "torch", ite
         win.append(hi - lo)
     return tile_peak_bytes(spec, (block[0], spec.in_channels, *win), (block[0], out[1], *block[2:]), backend,
                            itemsize, file_itemsize)
-
-
-def stream_plan(spec: ConvSpec, allowance: int, backend: str = "torch", itemsize: int = 4,
-                file_itemsize: int = 4, min_tiles: int = 1, block: Sequence[int | None] | None = None) -> Plan:
-    """The Plan of a streamed run: output blocks sized by ``stream_block`` (or the given
-    ``block``), one tile each."""
-    if block is None:
-        block = stream_block(spec, allowance, backend, itemsize, file_itemsize, min_tiles)
-    check_block(spec, block)
-    tiles = math.prod(-(-o // (b or o)) for o, b in zip(spec.output_shape, block))
-    return build(spec, [1] * len(block), "stream", tiles, backend=backend, block=block)
-
-
-def check_block(spec: ConvSpec, block: Sequence[int | None]) -> None:
-    """A streamed run's given block: a size >= 1 or None per dim over (N, C_out, *spatial)."""
-    if len(block) != spec.ndim + 2 or any(b is not None and (not isinstance(b, int) or b < 1) for b in block):
-        raise ValueError(f"block must give a size >= 1 or None per dim over (N, C_out, *spatial), got {block!r}")
-
-
-def stream_backend(spec: ConvSpec, profile: Profile | None = None, weight=None) -> str:
-    """backend='auto' for a streamed run: the one computing the whole output fastest
-    (the profile's rates on the whole problem; tiles only add their halos)."""
-    prof = profile or load_profile()
-    whole = (spec.batch, spec.in_channels, *spec.spatial)
-    return min(_backends(spec, "auto", weight),
-               key=lambda b: prof.compute_seconds(b, spec, whole, spec.output_shape, spec.groups))

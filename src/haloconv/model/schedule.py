@@ -69,7 +69,9 @@ def processes_timeline(plan: Plan, compute_s, copy_Bps: float, latency_s: float,
     for (phase, src, dst, _), i in ids.items():
         if phase == "halo" and src != dst:
             halo_out[src].append(i)
-    programs = {t.rank: _program(plan, t, master, tid, packed_s, compute_s, copy_Bps, itemsize, workers, parts,
+    own = plan.tile_of(master)
+    copied_s = own.out.volume * itemsize / copy_Bps if own is not None else 0.0
+    programs = {t.rank: _program(plan, t, master, tid, packed_s, compute_s, copied_s, workers, parts,
                                  halo_out[t.rank]) for t in plan.tiles}
     return _run(programs, transfers, cores)
 
@@ -93,10 +95,11 @@ def reference_share(cores) -> float:
     return min(1.0, cores(2) / 2)
 
 
-def _program(plan: Plan, tile, master: int, tid, packed_s, compute_s, copy_Bps: float, itemsize: int,
-             workers: list[int], parts: dict, halo_out: list[int]) -> list[Step]:
-    """What rank ``tile.rank`` does, in the engine's order (``workers``: the ranks other than
-    the master; ``parts``: each rank's subtiles; ``halo_out``: the halo transfers it sends)."""
+def _program(plan: Plan, tile, master: int, tid, packed_s, compute_s, copied_s: float, workers: list[int],
+             parts: dict, halo_out: list[int]) -> list[Step]:
+    """What rank ``tile.rank`` does, in the engine's order (``copied_s``: the master's copy
+    of its own output into the result; ``workers``: the ranks other than the master;
+    ``parts``: each rank's subtiles; ``halo_out``: the halo transfers it sends)."""
     r = tile.rank
     halo_in = [i for p in tile.halo_pieces for i in tid("halo", p.owner, r)]
     if r == master:
@@ -115,7 +118,7 @@ def _program(plan: Plan, tile, master: int, tid, packed_s, compute_s, copy_Bps: 
             prog += [("wait", scatter, "scatter"), ("post", halo_out, "send"), ("post", halo_in, "recv"),
                      ("wait", halo_out + halo_in, "halo")]
         prog += [("post", g, "recv"), ("cpu", compute_s(tile), "compute"),
-                 ("cpu", tile.out.volume * itemsize / copy_Bps, "gather")]
+                 ("cpu", copied_s, "gather")]
         for d, k in gathers:
             prog += [("wait", tid("gather", d, master, k), "gather"),
                      ("cpu", packed_s("gather", d, master, k), "gather")]

@@ -258,15 +258,14 @@ def _on_processes(plan, x: np.ndarray, w: np.ndarray, engine) -> np.ndarray:
     as scipy converts its float64 sums."""
     import torch
 
-    from haloconv.engines import processes
+    from haloconv import dispatch
+    from haloconv.planning.options import RunOptions
 
+    if isinstance(engine, str) and engine != "processes":
+        raise ValueError(f"engine must be 'threads', 'processes' or a LocalCluster, got {engine!r}")
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
     wt = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float64))
-    if isinstance(engine, processes.LocalCluster):
-        return engine.run(plan, xt, wt, None).output.numpy()
-    if engine != "processes":
-        raise ValueError(f"engine must be 'threads', 'processes' or a LocalCluster, got {engine!r}")
-    return processes.run(plan, xt, wt, None).output.numpy()
+    return dispatch.run(plan, xt, wt, None, RunOptions.of(engine=engine)).output.numpy()
 
 
 @functools.lru_cache(maxsize=256)

@@ -32,7 +32,9 @@ def _channel_units(spec: ConvSpec) -> int:
     return spec.groups if spec.groups > 1 else spec.out_channels
 
 
-def _extents(spec: ConvSpec) -> tuple[int, ...]:
+def split_extents(spec: ConvSpec) -> tuple[int, ...]:
+    """How far each splittable dim reaches: (N, C_out units, *spatial out), a split count
+    per dim at most this."""
     return (spec.batch, _channel_units(spec), *spec.out_spatial)
 
 
@@ -143,7 +145,7 @@ class Partition:
         factorisation ``best_grid(spec, workers)`` picks (the planner's halo-least one);
         'auto' is 'batch' when there are samples for every worker, else 'grid'.  Explicit
         counts are checked against the extents and the workers."""
-        extents = _extents(spec)
+        extents = split_extents(spec)
         dims = len(extents)
         if self.kind == "counts":
             counts = self.split
@@ -209,7 +211,7 @@ class Partition:
         if self.kind == "batch":
             c[0] = min(workers, spec.batch)
         elif self.kind == "channels":
-            if workers > _extents(spec)[1]:  # whole groups per worker
+            if workers > split_extents(spec)[1]:  # whole groups per worker
                 return None
             c[1] = workers
         elif self.kind in ("rows", "cols", "depth"):

@@ -25,8 +25,8 @@ from haloconv.planning.messages import Message, Traffic, is_contiguous_run, traf
 from haloconv.planning.partition import (
     Partition,
     _axis_names,
-    _extents,
     _factorizations,
+    split_extents,
 )
 from haloconv.planning.spec import ConvSpec
 
@@ -246,7 +246,7 @@ def _axis_ranges(spec: ConvSpec, counts: Sequence[int], ownership: str) -> list[
     """Per dim over (N, C_out units, *spatial), the (output range, input range) of each of
     its ``counts`` parts, as build splits them for equal workers (_tile_ranges, one axis at
     a time); the input range None for aligned ownership (Axis.owned gives it)."""
-    out_ext = _extents(spec)
+    out_ext = split_extents(spec)
     if ownership == "even":
         in_ext = (*out_ext[:2], *spec.spatial)
         return [list(zip(geometry.split_extent(o, c, None, True), geometry.split_extent(i, c, None, True)))
@@ -556,7 +556,7 @@ def build(
     ``block`` (aligned ownership, no weights): per dim over (N, C_out units, *spatial), a
     fixed tile size in place of a count (None: split by the count), e.g. output row bands
     of 256 rows whose borders fall on the chunks of a chunked output file."""
-    out_ext = _extents(spec)
+    out_ext = split_extents(spec)
     if block is not None:
         if len(block) != len(out_ext) or weights is not None or ownership != "aligned":
             raise ValueError("block needs one entry per dim, no weights and aligned ownership")
@@ -666,7 +666,7 @@ def chunk_plan(spec: ConvSpec, chunks: Sequence[Sequence[int]], backend: str = "
     samples as the input's, the output channels whole, spatial axes by chunk_ranges.  The
     input's channel chunks do not split the work (every tile reads all its input channels)."""
     spatial = [chunk_ranges(c, n, o) for c, n, o in zip(chunks[2:], spec.spatial, spec.out_spatial)]
-    ranges = [[r for r, _ in chunk_ranges(chunks[0], spec.batch, spec.batch)], [(0, _extents(spec)[1])],
+    ranges = [[r for r, _ in chunk_ranges(chunks[0], spec.batch, spec.batch)], [(0, split_extents(spec)[1])],
               *([r for r, _ in pairs] for pairs in spatial)]
     return build_on_ranges(spec, ranges, "chunks", backend, owned=[[i for _, i in pairs] for pairs in spatial])
 
@@ -677,7 +677,7 @@ def build_on_ranges(spec: ConvSpec, ranges: Sequence[Sequence[tuple[int, int]]],
     units, *spatial), consecutive ranges covering each dim), one worker each: tiles given
     from outside, such as a dask array's chunks.  ``owned``: per spatial axis, the input
     range each of its tiles owns (consecutive, covering the axis); default aligned."""
-    out_ext = _extents(spec)
+    out_ext = split_extents(spec)
     for d, (rs, e) in enumerate(zip(ranges, out_ext)):
         if not rs or rs[0][0] != 0 or rs[-1][1] != e or any(b != c or a >= b for (a, b), (c, _) in zip(rs, rs[1:])):
             raise ValueError(f"ranges of dim {d} must be consecutive, non-empty and cover [0, {e}), got {list(rs)}")

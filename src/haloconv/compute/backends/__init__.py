@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from haloconv.compute.backends.base import Backend, is_filter
@@ -81,14 +80,6 @@ def default_for(spec: ConvSpec) -> str:
 def label(name: str, torch_backend: object) -> str:
     """What computed the tiles, for reports: torch's conv backend, or the backend's name."""
     return get(name).label(torch_backend)
-
-
-def compute(name: str, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec,
-            groups: int, torch_backend: object, first: Sequence[int], out_shape: Sequence[int],
-            out: torch.Tensor | None = None, *, origin: Sequence[int]) -> torch.Tensor:
-    """One tile's output box from its window with backend ``name`` (into ``out`` if given);
-    ``origin``: the box's first output's index in the whole output."""
-    return get(name).compute(window, weight, bias, spec, groups, torch_backend, first, out_shape, out, origin=origin)
 
 
 def single_node(name: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -1,4 +1,6 @@
-"""haloconv.conv_file: a convolution of a file bigger than memory into a file, out of core.
+"""haloconv.conv_file: a convolution of a file bigger than memory into a file, out of core:
+its keywords read once into values (planning/options.StreamOptions), the tiles cut by the
+planner (planner/streaming.StreamTiler), run through the one dispatch (dispatch.stream).
 
 No torch unless the tiles compute with it: a filter streamed on OpenCV in this process
 (the default engine, engines/stream_threads.py) never imports it; worker processes and
@@ -6,22 +8,18 @@ torchrun ranks (engines/stream.py) do."""
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from haloconv import units
-from haloconv.compute import backends
-from haloconv.engines import stream_job, stream_threads
+from haloconv import dispatch
 from haloconv.engines.host import default_workers
-from haloconv.engines.stream_job import float_dtype
 from haloconv.files import arrays
 from haloconv.model import cost
-from haloconv.planner import check_filters
+from haloconv.planner import check_filters, streaming
+from haloconv.planning.options import StreamOptions
 from haloconv.planning.spec import ConvSpec, IntOrTuple
-
-log = logging.getLogger(__name__)
 
 
 def conv_file(
@@ -150,12 +148,15 @@ def conv_file(
     """
     if engine not in ("threads", "processes"):
         raise ValueError(f"engine must be 'threads' or 'processes' for a streamed run, got {engine!r}")
-    budget = units.byte_count(memory_budget, "memory_budget")
+    how = StreamOptions.of(memory_budget=memory_budget, workers=1 if spmd or workers is None else workers,
+                           dtype=dtype, resume=resume, overwrite=overwrite, sync=sync, on_failure=on_failure,
+                           timeout=timeout, block=block, progress=progress)
+    if workers is None and not spmd:
+        how = replace(how, workers=default_workers())
     out = Path(output)
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in arrays.FORMATS:
         raise ValueError(f"output must end in one of {['.' + f for f in arrays.FORMATS]}, got {str(out)!r}")
-    dtype = float_dtype(dtype)
     source = arrays.open_input(input, integers, layout)
     if source.kind != "raw" or fmt == "zarr":  # every library the files need, before anything is created
         arrays.import_zarr()
@@ -164,33 +165,5 @@ def conv_file(
     spec = ConvSpec.from_args(source.logical_shape, tuple(wt.shape), None if bt is None else tuple(bt.shape),
                               stride=stride, padding=padding, dilation=dilation, groups=groups,
                               padding_mode=padding_mode)
-    if block is not None:  # refused before any process starts or measures its memory
-        cost.check_block(spec, tuple(block))
-    if backend is None:  # as haloconv.conv's
-        backend = backends.default_for(spec)
-    if backend == "auto":
-        prof = profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
-        backend = cost.stream_backend(spec, prof, wt)
-    else:
-        backends.check(backend, spec, wt)
-    if spmd:  # rank 0 checks the output (stream.run_spmd), and every rank hears its answer
-        from haloconv.engines import stream
-
-        return stream.run_spmd(source, spec, wt, bt, out, fmt, memory_budget=budget, backend=backend, dtype=dtype,
-                               resume=resume, overwrite=overwrite, sync=sync,
-                               block=None if block is None else tuple(block), progress=progress)
-    workers = default_workers() if workers is None else workers
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
-    if stream_job.claim_output(out, source, spec, wt, bt, backend, dtype, fmt, resume=resume, overwrite=overwrite):
-        log.info("%s is complete (its receipt is this computation's); nothing to do", out)
-        return stream_job.complete_result(source, spec, wt, bt, dtype, budget, backend, block, out)
-    if engine == "threads":
-        return stream_threads.run(source, spec, wt, bt, out, fmt, memory_budget=budget, threads=workers,
-                                  backend=backend, dtype=dtype, resume=resume, sync=sync,
-                                  block=None if block is None else tuple(block), progress=progress)
-    from haloconv.engines import stream
-
-    return stream.run(source, spec, wt, bt, out, fmt, memory_budget=budget, workers=workers, backend=backend,
-                      dtype=dtype, resume=resume, sync=sync, on_failure=on_failure, timeout=timeout,
-                      block=None if block is None else tuple(block), progress=progress)
+    tiler = streaming.tiler_for(spec, wt, backend, profile, how.dtype, source.dtype, how.block)
+    return dispatch.stream(source, tiler, wt, bt, out, fmt, how, "torchrun" if spmd else engine)

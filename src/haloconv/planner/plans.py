@@ -9,13 +9,15 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
-from haloconv import units
 from haloconv.compute import backends
 from haloconv.engines.host import default_workers
 from haloconv.model import cost
+from haloconv.planner import choice
+from haloconv.planning.options import PlanOptions
 from haloconv.planning.partition import Partition
 from haloconv.planning.plan import Plan, check_args, make_plan
 from haloconv.planning.spec import ConvSpec, IntOrTuple
@@ -125,45 +127,63 @@ def plan(
         x_shape, weight_shape, bias_shape, stride=stride, padding=padding,
         dilation=dilation, groups=groups, padding_mode=padding_mode,
     )
-    part = Partition.of(partition)  # a name, split counts or a Partition (clear errors naming partition)
+    how = PlanOptions.of(partition=partition, workers=workers, worker_weights=worker_weights, ownership=ownership,
+                         exchange=exchange, pipeline=pipeline, backend=backend, memory_budget=memory_budget,
+                         profile=profile, engine=engine)
+    return plan_for(spec, how, values)
+
+
+def resolved(spec: ConvSpec, how: PlanOptions) -> PlanOptions:
+    """``how`` with its defaults filled in: the workers (``len(worker_weights)``, the
+    product of explicit split counts, or the cores) and the backend (the spec's default)."""
+    workers, backend = how.workers, how.backend
     if workers is None:
-        if worker_weights is not None:
-            workers = len(worker_weights)
-        elif part.kind == "counts":
-            workers = max(1, math.prod(part.split))  # an explicit split: one worker per tile
+        if how.worker_weights is not None:
+            workers = len(how.worker_weights)
+        elif how.partition.kind == "counts":
+            workers = max(1, math.prod(how.partition.split))  # an explicit split: one worker per tile
         else:
             workers = default_workers()
     if backend is None:
         backend = backends.default_for(spec)
-    if backend != "auto":
-        backends.check(backend, spec, values)
-    check_args(spec, partition, workers, worker_weights, ownership, exchange, pipeline,
-               "torch" if backend == "auto" else backend)
-    if memory_budget is not None:
-        memory_budget = units.byte_count(memory_budget, "memory_budget")
-    chosen_by_model = part.kind == "auto" or backend == "auto" or memory_budget is not None
+    if (workers, backend) == (how.workers, how.backend):
+        return how
+    return replace(how, workers=workers, backend=backend)
+
+
+def plan_for(spec: ConvSpec, how: PlanOptions, values=None) -> Plan:
+    """The Plan for ``spec`` under ``how`` (haloconv.plan below its keywords): made from
+    the options, or chosen by the cost model where they leave it a choice (partition or
+    backend 'auto', a memory budget); ``values``: the filters, when the caller has them
+    (backends that depend on them, such as separable, are then considered)."""
+    how = resolved(spec, how)
+    if how.backend != "auto":
+        backends.check(how.backend, spec, values)
+    check_args(spec, how.partition, how.workers, how.worker_weights, how.ownership, how.exchange, how.pipeline,
+               "torch" if how.backend == "auto" else how.backend)
     # a plan is kept, as cuDNN keeps its algorithm per configuration: a call of the same
     # shapes and options (and, where the cost model chooses, filters and profile) takes the
     # same plan again instead of making it anew
-    key = (spec, part, workers, None if worker_weights is None else tuple(worker_weights), ownership, exchange,
-           pipeline, backend, memory_budget, engine)
-    if chosen_by_model:
-        key += (_profile_key(profile), _values_key(values))
+    key = (spec, how.partition, how.workers, how.worker_weights, how.ownership, how.exchange, how.pipeline,
+           how.backend, how.memory_budget, how.engine)
+    if how.chosen_by_model:
+        key += (_profile_key(how.profile), _values_key(values))
     with _CHOSEN_LOCK:  # calls from several threads share it
         chosen = _CHOSEN.get(key)
         if chosen is not None:
             _CHOSEN.move_to_end(key)
             return chosen
-    if not chosen_by_model:
-        chosen = make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline, backend)
+    if not how.chosen_by_model:
+        chosen = make_plan(spec, how.partition, how.workers, how.worker_weights, how.ownership, how.exchange,
+                           how.pipeline, how.backend)
     else:
-        prof = profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
-        if part.kind == "auto":
-            chosen = cost.choose(spec, workers, prof, backend=backend, engine=engine, memory_budget=memory_budget,
-                                 ownership=ownership, exchange=exchange, weights=worker_weights, weight=values)
+        prof = load(how.profile)
+        if how.partition.kind == "auto":
+            chosen = choice.choose(spec, how, prof, weight=values)
         else:  # a given partition: the model picks the backend (and checks the budget)
-            base = make_plan(spec, partition, workers, worker_weights, ownership, exchange, pipeline)
-            chosen = cost.rank_backends(base, prof, backend, engine, memory_budget, weight=values)[0].plan
+            base = make_plan(spec, how.partition, how.workers, how.worker_weights, how.ownership, how.exchange,
+                             how.pipeline)
+            chosen = choice.rank_backends(base, prof, how, weight=values)[0].plan
     with _CHOSEN_LOCK:
         _CHOSEN[key] = chosen
         if len(_CHOSEN) > CHOSEN_KEPT:
@@ -171,10 +191,21 @@ def plan(
     return chosen
 
 
+def load(profile: object) -> cost.Profile:
+    """The cost model's Profile: as given, from a path, or (None) what calibrate wrote."""
+    return profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
+
+
 # the plans made, by configuration, the least recently used dropped first
 CHOSEN_KEPT = 64  # a plan of many workers holds every tile: a few MB
 _CHOSEN: OrderedDict[tuple, Plan] = OrderedDict()
 _CHOSEN_LOCK = threading.Lock()
+
+
+def forget() -> None:
+    """Drop every kept plan (benchmarks that time planning afresh; tests)."""
+    with _CHOSEN_LOCK:
+        _CHOSEN.clear()
 
 
 def _profile_key(profile: cost.Profile | str | os.PathLike | None) -> tuple:

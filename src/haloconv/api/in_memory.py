@@ -1,4 +1,7 @@
-"""The Python face: haloconv.conv, haloconv.plan, haloconv.execute."""
+"""haloconv.conv and haloconv.execute: convolutions of arrays and tensors in memory.  Each
+reads its keywords once into values (planning/options.py: ConvSpec, PlanOptions,
+RunOptions), plans once (planner.plan_for) and runs through the one dispatch
+(haloconv/dispatch.py)."""
 
 from __future__ import annotations
 
@@ -7,61 +10,25 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from haloconv.compute import backends
+from haloconv import dispatch
 from haloconv.engines import array_threads, dask_graph
 from haloconv.engines.execution import Execution
 from haloconv.model import cost
-from haloconv.outofcore import conv_file  # noqa: F401 - haloconv.conv_file, re-exported
-from haloconv.planner import plan
+from haloconv.planner import check_filters, plan_for
+from haloconv.planning.options import PlanOptions, RunOptions
 from haloconv.planning.partition import Partition
 from haloconv.planning.plan import Plan, chunk_plan
-from haloconv.planning.spec import IntOrTuple
+from haloconv.planning.spec import ConvSpec, IntOrTuple
 from haloconv.progress import Progress
 
 if TYPE_CHECKING:  # torch is imported where a tensor path runs: a numpy filter never needs it
-    import torch
 
     from haloconv.engines import LocalCluster
 
 ArrayLike = "torch.Tensor | np.ndarray"
-ENGINES = ("threads", "processes")  # by name; or a LocalCluster
 
 
-def _as_tensor(name: str, value: object) -> torch.Tensor:
-    import torch
-
-    from haloconv.compute import kernels
-
-    if isinstance(value, torch.Tensor):
-        t = value
-    elif isinstance(value, np.ndarray):
-        if any(s < 0 for s in value.strides):  # a reversed view (x[::-1]): torch takes no negative strides
-            value = np.ascontiguousarray(value)
-        t = torch.from_numpy(value)
-    else:
-        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
-    if t.dtype not in kernels.SUPPORTED_DTYPES:
-        raise TypeError(
-            f"{name} must be float32 or float64, got dtype {value.dtype} "  # the caller's own dtype
-            "(convert integer images with .astype(np.float32))"
-        )
-    return t
-
-
-def _inputs(x: object, weight: object, bias: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
-    is_numpy = isinstance(x, np.ndarray)
-    xt = _as_tensor("x", x)
-    wt = _as_tensor("weight", weight)
-    bt = None if bias is None else _as_tensor("bias", bias)
-    for name, t in (("weight", wt), ("bias", bt)):
-        if t is not None and t.dtype != xt.dtype:
-            raise TypeError(f"{name} dtype {t.dtype} must match x dtype {xt.dtype}")
-        if t is not None and t.device != xt.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {xt.device}")
-    return xt, wt, bt, is_numpy
-
-
-def _on_dask(x, weight, bias, asked: list[str], kw: dict):
+def _on_dask(x, weight, bias, asked: list[str], spec: ConvSpec, how: PlanOptions):
     """conv on a dask array: a dask array, one task per output chunk (engines/dask_graph);
     the chunks are the partition and Dask's scheduler runs it, so the arguments that say
     how to split or run are refused."""
@@ -75,16 +42,10 @@ def _on_dask(x, weight, bias, asked: list[str], kw: dict):
         raise TypeError(f"x, weight and bias must be one dtype, float32 or float64, got {x.dtype}, {weight.dtype}"
                         + ("" if bias is None else f", {bias.dtype}"))
     # the backend the single-tile call would take, then the tiles on the chunks
-    one = plan(tuple(x.shape), weight, None if bias is None else tuple(bias.shape), engine="threads",
-               **{**kw, "partition": (1,) * x.ndim})
+    from dataclasses import replace
+
+    one = plan_for(spec, replace(how, partition=Partition.of((1,) * x.ndim), workers=None), weight)
     return dask_graph.run(chunk_plan(one.spec, x.chunks, one.backend), x, weight, bias)
-
-
-def _arrays(x: object, weight: object, bias: object) -> bool:
-    """numpy arrays of one float dtype (float32 or float64): what the array engine takes."""
-    arrays = [v for v in (x, weight, bias) if v is not None]
-    return all(isinstance(v, np.ndarray) for v in arrays) and x.dtype in (np.float32, np.float64) and all(
-        v.dtype == x.dtype for v in arrays)
 
 
 def execute(
@@ -158,54 +119,14 @@ def execute(
     >>> torch.equal(ex.output, torch.nn.functional.conv2d(x, w, padding=1)), len(ex.workers)
     (True, 2)
     """
-    xt, wt, bt, _ = _inputs(x, weight, bias)
-    if tuple(xt.shape) != plan.spec.input_shape or tuple(wt.shape) != plan.spec.weight_shape:
-        raise ValueError(
-            f"plan was made for x{list(plan.spec.input_shape)} and weight{list(plan.spec.weight_shape)}, "
-            f"got x{list(xt.shape)} and weight{list(wt.shape)}"
-        )
-    if (bt is not None) != plan.spec.has_bias:
-        raise ValueError(f"plan was made {'with' if plan.spec.has_bias else 'without'} a bias")
-    backends.check(plan.backend, plan.spec, wt)  # a backend that depends on the filter's values
-    from haloconv.engines import processes
-    from haloconv.engines import threads as threads_engine
-    from haloconv.engines.differentiable import differentiable, needs_grad
+    how = RunOptions.of(engine=engine, on_failure=on_failure, threads=threads, schedule=schedule, tiles=tiles,
+                        progress=progress)
+    ex = dispatch.run(plan, x, weight, bias, how)
+    if isinstance(ex.output, np.ndarray):  # the array engine's: execute's output is a tensor
+        import torch
 
-    if isinstance(engine, processes.LocalCluster):
-        if schedule != "static" or tiles is not None:
-            raise ValueError("schedule='dynamic' on a LocalCluster you hold: cluster.run_dynamic(plan, ...) with a "
-                             "plan of many tiles")
-        cluster = engine
-
-        def run(x, w, b):
-            return cluster.retrying(on_failure, lambda: cluster.run(plan, x, w, b, progress=progress))
-
-        def backward(x, w, b, g, needs):
-            return cluster.retrying(on_failure, lambda: cluster.backward(plan, x, w, b, g, needs))
-    elif not isinstance(engine, str) or engine not in ENGINES:
-        raise ValueError(f"engine must be one of {sorted(ENGINES)} or a LocalCluster, got {engine!r}")
-    elif engine == "processes":
-        if threads is not None:
-            raise ValueError("threads applies to engine='threads'")
-
-        def run(x, w, b):
-            return processes.run(plan, x, w, b, on_failure=on_failure, schedule=schedule, tiles=tiles,
-                                 progress=progress)
-
-        def backward(x, w, b, g, needs):
-            return processes.run_backward(plan, x, w, b, g, needs, on_failure=on_failure)
-    else:
-        if schedule != "static" or tiles is not None:
-            raise ValueError("schedule and tiles apply to engine='processes'")
-
-        def run(x, w, b):
-            return threads_engine.run(plan, x, w, b, threads=threads, progress=progress)
-
-        def backward(x, w, b, g, needs):
-            return threads_engine.backward(plan, x, w, b, g, needs, threads=threads)
-    if needs_grad(xt, wt, bt):
-        return differentiable(run, backward, xt, wt, bt)
-    return run(xt, wt, bt)
+        ex.output = torch.from_numpy(ex.output)
+    return ex
 
 
 def conv(
@@ -337,50 +258,57 @@ def conv(
     >>> torch.equal(y, torch.nn.functional.conv2d(x, w, padding=1))
     True
     """
+    for name, v in (("x", x), ("weight", weight), ("bias", bias)):
+        if v is not None and not isinstance(v, np.ndarray) and type(v).__module__.split(".")[0] != "torch" and not (
+                name == "x" and dask_graph.is_dask(v)):
+            raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(v).__name__}")
     image = getattr(x, "ndim", 0) == 2 and getattr(weight, "ndim", 0) == 2
     if image:
         x, weight = x[None, None], weight[None, None]
-    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, padding_mode=padding_mode,
-              partition=partition, workers=workers, worker_weights=worker_weights, ownership=ownership,
-              exchange=exchange, pipeline=pipeline, backend=backend, memory_budget=memory_budget, profile=profile)
+    spec = ConvSpec.from_args(tuple(x.shape), tuple(weight.shape), None if bias is None else tuple(bias.shape),
+                              stride=stride, padding=padding, dilation=dilation, groups=groups,
+                              padding_mode=padding_mode)
+    training = any(getattr(v, "requires_grad", False) for v in (x, weight, bias))
+    if workers is None and worker_weights is None and not isinstance(engine, str) and hasattr(engine, "workers"):
+        workers = engine.workers  # a held LocalCluster's size
+    how = PlanOptions.of(partition=partition, workers=workers, worker_weights=worker_weights, ownership=ownership,
+                         exchange=exchange, pipeline=pipeline,
+                         backend="torch" if backend is None and training else backend,  # bit for bit autograd's layer
+                         memory_budget=memory_budget, profile=profile,
+                         engine=engine if engine in ("threads", "processes") else "processes")
     if dask_graph.is_dask(x):
         asked = {"partition": partition != "auto", "workers": workers is not None, "engine": engine != "threads",
                  "worker_weights": worker_weights is not None, "schedule": schedule != "static",
                  "tiles": tiles is not None, "out": out is not None}
-        y = _on_dask(x, weight, bias, [k for k, v in asked.items() if v], kw)
+        y = _on_dask(x, weight, bias, [k for k, v in asked.items() if v], spec, how)
         return y[0, 0] if image else y
-    p = None
-    if engine == "threads" and schedule == "static" and tiles is None and _arrays(x, weight, bias):
-        # numpy in, numpy out: a backend that computes arrays runs without torch
-        p = plan(tuple(x.shape), weight, None if bias is None else tuple(bias.shape), engine="threads", **kw)
-        if array_threads.runs(p):
-            if out is not None:  # the 2-D image's out seen as (1, 1, H, W): the same memory
-                array_threads.check_out(out, p.spec.output_shape[2:] if image else p.spec.output_shape, x.dtype)
-            given = None if out is None else out[None, None] if image else out
-            y = array_threads.run(p, x, weight, bias, out=given).output
-            return out if out is not None else y[0, 0] if image else y
-    from haloconv.engines import processes
-    from haloconv.engines.differentiable import needs_grad
-
-    xt, wt, bt, is_numpy = _inputs(x, weight, bias)
-    if workers is None and isinstance(engine, processes.LocalCluster) and worker_weights is None:
-        kw["workers"] = engine.workers
-    if backend is None and needs_grad(xt, wt, bt):
-        kw["backend"] = "torch"  # training: bit for bit the layer autograd would run
-    if p is None:  # (arrays the array engine does not take keep the plan made for them: planned once)
-        p = plan(tuple(xt.shape), wt, None if bt is None else tuple(bt.shape),
-                 engine=engine if isinstance(engine, str) else "processes", **kw)
+    run_how = RunOptions.of(engine=engine, on_failure=on_failure, schedule=schedule, tiles=tiles)
+    p = plan_for(spec, how, weight if _filters(weight) else None)  # values: backends that depend on them
     if out is not None:  # checked before the work: the type of x, the result's shape and dtype
-        kind = np.ndarray if is_numpy else type(xt)
-        shape = tuple(p.spec.output_shape[2:] if image else p.spec.output_shape)
-        dtype = x.dtype
-        if not isinstance(out, kind) or tuple(out.shape) != shape or out.dtype != dtype:
-            raise ValueError(f"out must be a {kind.__name__} of shape {shape} and dtype {dtype}, got "
-                             f"{type(out).__name__} {tuple(out.shape)} {out.dtype}")
-    y = execute(p, xt, wt, bt, engine=engine, on_failure=on_failure, schedule=schedule, tiles=tiles).output
+        _check_out(out, x, p.spec.output_shape[2:] if image else p.spec.output_shape)
+    given = None if out is None else out[None, None] if image else out
+    y = dispatch.run(p, x, weight, bias, run_how, out=given).output
+    if out is not None:
+        return out
     y = y[0, 0] if image else y
-    y = y.numpy() if is_numpy else y
-    if out is None:
-        return y
-    out[...] = y
-    return out
+    return y.numpy() if isinstance(x, np.ndarray) and not isinstance(y, np.ndarray) else y
+
+
+def _filters(weight: object) -> bool:
+    """Filters whose values the planner may read: a float32/float64 tensor or array."""
+    try:
+        check_filters(weight)
+    except TypeError:
+        return False
+    return True
+
+
+def _check_out(out, x, shape) -> None:
+    """``out``: the type of ``x`` (numpy array or tensor), the result's shape and x's dtype."""
+    if isinstance(x, np.ndarray):
+        array_threads.check_out(out, shape, x.dtype)
+        return
+    kind = type(x)
+    if not isinstance(out, kind) or tuple(out.shape) != tuple(shape) or out.dtype != x.dtype:
+        raise ValueError(f"out must be a {kind.__name__} of shape {tuple(shape)} and dtype {x.dtype}, got "
+                         f"{type(out).__name__} {tuple(out.shape)} {out.dtype}")

@@ -1,0 +1,175 @@
+"""The planner's choice (partition='auto', backend='auto', a memory budget): every
+candidate split (named partitions, grids, two-axis hybrids, a single worker) with every
+backend that applies, priced by the cost model (model/cost.py), the cheapest chosen.  The
+cost model only prices; what is a candidate and which wins is decided here."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from haloconv.compute import backends
+from haloconv.model.cost import (
+    Prediction,
+    Profile,
+    count_floor_seconds,
+    floor_seconds,
+    predict,
+    threads_tile_seconds,
+)
+from haloconv.planning.options import PlanOptions
+from haloconv.planning.partition import named_kinds, split_extents
+from haloconv.planning.plan import Plan, build, resolve_splits, tile_shapes
+from haloconv.planning.spec import ConvSpec
+
+
+def candidate_splits(spec: ConvSpec, workers: int) -> list[tuple[str, tuple[int, ...] | str]]:
+    """(name, partition) of every candidate: named partitions, grid, and two-axis hybrids."""
+    out: list[tuple[str, tuple[int, ...] | str]] = []
+    seen = set()
+    for name in named_kinds(spec.ndim):
+        try:
+            _, counts = resolve_splits(spec, name, workers)
+        except ValueError:
+            continue
+        if math.prod(counts) > 1 and counts not in seen:
+            seen.add(counts)
+            out.append((name, counts))
+    ext = split_extents(spec)
+    dims = len(ext)
+    for a in range(dims):
+        for b in range(a + 1, dims):
+            for f in range(2, workers):
+                if workers % f:
+                    continue
+                counts = [1] * dims
+                counts[a], counts[b] = f, workers // f
+                counts = tuple(counts)
+                if counts not in seen and all(c <= e for c, e in zip(counts, ext)):
+                    seen.add(counts)
+                    out.append(("hybrid", counts))
+    return out
+
+
+def supported_backends(spec: ConvSpec, backend: str, weight=None) -> list[str]:
+    if backend == "auto":
+        return backends.supported(spec, weight)
+    backends.check(backend, spec, weight)
+    return [backend]
+
+
+def rank_backends(plan: Plan, prof: Profile, how: PlanOptions, itemsize: int = 4, weight=None) -> list[Prediction]:
+    """``plan``'s partition with each candidate backend (``how.backend``: 'auto' for every
+    one that applies to the filter values ``weight`` when given), cheapest predicted first,
+    those over ``how.memory_budget`` left out."""
+    preds = [predict(replace(plan, backend=b), prof, itemsize, how.engine)
+             for b in supported_backends(plan.spec, how.backend, weight)]
+    preds = [q for q in preds if how.memory_budget is None or q.peak_memory <= how.memory_budget]
+    if not preds:
+        raise ValueError(f"partition {plan.partition!r} does not fit memory_budget={how.memory_budget} bytes per "
+                         "worker")
+    return sorted(preds, key=lambda q: q.total_s)
+
+
+def candidates(spec: ConvSpec, how: PlanOptions, prof: Profile, itemsize: int = 4, weight=None) -> list[Prediction]:
+    """Every candidate (partition x backend, plus a single worker) built and predicted,
+    cheapest first; those over ``how.memory_budget`` bytes per worker are left out.
+    ``how.workers`` and ``how.backend`` are given (planner.resolved)."""
+    preds = []
+    for name, counts, b in _each_candidate(spec, how, weight):
+        pred = predict(_build(spec, name, counts, b, how), prof, itemsize, how.engine)
+        if how.memory_budget is None or pred.peak_memory <= how.memory_budget:
+            preds.append(pred)
+    preds.sort(key=lambda q: q.total_s)
+    return preds
+
+
+def _each_candidate(spec: ConvSpec, how: PlanOptions, weight):
+    """(name, split counts, backend) of every candidate, in the order ties are ranked in:
+    a single worker first, then candidate_splits, each with every backend."""
+    names = supported_backends(spec, how.backend, weight)
+    for name, counts in [("single", (1,) * (spec.ndim + 2))] + candidate_splits(spec, how.workers):
+        for b in names:
+            yield name, counts, b
+
+
+def _build(spec: ConvSpec, name: str, counts, backend: str, how: PlanOptions) -> Plan:
+    single = name == "single"
+    return build(spec, counts, name, 1 if single else how.workers, None if single else how.worker_weights,
+                 ownership=how.ownership, exchange=how.exchange, backend=backend)
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A candidate's predicted time and peak data bytes per worker, before its Plan is built
+    (``build()`` builds it): what choosing needs of a candidate."""
+
+    partition: str
+    splits: tuple[int, ...]
+    workers: int
+    backend: str
+    total_s: float
+    peak_memory: int
+    spec: ConvSpec = field(repr=False)
+    how: PlanOptions = field(repr=False)
+
+    @property
+    def label(self) -> str:  # as Prediction.label
+        return f"{self.partition} {'x'.join(map(str, self.splits))} {self.workers}w {self.backend}"
+
+    def build(self) -> Plan:
+        return _build(self.spec, self.partition, self.splits, self.backend, self.how)
+
+    @classmethod
+    def of(cls, pred: Prediction, how: PlanOptions) -> Quote:
+        p = pred.plan
+        return cls(p.partition, p.splits, p.workers, p.backend, pred.total_s, pred.peak_memory, p.spec, how)
+
+
+def quotes(spec: ConvSpec, how: PlanOptions, prof: Profile, itemsize: int = 4, weight=None) -> list[Quote]:
+    """Every candidate's Quote, cheapest first (ties in candidate order), those over
+    ``how.memory_budget`` left out: ``candidates`` without building the candidates' Plans
+    on the threads engine with equal workers, whose prediction needs only the tiles' shapes
+    (planning/plan.tile_shapes: the same figures, in the time of a few tiles)."""
+    if how.engine != "threads" or how.worker_weights is not None:
+        return [Quote.of(q, how) for q in candidates(spec, how, prof, itemsize, weight)]
+    weight_bytes = math.prod(spec.weight_shape) * itemsize
+    out = []
+    for name, counts, b in _each_candidate(spec, how, weight):
+        shapes = tile_shapes(spec, counts, how.ownership)
+        n = math.prod(counts)
+        peak = max((math.prod(t.window) + math.prod(t.owned) + math.prod(t.out)) * itemsize for t in shapes)
+        if how.memory_budget is not None and peak + weight_bytes > how.memory_budget:
+            continue
+        total = max(sum(threads_tile_seconds(prof, spec, b, n, t.window, t.out, t.groups, t.view, itemsize).values())
+                    for t in shapes) + (prof.handoff_s if n > 1 else 0.0)
+        out.append(Quote(name, tuple(counts), 1 if name == "single" else how.workers, b, total, peak + weight_bytes,
+                         spec, how))
+    return sorted(out, key=lambda q: q.total_s)
+
+
+def choose(spec: ConvSpec, how: PlanOptions, prof: Profile, itemsize: int = 4, weight=None) -> Plan:
+    """The plan with the least predicted time (partition='auto'): candidates()[0], without
+    building the losers on the threads engine with equal workers (quotes), or simulating
+    the candidates that cannot beat the best found so far on the processes engine (a
+    candidate whose floor, count_floor_seconds and then floor_seconds, is above it)."""
+    if how.engine == "threads" and how.worker_weights is None:  # priced from the tiles' shapes: one plan built
+        ranked = quotes(spec, how, prof, itemsize, weight)
+        if not ranked:
+            raise ValueError(f"no partition fits memory_budget={how.memory_budget} bytes per worker")
+        return ranked[0].build()
+    best: Prediction | None = None
+    for name, counts, b in _each_candidate(spec, how, weight):  # the first cheapest wins, as ranked
+        floor = how.engine == "processes" and best is not None
+        if floor and count_floor_seconds(counts, spec, b, prof) > best.total_s:
+            continue
+        p = _build(spec, name, counts, b, how)
+        if floor and floor_seconds(p, prof, itemsize) > best.total_s:
+            continue
+        pred = predict(p, prof, itemsize, how.engine)
+        if (how.memory_budget is None or pred.peak_memory <= how.memory_budget) and (
+                best is None or pred.total_s < best.total_s):
+            best = pred
+    if best is None:
+        raise ValueError(f"no partition fits memory_budget={how.memory_budget} bytes per worker")
+    return best.plan
