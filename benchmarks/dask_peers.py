@@ -41,8 +41,8 @@ from haloconv import ndimage as hndi
 from haloconv import planner
 from haloconv.cli.dask_run import Reader, chunk_lengths
 from haloconv.engines import dask_graph
-from haloconv.files import arrays, filters
-from haloconv.planning.plan import chunk_plan
+from haloconv.files import arrays, named_kernels
+from haloconv.tiling.plan import chunk_plan
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--size", type=int, default=16384)
@@ -66,7 +66,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     k15 = rng.random((15, 15))
     k15 /= k15.sum()
-    kernels = {"box 5x5": np.full((5, 5), 1 / 25), "gaussian:2": filters.load_kernel("gaussian:2", 1, 2)[0][0, 0],
+    kernels = {"box 5x5": np.full((5, 5), 1 / 25), "gaussian:2": named_kernels.load_kernel("gaussian:2", 1, 2)[0][0, 0],
                "dense 15x15": k15}
     jobs = {
         "box 5x5": (lambda m, d, **kw: m.correlate(d, np.full((5, 5), 1 / 25), **kw)),

@@ -27,7 +27,7 @@ import numpy as np
 
 import haloconv
 from haloconv.engines import host
-from haloconv.files import filters
+from haloconv.files import named_kernels
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--size", type=int, default=8192)
@@ -70,7 +70,7 @@ def methods_for(name: str) -> dict:
         def ocv(**kw):
             return cv2.filter2D(x, -1, w[0, 0], **kw)
     else:
-        w = filters.load_kernel(name, 1, 2)[0].astype(np.float32)
+        w = named_kernels.load_kernel(name, 1, 2)[0].astype(np.float32)
         u, sv, vt = np.linalg.svd(w[0, 0].astype(np.float64))
         col, row = (u[:, 0] * np.sqrt(sv[0])).astype(np.float32), (vt[0] * np.sqrt(sv[0])).astype(np.float32)
 

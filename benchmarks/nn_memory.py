@@ -73,7 +73,7 @@ def rank_main(args) -> None:
     x = torch.randn(shape, generator=gen)[hnn.local_box(shape, args.partition)].clone()  # this rank's box only
     r = measure(model, x, lambda y: hnn.sum_shards(y.sum()))
     # what a conv keeps beyond its shard: the halo pieces it received
-    plans = [m.layout.plan(m._spec(shape)) for m in model if isinstance(m, (hnn.DistributedConv2d,
+    plans = [m.layout.plan(m.spec_for(shape)) for m in model if isinstance(m, (hnn.DistributedConv2d,
                                                                              hnn.DistributedConv3d))]
     r["halo_mb"] = sum(p.tile_of(rank).halo_elements for p in plans) * 4 / 2**20
     out = [None] * world

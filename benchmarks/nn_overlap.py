@@ -34,8 +34,8 @@ def _worker(args) -> None:
     import torch.distributed as dist
 
     import haloconv.nn as hnn
+    from haloconv.costmodel import cost
     from haloconv.engines import comm as comm_module
-    from haloconv.model import cost
     from haloconv.nn import modules
 
     torch.set_num_threads(1)
@@ -55,7 +55,7 @@ def _worker(args) -> None:
 
         def use(mode: str) -> None:
             for m in model.modules():
-                if isinstance(m, modules._DistributedConvNd):
+                if isinstance(m, modules.DistributedConvNd):
                     m.overlap = mode == "overlapped"
             nn_steps.skip_halos(mode == "floor")
 
@@ -83,7 +83,7 @@ def _worker(args) -> None:
         from haloconv.nn.layout import Layout
 
         plan = Layout("rows", dist.get_world_size(), None).plan(
-            modules.DistributedConv2d(args.channels, args.channels, 3, padding=1, partition="rows")._spec(
+            modules.DistributedConv2d(args.channels, args.channels, 3, padding=1, partition="rows").spec_for(
                 (1, args.channels, args.size, args.size)))
         pb, po = cost.overlap_seconds(plan, rank, prof)
         row["predicted_forward"] = {"blocking": pb * args.layers, "overlapped": po * args.layers}

@@ -43,11 +43,11 @@ args = ap.parse_args()
 
 VIPS = """
 import sys, numpy as np, pyvips
-from haloconv.files import filters
+from haloconv.files import named_kernels
 path, out, side, kernel, how = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 with open(path, "rb") as f:
     np.lib.format.read_magic(f); np.lib.format.read_array_header_1_0(f); offset = f.tell()
-w = filters.load_kernel(kernel, 1, 2)[0][0, 0].astype(np.float64)
+w = named_kernels.load_kernel(kernel, 1, 2)[0][0, 0].astype(np.float64)
 x = pyvips.Image.rawload(path, side, side, 1, offset=offset, format="float")
 if how == "conv":
     y = x.conv(pyvips.Image.new_from_list(w.tolist()), precision="float")
@@ -82,13 +82,13 @@ def check(work: Path, inp: Path) -> str:
     import torch
 
     from haloconv.compute import backends
-    from haloconv.files import filters
-    from haloconv.planning.spec import ConvSpec
+    from haloconv.files import named_kernels
+    from haloconv.tiling.spec import ConvSpec
 
     rep = json.loads((work / "hc-threads.json").read_text())
     backend = rep["backend"]
     x = torch.from_numpy(np.load(inp))[None, None]
-    w = torch.from_numpy(filters.load_kernel(args.kernel, 1, 2)[0].astype(np.float32))
+    w = torch.from_numpy(named_kernels.load_kernel(args.kernel, 1, 2)[0].astype(np.float32))
     spec = ConvSpec.from_args(tuple(x.shape), tuple(w.shape), None, padding="same")
     ref = backends.single_node(backend, x, w, None, spec)
     y = torch.from_numpy(np.load(work / "hc-threads.npy")).view(ref.shape)

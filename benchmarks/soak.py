@@ -17,8 +17,8 @@ import torch
 from haloconv import LocalCluster, conv
 from haloconv.compute.kernels import single_node
 from haloconv.engines.host import alive, proc_mb
-from haloconv.planning.plan import make_plan
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.plan import make_plan
+from haloconv.tiling.spec import ConvSpec
 
 PARTITIONS = ("rows", "cols", "grid", "batch", "channels")
 

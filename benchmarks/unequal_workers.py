@@ -22,8 +22,8 @@ import time
 import torch
 
 from haloconv.engines import LocalCluster
-from haloconv.planning.plan import make_plan
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.plan import make_plan
+from haloconv.tiling.spec import ConvSpec
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--size", type=int, default=1536)

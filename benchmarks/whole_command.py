@@ -52,10 +52,10 @@ def watched(cmd: list[str], cwd: Path) -> tuple[float, int]:
 
 with tempfile.TemporaryDirectory(prefix="haloconv-whole-") as d:
     work = Path(d)
-    from haloconv.files import filters
+    from haloconv.files import named_kernels
 
     np.save(work / "in.npy", np.random.default_rng(0).random((args.side, args.side), dtype=np.float32))
-    np.save(work / "w.npy", filters.load_kernel(args.kernel, 1, 2)[0][0, 0].astype(np.float32))
+    np.save(work / "w.npy", named_kernels.load_kernel(args.kernel, 1, 2)[0][0, 0].astype(np.float32))
     cmds = {
         "haloconv": [sys.executable, "-m", "haloconv", "run", "in.npy", "--kernel", args.kernel, "-o", "hc",
                      "--overwrite"],

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
 from conftest import torch_plan
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.spec import ConvSpec
 
 MODES = ("zeros", "reflect", "replicate", "circular")
 SPATIAL_PARTS = ("rows", "cols", "grid")

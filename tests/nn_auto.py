@@ -13,8 +13,8 @@ import torch.nn as nn
 
 import haloconv.nn as hnn
 import spmd_group
+from haloconv.costmodel import cost
 from haloconv.distributed import traffic
-from haloconv.model import cost
 from haloconv.nn import functional
 
 rank, world = spmd_group.join()

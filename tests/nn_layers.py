@@ -80,7 +80,7 @@ for layer, shape, part in CASES:
     (y * g).sum().backward()
     if hasattr(dlayer, "layout"):  # halo bytes moved = the plan's: forward sends, backward returns what came in
         moved = traffic().get("halo", {"bytes_sent": 0, "bytes_recv": 0})
-        plan = dlayer.layout.plan(dlayer._spec(shape)).traffic(8, send_weights=False)[rank]["halo"]
+        plan = dlayer.layout.plan(dlayer.spec_for(shape)).traffic(8, send_weights=False)[rank]["halo"]
         total = plan.bytes_sent + plan.bytes_recv
         assert (moved["bytes_sent"], moved["bytes_recv"]) == (total, total), (layer, part, moved, plan)
     exact = not isinstance(layer, nn.BatchNorm2d)
@@ -169,7 +169,7 @@ if not small:  # overlap=True: the blocking layer's results, forward and backwar
             for p in d.parameters():
                 p.grad = None
             if overlap:
-                plan = d.layout.plan(d._spec(shape))
+                plan = d.layout.plan(d.spec_for(shape))
                 overlapped += plan.overlap_parts(plan.tile_of(rank))[0] is not None
         (y0, gx0, gp0), (y1, gx1, gp1) = runs
         xr = x.clone().requires_grad_()  # the single-node layer on the whole input

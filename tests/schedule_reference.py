@@ -2,12 +2,12 @@
 
 from collections import defaultdict
 
-from haloconv.model.schedule import Timeline
-from haloconv.planning.messages import PHASES
+from haloconv.costmodel.schedule import Timeline
+from haloconv.tiling.messages import PHASES
 
 
 def naive_run(programs, transfers, cores):
-    """The schedule's first simulator, kept as the reference of model/schedule._run: at every
+    """The schedule's first simulator, kept as the reference of costmodel/schedule._run: at every
     event it runs every rank until it blocks and scans every message (simple, and quadratic
     in the ranks)."""
     pc = dict.fromkeys(programs, 0)

@@ -14,8 +14,8 @@ import haloconv
 from haloconv.cli import calibrate
 from haloconv.compute import backends
 from haloconv.compute.backends.base import Backend
-from haloconv.model import cost
-from haloconv.planning.spec import ConvSpec
+from haloconv.costmodel import cost
+from haloconv.tiling.spec import ConvSpec
 
 MODULE = '''
 import math
@@ -23,7 +23,7 @@ import math
 import torch.nn.functional as F
 
 from haloconv.compute.backends.base import Backend, dilated, padded
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.spec import ConvSpec
 
 
 class Plain(Backend):

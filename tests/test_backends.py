@@ -13,8 +13,8 @@ import haloconv
 from conftest import count_opencv_paths
 from haloconv.compute import backends
 from haloconv.compute.backends import fft, opencv
-from haloconv.model.cost import Profile
-from haloconv.planning.spec import ConvSpec
+from haloconv.costmodel.cost import Profile
+from haloconv.tiling.spec import ConvSpec
 
 # OpenCV's own border for each padding mode it has (circular: filter2D has no BORDER_WRAP)
 CV2_BORDERS = {"zeros": "BORDER_CONSTANT", "reflect": "BORDER_REFLECT_101", "replicate": "BORDER_REPLICATE"}
@@ -252,7 +252,7 @@ def test_backends_refused_where_they_do_not_apply():
 
 
 def test_auto_backend_picks_fft_for_large_kernels_and_torch_for_small():
-    from haloconv.model.cost import Profile
+    from haloconv.costmodel.cost import Profile
 
     prof = Profile()  # the documented defaults: no calibration needed
     big = haloconv.plan((1, 1, 1024, 1024), (1, 1, 31, 31), padding=15, workers=2, partition="rows",

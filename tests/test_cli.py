@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import cli, torch_reference
 from haloconv.cli.main import main
-from haloconv.files import filters
+from haloconv.files import named_kernels
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_run_png_grid_verify(rgb_png, tmp_path, capsys):
     y = np.load(out.with_suffix(".npy"))
     # independent check: depthwise edge kernel on the image scaled to [0, 1]
     x = torch.from_numpy(np.moveaxis(img, -1, 0)[None].astype(np.float32) / 255)
-    w = torch.from_numpy(filters.named_kernel("edge")).float().expand(3, 1, 3, 3).contiguous()
+    w = torch.from_numpy(named_kernels.named_kernel("edge")).float().expand(3, 1, 3, 3).contiguous()
     ref = torch_reference(x, w, None, padding="same", groups=3)
     assert np.array_equal(y, ref.numpy())
     with Image.open(out.with_suffix(".png")) as im:

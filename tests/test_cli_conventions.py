@@ -13,7 +13,7 @@ from PIL import Image
 import haloconv
 from conftest import cli, torch_reference
 from haloconv.cli.options import build_parser
-from haloconv.files import filters
+from haloconv.files import named_kernels
 
 _cli = cli  # in this process (conftest.cli)
 
@@ -66,7 +66,7 @@ def test_integer_arrays_keep_their_values_pictures_are_scaled_and_it_is_said(tmp
     a = np.random.default_rng(0).integers(0, 40000, (50, 40), dtype=np.int32)
     np.save(tmp_path / "counts.npy", a)
     tifffile.imwrite(tmp_path / "slide.tif", a.astype(np.uint16))
-    w = torch.from_numpy(filters.load_kernel("box:3", 1, 2)[0].astype(np.float64))  # the CLI's kernel
+    w = torch.from_numpy(named_kernels.load_kernel("box:3", 1, 2)[0].astype(np.float64))  # the CLI's kernel
     for args, scale, said in ((("counts.npy",), 1, "int32 values kept"),
                               (("counts.npy", "--integers", "unit"), 2**31 - 1, "int32 scaled by 1/2147483647"),
                               (("slide.tif",), 65535, "uint16 scaled by 1/65535 to [0, 1]"),

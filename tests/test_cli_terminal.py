@@ -53,7 +53,7 @@ def test_resume_after_ctrl_c_finishes_the_stream_bitwise(tmp_path):
     import torch
 
     from haloconv.compute import kernels
-    from haloconv.planning.spec import ConvSpec
+    from haloconv.tiling.spec import ConvSpec
 
     x = np.random.default_rng(1).random((1536, 1536), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from conftest import assert_bitwise, assert_single_node_exact, torch_conv, torch_reference
 from haloconv.compute import kernels
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.spec import ConvSpec
 
 DTYPES = (torch.float32, torch.float64)
 

@@ -9,10 +9,10 @@ from PIL import Image
 
 import haloconv
 from haloconv.cli.main import main
-from haloconv.model import cost
+from haloconv.costmodel import cost
+from haloconv.options import PlanOptions
 from haloconv.planner import choice
-from haloconv.planning.options import PlanOptions
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.spec import ConvSpec
 
 PROF = cost.Profile()  # the documented defaults: tests never depend on a calibration
 
@@ -72,7 +72,7 @@ def test_auto_partition_is_the_cheapest_candidate_and_exact():
 
 
 def test_scaling_projection_spatial_beats_batch_past_the_samples():
-    from haloconv.model import scaling
+    from haloconv.costmodel import scaling
 
     spec = ConvSpec.from_args((4, 16, 512, 512), (16, 16, 3, 3), None, padding=1)
     proj = scaling.project(spec, [1, 4, 16, 64], PROF)
@@ -263,7 +263,7 @@ def test_schedule_runs_every_plan_to_the_end_within_its_bounds():
 
 
 def test_schedule_halo_waits_for_the_neighbours_box_and_master_feeds_many_slower():
-    from haloconv.model import schedule
+    from haloconv.costmodel import schedule
 
     spec = ConvSpec.from_args((1, 16, 512, 512), (16, 16, 3, 3), None, padding=1)
     plan = haloconv.plan(spec.input_shape, spec.weight_shape, padding=1, workers=2, partition="rows")
@@ -322,8 +322,8 @@ def test_fft_model_counts_the_transforms_and_products_the_backend_computes(monke
 
     import torch
 
-    from haloconv.engines.base import as_one_tile
-    from haloconv.planning.plan import make_plan
+    from haloconv.engines.ops.probes import as_one_tile
+    from haloconv.tiling.plan import make_plan
 
     spec = ConvSpec.from_args(xs, ws, None, padding=pad, groups=groups, dilation=dilation)
     seen = {"nlogn": 0.0, "macs": 0}
@@ -410,13 +410,13 @@ def test_predictions_of_held_out_configurations_are_within_a_band_of_their_measu
 
 
 def test_the_schedule_simulator_equals_the_simple_one_it_replaced(monkeypatch):
-    """model/schedule._run revisits only what an event changes; on plans of every partition,
+    """costmodel/schedule._run revisits only what an event changes; on plans of every partition,
     exchange and pipeline, with cores to spare or short, it gives the very timeline of the
     simulator that scans every rank and message at every event (tests/schedule_reference.py)."""
     import copy
     import random
 
-    from haloconv.model import schedule
+    from haloconv.costmodel import schedule
     from schedule_reference import naive_run
 
     seen = []
@@ -476,7 +476,7 @@ def test_scaling_projections_price_a_filter_at_its_backends_rates(tmp_path, caps
     """--simulate-workers projects with the chosen candidate's backend, not torch's: one
     worker's projected time of a filter is within 3x of the ranked single-worker candidate's
     (the projection's shards are resident), and far under torch's rate."""
-    from haloconv.model import scaling
+    from haloconv.costmodel import scaling
 
     spec = ConvSpec.from_args((1, 1, 1024, 1024), (1, 1, 7, 7), None, padding=3)
     prof = cost.Profile()

@@ -1,4 +1,4 @@
-"""Deep halos (planning/deep.py): the boxes a rank computes through a run of convolutions,
+"""Deep halos (tiling/deep.py): the boxes a rank computes through a run of convolutions,
 checked in one process against the single-node layers, step by step, bit for bit; and the
 run's one exchange.  Training through runs on real ranks: tests/nn_train_parity.py."""
 
@@ -19,9 +19,9 @@ from haloconv.compute.tile import compute_tile
 from haloconv.engines import spmd
 from haloconv.nn import deep as nn_deep
 from haloconv.nn.layout import Layout
-from haloconv.planning.boxes import Box
-from haloconv.planning.deep import deep_run, local_tile, shapes_of
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.boxes import Box
+from haloconv.tiling.deep import deep_run, local_tile, shapes_of
+from haloconv.tiling.spec import ConvSpec
 
 REACHED: Counter = Counter()
 

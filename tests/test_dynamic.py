@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from haloconv.engines import LocalCluster
-from haloconv.planning.options import RunOptions
-from haloconv.planning.plan import make_plan
-from haloconv.planning.spec import ConvSpec
+from haloconv.options import RunOptions
+from haloconv.tiling.plan import make_plan
+from haloconv.tiling.spec import ConvSpec
 
 
 @pytest.fixture(scope="module")

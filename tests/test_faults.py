@@ -12,7 +12,7 @@ import pytest
 
 from conftest import own_children
 from haloconv.engines.host import proc_status, workers_of
-from haloconv.planning.options import RunOptions
+from haloconv.options import RunOptions
 
 
 def _run_and_kill_a_worker(tmp_path, on_failure: str):

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from haloconv.planning import geometry
-from haloconv.planning.geometry import Axis
+from haloconv.tiling import geometry
+from haloconv.tiling.geometry import Axis
 
 NP_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 

@@ -16,7 +16,7 @@ import torch
 
 import haloconv
 from haloconv.compute import kernels
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.spec import ConvSpec
 
 CONFIGS = [  # (x shape, w shape, conv kwargs, plan kwargs)
     ((1, 3, 37, 29), (4, 3, 3, 3), dict(padding=1), dict(partition="rows", workers=3)),

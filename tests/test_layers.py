@@ -10,9 +10,10 @@ LAYERS = [  # highest first; a module may import its own layer's package and tho
     {"haloconv.planner", "haloconv.dispatch"},
     {"haloconv.distributed"},
     {"haloconv.engines"},
-    {"haloconv.model", "haloconv.files"},
+    {"haloconv.costmodel", "haloconv.files"},
     {"haloconv.compute"},
-    {"haloconv.planning"},
+    {"haloconv.options"},
+    {"haloconv.tiling"},
     {"haloconv.text", "haloconv.units", "haloconv.progress"},
 ]
 
@@ -139,7 +140,7 @@ def test_tables_are_rendered_in_one_place():
     assert own == [], own
 
 
-# the faces take a user's keywords; below them, functions take values (planning/options.py)
+# the faces take a user's keywords; below them, functions take values (options.py)
 FACES = ("haloconv.cli", "haloconv.api", "haloconv.ndimage", "haloconv.nn")
 FACE_FUNCTIONS = {("haloconv.planner.plans", "plan")}  # haloconv.plan
 

@@ -13,7 +13,7 @@ import torch.nn as nn
 import haloconv.nn as hnn
 from conftest import repeat
 from haloconv.nn.layout import Layout
-from haloconv.planning.partition import Partition
+from haloconv.tiling.partition import Partition
 
 HERE = Path(__file__).parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]

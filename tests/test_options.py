@@ -1,11 +1,11 @@
-"""Options are values (planning/options.py): each face's keywords read once, one clear error
+"""Options are values (options.py): each face's keywords read once, one clear error
 per mistake naming the parameter, and the values the layers below take."""
 
 import numpy as np
 import pytest
 
 import haloconv
-from haloconv.planning.options import PlanOptions, RunOptions, StreamOptions
+from haloconv.options import PlanOptions, RunOptions, StreamOptions
 
 
 @pytest.mark.parametrize("kw,error,words", [

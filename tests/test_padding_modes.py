@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 import haloconv
 from conftest import assert_bitwise
 from haloconv.compute import kernels
-from haloconv.planning import geometry
-from haloconv.planning.spec import SCIPY_MODES, ConvSpec
+from haloconv.tiling import geometry
+from haloconv.tiling.spec import SCIPY_MODES, ConvSpec
 
 # haloconv's mode -> scipy.ndimage's name for it
 TO_SCIPY = {"symmetric": "reflect", "reflect": "mirror", "circular": "wrap", "replicate": "nearest",

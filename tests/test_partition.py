@@ -10,8 +10,8 @@ import haloconv
 from haloconv import Partition
 from haloconv.nn.layout import Layout
 from haloconv.planner import choice
-from haloconv.planning.partition import named_kinds, replanned
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.partition import named_kinds, replanned
+from haloconv.tiling.spec import ConvSpec
 
 SRC = Path(haloconv.__file__).parent
 
@@ -94,4 +94,4 @@ def test_the_cost_models_candidates_come_from_the_partition_kinds():
 def test_only_the_partition_module_knows_the_aliases():
     """One normaliser: no other module of the library spells out the partition aliases."""
     spelled = [p.relative_to(SRC) for p in SRC.rglob("*.py") if '"horizontal"' in p.read_text()]
-    assert spelled == [Path("planning/partition.py")], spelled
+    assert spelled == [Path("tiling/partition.py")], spelled

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import haloconv
-from haloconv.planning import geometry
-from haloconv.planning.plan import Plan
+from haloconv.tiling import geometry
+from haloconv.tiling.plan import Plan
 
 
 def _coverage(plan: Plan):
@@ -168,8 +168,8 @@ def test_every_tuple_partition_covers_the_output_once():
 
 
 def test_transfer_chunks_are_contiguous_runs_or_one_packed_box():
-    from haloconv.planning.boxes import Box
-    from haloconv.planning.messages import MIN_RUN_BYTES, transfer_chunks
+    from haloconv.tiling.boxes import Box
+    from haloconv.tiling.messages import MIN_RUN_BYTES, transfer_chunks
 
     shape = (2, 8, 512, 512)
     rows = Box((0, 0, 100, 0), (2, 8, 300, 512))  # full width: one run per (n, c)
@@ -283,7 +283,7 @@ def test_a_chosen_plan_is_kept_per_configuration_filters_and_profile(tmp_path):
     import numpy as np
 
     from haloconv import planner
-    from haloconv.model import cost
+    from haloconv.costmodel import cost
 
     x = (1, 1, 300, 300)
     g = np.random.default_rng(0)
@@ -315,8 +315,8 @@ def test_grid_owner_lookup_finds_the_boxes_a_brute_force_search_finds(data):
     """Plans of many tiles find a window's owners by bisection per axis (_GridOwners); it
     must name exactly the ranks whose owned boxes overlap, in rank order, as checking every
     box does; boxes that do not form a grid are left to that search."""
-    from haloconv.planning.boxes import Box
-    from haloconv.planning.plan import _GridOwners
+    from haloconv.tiling.boxes import Box
+    from haloconv.tiling.plan import _GridOwners
 
     dims = data.draw(st.integers(1, 3))
     cuts = [sorted(set(data.draw(st.lists(st.integers(1, 19), max_size=4)))) for _ in range(dims)]
@@ -343,7 +343,7 @@ def _random_spec(data, min_side=1):
     cin, cout = g * data.draw(st.integers(1, 2)), g * data.draw(st.integers(1, 3))
     kernel = [data.draw(st.integers(1, 5)) for _ in range(dims)]
     try:
-        return haloconv.planning.spec.ConvSpec.from_args(
+        return haloconv.tiling.spec.ConvSpec.from_args(
             (data.draw(st.integers(1, 3)), cin, *(data.draw(st.integers(min_side, 20)) for _ in range(dims))),
             (cout, cin // g, *kernel), None, padding=tuple(data.draw(st.integers(0, k)) for k in kernel),
             stride=tuple(data.draw(st.integers(1, 2)) for _ in kernel),
@@ -362,7 +362,7 @@ def test_tile_shapes_and_grid_halo_are_those_of_the_built_plan(data):
     import collections
     import math
 
-    from haloconv.planning import plan as plans
+    from haloconv.tiling import plan as plans
 
     spec = _random_spec(data)
     if spec is None:

@@ -13,7 +13,7 @@ from hypothesis import assume, given, settings
 import haloconv
 from cases import plan_for
 from conftest import assert_bitwise, assert_single_node_exact, torch_conv, torch_plan, torch_reference
-from haloconv.planning.messages import PHASES
+from haloconv.tiling.messages import PHASES
 from test_conv_exact import CASES, _reference_or_none, _tensors, conv_case
 
 

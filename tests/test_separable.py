@@ -16,9 +16,9 @@ import haloconv
 from conftest import count_opencv_paths
 from haloconv.compute import backends
 from haloconv.compute.backends import separable
-from haloconv.files import filters
-from haloconv.model.cost import Profile
-from haloconv.planning.spec import ConvSpec
+from haloconv.costmodel.cost import Profile
+from haloconv.files import named_kernels
+from haloconv.tiling.spec import ConvSpec
 
 
 @st.composite
@@ -69,10 +69,10 @@ def check(case):
 
 def test_named_separable_kernels_are_rank_one_and_others_are_not():
     for name in ("gaussian:2", "box:15", "sobel-x", "prewitt-y", "gaussian:0.7"):
-        k = filters.named_kernel(name).astype(np.float32)
+        k = named_kernels.named_kernel(name).astype(np.float32)
         kx, ky = separable.factors(k)
         assert np.abs(np.outer(ky, kx) - k).max() <= 1e-6 * np.abs(k).max()
-    assert separable.factors(filters.named_kernel("laplacian").astype(np.float32)) is None
+    assert separable.factors(named_kernels.named_kernel("laplacian").astype(np.float32)) is None
     assert separable.factors(np.random.default_rng(0).standard_normal((5, 5))) is None
 
 
@@ -87,14 +87,14 @@ def test_refused_for_kernels_not_rank_one_and_never_chosen_for_them():
     cheap = Profile(rates={"separable.taps": 1e-15, "separable.pixels": 1e-15})
     assert haloconv.plan(x.shape, dense, padding=3, backend="auto", profile=cheap).backend != "separable"
     assert haloconv.plan(x.shape, (1, 1, 7, 7), padding=3, backend="auto", profile=cheap).backend != "separable"
-    gauss = torch.from_numpy(filters.named_kernel("gaussian:2").astype(np.float32))[None, None]
+    gauss = torch.from_numpy(named_kernels.named_kernel("gaussian:2").astype(np.float32))[None, None]
     assert haloconv.plan(x.shape, gauss, padding=8, backend="auto", profile=cheap).backend == "separable"
 
 
 def test_separable_on_worker_processes_and_the_cli_gaussian(clusters, tmp_path, capsys):
     g = torch.Generator().manual_seed(7)
     x = torch.randn(1, 3, 150, 333, generator=g)
-    k = torch.from_numpy(filters.named_kernel("gaussian:2").astype(np.float32))
+    k = torch.from_numpy(named_kernels.named_kernel("gaussian:2").astype(np.float32))
     w = k.expand(3, 1, *k.shape).contiguous()
     spec = ConvSpec.from_args(x.shape, w.shape, None, padding="same", groups=3, padding_mode="reflect")
     y = haloconv.conv(x, w, padding="same", groups=3, padding_mode="reflect", backend="separable",

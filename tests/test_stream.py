@@ -20,15 +20,15 @@ from hypothesis import strategies as st
 
 from conftest import own_children
 from haloconv.compute import backends, kernels
+from haloconv.costmodel import cost
 from haloconv.engines import WorkerError, stream, stream_job, stream_threads, windows
 from haloconv.files import arrays
 from haloconv.files import images as io
 from haloconv.files.journal import Journal, header_of, journal_path
-from haloconv.model import cost
+from haloconv.options import StreamOptions, float_dtype
 from haloconv.planner.streaming import StreamTiler, stream_block, stream_plan
-from haloconv.planning.boxes import Box
-from haloconv.planning.options import StreamOptions, float_dtype
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.boxes import Box
+from haloconv.tiling.spec import ConvSpec
 
 
 def _read_back(path, fmt, shape):

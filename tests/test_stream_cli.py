@@ -15,15 +15,15 @@ from benchmarks.memory_watch import watch_rss
 
 from conftest import own_children
 from haloconv.compute import backends, kernels
-from haloconv.files import filters
 from haloconv.files import images as io
-from haloconv.planning.spec import ConvSpec
+from haloconv.files import named_kernels
+from haloconv.tiling.spec import ConvSpec
 
 
 def _single_node(path, kernel: str, padding_mode: str) -> np.ndarray:
     """torch on the whole input, read as the CLI reads it: the reference of every run here."""
     x = io.read_input(path).x
-    weight, groups = filters.load_kernel(kernel, x.shape[1], x.ndim - 2)
+    weight, groups = named_kernels.load_kernel(kernel, x.shape[1], x.ndim - 2)
     spec = ConvSpec.from_args(x.shape, weight.shape, None, padding="same", padding_mode=padding_mode, groups=groups)
     return kernels.single_node(torch.from_numpy(x), torch.from_numpy(weight.astype(np.float32)), None, spec).numpy()
 

@@ -17,8 +17,8 @@ import haloconv
 from haloconv.compute import backends
 from haloconv.compute.backends.fft import next_smooth
 from haloconv.engines import array_threads
-from haloconv.files import filters
-from haloconv.planning.spec import ConvSpec
+from haloconv.files import named_kernels
+from haloconv.tiling.spec import ConvSpec
 
 PROBE = "import sys; {body}; print('torch imported:', 'torch' in sys.modules)"
 
@@ -45,7 +45,8 @@ def test_haloconv_conv_on_numpy_filters_runs_without_torch_bitwise_the_tensor_pa
     bits as the tensor path of the same plan."""
     rng = np.random.default_rng(0)
     x = rng.random((301, 257), dtype=np.float32)
-    k = rng.random((5, 5), dtype=np.float32) if kernel == "random5" else filters.named_kernel(kernel).astype(np.float32)
+    k = (rng.random((5, 5), dtype=np.float32) if kernel == "random5"
+         else named_kernels.named_kernel(kernel).astype(np.float32))
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "k.npy", k)
     pad = k.shape[0] // 2
@@ -76,7 +77,7 @@ def test_a_filter_through_the_cli_runs_without_torch_bitwise_its_backend(tmp_pat
     assert "torch imported: False" in r.stdout and " on threads" in r.stdout, r.stdout
     backend = next(line.split()[1].rstrip(":") for line in r.stdout.splitlines() if line.startswith("backend "))
     assert backend in ("opencv", "separable")
-    w = filters.load_kernel(kernel, 1, 2)[0].astype(np.float32)
+    w = named_kernels.load_kernel(kernel, 1, 2)[0].astype(np.float32)
     spec = ConvSpec.from_args((1, 1, *x.shape), w.shape, None, padding="same", padding_mode="reflect")
     ref = backends.single_node(backend, torch.from_numpy(x)[None, None], torch.from_numpy(w), None, spec)
     assert np.array_equal(np.load(tmp_path / "y.npy"), ref.numpy())
@@ -150,7 +151,7 @@ def test_a_streamed_filter_runs_without_torch_bitwise_its_backend(tmp_path):
     r = _python(f"from haloconv.cli.main import main; rc = main({argv!r})", tmp_path)
     assert r.returncode == 0, r.stderr
     assert "torch imported: False" in r.stdout and "streaming:" in r.stdout, r.stdout
-    w = filters.load_kernel("box:5", 2, 2)[0].astype(np.float32)
+    w = named_kernels.load_kernel("box:5", 2, 2)[0].astype(np.float32)
     spec = ConvSpec.from_args((1, *x.shape), w.shape, None, padding="same", groups=2)
     ref = backends.single_node("opencv", torch.from_numpy(x)[None], torch.from_numpy(w), None, spec).numpy()
     assert np.array_equal(np.load(tmp_path / "s.npy"), ref)

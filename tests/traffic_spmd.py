@@ -9,7 +9,7 @@ import torch.distributed as dist
 import haloconv
 import haloconv.distributed as hd
 import spmd_group
-from haloconv.planning.messages import PHASES
+from haloconv.tiling.messages import PHASES
 
 
 class CountingGroup:

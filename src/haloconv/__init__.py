@@ -15,8 +15,8 @@ _WHERE = {
     "plan": "haloconv.planner",
     "Execution": "haloconv.engines", "LocalCluster": "haloconv.engines", "WorkerError": "haloconv.engines",
     "default_workers": "haloconv.engines.host",
-    "Box": "haloconv.planning.boxes", "Piece": "haloconv.planning.boxes", "Tile": "haloconv.planning.boxes",
-    "Partition": "haloconv.planning.partition", "Plan": "haloconv.planning.plan", "ConvSpec": "haloconv.planning.spec",
+    "Box": "haloconv.tiling.boxes", "Piece": "haloconv.tiling.boxes", "Tile": "haloconv.tiling.boxes",
+    "Partition": "haloconv.tiling.partition", "Plan": "haloconv.tiling.plan", "ConvSpec": "haloconv.tiling.spec",
 }
 __all__ = sorted(_WHERE)
 

@@ -27,8 +27,8 @@ import numpy as np
 from haloconv.compute import backends
 from haloconv.engines import array_threads
 from haloconv.engines.execution import Execution
-from haloconv.planning.options import RunOptions, StreamOptions
-from haloconv.planning.plan import Plan
+from haloconv.options import RunOptions, StreamOptions
+from haloconv.tiling.plan import Plan
 
 if TYPE_CHECKING:
     import torch

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from haloconv.engines import spmd
 from haloconv.engines.comm import Comm
 from haloconv.engines.differentiable import needs_grad
-from haloconv.planning.plan import Plan
+from haloconv.tiling.plan import Plan
 
 # per process group: the accounting of this rank (a Comm is made per call, so haloconv never
 # keeps a process group alive past destroy_process_group)
@@ -201,7 +201,7 @@ def traffic(group: object | None = None, reset: bool = True) -> dict[str, dict[s
     -------
     dict
         {phase: {'bytes_sent', 'bytes_recv', 'messages_sent', 'messages_recv',
-        'seconds'}}, phases as haloconv.planning.messages.PHASES.
+        'seconds'}}, phases as haloconv.tiling.messages.PHASES.
 
     Examples
     --------

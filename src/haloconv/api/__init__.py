@@ -1,6 +1,6 @@
 """The Python face: ``conv`` and ``execute`` on arrays and tensors in memory
 (``in_memory``), ``conv_file`` on files bigger than memory (``out_of_core``), and ``plan``
-(the planner's).  Each reads its keywords once into values (planning/options.py) and hands
+(the planner's).  Each reads its keywords once into values (options.py) and hands
 them to the planner and to the one dispatch (haloconv/dispatch.py)."""
 
 from haloconv.api.in_memory import conv, execute

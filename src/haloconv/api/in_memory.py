@@ -1,5 +1,5 @@
 """haloconv.conv and haloconv.execute: convolutions of arrays and tensors in memory.  Each
-reads its keywords once into values (planning/options.py: ConvSpec, PlanOptions,
+reads its keywords once into values (options.py: ConvSpec, PlanOptions,
 RunOptions), plans once (planner.plan_for) and runs through the one dispatch
 (haloconv/dispatch.py)."""
 
@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from haloconv import dispatch
+from haloconv.costmodel import cost
 from haloconv.engines import array_threads, dask_graph
 from haloconv.engines.execution import Execution
-from haloconv.model import cost
+from haloconv.options import PlanOptions, RunOptions
 from haloconv.planner import check_filters, plan_for
-from haloconv.planning.options import PlanOptions, RunOptions
-from haloconv.planning.partition import Partition
-from haloconv.planning.plan import Plan, chunk_plan
-from haloconv.planning.spec import ConvSpec, IntOrTuple
 from haloconv.progress import Progress
+from haloconv.tiling.partition import Partition
+from haloconv.tiling.plan import Plan, chunk_plan
+from haloconv.tiling.spec import ConvSpec, IntOrTuple
 
 if TYPE_CHECKING:  # torch is imported where a tensor path runs: a numpy filter never needs it
 

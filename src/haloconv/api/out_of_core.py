@@ -1,5 +1,5 @@
 """haloconv.conv_file: a convolution of a file bigger than memory into a file, out of core:
-its keywords read once into values (planning/options.StreamOptions), the tiles cut by the
+its keywords read once into values (options.StreamOptions), the tiles cut by the
 planner (planner/streaming.StreamTiler), run through the one dispatch (dispatch.stream).
 
 No torch unless the tiles compute with it: a filter streamed on OpenCV in this process
@@ -14,12 +14,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from haloconv import dispatch
+from haloconv.costmodel import cost
 from haloconv.engines.host import default_workers
 from haloconv.files import arrays
-from haloconv.model import cost
+from haloconv.options import StreamOptions
 from haloconv.planner import check_filters, streaming
-from haloconv.planning.options import StreamOptions
-from haloconv.planning.spec import ConvSpec, IntOrTuple
+from haloconv.tiling.spec import ConvSpec, IntOrTuple
 
 
 def conv_file(

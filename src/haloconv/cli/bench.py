@@ -86,9 +86,9 @@ def model_accuracy(profile=None, repeat: int = 5, quick: bool = False, log=print
     the model ranks run, however slow it predicts it."""
     import torch
 
+    from haloconv.costmodel import cost
     from haloconv.engines import LocalCluster
-    from haloconv.model import cost
-    from haloconv.planning.spec import ConvSpec
+    from haloconv.tiling.spec import ConvSpec
 
     prof = profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
     log(f"profile: {prof.source}; load average {os.getloadavg()}")
@@ -170,11 +170,11 @@ def kernel_label(k: int | str) -> str:
 
 
 def _peer_kernel(k: int | str) -> np.ndarray:
-    from haloconv.files import filters
+    from haloconv.files import named_kernels
 
     if isinstance(k, int):
         return np.random.default_rng(1).standard_normal((k, k), dtype=np.float32)
-    return filters.named_kernel(k).astype(np.float32)
+    return named_kernels.named_kernel(k).astype(np.float32)
 
 
 def peer_once(method: str, size: int, k: int | str, out_path: str, warm: int = 0) -> dict:
@@ -414,8 +414,8 @@ def command(args, console) -> int:
     import dataclasses
     import importlib.util
 
-    from haloconv.model import cost, scaling
-    from haloconv.planning.spec import ConvSpec
+    from haloconv.costmodel import cost, scaling
+    from haloconv.tiling.spec import ConvSpec
 
     parts = set(args.only.split(","))
     if not parts or parts - {"accuracy", "peers", "scaling"}:

@@ -17,15 +17,15 @@ import scipy.optimize
 import torch
 
 from haloconv.compute import backends, kernels
+from haloconv.costmodel.cost import Profile
 from haloconv.engines import LocalCluster
-from haloconv.engines.base import as_one_tile
+from haloconv.engines.ops.probes import as_one_tile
 from haloconv.engines.pool import helpers
 from haloconv.engines.worker import keep_heap
 from haloconv.files import guard
-from haloconv.model.cost import Profile
-from haloconv.planning.messages import MIN_RUN_BYTES
-from haloconv.planning.plan import make_plan
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.messages import MIN_RUN_BYTES
+from haloconv.tiling.plan import make_plan
+from haloconv.tiling.spec import ConvSpec
 
 
 def _best(fn, repeat: int, min_seconds: float = 0.1) -> float:
@@ -290,7 +290,7 @@ def calibrate(quick: bool = False, log=print) -> Profile:
 
 def command(args, console) -> int:
     """`haloconv calibrate`: measure this machine into the profile the cost model reads."""
-    from haloconv.model import cost
+    from haloconv.costmodel import cost
 
     target = Path(args.profile or cost.default_profile_path())
     guard.check_replaceable(target)  # before minutes of measuring, not after

@@ -21,11 +21,11 @@ import numpy as np
 
 from haloconv import planner
 from haloconv.engines import dask_graph
-from haloconv.files import arrays, filters, guard
+from haloconv.files import arrays, guard, named_kernels
 from haloconv.files.pixels import conversion
-from haloconv.planning.boxes import Box
-from haloconv.planning.geometry import block_extent
-from haloconv.planning.plan import chunk_plan
+from haloconv.tiling.boxes import Box
+from haloconv.tiling.geometry import block_extent
+from haloconv.tiling.plan import chunk_plan
 
 from . import options, outputs
 from .console import Console
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         raise ValueError("--dask reads its input from a .npy, .tif/.tiff or .zarr file")
     source = arrays.open_input(args.input, args.integers, args.layout)
     shape = source.logical_shape
-    weight, groups = filters.load_kernel(args.kernel, shape[1], len(shape) - 2)
+    weight, groups = named_kernels.load_kernel(args.kernel, shape[1], len(shape) - 2)
     name = Path(args.input).name.split(".")[0]
     found = outputs.targets(args.output, outputs.default_stem(name, args.kernel), image=False,
                             image_format=args.image_format, streamed=True, stream_format="zarr")

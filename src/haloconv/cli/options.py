@@ -9,11 +9,11 @@ import sys
 
 from haloconv import planner, units
 from haloconv.compute import backends
-from haloconv.files import arrays, filters, images
+from haloconv.files import arrays, images, named_kernels
 from haloconv.files.pixels import INTEGERS
-from haloconv.planning.options import SCHEDULES, PlanOptions, RunOptions
-from haloconv.planning.partition import Partition
-from haloconv.planning.spec import ConvSpec
+from haloconv.options import SCHEDULES, PlanOptions, RunOptions
+from haloconv.tiling.partition import Partition
+from haloconv.tiling.spec import ConvSpec
 
 from .console import PROGRESS
 
@@ -31,7 +31,7 @@ def padding(text: str) -> int | tuple[int, ...] | str:
 
 
 def partition(text: str) -> Partition:
-    """--partition: a name, or split counts 'N,C,H,W' (planning.partition.Partition)."""
+    """--partition: a name, or split counts 'N,C,H,W' (tiling.partition.Partition)."""
     if "," in text or text.isdigit():
         return Partition.of(tuple(int_list(text, "--partition") if "," in text else (int(text),)))
     return Partition.of(text)
@@ -155,7 +155,7 @@ def _add_problem_args(r: argparse.ArgumentParser) -> None:
     src.add_argument("--random", metavar="HxW", help="random input instead of a file (HxW, CxHxW, NxCxHxW)")
     src.add_argument("--sample", choices=sorted(images.SAMPLES), help="a sample image shipped with matplotlib")
     r.add_argument("--kernel", default="sobel-x",
-                   help=f"filter name ({', '.join(filters.NAMES)}) or a .npy weight")
+                   help=f"filter name ({', '.join(named_kernels.NAMES)}) or a .npy weight")
     r.add_argument("--integers", choices=INTEGERS, default="auto",
                    help="integer inputs become floats: unit: divided by the dtype's maximum, to [0, 1]; keep: their "
                         "values; auto: unit for pictures (PNG, JPEG, TIFF), keep for arrays (.npy, .zarr)")

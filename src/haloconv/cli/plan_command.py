@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from haloconv import units
-from haloconv.files import filters, images
-from haloconv.model import cost, scaling
+from haloconv.costmodel import cost, scaling
+from haloconv.files import images, named_kernels
 
 from . import options, report
 from .console import Console
@@ -33,7 +33,7 @@ def _problem_shapes(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[in
             raise ValueError(f"--weight-shape must be C_out x C_in/groups x kernel... matching the input, "
                              f"got {args.weight_shape!r}")
         return tuple(x_shape), tuple(w_shape), None, x_shape[1] // w_shape[1], name
-    weight, groups = filters.load_kernel(args.kernel, x_shape[1], len(x_shape) - 2)
+    weight, groups = named_kernels.load_kernel(args.kernel, x_shape[1], len(x_shape) - 2)
     return tuple(x_shape), tuple(weight.shape), weight, groups, name
 
 

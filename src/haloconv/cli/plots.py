@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from haloconv.files import guard  # noqa: E402
-from haloconv.planning.plan import Plan  # noqa: E402
+from haloconv.tiling.plan import Plan  # noqa: E402
 
 
 def plan_png(plan: Plan, path: str | Path, title: str = "") -> Path:

@@ -11,8 +11,8 @@ from pathlib import Path
 from haloconv import text
 from haloconv.engines.execution import Execution
 from haloconv.files import guard
-from haloconv.planning.messages import PHASES
-from haloconv.planning.plan import Plan
+from haloconv.tiling.messages import PHASES
+from haloconv.tiling.plan import Plan
 
 
 def plan_dict(plan: Plan) -> dict:

@@ -15,7 +15,7 @@ import numpy as np
 
 from haloconv import dispatch
 from haloconv.compute import backends
-from haloconv.files import filters, images
+from haloconv.files import images, named_kernels
 
 from . import console as console_module
 from . import options, outputs, report
@@ -53,7 +53,7 @@ def load(args: argparse.Namespace) -> Problem:
         found = images.read_input(path, args.dtype, args.integers, args.layout)
         name = path.stem
     x = np.ascontiguousarray(found.x, dtype=np.dtype(args.dtype))
-    weight, groups = filters.load_kernel(args.kernel, x.shape[1], x.ndim - 2)
+    weight, groups = named_kernels.load_kernel(args.kernel, x.shape[1], x.ndim - 2)
     return Problem(x, found.picture, name, found.how, weight.astype(x.dtype), groups,
                    images.preview_for(found, args.png_scale))
 

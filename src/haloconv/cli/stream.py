@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from haloconv.compute import backends
-from haloconv.files import arrays, filters, guard, journal
+from haloconv.files import arrays, guard, journal, named_kernels
 from haloconv.files.pixels import TIFF_SUFFIXES, conversion
 
 from . import interrupt, options, outputs, report
@@ -63,7 +63,7 @@ def in_memory_need(args: argparse.Namespace, found: arrays.DiskArray | None) -> 
     else:
         shape = _picture_shape(args)
         raw = math.prod(shape) * 2  # the decoded pixels (8 or 16 bits) before they become floats
-    weight, groups = filters.load_kernel(args.kernel, shape[1], len(shape) - 2)
+    weight, groups = named_kernels.load_kernel(args.kernel, shape[1], len(shape) - 2)
     spec = options.spec(args, shape, weight.shape, groups)
     threads_filter = backends.base.is_filter(spec) and args.engine in (None, "threads") and \
         (args.backend or backends.default_for(spec)) in ("auto", "opencv", "separable")
@@ -117,8 +117,8 @@ def _stream(args: argparse.Namespace, console: Console, source: arrays.DiskArray
     dispatch (as haloconv.conv_file runs)."""
     from haloconv import dispatch
     from haloconv.engines.host import default_workers
+    from haloconv.options import StreamOptions
     from haloconv.planner import streaming
-    from haloconv.planning.options import StreamOptions
 
     if source.kind != "raw" or out.suffix == ".zarr":  # every library the files need, before anything is created
         arrays.import_zarr()
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace, console: Console, source: arrays.DiskArray) ->
     if budget is None:
         raise ValueError("--stream needs --memory-budget: the peak resident memory allowed to each process")
     shape = source.logical_shape
-    weight, groups = filters.load_kernel(args.kernel, shape[1], len(shape) - 2)
+    weight, groups = named_kernels.load_kernel(args.kernel, shape[1], len(shape) - 2)
     name = Path(args.input).name.split(".")[0]
     found = outputs.targets(args.output, outputs.default_stem(name, args.kernel), image=False,
                             image_format=args.image_format, streamed=True, stream_format=args.out_format)

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from haloconv.compute.padding import pad_input
-from haloconv.planning.geometry import output_length
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.geometry import output_length
+from haloconv.tiling.spec import ConvSpec
 
 _B = torch._C._ConvBackend
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -277,7 +277,7 @@ def conv_tile_backward(
     ``grad``, the gradient of the tile's kept outputs.  ``needs``: which of the three to
     compute.  The kept outputs sit at ``first`` among those the window computes; the
     others get zero gradient.  Summed over the tiles (the window's pieces added into their
-    owners' boxes, see engines.base.add_window_grad), these are the single-node gradients."""
+    owners' boxes, see engines.gradients.add_window_grad), these are the single-node gradients."""
     pad = list(spec.backend_pad)
     grad = full_grad(window.shape, grad, spec, first)
     g_window, gw, gb = torch.ops.aten.convolution_backward(

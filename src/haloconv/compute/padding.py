@@ -4,8 +4,8 @@ than the input, reads exactly what a split run's windows read (geometry.source_i
 
 from __future__ import annotations
 
-from haloconv.planning import geometry
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling import geometry
+from haloconv.tiling.spec import ConvSpec
 
 
 def pad_input(x, spec: ConvSpec):

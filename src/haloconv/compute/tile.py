@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from haloconv.compute import backends
-from haloconv.planning.boxes import Tile
-from haloconv.planning.plan import Plan
+from haloconv.tiling.boxes import Tile
+from haloconv.tiling.plan import Plan
 
 if TYPE_CHECKING:
     import torch

@@ -20,9 +20,9 @@ from haloconv.engines.execution import Execution, WorkerStats
 from haloconv.engines.host import default_workers, empty
 from haloconv.engines.pool import run_each
 from haloconv.engines.windows import assemble_window
-from haloconv.planning.boxes import Tile
-from haloconv.planning.plan import Plan
 from haloconv.progress import Counter, Progress
+from haloconv.tiling.boxes import Tile
+from haloconv.tiling.plan import Plan
 
 
 def runs(plan: Plan) -> bool:

@@ -20,8 +20,8 @@ from haloconv.engines.execution import Execution, execution_from_reports
 from haloconv.engines.host import default_workers
 from haloconv.engines.sealed import Forged, new_secret, seal, unseal
 from haloconv.engines.worker import HOST, group_of, keep_heap, shutdown
-from haloconv.planning.options import ON_FAILURE
-from haloconv.planning.plan import Plan
+from haloconv.options import ON_FAILURE
+from haloconv.tiling.plan import Plan
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from haloconv.planning.messages import PHASES, Traffic
+from haloconv.tiling.messages import PHASES, Traffic
 
 TAGS = {"control": 1, "weights": 2, "scatter": 3, "halo": 4, "gather": 5}
 # a network stood in for by this machine's links (benchmarks and tests): "LATENCY[,BANDWIDTH]",

@@ -1,6 +1,6 @@
 """haloconv.conv on a dask array: a dask array back, lazily, one task per output chunk.
 
-The output's chunks follow the input's (planning/plan.chunk_ranges: a same-size convolution
+The output's chunks follow the input's (tiling/plan.chunk_ranges: a same-size convolution
 keeps them, a strided one scales them; the output channels are one chunk).  Each output
 chunk is a tile of a Plan built on those ranges (plan.build_on_ranges): its task receives
 the pieces of its window — each a slice of the input, which dask cuts from the chunks it
@@ -25,7 +25,7 @@ import numpy as np
 from haloconv.compute import backends
 from haloconv.compute.tile import compute_tile, compute_tile_array
 from haloconv.engines.windows import blank, piece_data
-from haloconv.planning.plan import Plan
+from haloconv.tiling.plan import Plan
 
 
 def is_dask(x) -> bool:

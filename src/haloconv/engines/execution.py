@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from haloconv import text
-from haloconv.planning.plan import Plan
+from haloconv.tiling.plan import Plan
 
 if TYPE_CHECKING:
     import numpy as np

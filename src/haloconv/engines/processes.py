@@ -19,11 +19,11 @@ from haloconv.engines.errors import WorkerError
 from haloconv.engines.execution import Execution
 from haloconv.engines.ops import dynamic, probes, resident, static
 from haloconv.engines.ops.resident import Sharded
-from haloconv.planning.options import RunOptions
-from haloconv.planning.partition import replanned
-from haloconv.planning.plan import Plan, make_plan
-from haloconv.planning.spec import ConvSpec
+from haloconv.options import RunOptions
 from haloconv.progress import Progress
+from haloconv.tiling.partition import replanned
+from haloconv.tiling.plan import Plan, make_plan
+from haloconv.tiling.spec import ConvSpec
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ POOL_DEFAULTS = RunOptions("processes")
 def run(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         how: RunOptions = POOL_DEFAULTS, throttle: dict[int, float] | None = None) -> Execution:
     """engine='processes': start a LocalCluster for this one call, then stop it; ``how``:
-    the run's options (planning/options.RunOptions).
+    the run's options (options.RunOptions).
 
     ``schedule='static'``: each worker computes its tile of ``plan``; with
     ``measure_speeds`` the processes first time the same small problem

@@ -26,9 +26,9 @@ from haloconv.engines.transfer import (
     send_to_workers,
 )
 from haloconv.engines.windows import blank, piece_data
-from haloconv.planning.boxes import Box, Tile
-from haloconv.planning.plan import Plan
 from haloconv.progress import Counter
+from haloconv.tiling.boxes import Box, Tile
+from haloconv.tiling.plan import Plan
 
 
 def _room(tile: Tile, shape) -> Box:
@@ -39,7 +39,7 @@ def _room(tile: Tile, shape) -> Box:
     )
 
 
-def _check_shard(x_local: torch.Tensor | None, tile: Tile | None, name: str) -> None:
+def check_shard(x_local: torch.Tensor | None, tile: Tile | None, name: str) -> None:
     if tile is None:
         return
     if x_local is None or tuple(x_local.shape) != tile.owned.shape:
@@ -221,7 +221,7 @@ def halo_exchange(comm: Comm, plan: Plan, x_local: torch.Tensor | None, copy: bo
     halos are written into that room and the window is a view: no copy of the shard.
     ``copy=True`` always makes a new window (autograd saves it: nothing may write into it)."""
     tile = plan.tile_of(comm.rank)
-    _check_shard(x_local, tile, "x_local")
+    check_shard(x_local, tile, "x_local")
     with comm.phase("halo"):
         works, keep, incoming = post_halos(comm, plan, x_local)
         if tile is None:

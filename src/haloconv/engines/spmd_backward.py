@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 
 from haloconv.compute import tile as one_tile
-from haloconv.engines.base import add_tile_grads, piece_grad
 from haloconv.engines.comm import Comm
+from haloconv.engines.gradients import add_tile_grads, piece_grad
 from haloconv.engines.transfer import recv_box, recv_dtype, send_to_workers
-from haloconv.planning.plan import Plan
+from haloconv.tiling.plan import Plan
 
 
 def halo_reduce(comm: Comm, plan: Plan, g_window: torch.Tensor | None) -> torch.Tensor | None:

@@ -10,8 +10,8 @@ from haloconv.engines import transfer
 from haloconv.engines.comm import Comm
 from haloconv.engines.spmd import compute
 from haloconv.engines.windows import assemble_window
-from haloconv.planning.boxes import Tile
-from haloconv.planning.plan import Plan
+from haloconv.tiling.boxes import Tile
+from haloconv.tiling.plan import Plan
 
 
 def scatter_windows(comm: Comm, plan: Plan, x: torch.Tensor | None, src: int = 0,

@@ -44,7 +44,7 @@ from haloconv.engines.worker import worker_op
 from haloconv.files import arrays, guard
 from haloconv.files.arrays import DiskArray
 from haloconv.files.journal import Journal, journal_path, rank_journals
-from haloconv.planning.options import StreamOptions
+from haloconv.options import StreamOptions
 from haloconv.progress import Counter, Progress
 
 log = logging.getLogger(__name__)

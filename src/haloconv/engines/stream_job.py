@@ -33,9 +33,9 @@ from haloconv.files.journal import (
     receipt_path,
     write_json,
 )
-from haloconv.planning.options import float_dtype
-from haloconv.planning.plan import Plan
-from haloconv.planning.spec import ConvSpec
+from haloconv.options import float_dtype
+from haloconv.tiling.plan import Plan
+from haloconv.tiling.spec import ConvSpec
 
 # what a process holds beyond its tiles' data: heap slack, thread stacks, gloo buffers.
 # The slack varies with timing: a 400 MiB budget on 2 processes peaked at 300-380 MiB on a

@@ -33,7 +33,7 @@ from haloconv.engines import stream_job as stream
 from haloconv.engines.host import empty, peak_rss
 from haloconv.files import arrays
 from haloconv.files.arrays import DiskArray
-from haloconv.planning.options import StreamOptions
+from haloconv.options import StreamOptions
 from haloconv.progress import Counter
 
 log = logging.getLogger(__name__)

@@ -13,13 +13,13 @@ import torch
 
 from haloconv.compute import backends, kernels
 from haloconv.compute.tile import compute_tile, tile_backward
-from haloconv.engines.base import add_tile_grads
 from haloconv.engines.execution import Execution, WorkerStats
+from haloconv.engines.gradients import add_tile_grads
 from haloconv.engines.pool import run_each
 from haloconv.engines.windows import assemble_window
-from haloconv.planning.boxes import Tile
-from haloconv.planning.plan import Plan
 from haloconv.progress import Counter, Progress
+from haloconv.tiling.boxes import Tile
+from haloconv.tiling.plan import Plan
 
 
 def run(

@@ -1,5 +1,5 @@
 """How boxes travel between ranks: a box of a tensor as the runs of contiguous bytes it is
-made of (planning.messages.transfer_chunks), sent from where it lies and received straight
+made of (tiling.messages.transfer_chunks), sent from where it lies and received straight
 into its place where it can be; the dtype a receiver allocates for; pieces into a window."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import torch
 
 from haloconv.engines.comm import Comm
 from haloconv.engines.windows import piece_data
-from haloconv.planning.boxes import Box
-from haloconv.planning.messages import transfer_chunks
-from haloconv.planning.plan import Plan
+from haloconv.tiling.boxes import Box
+from haloconv.tiling.messages import transfer_chunks
+from haloconv.tiling.plan import Plan
 
 _DTYPES = [torch.float32, torch.float64]
 

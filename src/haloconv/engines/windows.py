@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from haloconv.planning.boxes import Box, Piece, Tile
+from haloconv.tiling.boxes import Box, Piece, Tile
 
 
 def piece_data(src, piece: Piece):

@@ -30,7 +30,7 @@ import numpy as np
 
 from haloconv.files import guard
 from haloconv.files.pixels import TIFF_SUFFIXES, integer_rule, to_float
-from haloconv.planning.boxes import Box
+from haloconv.tiling.boxes import Box
 
 FORMATS = ("npy", "tif", "zarr")  # streamed output formats
 LAYOUTS = ("auto", "chw", "hwc", "dhw")  # how a 3-D array's axes are read (logical_axes)

@@ -9,7 +9,7 @@ import numpy as np
 
 from haloconv.files import arrays, guard
 from haloconv.files.pixels import IMAGE_SUFFIXES, TIFF_SUFFIXES, conversion, integer_rule, to_float
-from haloconv.planning.boxes import Box
+from haloconv.tiling.boxes import Box
 
 SAMPLES = {"hopper": "grace_hopper.jpg"}
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from haloconv.planning.spec import SCIPY_MODES
+from haloconv.tiling.spec import SCIPY_MODES
 
 
 def haloconv_mode(mode, cval):

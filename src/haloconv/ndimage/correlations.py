@@ -1,7 +1,7 @@
 """scipy.ndimage's correlations (correlate, convolve, correlate1d, convolve1d), split across
 workers, with scipy's signatures, defaults (mode 'reflect'), modes, ``cval``, ``origin``,
 ``axes``, ``output`` and dtypes; each tile's halo is read as the mode says
-(planning/geometry.py: a border is a halo like any other, the whole input is never padded).
+(tiling/geometry.py: a border is a halo like any other, the whole input is never padded).
 The keyword extras ``workers``, ``partition``, ``backend`` and ``engine`` say how it is split
 and computed, and where.
 
@@ -259,7 +259,7 @@ def _on_processes(plan, x: np.ndarray, w: np.ndarray, engine) -> np.ndarray:
     import torch
 
     from haloconv import dispatch
-    from haloconv.planning.options import RunOptions
+    from haloconv.options import RunOptions
 
     if isinstance(engine, str) and engine != "processes":
         raise ValueError(f"engine must be 'threads', 'processes' or a LocalCluster, got {engine!r}")

@@ -4,7 +4,7 @@ returns one, lazily, with the input's chunks.
 The graph has one task per output chunk.  The task receives exactly the input chunks that
 hold the chunk's box grown by the filter's reach (the halo) on each filtered axis, where the
 mode says to read them: beyond the image's edge, ``reflect``, ``mirror``, ``wrap`` and
-``nearest`` read the image folded back (planning/geometry.source_index: a border is a halo
+``nearest`` read the image folded back (tiling/geometry.source_index: a border is a halo
 like any other, so a chunk at an edge may read chunks from the far side or several chunks
 away, and kernels longer than a chunk or the image are read as scipy reads them), and
 ``constant`` reads ``cval``.  The task assembles that window, runs the same haloconv.ndimage
@@ -35,8 +35,8 @@ import numpy as np
 
 from haloconv.engines.dask_graph import is_dask
 from haloconv.ndimage.arguments import axes_of, gaussian_radius, holds, per_axis
-from haloconv.planning.geometry import source_index
-from haloconv.planning.spec import SCIPY_MODES
+from haloconv.tiling.geometry import source_index
+from haloconv.tiling.spec import SCIPY_MODES
 
 
 def dask_aware(reach: Callable[[dict, int], list[int]]):

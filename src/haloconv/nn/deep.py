@@ -6,7 +6,7 @@ hands each sharded child its input's shape, so its layers do not each all-reduce
 shard shapes.  With ``halo_depth`` > 1 a run of up to that many consecutive convolutions —
 with element-wise layers and batch norms between them — exchanges one halo deep enough for
 the whole run, and each rank computes the rows its neighbours own redundantly
-(planning/deep.py).  Which layers join a run:
+(tiling/deep.py).  Which layers join a run:
 
 - convolutions of the same layout (not the filter partition; not circular padding, whose
   wrapped rows are not near the shard);
@@ -31,11 +31,11 @@ import torch
 import torch.nn as nn
 
 from haloconv import distributed
+from haloconv.costmodel import cost
 from haloconv.engines.comm import Link
-from haloconv.model import cost
 from haloconv.nn import functional as hf
 from haloconv.nn import modules as m
-from haloconv.planning import deep
+from haloconv.tiling import deep
 
 ELEMENTWISE = (
     nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.Sigmoid, nn.Tanh,
@@ -55,7 +55,7 @@ def check_depth(halo_depth):
 
 def _role(layer: nn.Module) -> str | None:
     """'conv', 'keep' (shape-keeping, may sit inside a run) or None (ends a run)."""
-    if isinstance(layer, m._DistributedConvNd):
+    if isinstance(layer, m.DistributedConvNd):
         return "conv" if not layer.layout.replicated_input and layer.padding_mode != "circular" else None
     if isinstance(layer, _SHAPE_KEEPING) and not isinstance(layer, _RANDOM):
         return "keep"
@@ -90,8 +90,8 @@ def output_shape(layer: nn.Module, shape):
     e.g. after a global pool or inside a module of the user's own)."""
     if shape is None:
         return None
-    if isinstance(layer, (m._DistributedConvNd, m._DistributedPoolNd)):
-        return tuple(layer._spec(shape).output_shape)
+    if isinstance(layer, (m.DistributedConvNd, m._DistributedPoolNd)):
+        return tuple(layer.spec_for(shape).output_shape)
     if isinstance(layer, _SHAPE_KEEPING):
         return tuple(shape)
     if isinstance(layer, ShardedSequential):
@@ -104,7 +104,7 @@ def output_shape(layer: nn.Module, shape):
 def _run_steps(layers, shape):
     steps, shapes = [], [tuple(shape)]
     for layer in layers:
-        steps.append(layer._spec(shapes[-1]) if isinstance(layer, m._DistributedConvNd) else None)
+        steps.append(layer.spec_for(shapes[-1]) if isinstance(layer, m.DistributedConvNd) else None)
         shapes.append(tuple(steps[-1].output_shape) if steps[-1] is not None else shapes[-1])
     return tuple(steps), shapes
 
@@ -153,9 +153,9 @@ def predict_depths(layers, shape, ranks: int, itemsize: int, profile: cost.Profi
     each run's exchange and convs (cost.deep_step_seconds, with the ranks that share this
     machine: torchrun's LOCAL_WORLD_SIZE) and the one all-reduce of the filters' gradients."""
     profile = profile or _link_profile()
-    convs = sum(isinstance(x, m._DistributedConvNd) for x in layers)
+    convs = sum(isinstance(x, m.DistributedConvNd) for x in layers)
     busy = int(os.environ.get("LOCAL_WORLD_SIZE", ranks))
-    grads = sum(p.numel() for x in layers if isinstance(x, m._DistributedConvNd) for p in x.parameters())
+    grads = sum(p.numel() for x in layers if isinstance(x, m.DistributedConvNd) for p in x.parameters())
     reduce_s = cost.allreduce_seconds(grads * itemsize, ranks, profile)
     out = {}
     for depth in range(1, max(convs, 1) + 1):
@@ -244,7 +244,7 @@ def _reduced_once(layers) -> dict:
     """{id(conv): (weight, bias)} for the sharded convs among ``layers`` that train: views
     whose gradients one all-reduce sums over the ranks in backward (functional.reduce_once),
     so the convs do not each reduce their own."""
-    convs = [c for c in layers if isinstance(c, m._DistributedConvNd) and not c.layout.replicated_input
+    convs = [c for c in layers if isinstance(c, m.DistributedConvNd) and not c.layout.replicated_input
              and c.weight.requires_grad and (c.bias is None or c.bias.requires_grad)]
     if not torch.is_grad_enabled() or not convs or any(c.group is not convs[0].group for c in convs):
         return {}

@@ -21,10 +21,10 @@ from haloconv.compute import kernels
 from haloconv.compute.tile import compute_tile, tile_backward, tile_full_grad
 from haloconv.distributed import comm_for
 from haloconv.engines import spmd, spmd_backward
-from haloconv.engines.base import add_window_grad
 from haloconv.engines.comm import Comm
-from haloconv.planning.boxes import Box, Tile
-from haloconv.planning.plan import Plan
+from haloconv.engines.gradients import add_window_grad
+from haloconv.tiling.boxes import Box, Tile
+from haloconv.tiling.plan import Plan
 
 
 class _HaloWindow(Function):
@@ -73,7 +73,7 @@ class _HaloConv(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, comm: Comm, plan: Plan, reduce: bool, overlap: bool = False):
         tile = plan.tile_of(comm.rank)
-        spmd._check_shard(x, tile, "x")
+        spmd.check_shard(x, tile, "x")
         inner, borders = plan.overlap_parts(tile) if overlap and tile.out.volume else (None, (tile,))
         with comm.phase("halo"):
             works, keep, incoming = spmd.post_halos(comm, plan, x)
@@ -149,7 +149,7 @@ def halo_conv(x, weight, bias, comm: Comm, plan: Plan, reduce: bool, overlap: bo
 
 
 class _LocalConv(Function):
-    """One conv of a deep-halo run (planning/deep.py): this rank's box of the output from its
+    """One conv of a deep-halo run (tiling/deep.py): this rank's box of the output from its
     box of the input, no messages — the tile's window built from that box alone (a view where
     it can be), computed like any tile.  Backward: the window's gradient added back into the
     input box's (the run's exchange sends the halo part to its owners), the filters'

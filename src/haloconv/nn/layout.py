@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from haloconv.engines.comm import Comm
-from haloconv.planning.boxes import Box
-from haloconv.planning.partition import Partition
-from haloconv.planning.plan import Plan, _tile_ranges, build
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.boxes import Box
+from haloconv.tiling.partition import Partition
+from haloconv.tiling.plan import Plan, build, tile_ranges
+from haloconv.tiling.spec import ConvSpec
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class Layout:
             return [Box((0,) * len(shape), tuple(shape))] * self.ranks
         # an axis thinner than its split leaves the trailing ranks an empty shard (a deep,
         # downsampled layer): they still take part in every exchange and reduction
-        ranges = _tile_ranges([shape], self.counts(len(shape) - 2), self.worker_weights, allow_empty=True)
+        ranges = tile_ranges([shape], self.counts(len(shape) - 2), self.worker_weights, allow_empty=True)
         return [Box(tuple(a for a, _ in r), tuple(b for _, b in r)) for (r,) in ranges]
 
     def plan(self, spec: ConvSpec) -> Plan:

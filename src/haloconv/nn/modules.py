@@ -16,13 +16,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from haloconv import distributed
+from haloconv.costmodel import cost
 from haloconv.engines.comm import Link
-from haloconv.model import cost
 from haloconv.nn import functional as hf
 from haloconv.nn.layout import Layout
 from haloconv.nn.sharding import layout_for
-from haloconv.planning.geometry import split_extent
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.geometry import split_extent
+from haloconv.tiling.spec import ConvSpec
 
 
 def _torch_base(cls: type) -> type:
@@ -59,13 +59,13 @@ class _Sharded:
 
 
 # -- convolution --------------------------------------------------------------------------
-class _DistributedConvNd(_Sharded):
+class DistributedConvNd(_Sharded):
     _ndim: int
 
     def __init__(self, *args, partition="grid", group=None, worker_weights=None, overlap="auto", **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._set_layout(partition, group, worker_weights)
-        self.overlap = _check_overlap(overlap)
+        self.overlap = check_overlap(overlap)
         self._keep_filters()
 
     def _keep_filters(self) -> None:
@@ -99,7 +99,7 @@ class _DistributedConvNd(_Sharded):
         new.train(conv.training)
         return new
 
-    def _spec(self, shape: Sequence[int]) -> ConvSpec:
+    def spec_for(self, shape: Sequence[int]) -> ConvSpec:
         return ConvSpec.from_args(
             shape, (self.out_channels, self.in_channels // self.groups, *self.kernel_size),
             (self.out_channels,) if self.bias is not None else None, stride=self.stride, padding=self.padding,
@@ -107,7 +107,7 @@ class _DistributedConvNd(_Sharded):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        comm, plan = self._plan(x, self._spec)
+        comm, plan = self._plan(x, self.spec_for)
         weight, bias = self.weight, self.bias
         reduce = not self.layout.replicated_input
         given = self.__dict__.pop("_given_params", None)  # a ShardedSequential reduces them (nn/deep.py)
@@ -161,7 +161,7 @@ def _layer_doc(base: str, summary: str, args: str, shape: str, part: str, ref: s
 {ours}{example}    """
 
 
-def _check_overlap(overlap):
+def check_overlap(overlap):
     if overlap not in ("auto", True, False):
         raise ValueError(f"overlap must be 'auto', True or False, got {overlap!r}")
     return overlap
@@ -188,7 +188,7 @@ def _predict_overlap(plan, rank: int, itemsize: int) -> bool:
     return overlapped < blocking
 
 
-class DistributedConv1d(_DistributedConvNd, nn.Conv1d):
+class DistributedConv1d(DistributedConvNd, nn.Conv1d):
     __doc__ = _layer_doc("Conv1d", "torch.nn.Conv1d on a shard, as DistributedConv2d.",
                          '2, 4, 5, padding=2, partition="cols"', "(1, 2, 100)", "cols",
                          "torch.nn.functional.conv1d(x, layer.weight, layer.bias, padding=2)")
@@ -196,7 +196,7 @@ class DistributedConv1d(_DistributedConvNd, nn.Conv1d):
     _ndim = 1
 
 
-class DistributedConv2d(_DistributedConvNd, nn.Conv2d):
+class DistributedConv2d(DistributedConvNd, nn.Conv2d):
     """torch.nn.Conv2d on a shard: halo exchange with the neighbours (forward and
     backward), the tile bit for bit like single node, weight gradients summed over the
     ranks.  Every rank builds the layer alike (same parameters); each calls it on its
@@ -243,7 +243,7 @@ class DistributedConv2d(_DistributedConvNd, nn.Conv2d):
     _ndim = 2
 
 
-class DistributedConv3d(_DistributedConvNd, nn.Conv3d):
+class DistributedConv3d(DistributedConvNd, nn.Conv3d):
     __doc__ = _layer_doc("Conv3d", "torch.nn.Conv3d on a shard, as DistributedConv2d.",
                          '1, 2, 3, padding=1, partition="depth"', "(1, 1, 8, 8, 8)", "depth",
                          "torch.nn.functional.conv3d(x, layer.weight, layer.bias, padding=1)")
@@ -340,7 +340,7 @@ class _DistributedPoolNd(_Sharded):
         args = {k: getattr(pool, k) for k in cls._args}
         return cls(**args, partition=partition, group=group, worker_weights=worker_weights)
 
-    def _spec(self, shape: Sequence[int]) -> ConvSpec:
+    def spec_for(self, shape: Sequence[int]) -> ConvSpec:
         n = self._ndim
         stride = self.stride if self.stride is not None else self.kernel_size
         return ConvSpec.from_args(shape, (shape[1], 1, *_ntuple(self.kernel_size, n)), None,
@@ -348,7 +348,7 @@ class _DistributedPoolNd(_Sharded):
                                   dilation=_ntuple(getattr(self, "dilation", 1), n), groups=shape[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        comm, plan = self._plan(x, self._spec)
+        comm, plan = self._plan(x, self.spec_for)
         window = hf.halo_window(x, comm, plan)
         s = plan.spec
         return hf.pool_tile(window, plan, comm.rank, self._kind, s.kernel, s.stride, s.dilation,

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from haloconv.nn import modules as m
 from haloconv.nn.deep import ELEMENTWISE, ShardedSequential, check_depth
-from haloconv.planning.partition import Partition
+from haloconv.tiling.partition import Partition
 
 # run on replicated values only (after the global pool)
 HEAD = (nn.Flatten, nn.Linear)
@@ -95,7 +95,7 @@ def parallelize(model: nn.Module, partition="grid", group=None, worker_weights=N
             f"parallelize: partition={partition!r} splits samples or filters; the model's shards must be parts of "
             "the same samples (use 'grid', 'rows', 'cols', 'depth' or spatial counts)"
         )
-    m._check_overlap(overlap)
+    m.check_overlap(overlap)
     check_depth(halo_depth)
     model = _convert(model, "", partition, group, worker_weights, overlap)
     for mod in model.modules():  # every plain nn.Sequential learns shapes once, runs deep halos

@@ -10,7 +10,7 @@ import torch
 from haloconv import distributed
 from haloconv.nn import functional as hf
 from haloconv.nn.layout import Layout
-from haloconv.planning.boxes import Box
+from haloconv.tiling.boxes import Box
 
 
 def layout_for(partition, group=None, worker_weights=None) -> tuple[Layout, object]:

@@ -1,6 +1,6 @@
 """The planner's choice (partition='auto', backend='auto', a memory budget): every
 candidate split (named partitions, grids, two-axis hybrids, a single worker) with every
-backend that applies, priced by the cost model (model/cost.py), the cheapest chosen.  The
+backend that applies, priced by the cost model (costmodel/cost.py), the cheapest chosen.  The
 cost model only prices; what is a candidate and which wins is decided here."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from haloconv.compute import backends
-from haloconv.model.cost import (
+from haloconv.costmodel.cost import (
     Prediction,
     Profile,
     count_floor_seconds,
@@ -17,10 +17,10 @@ from haloconv.model.cost import (
     predict,
     threads_tile_seconds,
 )
-from haloconv.planning.options import PlanOptions
-from haloconv.planning.partition import named_kinds, split_extents
-from haloconv.planning.plan import Plan, build, resolve_splits, tile_shapes
-from haloconv.planning.spec import ConvSpec
+from haloconv.options import PlanOptions
+from haloconv.tiling.partition import named_kinds, split_extents
+from haloconv.tiling.plan import Plan, build, resolve_splits, tile_shapes
+from haloconv.tiling.spec import ConvSpec
 
 
 def candidate_splits(spec: ConvSpec, workers: int) -> list[tuple[str, tuple[int, ...] | str]]:
@@ -130,7 +130,7 @@ def quotes(spec: ConvSpec, how: PlanOptions, prof: Profile, itemsize: int = 4, w
     """Every candidate's Quote, cheapest first (ties in candidate order), those over
     ``how.memory_budget`` left out: ``candidates`` without building the candidates' Plans
     on the threads engine with equal workers, whose prediction needs only the tiles' shapes
-    (planning/plan.tile_shapes: the same figures, in the time of a few tiles)."""
+    (tiling/plan.tile_shapes: the same figures, in the time of a few tiles)."""
     if how.engine != "threads" or how.worker_weights is not None:
         return [Quote.of(q, how) for q in candidates(spec, how, prof, itemsize, weight)]
     weight_bytes = math.prod(spec.weight_shape) * itemsize

@@ -14,13 +14,13 @@ from dataclasses import replace
 import numpy as np
 
 from haloconv.compute import backends
+from haloconv.costmodel import cost
 from haloconv.engines.host import default_workers
-from haloconv.model import cost
+from haloconv.options import PlanOptions
 from haloconv.planner import choice
-from haloconv.planning.options import PlanOptions
-from haloconv.planning.partition import Partition
-from haloconv.planning.plan import Plan, check_args, make_plan
-from haloconv.planning.spec import ConvSpec, IntOrTuple
+from haloconv.tiling.partition import Partition
+from haloconv.tiling.plan import Plan, check_args, make_plan
+from haloconv.tiling.spec import ConvSpec, IntOrTuple
 
 
 def check_filters(value: object, name: str = "weight"):

@@ -1,5 +1,5 @@
 """A streamed run's plan: output blocks as large as the memory a process may hold allows
-(the cost model's peak of a tile, model/cost.block_peak), the block an interrupted run used
+(the cost model's peak of a tile, costmodel/cost.block_peak), the block an interrupted run used
 when it still fits, and the backend that computes the whole output fastest.  The engines
 that stream (engines/stream.py, stream_threads.py) measure what their processes hold once
 they have started, then ask the StreamTiler they were handed for the plan: they never
@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from haloconv.compute import backends
+from haloconv.costmodel.cost import Profile, block_peak
 from haloconv.files.journal import header_of, journal_path
-from haloconv.model.cost import Profile, block_peak
 from haloconv.planner.choice import supported_backends
 from haloconv.planner.plans import load
-from haloconv.planning.plan import Plan, build
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.plan import Plan, build
+from haloconv.tiling.spec import ConvSpec
 
 # a resumed run keeps its journal's block while it fits the allowance within this much
 RESUME_SLACK_BYTES = 16 << 20

@@ -13,7 +13,7 @@ import pkgutil
 from typing import TYPE_CHECKING
 
 from haloconv.compute.backends.base import Backend, is_filter
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.spec import ConvSpec
 
 if TYPE_CHECKING:
     import torch

@@ -1,6 +1,6 @@
 """What a compute backend is: the rules of when it applies, how it computes a tile's output
 box from its window, what a split run of it guarantees, and the work a tile costs it in
-operation counts that the cost model prices (model/cost.py; `haloconv calibrate` measures
+operation counts that the cost model prices (costmodel/cost.py; `haloconv calibrate` measures
 the price of each count).  One module of this package per backend (docs/architecture.md,
 "Where a change goes")."""
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.spec import ConvSpec
 
 if TYPE_CHECKING:
     import torch

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from haloconv.compute.backends.base import Backend, as_array, dilated, effective_kernel, is_filter, padded
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.spec import ConvSpec
 
 if TYPE_CHECKING:
     import torch

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from haloconv.compute.backends.ndimage import Ndimage
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.spec import ConvSpec
 
 
 class Ndimage1d(Ndimage):

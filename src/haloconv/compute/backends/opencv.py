@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from haloconv.compute.backends.base import Backend, ByDtype, as_array, dilated, effective_kernel, is_filter
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.spec import ConvSpec
 
 if TYPE_CHECKING:
     import torch

@@ -21,7 +21,7 @@ import numpy as np
 
 from haloconv.compute.backends.base import ByDtype, as_array, dilated, effective_kernel
 from haloconv.compute.backends.opencv import OpenCV, fill
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.spec import ConvSpec
 
 if TYPE_CHECKING:
     import torch

@@ -1,7 +1,7 @@
 """Backend 'torch': torch's own convolution on each tile's window (kernels.conv_tile), with
 the conv backend the single-node call selects — bit for bit the single-node torch call.
 Its speed depends on the shape far more than one rate per count can say, so the cost model
-prices it from measured tables (model/cost.py, Profile.torch_seconds)."""
+prices it from measured tables (costmodel/cost.py, Profile.torch_seconds)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from haloconv.compute.backends.base import Backend
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.spec import ConvSpec
 
 if TYPE_CHECKING:
     import torch

@@ -15,8 +15,8 @@ from haloconv.engines.comm import Comm
 from haloconv.engines.execution import Execution, WorkerStats
 from haloconv.engines.windows import assemble_window
 from haloconv.engines.worker import worker_op
-from haloconv.planning.plan import Plan
 from haloconv.progress import Counter, Progress
+from haloconv.tiling.plan import Plan
 
 
 def pull(cluster: Cluster, todo: list[int], feed, local) -> dict[int, int]:

@@ -1,5 +1,6 @@
 """Speed probes on a cluster: every process computing the same small problem at once
-(relative speeds for weighted splits; calibrate's concurrency curve)."""
+(relative speeds for weighted splits; calibrate's concurrency curve); the one-tile call
+they and calibrate time (as_one_tile)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import time
 import torch
 
 from haloconv.compute import kernels
-from haloconv.engines.base import as_one_tile
+from haloconv.compute.tile import compute_tile
 from haloconv.engines.cluster import Cluster
 from haloconv.engines.comm import Comm
+from haloconv.engines.windows import assemble_window
 from haloconv.engines.worker import worker_op
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.plan import make_plan
+from haloconv.tiling.spec import ConvSpec
 
 
 def speeds(cluster: Cluster, spec: ConvSpec, dtype: torch.dtype = torch.float32, backend: str = "torch",
@@ -90,3 +93,11 @@ def probe(comm: Comm, spec, dtype: torch.dtype, method: str, repeat: int, busy: 
         best = min(best, time.perf_counter() - t0)
     return best, time.perf_counter() - t_start
 
+
+def as_one_tile(method: str, spec, x: torch.Tensor, weight: torch.Tensor, torch_backend: object):
+    """A call computing all of ``spec`` on ``x`` as a one-tile plan's tile, the way a worker
+    computes a tile (its window, ``torch_backend``): what calibrate and the speed probes time."""
+    plan = make_plan(spec, "batch", 1, backend=method)
+    tile = plan.tiles[0]
+    window = assemble_window(x, tile)  # a view when it can be
+    return lambda: compute_tile(plan, tile, window, weight, None, torch_backend)

@@ -13,7 +13,7 @@ from haloconv.engines import spmd
 from haloconv.engines.cluster import Cluster, exec_of
 from haloconv.engines.comm import Comm
 from haloconv.engines.worker import tile_weights, worker_op
-from haloconv.planning.plan import Plan
+from haloconv.tiling.plan import Plan
 
 
 class Sharded:

@@ -13,8 +13,8 @@ from haloconv.engines.cluster import Cluster, exec_of
 from haloconv.engines.comm import Comm
 from haloconv.engines.execution import Execution
 from haloconv.engines.worker import tile_weights, worker_op
-from haloconv.planning.plan import Plan
 from haloconv.progress import Counter, Progress
+from haloconv.tiling.plan import Plan
 
 
 def run(cluster: Cluster, plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,

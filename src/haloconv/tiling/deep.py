@@ -18,9 +18,9 @@ import dataclasses
 import functools
 from collections.abc import Sequence
 
-from haloconv.planning.boxes import Box, Piece, Tile
-from haloconv.planning.plan import Plan, _shell, _tile
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.boxes import Box, Piece, Tile
+from haloconv.tiling.plan import Plan, make_tile, tile_shell
+from haloconv.tiling.spec import ConvSpec
 
 
 def local_tile(spec: ConvSpec, out: Box, rank: int) -> Tile:
@@ -32,8 +32,8 @@ def local_tile(spec: ConvSpec, out: Box, rank: int) -> Tile:
     units = spec.groups if spec.groups > 1 else spec.out_channels
     out_r = [(out.lo[0], out.hi[0]), (0, units), *zip(out.lo[2:], out.hi[2:])]
     whole = [(0, n) for n in spec.spatial]
-    shell = _shell(spec, axes, out_r, whole, False)
-    tile = _tile(spec, axes, 0, shell, [shell])
+    shell = tile_shell(spec, axes, out_r, whole, False)
+    tile = make_tile(spec, axes, 0, shell, [shell])
     n, c = (out.lo[0], out.hi[0]), (0, spec.in_channels)
     if tile.pieces:
         lo = [min(p.src.lo[d] for p in tile.pieces) for d in range(2, spec.ndim + 2)]

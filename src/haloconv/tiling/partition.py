@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.spec import ConvSpec
 
 # name -> which of the (N, C_out, *spatial) dims it splits; resolved per spatial rank
 PARTITION_ALIASES = {"horizontal": "rows", "vertical": "cols"}

@@ -17,12 +17,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from haloconv.compute import backends
-from haloconv.model import schedule
-from haloconv.planning.deep import DeepRun
-from haloconv.planning.geometry import compute_align
-from haloconv.planning.messages import PHASES, traffic_of
-from haloconv.planning.plan import Plan
-from haloconv.planning.spec import ConvSpec
+from haloconv.costmodel import schedule
+from haloconv.tiling.deep import DeepRun
+from haloconv.tiling.geometry import compute_align
+from haloconv.tiling.messages import PHASES, traffic_of
+from haloconv.tiling.plan import Plan
+from haloconv.tiling.spec import ConvSpec
 
 # Uncalibrated defaults: measured on the 2-core development machine (1 thread per worker,
 # float32, processes engine over loopback gloo).  `haloconv calibrate` measures yours.
@@ -319,7 +319,7 @@ def _tile_seconds(plan: Plan, tile, prof: Profile, itemsize: int) -> float:
 
 def floor_seconds(plan: Plan, prof: Profile, itemsize: int) -> float:
     """A time the processes engine's prediction of ``plan`` cannot be below, for choose to
-    skip a candidate without simulating it (model/schedule.py): a cpu step runs at most at
+    skip a candidate without simulating it (costmodel/schedule.py): a cpu step runs at most at
     one core's speed, so the makespan is at least the master's compute and, with halos
     between neighbours, every tile's; the master's messages share its communication thread,
     which moves them at most 1 / reference times a message's lone speed together."""
@@ -390,7 +390,7 @@ def overlap_seconds(plan: Plan, rank: int, profile: Profile, itemsize: int = 4) 
 
 def deep_step_seconds(run: DeepRun, rank: int, profile: Profile, itemsize: int = 4, busy: int = 1) -> float:
     """Seconds of ``rank``'s training step through a run of layers with one halo exchange
-    (planning/deep.py; a single conv is a run of one): the exchange and its adjoint (each
+    (tiling/deep.py; a single conv is a run of one): the exchange and its adjoint (each
     a message per piece from a neighbour, and its bytes), and per conv its window built
     and the forward plus the two backward convolutions (input and filter gradients), on
     the box it computes — its shard and the rows it computes for the neighbours.  ``busy``

@@ -9,7 +9,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from haloconv.planning.boxes import Box
+from haloconv.tiling.boxes import Box
 
 PHASES = ("weights", "scatter", "halo", "compute", "gather")
 

@@ -19,16 +19,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from haloconv import text
-from haloconv.planning import geometry
-from haloconv.planning.boxes import Box, Piece, Tile
-from haloconv.planning.messages import Message, Traffic, is_contiguous_run, traffic_of, transfer_chunks
-from haloconv.planning.partition import (
+from haloconv.tiling import geometry
+from haloconv.tiling.boxes import Box, Piece, Tile
+from haloconv.tiling.messages import Message, Traffic, is_contiguous_run, traffic_of, transfer_chunks
+from haloconv.tiling.partition import (
     Partition,
     _axis_names,
     _factorizations,
     split_extents,
 )
-from haloconv.planning.spec import ConvSpec
+from haloconv.tiling.spec import ConvSpec
 
 OWNERSHIPS = ("aligned", "even")
 EXCHANGES = ("neighbours", "master")
@@ -244,7 +244,7 @@ def _best_grid(spec: ConvSpec, workers: int, ownership: str = "aligned") -> tupl
 
 def _axis_ranges(spec: ConvSpec, counts: Sequence[int], ownership: str) -> list[list[tuple]]:
     """Per dim over (N, C_out units, *spatial), the (output range, input range) of each of
-    its ``counts`` parts, as build splits them for equal workers (_tile_ranges, one axis at
+    its ``counts`` parts, as build splits them for equal workers (tile_ranges, one axis at
     a time); the input range None for aligned ownership (Axis.owned gives it)."""
     out_ext = split_extents(spec)
     if ownership == "even":
@@ -300,7 +300,7 @@ def grid_halo(spec: ConvSpec, counts: Sequence[int], ownership: str = "aligned")
     return halo, biggest
 
 
-def _tile_ranges(
+def tile_ranges(
     extents: Sequence[Sequence[int]], counts: Sequence[int], weights: Sequence[float] | None,
     block: Sequence[int | None] | None = None, allow_empty: bool = False,
 ) -> list[list[tuple[tuple[int, int], ...]]]:
@@ -361,8 +361,8 @@ def _subtiles(plan: Plan, tile: Tile) -> tuple[Tile, ...]:
     for u, v in geometry.split_extent(b - a, min(plan.pipeline, b - a)):
         out_r = list(ranges)
         out_r[ax] = (a + u, a + v)
-        shell = _shell(spec, axes, out_r, owned_sp, split_c)
-        parts.append(_tile(spec, axes, tile.rank, shell, shells))
+        shell = tile_shell(spec, axes, out_r, owned_sp, split_c)
+        parts.append(make_tile(spec, axes, tile.rank, shell, shells))
     return tuple(parts)
 
 
@@ -402,7 +402,7 @@ def _overlap_parts(plan: Plan, tile: Tile) -> tuple[Tile | None, tuple[Tile, ...
     ]
 
     def part(ranges) -> Tile:
-        return _tile(spec, axes, tile.rank, _shell(spec, axes, ranges, owned_sp, split_c), shells)
+        return make_tile(spec, axes, tile.rank, tile_shell(spec, axes, ranges, owned_sp, split_c), shells)
 
     # the outputs that read no padding first: their window is a view of the shard (no
     # copy); the padding rows, read by a slab or two, wait for the halos.  Else (a thin
@@ -423,7 +423,7 @@ def _overlap_parts(plan: Plan, tile: Tile) -> tuple[Tile | None, tuple[Tile, ...
     return None, (tile,)
 
 
-def _shell(spec: ConvSpec, axes, out_r, owned_sp, split_c: bool) -> tuple:
+def tile_shell(spec: ConvSpec, axes, out_r, owned_sp, split_c: bool) -> tuple:
     """(out, owned, needed, window, first, groups, c_key) of the tile computing ``out_r``
     (ranges over N, C_out units, *spatial) and owning ``owned_sp`` of the input."""
     (n0, n1), (u0, u1), *sp = out_r
@@ -493,7 +493,8 @@ class _GridOwners:
         return sorted(self.rank_of[k] for k in itertools.product(*per_axis))
 
 
-def _tile(spec: ConvSpec, axes, rank: int, shell: tuple, shells: Sequence[tuple], index: dict | None = None) -> Tile:
+def make_tile(spec: ConvSpec, axes, rank: int, shell: tuple, shells: Sequence[tuple],
+              index: dict | None = None) -> Tile:
     """A Tile from its shell, with the pieces of its window and their owners."""
     out, owned, needed, window, first, groups, c_key = shell
     if out.volume == 0:
@@ -567,9 +568,9 @@ def build(
         # the input split like the output, with empty tiles where an axis has fewer indices
         # than parts (haloconv.nn: a downsampled activation thinner than the ranks)
         in_ext = (*out_ext[:2], *spec.spatial)
-        ranges = _tile_ranges([out_ext, in_ext], counts, tile_w, allow_empty=True)
+        ranges = tile_ranges([out_ext, in_ext], counts, tile_w, allow_empty=True)
     else:
-        ranges = [[r, None] for (r,) in _tile_ranges([out_ext], counts, tile_w, block)]
+        ranges = [[r, None] for (r,) in tile_ranges([out_ext], counts, tile_w, block)]
     axes = [spec.axis(i) for i in range(spec.ndim)]
     split_c = counts[1] > 1
     shells = []
@@ -579,9 +580,9 @@ def build(
             owned_sp = [ax.owned(a, b) for ax, (a, b) in zip(axes, sp)]
         else:  # even: the input split like the output, so layers chain without moving data
             owned_sp = list(in_r[2:])
-        shells.append(_shell(spec, axes, out_r, owned_sp, split_c))
+        shells.append(tile_shell(spec, axes, out_r, owned_sp, split_c))
     index = _owner_index(shells)
-    tiles = tuple(_tile(spec, axes, rank, shell, shells, index) for rank, shell in enumerate(shells))
+    tiles = tuple(make_tile(spec, axes, rank, shell, shells, index) for rank, shell in enumerate(shells))
     return Plan(
         spec=spec,
         partition=partition,
@@ -686,10 +687,10 @@ def build_on_ranges(spec: ConvSpec, ranges: Sequence[Sequence[tuple[int, int]]],
         owned = [[ax.owned(a, b) for a, b in rs] for ax, rs in zip(axes, ranges[2:])]
     own_of = [dict(zip(rs, own)) for rs, own in zip(ranges[2:], owned)]
     split_c = len(ranges[1]) > 1
-    shells = [_shell(spec, axes, list(out_r), [o[r] for o, r in zip(own_of, out_r[2:])], split_c)
+    shells = [tile_shell(spec, axes, list(out_r), [o[r] for o, r in zip(own_of, out_r[2:])], split_c)
               for out_r in itertools.product(*ranges)]
     index = _owner_index(shells)
-    tiles = tuple(_tile(spec, axes, rank, shell, shells, index) for rank, shell in enumerate(shells))
+    tiles = tuple(make_tile(spec, axes, rank, shell, shells, index) for rank, shell in enumerate(shells))
     return Plan(spec=spec, partition=partition, splits=tuple(len(rs) for rs in ranges), workers=len(tiles),
                 tiles=tiles, backend=backend)
 

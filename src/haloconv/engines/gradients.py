@@ -1,15 +1,12 @@
-"""What the engines that compute with torch share: gradients of windows and tiles, and the
-one-tile call calibrate and the speed probes time.  (Windows: engines/windows.py; results:
-engines/execution.py.)"""
+"""Gradients of windows and tiles, which every engine that trains adds into the whole
+input's and filters' gradients (the adjoints of engines/windows.py's window assembly)."""
 
 from __future__ import annotations
 
 import torch
 
-from haloconv.compute.tile import compute_tile
-from haloconv.engines.windows import assemble_window
-from haloconv.planning.boxes import Box, Piece, Tile
-from haloconv.planning.plan import Plan, make_plan
+from haloconv.tiling.boxes import Box, Piece, Tile
+from haloconv.tiling.plan import Plan
 
 
 def piece_grad(g: torch.Tensor, piece: Piece) -> torch.Tensor:
@@ -41,12 +38,3 @@ def add_tile_grads(plan: Plan, tile: Tile, gx, gw, gb, g_window, g_w, g_b) -> No
         gw[c0:c1] += g_w
     if gb is not None:
         gb[c0:c1] += g_b
-
-
-def as_one_tile(method: str, spec, x: torch.Tensor, weight: torch.Tensor, torch_backend: object):
-    """A call computing all of ``spec`` on ``x`` as a one-tile plan's tile, the way a worker
-    computes a tile (its window, ``torch_backend``): what calibrate and the speed probes time."""
-    plan = make_plan(spec, "batch", 1, backend=method)
-    tile = plan.tiles[0]
-    window = assemble_window(x, tile)  # a view when it can be
-    return lambda: compute_tile(plan, tile, window, weight, None, torch_backend)

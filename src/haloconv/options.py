@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from haloconv import units
-from haloconv.planning.partition import Partition
+from haloconv.tiling.partition import Partition
 
 OWNERSHIPS = ("aligned", "even")
 EXCHANGES = ("neighbours", "master")

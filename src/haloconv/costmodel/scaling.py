@@ -13,10 +13,10 @@ import math
 from collections.abc import Sequence
 
 from haloconv.compute import backends
-from haloconv.model.cost import Profile, resident_seconds
-from haloconv.planning.partition import Partition, even_grid
-from haloconv.planning.plan import build
-from haloconv.planning.spec import ConvSpec
+from haloconv.costmodel.cost import Profile, resident_seconds
+from haloconv.tiling.partition import Partition, even_grid
+from haloconv.tiling.plan import build
+from haloconv.tiling.spec import ConvSpec
 
 
 def _grown(name: str, spec: ConvSpec, p: int) -> ConvSpec:

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from haloconv.planning.messages import PHASES, Message
-from haloconv.planning.plan import Plan
+from haloconv.tiling.messages import PHASES, Message
+from haloconv.tiling.plan import Plan
 
 # a program step: ("post", transfer ids, "send"|"recv"), ("wait", transfer ids, phase), ("cpu", seconds, phase)
 Step = tuple

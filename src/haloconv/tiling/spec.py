@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from haloconv.planning import geometry
+from haloconv.tiling import geometry
 
 # torch's four, then 'symmetric' (scipy.ndimage's 'reflect': mirrored about the edge, the edge
 # pixel repeated) and 'constant' (a value other than 0, given as padding_mode=<number>);
