@@ -31,7 +31,7 @@ def _worker(args) -> None:
     import torch.distributed as dist
 
     import haloconv.nn as hnn
-    from haloconv.engines import comm as comm_module
+    from haloconv.engines.spmd import comm as comm_module
     from haloconv.nn import deep
 
     torch.set_num_threads(1)

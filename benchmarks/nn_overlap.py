@@ -35,7 +35,7 @@ def _worker(args) -> None:
 
     import haloconv.nn as hnn
     from haloconv.costmodel import cost
-    from haloconv.engines import comm as comm_module
+    from haloconv.engines.spmd import comm as comm_module
     from haloconv.nn import modules
 
     torch.set_num_threads(1)

@@ -144,7 +144,7 @@ _POOLS: list[ClusterPool] = []
 
 def own_children() -> list[int]:
     """This process's children other than the workers of the session's shared clusters and
-    the fork server (it serves the whole session, engines/forkserver.py): what a test
+    the fork server (it serves the whole session, engines/processes/forkserver.py): what a test
     started (and must not leave behind, or may kill)."""
     from haloconv.engines.host import workers_of
 

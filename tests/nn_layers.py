@@ -99,7 +99,7 @@ class Spy:
     the interior, or reduced them after the filters, shows another order."""
 
     def __init__(self):
-        from haloconv.engines.comm import Comm
+        from haloconv.engines.spmd.comm import Comm
         from haloconv.nn import functional
 
         self.events, self.on = [], False

@@ -17,7 +17,7 @@ import torch.nn as nn
 import haloconv.nn as hnn
 import spmd_group
 from haloconv.distributed import comm_for
-from haloconv.engines.comm import Link
+from haloconv.engines.spmd.comm import Link
 
 spmd_group.join()
 rank, world = dist.get_rank(), dist.get_world_size()

@@ -322,7 +322,7 @@ def test_fft_model_counts_the_transforms_and_products_the_backend_computes(monke
 
     import torch
 
-    from haloconv.engines.ops.probes import as_one_tile
+    from haloconv.engines.processes.ops.probes import as_one_tile
     from haloconv.tiling.plan import make_plan
 
     spec = ConvSpec.from_args(xs, ws, None, padding=pad, groups=groups, dilation=dilation)

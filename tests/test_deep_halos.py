@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from conftest import assert_bitwise, runs_on_gemm
 from haloconv.compute import kernels
 from haloconv.compute.tile import compute_tile
-from haloconv.engines import spmd
+from haloconv.engines.spmd import steps as spmd
 from haloconv.nn import deep as nn_deep
 from haloconv.nn.layout import Layout
 from haloconv.tiling.boxes import Box

@@ -54,7 +54,7 @@ def test_dynamic_refuses_filter_splits_and_bad_throttle(cluster):
 
 def test_measured_speeds_follow_a_throttled_process_and_weight_the_split(caplog):
     import haloconv
-    from haloconv.engines import processes
+    from haloconv.engines.processes import local as processes
 
     spec = ConvSpec.from_args((1, 8, 256, 256), (8, 8, 3, 3), None, padding=1)
     with LocalCluster(2, throttle={1: 5.0}) as cl:
@@ -89,7 +89,7 @@ def test_probe_computes_with_the_backend_the_caller_selected(monkeypatch):
     """speeds/throughput time a tile as a run computes it: with the torch backend selected at
     the caller's thread count, not the one torch would pick at the worker's single thread."""
     from haloconv.compute import kernels
-    from haloconv.engines.ops import probes
+    from haloconv.engines.processes.ops import probes
 
     seen = []
     real = kernels.conv_tile

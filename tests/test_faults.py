@@ -91,7 +91,7 @@ def test_a_throttled_worker_killed_once_the_first_tile_is_in_is_survived(schedul
     import torch
 
     import haloconv
-    from haloconv.engines import processes
+    from haloconv.engines.processes import local as processes
 
     x, w = torch.randn(1, 2, 240, 200, dtype=torch.float64), torch.randn(3, 2, 5, 5, dtype=torch.float64)
     plan = haloconv.plan(x.shape, w.shape, padding=2, partition="rows", workers=3, backend="torch")

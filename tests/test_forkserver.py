@@ -1,4 +1,4 @@
-"""Workers forked from the warm fork server (engines/forkserver.py): they are the master's
+"""Workers forked from the warm fork server (engines/processes/forkserver.py): they are the master's
 own children, get what a spawned interpreter would (environment, working directory,
 stdout, the secret on stdin, an exit status), start in a fraction of a spawn's time, and
 die with the master (test_heal.py: test_workers_die_with_their_master)."""
@@ -13,8 +13,8 @@ import torch
 
 import haloconv
 from conftest import assert_bitwise, torch_reference
-from haloconv.engines import forkserver
 from haloconv.engines.host import children, is_fork_server
+from haloconv.engines.processes import forkserver
 
 forked_only = pytest.mark.skipif(os.environ.get(forkserver.ENV) == "0",
                                  reason="workers are spawned (HALOCONV_FORKSERVER=0)")

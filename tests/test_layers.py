@@ -98,9 +98,10 @@ def test_every_engine_computes_a_tile_through_the_one_call():
                      if "compute" not in p.relative_to(src).parts and direct.search(p.read_text()))
     assert callers == [], callers
     users = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if "compute_tile(" in p.read_text())
-    assert {"engines/threads.py", "engines/spmd.py", "engines/stream_job.py", "nn/functional.py"} <= set(users), users
+    assert {"engines/inprocess/tensors.py", "engines/spmd/steps.py", "engines/stream/job.py",
+            "nn/functional.py"} <= set(users), users
     array_users = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if "compute_tile_array(" in p.read_text())
-    assert {"engines/array_threads.py", "engines/stream_job.py"} <= set(array_users), array_users
+    assert {"engines/inprocess/arrays.py", "engines/stream/job.py"} <= set(array_users), array_users
 
 
 def test_each_operation_keeps_its_master_and_worker_halves_in_one_module():
@@ -110,11 +111,11 @@ def test_each_operation_keeps_its_master_and_worker_halves_in_one_module():
     from pathlib import Path
 
     import haloconv
-    from haloconv.engines import worker
+    from haloconv.engines.processes import worker
 
     src = Path(haloconv.__file__).parent / "engines"
     posted, registered = {}, {}
-    for path in [*src.glob("ops/*.py"), src / "stream.py"]:
+    for path in [*src.glob("processes/ops/*.py"), src / "stream" / "workers.py"]:
         text = path.read_text()
         for op in re.findall(r'"op": "(\w+)", "module": __name__', text):
             posted.setdefault(op, set()).add(path.name)
@@ -122,8 +123,9 @@ def test_each_operation_keeps_its_master_and_worker_halves_in_one_module():
             registered.setdefault(op, set()).add(path.name)
     assert posted == registered, (posted, registered)
     assert set(posted) == {"conv", "backward", "dynamic", "probe", "scatter", "layer", "gather", "free", "stream"}
-    assert not re.search(r'op == "(conv|layer|probe)"', (src / "worker.py").read_text())  # no if/elif dispatch
-    import haloconv.engines.ops.static  # noqa: F401 - registers its worker halves on import
+    worker_loop = (src / "processes" / "worker.py").read_text()
+    assert not re.search(r'op == "(conv|layer|probe)"', worker_loop)  # no if/elif dispatch
+    import haloconv.engines.processes.ops.static  # noqa: F401 - registers its worker halves on import
     assert {"conv", "backward"} <= set(worker.OPS)
 
 

@@ -117,7 +117,7 @@ def test_complex_inputs_and_weights_volumes_and_given_outputs():
 
 def test_the_split_is_real():
     """The filters above are split: the plan a call makes has the tiles asked for."""
-    from haloconv.engines import array_threads
+    from haloconv.engines.inprocess import arrays as array_threads
 
     seen = []
     real = array_threads.run
@@ -169,7 +169,7 @@ def test_worker_processes_give_scipys_bits_for_every_dtype_and_mode():
     """engine='processes' (a pool for the call) and a held LocalCluster: the image travels as
     float64, the result is converted as scipy converts its sums; bit for bit scipy's, split,
     for integer and float images (the peers' suites run a subset there too)."""
-    from haloconv.engines import processes
+    from haloconv.engines.processes import local as processes
 
     started = []
     real = processes.run

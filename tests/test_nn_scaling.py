@@ -1,5 +1,5 @@
 """Sharded training at scale (issue 18): what a rank keeps for backward, and a slower
-network stood in for on one machine (engines.comm.Link, $HALOCONV_LINK)."""
+network stood in for on one machine (engines.spmd.comm.Link, $HALOCONV_LINK)."""
 
 import subprocess
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from haloconv.engines.comm import Link
+from haloconv.engines.spmd.comm import Link
 
 HERE = Path(__file__).parent
 

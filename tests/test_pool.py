@@ -1,4 +1,4 @@
-"""The threads a call's tiles run on (engines/pool.py) and the result mappings kept for the
+"""The threads a call's tiles run on (engines/inprocess/helpers.py) and the result mappings kept for the
 next call (engines/host.empty): what small calls no longer pay for, and what they must not
 break — order, concurrency, errors, nesting, forked children, bounded memory."""
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from haloconv.engines import host
-from haloconv.engines.pool import KEPT, run_each
+from haloconv.engines.inprocess.helpers import KEPT, run_each
 
 
 @pytest.mark.parametrize("concurrency", [1, 2, 3, KEPT + 2])

@@ -122,7 +122,7 @@ def test_property_processes_engine(clusters):
 
 
 def test_one_shot_engine_leaves_no_process(monkeypatch):
-    from haloconv.engines import cluster
+    from haloconv.engines.processes import cluster
 
     started = []
     real = cluster.forkserver.start
@@ -217,7 +217,7 @@ def test_large_boxes_travel_as_contiguous_runs_exactly_as_predicted(clusters):
 
 
 def test_keep_heap_takes_effect_on_glibc_and_can_be_turned_off(monkeypatch):
-    from haloconv.engines.worker import keep_heap
+    from haloconv.engines.processes.worker import keep_heap
 
     assert keep_heap() is True  # Linux/glibc here
     monkeypatch.setenv("HALOCONV_KEEP_HEAP", "0")

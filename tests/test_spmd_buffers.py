@@ -3,7 +3,7 @@
 import torch
 
 import haloconv
-from haloconv.engines import spmd
+from haloconv.engines.spmd import steps as spmd
 
 
 def _plan():

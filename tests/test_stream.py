@@ -21,7 +21,10 @@ from hypothesis import strategies as st
 from conftest import own_children
 from haloconv.compute import backends, kernels
 from haloconv.costmodel import cost
-from haloconv.engines import WorkerError, stream, stream_job, stream_threads, windows
+from haloconv.engines import WorkerError, windows
+from haloconv.engines.stream import job as stream_job
+from haloconv.engines.stream import threads as stream_threads
+from haloconv.engines.stream import workers as stream
 from haloconv.files import arrays
 from haloconv.files import images as io
 from haloconv.files.journal import Journal, header_of, journal_path

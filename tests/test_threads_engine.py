@@ -78,17 +78,17 @@ def test_a_small_pool_computes_many_tiles_exactly_and_threads_is_checked():
     w = torch.randn(3, 2, 5, 5)
     p = torch_plan(x.shape, w.shape, padding=2, padding_mode="reflect", partition="rows", workers=12)
     seen = set()
-    real = haloconv.engines.threads.assemble_window
+    real = haloconv.engines.inprocess.tensors.assemble_window
 
     def spy(xx, tile):
         seen.add(threading.current_thread().name)
         return real(xx, tile)
 
-    haloconv.engines.threads.assemble_window = spy
+    haloconv.engines.inprocess.tensors.assemble_window = spy
     try:
         y = haloconv.execute(p, x, w, engine="threads", threads=2).output
     finally:
-        haloconv.engines.threads.assemble_window = real
+        haloconv.engines.inprocess.tensors.assemble_window = real
     assert torch.equal(y, torch.nn.functional.conv2d(torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect"), w))
     assert 1 <= len(seen) <= 2  # twelve tiles, at most two threads
     with pytest.raises(ValueError, match="threads"):

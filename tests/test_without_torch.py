@@ -16,7 +16,7 @@ import torch
 import haloconv
 from haloconv.compute import backends
 from haloconv.compute.backends.fft import next_smooth
-from haloconv.engines import array_threads
+from haloconv.engines.inprocess import arrays as array_threads
 from haloconv.files import named_kernels
 from haloconv.tiling.spec import ConvSpec
 

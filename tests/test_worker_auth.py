@@ -1,5 +1,5 @@
 """A held LocalCluster runs only what its master sent: another local process that joins its
-TCPStore and posts a command (or a reply) gets nothing run (engines/sealed.py)."""
+TCPStore and posts a command (or a reply) gets nothing run (engines/processes/sealed.py)."""
 
 import logging
 import subprocess
@@ -11,7 +11,7 @@ import torch
 
 import haloconv
 from conftest import assert_bitwise, torch_reference
-from haloconv.engines import sealed
+from haloconv.engines.processes import sealed
 
 # The attacker: joins the store as a client, posts pickles whose unpickling creates a file,
 # as plain pickles and behind a tag of its own (it does not know the secret).

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from haloconv.compute import backends
-from haloconv.engines import array_threads
 from haloconv.engines.execution import Execution
+from haloconv.engines.inprocess import arrays as array_threads
 from haloconv.options import RunOptions, StreamOptions
 from haloconv.tiling.plan import Plan
 
@@ -74,8 +74,8 @@ def run(plan: Plan, x, weight, bias, how: RunOptions, out=None) -> Execution | N
 
 def _engine(plan: Plan, how: RunOptions):
     """(forward, backward) of the engine ``how`` names, each taking tensors."""
-    from haloconv.engines import processes
-    from haloconv.engines import threads as threads_engine
+    from haloconv.engines.inprocess import tensors as threads_engine
+    from haloconv.engines.processes import local as processes
 
     engine = how.engine
     if isinstance(engine, processes.LocalCluster):
@@ -183,10 +183,11 @@ def stream(source: DiskArray, tiler, weight, bias, out: Path, fmt: str, how: Str
     by ``tiler`` (the planner's StreamTiler: dispatch sits beside the planner, not under
     it).  The output is claimed first (stream_job.claim_output: refused, resumed, or found
     complete, before any worker starts)."""
-    from haloconv.engines import stream_job, stream_threads
+    from haloconv.engines.stream import job as stream_job
+    from haloconv.engines.stream import threads as stream_threads
 
     if engine == "torchrun":  # rank 0 claims the output inside, and every rank hears its answer
-        from haloconv.engines import stream as stream_engine
+        from haloconv.engines.stream import workers as stream_engine
 
         return stream_engine.run_spmd(source, tiler, weight, bias, out, fmt, how)
     if stream_job.claim_output(out, source, tiler.spec, weight, bias, tiler.backend, how.dtype, fmt,
@@ -195,6 +196,6 @@ def stream(source: DiskArray, tiler, weight, bias, out: Path, fmt: str, how: Str
         return stream_job.complete_result(source, tiler, weight, bias, how.dtype, how.memory_budget, out)
     if engine == "threads":
         return stream_threads.run(source, tiler, weight, bias, out, fmt, how)
-    from haloconv.engines import stream as stream_engine
+    from haloconv.engines.stream import workers as stream_engine
 
     return stream_engine.run(source, tiler, weight, bias, out, fmt, how)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from haloconv.engines import spmd
-from haloconv.engines.comm import Comm
 from haloconv.engines.differentiable import needs_grad
+from haloconv.engines.spmd import steps as spmd
+from haloconv.engines.spmd.comm import Comm
 from haloconv.tiling.plan import Plan
 
 # per process group: the accounting of this rank (a Comm is made per call, so haloconv never

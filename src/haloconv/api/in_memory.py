@@ -12,8 +12,9 @@ import numpy as np
 
 from haloconv import dispatch
 from haloconv.costmodel import cost
-from haloconv.engines import array_threads, dask_graph
+from haloconv.engines import dask_graph
 from haloconv.engines.execution import Execution
+from haloconv.engines.inprocess import arrays as array_threads
 from haloconv.options import PlanOptions, RunOptions
 from haloconv.planner import check_filters, plan_for
 from haloconv.progress import Progress

@@ -3,8 +3,8 @@ its keywords read once into values (options.StreamOptions), the tiles cut by the
 planner (planner/streaming.StreamTiler), run through the one dispatch (dispatch.stream).
 
 No torch unless the tiles compute with it: a filter streamed on OpenCV in this process
-(the default engine, engines/stream_threads.py) never imports it; worker processes and
-torchrun ranks (engines/stream.py) do."""
+(the default engine, engines/stream/threads.py) never imports it; worker processes and
+torchrun ranks (engines/stream/workers.py) do."""
 
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ def conv_file(
 
     Tiles sized to ``memory_budget`` are read from ``input``, computed and written into
     ``output``; on one machine in this process by default, reading, computing and writing
-    successive tiles at once (engines/stream_threads.py), or by worker processes or
-    torchrun ranks (engines/stream.py).  The output equals the single-node call of the
+    successive tiles at once (engines/stream/threads.py), or by worker processes or
+    torchrun ranks (engines/stream/workers.py).  The output equals the single-node call of the
     backend on the whole input.
 
     Parameters

@@ -198,7 +198,7 @@ def peer_once(method: str, size: int, k: int | str, out_path: str, warm: int = 0
     method = method.removesuffix("-out")
     if method == "haloconv":
         import haloconv
-        from haloconv.engines import array_threads
+        from haloconv.engines.inprocess import arrays as array_threads
 
         # every default, as `haloconv run` takes them: the cost model's partition and backend
         # on 2 cores, in this process (numpy arrays when the backend computes them)

@@ -19,9 +19,9 @@ import torch
 from haloconv.compute import backends, kernels
 from haloconv.costmodel.cost import Profile
 from haloconv.engines import LocalCluster
-from haloconv.engines.ops.probes import as_one_tile
-from haloconv.engines.pool import helpers
-from haloconv.engines.worker import keep_heap
+from haloconv.engines.inprocess.helpers import helpers
+from haloconv.engines.processes.ops.probes import as_one_tile
+from haloconv.engines.processes.worker import keep_heap
 from haloconv.files import guard
 from haloconv.tiling.messages import MIN_RUN_BYTES
 from haloconv.tiling.plan import make_plan

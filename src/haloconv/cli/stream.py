@@ -52,7 +52,7 @@ def in_memory_need(args: argparse.Namespace, found: arrays.DiskArray | None) -> 
     what it holds now with the libraries the run will import (imported here, as a streamed
     run counts them: stream_job.load_libraries), the input as floats (and as read, when it
     is converted), the output, and the streamed runs' margin for heap slack."""
-    from haloconv.engines import stream_job
+    from haloconv.engines.stream import job as stream_job
 
     itemsize = 8 if args.dtype == "float64" else 4
     raw = 0

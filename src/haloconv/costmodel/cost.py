@@ -47,7 +47,7 @@ class Profile:
     step1_s: float = 1.3e-3
     call_s: float = 30e-6  # fixed cost of one conv call on a tile (dispatch, primitive lookup)
     # the threads engine: how long a parked helper thread takes to start the tile it is
-    # handed (engines/pool.py; a wake-up, the median measured by calibrate): what splitting
+    # handed (engines/inprocess/helpers.py; a wake-up, the median measured by calibrate): what splitting
     # costs a call that one thread would finish in about that time
     handoff_s: float = 50e-6
     # what a rank loses at each blocking wait for a neighbour's message when ranks outnumber
@@ -297,7 +297,7 @@ def threads_tile_seconds(prof: Profile, spec: ConvSpec, backend: str, n: int, wi
     """One of ``n`` tiles on the threads engine: its compute (its window's copy included,
     unless the window is a view of the input) and the copy of its output into the result."""
     # the tiles' threads time-share the cores; each tile's call runs on cores / n threads
-    # (engines/threads.py, array_threads.py), which a backend's own threads may use
+    # (engines/inprocess/tensors.py, array_threads.py), which a backend's own threads may use
     stretch = n / prof.effective_cores(spec, n, backend)
     stretch /= prof.call_speedup(spec, backend, max(1, int(prof.cores) // n))
     copy = 0.0 if view else math.prod(window) * itemsize / prof.copy_Bps

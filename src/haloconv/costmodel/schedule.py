@@ -1,6 +1,6 @@
 """The processes engine's schedule, simulated on a machine profile (behind cost.predict).
 
-Every rank runs the program the engine runs (LocalCluster.run, engines/spmd.py), in order:
+Every rank runs the program the engine runs (LocalCluster.run, engines/spmd/steps.py), in order:
 post sends and receives, wait for them, compute, copy.  A message moves once its sender and
 its receiver have both posted it (those of one phase between two ranks in the order posted); alone it takes
 latency + bytes / bandwidth.  A rank computes on one thread and moves its messages on

@@ -10,7 +10,7 @@ import importlib
 _WHERE = {
     "Execution": "haloconv.engines.execution", "WorkerStats": "haloconv.engines.execution",
     "assemble_window": "haloconv.engines.windows",
-    "LocalCluster": "haloconv.engines.processes", "WorkerError": "haloconv.engines.errors",
+    "LocalCluster": "haloconv.engines.processes.local", "WorkerError": "haloconv.engines.errors",
 }
 __all__ = sorted(_WHERE)
 

@@ -92,7 +92,7 @@ def children(pid: int | None = None) -> list[int]:
     return kids
 
 
-FORK_SERVER_NAME = "haloconv-fork"  # the fork server's name in ps and /proc/PID/comm (engines/forkserver.py)
+FORK_SERVER_NAME = "haloconv-fork"  # the fork server's name in ps and /proc/PID/comm (engines/processes/forkserver.py)
 WORKER_NAME = "haloconv-worker"  # a worker's: the ones it forks take their own
 
 
@@ -107,7 +107,7 @@ def set_name(name: str) -> None:
 
 
 def is_fork_server(pid: int) -> bool:
-    """Whether process ``pid`` is a haloconv fork server (engines/forkserver.py)."""
+    """Whether process ``pid`` is a haloconv fork server (engines/processes/forkserver.py)."""
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip() == FORK_SERVER_NAME
     except OSError:

@@ -181,7 +181,7 @@ def _run(input: np.ndarray, weights: np.ndarray, origins: list[int], axes: list[
     weights), written into ``output``.  The plan's spatial axes are ``axes`` (so 'rows'
     and 'cols' are the image's), or where there are more than three of them the axes the
     kernel is longer than 1 on (or has an origin); the other axes are its batch."""
-    from haloconv.engines import array_threads
+    from haloconv.engines.inprocess import arrays as array_threads
 
     padding_mode = haloconv_mode(mode, cval)
     spatial = sorted(axes) if len(axes) <= MAX_SPATIAL else (

@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from haloconv import distributed
 from haloconv.costmodel import cost
-from haloconv.engines.comm import Link
+from haloconv.engines.spmd.comm import Link
 from haloconv.nn import functional as hf
 from haloconv.nn import modules as m
 from haloconv.tiling import deep

@@ -20,9 +20,10 @@ from torch.autograd.function import once_differentiable
 from haloconv.compute import kernels
 from haloconv.compute.tile import compute_tile, tile_backward, tile_full_grad
 from haloconv.distributed import comm_for
-from haloconv.engines import spmd, spmd_backward
-from haloconv.engines.comm import Comm
 from haloconv.engines.gradients import add_window_grad
+from haloconv.engines.spmd import backward as spmd_backward
+from haloconv.engines.spmd import steps as spmd
+from haloconv.engines.spmd.comm import Comm
 from haloconv.tiling.boxes import Box, Tile
 from haloconv.tiling.plan import Plan
 

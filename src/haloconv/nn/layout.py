@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from haloconv.engines.comm import Comm
+from haloconv.engines.spmd.comm import Comm
 from haloconv.tiling.boxes import Box
 from haloconv.tiling.partition import Partition
 from haloconv.tiling.plan import Plan, build, tile_ranges

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from haloconv import distributed
 from haloconv.costmodel import cost
-from haloconv.engines.comm import Link
+from haloconv.engines.spmd.comm import Link
 from haloconv.nn import functional as hf
 from haloconv.nn.layout import Layout
 from haloconv.nn.sharding import layout_for

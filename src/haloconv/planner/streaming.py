@@ -1,7 +1,7 @@
 """A streamed run's plan: output blocks as large as the memory a process may hold allows
 (the cost model's peak of a tile, costmodel/cost.block_peak), the block an interrupted run used
 when it still fits, and the backend that computes the whole output fastest.  The engines
-that stream (engines/stream.py, stream_threads.py) measure what their processes hold once
+that stream (engines/stream/workers.py, stream_threads.py) measure what their processes hold once
 they have started, then ask the StreamTiler they were handed for the plan: they never
 choose tiles themselves."""
 

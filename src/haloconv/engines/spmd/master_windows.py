@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from haloconv.engines import transfer
-from haloconv.engines.comm import Comm
-from haloconv.engines.spmd import compute
+from haloconv.engines.spmd import transfer
+from haloconv.engines.spmd.comm import Comm
+from haloconv.engines.spmd.steps import compute
 from haloconv.engines.windows import assemble_window
 from haloconv.tiling.boxes import Tile
 from haloconv.tiling.plan import Plan

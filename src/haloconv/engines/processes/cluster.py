@@ -1,5 +1,5 @@
 """A pool of worker processes on this machine in one gloo group: its lifecycle (start,
-stop, faults, healing) and the collective step every operation of engines/ops/ is made of."""
+stop, faults, healing) and the collective step every operation of engines/processes/ops/ is made of."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from haloconv.engines import forkserver
-from haloconv.engines.comm import Comm
 from haloconv.engines.errors import WorkerError
 from haloconv.engines.execution import Execution, execution_from_reports
 from haloconv.engines.host import default_workers
-from haloconv.engines.sealed import Forged, new_secret, seal, unseal
-from haloconv.engines.worker import HOST, group_of, keep_heap, shutdown
+from haloconv.engines.processes import forkserver
+from haloconv.engines.processes.sealed import Forged, new_secret, seal, unseal
+from haloconv.engines.processes.worker import HOST, group_of, keep_heap, shutdown
+from haloconv.engines.spmd.comm import Comm
 from haloconv.options import ON_FAILURE
 from haloconv.tiling.plan import Plan
 
@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 class Cluster:
     """The lifecycle of a pool of worker processes in one gloo group: start, stop, faults,
     healing, and ``step``, the collective step every operation is made of (its master half
-    runs here while the workers run theirs, engines/worker.py).  The operations themselves
-    live in engines/ops/; haloconv.LocalCluster (engines/processes.py) is this plus them."""
+    runs here while the workers run theirs, engines/processes/worker.py).  The operations themselves
+    live in engines/processes/ops/; haloconv.LocalCluster (engines/processes/local.py) is this plus them."""
 
     def __init__(
         self,
@@ -61,7 +61,7 @@ class Cluster:
         self._procs: dict[int, subprocess.Popen] = {}
         self._comm: Comm | None = None
         self._store = None
-        self._secret = new_secret()  # seals every command and reply (engines/sealed.py)
+        self._secret = new_secret()  # seals every command and reply (engines/processes/sealed.py)
         self._forged: set[str] = set()  # keys where a forged reply was dropped (logged once each)
         self._seq = 0
         self._generation = 0
@@ -80,15 +80,16 @@ class Cluster:
         self.startup_seconds = time.perf_counter() - t0
 
     def _spawn(self, ranks) -> None:
-        """Start worker processes for ``ranks`` running haloconv.engines.worker (nothing of
+        """Start worker processes for ``ranks`` running haloconv.engines.processes.worker (nothing of
         the caller's __main__ is re-imported, so scripts and notebooks need no main guard):
-        forked from the warm fork server, or fresh interpreters (engines/forkserver.py); they
+        forked from the warm fork server, or fresh interpreters (engines/processes/forkserver.py); they
         take commands from number self._seq on and join the process group of this generation."""
         env = _worker_env()
         for rank in ranks:
             args = (rank, self.workers, self._store.port, self.timeout, self.threads_per_worker, self.start_timeout,
                     self._seq, self._generation)
-            self._procs[rank] = forkserver.start("haloconv.engines.worker", "worker_main", args, env, self._secret)
+            self._procs[rank] = forkserver.start("haloconv.engines.processes.worker", "worker_main", args, env,
+                                                 self._secret)
 
     def _join(self) -> None:
         """Wait until every worker of this generation is ready, form the group with them, and

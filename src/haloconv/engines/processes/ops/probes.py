@@ -11,10 +11,10 @@ import torch
 
 from haloconv.compute import kernels
 from haloconv.compute.tile import compute_tile
-from haloconv.engines.cluster import Cluster
-from haloconv.engines.comm import Comm
+from haloconv.engines.processes.cluster import Cluster
+from haloconv.engines.processes.worker import worker_op
+from haloconv.engines.spmd.comm import Comm
 from haloconv.engines.windows import assemble_window
-from haloconv.engines.worker import worker_op
 from haloconv.tiling.plan import make_plan
 from haloconv.tiling.spec import ConvSpec
 

@@ -4,8 +4,8 @@ The calling process is rank 0, the master: it holds the input, computes tile 0, 
 other workers their filters and owned boxes, and gathers their outputs.  Workers swap
 halos with their neighbours point to point (or get whole windows from the master, when
 the Plan says exchange='master').  A LocalCluster keeps its workers between calls, so
-the start-up (mostly importing torch) is paid once.  Its lifecycle is engines/cluster.py;
-each operation (master and worker halves) is in engines/ops/.
+the start-up (mostly importing torch) is paid once.  Its lifecycle is engines/processes/cluster.py;
+each operation (master and worker halves) is in engines/processes/ops/.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import logging
 
 import torch
 
-from haloconv.engines.cluster import Cluster, check_on_failure, retriable
 from haloconv.engines.errors import WorkerError
 from haloconv.engines.execution import Execution
-from haloconv.engines.ops import dynamic, probes, resident, static
-from haloconv.engines.ops.resident import Sharded
+from haloconv.engines.processes.cluster import Cluster, check_on_failure, retriable
+from haloconv.engines.processes.ops import dynamic, probes, resident, static
+from haloconv.engines.processes.ops.resident import Sharded
 from haloconv.options import RunOptions
 from haloconv.progress import Progress
 from haloconv.tiling.partition import replanned
@@ -139,7 +139,7 @@ def run(plan: Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     partition, run again.  Exact either way.  ``'fail'``: raise WorkerError at once.
     ``throttle``: see LocalCluster (benchmarks and tests).  ``progress(done, total)``: called
     as tiles finish (progress.py); a lost worker's retry starts the count again.  What the run
-    decides and survives is logged (logger ``haloconv.engines.processes``)."""
+    decides and survives is logged (logger ``haloconv.engines.processes.local``)."""
     on_failure, tiles, progress, measure_speeds = how.on_failure, how.tiles, how.progress, how.measure_speeds
     if how.schedule == "dynamic":
         if plan.splits[1] != 1:

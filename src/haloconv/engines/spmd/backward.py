@@ -1,4 +1,4 @@
-"""The adjoint of what each rank does with a Plan (engines/spmd.py): the gradient of a
+"""The adjoint of what each rank does with a Plan (engines/spmd/steps.py): the gradient of a
 window goes back to the owners of its pieces (halo_reduce), the output's gradient is
 scattered by output box, each tile computes its gradients, and the master adds them up."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 
 from haloconv.compute import tile as one_tile
-from haloconv.engines.comm import Comm
 from haloconv.engines.gradients import add_tile_grads, piece_grad
-from haloconv.engines.transfer import recv_box, recv_dtype, send_to_workers
+from haloconv.engines.spmd.comm import Comm
+from haloconv.engines.spmd.transfer import recv_box, recv_dtype, send_to_workers
 from haloconv.tiling.plan import Plan
 
 

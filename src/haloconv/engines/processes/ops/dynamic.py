@@ -9,12 +9,13 @@ import time
 import torch
 
 from haloconv.compute import backends, kernels
-from haloconv.engines import spmd, spmd_windows
-from haloconv.engines.cluster import Cluster, check_throttle
-from haloconv.engines.comm import Comm
 from haloconv.engines.execution import Execution, WorkerStats
+from haloconv.engines.processes.cluster import Cluster, check_throttle
+from haloconv.engines.processes.worker import worker_op
+from haloconv.engines.spmd import master_windows as spmd_windows
+from haloconv.engines.spmd import steps as spmd
+from haloconv.engines.spmd.comm import Comm
 from haloconv.engines.windows import assemble_window
-from haloconv.engines.worker import worker_op
 from haloconv.progress import Counter, Progress
 from haloconv.tiling.plan import Plan
 

@@ -8,11 +8,13 @@ import time
 import torch
 
 from haloconv.compute import backends, kernels
-from haloconv.engines import spmd, spmd_backward, spmd_windows
-from haloconv.engines.cluster import Cluster, exec_of
-from haloconv.engines.comm import Comm
 from haloconv.engines.execution import Execution
-from haloconv.engines.worker import tile_weights, worker_op
+from haloconv.engines.processes.cluster import Cluster, exec_of
+from haloconv.engines.processes.worker import tile_weights, worker_op
+from haloconv.engines.spmd import backward as spmd_backward
+from haloconv.engines.spmd import master_windows as spmd_windows
+from haloconv.engines.spmd import steps as spmd
+from haloconv.engines.spmd.comm import Comm
 from haloconv.progress import Counter, Progress
 from haloconv.tiling.plan import Plan
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from haloconv.engines.comm import Comm
+from haloconv.engines.spmd.comm import Comm
 from haloconv.engines.windows import piece_data
 from haloconv.tiling.boxes import Box
 from haloconv.tiling.messages import transfer_chunks

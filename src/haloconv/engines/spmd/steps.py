@@ -15,8 +15,8 @@ import torch
 
 from haloconv.compute import kernels
 from haloconv.compute import tile as one_tile
-from haloconv.engines.comm import Comm
-from haloconv.engines.transfer import (
+from haloconv.engines.spmd.comm import Comm
+from haloconv.engines.spmd.transfer import (
     fill,
     post_output_receive,
     recv_box,

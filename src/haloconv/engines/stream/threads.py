@@ -10,7 +10,7 @@ it durable and journals it.  So tiles are sized to half the process's data allow
 the three stages together hold less than two such peaks).
 
 Everything a streamed run guarantees holds here as on the processes engine
-(engines/stream.py; both take their Job, journal and output handling from stream_job): a tile is
+(engines/stream/workers.py; both take their Job, journal and output handling from stream_job): a tile is
 journaled only once its output is durable, an interrupted run resumes without computing
 a finished tile again, the output appears under its name only whole, and the process's
 peak resident memory stays within the budget.  What this path does not have is the
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from haloconv.engines import stream_job as stream
 from haloconv.engines.host import empty, peak_rss
+from haloconv.engines.stream import job as stream
 from haloconv.files import arrays
 from haloconv.files.arrays import DiskArray
 from haloconv.options import StreamOptions

@@ -1,5 +1,5 @@
 """A streamed (out-of-core) run's job, shared by every engine that streams (engines/
-stream.py: worker processes and torchrun ranks; engines/stream_threads.py: one process):
+stream.py: worker processes and torchrun ranks; engines/stream/threads.py: one process):
 the tiles (cut by the planner's StreamTiler to the memory budget), the output and its journal, a tile's window read
 from the input file and its output box computed.  No torch unless a tile's backend
 computes with it: a filter streamed on OpenCV never imports it."""

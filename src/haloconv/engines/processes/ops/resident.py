@@ -9,10 +9,10 @@ import time
 import torch
 
 from haloconv.compute import backends, kernels
-from haloconv.engines import spmd
-from haloconv.engines.cluster import Cluster, exec_of
-from haloconv.engines.comm import Comm
-from haloconv.engines.worker import tile_weights, worker_op
+from haloconv.engines.processes.cluster import Cluster, exec_of
+from haloconv.engines.processes.worker import tile_weights, worker_op
+from haloconv.engines.spmd import steps as spmd
+from haloconv.engines.spmd.comm import Comm
 from haloconv.tiling.plan import Plan
 
 

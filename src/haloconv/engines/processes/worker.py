@@ -17,10 +17,10 @@ import torch
 import torch.distributed as dist
 
 from haloconv.compute import kernels
-from haloconv.engines import spmd
-from haloconv.engines.comm import Comm
 from haloconv.engines.host import peak_rss, set_name
-from haloconv.engines.sealed import Forged, read_secret, seal, unseal
+from haloconv.engines.processes.sealed import Forged, read_secret, seal, unseal
+from haloconv.engines.spmd import steps as spmd
+from haloconv.engines.spmd.comm import Comm
 
 HOST = "127.0.0.1"
 IDLE = timedelta(days=3650)  # how long an idle worker waits for its next command
@@ -50,7 +50,7 @@ def worker_main(rank: int, world: int, port: int, timeout: float, threads: int, 
     peer waiting on it fails at once); it then waits for the master's 'regroup'."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: die at once, the master cleans up
     set_name(f"haloconv-w{rank}")  # in ps and top: which rank (forked from the server or spawned)
-    secret = read_secret(0)  # from the master, through the pipe on stdin (engines/sealed.py)
+    secret = read_secret(0)  # from the master, through the pipe on stdin (engines/processes/sealed.py)
     torch.set_num_threads(threads)
     store = dist.TCPStore(HOST, port, world, False, timedelta(seconds=start_timeout))
     comm: Comm | None = _join(store, rank, world, timeout, start_timeout, generation)
@@ -149,7 +149,7 @@ def shutdown(comm: Comm | None) -> None:
     gc.collect()  # a reference cycle (a traceback's frames) may still hold it
 
 
-# The worker halves of the operations, by name.  Each operation (engines/ops/, stream)
+# The worker halves of the operations, by name.  Each operation (engines/processes/ops/, stream)
 # registers its half with @worker_op and names its module in the command ("module"): the
 # worker imports it on first use, so this module imports no engine built above it.
 OPS: dict[str, Callable[[Comm, dict, dict], dict | None]] = {}

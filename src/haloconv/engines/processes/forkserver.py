@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 ENV = "HALOCONV_FORKSERVER"
 # what a worker needs, imported once by the server: none of them starts a thread pool on import
 PRELOAD = ("numpy", "torch", "torch.distributed", "scipy.ndimage", "scipy.fft", "cv2",
-           "haloconv.engines.comm", "haloconv.engines.sealed", "haloconv.tiling.plan")
+           "haloconv.engines.spmd.comm", "haloconv.engines.processes.sealed", "haloconv.tiling.plan")
 # variables read when a library is imported or its runtime starts: a server started with
 # other values would hand them to its workers, so they key the server
 IMPORT_TIME = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "MALLOC_", "TORCH", "PYTORCH", "GLOO_", "NCCL_",
@@ -163,7 +163,7 @@ class _Server:
         self.key = key
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            cmd = [sys.executable, "-c", f"from haloconv.engines.forkserver import serve; "
+            cmd = [sys.executable, "-c", f"from haloconv.engines.processes.forkserver import serve; "
                    f"serve({theirs.fileno()}, {os.getpid()})"]
             self.proc = _KEEPER.popen(cmd, env=env, stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),))
         finally:

@@ -15,7 +15,7 @@ from haloconv.compute import backends, kernels
 from haloconv.compute.tile import compute_tile, tile_backward
 from haloconv.engines.execution import Execution, WorkerStats
 from haloconv.engines.gradients import add_tile_grads
-from haloconv.engines.pool import run_each
+from haloconv.engines.inprocess.helpers import run_each
 from haloconv.engines.windows import assemble_window
 from haloconv.progress import Counter, Progress
 from haloconv.tiling.boxes import Tile

@@ -7,7 +7,7 @@ memory budget (planner/streaming.StreamTiler, handed down) and handed out to whi
 computes too).  Each finished tile is journaled once its output is durable, so a run that
 loses a worker goes on with the others, and an interrupted run resumes (``resume=True``),
 without computing a finished tile again.  The output appears under its name only whole.
-The job, its journal and output, and a tile's read and compute: engines/stream_job.py.
+The job, its journal and output, and a tile's read and compute: engines/stream/job.py.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 
 from haloconv.compute import kernels
-from haloconv.engines.comm import Comm
 from haloconv.engines.errors import WorkerError
 from haloconv.engines.host import peak_rss
-from haloconv.engines.processes import LocalCluster, on_fresh_clusters
-from haloconv.engines.stream_job import (
+from haloconv.engines.processes.local import LocalCluster, on_fresh_clusters
+from haloconv.engines.processes.worker import worker_op
+from haloconv.engines.spmd.comm import Comm
+from haloconv.engines.stream.job import (
     Job,
     StreamResult,
     claim_output,
@@ -40,7 +41,6 @@ from haloconv.engines.stream_job import (
     resident,
     torch_backend_for,
 )
-from haloconv.engines.worker import worker_op
 from haloconv.files import arrays, guard
 from haloconv.files.arrays import DiskArray
 from haloconv.files.journal import Journal, journal_path, rank_journals

@@ -1,7 +1,7 @@
 """Engine 'threads' on numpy arrays, for the backends that compute arrays (OpenCV's
 filter2D and separable passes): every tile on a thread of this process, without torch.
 
-It is the threads engine (engines/threads.py) for image filters: the same windows
+It is the threads engine (engines/inprocess/tensors.py) for image filters: the same windows
 (engines/windows.py), the same backend call on each tile (``compute_tile_array``: ``Backend.compute_array``,
 which the tensor path calls too), so the same outputs bit for bit — and no torch imported, whose
 import alone takes longer than filtering a large image with OpenCV (docs/architecture.md,
@@ -18,7 +18,7 @@ from haloconv.compute import backends
 from haloconv.compute.tile import compute_tile_array
 from haloconv.engines.execution import Execution, WorkerStats
 from haloconv.engines.host import default_workers, empty
-from haloconv.engines.pool import run_each
+from haloconv.engines.inprocess.helpers import run_each
 from haloconv.engines.windows import assemble_window
 from haloconv.progress import Counter, Progress
 from haloconv.tiling.boxes import Tile
