@@ -122,6 +122,23 @@ def test_plan_says_what_run_does(tmp_path, capsys, calibrated, args):
     assert f"on {workers[:-1]} workers" in line and f"backend {backend}" in line, (chosen, line)
 
 
+def test_run_verbose_lists_the_prices_plan_ranks_by(tmp_path, capsys):
+    """`haloconv run -v` lists the candidates with the predicted times `haloconv plan` ranks
+    them by (the same planner, the same prices), the chosen one first."""
+    np.save(tmp_path / "img.npy", np.random.default_rng(0).random((400, 300)).astype(np.float32))
+    args = [str(tmp_path / "img.npy"), "--kernel", "sharpen", "--workers", "3"]
+    assert main(["plan", *args]) == 0
+    planned = capsys.readouterr().out
+    assert main(["run", *args, "-o", str(tmp_path / "y.npy"), "-v"]) == 0
+    ran = capsys.readouterr().out
+    kinds = ("single", "rows", "cols", "grid", "batch", "channels", "hybrid")
+    rows = [w for w in (line.split() for line in ran.splitlines()) if w[1:2] and w[0].isdigit() and w[1] in kinds]
+    assert rows and " ".join(rows[0][1:5]) == planned.split("chosen: ")[1].split("\n")[0]
+    for row in rows:  # the same label and predicted seconds in plan's table
+        label, seconds = " ".join(row[1:5]), row[5]
+        assert any(label in line and seconds in line for line in planned.splitlines()), (label, seconds)
+
+
 def test_plan_command_named_partition_comes_first(tmp_path, capsys):
     rc = main(["plan", "--random", "1x16x128x128", "--weight-shape", "16x16x3x3", "--workers", "2",
                "--partition", "cols", "--png", str(tmp_path / "p.png")])

@@ -60,7 +60,7 @@ def record(engines=("threads",), cluster=None) -> list[dict]:
         for i, (xs, ws, ckw, pkw) in enumerate(CONFIGS):
             x, w, b = ints(xs, i), ints(ws, 100 + i), ints((ws[0],), 200 + i)
             plan = haloconv.plan(xs, ws, bias_shape=(ws[0],), **ckw, **pkw)
-            entry = {"plan": digest(repr((plan.splits, plan.tiles)).encode()),
+            entry = {"plan": digest(repr((plan.splits, tuple(plan.tiles))).encode()),
                      "messages": digest(repr(plan.messages(8)).encode())}
             for engine in engines:
                 y = haloconv.execute(plan, x, w, b, engine=cluster if engine == "processes" else engine).output

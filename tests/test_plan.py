@@ -2,6 +2,7 @@
 
 import dataclasses
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -380,3 +381,65 @@ def test_tile_shapes_and_grid_halo_are_those_of_the_built_plan(data):
                                for s in plans.tile_shapes(spec, counts, ownership)})
     assert got == want
     assert plans.grid_halo(spec, counts, ownership) == (built.halo_elements, max(t.out.volume for t in built.tiles))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_grid_tiles_made_when_asked_equal_the_tiles_built_one_by_one(seed):
+    """A grid of equal workers' tiles (GridTiles) makes each tile when it is asked for: tile
+    for tile equal to build_on_ranges' (every tile built at once), its halo and owned
+    elements (counted per axis) the built tiles' sums, pickled as its recipe, equal as a
+    plan; every padding mode, stride, dilation, groups, channel splits, both ownerships."""
+    import pickle
+    import random
+
+    from haloconv.tiling.plan import GridTiles, _axis_ranges, build_on_ranges, make_plan
+    from haloconv.tiling.spec import ConvSpec
+
+    rng = random.Random(seed)
+    reached = set()
+    for _ in range(400):
+        groups = rng.choice([1, 2])
+        cin, cout, nd = 2 * rng.randint(1, 2), groups * rng.randint(1, 2), rng.choice([1, 2, 3])
+        try:
+            spec = ConvSpec.from_args((rng.randint(1, 3), cin, *(rng.randint(3, 14) for _ in range(nd))),
+                                      (cout, cin // groups, *(rng.randint(1, 4) for _ in range(nd))), None,
+                                      padding=rng.randint(0, 2), stride=rng.randint(1, 2),
+                                      dilation=rng.randint(1, 2), groups=groups,
+                                      padding_mode=rng.choice(["zeros", "reflect", "replicate", "circular",
+                                                               "symmetric"]))
+        except ValueError:
+            continue
+        counts = (rng.randint(1, 2), rng.randint(1, 2), *(rng.randint(1, 4) for _ in range(nd)))
+        ownership = rng.choice(["aligned", "even"])
+        try:
+            grid = GridTiles.of(spec, counts, ownership)
+        except ValueError:  # more parts than outputs on an axis: refused as build refuses it
+            continue
+        if grid is None:
+            continue
+        ranges = _axis_ranges(spec, counts, ownership)
+        owned = None if ownership == "aligned" else [[i for _, i in rs] for rs in ranges[2:]]
+        built = build_on_ranges(spec, [[r for r, _ in rs] for rs in ranges], "grid", owned=owned).tiles
+        assert isinstance(built, tuple) and len(built) == len(grid)
+        assert [grid[i] for i in reversed(range(len(grid)))] == list(reversed(built))  # any order of asking
+        assert grid == built and built == grid
+        assert grid.halo_elements() == sum(t.halo_elements for t in built)
+        assert grid.owned_elements() == sum(t.owned.volume for t in built)
+        plan = make_plan(spec, counts, math.prod(counts), ownership=ownership)
+        assert isinstance(plan.tiles, GridTiles) and pickle.loads(pickle.dumps(plan)) == plan
+        assert list(pickle.loads(pickle.dumps(plan)).tiles) == list(built)
+        reached.add((nd, ownership, counts[1] > 1, spec.padding_mode))
+    assert {nd for nd, *_ in reached} == {1, 2, 3} and {o for _, o, *_ in reached} == {"aligned", "even"}
+
+
+def test_a_plan_of_65536_tiles_is_made_without_making_its_tiles():
+    """Planning is O(axes) for a grid: a 256x256 grid of 65,536 tiles is made, summarised
+    and asked for one tile without the others being made."""
+    from haloconv.tiling.plan import GridTiles
+
+    p = haloconv.plan((1, 1, 8192, 8192), (1, 1, 3, 3), padding=1, partition=(1, 1, 256, 256), backend="opencv")
+    assert isinstance(p.tiles, GridTiles) and len(p.tiles) == 65536
+    assert "65536 tiles on 65536 workers" in p.summary() and not p.tiles._made
+    t = p.tiles[257]  # row 1, column 1: an inner tile with 8 neighbours
+    assert len(p.tiles._made) == 1 and t.out.shape == (1, 1, 32, 32)
+    assert t.halo_sources == (258, 513, 514)  # aligned ownership: one-sided halos (right, below, below right)

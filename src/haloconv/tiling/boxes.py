@@ -4,7 +4,9 @@ the tiles themselves (see docs/architecture.md, "planning")."""
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -28,11 +30,13 @@ class Box:
     lo: tuple[int, ...]
     hi: tuple[int, ...]
 
-    @property
+    # worked out once per box (a plan of many tiles asks each box's shape many times);
+    # cached_property writes the instance's __dict__, which a frozen dataclass allows
+    @cached_property
     def shape(self) -> tuple[int, ...]:
-        return tuple(h - l for l, h in zip(self.lo, self.hi))
+        return tuple(map(operator.sub, self.hi, self.lo))
 
-    @property
+    @cached_property
     def volume(self) -> int:
         return math.prod(self.shape)
 

@@ -14,7 +14,7 @@ import itertools
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -68,7 +68,9 @@ class Plan:
     partition: str
     splits: tuple[int, ...]  # split counts over (N, C_out, *spatial)
     workers: int
-    tiles: tuple[Tile, ...]
+    # a tuple, or (a grid of equal workers) a GridTiles that makes each tile when first
+    # asked for; equal either way tile for tile, and left out of the hash
+    tiles: Sequence[Tile] = field(hash=False)
     weights: tuple[float, ...] | None = None
     ownership: str = "aligned"
     exchange: str = "neighbours"
@@ -157,6 +159,8 @@ class Plan:
 
     @property
     def halo_elements(self) -> int:
+        if isinstance(self.tiles, GridTiles):  # per axis, without making the tiles
+            return self.tiles.halo_elements()
         return sum(t.halo_elements for t in self.tiles)
 
     def halo_elements_per_worker(self) -> list[int]:
@@ -171,7 +175,10 @@ class Plan:
 
     def halo_ratio(self) -> float:
         """Halo elements / owned elements over all tiles (0 = no halo)."""
-        owned = sum(t.owned.volume for t in self.tiles)
+        if isinstance(self.tiles, GridTiles):
+            owned = self.tiles.owned_elements()
+        else:
+            owned = sum(t.owned.volume for t in self.tiles)
         return self.halo_elements / owned if owned else 0.0
 
     def summary(self) -> str:
@@ -563,6 +570,10 @@ def build(
             raise ValueError("block needs one entry per dim, no weights and aligned ownership")
         counts = [c if b is None else -(-e // b) for c, b, e in zip(counts, block, out_ext)]
     ntiles = math.prod(counts)
+    lazy = GridTiles.of(spec, counts, ownership) if weights is None and block is None else None
+    if lazy is not None:
+        return Plan(spec=spec, partition=partition, splits=tuple(counts), workers=workers, tiles=lazy,
+                    ownership=ownership, exchange=exchange, pipeline=pipeline, backend=backend)
     tile_w = list(weights[:ntiles]) if weights is not None else None
     if ownership == "even":
         # the input split like the output, with empty tiles where an axis has fewer indices
@@ -595,6 +606,135 @@ def build(
         pipeline=pipeline,
         backend=backend,
     )
+
+
+class GridTiles(Sequence):
+    """The tiles of ``build(spec, counts, ...)`` for equal workers whose tiles form a grid:
+    each Tile made when first asked for (then kept), from the per-axis splits, instead of
+    all of them when the plan is made.  A plan of 65,536 tiles is made in the time of its
+    axes, priced from its tiles' shapes (tile_shapes) and its halo counted per axis
+    (grid_halo); a worker builds only the tile it computes.  Equal, tile for tile, to the
+    tiles build makes one by one (build_on_ranges), which tests check."""
+
+    def __init__(self, spec: ConvSpec, counts: Sequence[int], ownership: str):
+        self.spec, self.counts, self.ownership = spec, tuple(counts), ownership
+        self._ranges = _axis_ranges(spec, self.counts, ownership)
+        self._axes = [spec.axis(i) for i in range(spec.ndim)]
+        # per spatial axis, the input interval each part owns
+        self._owned = [[ax.owned(a, b) if i is None else i for (a, b), i in rs]
+                       for ax, rs in zip(self._axes, self._ranges[2:])]
+        self._strides = [math.prod(self.counts[d + 1:]) for d in range(len(self.counts))]
+        self._shells: dict[int, tuple] = {}
+        self._made: dict[int, Tile] = {}
+        self._index = {key: _RowMajorOwners(self, u) for u, key in enumerate(self._channel_keys())}
+
+    @classmethod
+    def of(cls, spec: ConvSpec, counts: Sequence[int], ownership: str) -> GridTiles | None:
+        """GridTiles, or None where a part is empty on some axis (even ownership of an
+        axis thinner than its parts: the tiles are built one by one)."""
+        grid = cls(spec, counts, ownership)
+        if any(a == b for rs in grid._ranges for (a, b), _ in rs) or any(
+                lo >= hi for own in grid._owned for lo, hi in own):
+            return None
+        return grid
+
+    def _channel_keys(self) -> list[tuple[int, int]]:
+        split_c = self.counts[1] > 1
+        return [r if split_c else (0, 0) for r, _ in self._ranges[1]]
+
+    def _index_of(self, rank: int) -> list[int]:
+        return [rank // st % c for st, c in zip(self._strides, self.counts)]
+
+    def shell(self, rank: int) -> tuple:
+        """tile_shell of tile ``rank`` (its boxes; what make_tile reads of its owners)."""
+        sh = self._shells.get(rank)
+        if sh is None:
+            idx = self._index_of(rank)
+            out_r = [self._ranges[d][i][0] for d, i in enumerate(idx)]
+            owned_sp = [own[i] for own, i in zip(self._owned, idx[2:])]
+            sh = self._shells[rank] = tile_shell(self.spec, self._axes, out_r, owned_sp, self.counts[1] > 1)
+        return sh
+
+    def __len__(self) -> int:
+        return math.prod(self.counts)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return tuple(self[j] for j in range(*i.indices(len(self))))
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("tile index out of range")
+        tile = self._made.get(i)
+        if tile is None:
+            tile = self._made[i] = make_tile(self.spec, self._axes, i, self.shell(i), _Shells(self), self._index)
+        return tile
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, GridTiles):
+            return (self.spec, self.counts, self.ownership) == (other.spec, other.counts, other.ownership)
+        if isinstance(other, (tuple, list)):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # equal to a tuple of its tiles: no hash of its own (Plan leaves tiles out of its hash)
+
+    def __reduce__(self):  # a worker is sent the recipe, and makes the tile it computes
+        return GridTiles, (self.spec, self.counts, self.ownership)
+
+    def __repr__(self) -> str:
+        return f"GridTiles({len(self)} tiles, splits {self.counts}, {self.ownership})"
+
+    def halo_elements(self) -> int:
+        return grid_halo(self.spec, self.counts, self.ownership)[0]
+
+    def owned_elements(self) -> int:
+        """The owned input's elements summed over the tiles (Plan.halo_ratio), per axis."""
+        spec = self.spec
+        cig = spec.in_channels // spec.groups
+        c_in = sum((u1 - u0) * cig if spec.groups > 1 else spec.in_channels for (u0, u1), _ in self._ranges[1])
+        n = sum(b - a for (a, b), _ in self._ranges[0])
+        return n * c_in * math.prod(sum(hi - lo for lo, hi in own) for own in self._owned)
+
+
+class _Shells:
+    """A grid's shells by rank, made as make_tile asks for an owner's."""
+
+    def __init__(self, grid: GridTiles):
+        self.grid = grid
+
+    def __getitem__(self, rank: int) -> tuple:
+        return self.grid.shell(rank)
+
+
+class _RowMajorOwners(_GridOwners):
+    """_GridOwners of a GridTiles' channel block ``u``: per dim of the input boxes (N, C_in,
+    *spatial) the owned intervals, a tile's rank found from its interval per dim (row-major
+    over the splits) instead of a table of every tile."""
+
+    def __init__(self, grid: GridTiles, u: int):
+        spec = grid.spec
+        (u0, u1), _ = grid._ranges[1][u]
+        cig = spec.in_channels // spec.groups
+        c_in = (u0 * cig, u1 * cig) if spec.groups > 1 else (0, spec.in_channels)
+        intervals = [[r for r, _ in grid._ranges[0]], [c_in], *grid._owned]
+        super().__init__([[lo for lo, _ in iv] for iv in intervals], [[hi for _, hi in iv] for iv in intervals],
+                         _RankOf(grid._strides, u))
+
+
+class _RankOf:
+    """The rank of the tile at interval indices (n, 0, *spatial) of channel block ``u``."""
+
+    def __init__(self, strides: Sequence[int], u: int):
+        self.strides, self.u = strides, u
+
+    def __getitem__(self, key: tuple[int, ...]) -> int:
+        n, _, *sp = key
+        return n * self.strides[0] + self.u * self.strides[1] + sum(i * st for i, st in zip(sp, self.strides[2:]))
 
 
 @dataclass(frozen=True)
