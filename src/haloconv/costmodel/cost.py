@@ -148,6 +148,14 @@ class Profile:
             return min(busy, self.cores * (1.0 if curve == "torch" else self.filter_cores_ratio))
         return min(busy, _interp(sorted((n, c) for n, c in self.concurrency[curve]), busy))
 
+    def peak_cores(self, spec: ConvSpec, backend: str = "torch") -> float:
+        """The most cores any number of busy processes get together (effective_cores'
+        ceiling: its curve is clamped at its ends and monotone between its points)."""
+        curve = self.curve(spec, backend)
+        if not self.concurrency:
+            return self.cores * (1.0 if curve == "torch" else self.filter_cores_ratio)
+        return max(c for _, c in self.concurrency[curve])
+
     def call_speedup(self, spec: ConvSpec, backend: str, threads: int) -> float:
         """How much faster one call of ``backend`` computes ``spec`` on ``threads`` threads
         than on one: measured on every core, linear in between; 1 for backends whose
@@ -329,6 +337,19 @@ def floor_seconds(plan: Plan, prof: Profile, itemsize: int) -> float:
     _, transfers = schedule.transfers_of(plan.messages(itemsize), prof.latency_s, prof.bandwidth_Bps)
     alone = sum(t.seconds for t in transfers if 0 in (t.src, t.dst))
     return step_seconds(prof, len(plan.tiles)) + max(compute, reference_share(prof, plan.spec, plan.backend) * alone)
+
+
+def work_floor_seconds(spec: ConvSpec, shapes, backend: str, prof: Profile, itemsize: int) -> float:
+    """A time the processes engine's prediction of a grid of tiles of these shapes
+    (tiling/plan.tile_shapes) cannot be below, before the plan is built: every tile's
+    compute (its window's copy included, as _tile_seconds prices it) is cpu work, and the
+    simulated cores never run more of it at once than Profile.peak_cores."""
+    out_inner = spec.output_shape[3:]
+    work = 0.0
+    for s in shapes:
+        copy = 0.0 if tuple(s.out[3:]) == tuple(out_inner) else math.prod(s.window) * itemsize / prof.copy_Bps
+        work += s.count * (prof.compute_seconds(backend, spec, s.window, s.out, s.groups) + copy)
+    return step_seconds(prof, sum(s.count for s in shapes)) + work / prof.peak_cores(spec, backend)
 
 
 def count_floor_seconds(counts: Sequence[int], spec: ConvSpec, backend: str, prof: Profile) -> float:
