@@ -394,6 +394,19 @@ def test_the_held_out_configurations_are_ones_calibrate_never_timed():
     assert set(HELD_OUT_SAMPLE) <= {c[0] for c in HELD_OUT_CONFIGS}
 
 
+def test_bench_accuracy_runs_the_candidates_the_planner_ranks(monkeypatch):
+    """`haloconv bench --only accuracy` (model_accuracy) ranks a configuration's candidates
+    with the planner and runs each on a cluster; one small configuration here."""
+    from haloconv.cli import bench
+
+    monkeypatch.setattr(bench, "ACCURACY_CONFIGS", [("layer 4->4 3x3 48^2", (1, 4, 48, 48), (4, 4, 3, 3), 1, 1, 1, 2)])
+    out = bench.model_accuracy(PROF, repeat=1, quick=True, log=lambda *a: None, min_seconds=0.0, passes=1)
+    (rec,) = out["configs"]
+    ranked = choice.candidates(ConvSpec.from_args((1, 4, 48, 48), (4, 4, 3, 3), (4,), padding=1), how(2), PROF)
+    assert [r["candidate"] for r in rec["runs"]] == [q.label for q in ranked][: len(rec["runs"])]
+    assert all(r["measured"] > 0 for r in rec["runs"])
+
+
 def test_predictions_of_held_out_configurations_are_within_a_band_of_their_measured_time(clusters):
     """The model's price of its own choice on configurations it was not tuned on, against the
     best of 3 runs on a held cluster (the processes engine it prices): each within 4x, their

@@ -35,7 +35,7 @@ def _torchrun(ranks: int, *args: str, timeout: int = 240, env: dict | None = Non
                                        "3 nn_train_parity.py 1,1,1,3"])
 def test_training_parity(spmd, spmd_case):
     """``HALOCONV_P2P=batched``: the halo messages posted as one group per exchange, as on
-    NCCL (engines/comm.Comm.post)."""
+    NCCL (engines/spmd/comm.Comm.post)."""
     assert "TRAINING PARITY OK" in spmd(spmd_case)
 
 

@@ -3,13 +3,13 @@ face (haloconv.conv, haloconv.execute, haloconv.conv_file, the CLI's in-memory, 
 and streamed runs).
 
 - numpy arrays of one float dtype, on threads, whose backend computes arrays (OpenCV's
-  filters): ``engines/array_threads`` — no torch is imported;
+  filters): ``engines/inprocess/arrays`` — no torch is imported;
 - otherwise tensors (arrays are seen as tensors without a copy): ``engines/threads``,
   ``engines/processes`` (a LocalCluster for the call), a held LocalCluster, or, under
   torchrun, every rank's share through ``haloconv.distributed``;
 - with inputs that require grad, ``engines/differentiable`` wraps the engine's forward
   and backward (the same engine runs both);
-- a streamed run (``stream``): the file in this process (``engines/stream_threads``), on
+- a streamed run (``stream``): the file in this process (``engines/stream/threads``), on
   worker processes (``engines/stream``) or on torchrun ranks (``stream.run_spmd``).
 
 docs/architecture.md, "One call, top to bottom", draws the path.

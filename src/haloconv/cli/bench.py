@@ -88,6 +88,8 @@ def model_accuracy(profile=None, repeat: int = 5, quick: bool = False, log=print
 
     from haloconv.costmodel import cost
     from haloconv.engines import LocalCluster
+    from haloconv.options import PlanOptions
+    from haloconv.planner import choice
     from haloconv.tiling.spec import ConvSpec
 
     prof = profile if isinstance(profile, cost.Profile) else cost.load_profile(profile)
@@ -99,7 +101,7 @@ def model_accuracy(profile=None, repeat: int = 5, quick: bool = False, log=print
     try:
         for name, xs, ws, pad, stride, groups, workers in configs:
             spec = ConvSpec.from_args(xs, ws, (ws[0],), stride=stride, padding=pad, groups=groups)
-            ranked = cost.candidates(spec, workers, prof, backend="auto")
+            ranked = choice.candidates(spec, PlanOptions.of(workers=workers, backend="auto", engine="processes"), prof)
             # candidates predicted > 3x slower than the first are not run (FFT on a dense
             # 64-channel layer takes minutes); the choice is judged among those that are
             if not held_out:

@@ -94,7 +94,7 @@ def prepare(found: list[Target], output: str | None, *, overwrite: bool, mkdir: 
             preview: images.Preview | None = None) -> None:
     """Refuse what would surprise or fail half way, before anything is created: an output
     that exists (unless ``overwrite``, and then only one files/guard.py may replace; a
-    streamed run's own checks, outofcore.conv_file, decide its output's fate), a folder that
+    streamed run's own checks, api.out_of_core.conv_file, decide its output's fate), a folder that
     does not (unless ``mkdir``, or the default folder), one this user cannot write in, a
     file system without room for the outputs (``shape``: the output's), a library the
     format needs, an image format for an output that is not one image; then make the folders."""

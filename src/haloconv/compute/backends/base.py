@@ -43,7 +43,7 @@ class Backend:
     # whether it applies depends on the filter's values too (see ``refuses``)
     needs_values: bool = False
     # modules its compute imports on first use (besides torch, which the tensor path needs):
-    # a streamed run loads them before it measures what the process holds (stream_job)
+    # a streamed run loads them before it measures what the process holds (engines/stream/job)
     libraries: tuple[str, ...] = ()
     # the cost model's prices of this backend's operation counts (seconds per count) before
     # `haloconv calibrate` measured them; keys are "<name>.<count>"

@@ -116,7 +116,7 @@ def _each_tile(plan: Plan, pool: int, work):
         with torch.no_grad():
             return work(tile)
 
-    try:  # on the threads kept for the process (engines/pool), this one among them
+    try:  # on the threads kept for the process (engines/inprocess/helpers), this one among them
         yield from run_each(untracked, plan.tiles, pool)
     finally:
         torch.set_num_threads(caller_threads)

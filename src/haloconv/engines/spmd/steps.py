@@ -1,6 +1,6 @@
 """What each rank does with a Plan: scatter, halo exchange, compute, gather (their
-adjoints: spmd_backward; windows sent whole by the master: spmd_windows; how a box
-travels: transfer).
+adjoints: spmd/backward; windows sent whole by the master: spmd/master_windows; how a
+box travels: spmd/transfer).
 
 Every rank calls these with the same Plan (SPMD).  Worker ``r`` computes tile ``r``;
 ranks without a tile take part in collectives and hold nothing.  The data moved is

@@ -10,12 +10,13 @@ it durable and journals it.  So tiles are sized to half the process's data allow
 the three stages together hold less than two such peaks).
 
 Everything a streamed run guarantees holds here as on the processes engine
-(engines/stream/workers.py; both take their Job, journal and output handling from stream_job): a tile is
-journaled only once its output is durable, an interrupted run resumes without computing
-a finished tile again, the output appears under its name only whole, and the process's
-peak resident memory stays within the budget.  What this path does not have is the
-processes engine's survival of a lost worker: a failure here stops the run (the journal
-keeps what finished; ``resume`` goes on from it).
+(engines/stream/workers.py; both take their Job, journal and output handling from
+engines/stream/job.py): a tile is journaled only once its output is durable, an
+interrupted run resumes without computing a finished tile again, the output appears
+under its name only whole, and the process's peak resident memory stays within the
+budget.  What this path does not have is the processes engine's survival of a lost
+worker: a failure here stops the run (the journal keeps what finished; ``resume`` goes on
+from it).
 """
 
 from __future__ import annotations
