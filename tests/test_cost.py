@@ -1,6 +1,7 @@
 """The cost model, partition='auto', and the `haloconv plan` / `calibrate` commands."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -504,8 +505,9 @@ def test_choose_skips_candidates_that_cannot_win_and_picks_what_ranking_them_all
 
 def test_the_work_floor_is_never_above_the_simulated_prediction():
     """work_floor_seconds (from the tiles' shapes: every tile's compute over the most cores
-    the profile gives) bounds the processes engine's simulated prediction from below, so
-    choose may skip a candidate by it; and it does skip some."""
+    the profile gives) and weights_floor_seconds (the filters' transfers, all moving at
+    once) bound the processes engine's simulated prediction from below, so choose may skip
+    a candidate by them; each comes near it somewhere (it can prune)."""
     from haloconv.tiling.plan import build, tile_shapes
 
     profs = [cost.Profile(), cost.Profile(cores=4.0), cost.Profile(concurrency={"torch": [[1, 1.0], [2, 1.7]],
@@ -513,16 +515,22 @@ def test_the_work_floor_is_never_above_the_simulated_prediction():
     specs = [ConvSpec.from_args((1, 16, 96, 80), (16, 16, 3, 3), None, padding=1),
              ConvSpec.from_args((2, 1, 300, 200), (1, 1, 7, 7), None, padding=3, padding_mode="reflect"),
              ConvSpec.from_args((1, 4, 16, 16, 16), (4, 4, 3, 3, 3), None, padding=1, stride=2)]
-    below = 0
+    below = tight = 0
+    profs.append(cost.Profile(latency_s=1e-3, bandwidth_Bps=1e8))  # a slow link: the filters' transfers weigh
+    specs.append(ConvSpec.from_args((1, 64, 64, 64), (64, 64, 3, 3), (64,), padding=1))
     for prof in profs:
         for spec in specs:
-            for name, counts in choice.candidate_splits(spec, 6):
+            for name, counts in choice.candidate_splits(spec, 6) + choice.candidate_splits(spec, 48):
                 for b in ("torch", "opencv") if spec.in_channels == 1 else ("torch",):
                     floor = cost.work_floor_seconds(spec, tile_shapes(spec, counts), b, prof, 4)
-                    pred = cost.predict(build(spec, counts, name, 6, backend=b), prof, 4, "processes").total_s
+                    plan = build(spec, counts, name, math.prod(counts), backend=b)
+                    pred = cost.predict(plan, prof, 4, "processes").total_s
                     assert floor <= pred * (1 + 1e-9), (spec.input_shape, counts, b, floor, pred)
+                    weights = cost.weights_floor_seconds(spec, counts, b, prof, 4)
+                    assert weights <= pred * (1 + 1e-9), (spec.input_shape, counts, b, weights, pred)
                     below += floor > 0.5 * pred
-    assert below > 0  # a floor near its prediction somewhere: it can prune
+                    tight += weights > 0.5 * pred
+    assert below > 0 and tight > 0  # each floor near its prediction somewhere: it can prune
 
 
 def test_scaling_projections_price_a_filter_at_its_backends_rates(tmp_path, capsys):

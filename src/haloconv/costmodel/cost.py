@@ -18,9 +18,11 @@ from pathlib import Path
 
 from haloconv.compute import backends
 from haloconv.costmodel import schedule
+from haloconv.tiling import geometry
 from haloconv.tiling.deep import DeepRun
 from haloconv.tiling.geometry import compute_align
 from haloconv.tiling.messages import PHASES, traffic_of
+from haloconv.tiling.partition import split_extents
 from haloconv.tiling.plan import Plan
 from haloconv.tiling.spec import ConvSpec
 
@@ -350,6 +352,29 @@ def work_floor_seconds(spec: ConvSpec, shapes, backend: str, prof: Profile, item
         copy = 0.0 if tuple(s.out[3:]) == tuple(out_inner) else math.prod(s.window) * itemsize / prof.copy_Bps
         work += s.count * (prof.compute_seconds(backend, spec, s.window, s.out, s.groups) + copy)
     return step_seconds(prof, sum(s.count for s in shapes)) + work / prof.peak_cores(spec, backend)
+
+
+def weights_floor_seconds(spec: ConvSpec, counts: Sequence[int], backend: str, prof: Profile,
+                          itemsize: int) -> float:
+    """A time the processes engine's prediction of a plan split by ``counts`` cannot be
+    below, before it is built: every rank's program starts with the filters' transfer (the
+    master posts all of them, each worker waits for its own), so at first all of them move
+    at once, each at most share / workers / reference of its lone speed (schedule._run: the
+    master's end carries every one, and the cores are shared by every rank moving data), and
+    none ends before the lightest would alone at that rate."""
+    tiles = math.prod(counts)
+    k = tiles - 1  # the workers the master sends filters to
+    if k < 1:
+        return 0.0
+    cog = spec.out_channels // spec.groups if spec.groups > 1 else 1
+    units = min(b - a for a, b in geometry.split_extent(split_extents(spec)[1], counts[1]))
+    per_filter = spec.in_channels // spec.groups * math.prod(spec.kernel)
+    channels = units * cog
+    nbytes = channels * per_filter * itemsize + (channels * itemsize if spec.has_bias else 0)
+    lone = (2 if spec.has_bias else 1) * prof.latency_s + nbytes / prof.bandwidth_Bps
+    share = min(1.0, prof.effective_cores(spec, tiles, backend) / tiles)
+    rate = min(1.0, share / k / reference_share(prof, spec, backend))
+    return step_seconds(prof, tiles) + lone / rate
 
 
 def count_floor_seconds(counts: Sequence[int], spec: ConvSpec, backend: str, prof: Profile) -> float:

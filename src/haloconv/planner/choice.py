@@ -16,6 +16,7 @@ from haloconv.costmodel.cost import (
     floor_seconds,
     predict,
     threads_tile_seconds,
+    weights_floor_seconds,
     work_floor_seconds,
 )
 from haloconv.options import PlanOptions
@@ -153,8 +154,9 @@ def choose(spec: ConvSpec, how: PlanOptions, prof: Profile, itemsize: int = 4, w
     """The plan with the least predicted time (partition='auto'): candidates()[0], without
     building the losers on the threads engine with equal workers (quotes), or simulating
     the candidates that cannot beat the best found so far on the processes engine (a
-    candidate whose floor — count_floor_seconds, work_floor_seconds from its tiles'
-    shapes, then floor_seconds of the built plan — is above it)."""
+    candidate whose floor — count_floor_seconds and weights_floor_seconds from its split
+    counts, work_floor_seconds from its tiles' shapes, then floor_seconds of the built plan
+    — is above it)."""
     if how.engine == "threads" and how.worker_weights is None:  # priced from the tiles' shapes: one plan built
         ranked = quotes(spec, how, prof, itemsize, weight)
         if not ranked:
@@ -163,7 +165,8 @@ def choose(spec: ConvSpec, how: PlanOptions, prof: Profile, itemsize: int = 4, w
     best: Prediction | None = None
     for name, counts, b in _each_candidate(spec, how, weight):  # the first cheapest wins, as ranked
         floor = how.engine == "processes" and best is not None
-        if floor and count_floor_seconds(counts, spec, b, prof) > best.total_s:
+        if floor and max(count_floor_seconds(counts, spec, b, prof),
+                         weights_floor_seconds(spec, counts, b, prof, itemsize)) > best.total_s:
             continue
         if floor and how.worker_weights is None and work_floor_seconds(
                 spec, tile_shapes(spec, counts, how.ownership), b, prof, itemsize) > best.total_s:
