@@ -499,6 +499,8 @@ def test_choose_skips_candidates_that_cannot_win_and_picks_what_ranking_them_all
             continue
         got = choice.choose(spec, how(workers, engine=engine, memory_budget=budget), prof)
         assert got == ranked[0].plan, (spec.input_shape, workers, engine, budget)
+        top = choice.best(spec, how(workers, engine=engine, memory_budget=budget), prof, top=3)
+        assert [(q.label, q.total_s) for q in top] == [(q.label, q.total_s) for q in ranked[:3]]
         checked.add((ranked[0].plan.partition == "single", engine))
     assert len(checked) == 4  # a single worker and a split chosen, on each engine
 

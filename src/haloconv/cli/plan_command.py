@@ -55,8 +55,7 @@ def command(args: argparse.Namespace, console: Console) -> int:
     itemsize = 8 if args.dtype == "float64" else 4
     console.say(f"input {name} {list(x_shape)}, weight {list(w_shape)}, groups {groups}, {how.workers} workers, "
                 f"engine {args.engine}; profile: {prof.source}")
-    ranked = [cost.predict(q.build(), prof, itemsize, how.engine) for q in _quotes(args, spec, how, prof, itemsize,
-                                                                                    values)[: args.top]]
+    ranked = _ranked(args, spec, how, prof, itemsize, values)
     mine = cost.predict(chosen, prof, itemsize, how.engine)
     ranked = [mine] + [q for q in ranked if q.plan.splits != chosen.splits or q.plan.backend != chosen.backend]
     console.say(report.candidates_table(ranked[: args.top]))
@@ -85,15 +84,15 @@ def command(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _quotes(args: argparse.Namespace, spec, how, prof, itemsize: int, values) -> list:
-    """The candidates `haloconv run`'s planner weighs (every split when --partition is auto;
-    else the given split with each backend), cheapest first."""
+def _ranked(args: argparse.Namespace, spec, how, prof, itemsize: int, values) -> list:
+    """The --top candidates `haloconv run`'s planner weighs (every split when --partition
+    is auto; else the given split with each backend), cheapest first, predicted."""
     from haloconv.planner import choice
 
     if how.partition.kind == "auto":
-        return choice.quotes(spec, how, prof, itemsize, values)
+        return choice.best(spec, how, prof, itemsize, values, args.top)
     base = options.plan(args, spec.input_shape, values if values is not None else spec.weight_shape, spec.groups,
                         how.workers)
     if how.backend == "auto" or how.memory_budget is not None:
-        return [choice.Quote.of(p, how) for p in choice.rank_backends(base, prof, how, itemsize, values)]
-    return [choice.Quote.of(cost.predict(base, prof, itemsize, how.engine), how)]
+        return choice.rank_backends(base, prof, how, itemsize, values)[: args.top]
+    return [cost.predict(base, prof, itemsize, how.engine)]

@@ -181,3 +181,31 @@ def choose(spec: ConvSpec, how: PlanOptions, prof: Profile, itemsize: int = 4, w
     if best is None:
         raise ValueError(f"no partition fits memory_budget={how.memory_budget} bytes per worker")
     return best.plan
+
+
+def best(spec: ConvSpec, how: PlanOptions, prof: Profile, itemsize: int = 4, weight=None,
+         top: int = 12) -> list[Prediction]:
+    """The ``top`` cheapest candidates, built and predicted, cheapest first: what ranking
+    every candidate gives first (``candidates(...)[:top]``, ties in candidate order),
+    without simulating on the processes engine a candidate whose floor is above the
+    ``top``-th best found so far, nor building the others on the threads engine with equal
+    workers (quotes).  `haloconv plan` prints these."""
+    if how.engine == "threads" and how.worker_weights is None:
+        return [predict(q.build(), prof, itemsize, how.engine) for q in quotes(spec, how, prof, itemsize, weight)[:top]]
+    kept: list[tuple[float, int, Prediction]] = []  # (total, candidate order, prediction), cheapest first
+    for order, (name, counts, b) in enumerate(_each_candidate(spec, how, weight)):
+        bar = kept[-1][0] if len(kept) >= top and how.engine == "processes" else None
+        if bar is not None and (max(count_floor_seconds(counts, spec, b, prof),
+                                    weights_floor_seconds(spec, counts, b, prof, itemsize)) > bar or (
+                how.worker_weights is None and work_floor_seconds(
+                    spec, tile_shapes(spec, counts, how.ownership), b, prof, itemsize) > bar)):
+            continue
+        p = _build(spec, name, counts, b, how)
+        if bar is not None and floor_seconds(p, prof, itemsize) > bar:
+            continue
+        pred = predict(p, prof, itemsize, how.engine)
+        if how.memory_budget is None or pred.peak_memory <= how.memory_budget:
+            kept.append((pred.total_s, order, pred))
+            kept.sort(key=lambda k: k[:2])
+            del kept[top:]
+    return [k[2] for k in kept]
