@@ -501,6 +501,11 @@ def test_choose_skips_candidates_that_cannot_win_and_picks_what_ranking_them_all
         assert got == ranked[0].plan, (spec.input_shape, workers, engine, budget)
         top = choice.best(spec, how(workers, engine=engine, memory_budget=budget), prof, top=3)
         assert [(q.label, q.total_s) for q in top] == [(q.label, q.total_s) for q in ranked[:3]]
+        ceiling = 1.5 * ranked[0].total_s  # the splits within it, cheapest first (`run`'s hint)
+        splits = choice.best(spec, how(workers, engine=engine, memory_budget=budget), prof, top=2, splits_only=True,
+                             ceiling=ceiling)
+        assert [q.label for q in splits] == [q.label for q in ranked if q.plan.partition != "single"
+                                             and q.total_s <= ceiling][:2]
         checked.add((ranked[0].plan.partition == "single", engine))
     assert len(checked) == 4  # a single worker and a split chosen, on each engine
 

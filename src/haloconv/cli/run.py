@@ -27,6 +27,7 @@ from .console import Console
 
 
 TOP = 12  # candidates `-v` lists, as `haloconv plan` lists by default
+FEWER_SLOWER_UP_TO = 10.0  # the best split over all workers is named when within this of the choice
 
 
 @dataclass
@@ -140,16 +141,17 @@ def _warn_not_finite(console: Console, x: np.ndarray, name: str) -> None:
                      "them are not finite either (as in the single-node call)")
 
 
-def ranked(args: argparse.Namespace, spec, workers: int | None, itemsize: int, weight) -> list:
-    """Every candidate the cost model weighs for these options on ``workers`` workers (None:
-    the planner's default),
-    cheapest first, priced as `haloconv run` prices them (planner.choice.quotes)."""
+def ranked(args: argparse.Namespace, spec, workers: int | None, itemsize: int, weight, top: int,
+           splits_only: bool = False, ceiling: float | None = None) -> list:
+    """The ``top`` cheapest candidates the cost model weighs for these options on
+    ``workers`` workers (None: the planner's default), priced as `haloconv run` prices them
+    (planner.choice.best; ``splits_only``: those that split)."""
     from haloconv.planner import choice, plans
 
     how = plans.resolved(spec, options.plan_options(args, workers))
     if how.backend != "auto":
         backends.check(how.backend, spec, weight)
-    return choice.quotes(spec, how, plans.load(how.profile), itemsize, weight)
+    return choice.best(spec, how, plans.load(how.profile), itemsize, weight, top, splits_only, ceiling)
 
 
 def _say_why_fewer(args: argparse.Namespace, console: Console, plan, itemsize: int, weight: np.ndarray) -> None:
@@ -157,14 +159,24 @@ def _say_why_fewer(args: argparse.Namespace, console: Console, plan, itemsize: i
     for: one line with its choice, the best split over all of them, and how to force it."""
     if args.workers is None or args.partition != "auto" or plan.workers >= args.workers:
         return
-    quotes = ranked(args, plan.spec, args.workers, itemsize, weight)
-    chosen = next(q for q in quotes if q.splits == plan.splits and q.backend == plan.backend)
+    from haloconv.costmodel import cost
+    from haloconv.planner import plans
+
+    how = plans.resolved(plan.spec, options.plan_options(args, args.workers))
+    chosen = cost.predict(plan, plans.load(how.profile), itemsize, how.engine)
     line = (f"the cost model runs this on {plan.workers} of the {args.workers} workers asked for: "
             f"{chosen.label}, predicted {chosen.total_s:.3g} s")
-    full = next((q for q in quotes if q.workers == args.workers), None)
-    if full is not None:
+    # the best split over all of them, looked for among those within FEWER_SLOWER_UP_TO of the
+    # choice (on worker processes a split can be predicted thousands of times slower; finding
+    # the least bad of those would simulate them all)
+    full = ranked(args, plan.spec, args.workers, itemsize, weight, 1, splits_only=True,
+                  ceiling=FEWER_SLOWER_UP_TO * chosen.total_s)
+    if full:
+        full = full[0]
         line += (f"; the best split over all {args.workers}, {full.label}, is predicted {full.total_s:.3g} s "
-                 f"({full.total_s / chosen.total_s:.2f}x): --partition {full.partition} forces it")
+                 f"({full.total_s / chosen.total_s:.2f}x): --partition {full.plan.partition} forces it")
+    else:
+        line += f"; every split over all {args.workers} is predicted over {FEWER_SLOWER_UP_TO:g}x slower"
     console.say(line)
 
 
@@ -194,7 +206,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     console.detail(str(plan))
     console.say(f"plan: {plan.summary()}, engine {args.engine}")
     if console.verbosity > console_module.NORMAL and args.partition == "auto":  # the prices the choice saw
-        console.detail(report.quotes_table(ranked(args, plan.spec, args.workers, x.itemsize, weight)[:TOP]))
+        console.detail(report.quotes_table(ranked(args, plan.spec, args.workers, x.itemsize, weight, TOP)))
     _say_why_fewer(args, console, plan, x.itemsize, weight)
     console.say(f"backend {plan.backend}: {backends.get(plan.backend).guarantee}")
     with console.tracker() as progress:

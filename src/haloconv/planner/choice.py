@@ -152,59 +152,59 @@ def quotes(spec: ConvSpec, how: PlanOptions, prof: Profile, itemsize: int = 4, w
 
 def choose(spec: ConvSpec, how: PlanOptions, prof: Profile, itemsize: int = 4, weight=None) -> Plan:
     """The plan with the least predicted time (partition='auto'): candidates()[0], without
-    building the losers on the threads engine with equal workers (quotes), or simulating
-    the candidates that cannot beat the best found so far on the processes engine (a
-    candidate whose floor — count_floor_seconds and weights_floor_seconds from its split
-    counts, work_floor_seconds from its tiles' shapes, then floor_seconds of the built plan
-    — is above it)."""
-    if how.engine == "threads" and how.worker_weights is None:  # priced from the tiles' shapes: one plan built
-        ranked = quotes(spec, how, prof, itemsize, weight)
-        if not ranked:
-            raise ValueError(f"no partition fits memory_budget={how.memory_budget} bytes per worker")
-        return ranked[0].build()
-    best: Prediction | None = None
-    for name, counts, b in _each_candidate(spec, how, weight):  # the first cheapest wins, as ranked
-        floor = how.engine == "processes" and best is not None
-        if floor and max(count_floor_seconds(counts, spec, b, prof),
-                         weights_floor_seconds(spec, counts, b, prof, itemsize)) > best.total_s:
-            continue
-        if floor and how.worker_weights is None and work_floor_seconds(
-                spec, tile_shapes(spec, counts, how.ownership), b, prof, itemsize) > best.total_s:
-            continue
-        p = _build(spec, name, counts, b, how)
-        if floor and floor_seconds(p, prof, itemsize) > best.total_s:
-            continue
-        pred = predict(p, prof, itemsize, how.engine)
-        if (how.memory_budget is None or pred.peak_memory <= how.memory_budget) and (
-                best is None or pred.total_s < best.total_s):
-            best = pred
-    if best is None:
-        raise ValueError(f"no partition fits memory_budget={how.memory_budget} bytes per worker")
-    return best.plan
+    building the losers on the threads engine with equal workers (quotes: one plan built,
+    its tiles made only when asked for), or simulating those that cannot win (best)."""
+    if how.engine == "threads" and how.worker_weights is None:
+        found = quotes(spec, how, prof, itemsize, weight)
+        return found[0].build() if found else _none_fits(how)
+    ranked = best(spec, how, prof, itemsize, weight, top=1)
+    return ranked[0].plan if ranked else _none_fits(how)
+
+
+def _none_fits(how: PlanOptions):
+    raise ValueError(f"no partition fits memory_budget={how.memory_budget} bytes per worker")
 
 
 def best(spec: ConvSpec, how: PlanOptions, prof: Profile, itemsize: int = 4, weight=None,
-         top: int = 12) -> list[Prediction]:
+         top: int = 12, splits_only: bool = False, ceiling: float | None = None) -> list[Prediction]:
     """The ``top`` cheapest candidates, built and predicted, cheapest first: what ranking
     every candidate gives first (``candidates(...)[:top]``, ties in candidate order),
     without simulating on the processes engine a candidate whose floor is above the
     ``top``-th best found so far, nor building the others on the threads engine with equal
-    workers (quotes).  `haloconv plan` prints these."""
+    workers (quotes).  `haloconv plan` prints these.  ``splits_only``: the candidates that
+    split over the workers (not a single worker).  ``ceiling``: only those predicted at most
+    this many seconds (on the processes engine, those whose floor is above it not built)."""
     if how.engine == "threads" and how.worker_weights is None:
-        return [predict(q.build(), prof, itemsize, how.engine) for q in quotes(spec, how, prof, itemsize, weight)[:top]]
-    kept: list[tuple[float, int, Prediction]] = []  # (total, candidate order, prediction), cheapest first
+        found = [q for q in quotes(spec, how, prof, itemsize, weight) if not (splits_only and q.partition == "single")
+                 and (ceiling is None or q.total_s <= ceiling)]
+        return [predict(q.build(), prof, itemsize, how.engine) for q in found[:top]]
+    # on the processes engine, every candidate's floors first (from its split counts and
+    # tiles' shapes: no plan built), then the candidates in the order of their floors, so the
+    # best are found early and the rest, whose floors are above the top-th best, never built
+    cands = []
     for order, (name, counts, b) in enumerate(_each_candidate(spec, how, weight)):
-        bar = kept[-1][0] if len(kept) >= top and how.engine == "processes" else None
-        if bar is not None and (max(count_floor_seconds(counts, spec, b, prof),
-                                    weights_floor_seconds(spec, counts, b, prof, itemsize)) > bar or (
-                how.worker_weights is None and work_floor_seconds(
-                    spec, tile_shapes(spec, counts, how.ownership), b, prof, itemsize) > bar)):
+        if splits_only and name == "single":
             continue
+        floor = 0.0
+        if how.engine == "processes":
+            floor = max(count_floor_seconds(counts, spec, b, prof), weights_floor_seconds(spec, counts, b, prof,
+                                                                                          itemsize))
+            if how.worker_weights is None:
+                floor = max(floor, work_floor_seconds(spec, tile_shapes(spec, counts, how.ownership), b, prof,
+                                                      itemsize))
+        cands.append((floor, order, name, counts, b))
+    cands.sort(key=lambda c: c[:2])
+    kept: list[tuple[float, int, Prediction]] = []  # (total, candidate order, prediction), cheapest first
+    for floor, order, name, counts, b in cands:
+        bar = kept[-1][0] if len(kept) >= top else ceiling
+        if bar is not None and floor > bar:
+            break  # the floors ahead are higher still
         p = _build(spec, name, counts, b, how)
-        if bar is not None and floor_seconds(p, prof, itemsize) > bar:
+        if bar is not None and how.engine == "processes" and floor_seconds(p, prof, itemsize) > bar:
             continue
         pred = predict(p, prof, itemsize, how.engine)
-        if how.memory_budget is None or pred.peak_memory <= how.memory_budget:
+        if (how.memory_budget is None or pred.peak_memory <= how.memory_budget) and (
+                ceiling is None or pred.total_s <= ceiling):
             kept.append((pred.total_s, order, pred))
             kept.sort(key=lambda k: k[:2])
             del kept[top:]
