@@ -44,6 +44,9 @@ def test_prediction_moves_the_plans_bytes_and_splits_the_compute():
     for r in (0, 1):
         assert two.bytes_moved[r]["halo"] == tr[r]["halo"].bytes_sent + tr[r]["halo"].bytes_recv > 0
     assert two.compute_s < one.compute_s and one.comm_s < two.comm_s
+    threads = cost.predict(plan, PROF, engine="threads")  # its bytes worked out when asked for, the same
+    assert threads.moved is None and threads.bytes_moved == two.bytes_moved
+    assert threads.message_bytes == two.message_bytes == plan.message_totals(4)
     assert two.memory[1] < one.memory[0]
 
 

@@ -387,8 +387,8 @@ def test_tile_shapes_and_grid_halo_are_those_of_the_built_plan(data):
 def test_grid_tiles_made_when_asked_equal_the_tiles_built_one_by_one(seed):
     """A grid of equal workers' tiles (GridTiles) makes each tile when it is asked for: tile
     for tile equal to build_on_ranges' (every tile built at once), its halo and owned
-    elements (counted per axis) the built tiles' sums, pickled as its recipe, equal as a
-    plan; every padding mode, stride, dilation, groups, channel splits, both ownerships."""
+    elements and its messages' bytes (counted per axis) the built tiles' sums, pickled as its
+    recipe, equal as a plan; every padding mode, stride, dilation, groups, channel splits, both ownerships."""
     import pickle
     import random
 
@@ -402,7 +402,8 @@ def test_grid_tiles_made_when_asked_equal_the_tiles_built_one_by_one(seed):
         cin, cout, nd = 2 * rng.randint(1, 2), groups * rng.randint(1, 2), rng.choice([1, 2, 3])
         try:
             spec = ConvSpec.from_args((rng.randint(1, 3), cin, *(rng.randint(3, 14) for _ in range(nd))),
-                                      (cout, cin // groups, *(rng.randint(1, 4) for _ in range(nd))), None,
+                                      (cout, cin // groups, *(rng.randint(1, 4) for _ in range(nd))),
+                                      (cout,) if rng.random() < 0.5 else None,
                                       padding=rng.randint(0, 2), stride=rng.randint(1, 2),
                                       dilation=rng.randint(1, 2), groups=groups,
                                       padding_mode=rng.choice(["zeros", "reflect", "replicate", "circular",
@@ -428,6 +429,9 @@ def test_grid_tiles_made_when_asked_equal_the_tiles_built_one_by_one(seed):
         plan = make_plan(spec, counts, math.prod(counts), ownership=ownership)
         assert isinstance(plan.tiles, GridTiles) and pickle.loads(pickle.dumps(plan)) == plan
         assert list(pickle.loads(pickle.dumps(plan)).tiles) == list(built)
+        msgs = plan.messages(4)  # the messages' bytes, counted per axis without making the tiles
+        assert plan.message_totals(4) == (sum(m.nbytes for m in msgs if m.phase == "halo"),
+                                          sum(m.nbytes for m in msgs))
         reached.add((nd, ownership, counts[1] > 1, spec.padding_mode))
     assert {nd for nd, *_ in reached} == {1, 2, 3} and {o for _, o, *_ in reached} == {"aligned", "even"}
 

@@ -128,8 +128,7 @@ def candidates_table(preds) -> str:
     head = ("rank", "candidate", "predicted s", "compute s", "comm s", "halo MB", "moved MB", "peak MB/worker")
     rows = []
     for i, q in enumerate(preds, 1):
-        moved = sum(sum(v.values()) for v in q.bytes_moved.values()) / 2 / 2**20  # each byte is sent and received
-        halo = sum(v["halo"] for v in q.bytes_moved.values()) / 2 / 2**20
+        halo, moved = (b / 2**20 for b in q.message_bytes)
         rows.append((str(i), q.label, f"{q.total_s:.4f}", f"{q.compute_s:.4f}", f"{q.comm_s:.4f}", f"{halo:.2f}",
                      f"{moved:.1f}", f"{q.peak_memory / 2**20:.1f}"))
     return text.table(head, rows)

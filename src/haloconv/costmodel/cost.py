@@ -23,7 +23,7 @@ from haloconv.tiling.deep import DeepRun
 from haloconv.tiling.geometry import compute_align
 from haloconv.tiling.messages import PHASES, traffic_of
 from haloconv.tiling.partition import split_extents
-from haloconv.tiling.plan import Plan
+from haloconv.tiling.plan import GridTiles, Plan
 from haloconv.tiling.spec import ConvSpec
 
 # Uncalibrated defaults: measured on the 2-core development machine (1 thread per worker,
@@ -248,9 +248,28 @@ class Prediction:
     plan: Plan
     engine: str
     seconds: dict[int, dict[str, float]]  # rank -> phase -> s
-    bytes_moved: dict[int, dict[str, int]]  # rank -> phase -> bytes sent + received
     memory: dict[int, int]  # rank -> peak bytes
     total_s: float
+    itemsize: int = 4
+    # rank -> phase -> bytes sent + received: the processes engine's simulation has them; on
+    # threads (nothing moves) they are worked out when asked for (bytes_moved)
+    moved: dict[int, dict[str, int]] | None = field(default=None, repr=False)
+
+    @property
+    def bytes_moved(self) -> dict[int, dict[str, int]]:
+        """Per rank and phase, the bytes the plan's messages carry to and from it."""
+        if self.moved is None:
+            self.moved = _moved(self.plan.messages(self.itemsize), self.plan)
+        return self.moved
+
+    @property
+    def message_bytes(self) -> tuple[int, int]:
+        """(halo bytes, all bytes) of the plan's messages, each message once
+        (Plan.message_totals: a grid's counted per axis)."""
+        if self.moved is None:
+            return self.plan.message_totals(self.itemsize)
+        return (sum(v["halo"] for v in self.moved.values()) // 2,
+                sum(sum(v.values()) for v in self.moved.values()) // 2)
 
     @property
     def compute_s(self) -> float:
@@ -278,28 +297,47 @@ def predict(plan: Plan, profile: Profile | None = None, itemsize: int = 4, engin
     its own, sharing the cores, and copies its output into the result."""
     prof = profile or load_profile()
     spec = plan.spec
-    messages = plan.messages(itemsize)
-    tr = traffic_of(messages, plan.workers)
-    moved = {t.rank: {p: tr[t.rank][p].bytes_sent + tr[t.rank][p].bytes_recv for p in PHASES} for t in plan.tiles}
     weight_bytes = math.prod(spec.weight_shape) * itemsize
-    memory = {t.rank: (t.window.volume + t.owned.volume + t.out.volume) * itemsize + weight_bytes for t in plan.tiles}
+    boxes = list(_tile_boxes(plan))
+    memory = {r: (window.volume + owned.volume + out.volume) * itemsize + weight_bytes
+              for r, out, owned, window, _, _ in boxes}
 
     def compute_s(tile) -> float:
         return _tile_seconds(plan, tile, prof, itemsize)
 
     if engine == "threads":  # shared memory: nothing moves, outputs are copied into the result
         n = len(plan.tiles)
-        seconds = {t.rank: threads_tile_seconds(prof, spec, plan.backend, n, t.window.shape, t.out.shape, t.groups,
-                                           t.window_is_view, itemsize) for t in plan.tiles}
+        seconds = {r: threads_tile_seconds(prof, spec, plan.backend, n, window.shape, out.shape, groups, view,
+                                           itemsize) for r, out, _, window, groups, view in boxes}
         total = max(sum(s.values()) for s in seconds.values()) + (prof.handoff_s if n > 1 else 0.0)
+        return Prediction(plan, engine, seconds, memory, total, itemsize)
+    messages = plan.messages(itemsize)
+    line = schedule.processes_timeline(plan, compute_s, prof.copy_Bps, prof.latency_s, prof.bandwidth_Bps,
+                                       lambda n: prof.effective_cores(spec, n, plan.backend), itemsize,
+                                       messages=messages)
+    memory[0] = memory.get(0, 0) + (math.prod(spec.input_shape) + math.prod(spec.output_shape)) * itemsize
+    total = step_seconds(prof, len(plan.tiles)) + line.makespan
+    return Prediction(plan, engine, line.seconds, memory, total, itemsize, _moved(messages, plan))
+
+
+def _moved(messages, plan: Plan) -> dict[int, dict[str, int]]:
+    tr = traffic_of(messages, plan.workers)
+    return {t.rank: {p: tr[t.rank][p].bytes_sent + tr[t.rank][p].bytes_recv for p in PHASES} for t in plan.tiles}
+
+
+def _tile_boxes(plan: Plan):
+    """(rank, out, owned, window, groups, whether the window is a view of the input) of every
+    tile: a GridTiles' from its shells (boxes, no pieces made), else from the tiles."""
+    if isinstance(plan.tiles, GridTiles):
+        spatial = plan.spec.spatial
+        for r in range(len(plan.tiles)):
+            out, owned, _, window, _, groups, _ = plan.tiles.shell(r)
+            # a window inside the input reads no padding: all its pieces are copied as they are
+            view = all(0 <= lo and hi <= n for lo, hi, n in zip(window.lo[2:], window.hi[2:], spatial))
+            yield r, out, owned, window, groups, view
     else:
-        line = schedule.processes_timeline(plan, compute_s, prof.copy_Bps, prof.latency_s, prof.bandwidth_Bps,
-                                           lambda n: prof.effective_cores(spec, n, plan.backend), itemsize,
-                                           messages=messages)
-        seconds = line.seconds
-        memory[0] = memory.get(0, 0) + (math.prod(spec.input_shape) + math.prod(spec.output_shape)) * itemsize
-        total = step_seconds(prof, len(plan.tiles)) + line.makespan
-    return Prediction(plan, engine, seconds, moved, memory, total)
+        for t in plan.tiles:
+            yield t.rank, t.out, t.owned, t.window, t.groups, t.window_is_view
 
 
 def threads_tile_seconds(prof: Profile, spec: ConvSpec, backend: str, n: int, window: Sequence[int],

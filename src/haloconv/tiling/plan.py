@@ -148,6 +148,25 @@ class Plan:
                            for p in t.halo_pieces if p.owner != t.rank)
         return out
 
+    def message_totals(self, itemsize: int, master: int = 0) -> tuple[int, int]:
+        """(halo bytes, all bytes) of ``messages(itemsize, master)``, each message once.  A
+        grid's (GridTiles, halos between neighbours) counted per axis, without making its
+        tiles: the halo (grid_halo), every worker's owned box and output box and its filters."""
+        if isinstance(self.tiles, GridTiles) and self.exchange != "master" and 0 <= master < len(self.tiles):
+            s = self.spec
+            out0, owned0 = self.tiles.shell(master)[:2]
+            per_channel = s.in_channels // s.groups * math.prod(s.kernel) + (1 if s.has_bias else 0)
+            cog = s.out_channels // s.groups if s.groups > 1 else 1
+            # every channel block is in len(tiles) / splits[1] tiles; the master sends to all but itself
+            channels = sum((b - a) * cog for a, b in geometry.split_extent(split_extents(s)[1], self.splits[1]))
+            channels = channels * (len(self.tiles) // self.splits[1]) - (out0.hi[1] - out0.lo[1])
+            halo = self.halo_elements
+            rest = (channels * per_channel + self.tiles.owned_elements() - owned0.volume
+                    + math.prod(s.output_shape) - out0.volume)
+            return halo * itemsize, (halo + rest) * itemsize
+        msgs = self.messages(itemsize, master)
+        return sum(m.nbytes for m in msgs if m.phase == "halo"), sum(m.nbytes for m in msgs)
+
     def traffic(self, itemsize: int, master: int = 0, send_weights: bool = True) -> dict[int, dict[str, Traffic]]:
         """Predicted bytes and messages per worker and phase (exactly what engines move;
         see ``messages``)."""
