@@ -530,7 +530,8 @@ def test_the_work_floor_is_never_above_the_simulated_prediction():
     specs.append(ConvSpec.from_args((1, 64, 64, 64), (64, 64, 3, 3), (64,), padding=1))
     for prof in profs:
         for spec in specs:
-            for name, counts in choice.candidate_splits(spec, 6) + choice.candidate_splits(spec, 48):
+            many = choice.candidate_splits(spec, 48) if spec.in_channels == 64 else []  # the filters' transfers weigh
+            for name, counts in choice.candidate_splits(spec, 6) + many:
                 for b in ("torch", "opencv") if spec.in_channels == 1 else ("torch",):
                     floor = cost.work_floor_seconds(spec, tile_shapes(spec, counts), b, prof, 4)
                     plan = build(spec, counts, name, math.prod(counts), backend=b)

@@ -397,7 +397,7 @@ def test_grid_tiles_made_when_asked_equal_the_tiles_built_one_by_one(seed):
 
     rng = random.Random(seed)
     reached = set()
-    for _ in range(400):
+    for _ in range(200):
         groups = rng.choice([1, 2])
         cin, cout, nd = 2 * rng.randint(1, 2), groups * rng.randint(1, 2), rng.choice([1, 2, 3])
         try:

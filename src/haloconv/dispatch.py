@@ -185,7 +185,10 @@ def stream(source: DiskArray, tiler, weight, bias, out: Path, fmt: str, how: Str
     complete, before any worker starts)."""
     from haloconv.engines.stream import job as stream_job
     from haloconv.engines.stream import threads as stream_threads
+    from haloconv.files import arrays
 
+    if source.kind != "raw" or fmt == "zarr":  # every library the files need, before anything is created
+        arrays.import_zarr()
     if engine == "torchrun":  # rank 0 claims the output inside, and every rank hears its answer
         from haloconv.engines.stream import workers as stream_engine
 

@@ -18,10 +18,9 @@ from haloconv.tiling.partition import Partition
 
 OWNERSHIPS = ("aligned", "even")
 EXCHANGES = ("neighbours", "master")
-ENGINES = ("threads", "processes")  # by name; or a LocalCluster held by the caller
+ENGINES = ("threads", "processes")  # by name (the cost model prices both); or a LocalCluster held by the caller
 SCHEDULES = ("static", "dynamic")
 ON_FAILURE = ("retry", "fail")
-PRICED_ENGINES = ("threads", "processes")  # the engines the cost model has prices for
 
 
 def _positive_int(value: object, name: str, *, allow_none: bool = False) -> int | None:
@@ -94,7 +93,7 @@ class PlanOptions:
             ownership=_one_of(ownership, OWNERSHIPS, "ownership"), exchange=_one_of(exchange, EXCHANGES, "exchange"),
             pipeline=_positive_int(pipeline, "pipeline"), backend=backend,
             memory_budget=None if memory_budget is None else units.byte_count(memory_budget, "memory_budget"),
-            profile=profile, engine=_one_of(engine, PRICED_ENGINES, "engine"),
+            profile=profile, engine=_one_of(engine, ENGINES, "engine"),
         )
 
     @property

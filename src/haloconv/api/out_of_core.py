@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from haloconv import dispatch
@@ -148,18 +147,15 @@ def conv_file(
     """
     if engine not in ("threads", "processes"):
         raise ValueError(f"engine must be 'threads' or 'processes' for a streamed run, got {engine!r}")
-    how = StreamOptions.of(memory_budget=memory_budget, workers=1 if spmd or workers is None else workers,
+    how = StreamOptions.of(memory_budget=memory_budget,  # under torchrun each rank is one worker
+                           workers=1 if spmd else default_workers() if workers is None else workers,
                            dtype=dtype, resume=resume, overwrite=overwrite, sync=sync, on_failure=on_failure,
                            timeout=timeout, block=block, progress=progress)
-    if workers is None and not spmd:
-        how = replace(how, workers=default_workers())
     out = Path(output)
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in arrays.FORMATS:
         raise ValueError(f"output must end in one of {['.' + f for f in arrays.FORMATS]}, got {str(out)!r}")
     source = arrays.open_input(input, integers, layout)
-    if source.kind != "raw" or fmt == "zarr":  # every library the files need, before anything is created
-        arrays.import_zarr()
     wt = check_filters(weight)
     bt = None if bias is None else check_filters(bias, "bias")
     spec = ConvSpec.from_args(source.logical_shape, tuple(wt.shape), None if bt is None else tuple(bt.shape),

@@ -55,7 +55,7 @@ def command(args: argparse.Namespace, console: Console) -> int:
     itemsize = 8 if args.dtype == "float64" else 4
     console.say(f"input {name} {list(x_shape)}, weight {list(w_shape)}, groups {groups}, {how.workers} workers, "
                 f"engine {args.engine}; profile: {prof.source}")
-    ranked = _ranked(args, spec, how, prof, itemsize, values)
+    ranked = _ranked(args.top, chosen, how, prof, itemsize, values)
     mine = cost.predict(chosen, prof, itemsize, how.engine)
     ranked = [mine] + [q for q in ranked if q.plan.splits != chosen.splits or q.plan.backend != chosen.backend]
     console.say(report.candidates_table(ranked[: args.top]))
@@ -84,15 +84,14 @@ def command(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _ranked(args: argparse.Namespace, spec, how, prof, itemsize: int, values) -> list:
-    """The --top candidates `haloconv run`'s planner weighs (every split when --partition
-    is auto; else the given split with each backend), cheapest first, predicted."""
+def _ranked(top: int, chosen, how, prof, itemsize: int, values) -> list:
+    """The ``top`` candidates `haloconv run`'s planner weighs, cheapest first, predicted:
+    every split when the partition is 'auto'; else the chosen plan's split with each
+    backend the options leave open."""
     from haloconv.planner import choice
 
     if how.partition.kind == "auto":
-        return choice.best(spec, how, prof, itemsize, values, args.top)
-    base = options.plan(args, spec.input_shape, values if values is not None else spec.weight_shape, spec.groups,
-                        how.workers)
+        return choice.best(chosen.spec, how, prof, itemsize, values, top)
     if how.backend == "auto" or how.memory_budget is not None:
-        return choice.rank_backends(base, prof, how, itemsize, values)[: args.top]
-    return [cost.predict(base, prof, itemsize, how.engine)]
+        return choice.rank_backends(chosen, prof, how, itemsize, values)[:top]
+    return [cost.predict(chosen, prof, itemsize, how.engine)]

@@ -141,17 +141,13 @@ def _warn_not_finite(console: Console, x: np.ndarray, name: str) -> None:
                      "them are not finite either (as in the single-node call)")
 
 
-def ranked(args: argparse.Namespace, spec, workers: int | None, itemsize: int, weight, top: int,
-           splits_only: bool = False, ceiling: float | None = None) -> list:
-    """The ``top`` cheapest candidates the cost model weighs for these options on
-    ``workers`` workers (None: the planner's default), priced as `haloconv run` prices them
-    (planner.choice.best; ``splits_only``: those that split)."""
-    from haloconv.planner import choice, plans
+def _options_for(args: argparse.Namespace, spec, workers: int | None):
+    """The planner's options for these arguments on ``workers`` workers (None: the
+    planner's default), resolved, and the profile they price with."""
+    from haloconv.planner import plans
 
     how = plans.resolved(spec, options.plan_options(args, workers))
-    if how.backend != "auto":
-        backends.check(how.backend, spec, weight)
-    return choice.best(spec, how, plans.load(how.profile), itemsize, weight, top, splits_only, ceiling)
+    return how, plans.load(how.profile)
 
 
 def _say_why_fewer(args: argparse.Namespace, console: Console, plan, itemsize: int, weight: np.ndarray) -> None:
@@ -160,17 +156,17 @@ def _say_why_fewer(args: argparse.Namespace, console: Console, plan, itemsize: i
     if args.workers is None or args.partition != "auto" or plan.workers >= args.workers:
         return
     from haloconv.costmodel import cost
-    from haloconv.planner import plans
+    from haloconv.planner import choice
 
-    how = plans.resolved(plan.spec, options.plan_options(args, args.workers))
-    chosen = cost.predict(plan, plans.load(how.profile), itemsize, how.engine)
+    how, prof = _options_for(args, plan.spec, args.workers)
+    chosen = cost.predict(plan, prof, itemsize, how.engine)
     line = (f"the cost model runs this on {plan.workers} of the {args.workers} workers asked for: "
             f"{chosen.label}, predicted {chosen.total_s:.3g} s")
     # the best split over all of them, looked for among those within FEWER_SLOWER_UP_TO of the
     # choice (on worker processes a split can be predicted thousands of times slower; finding
     # the least bad of those would simulate them all)
-    full = ranked(args, plan.spec, args.workers, itemsize, weight, 1, splits_only=True,
-                  ceiling=FEWER_SLOWER_UP_TO * chosen.total_s)
+    full = choice.best(plan.spec, how, prof, itemsize, weight, 1, splits_only=True,
+                       ceiling=FEWER_SLOWER_UP_TO * chosen.total_s)
     if full:
         full = full[0]
         line += (f"; the best split over all {args.workers}, {full.label}, is predicted {full.total_s:.3g} s "
@@ -206,7 +202,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
     console.detail(str(plan))
     console.say(f"plan: {plan.summary()}, engine {args.engine}")
     if console.verbosity > console_module.NORMAL and args.partition == "auto":  # the prices the choice saw
-        console.detail(report.quotes_table(ranked(args, plan.spec, args.workers, x.itemsize, weight, TOP)))
+        from haloconv.planner import choice
+
+        how, prof = _options_for(args, plan.spec, args.workers)
+        console.detail(report.quotes_table(choice.best(plan.spec, how, prof, x.itemsize, weight, TOP)))
     _say_why_fewer(args, console, plan, x.itemsize, weight)
     console.say(f"backend {plan.backend}: {backends.get(plan.backend).guarantee}")
     with console.tracker() as progress:

@@ -120,8 +120,6 @@ def _stream(args: argparse.Namespace, console: Console, source: arrays.DiskArray
     from haloconv.options import StreamOptions
     from haloconv.planner import streaming
 
-    if source.kind != "raw" or out.suffix == ".zarr":  # every library the files need, before anything is created
-        arrays.import_zarr()
     spmd = options.under_torchrun()
     with console.tracker() as progress:
         how = StreamOptions.of(memory_budget=options.budget(args), workers=1 if spmd else

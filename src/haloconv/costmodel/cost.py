@@ -297,9 +297,8 @@ def predict(plan: Plan, profile: Profile | None = None, itemsize: int = 4, engin
     its own, sharing the cores, and copies its output into the result."""
     prof = profile or load_profile()
     spec = plan.spec
-    weight_bytes = math.prod(spec.weight_shape) * itemsize
     boxes = list(_tile_boxes(plan))
-    memory = {r: (window.volume + owned.volume + out.volume) * itemsize + weight_bytes
+    memory = {r: tile_data_bytes(spec, window.shape, owned.shape, out.shape, itemsize)
               for r, out, owned, window, _, _ in boxes}
 
     def compute_s(tile) -> float:
@@ -309,8 +308,7 @@ def predict(plan: Plan, profile: Profile | None = None, itemsize: int = 4, engin
         n = len(plan.tiles)
         seconds = {r: threads_tile_seconds(prof, spec, plan.backend, n, window.shape, out.shape, groups, view,
                                            itemsize) for r, out, _, window, groups, view in boxes}
-        total = max(sum(s.values()) for s in seconds.values()) + (prof.handoff_s if n > 1 else 0.0)
-        return Prediction(plan, engine, seconds, memory, total, itemsize)
+        return Prediction(plan, engine, seconds, memory, threads_makespan(prof, n, seconds.values()), itemsize)
     messages = plan.messages(itemsize)
     line = schedule.processes_timeline(plan, compute_s, prof.copy_Bps, prof.latency_s, prof.bandwidth_Bps,
                                        lambda n: prof.effective_cores(spec, n, plan.backend), itemsize,
@@ -340,6 +338,19 @@ def _tile_boxes(plan: Plan):
             yield t.rank, t.out, t.owned, t.window, t.groups, t.window_is_view
 
 
+def tile_data_bytes(spec: ConvSpec, window: Sequence[int], owned: Sequence[int], out: Sequence[int],
+                    itemsize: int) -> int:
+    """The data a worker holds for a tile of these shapes, as the cost model counts it (a
+    memory budget bounds it): its window, owned input and output, and the filters."""
+    return (math.prod(window) + math.prod(owned) + math.prod(out) + math.prod(spec.weight_shape)) * itemsize
+
+
+def threads_makespan(prof: Profile, n: int, tile_seconds) -> float:
+    """``n`` tiles on the threads engine, each with its phases' seconds (threads_tile_seconds):
+    the slowest, plus a helper thread's start when the call is split."""
+    return max(sum(s.values()) for s in tile_seconds) + (prof.handoff_s if n > 1 else 0.0)
+
+
 def threads_tile_seconds(prof: Profile, spec: ConvSpec, backend: str, n: int, window: Sequence[int],
                     out: Sequence[int], groups: int, view: bool, itemsize: int) -> dict[str, float]:
     """One of ``n`` tiles on the threads engine: its compute (its window's copy included,
@@ -357,12 +368,18 @@ def threads_tile_seconds(prof: Profile, spec: ConvSpec, backend: str, n: int, wi
 
 def _tile_seconds(plan: Plan, tile, prof: Profile, itemsize: int) -> float:
     """One tile's compute on one core in a worker process, its window's copy included."""
-    spec = plan.spec
-    # a window is copied together unless it can be a view (a band of whole rows: halos
-    # land in the room around it)
-    band = all(a == 0 and b == n for a, b, n in zip(tile.out.lo[3:], tile.out.hi[3:], spec.output_shape[3:]))
-    copy = 0.0 if band else tile.window.volume * itemsize / prof.copy_Bps
-    return prof.compute_seconds(plan.backend, spec, tile.window.shape, tile.out.shape, tile.groups) + copy
+    return worker_tile_seconds(prof, plan.spec, plan.backend, tile.window.shape, tile.out.shape, tile.groups,
+                               itemsize)
+
+
+def worker_tile_seconds(prof: Profile, spec: ConvSpec, backend: str, window: Sequence[int], out: Sequence[int],
+                        groups: int, itemsize: int) -> float:
+    """A tile of these shapes computed on one core in a worker process, its window's copy
+    included: a window is copied together unless it can be a view (a band of whole rows,
+    its output spanning every inner axis: halos land in the room around it)."""
+    band = tuple(out[3:]) == tuple(spec.output_shape[3:])
+    copy = 0.0 if band else math.prod(window) * itemsize / prof.copy_Bps
+    return prof.compute_seconds(backend, spec, window, out, groups) + copy
 
 
 def floor_seconds(plan: Plan, prof: Profile, itemsize: int) -> float:
@@ -384,11 +401,8 @@ def work_floor_seconds(spec: ConvSpec, shapes, backend: str, prof: Profile, item
     (tiling/plan.tile_shapes) cannot be below, before the plan is built: every tile's
     compute (its window's copy included, as _tile_seconds prices it) is cpu work, and the
     simulated cores never run more of it at once than Profile.peak_cores."""
-    out_inner = spec.output_shape[3:]
-    work = 0.0
-    for s in shapes:
-        copy = 0.0 if tuple(s.out[3:]) == tuple(out_inner) else math.prod(s.window) * itemsize / prof.copy_Bps
-        work += s.count * (prof.compute_seconds(backend, spec, s.window, s.out, s.groups) + copy)
+    work = sum(s.count * worker_tile_seconds(prof, spec, backend, s.window, s.out, s.groups, itemsize)
+               for s in shapes)
     return step_seconds(prof, sum(s.count for s in shapes)) + work / prof.peak_cores(spec, backend)
 
 
@@ -404,11 +418,9 @@ def weights_floor_seconds(spec: ConvSpec, counts: Sequence[int], backend: str, p
     k = tiles - 1  # the workers the master sends filters to
     if k < 1:
         return 0.0
-    cog = spec.out_channels // spec.groups if spec.groups > 1 else 1
-    units = min(b - a for a, b in geometry.split_extent(split_extents(spec)[1], counts[1]))
-    per_filter = spec.in_channels // spec.groups * math.prod(spec.kernel)
-    channels = units * cog
-    nbytes = channels * per_filter * itemsize + (channels * itemsize if spec.has_bias else 0)
+    channels = min(c1 - c0 for (c0, c1), _, _ in (spec.unit_channels(*r) for r in
+                                                   geometry.split_extent(split_extents(spec)[1], counts[1])))
+    nbytes = channels * (spec.filter_elements + (1 if spec.has_bias else 0)) * itemsize
     lone = (2 if spec.has_bias else 1) * prof.latency_s + nbytes / prof.bandwidth_Bps
     share = min(1.0, prof.effective_cores(spec, tiles, backend) / tiles)
     rate = min(1.0, share / k / reference_share(prof, spec, backend))

@@ -15,7 +15,9 @@ from haloconv.costmodel.cost import (
     count_floor_seconds,
     floor_seconds,
     predict,
+    threads_makespan,
     threads_tile_seconds,
+    tile_data_bytes,
     weights_floor_seconds,
     work_floor_seconds,
 )
@@ -135,18 +137,16 @@ def quotes(spec: ConvSpec, how: PlanOptions, prof: Profile, itemsize: int = 4, w
     (tiling/plan.tile_shapes: the same figures, in the time of a few tiles)."""
     if how.engine != "threads" or how.worker_weights is not None:
         return [Quote.of(q, how) for q in candidates(spec, how, prof, itemsize, weight)]
-    weight_bytes = math.prod(spec.weight_shape) * itemsize
     out = []
     for name, counts, b in _each_candidate(spec, how, weight):
         shapes = tile_shapes(spec, counts, how.ownership)
         n = math.prod(counts)
-        peak = max((math.prod(t.window) + math.prod(t.owned) + math.prod(t.out)) * itemsize for t in shapes)
-        if how.memory_budget is not None and peak + weight_bytes > how.memory_budget:
+        peak = max(tile_data_bytes(spec, t.window, t.owned, t.out, itemsize) for t in shapes)
+        if how.memory_budget is not None and peak > how.memory_budget:
             continue
-        total = max(sum(threads_tile_seconds(prof, spec, b, n, t.window, t.out, t.groups, t.view, itemsize).values())
-                    for t in shapes) + (prof.handoff_s if n > 1 else 0.0)
-        out.append(Quote(name, tuple(counts), 1 if name == "single" else how.workers, b, total, peak + weight_bytes,
-                         spec, how))
+        total = threads_makespan(prof, n, (threads_tile_seconds(prof, spec, b, n, t.window, t.out, t.groups, t.view,
+                                                                itemsize) for t in shapes))
+        out.append(Quote(name, tuple(counts), 1 if name == "single" else how.workers, b, total, peak, spec, how))
     return sorted(out, key=lambda q: q.total_s)
 
 

@@ -117,7 +117,7 @@ class Plan:
         send the pieces their neighbours need; gather: each worker returns its output box
         (part by part).  The master's own tile moves nothing."""
         s = self.spec
-        per_filter = s.in_channels // s.groups * math.prod(s.kernel)
+        per_filter = s.filter_elements
         out: list[Message] = []
 
         def move_box(phase: str, src: int, dst: int, box: Box, shape: Sequence[int], part: int = 0) -> None:
@@ -155,11 +155,10 @@ class Plan:
         if isinstance(self.tiles, GridTiles) and self.exchange != "master" and 0 <= master < len(self.tiles):
             s = self.spec
             out0, owned0 = self.tiles.shell(master)[:2]
-            per_channel = s.in_channels // s.groups * math.prod(s.kernel) + (1 if s.has_bias else 0)
-            cog = s.out_channels // s.groups if s.groups > 1 else 1
-            # every channel block is in len(tiles) / splits[1] tiles; the master sends to all but itself
-            channels = sum((b - a) * cog for a, b in geometry.split_extent(split_extents(s)[1], self.splits[1]))
-            channels = channels * (len(self.tiles) // self.splits[1]) - (out0.hi[1] - out0.lo[1])
+            per_channel = s.filter_elements + (1 if s.has_bias else 0)
+            # the channel blocks cover the output channels, each in len(tiles) / splits[1]
+            # tiles; the master sends filters to all but itself
+            channels = s.out_channels * (len(self.tiles) // self.splits[1]) - (out0.hi[1] - out0.lo[1])
             halo = self.halo_elements
             rest = (channels * per_channel + self.tiles.owned_elements() - owned0.volume
                     + math.prod(s.output_shape) - out0.volume)
@@ -318,12 +317,16 @@ def grid_halo(spec: ConvSpec, counts: Sequence[int], ownership: str = "aligned")
         all_reads, own_reads = all_reads * reads_all, own_reads * reads_own
     # per tile the N and C factors: its samples and its input channels (its own channel
     # block's owners only, so the channel axis adds no halo)
-    cig = spec.in_channels // spec.groups
-    c_in = sum((u1 - u0) * cig if spec.groups > 1 else spec.in_channels for (u0, u1), _ in ranges[1])
-    halo = spec.batch * c_in * (all_reads - own_reads)
+    halo = spec.batch * _input_channels(spec, ranges[1]) * (all_reads - own_reads)
     cog = spec.out_channels // spec.groups if spec.groups > 1 else 1
     biggest = math.prod(max(b - a for (a, b), _ in rs) for rs in ranges) * cog
     return halo, biggest
+
+
+def _input_channels(spec: ConvSpec, channel_ranges: Sequence[tuple]) -> int:
+    """The input channels the tiles of one sample and spatial box read, summed over the
+    channel blocks ``channel_ranges`` ((units range, _) per block, as _axis_ranges gives)."""
+    return sum(c1 - c0 for (_, (c0, c1), _) in (spec.unit_channels(*r) for r, _ in channel_ranges))
 
 
 def tile_ranges(
@@ -453,12 +456,7 @@ def tile_shell(spec: ConvSpec, axes, out_r, owned_sp, split_c: bool) -> tuple:
     """(out, owned, needed, window, first, groups, c_key) of the tile computing ``out_r``
     (ranges over N, C_out units, *spatial) and owning ``owned_sp`` of the input."""
     (n0, n1), (u0, u1), *sp = out_r
-    cog = spec.out_channels // spec.groups
-    cig = spec.in_channels // spec.groups
-    if spec.groups > 1:
-        c_out, c_in, groups = (u0 * cog, u1 * cog), (u0 * cig, u1 * cig), u1 - u0
-    else:
-        c_out, c_in, groups = (u0, u1), (0, spec.in_channels), 1
+    c_out, c_in, groups = spec.unit_channels(u0, u1)
     if any(a == b for a, b in out_r):  # computes nothing (even ownership): reads nothing
         needed_sp = [(a, a) for a, _ in sp]
         comp = [(a, a, 0) for a, _ in sp]
@@ -646,6 +644,7 @@ class GridTiles(Sequence):
         self._shells: dict[int, tuple] = {}
         self._made: dict[int, Tile] = {}
         self._index = {key: _RowMajorOwners(self, u) for u, key in enumerate(self._channel_keys())}
+        self._by_rank = _Shells(self)  # what make_tile reads an owner's boxes from
 
     @classmethod
     def of(cls, spec: ConvSpec, counts: Sequence[int], ownership: str) -> GridTiles | None:
@@ -687,7 +686,7 @@ class GridTiles(Sequence):
             raise IndexError("tile index out of range")
         tile = self._made.get(i)
         if tile is None:
-            tile = self._made[i] = make_tile(self.spec, self._axes, i, self.shell(i), _Shells(self), self._index)
+            tile = self._made[i] = make_tile(self.spec, self._axes, i, self.shell(i), self._by_rank, self._index)
         return tile
 
     def __iter__(self):
@@ -713,11 +712,9 @@ class GridTiles(Sequence):
 
     def owned_elements(self) -> int:
         """The owned input's elements summed over the tiles (Plan.halo_ratio), per axis."""
-        spec = self.spec
-        cig = spec.in_channels // spec.groups
-        c_in = sum((u1 - u0) * cig if spec.groups > 1 else spec.in_channels for (u0, u1), _ in self._ranges[1])
         n = sum(b - a for (a, b), _ in self._ranges[0])
-        return n * c_in * math.prod(sum(hi - lo for lo, hi in own) for own in self._owned)
+        return n * _input_channels(self.spec, self._ranges[1]) * math.prod(
+            sum(hi - lo for lo, hi in own) for own in self._owned)
 
 
 class _Shells:
@@ -736,10 +733,8 @@ class _RowMajorOwners(_GridOwners):
     over the splits) instead of a table of every tile."""
 
     def __init__(self, grid: GridTiles, u: int):
-        spec = grid.spec
-        (u0, u1), _ = grid._ranges[1][u]
-        cig = spec.in_channels // spec.groups
-        c_in = (u0 * cig, u1 * cig) if spec.groups > 1 else (0, spec.in_channels)
+        units, _ = grid._ranges[1][u]
+        _, c_in, _ = grid.spec.unit_channels(*units)
         intervals = [[r for r, _ in grid._ranges[0]], [c_in], *grid._owned]
         super().__init__([[lo for lo, _ in iv] for iv in intervals], [[hi for _, hi in iv] for iv in intervals],
                          _RankOf(grid._strides, u))
@@ -778,12 +773,10 @@ def tile_shapes(spec: ConvSpec, counts: Sequence[int], ownership: str = "aligned
     ranges = _axis_ranges(spec, counts, ownership)
     axes = [spec.axis(i) for i in range(spec.ndim)]
     align = geometry.compute_align(spec.ndim)
-    cog, cig = spec.out_channels // spec.groups, spec.in_channels // spec.groups
 
     def channel(u0: int, u1: int) -> tuple:  # (out channels, in channels, groups) of units [u0, u1)
-        if spec.groups > 1:
-            return (u1 - u0) * cog, (u1 - u0) * cig, u1 - u0
-        return u1 - u0, spec.in_channels, 1
+        (o0, o1), (i0, i1), groups = spec.unit_channels(u0, u1)
+        return o1 - o0, i1 - i0, groups
 
     def spatial(ax, out_r, in_r) -> tuple:  # (out, owned, (window, inside), (window, inside) of an empty tile)
         a, b = out_r

@@ -6,6 +6,7 @@ be made for shapes alone (e.g. on a laptop, for a cluster run).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -262,6 +263,20 @@ class ConvSpec:
     @property
     def output_shape(self) -> tuple[int, ...]:
         return (self.batch, self.out_channels, *self.out_spatial)
+
+    @property
+    def filter_elements(self) -> int:
+        """One output channel's filter: C_in / groups x the kernel's volume."""
+        return self.in_channels // self.groups * math.prod(self.kernel)
+
+    def unit_channels(self, u0: int, u1: int) -> tuple[tuple[int, int], tuple[int, int], int]:
+        """(output channels, input channels, groups) of the channel units [u0, u1) a split
+        by channels takes (partition.split_extents): whole groups of a grouped conv, else
+        output channels that each read every input channel."""
+        if self.groups > 1:
+            cog, cig = self.out_channels // self.groups, self.in_channels // self.groups
+            return (u0 * cog, u1 * cog), (u0 * cig, u1 * cig), u1 - u0
+        return (u0, u1), (0, self.in_channels), 1
 
     def axis(self, i: int) -> geometry.Axis:
         """The 1-D geometry of spatial axis ``i``."""

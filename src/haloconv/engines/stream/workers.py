@@ -3,8 +3,8 @@
 Every process of a LocalCluster reads the windows of the tiles it computes straight from
 the input file and writes their output boxes straight into a preallocated output file;
 nothing but tile numbers (8 bytes) passes through the master.  Tiles are sized by the
-memory budget (planner/streaming.StreamTiler, handed down) and handed out to whichever process is free (the master
-computes too).  Each finished tile is journaled once its output is durable, so a run that
+memory budget (planner/streaming.StreamTiler, handed down) and handed out to whichever
+process is free (the master computes too).  Each finished tile is journaled once its output is durable, so a run that
 loses a worker goes on with the others, and an interrupted run resumes (``resume=True``),
 without computing a finished tile again.  The output appears under its name only whole.
 The job, its journal and output, and a tile's read and compute: engines/stream/job.py.
