@@ -1,21 +1,29 @@
-"""Out of core against libvips: whole commands on a big .npy, side by side in one run.
+"""Out of core against libvips and against the disk's own limit: whole commands on a big
+.npy, side by side in one run.
 
     .venv/bin/pip install -c constraints.txt -e '.[bench]'     # pyvips + libvips, for this only
     .venv/bin/python benchmarks/out_of_core_peers.py [--sides 16384,32768] [--kernel box:5]
                                                      [--budget 1GB] [--repeat 2] [--dir /tmp]
+                                                     [--skip 'libvips conv,haloconv processes']
 
-For each side S, an S x S float32 .npy (1 GiB at 16384, 4 GiB at 32768), then, interleaved,
-best of --repeat, each a fresh process watched from outside by psutil every 5 ms (peak
-resident memory of every process of the command):
+For each side S, an S x S float32 .npy (1 GiB at 16384, 4 GiB at 32768, 16 GiB at 65536),
+then, interleaved, best of --repeat, each a fresh process watched from outside by psutil
+every 5 ms (peak resident memory of every process of the command), the input dropped from
+the page cache before each (posix_fadvise DONTNEED: read from the disk, as an input a user
+has not just touched):
   haloconv threads     haloconv run IN --kernel K --stream --memory-budget B (the default:
                        one process, read / compute / write overlapped on threads)
   haloconv processes   the same with --engine processes (2 worker processes)
   libvips conv         pyvips: rawload the file (past its .npy header) -> conv (float) -> rawsave
   libvips convsep      the same with convsep (the kernel's 1-D factor; box and gaussian are separable)
-  copy                 cp IN OUT: the same bytes read and written, nothing computed — the
-                       physical limit of this machine's page cache and disk for the job
-Effective bandwidth = (input + output bytes) / wall.  The page cache is warmed by reading
-the input once before the runs.  At the smallest side, haloconv's output is compared with the
+  copy                 cp IN OUT: the same bytes read, then written, nothing computed
+  disk limit           (benchmarks/disk_limit.py) the input's bytes read and as many written at
+                       once, around the page cache, nothing computed: what a streamed run,
+                       which overlaps its reads and writes, cannot beat on this disk; beside it
+                       the read alone and the write alone
+Effective bandwidth = (input + output bytes) / wall.  Each command's output is removed as
+it ends (haloconv's last one at the first side is kept for the check), so the disk holds the
+input and one output at a time.  At the smallest side, haloconv's output is compared with the
 single-node call of the backend it used (bitwise where the backend computes directly).
 Load average beside every row.  Not a test.
 """
@@ -31,7 +39,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from memory_watch import run_watched, write_random_npy  # benchmarks/memory_watch.py, beside this script
+from disk_limit import drop_cache, limit  # benchmarks/disk_limit.py, beside this script
+from memory_watch import run_watched, write_random_npy  # benchmarks/memory_watch.py
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--sides", default="16384,32768")
@@ -39,6 +48,7 @@ ap.add_argument("--kernel", default="box:5")
 ap.add_argument("--budget", default="1GB")
 ap.add_argument("--repeat", type=int, default=2)
 ap.add_argument("--dir", default=tempfile.gettempdir())
+ap.add_argument("--skip", default="", help="commands not run, comma-separated")
 args = ap.parse_args()
 
 VIPS = """
@@ -77,22 +87,29 @@ def commands(inp: Path, side: int) -> dict[str, list[str]]:
     }
 
 
-def check(work: Path, inp: Path) -> str:
-    """haloconv's streamed output against the single-node call of the backend it used."""
+def check(work: Path, inp: Path, side: int, rows: int = 1024) -> str:
+    """haloconv's streamed output against the single-node call of the backend it used, on
+    three bands of rows (top, middle, bottom: an input of any size stays out of memory):
+    each band's output computed from its rows and the halo rows around them is the whole
+    call's there, the image's own border included."""
     import torch
 
     from haloconv.compute import backends
     from haloconv.files import named_kernels
     from haloconv.tiling.spec import ConvSpec
 
-    rep = json.loads((work / "hc-threads.json").read_text())
-    backend = rep["backend"]
-    x = torch.from_numpy(np.load(inp))[None, None]
+    backend = json.loads((work / "hc-threads.json").read_text())["backend"]
     w = torch.from_numpy(named_kernels.load_kernel(args.kernel, 1, 2)[0].astype(np.float32))
-    spec = ConvSpec.from_args(tuple(x.shape), tuple(w.shape), None, padding="same")
-    ref = backends.single_node(backend, x, w, None, spec)
-    y = torch.from_numpy(np.load(work / "hc-threads.npy")).view(ref.shape)
-    return f"backend {backend}: bitwise equal to its single-node call: {torch.equal(y, ref)}"
+    h = w.shape[-2] // 2
+    x, y = np.load(inp, mmap_mode="r"), np.load(work / "hc-threads.npy", mmap_mode="r").reshape(side, side)
+    same = True
+    for lo in (0, side // 2, side - rows):
+        a, b = max(lo - h, 0), min(lo + rows + h, side)
+        band = torch.from_numpy(np.array(x[a:b]))[None, None]
+        spec = ConvSpec.from_args(tuple(band.shape), tuple(w.shape), None, padding="same")
+        ref = backends.single_node(backend, band, w, None, spec)[0, 0, lo - a:lo - a + rows]
+        same &= torch.equal(torch.from_numpy(np.array(y[lo:lo + rows])), ref)
+    return f"backend {backend}: bitwise equal to its single-node call (3 bands of {rows} rows): {same}"
 
 
 work = Path(tempfile.mkdtemp(prefix="haloconv-ooc-peers-", dir=args.dir))
@@ -102,37 +119,39 @@ try:
         inp = work / f"in{side}.npy"
         write_random_npy(inp, side, side)
         size = inp.stat().st_size
-        with open(inp, "rb") as f:  # warm the page cache: every command then reads it from memory
-            while f.read(64 << 20):
-                pass
-        cmds = commands(inp, side)
+        cmds = {k: v for k, v in commands(inp, side).items() if k not in args.skip.split(",")}
         best: dict[str, tuple[float, int, float]] = {}
+        disk: dict[str, float] = {}
         for r in range(args.repeat):
             for name, cmd in cmds.items():  # interleaved: a load change hits every method alike
+                drop_cache(inp)
                 wall, rss, _ = watched(cmd, work)
                 load = os.getloadavg()[0]
                 if name not in best or wall < best[name][0]:
                     best[name] = (wall, rss, load)
-                # every command starts alike: no output of an earlier one left (haloconv's --overwrite
-                # would keep its old output until the new one is whole, and page cache freed just
-                # before a command is cheaper to fill than memory the machine has not touched lately:
-                # on a VM that hands freed memory back to its host, 2-10x)
-                for f in [*work.glob("*.raw"), *([] if r == args.repeat - 1 else work.glob("hc-*.npy"))]:
-                    f.unlink()
+                # every command starts alike, with the disk holding the input only (haloconv's
+                # --overwrite would keep an old output until the new one is whole)
+                keep = n == 0 and r == args.repeat - 1  # haloconv's last output at the first side: checked
+                for f in work.iterdir():
+                    if f != inp and not (keep and f.name.startswith("hc-threads")):
+                        shutil.rmtree(f) if f.is_dir() else f.unlink()
+            for k, v in limit(inp, work / "limit.raw", 1).items():  # in turn with the commands too
+                disk[k] = min(disk.get(k, v), v)
         print(f"\n{side}x{side} float32 ({size / 2**30:.2f} GiB in, as much out)")
         print(f"{'command':<20} {'wall s':>7} {'GiB/s':>6} {'peak RSS MiB':>13} {'load':>5}")
         for name, (wall, rss, load) in best.items():
             print(f"{name:<20} {wall:>7.2f} {2 * size / 2**30 / wall:>6.2f} {rss / 2**20:>13.0f} {load:>5.2f}")
-        base = best["libvips conv"][0]
-        print(f"haloconv threads / libvips conv = {best['haloconv threads'][0] / base:.2f}; "
-              f"/ libvips convsep = {best['haloconv threads'][0] / best['libvips convsep'][0]:.2f}; "
-              f"/ copy = {best['haloconv threads'][0] / best['copy'][0]:.2f}")
+        print(f"{'disk limit':<20} {disk['both']:>7.2f} {2 * size / 2**30 / disk['both']:>6.2f} "
+              f"{'':>13} {os.getloadavg()[0]:>5.2f}   (read alone {disk['read']:.2f} s, write alone "
+              f"{disk['write']:.2f} s)")
+        hc = best["haloconv threads"][0]
+        ratios = [f"haloconv threads / disk limit = {hc / disk['both']:.2f}"]
+        ratios += [f"/ {name} = {hc / best[name][0]:.2f}" for name in ("libvips conv", "libvips convsep", "copy")
+                   if name in best]
+        print("; ".join(ratios))
         if n == 0:
-            print(check(work, inp))
+            print(check(work, inp, side))
         for f in work.iterdir():
-            if f.is_dir():
-                shutil.rmtree(f)
-            else:
-                f.unlink()
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
 finally:
     shutil.rmtree(work, ignore_errors=True)

@@ -136,9 +136,9 @@ def test_windows_read_into_a_buffer_used_again_equal_fresh_ones(tmp_path, monkey
                              np.ones((c, c, 5, 3), np.float32), None, np.dtype(np.float32))
         x = a.astype(np.float32)
         for index, tile in enumerate(job.plan.tiles):
-            buf = np.full(tile.window.shape, np.nan, np.float32)
-            window, nread = stream_job.read_window(job, index, buf)
-            assert window is buf
+            raw = np.full(stream_job.window_bytes(job, index), 0xFF, np.uint8)  # float32 NaNs
+            window, nread = stream_job.read_window(job, index, raw)
+            assert np.shares_memory(window, raw) and window.shape == tuple(tile.window.shape)
             fresh = windows.fill_window(tile, lambda box, x=x: x[box.slices()], np.zeros(tile.window.shape, np.float32))
             np.testing.assert_array_equal(window, fresh)
             assert nread == sum(p.src.volume for p in tile.pieces) * a.itemsize
@@ -439,6 +439,137 @@ def test_outputs_are_written_around_the_page_cache_in_aligned_blocks(tmp_path, m
         assert written["direct"] + written["cached"] >= data
     else:
         assert written["direct"] == 0 and written["cached"] >= data
+
+
+def _takes_direct_io(path) -> bool:
+    """Whether the file system at ``path`` takes O_DIRECT (tmpfs before Linux 6.6 does not)."""
+    import mmap
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_DIRECT)
+        try:
+            return os.pwrite(fd, mmap.mmap(-1, 4096), 0) == 4096
+        finally:
+            os.close(fd)
+            os.unlink(path)
+    except OSError:
+        return False
+
+
+def _drop_from_page_cache(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages are not dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _pages_cached(path) -> int:
+    """The file's pages in the page cache, by mincore(2) on a map of it (not haloconv's way
+    of asking: it reads a page with RWF_NOWAIT)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype, libc.mmap.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                                                              ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = os.path.getsize(path)
+    pages = -(-size // mmap.PAGESIZE)
+    vec = (ctypes.c_ubyte * pages)()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+        try:
+            assert libc.mincore(addr, size, vec) == 0, ctypes.get_errno()
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return sum(v & 1 for v in vec)
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_inputs_out_of_the_page_cache_are_read_around_it(tmp_path, monkeypatch, warm):
+    """A streamed .npy input that is not in the page cache is read with O_DIRECT, each row
+    band's window in one run (its first and last pages read whole into the window's
+    buffer, which the window then starts inside); one the cache holds is read from it.
+    Either way the output is the single-node call's, bit for bit.  Counted by wrapping
+    os.preadv and asking each fd whether it was opened with O_DIRECT, and, independently,
+    by mincore: direct reads leave the input out of the cache."""
+    import fcntl
+
+    if not _takes_direct_io(tmp_path / "probe"):
+        pytest.skip("this file system refuses O_DIRECT")
+    monkeypatch.setattr(arrays, "DIRECT_MIN", 8192)  # these windows are 40-90 KiB
+    read = {"direct": 0, "cached": 0}
+    real_preadv = os.preadv
+
+    def preadv(fd, buffers, pos, *flags):
+        n = real_preadv(fd, buffers, pos, *flags)
+        if not flags:  # a probe of the cache (RWF_NOWAIT) reads nothing for the run
+            read["direct" if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT else "cached"] += n
+        return n
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    x = np.random.default_rng(7).standard_normal((1, 1, 203, 161)).astype(np.float32)  # rows of 644 bytes
+    np.save(tmp_path / "x.npy", x)
+    _drop_from_page_cache(tmp_path / "x.npy")
+    if warm:
+        np.load(tmp_path / "x.npy")
+    w = np.ones((1, 1, 5, 5), np.float32) / 25
+    source = arrays.open_input(tmp_path / "x.npy")
+    cached_before = _pages_cached(tmp_path / "x.npy")  # the header's, and what the kernel read ahead of it
+    spec = ConvSpec.from_args(source.logical_shape, w.shape, None, padding=2)
+    res = _threads(source, spec, w, None, tmp_path / "y.npy", "npy", memory_budget=2 << 30, threads=2,
+                   backend="opencv", block=(None, None, 29, None))
+    ref = backends.single_node("opencv", torch.from_numpy(x), torch.from_numpy(w), None, spec).numpy()
+    assert len(res.plan.tiles) == 7 and np.array_equal(np.load(tmp_path / "y.npy"), ref)
+    windows_bytes = sum(t.window.volume for t in res.plan.tiles) * 4
+    if warm:
+        assert read["direct"] == 0 and read["cached"] >= windows_bytes
+    else:  # every window direct, its pages whole: up to two pages more each
+        assert read["cached"] == 0 and windows_bytes <= read["direct"] <= windows_bytes + 7 * 2 * 4096
+        assert cached_before < x.nbytes / 4096 / 4 and _pages_cached(tmp_path / "x.npy") == cached_before
+
+
+def test_direct_reads_of_any_run_equal_the_file(tmp_path, monkeypatch):
+    """DiskArray.read_direct of row bands at every offset the header and row length give,
+    the last ending inside the file's last page, equals the rows as numpy reads them; a box
+    that is not one run of bytes, a short one, or a buffer too small reads nothing (None:
+    the caller reads another way); a file shorter than its header says is refused by name."""
+    if not _takes_direct_io(tmp_path / "probe"):
+        pytest.skip("this file system refuses O_DIRECT")
+    monkeypatch.setattr(arrays, "DIRECT_MIN", 8192)
+    x = np.arange(1 * 2 * 300 * 333, dtype=np.float32).reshape(1, 2, 300, 333)
+    np.save(tmp_path / "x.npy", x)
+    _drop_from_page_cache(tmp_path / "x.npy")
+    src = arrays.open_input(tmp_path / "x.npy")
+    row = 333 * 4
+    for c, lo, hi in [(0, 0, 300), (1, 0, 300), (0, 1, 250), (1, 17, 300), (1, 299, 300), (0, 100, 101)]:
+        box = Box((0, c, lo, 0), (1, c + 1, hi, 333))
+        raw = np.zeros(arrays.direct_bytes((hi - lo) * row), np.uint8)
+        got = src.read_direct(box, raw)
+        if (hi - lo) * row < arrays.DIRECT_MIN:
+            assert got is None
+            continue
+        assert got is not None and np.shares_memory(got, raw)
+        np.testing.assert_array_equal(got, x[box.slices()])
+    whole = Box((0, 0, 0, 0), (1, 2, 300, 333))  # both channels: one run
+    raw = np.zeros(arrays.direct_bytes(x.nbytes), np.uint8)
+    np.testing.assert_array_equal(src.read_direct(whole, raw), x)
+    assert src.read_direct(whole, raw[:x.nbytes]) is None  # too small for the run's whole pages
+    assert src.read_direct(Box((0, 0, 0, 0), (1, 2, 300, 100)), raw) is None  # columns: runs, not one
+    arrays.close_all()
+    with open(tmp_path / "x.npy", "r+b") as f:
+        f.truncate(os.path.getsize(tmp_path / "x.npy") - 5000)
+    _drop_from_page_cache(tmp_path / "x.npy")
+    with pytest.raises(ValueError, match="x.npy.*shorter than its header says"):
+        src.read_direct(whole, raw)
+    arrays.close_all()
 
 
 def test_journal_refuses_another_job_and_skips_torn_lines(tmp_path):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from haloconv.files import guard
+from haloconv.files import guard, page_cache
 from haloconv.files.pixels import TIFF_SUFFIXES, integer_rule, to_float
 from haloconv.tiling.boxes import Box
 
@@ -99,6 +99,43 @@ class DiskArray:
         ranges = self._file_box(box)
         _raw_io(self, ranges, None, into=dest.reshape([hi - lo for lo, hi in ranges]))
         return True
+
+    def read_direct(self, box: Box, raw: np.ndarray) -> np.ndarray | None:
+        """The logical ``box`` read around the page cache into ``raw`` (a byte buffer of at
+        least ``direct_bytes`` of the box's bytes), returned as a view of ``raw`` in the
+        box's shape and this array's dtype; or None, nothing read, where the caller reads
+        another way: the box is not one contiguous run of a raw file in logical order, is
+        short, or lies in the page cache already (from memory a buffered read is faster than
+        any disk), or the file system refuses direct reads.  Direct reads take the disk's
+        bytes straight into the buffer, with no page of cache to find and fill on the way
+        (the cost that makes buffered reads of a cold input slower than the disk)."""
+        if (self.kind != "raw" or self.channels is not None or not np.dtype(self.dtype).isnative
+                or [a for a in self.axes if a >= 0] != sorted(a for a in self.axes if a >= 0)):
+            return None
+        pos, length = _one_run(self, self._file_box(box))
+        phase = pos % DIRECT_ALIGN  # where in its page the run starts
+        lo, hi = pos - phase, -(-(pos + length) // DIRECT_ALIGN) * DIRECT_ALIGN  # the run's whole pages
+        skip = -raw.ctypes.data % DIRECT_ALIGN  # to the buffer's first aligned byte
+        if (length < DIRECT_MIN or pos % np.dtype(self.dtype).itemsize or raw.nbytes < skip + hi - lo
+                or _cached(self.path, pos, length)):
+            return None
+        fd = _direct_fd(self.path, read=True)
+        if fd < 0:
+            return None
+        raw = raw[skip:]
+        view, done = memoryview(raw).cast("B")[:hi - lo], 0
+        try:
+            while done < phase + length:  # a read may stop short; at the file's end, past ``length``
+                n = os.preadv(fd, [view[done:]], lo + done)
+                if n <= 0:
+                    raise ValueError(f"{self.path!r} is shorter than its header says (truncated?)")
+                done += n
+        except OSError:  # refused after all (EINVAL: a block larger than DIRECT_ALIGN): buffered from here on
+            if done:
+                raise
+            _close_direct(self.path, read=True)
+            return None
+        return raw[phase:phase + length].view(self.dtype).reshape(box.shape)
 
     def write(self, box: Box, block: np.ndarray) -> None:
         """Write the logical ``box`` (block in (N, C, *spatial), this array's dtype)."""
@@ -209,24 +246,61 @@ def _write_direct(path: str, view: memoryview, pos: int) -> memoryview:
         except OSError:  # refused after all (EINVAL): everything buffered from here on
             if at != lo:
                 raise
-            os.close(fd)
-            _fds[(path, "direct")] = -1
+            _close_direct(path, read=False)
             return view
         at += n
     _move(path, _fd(path, True), view[hi - pos:], hi, read=False)
     return view[:lo - pos]
 
 
-def _direct_fd(path: str) -> int:
-    key = (path, "direct")
+def direct_bytes(nbytes: int) -> int:
+    """The bytes of a buffer that read_direct reads ``nbytes`` into, wherever it starts: the
+    run's first and last pages are read whole, into the buffer's aligned part."""
+    return nbytes + 3 * DIRECT_ALIGN
+
+
+def _one_run(arr: DiskArray, ranges) -> tuple[int, int]:
+    """(file position, bytes) of the file box ``ranges`` where it is one contiguous run of
+    bytes; (0, 0) where it is not."""
+    shape, item = arr.shape, np.dtype(arr.dtype).itemsize
+    j = len(shape) - 1
+    while j > 0 and ranges[j] == (0, shape[j]):
+        j -= 1
+    if any(hi - lo != 1 for lo, hi in ranges[:j]):
+        return 0, 0
+    strides = [math.prod(shape[a + 1:]) for a in range(len(shape))]
+    pos = arr.offset + sum(lo * s for (lo, _), s in zip(ranges, strides)) * item
+    return pos, math.prod(hi - lo for lo, hi in ranges) * item
+
+
+# pages asked about before a direct read: the run's first, middle and last
+CACHE_PROBES = 3
+
+
+def _cached(path: str, pos: int, length: int) -> bool:
+    """Whether the run's first, middle and last pages lie in the page cache (page_cache.py)."""
+    at = [pos + (length - 1) * k // (CACHE_PROBES - 1) for k in range(CACHE_PROBES)]
+    return page_cache.cached(_fd(path, False), at)
+
+
+def _direct_fd(path: str, read: bool = False) -> int:
+    key = (path, "direct-read" if read else "direct")
     if key not in _fds:
         _fds[key] = -1  # a platform or file system without direct I/O (tmpfs): the page cache then
         if hasattr(os, "O_DIRECT"):
             try:
-                _fds[key] = os.open(path, os.O_WRONLY | os.O_DIRECT)
+                _fds[key] = os.open(path, (os.O_RDONLY if read else os.O_WRONLY) | os.O_DIRECT)
             except OSError:
                 pass
     return _fds[key]
+
+
+def _close_direct(path: str, read: bool) -> None:
+    key = (path, "direct-read" if read else "direct")
+    fd = _fds.get(key, -1)
+    if fd >= 0:
+        os.close(fd)
+    _fds[key] = -1
 
 
 _bounces = threading.local()
@@ -236,6 +310,7 @@ def _bounce() -> memoryview:
     if not hasattr(_bounces, "buf"):
         _bounces.buf = mmap.mmap(-1, BOUNCE_BYTES)  # page-aligned, and used again tile after tile
     return memoryview(_bounces.buf)
+
 
 
 # -- zarr (and TIFF through tifffile's zarr store) ------------------------------------------

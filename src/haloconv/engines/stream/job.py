@@ -34,6 +34,7 @@ from haloconv.files.journal import (
     write_json,
 )
 from haloconv.options import float_dtype
+from haloconv.tiling.boxes import Box
 from haloconv.tiling.plan import Plan
 from haloconv.tiling.spec import ConvSpec
 
@@ -82,26 +83,55 @@ class StreamResult:
         return "\n".join(lines)
 
 
-def read_window(job: Job, index: int, buf: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """Tile ``index``'s window, read from the input file into ``buf`` (an array of the
-    window's shape and the job's dtype, used again from tile to tile: its pages are not
-    faulted in, zeroed and unmapped for every tile) or a new array; and the bytes read.
-    A piece the file holds as it lands in the window is read straight into it (no block in
+def window_bytes(job: Job, index: int) -> int:
+    """The bytes of the buffer tile ``index``'s window is read into (read_window)."""
+    return arrays.direct_bytes(job.plan.tiles[index].window.volume * job.dtype.itemsize)
+
+
+def read_window(job: Job, index: int, raw: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Tile ``index``'s window, read from the input file into ``raw`` (a page-aligned byte
+    buffer of ``window_bytes``, used again from tile to tile: its pages are not faulted in,
+    zeroed and unmapped for every tile) or a new one, as a view of it; and the bytes read.
+    A window the file holds whole as one run of bytes is read around the page cache
+    (DiskArray.read_direct: it lands wherever in the buffer the file's pages put it); else
+    a piece the file holds as it lands in the window is read straight into it (no block in
     between, DiskArray.read_into); reversed or broadcast pieces and converted pixels are
     read, then copied."""
     tile = job.plan.tiles[index]
-    if buf is None:
-        buf = np.full(tile.window.shape, tile.fill, job.dtype)
-    elif sum(p.dst.volume for p in tile.pieces) != tile.window.volume:
+    if raw is None:
+        raw = empty((window_bytes(job, index),), np.uint8)
+    itemsize = np.dtype(job.source.dtype).itemsize
+    nread = sum(p.elements for p in tile.pieces) * itemsize
+    whole = _as_one_box(tile)
+    if whole is not None and job.dtype == np.dtype(job.source.dtype):
+        window = job.source.read_direct(whole, raw)
+        if window is not None:
+            return window, nread
+    buf = raw[:tile.window.volume * job.dtype.itemsize].view(job.dtype).reshape(tile.window.shape)
+    if sum(p.dst.volume for p in tile.pieces) != tile.window.volume:
         buf.fill(tile.fill)  # the padding value where no piece lands (pieces never overlap)
-    nread = 0
     for piece in tile.pieces:
         dest = buf[piece.dst.slices()]
-        nread += piece.elements * np.dtype(job.source.dtype).itemsize
         if all(s == 1 for s in piece.steps) and job.source.read_into(piece.src, dest):
             continue
         dest[...] = piece_data(job.source.read(piece.src, job.dtype), piece)
     return buf, nread
+
+
+def _as_one_box(tile):
+    """The input box that tile's window is, where its pieces fill it whole and each lands
+    where it lies in the input shifted by one offset (a row band's own rows and its
+    neighbours' halo rows); else None."""
+    if sum(p.dst.volume for p in tile.pieces) != tile.window.volume or not tile.pieces:
+        return None
+    first = tile.pieces[0]
+    shift = [s - d for s, d in zip(first.src.lo, first.dst.lo)]
+    for p in tile.pieces:
+        if any(st != 1 for st in p.steps) or [s - d for s, d in zip(p.src.lo, p.dst.lo)] != shift \
+                or p.src.shape != p.dst.shape:
+            return None
+    shape = tile.window.shape
+    return Box(tuple(shift), tuple(s + n for s, n in zip(shift, shape)))
 
 
 def load_libraries(backend: str, spec: ConvSpec) -> None:

@@ -100,7 +100,7 @@ def _pipeline(job: stream.Job, todo: list[int], journal, torch_backend, threads:
     stage stops the run once the stages in flight have ended (no thread outlives it; a
     tile being written is finished and journaled)."""
     nread = 0
-    windows, outputs = _Buffers(job.dtype), _Buffers(job.dtype)
+    windows, outputs = _Buffers(np.uint8), _Buffers(job.dtype)  # windows: the byte buffers they are read into
     tiles = job.plan.tiles
     pooled = torch_backend is None  # the array path computes into an output buffer used again; torch's makes its own
 
@@ -110,22 +110,24 @@ def _pipeline(job: stream.Job, todo: list[int], journal, torch_backend, threads:
         journal.record(index)
         progress()
 
-    def read(index: int) -> Future:
-        return reader.submit(stream.read_window, job, index, windows.take(tiles[index].window.shape))
+    def read(index: int) -> tuple[np.ndarray, Future]:
+        raw = windows.take((stream.window_bytes(job, index),))
+        return raw, reader.submit(stream.read_window, job, index, raw)
 
     with ThreadPoolExecutor(1, "haloconv-read") as reader, ThreadPoolExecutor(1, "haloconv-write") as writer:
-        ahead: Future | None = read(todo[0]) if todo else None
+        raw, ahead = read(todo[0]) if todo else (None, None)
         behind: Future | None = None
         written = None  # the output being written
         try:
             for k, index in enumerate(todo):
                 window, n = ahead.result()
                 nread += n
-                ahead = read(todo[k + 1]) if k + 1 < len(todo) else None
+                held = raw
+                raw, ahead = read(todo[k + 1]) if k + 1 < len(todo) else (None, None)
                 y = stream.compute_box(job, index, window, torch_backend, threads,
                                        outputs.take(tiles[index].out.shape) if pooled else None)
-                windows.give(window)
-                del window
+                windows.give(held)
+                del window, held
                 if behind is not None:
                     behind.result()  # one write in flight: its output is the third tile held
                     outputs.give(written if pooled else None)
