@@ -228,6 +228,20 @@ def test_the_cli_says_when_the_cost_model_uses_fewer_workers_than_asked(tmp_path
     assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
 
 
+@pytest.mark.parametrize("bad, said", [((), None), ((np.nan,), "1 NaN and 0"), ((np.inf,), "0 NaN and 1"),
+                                        ((-np.inf,), "0 NaN and 1"), ((np.nan, -np.inf), "1 NaN and 1")])
+def test_an_input_not_finite_is_said_whatever_its_values(bad, said):
+    """The warning's test (the largest and smallest values) sees a NaN, +Inf and -Inf alone."""
+    from haloconv.cli import run
+
+    x = np.random.default_rng(4).random((1, 1, 30, 20), dtype=np.float32) - 0.5
+    for k, v in enumerate(bad):
+        x[0, 0, 3 + k, 7] = v
+    warned = []
+    run._warn_not_finite(type("Console", (), {"warn": lambda self, m: warned.append(m)})(), x, "x")
+    assert (warned == []) if said is None else (len(warned) == 1 and f"holds {said} infinite" in warned[0])
+
+
 @pytest.mark.parametrize("backend", ["opencv", "torch"])
 def test_a_nan_input_is_said_and_verified_nan_aware(tmp_path, backend):
     x = np.random.default_rng(3).random((64, 48), dtype=np.float32)
@@ -270,3 +284,27 @@ def test_every_padding_mode_through_the_command(mode, tmp_path, capsys):
                "--partition", "rows", "--padding-mode", mode, "--verify", "-o", str(tmp_path / "y")])
     assert rc == 0, capsys.readouterr()
     assert "bitwise equal: True" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_the_input_is_let_go_before_the_outputs_are_written_unless_verify_needs_it(tmp_path, monkeypatch, verify):
+    """A run's input is freed before its outputs are written (the page cache then reuses its
+    memory), unless --verify compares with it after; the .npy's blocks are reserved before
+    its bytes are written (the header's length on, all of them)."""
+    import os
+    import weakref
+
+    from haloconv.cli import run
+    from haloconv.files import images
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(5).random((64, 80), dtype=np.float32))
+    alive, reserved = [], []
+    load, write, fallocate = run.load, images.write_outputs, os.posix_fallocate
+    monkeypatch.setattr(run, "load", lambda args: (p := load(args), alive.append(weakref.ref(p.x)))[0])
+    monkeypatch.setattr(images, "write_outputs", lambda *a, **k: (alive.append(alive[0]() is not None),
+                                                                  write(*a, **k))[1])
+    monkeypatch.setattr(os, "posix_fallocate", lambda fd, at, n: (reserved.append((at, n)), fallocate(fd, at, n)))
+    argv = ["run", str(tmp_path / "x.npy"), "--kernel", "box:3", "-o", str(tmp_path / "y.npy")]
+    assert main(argv + (["--verify"] if verify else [])) == 0
+    assert alive[1] is verify
+    assert reserved == [(128, 64 * 80 * 4)] and np.load(tmp_path / "y.npy").shape == (1, 1, 64, 80)
