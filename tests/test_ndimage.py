@@ -229,3 +229,87 @@ def test_the_fast_backends_take_every_mode_within_float32_of_scipy(backend):
                       - sndi.correlate(v, np.ones((5, 5, 5)))).max() <= 1e-5
         assert np.abs(ndi.gaussian_filter(v, (1, 2, 1.5), backend=backend, workers=2)
                       - sndi.gaussian_filter(v, (1, 2, 1.5))).max() <= 1e-6
+
+
+NATIVE_REACHED = {"separable": 0, "dense": 0, "stack": 0, "one band": 0}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([np.uint8, np.uint16, np.int16, np.float32, np.float64]),
+       st.sampled_from([("reflect", "BORDER_REFLECT"), ("mirror", "BORDER_REFLECT_101"),
+                        ("nearest", "BORDER_REPLICATE"), ("constant", "BORDER_CONSTANT")]),
+       st.integers(3, 90), st.integers(3, 70), st.integers(1, 9), st.integers(1, 7), st.booleans(),
+       st.integers(1, 5), st.integers(1, 3), st.data())
+def test_opencv_on_an_image_in_its_dtype_is_opencvs_own_call_bit_for_bit(dtype, mode, h, w, kh, kw, rank1, workers,
+                                                                        channels, data):
+    """backend 'opencv' / 'auto' on 2-D planes of an OpenCV dtype, with a mode that is an
+    OpenCV border, split in row bands: bit for bit cv2.sepFilter2D (rank-1 kernels) or
+    cv2.filter2D on the whole image with that border, in the image's dtype — compared with
+    OpenCV called here, plane by plane; the row bands and a stack of planes reached."""
+    import cv2
+
+    from haloconv.compute.backends.separable import factors
+    from haloconv.ndimage import native
+
+    kh, kw = min(kh, 2 * h - 1), min(kw, 2 * w - 1)  # reaching less than the image's side
+    if kh // 2 >= h or kw // 2 >= w:
+        return
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    kernel = np.outer(rng.random(kh) - 0.3, rng.random(kw)) if rank1 else rng.random((kh, kw)) - 0.3
+    if not rank1 and kh * kw >= native.DIRECT_TAPS:
+        return
+    x = (rng.random((h, w, channels)) * 250).astype(dtype)
+    backend = data.draw(st.sampled_from(["opencv", "auto"]))
+    y = ndi.correlate(x, kernel, mode=mode[0], backend=backend, workers=workers, axes=(0, 1))
+    kk = kernel.astype(np.float64 if dtype == np.float64 else np.float32)
+    pair = factors(kk)
+    border = getattr(cv2, mode[1])
+    for c in range(channels):
+        plane = np.ascontiguousarray(x[:, :, c])
+        ref = (cv2.filter2D(plane, -1, kk, borderType=border) if pair is None
+               else cv2.sepFilter2D(plane, -1, pair[0], pair[1], borderType=border))
+        assert y.dtype == x.dtype and np.array_equal(y[:, :, c], ref), (c, dtype, mode, kernel.shape, workers)
+    NATIVE_REACHED["separable" if pair is not None else "dense"] += 1
+    NATIVE_REACHED["stack"] += channels > 1
+    NATIVE_REACHED["one band"] += h < 2 * 2 * kh or workers == 1
+
+
+def test_opencv_in_the_images_dtype_reached_its_cases_and_leaves_the_rest_to_the_float_path(monkeypatch):
+    """The property above reached every case; a call this path does not compute (a mode that
+    is no OpenCV border, an origin, a grid, float16, a kernel past the image, worker
+    processes) goes the float32 way, as scipy converts (truncated), not through it."""
+    assert all(v >= 3 for v in NATIVE_REACHED.values()), NATIVE_REACHED
+    from haloconv.ndimage import native
+
+    calls = []
+    real = native.correlate
+    monkeypatch.setattr(native, "correlate", lambda *a: calls.append(1) or real(*a))
+    x = (np.random.default_rng(8).random((40, 30)) * 200).astype(np.uint8)
+    k = np.ones((3, 3)) / 9
+    ndi.correlate(x, k, backend="opencv", workers=2)
+    assert calls == [1]
+    for kw in (dict(mode="wrap"), dict(origin=1), dict(mode="constant", cval=3.0), {}):
+        split = dict(partition="grid") if not kw else {}
+        y = ndi.correlate(x, k, backend="opencv", workers=2, **kw, **split)
+        assert calls == [1] and np.abs(y.astype(int) - sndi.correlate(x, k, **kw)).max() <= 1, kw
+    ndi.correlate(x.astype(np.float16), k, backend="opencv", workers=2)
+    ndi.correlate(x[:2], np.ones((5, 3)), backend="opencv", workers=2)  # the kernel reaches past 2 rows
+    assert calls == [1]
+
+
+def test_opencv_keeps_the_callers_thread_count():
+    """OpenCV's thread count is one setting per process: the OpenCV backends set it per tile
+    and give the caller's back, so a cv2 call of the caller's after ours runs as it would."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(3)
+        x = np.random.default_rng(9).random((300, 200)).astype(np.float32)
+        ndi.gaussian_filter(x, 2, backend="opencv", workers=2)
+        assert cv2.getNumThreads() == 3
+        haloconv.conv(x[None, None], np.ones((1, 1, 3, 3), np.float32), workers=2, partition="rows",
+                      backend="opencv")
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)

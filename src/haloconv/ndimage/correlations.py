@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from haloconv.ndimage import lazy
+from haloconv.ndimage import lazy, native
 from haloconv.ndimage.arguments import (
     as_int,
     axes_of,
@@ -58,11 +58,19 @@ def correlate(input, weights, output=None, mode="reflect", cval=0.0, origin=0, *
     backend : str
         'ndimage' (default): every tile computed by scipy.ndimage, bit for bit scipy's
         result on the whole input.  'opencv', 'separable' (a rank-1 kernel) or 'auto' (the
-        cost model picks): computed in float32 (images of up to 16-bit values and float32) or float64,
-        within that backend's tolerance of scipy (OpenCV's border types are scipy's modes:
-        BORDER_REFLECT is 'reflect'; every mode's halo is read by haloconv), then converted
-        to the output's dtype as scipy converts (integers truncated, so a sum that float32
-        rounds just below an integer truncates one lower than scipy's float64 sum).
+        cost model picks) on 2-D images (or a stack of them along axes not filtered) of
+        uint8, uint16, int16, float32 or float64, with a mode that is an OpenCV border type
+        ('reflect': BORDER_REFLECT, 'mirror': BORDER_REFLECT_101, 'nearest':
+        BORDER_REPLICATE, 'constant' with cval 0), origin 0, an output of the image's dtype,
+        split by rows (partition 'auto' or 'rows') on threads: OpenCV's own call in the
+        image's dtype, bit for bit ``cv2.sepFilter2D`` (rank-1 kernels) or ``cv2.filter2D``
+        on the whole image with that border (ndimage/native.py) — for integers OpenCV's
+        sums rounded to the nearest and saturated where scipy truncates (a unit or two
+        apart).  Every other call on these backends: computed in float32 (images of up to
+        16-bit values and float32) or float64, every mode's halo read by haloconv, within
+        the backend's tolerance of scipy, then converted to the output's dtype as scipy
+        converts (integers truncated, so a sum that float32 rounds just below an integer
+        truncates one lower than scipy's float64 sum).
     engine : {'threads', 'processes'} or LocalCluster
         Where the tiles are computed: threads of this process (the default, every dtype),
         or worker processes — a pool started for the call, or a ``haloconv.LocalCluster``
@@ -212,6 +220,17 @@ def _run(input: np.ndarray, weights: np.ndarray, origins: list[int], axes: list[
     w = weights.transpose(spatial + batch).reshape(1, 1, *(weights.shape[a] for a in spatial))
     pads = [(k // 2 + o, k - 1 - k // 2 - o) for k, o in ((weights.shape[a], origins[a]) for a in spatial)]
     backend = opts["backend"]
+    if backend in ("opencv", "separable", "auto") and native.applies(x, w, origins, padding_mode, dtype, opts) and (
+            backend != "separable" or native.rank1(w, x.dtype)):
+        # OpenCV's own call in the image's dtype, the mode its border (ndimage/native.py)
+        direct = batch + spatial == list(range(input.ndim)) and not np.may_share_memory(input, output)
+        y = native.correlate(np.ascontiguousarray(x), w, padding_mode,
+                             output.reshape(x.shape) if direct and output.flags.c_contiguous
+                             else np.empty(x.shape, x.dtype), opts["workers"])
+        if not (direct and output.flags.c_contiguous):
+            y = y.reshape(*(input.shape[a] for a in batch), *(input.shape[a] for a in spatial))
+            output[...] = np.moveaxis(y, range(input.ndim), batch + spatial)
+        return output
     if backend == "ndimage" and one_d:
         backend = "ndimage1d"
     if backend not in ("ndimage", "ndimage1d"):

@@ -10,7 +10,9 @@ import alone takes longer than filtering a large image with OpenCV (docs/archite
 
 from __future__ import annotations
 
+import sys
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -28,6 +30,21 @@ from haloconv.tiling.plan import Plan
 def runs(plan: Plan) -> bool:
     """Whether this engine runs ``plan``: its backend computes numpy arrays for its spec."""
     return backends.get(plan.backend).computes_arrays(plan.spec)
+
+
+@contextmanager
+def opencv_threads_kept():
+    """OpenCV's thread count (one setting per process) as the caller had it once the block
+    ends: the OpenCV backends set it per tile, and a caller's own cv2 calls after ours keep
+    theirs.  Nothing imported where cv2 is not."""
+    cv2 = sys.modules.get("cv2")
+    before = cv2.getNumThreads() if cv2 is not None else None
+    try:
+        yield
+    finally:
+        cv2 = sys.modules.get("cv2")
+        if cv2 is not None:  # imported by the block: back to OpenCV's default (a negative count)
+            cv2.setNumThreads(before if before is not None else -1)
 
 
 def run(plan: Plan, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
@@ -70,7 +87,8 @@ def run(plan: Plan, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None =
         return WorkerStats(tile.rank, tile.out.shape, tile.halo_elements,
                            {"halo": t1 - t0, "compute": time.perf_counter() - t1})
 
-    stats = run_each(work, plan.tiles, pool)
+    with opencv_threads_kept():
+        stats = run_each(work, plan.tiles, pool)
     return Execution(output=out, plan=plan, engine="threads", backend=plan.backend,
                      wall_seconds=time.perf_counter() - t_start, workers=stats)
 
