@@ -89,8 +89,8 @@ def window_bytes(job: Job, index: int) -> int:
 
 
 def read_window(job: Job, index: int, raw: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """Tile ``index``'s window, read from the input file into ``raw`` (a page-aligned byte
-    buffer of ``window_bytes``, used again from tile to tile: its pages are not faulted in,
+    """Tile ``index``'s window, read from the input file into ``raw`` (a byte buffer of
+    ``window_bytes``, used again from tile to tile: its pages are not faulted in,
     zeroed and unmapped for every tile) or a new one, as a view of it; and the bytes read.
     A window the file holds whole as one run of bytes is read around the page cache
     (DiskArray.read_direct: it lands wherever in the buffer the file's pages put it); else
