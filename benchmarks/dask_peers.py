@@ -14,6 +14,10 @@ LocalCluster of 2 worker processes x 1 thread:
                Zarr chunks, each task reading its own window from the file (engines/
                dask_graph.from_reader; backend as the CLI picks it: OpenCV / separable)
   dask-image   dask_image.ndfilters.correlate / gaussian_filter (map_overlap)
+  zarr copy    the input read and written as a Zarr array of the same chunks, nothing
+               computed: what any method pays on this cluster for the chunks' reads,
+               decoding, encoding and writes and the scheduler's tasks (the floor; its
+               "x dask-image" is the most any method could be faster than dask-image)
 and, on the threaded scheduler (2 threads) in this process, the same haloconv graph
 (haloconv-threads). Wall time (best of --repeat), each worker's peak resident memory (psutil,
 sampled every 20 ms from here), the outputs' largest difference from each other, the load
@@ -86,7 +90,7 @@ def main() -> None:
             results = {}
             for method, mod, kw in (("haloconv", hndi, {}), ("haloconv-auto", hndi, {"backend": "auto"}),
                                     ("haloconv-file", None, {}), ("dask-image", dndf, {}),
-                                    ("haloconv-threads", hndi, {})):
+                                    ("zarr copy", None, {}), ("haloconv-threads", hndi, {})):
                 # a cluster per method: a worker's peak is then this method's, not what an
                 # earlier one left in its heap
                 with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -96,7 +100,8 @@ def main() -> None:
                     out = Path(tmp) / f"{method}.zarr"
                     for _ in range(args.repeat):
                         d = da.from_zarr(str(src))
-                        y = f(mod, d, **kw) if mod is not None else from_file(src, kernels[fname])
+                        y = f(mod, d, **kw) if mod is not None else d if method == "zarr copy" else \
+                            from_file(src, kernels[fname])
                         stop, peaks = threading.Event(), {}
                         watcher = threading.Thread(target=peak_watch, args=(pids, stop, peaks))
                         watcher.start()
@@ -113,11 +118,12 @@ def main() -> None:
                     results[method] = (best, peak, out)
             ref = da.from_zarr(str(results["dask-image"][2]))
             for method, (t, peak, out) in results.items():
-                diff = float(abs(da.from_zarr(str(out)) - ref).max().compute(scheduler="threads"))
+                diff = "-" if method == "zarr copy" else \
+                    f"{float(abs(da.from_zarr(str(out)) - ref).max().compute(scheduler='threads')):.3g}"
                 per = "-" if method == "haloconv-threads" else \
                     " / ".join(f"{v / 2**20:.0f}" for v in peak.values())
                 print(f"| {fname} | {method} | {t:.2f} | {results['dask-image'][0] / t:.2f} | {per} | "
-                      f"{diff:.3g} | {os.getloadavg()[0]:.2f} |", flush=True)
+                      f"{diff} | {os.getloadavg()[0]:.2f} |", flush=True)
 
 
 def from_file(src: Path, kernel: np.ndarray):
