@@ -18,8 +18,11 @@ LocalCluster of 2 worker processes x 1 thread:
                computed: what any method pays on this cluster for the chunks' reads,
                decoding, encoding and writes and the scheduler's tasks (the floor; its
                "x dask-image" is the most any method could be faster than dask-image)
-and, on the threaded scheduler (2 threads) in this process, the same haloconv graph
-(haloconv-threads). Wall time (best of --repeat), each worker's peak resident memory (psutil,
+and, in this process: the haloconv-auto graph on Dask's threaded scheduler (2 threads;
+haloconv-threads), and haloconv's own streamed run of the same filter with the same backend
+pick (haloconv-stream: haloconv.conv_file, the Zarr read and written tile by tile on its
+threads engine, 2 cores, a 4 GiB budget: this process holds ~1 GiB of Dask) — the graph's
+cost on Dask against haloconv's own engine. Wall time (best of --repeat), each worker's peak resident memory (psutil,
 sampled every 20 ms from here), the outputs' largest difference from each other, the load
 average. Not a test.
 """
@@ -41,6 +44,7 @@ import psutil
 import zarr
 from distributed import Client, LocalCluster
 
+import haloconv
 from haloconv import ndimage as hndi
 from haloconv import planner
 from haloconv.cli.dask_run import Reader, chunk_lengths
@@ -90,7 +94,8 @@ def main() -> None:
             results = {}
             for method, mod, kw in (("haloconv", hndi, {}), ("haloconv-auto", hndi, {"backend": "auto"}),
                                     ("haloconv-file", None, {}), ("dask-image", dndf, {}),
-                                    ("zarr copy", None, {}), ("haloconv-threads", hndi, {})):
+                                    ("zarr copy", None, {}), ("haloconv-threads", hndi, {"backend": "auto"}),
+                                    ("haloconv-stream", None, {})):
                 # a cluster per method: a worker's peak is then this method's, not what an
                 # earlier one left in its heap
                 with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -101,29 +106,42 @@ def main() -> None:
                     for _ in range(args.repeat):
                         d = da.from_zarr(str(src))
                         y = f(mod, d, **kw) if mod is not None else d if method == "zarr copy" else \
-                            from_file(src, kernels[fname])
+                            None if method == "haloconv-stream" else from_file(src, kernels[fname])
                         stop, peaks = threading.Event(), {}
                         watcher = threading.Thread(target=peak_watch, args=(pids, stop, peaks))
                         watcher.start()
                         t0 = time.perf_counter()
-                        if method == "haloconv-threads":
-                            with dask.config.set(scheduler="threads", num_workers=2):
-                                y.to_zarr(str(out), overwrite=True, compute=True)
-                        else:
-                            client.compute(y.to_zarr(str(out), overwrite=True, compute=False)).result()
+                        try:
+                            run_method(method, client, src, out, kernels[fname], y)
+                        finally:  # the watcher stops whatever the method raised
+                            stop.set()
+                            watcher.join()
                         best = min(best, time.perf_counter() - t0)
-                        stop.set()
-                        watcher.join()
                         peak = peaks
                     results[method] = (best, peak, out)
             ref = da.from_zarr(str(results["dask-image"][2]))
             for method, (t, peak, out) in results.items():
                 diff = "-" if method == "zarr copy" else \
                     f"{float(abs(da.from_zarr(str(out)) - ref).max().compute(scheduler='threads')):.3g}"
-                per = "-" if method == "haloconv-threads" else \
+                per = "-" if method in ("haloconv-threads", "haloconv-stream") else \
                     " / ".join(f"{v / 2**20:.0f}" for v in peak.values())
                 print(f"| {fname} | {method} | {t:.2f} | {results['dask-image'][0] / t:.2f} | {per} | "
                       f"{diff} | {os.getloadavg()[0]:.2f} |", flush=True)
+            print(f"| {fname} | haloconv-threads / haloconv-stream | "
+                  f"{results['haloconv-threads'][0] / results['haloconv-stream'][0]:.2f} | | | | |", flush=True)
+
+
+def run_method(method: str, client, src: Path, out: Path, kernel: np.ndarray, y) -> None:
+    """Compute ``y`` into the Zarr array ``out`` as ``method`` runs it (haloconv-stream: its own
+    streamed run of ``kernel`` on ``src`` instead)."""
+    if method == "haloconv-stream":
+        haloconv.conv_file(str(src), kernel.astype(np.float32)[None, None], str(out), padding="same",
+                           padding_mode="symmetric", backend="auto", memory_budget=4 << 30, workers=2, overwrite=True)
+    elif method == "haloconv-threads":
+        with dask.config.set(scheduler="threads", num_workers=2):
+            y.to_zarr(str(out), overwrite=True, compute=True)
+    else:
+        client.compute(y.to_zarr(str(out), overwrite=True, compute=False)).result()
 
 
 def from_file(src: Path, kernel: np.ndarray):
