@@ -11,9 +11,7 @@ runs do, files/arrays.promote); the checks before writing are every run's (cli/o
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +20,8 @@ import numpy as np
 from haloconv import planner
 from haloconv.engines import dask_graph
 from haloconv.files import arrays, guard, named_kernels
+from haloconv.files.chunks import KEPT_CHUNKS, Reader, forget_chunks
+from haloconv.files.chunks import chunks_of as zarr_chunks
 from haloconv.files.pixels import conversion
 from haloconv.tiling.boxes import Box
 from haloconv.tiling.geometry import block_extent
@@ -34,63 +34,6 @@ from .run import input_line
 # chunks of an input file that has none of its own (.npy, striped TIFF): this many values
 # per chunk at most, whole channels, square-ish in the spatial axes
 CHUNK_VALUES = 1 << 22
-
-
-class Reader:
-    """A box of the file's logical (N, C, *spatial) floats, read on the worker that computes
-    with it (files/arrays.DiskArray.read): picklable, so it travels in the tasks.
-
-    A Zarr chunk is decoded whole whatever part of it is read, and a tile's window reaches
-    into its neighbours' chunks: read box by box, every chunk would be decoded by each of
-    the ~9 tiles that read it.  So a Zarr input is read a chunk at a time (``chunks``, its
-    logical chunk shape) through a worker's cache of the last KEPT_CHUNKS chunks: tiles
-    taken in order share most of their neighbours (a bounded memory, counted in
-    worker_bound)."""
-
-    def __init__(self, source: arrays.DiskArray, dtype: str, chunks: tuple[int, ...] | None = None):
-        self.source, self.dtype, self.chunks = source, np.dtype(dtype), chunks
-
-    def __call__(self, box: Box) -> np.ndarray:
-        if self.chunks is None:
-            return self.source.read(box, self.dtype)
-        out = np.empty(box.shape, self.dtype)
-        spans = [range(lo // c, -(-hi // c)) for lo, hi, c in zip(box.lo, box.hi, self.chunks)]
-        for index in itertools.product(*spans):
-            c_lo = [i * c for i, c in zip(index, self.chunks)]
-            block = self._chunk(index, c_lo)
-            lo = [max(a, b) for a, b in zip(box.lo, c_lo)]
-            hi = [min(a, b + n) for a, b, n in zip(box.hi, c_lo, block.shape)]
-            out[tuple(slice(a - b, h - b) for a, h, b in zip(lo, hi, box.lo))] = \
-                block[tuple(slice(a - b, h - b) for a, h, b in zip(lo, hi, c_lo))]
-        return out
-
-    def _chunk(self, index: tuple[int, ...], c_lo: list[int]) -> np.ndarray:
-        key = (self.source.path, self.dtype.str, index)
-        with _kept_lock:
-            block = _kept.pop(key, None)
-            if block is not None:
-                _kept[key] = block  # the most recently used last
-                return block
-        shape = self.source.logical_shape
-        block = self.source.read(Box(tuple(c_lo), tuple(min(a + c, n) for a, c, n in zip(c_lo, self.chunks, shape))),
-                                 self.dtype)
-        with _kept_lock:
-            _kept[key] = block
-            while len(_kept) > KEPT_CHUNKS:
-                _kept.pop(next(iter(_kept)))
-        return block
-
-
-def forget_chunks() -> None:
-    """Drop the chunks this worker keeps (at a run's start and end)."""
-    with _kept_lock:
-        _kept.clear()
-
-
-# decoded chunks a worker keeps (Reader): a tile's 3 x 3 neighbourhood
-KEPT_CHUNKS = 9
-_kept: dict = {}
-_kept_lock = threading.Lock()
 
 
 def chunk_lengths(n: int, chunk: int) -> tuple[int, ...]:
@@ -107,9 +50,9 @@ def chunks_of(source: arrays.DiskArray) -> tuple[int, ...]:
     """The chunk shape over the logical axes: a Zarr file's own (whole chunks are read
     once), else about CHUNK_VALUES values with whole samples' channels."""
     shape = source.logical_shape
-    if source.kind == "zarr":
-        file_chunks = arrays.import_zarr().open_array(source.path, mode="r").chunks
-        return tuple(1 if a < 0 else min(file_chunks[a], n) for a, n in zip(source.axes, shape))
+    own = zarr_chunks(source)
+    if own is not None:
+        return own
     side = max(16, int((CHUNK_VALUES / shape[1]) ** (1 / (len(shape) - 2))))
     return (1, shape[1], *(min(n, side) for n in shape[2:]))
 

@@ -88,7 +88,7 @@ def window_bytes(job: Job, index: int) -> int:
     return arrays.direct_bytes(job.plan.tiles[index].window.volume * job.dtype.itemsize)
 
 
-def read_window(job: Job, index: int, raw: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+def read_window(job: Job, index: int, raw: np.ndarray | None = None, read=None) -> tuple[np.ndarray, int]:
     """Tile ``index``'s window, read from the input file into ``raw`` (a byte buffer of
     ``window_bytes``, used again from tile to tile: its pages are not faulted in,
     zeroed and unmapped for every tile) or a new one, as a view of it; and the bytes read.
@@ -96,7 +96,8 @@ def read_window(job: Job, index: int, raw: np.ndarray | None = None) -> tuple[np
     (DiskArray.read_direct: it lands wherever in the buffer the file's pages put it); else
     a piece the file holds as it lands in the window is read straight into it (no block in
     between, DiskArray.read_into); reversed or broadcast pieces and converted pixels are
-    read, then copied."""
+    read, then copied — by ``read(box)`` when given (a files/chunks.Reader: a Zarr input a
+    chunk at a time through its cache), else DiskArray.read."""
     tile = job.plan.tiles[index]
     if raw is None:
         raw = empty((window_bytes(job, index),), np.uint8)
@@ -114,7 +115,7 @@ def read_window(job: Job, index: int, raw: np.ndarray | None = None) -> tuple[np
         dest = buf[piece.dst.slices()]
         if all(s == 1 for s in piece.steps) and job.source.read_into(piece.src, dest):
             continue
-        dest[...] = piece_data(job.source.read(piece.src, job.dtype), piece)
+        dest[...] = piece_data(job.source.read(piece.src, job.dtype) if read is None else read(piece.src), piece)
     return buf, nread
 
 

@@ -7,7 +7,9 @@ core (torch, OpenCV and numpy release the GIL in their loops; the file reads and
 are pread/pwrite, which do too), and a writer thread writes tile k-1's output box, makes
 it durable and journals it.  So tiles are sized to half the process's data allowance
 (cost.tile_peak_bytes counts one tile's window, read buffers, workspace and output twice;
-the three stages together hold less than two such peaks).
+the three stages together hold less than two such peaks).  A Zarr input is read a chunk at a
+time through a cache of two rows of chunks (files/chunks.py), whose bytes come out of the
+process's allowance first: a band's halo rows and the next band's rows are decoded once.
 
 Everything a streamed run guarantees holds here as on the processes engine
 (engines/stream/workers.py; both take their Job, journal and output handling from
@@ -22,6 +24,7 @@ from it).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,9 +35,9 @@ import numpy as np
 
 from haloconv.engines.host import empty, peak_rss
 from haloconv.engines.stream import job as stream
-from haloconv.files import arrays
+from haloconv.files import arrays, chunks
 from haloconv.files.arrays import DiskArray
-from haloconv.options import StreamOptions
+from haloconv.options import StreamOptions, float_dtype
 from haloconv.progress import Counter
 
 log = logging.getLogger(__name__)
@@ -58,7 +61,8 @@ def run(source: DiskArray, tiler, weight, bias, out: Path, fmt: str, how: Stream
     t_start = time.perf_counter()
     stream.load_libraries(backend, spec)  # counted in the baseline, not in the tiles' share
     baseline = stream.resident(os.getpid())
-    allowance = stream.data_allowance(memory_budget, baseline) // IN_FLIGHT_PEAKS
+    reader = _chunk_reader(source, how.dtype, memory_budget - baseline)
+    allowance = stream.data_allowance(memory_budget, baseline + reader.cached_bytes()) // IN_FLIGHT_PEAKS
     job = stream.job_for(source, tiler, weight, bias, how.dtype, allowance, MIN_TILES, out if how.resume else None)
     job, journal = stream.open_output(job, out, fmt, how.resume, sync)
     result = stream.StreamResult(job.plan, out, 0.0, memory_budget, baseline, skipped=len(journal.done))
@@ -69,11 +73,12 @@ def run(source: DiskArray, tiler, weight, bias, out: Path, fmt: str, how: Stream
     try:
         with _torch_threads(threads, torch_backend is not None):
             nread = _pipeline(job, todo, journal, torch_backend, threads,
-                              Counter(how.progress, len(job.plan.tiles), len(journal.done)).tick)
+                              Counter(how.progress, len(job.plan.tiles), len(journal.done)).tick, reader)
         stream.finish(journal, out, sync)
     finally:
         journal.close()
         arrays.close_all()
+        chunks.forget_chunks()
     result.tiles_done[0], result.bytes_read[0], result.peak_rss[0] = len(todo), nread, peak_rss()
     result.wall_seconds = time.perf_counter() - t_start
     return result
@@ -95,7 +100,26 @@ def _torch_threads(threads: int, uses_torch: bool):
         torch.set_num_threads(caller)
 
 
-def _pipeline(job: stream.Job, todo: list[int], journal, torch_backend, threads: int, progress) -> int:
+def _chunk_reader(source: DiskArray, dtype, room: int) -> chunks.Reader:
+    """How the windows' pieces are read: a Zarr input a chunk at a time through a cache of
+    two rows of chunks along the first spatial axis (a row band's halo rows and the next
+    band's first rows are then decoded once), where that takes at most a quarter of the
+    process's room for data (``room``); else box by box (files/chunks.py)."""
+    dtype = float_dtype(dtype)
+    found = chunks.chunks_of(source)
+    if found is None:
+        return chunks.Reader(source, dtype)
+    shape = source.logical_shape
+    per_row = math.prod(-(-n // c) for d, (n, c) in enumerate(zip(shape, found)) if d != 2)
+    reader = chunks.Reader(source, dtype, found, kept=2 * per_row)
+    if reader.cached_bytes() > room // 4:
+        return chunks.Reader(source, dtype)
+    chunks.forget_chunks()  # chunks of a file this process read before may have been rewritten since
+    return reader
+
+
+def _pipeline(job: stream.Job, todo: list[int], journal, torch_backend, threads: int, progress,
+              reader: chunks.Reader) -> int:
     """Read ahead, compute here, write behind; returns the bytes read.  An error in any
     stage stops the run once the stages in flight have ended (no thread outlives it; a
     tile being written is finished and journaled)."""
@@ -112,9 +136,9 @@ def _pipeline(job: stream.Job, todo: list[int], journal, torch_backend, threads:
 
     def read(index: int) -> tuple[np.ndarray, Future]:
         raw = windows.take((stream.window_bytes(job, index),))
-        return raw, reader.submit(stream.read_window, job, index, raw)
+        return raw, pool.submit(stream.read_window, job, index, raw, reader)
 
-    with ThreadPoolExecutor(1, "haloconv-read") as reader, ThreadPoolExecutor(1, "haloconv-write") as writer:
+    with ThreadPoolExecutor(1, "haloconv-read") as pool, ThreadPoolExecutor(1, "haloconv-write") as writer:
         raw, ahead = read(todo[0]) if todo else (None, None)
         behind: Future | None = None
         written = None  # the output being written
