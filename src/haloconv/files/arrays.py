@@ -188,17 +188,13 @@ def _raw_io(arr: DiskArray, ranges, data: np.ndarray | None, into: np.ndarray | 
     """Read (data None; into ``into`` when given, C-contiguous, else a new array) or write
     the file box ``ranges`` of a C-ordered raw array: one pread/pwrite per contiguous run
     (the trailing dims a box spans whole merge into one)."""
-    shape, item = arr.shape, np.dtype(arr.dtype).itemsize
+    item = np.dtype(arr.dtype).itemsize
     ext = [hi - lo for lo, hi in ranges]
-    j = len(shape) - 1  # the run axis: the innermost one the box does not span whole
-    while j > 0 and ranges[j] == (0, shape[j]):
-        j -= 1
+    j, strides, base = _runs_of(arr, ranges)
     run = math.prod(ext[j:])
-    strides = [math.prod(shape[a + 1:]) for a in range(len(shape))]
     out = data if data is not None else into if into is not None else np.empty(ext, dtype=arr.dtype)
     flat = out.reshape(-1, run) if run else out.reshape(0, 0)
     fd = _fd(arr.path, data is not None)
-    base = sum(lo * s for (lo, _), s in zip(ranges, strides))
     for r, idx in enumerate(np.ndindex(*ext[:j])):
         pos = arr.offset + (base + sum(i * s for i, s in zip(idx, strides))) * item
         view = memoryview(flat[r]).cast("B")
@@ -259,18 +255,26 @@ def direct_bytes(nbytes: int) -> int:
     return nbytes + 3 * DIRECT_ALIGN
 
 
-def _one_run(arr: DiskArray, ranges) -> tuple[int, int]:
-    """(file position, bytes) of the file box ``ranges`` where it is one contiguous run of
-    bytes; (0, 0) where it is not."""
-    shape, item = arr.shape, np.dtype(arr.dtype).itemsize
+def _runs_of(arr: DiskArray, ranges) -> tuple[int, list[int], int]:
+    """How the file box ``ranges`` of a C-ordered raw array lies in the file: the run axis
+    (the innermost one the box does not span whole: the trailing dims it spans merge into
+    one contiguous run), the file's strides in elements, and the box's first element."""
+    shape = arr.shape
     j = len(shape) - 1
     while j > 0 and ranges[j] == (0, shape[j]):
         j -= 1
+    strides = [math.prod(shape[a + 1:]) for a in range(len(shape))]
+    return j, strides, sum(lo * s for (lo, _), s in zip(ranges, strides))
+
+
+def _one_run(arr: DiskArray, ranges) -> tuple[int, int]:
+    """(file position, bytes) of the file box ``ranges`` where it is one contiguous run of
+    bytes; (0, 0) where it is not."""
+    item = np.dtype(arr.dtype).itemsize
+    j, _, base = _runs_of(arr, ranges)
     if any(hi - lo != 1 for lo, hi in ranges[:j]):
         return 0, 0
-    strides = [math.prod(shape[a + 1:]) for a in range(len(shape))]
-    pos = arr.offset + sum(lo * s for (lo, _), s in zip(ranges, strides)) * item
-    return pos, math.prod(hi - lo for lo, hi in ranges) * item
+    return arr.offset + base * item, math.prod(hi - lo for lo, hi in ranges) * item
 
 
 # pages asked about before a direct read: the run's first, middle and last
@@ -310,7 +314,6 @@ def _bounce() -> memoryview:
     if not hasattr(_bounces, "buf"):
         _bounces.buf = mmap.mmap(-1, BOUNCE_BYTES)  # page-aligned, and used again tile after tile
     return memoryview(_bounces.buf)
-
 
 
 # -- zarr (and TIFF through tifffile's zarr store) ------------------------------------------

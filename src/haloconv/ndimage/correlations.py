@@ -223,14 +223,10 @@ def _run(input: np.ndarray, weights: np.ndarray, origins: list[int], axes: list[
     if backend in ("opencv", "separable", "auto") and native.applies(x, w, origins, padding_mode, dtype, opts) and (
             backend != "separable" or native.rank1(w, x.dtype)):
         # OpenCV's own call in the image's dtype, the mode its border (ndimage/native.py)
-        direct = batch + spatial == list(range(input.ndim)) and not np.may_share_memory(input, output)
+        direct = _writes_into(input, output, batch, spatial, x.dtype)
         y = native.correlate(np.ascontiguousarray(x), w, padding_mode,
-                             output.reshape(x.shape) if direct and output.flags.c_contiguous
-                             else np.empty(x.shape, x.dtype), opts["workers"])
-        if not (direct and output.flags.c_contiguous):
-            y = y.reshape(*(input.shape[a] for a in batch), *(input.shape[a] for a in spatial))
-            output[...] = np.moveaxis(y, range(input.ndim), batch + spatial)
-        return output
+                             output.reshape(x.shape) if direct else np.empty(x.shape, x.dtype), opts["workers"])
+        return output if direct else _to_output(y, input, output, batch, spatial)
     if backend == "ndimage" and one_d:
         backend = "ndimage1d"
     if backend not in ("ndimage", "ndimage1d"):
@@ -251,10 +247,7 @@ def _run(input: np.ndarray, weights: np.ndarray, origins: list[int], axes: list[
     if backend in ("ndimage", "ndimage1d"):
         result_dtype = dtype if dtype not in (np.float16, np.bool_) else (
             np.float32 if dtype == np.float16 else np.float64)
-    # tiles write straight into output where it is laid out as the plan's result and is
-    # not the input itself (scipy's filters pass the same array as both)
-    direct = (batch + spatial == list(range(input.ndim)) and output.dtype == result_dtype
-              and output.flags.c_contiguous and not np.may_share_memory(input, output))
+    direct = _writes_into(input, output, batch, spatial, result_dtype)
     engine = opts["engine"]
     if isinstance(engine, str) and engine == "threads":
         out = output.reshape(x.shape) if direct else None
@@ -262,11 +255,23 @@ def _run(input: np.ndarray, weights: np.ndarray, origins: list[int], axes: list[
     else:
         direct = False
         y = _on_processes(plan, x, w, engine).astype(result_dtype, copy=False)
-    if direct:
-        return output
+    return output if direct else _to_output(y, input, output, batch, spatial)
+
+
+def _writes_into(input: np.ndarray, output: np.ndarray, batch: list[int], spatial: list[int], result_dtype) -> bool:
+    """Whether the tiles write straight into ``output``: laid out as the plan's result (batch
+    axes first), of the result's dtype, C-ordered, and not the input itself (scipy's filters
+    pass the same array as both)."""
+    return (batch + spatial == list(range(input.ndim)) and output.dtype == result_dtype
+            and output.flags.c_contiguous and not np.may_share_memory(input, output))
+
+
+def _to_output(y: np.ndarray, input: np.ndarray, output: np.ndarray, batch: list[int], spatial: list[int]):
+    """The plan's result ``y`` (batch axes folded first) written into ``output`` in the
+    input's axis order, as scipy converts to the output's dtype (bools: nonzero)."""
     y = y.reshape(*(input.shape[a] for a in batch), *(input.shape[a] for a in spatial))
     y = np.moveaxis(y, range(input.ndim), batch + spatial)
-    output[...] = y if dtype != np.bool_ else (y != 0)
+    output[...] = y if output.dtype != np.bool_ else (y != 0)
     return output
 
 

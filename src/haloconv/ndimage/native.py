@@ -12,7 +12,7 @@ output is the whole image's call's wherever its kernel reads only the band's row
 image's border; the rows near a band's inner edges, whose kernels read the band's border
 instead of its neighbours' rows, are computed again from a strip of the image around them.
 So a split call is bit for bit ``cv2.sepFilter2D`` / ``cv2.filter2D`` on the whole image
-with the border type of the mode (``single_node``).
+with the border type of the mode.
 
 What that is: for floats, OpenCV's float sums (within float rounding of scipy's float64
 sums); for 8-bit images, OpenCV's fixed-point sums of a rank-1 kernel and float sums of a
@@ -54,6 +54,7 @@ def correlate(x: np.ndarray, weights: np.ndarray, padding_mode, out: np.ndarray,
     from haloconv.engines.host import default_workers
     from haloconv.engines.inprocess.arrays import opencv_threads_kept
     from haloconv.engines.inprocess.helpers import run_each
+    from haloconv.tiling.geometry import split_extent
 
     kernel = weights[0, 0].astype(np.float64 if x.dtype == np.float64 else np.float32)
     pair = _factors(weights[0, 0], x.dtype)
@@ -74,8 +75,7 @@ def correlate(x: np.ndarray, weights: np.ndarray, padding_mode, out: np.ndarray,
     # a band per worker (more bands compute more edge strips again, and were slower); a band's
     # own rows outnumber its edges' reach
     bands = max(1, min(workers, rows // max(4 * kh, 1)))
-    cuts = [rows * b // bands for b in range(bands + 1)]
-    items = [(i, cuts[b], cuts[b + 1]) for i in range(n) for b in range(bands)]
+    items = [(i, r0, r1) for i in range(n) for r0, r1 in split_extent(rows, bands)]
 
     def band(item) -> None:
         i, r0, r1 = item
@@ -91,13 +91,6 @@ def correlate(x: np.ndarray, weights: np.ndarray, padding_mode, out: np.ndarray,
     with opencv_threads_kept():
         cv2.setNumThreads(1 if bands > 1 else workers)
         run_each(band, items, workers)
-    return out
-
-
-def single_node(x: np.ndarray, weights: np.ndarray, padding_mode) -> np.ndarray:
-    """The whole image's call that ``correlate`` is bit for bit: OpenCV's on each plane."""
-    out = np.empty_like(x)
-    correlate(x, weights, padding_mode, out, 1)
     return out
 
 

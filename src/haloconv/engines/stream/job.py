@@ -34,7 +34,6 @@ from haloconv.files.journal import (
     write_json,
 )
 from haloconv.options import float_dtype
-from haloconv.tiling.boxes import Box
 from haloconv.tiling.plan import Plan
 from haloconv.tiling.spec import ConvSpec
 
@@ -103,9 +102,8 @@ def read_window(job: Job, index: int, raw: np.ndarray | None = None, read=None) 
         raw = empty((window_bytes(job, index),), np.uint8)
     itemsize = np.dtype(job.source.dtype).itemsize
     nread = sum(p.elements for p in tile.pieces) * itemsize
-    whole = _as_one_box(tile)
-    if whole is not None and job.dtype == np.dtype(job.source.dtype):
-        window = job.source.read_direct(whole, raw)
+    if tile.window_is_view and job.dtype == np.dtype(job.source.dtype):  # the window is a box of the input
+        window = job.source.read_direct(tile.window, raw)
         if window is not None:
             return window, nread
     buf = raw[:tile.window.volume * job.dtype.itemsize].view(job.dtype).reshape(tile.window.shape)
@@ -117,22 +115,6 @@ def read_window(job: Job, index: int, raw: np.ndarray | None = None, read=None) 
             continue
         dest[...] = piece_data(job.source.read(piece.src, job.dtype) if read is None else read(piece.src), piece)
     return buf, nread
-
-
-def _as_one_box(tile):
-    """The input box that tile's window is, where its pieces fill it whole and each lands
-    where it lies in the input shifted by one offset (a row band's own rows and its
-    neighbours' halo rows); else None."""
-    if sum(p.dst.volume for p in tile.pieces) != tile.window.volume or not tile.pieces:
-        return None
-    first = tile.pieces[0]
-    shift = [s - d for s, d in zip(first.src.lo, first.dst.lo)]
-    for p in tile.pieces:
-        if any(st != 1 for st in p.steps) or [s - d for s, d in zip(p.src.lo, p.dst.lo)] != shift \
-                or p.src.shape != p.dst.shape:
-            return None
-    shape = tile.window.shape
-    return Box(tuple(shift), tuple(s + n for s, n in zip(shift, shape)))
 
 
 def load_libraries(backend: str, spec: ConvSpec) -> None:
